@@ -1,0 +1,29 @@
+//! # natter-proto
+//!
+//! The sans-IO protocol core shared by Natter's login server, supernodes and
+//! clients. Nothing here opens a socket, spawns a task or reads a clock: every
+//! function that needs the time takes it as an argument, and every function
+//! that needs randomness takes the random bytes (or an RNG) from its caller.
+//!
+//! | module | concept |
+//! |---|---|
+//! | [`messages`] | signaling messages (prost, from `proto/natter.proto`) and address conversions |
+//! | [`frame`] | the length-delimited stream framing of [`messages::Envelope`]s |
+//! | [`som`] | the SoM datagram header (message id + function byte) |
+//! | [`replay`] | rebuilding the 64-bit packet index from the 16-bit message id; the replay window |
+//! | [`cert`] | user certificates issued by the login server |
+//! | [`handshake`] | the call key agreement (signed X25519 shares, HKDF) |
+//! | [`media`] | sealing and opening SoM datagrams with AES-256-GCM |
+//!
+//! The byte layouts are documented in `docs/PROTOCOL.md`, with test vectors
+//! that `tests/vectors.rs` checks against this code.
+
+pub mod cert;
+pub mod frame;
+pub mod handshake;
+pub mod media;
+pub mod messages;
+pub mod replay;
+pub mod som;
+
+pub use messages::PROTOCOL_VERSION;
