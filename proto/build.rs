@@ -7,7 +7,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     (or set PROTOC=/path/to/protoc)"
             .into());
     }
-    prost_build::Config::new().compile_protos(&["proto/natter.proto"], &["proto"])?;
+    prost_build::Config::new()
+        // Lets property tests and fuzz targets build any message from raw bytes.
+        .type_attribute(
+            ".",
+            "#[cfg_attr(feature = \"arbitrary\", derive(arbitrary::Arbitrary))]",
+        )
+        .compile_protos(&["proto/natter.proto"], &["proto"])?;
     Ok(())
 }
 

@@ -1,6 +1,36 @@
-//! natter-client: see README.md for its status.
+//! # natter-client
+//!
+//! The client side of Natter's login server: register, log in (generating
+//! the RSA-2048 key pair locally and sending only its public key), keep the
+//! key and certificate in a home directory until they near expiry, and sync
+//! an encrypted buddy list.
+//!
+//! | module | concept |
+//! |---|---|
+//! | [`tls`] | the QUIC/TLS client configuration that pins the login server's signing key |
+//! | [`login`] | [`LoginClient`]: one QUIC connection to the login server, one stream per request |
+//! | [`home`] | the identity kept on disk (`--home DIR`) |
+//! | [`buddies`] | client-side encryption of the buddy-list blob |
+//! | [`error`] | [`ClientError`], one clear message per failure |
+
+pub mod buddies;
+pub mod error;
+pub mod home;
+pub mod login;
+pub mod tls;
+
+pub use error::ClientError;
+pub use home::{Home, Session};
+pub use login::{LoginClient, LoginOutcome};
 
 /// The protocol version this component speaks.
 pub fn protocol_version() -> u32 {
     natter_proto::PROTOCOL_VERSION
+}
+
+/// Current wall-clock time in unix seconds.
+pub fn now_unix_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -1,11 +1,141 @@
-use clap::Parser;
+//! `natter-login`: a thin command line over the `natter_login` library.
 
-/// natter-login (Natter): not built yet, see README.md.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use natter_login::{Config, LoginServer, admin};
+
+/// Natter login server: accounts, user certificates, supernode seed list.
 #[derive(Debug, Parser)]
 #[command(version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    anyhow::bail!("natter-login is not implemented yet (protocol version {})", natter_login::protocol_version())
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve logins over QUIC.
+    Serve(ServeArgs),
+    /// Administer accounts in a data directory.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// UDP address to listen on.
+    #[arg(long, default_value = "0.0.0.0:4433")]
+    listen: SocketAddr,
+    /// Directory for the signing key, TLS identity and database.
+    #[arg(long, env = "NATTER_LOGIN_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Argon2id memory cost of new password hashes, in KiB.
+    #[arg(long, default_value_t = 19_456)]
+    argon2_m_kib: u32,
+    /// Argon2id passes.
+    #[arg(long, default_value_t = 2)]
+    argon2_t: u32,
+    /// Argon2id lanes.
+    #[arg(long, default_value_t = 1)]
+    argon2_p: u32,
+    /// Validity of issued certificates, in seconds.
+    #[arg(long, default_value_t = 24 * 60 * 60)]
+    cert_validity_secs: u64,
+    /// Supernodes announced within this many seconds are handed to clients.
+    #[arg(long, default_value_t = 600)]
+    supernode_ttl_secs: u64,
+    /// Accept supernode announces for addresses other than the sender's.
+    #[arg(long)]
+    allow_foreign_announce: bool,
+    /// Concurrent QUIC connections.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// List the accounts.
+    List {
+        #[arg(long, env = "NATTER_LOGIN_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Disable an account (its current certificate stays valid until it expires).
+    Disable {
+        #[arg(long, env = "NATTER_LOGIN_DATA_DIR")]
+        data_dir: PathBuf,
+        name: String,
+    },
+    /// Re-enable a disabled account.
+    Enable {
+        #[arg(long, env = "NATTER_LOGIN_DATA_DIR")]
+        data_dir: PathBuf,
+        name: String,
+    },
+}
+
+impl ServeArgs {
+    fn into_config(self) -> Config {
+        let mut config = Config::new(self.listen, self.data_dir);
+        config.argon2.m_kib = self.argon2_m_kib;
+        config.argon2.t = self.argon2_t;
+        config.argon2.p = self.argon2_p;
+        config.cert_validity = Duration::from_secs(self.cert_validity_secs);
+        config.supernode_ttl = Duration::from_secs(self.supernode_ttl_secs);
+        config.announce_requires_source_ip = !self.allow_foreign_announce;
+        config.max_connections = self.max_connections;
+        config
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("natter-login: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let mut server = LoginServer::start(args.into_config()).await?;
+            tokio::select! {
+                () = server.wait() => {}
+                r = tokio::signal::ctrl_c() => {
+                    r?;
+                    tracing::info!("interrupted; shutting down");
+                    server.shutdown().await;
+                }
+            }
+        }
+        Command::Users { command } => match command {
+            UsersCommand::List { data_dir } => {
+                for user in admin::list_users(&data_dir).await? {
+                    println!("{}", admin::format_user(&user));
+                }
+            }
+            UsersCommand::Disable { data_dir, name } => {
+                let name = admin::set_disabled(&data_dir, &name, true).await?;
+                println!("disabled {name}");
+            }
+            UsersCommand::Enable { data_dir, name } => {
+                let name = admin::set_disabled(&data_dir, &name, false).await?;
+                println!("enabled {name}");
+            }
+        },
+    }
+    Ok(())
 }

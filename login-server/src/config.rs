@@ -1,0 +1,136 @@
+//! Login-server configuration. The binary fills a [`Config`] from its
+//! command line; tests build one directly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Argon2id cost for stored password hashes.
+///
+/// The default is the OWASP minimum recommendation for argon2id
+/// (19 MiB, 2 passes, 1 lane). Existing hashes keep the cost they were made
+/// with (it is encoded in the PHC string), so the cost can be raised later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Argon2Config {
+    /// Memory in KiB.
+    pub m_kib: u32,
+    /// Passes.
+    pub t: u32,
+    /// Lanes.
+    pub p: u32,
+}
+
+impl Default for Argon2Config {
+    fn default() -> Self {
+        Self {
+            m_kib: 19_456,
+            t: 2,
+            p: 1,
+        }
+    }
+}
+
+impl Argon2Config {
+    /// A very cheap cost, for tests only.
+    pub fn insecure_for_tests() -> Self {
+        Self {
+            m_kib: 64,
+            t: 1,
+            p: 1,
+        }
+    }
+}
+
+/// Throttling of failed password checks (login and buddy-blob requests).
+///
+/// After `free_failures` failures of one key (a name, or a source address),
+/// each further failure blocks that key for `base_delay * 2^(n-1)`, capped
+/// at `max_delay`. A key's record is forgotten `forget_after` after its last
+/// failure; a successful login clears the name's record (not the address's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleConfig {
+    /// Failures per name allowed before delays start.
+    pub free_failures_per_name: u32,
+    /// Failures per source address (IPv4, or IPv6 /64) before delays start.
+    pub free_failures_per_addr: u32,
+    /// First delay.
+    pub base_delay: Duration,
+    /// Largest delay.
+    pub max_delay: Duration,
+    /// Idle time after which a record is dropped.
+    pub forget_after: Duration,
+    /// Most records kept per kind (bounded memory).
+    pub max_entries: usize,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        Self {
+            free_failures_per_name: 3,
+            free_failures_per_addr: 10,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(15 * 60),
+            forget_after: Duration::from_secs(60 * 60),
+            max_entries: 100_000,
+        }
+    }
+}
+
+/// Everything `natter-login serve` needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// UDP address of the QUIC listener.
+    pub listen: SocketAddr,
+    /// Directory holding the signing key, TLS identity and database.
+    pub data_dir: PathBuf,
+    /// Cost of new password hashes.
+    pub argon2: Argon2Config,
+    /// Validity of issued user certificates.
+    pub cert_validity: Duration,
+    /// How far `not_before` is back-dated, to tolerate client clock skew.
+    pub cert_backdate: Duration,
+    /// Failed-password throttling.
+    pub throttle: ThrottleConfig,
+    /// A supernode is returned to clients while its last announce is this recent.
+    pub supernode_ttl: Duration,
+    /// Most supernodes returned in a `LoginReply`.
+    pub max_supernodes_returned: usize,
+    /// Most distinct supernodes announced from one IP address.
+    pub max_supernodes_per_ip: usize,
+    /// When true, a `SupernodeAnnounce` must carry the IP it was sent from
+    /// (or an unspecified IP, which is replaced by the source IP).
+    pub announce_requires_source_ip: bool,
+    /// Concurrent argon2 / RSA jobs (defaults to the number of cores).
+    pub cpu_workers: usize,
+    /// Concurrent QUIC connections.
+    pub max_connections: usize,
+    /// Concurrent request streams per connection.
+    pub max_streams_per_connection: u32,
+    /// Time a client has to send a complete request on a stream.
+    pub request_timeout: Duration,
+    /// A connection with no traffic for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for a server on `listen` with its files in `data_dir`.
+    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen,
+            data_dir: data_dir.into(),
+            argon2: Argon2Config::default(),
+            cert_validity: Duration::from_secs(24 * 60 * 60),
+            cert_backdate: Duration::from_secs(5 * 60),
+            throttle: ThrottleConfig::default(),
+            supernode_ttl: Duration::from_secs(10 * 60),
+            max_supernodes_returned: 32,
+            max_supernodes_per_ip: 16,
+            announce_requires_source_ip: true,
+            cpu_workers: std::thread::available_parallelism().map_or(2, usize::from),
+            max_connections: 4096,
+            max_streams_per_connection: 8,
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}

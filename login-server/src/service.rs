@@ -1,0 +1,331 @@
+//! The login protocol, independent of the transport: [`LoginService::handle`]
+//! maps one request [`Envelope`] (and the peer's address) to one reply. The
+//! QUIC shell in [`crate::quic`] feeds it today; a TLS-over-TCP shell can
+//! feed the same service later.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use natter_proto::cert::{self, Issuer};
+use natter_proto::messages::{
+    BuddyBlob, BuddyBlobGet, BuddyBlobPut, Envelope, ErrorCode, ErrorReply, HostCacheEntry,
+    LoginReply, LoginRequest, Pong, RegisterReply, RegisterRequest, SupernodeAnnounce,
+    SupernodeList, envelope::Body,
+};
+use rand::RngCore;
+
+use crate::config::Config;
+use crate::hashing::{CpuPool, HashError, PasswordHasher};
+use crate::names::{self, PasswordError};
+use crate::storage::{Store, StoreError, UserRecord};
+use crate::throttle::Throttle;
+
+/// Largest accepted buddy blob.
+pub const MAX_BUDDY_BLOB: usize = 48 * 1024;
+/// Longest accepted supernode id.
+pub const MAX_NODE_ID: usize = 64;
+/// Supernodes not heard from for this long are deleted.
+pub const SUPERNODE_FORGET: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+type Reply = Result<Body, ErrorReply>;
+
+fn error(code: ErrorCode, detail: impl Into<String>) -> ErrorReply {
+    ErrorReply::new(code, detail)
+}
+
+fn internal(context: &str, e: &dyn std::fmt::Display) -> ErrorReply {
+    tracing::error!(%e, "{context}");
+    error(ErrorCode::Internal, "internal server error")
+}
+
+impl From<HashError> for ErrorReply {
+    fn from(e: HashError) -> Self {
+        internal("password hashing failed", &e)
+    }
+}
+
+impl From<StoreError> for ErrorReply {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NameTaken => error(ErrorCode::NameTaken, "the name is already taken"),
+            StoreError::UnknownUser => error(ErrorCode::UnknownUser, "no such user"),
+            StoreError::StaleVersion { current } => error(
+                ErrorCode::StaleVersion,
+                format!("stale version: the server holds version {current}"),
+            ),
+            StoreError::TooManySupernodes => error(
+                ErrorCode::RateLimited,
+                "too many supernodes announced from this address",
+            ),
+            other => internal("database error", &other),
+        }
+    }
+}
+
+/// Settings the service needs from [`Config`].
+#[derive(Debug, Clone)]
+struct Settings {
+    cert_validity: Duration,
+    cert_backdate: Duration,
+    supernode_ttl: Duration,
+    max_supernodes_returned: usize,
+    max_supernodes_per_ip: usize,
+    announce_requires_source_ip: bool,
+}
+
+/// The login server's request handler.
+#[derive(Debug)]
+pub struct LoginService {
+    store: Store,
+    hasher: PasswordHasher,
+    issuer: Arc<Issuer>,
+    throttle: Throttle,
+    settings: Settings,
+}
+
+fn now_ms() -> i64 {
+    crate::now_unix_ms()
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// The same address whether written as IPv4 or IPv4-mapped IPv6.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+impl LoginService {
+    /// A service over `store`, signing with `issuer`.
+    pub fn new(store: Store, issuer: Issuer, config: &Config) -> Result<Self, HashError> {
+        let pool = CpuPool::new(config.cpu_workers);
+        Ok(Self {
+            store,
+            hasher: PasswordHasher::new(config.argon2, pool)?,
+            issuer: Arc::new(issuer),
+            throttle: Throttle::new(config.throttle),
+            settings: Settings {
+                cert_validity: config.cert_validity,
+                cert_backdate: config.cert_backdate,
+                supernode_ttl: config.supernode_ttl,
+                max_supernodes_returned: config.max_supernodes_returned,
+                max_supernodes_per_ip: config.max_supernodes_per_ip,
+                announce_requires_source_ip: config.announce_requires_source_ip,
+            },
+        })
+    }
+
+    /// The storage layer.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The certificate issuer.
+    pub fn issuer(&self) -> &Issuer {
+        &self.issuer
+    }
+
+    /// Answers one request from `peer`. Never fails: every problem becomes
+    /// an [`ErrorReply`] carrying the request's id.
+    pub async fn handle(&self, request: Envelope, peer: SocketAddr) -> Envelope {
+        let id = request.request_id;
+        let kind = request.type_name();
+        let reply = match request.body {
+            Some(Body::RegisterRequest(r)) => self.register(r).await,
+            Some(Body::LoginRequest(r)) => self.login(r, peer).await,
+            Some(Body::BuddyBlobPut(r)) => self.buddy_put(r, peer).await,
+            Some(Body::BuddyBlobGet(r)) => self.buddy_get(r, peer).await,
+            Some(Body::SupernodeAnnounce(r)) => self.announce(r, peer).await,
+            Some(Body::Ping(p)) => Ok(Body::Pong(Pong { nonce: p.nonce })),
+            Some(other) => Err(error(
+                ErrorCode::Malformed,
+                format!("{} is not a login-server request", other.type_name()),
+            )),
+            None => Err(error(ErrorCode::Malformed, "envelope has no body")),
+        };
+        let body = reply.unwrap_or_else(|e| {
+            tracing::debug!(%peer, request = kind, code = e.code, detail = %e.detail, "request refused");
+            Body::Error(e)
+        });
+        Envelope::new(id, body)
+    }
+
+    async fn register(&self, r: RegisterRequest) -> Reply {
+        let name = names::normalise_name(&r.name).map_err(|e| error(ErrorCode::BadName, e.to_string()))?;
+        names::check_password(&r.password).map_err(|e| match e {
+            PasswordError::TooShort => error(ErrorCode::ShortPassword, e.to_string()),
+            PasswordError::TooLong => error(ErrorCode::Malformed, e.to_string()),
+        })?;
+        // Cheap early answer; the unique index decides races below.
+        if self.store.user_exists(&name).await? {
+            return Err(StoreError::NameTaken.into());
+        }
+        let hash = self.hasher.hash(r.password).await?;
+        self.store.create_user(&name, &r.name, &hash, now_ms()).await?;
+        tracing::info!(%name, "registered");
+        Ok(Body::RegisterReply(RegisterReply { name }))
+    }
+
+    /// Checks a name and password, with throttling; returns the account.
+    async fn authenticate(&self, name: &str, password: &str, peer: SocketAddr) -> Result<UserRecord, ErrorReply> {
+        let name = names::normalise_name(name).map_err(|e| error(ErrorCode::BadName, e.to_string()))?;
+        if password.len() > names::MAX_PASSWORD_BYTES {
+            return Err(error(ErrorCode::Malformed, PasswordError::TooLong.to_string()));
+        }
+        let ip = canonical_ip(peer.ip());
+        if let Some(wait) = self.throttle.check(&name, ip, Instant::now()) {
+            let ms = u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX);
+            let mut e = error(
+                ErrorCode::Throttled,
+                format!("too many failed attempts; retry in {:.1} s", wait.as_secs_f64()),
+            );
+            e.retry_after_ms = ms;
+            return Err(e);
+        }
+        let Some(user) = self.store.user(&name).await? else {
+            self.throttle.failure(None, ip, Instant::now());
+            return Err(error(ErrorCode::UnknownUser, format!("no user named {name:?}")));
+        };
+        if !self
+            .hasher
+            .verify(password.to_owned(), user.password_hash.clone())
+            .await?
+        {
+            self.throttle.failure(Some(&name), ip, Instant::now());
+            tracing::info!(%name, %peer, "wrong password");
+            return Err(error(ErrorCode::WrongPassword, "wrong password"));
+        }
+        self.throttle.success(&name);
+        if user.disabled {
+            return Err(error(ErrorCode::AccountDisabled, format!("account {name:?} is disabled")));
+        }
+        Ok(user)
+    }
+
+    async fn login(&self, r: LoginRequest, peer: SocketAddr) -> Reply {
+        let subject = cert::parse_public_key(&r.public_key)
+            .map_err(|e| error(ErrorCode::Malformed, format!("public key: {e}")))?;
+        let user = self.authenticate(&r.name, &r.password, peer).await?;
+
+        let now = now_ms();
+        let now_s = now.div_euclid(1000);
+        let not_before = now_s.saturating_sub(secs(self.settings.cert_backdate));
+        let not_after = now_s.saturating_add(secs(self.settings.cert_validity));
+        let serial = rand::rngs::OsRng.next_u64() >> 1;
+        let issuer = Arc::clone(&self.issuer);
+        let name = user.name.clone();
+        let fingerprint = cert::fingerprint(&subject);
+        let certificate = self
+            .hasher
+            .pool()
+            .run(move || issuer.issue(&name, &subject, serial, not_before, not_after))
+            .await?;
+        self.store
+            .record_issuance(&user.name, serial, &fingerprint, now, not_after)
+            .await?;
+        let supernodes = self.recent_supernodes(now).await?;
+        tracing::info!(name = %user.name, %peer, serial, key = %fingerprint, "certificate issued");
+        Ok(Body::LoginReply(LoginReply {
+            certificate: Some(certificate),
+            server_time: now,
+            supernodes,
+        }))
+    }
+
+    async fn recent_supernodes(&self, now: i64) -> Result<Vec<HostCacheEntry>, ErrorReply> {
+        let since = now.saturating_sub(i64::try_from(self.settings.supernode_ttl.as_millis()).unwrap_or(i64::MAX));
+        let records = self
+            .store
+            .recent_supernodes(since, self.settings.max_supernodes_returned)
+            .await?;
+        Ok(records
+            .into_iter()
+            .filter_map(|r| {
+                let addr: SocketAddr = r.addr.parse().ok()?;
+                Some(HostCacheEntry {
+                    addr: Some(addr.into()),
+                    last_seen: r.last_seen,
+                    rtt_ms: 0,
+                    node_id: hex::decode(&r.node_id).ok()?,
+                })
+            })
+            .collect())
+    }
+
+    async fn buddy_put(&self, r: BuddyBlobPut, peer: SocketAddr) -> Reply {
+        if r.ciphertext.len() > MAX_BUDDY_BLOB {
+            return Err(error(
+                ErrorCode::Malformed,
+                format!("buddy blob of {} bytes exceeds {MAX_BUDDY_BLOB}", r.ciphertext.len()),
+            ));
+        }
+        let user = self.authenticate(&r.name, &r.password, peer).await?;
+        let version = self
+            .store
+            .put_buddy_blob(&user.name, r.base_version, &r.ciphertext)
+            .await?;
+        Ok(Body::BuddyBlob(BuddyBlob {
+            version,
+            ciphertext: Vec::new(),
+        }))
+    }
+
+    async fn buddy_get(&self, r: BuddyBlobGet, peer: SocketAddr) -> Reply {
+        let user = self.authenticate(&r.name, &r.password, peer).await?;
+        let blob = self.store.buddy_blob(&user.name).await?;
+        Ok(Body::BuddyBlob(BuddyBlob {
+            version: blob.version,
+            ciphertext: blob.ciphertext,
+        }))
+    }
+
+    async fn announce(&self, r: SupernodeAnnounce, peer: SocketAddr) -> Reply {
+        if r.node_id.is_empty() || r.node_id.len() > MAX_NODE_ID {
+            return Err(error(
+                ErrorCode::Malformed,
+                format!("node id must be 1 to {MAX_NODE_ID} bytes"),
+            ));
+        }
+        let wire = r
+            .addr
+            .as_ref()
+            .ok_or_else(|| error(ErrorCode::Malformed, "announce has no address"))?;
+        let mut addr = SocketAddr::try_from(wire).map_err(|e| error(ErrorCode::Malformed, format!("address: {e}")))?;
+        if addr.port() == 0 {
+            return Err(error(ErrorCode::Malformed, "announced port is 0"));
+        }
+        let source = canonical_ip(peer.ip());
+        if addr.ip().is_unspecified() {
+            addr.set_ip(source);
+        }
+        let ip = canonical_ip(addr.ip());
+        addr.set_ip(ip);
+        if self.settings.announce_requires_source_ip && ip != source {
+            return Err(error(
+                ErrorCode::Malformed,
+                format!("announced address {ip} is not the source address {source}"),
+            ));
+        }
+        let now = now_ms();
+        self.store
+            .upsert_supernode(
+                &hex::encode(&r.node_id),
+                &ip.to_string(),
+                &addr.to_string(),
+                now,
+                self.settings.max_supernodes_per_ip,
+            )
+            .await?;
+        let forget = i64::try_from(SUPERNODE_FORGET.as_millis()).unwrap_or(i64::MAX);
+        self.store.prune_supernodes(now.saturating_sub(forget)).await?;
+        tracing::debug!(%addr, node = %hex::encode(&r.node_id), "supernode announced");
+        Ok(Body::SupernodeList(SupernodeList {
+            entries: self.recent_supernodes(now).await?,
+        }))
+    }
+}

@@ -1,0 +1,441 @@
+//! The storage layer.
+//!
+//! Today it runs on a SQLite file (WAL mode, `synchronous = FULL`); it is
+//! written to move to PostgreSQL later: runtime-checked queries only, `$n`
+//! placeholders, `ON CONFLICT` upserts, `BIGINT` unix-millisecond times and
+//! no SQLite-only functions. The only dialect-specific text is the DDL in
+//! [`SCHEMA`] (`BLOB` would be `BYTEA`, `INTEGER PRIMARY KEY` an identity
+//! column).
+//!
+//! Every write is one statement or one transaction, so a crash never leaves
+//! a half-made account; the unique index on the normalised name is what
+//! decides a registration race.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+/// Schema version written to the `meta` table.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The DDL, applied in one transaction at open.
+pub const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS users (
+        id INTEGER PRIMARY KEY,
+        name_norm TEXT NOT NULL,
+        display_name TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        last_login BIGINT,
+        buddy_version BIGINT NOT NULL DEFAULT 0,
+        buddy_blob BLOB
+    )",
+    "CREATE UNIQUE INDEX IF NOT EXISTS users_name_norm ON users (name_norm)",
+    "CREATE TABLE IF NOT EXISTS issued_certificates (
+        serial BIGINT PRIMARY KEY,
+        name_norm TEXT NOT NULL,
+        key_fingerprint TEXT NOT NULL,
+        issued_at BIGINT NOT NULL,
+        not_after BIGINT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS issued_certificates_name ON issued_certificates (name_norm)",
+    "CREATE TABLE IF NOT EXISTS supernodes (
+        node_id TEXT PRIMARY KEY,
+        ip TEXT NOT NULL,
+        addr TEXT NOT NULL,
+        last_seen BIGINT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS supernodes_last_seen ON supernodes (last_seen)",
+    "CREATE INDEX IF NOT EXISTS supernodes_ip ON supernodes (ip)",
+];
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the name is already taken")]
+    NameTaken,
+    #[error("no such user")]
+    UnknownUser,
+    #[error("stale version: the stored version is {current}")]
+    StaleVersion { current: u64 },
+    #[error("too many supernodes announced from this address")]
+    TooManySupernodes,
+    #[error("database schema version {0} is newer than this server ({SCHEMA_VERSION})")]
+    SchemaTooNew(i64),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// A user account as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub name: String,
+    pub display_name: String,
+    pub password_hash: String,
+    pub created_at: i64,
+    pub disabled: bool,
+    pub last_login: Option<i64>,
+}
+
+/// A supernode as announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SupernodeRecord {
+    /// Hex of the node id.
+    pub node_id: String,
+    /// `ip:port`.
+    pub addr: String,
+    /// Unix milliseconds.
+    pub last_seen: i64,
+}
+
+/// A buddy-list blob.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BuddyBlobRecord {
+    pub version: u64,
+    pub ciphertext: Vec<u8>,
+}
+
+/// The login server's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path` and applies
+    /// the schema.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for statement in SCHEMA {
+            sqlx::query(*statement).execute(&mut *tx).await?;
+        }
+        let version: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'schema_version'")
+                .fetch_optional(&mut *tx)
+                .await?;
+        match version.and_then(|v| v.parse::<i64>().ok()) {
+            Some(v) if v > SCHEMA_VERSION => return Err(StoreError::SchemaTooNew(v)),
+            Some(_) => {}
+            None => {
+                sqlx::query("INSERT INTO meta (key, value) VALUES ('schema_version', $1)")
+                    .bind(SCHEMA_VERSION.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Closes the pool (waits for connections to be returned).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Creates an account; [`StoreError::NameTaken`] when the normalised name exists.
+    pub async fn create_user(
+        &self,
+        name: &str,
+        display_name: &str,
+        password_hash: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO users (name_norm, display_name, password_hash, created_at)
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(name)
+        .bind(display_name)
+        .bind(password_hash)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::NameTaken),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether an account with this normalised name exists.
+    pub async fn user_exists(&self, name: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE name_norm = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// The account with this normalised name.
+    pub async fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT name_norm, display_name, password_hash, created_at, disabled, last_login
+             FROM users WHERE name_norm = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| user_from_row(&row)).transpose()
+    }
+
+    /// Every account, by name.
+    pub async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name_norm, display_name, password_hash, created_at, disabled, last_login
+             FROM users ORDER BY name_norm",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    /// Disables or re-enables an account; [`StoreError::UnknownUser`] if none.
+    pub async fn set_disabled(&self, name: &str, disabled: bool) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE users SET disabled = $1 WHERE name_norm = $2")
+            .bind(i64::from(disabled))
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::UnknownUser);
+        }
+        Ok(())
+    }
+
+    /// Records a certificate issuance and the user's last login, atomically.
+    pub async fn record_issuance(
+        &self,
+        name: &str,
+        serial: u64,
+        key_fingerprint: &str,
+        now_ms: i64,
+        not_after: i64,
+    ) -> Result<(), StoreError> {
+        let serial = i64::try_from(serial).unwrap_or(i64::MAX);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO issued_certificates (serial, name_norm, key_fingerprint, issued_at, not_after)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(serial)
+        .bind(name)
+        .bind(key_fingerprint)
+        .bind(now_ms)
+        .bind(not_after)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE users SET last_login = $1 WHERE name_norm = $2")
+            .bind(now_ms)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records (or refreshes) a supernode announce.
+    pub async fn upsert_supernode(
+        &self,
+        node_id: &str,
+        ip: &str,
+        addr: &str,
+        now_ms: i64,
+        max_per_ip: usize,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let others: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM supernodes WHERE ip = $1 AND node_id <> $2")
+                .bind(ip)
+                .bind(node_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if usize::try_from(others).unwrap_or(usize::MAX) >= max_per_ip {
+            return Err(StoreError::TooManySupernodes);
+        }
+        sqlx::query(
+            "INSERT INTO supernodes (node_id, ip, addr, last_seen) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (node_id) DO UPDATE
+             SET ip = excluded.ip, addr = excluded.addr, last_seen = excluded.last_seen",
+        )
+        .bind(node_id)
+        .bind(ip)
+        .bind(addr)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets supernodes not seen since `before_ms`.
+    pub async fn prune_supernodes(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM supernodes WHERE last_seen < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Supernodes seen since `since_ms`, most recent first.
+    pub async fn recent_supernodes(
+        &self,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<SupernodeRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT node_id, addr, last_seen FROM supernodes
+             WHERE last_seen >= $1 ORDER BY last_seen DESC LIMIT $2",
+        )
+        .bind(since_ms)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SupernodeRecord {
+                    node_id: row.try_get("node_id")?,
+                    addr: row.try_get("addr")?,
+                    last_seen: row.try_get("last_seen")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The user's buddy blob (version 0 and no bytes when never written).
+    pub async fn buddy_blob(&self, name: &str) -> Result<BuddyBlobRecord, StoreError> {
+        let row = sqlx::query("SELECT buddy_version, buddy_blob FROM users WHERE name_norm = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::UnknownUser)?;
+        let version: i64 = row.try_get("buddy_version")?;
+        let ciphertext: Option<Vec<u8>> = row.try_get("buddy_blob")?;
+        Ok(BuddyBlobRecord {
+            version: to_u64(version),
+            ciphertext: ciphertext.unwrap_or_default(),
+        })
+    }
+
+    /// Replaces the buddy blob if its stored version is `base_version`;
+    /// returns the new version (`base_version + 1`).
+    pub async fn put_buddy_blob(
+        &self,
+        name: &str,
+        base_version: u64,
+        ciphertext: &[u8],
+    ) -> Result<u64, StoreError> {
+        let base = i64::try_from(base_version).map_err(|_| StoreError::StaleVersion {
+            current: 0,
+        })?;
+        // One conditional statement: the compare and the swap are atomic.
+        let done = sqlx::query(
+            "UPDATE users SET buddy_version = buddy_version + 1, buddy_blob = $1
+             WHERE name_norm = $2 AND buddy_version = $3",
+        )
+        .bind(ciphertext)
+        .bind(name)
+        .bind(base)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(base_version + 1);
+        }
+        let current = self.buddy_blob(name).await?.version;
+        Err(StoreError::StaleVersion { current })
+    }
+}
+
+fn user_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<UserRecord, StoreError> {
+    let disabled: i64 = row.try_get("disabled")?;
+    Ok(UserRecord {
+        name: row.try_get("name_norm")?,
+        display_name: row.try_get("display_name")?,
+        password_hash: row.try_get("password_hash")?,
+        created_at: row.try_get("created_at")?,
+        disabled: disabled != 0,
+        last_login: row.try_get("last_login")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accounts_blobs_and_supernodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = Store::open(&path).await.unwrap();
+        store.create_user("alice", "Alice", "h", 1).await.unwrap();
+        assert!(matches!(
+            store.create_user("alice", "ALICE", "h2", 2).await,
+            Err(StoreError::NameTaken)
+        ));
+        assert!(store.user_exists("alice").await.unwrap());
+        assert!(!store.user_exists("bob").await.unwrap());
+
+        assert_eq!(store.buddy_blob("alice").await.unwrap().version, 0);
+        assert_eq!(store.put_buddy_blob("alice", 0, b"one").await.unwrap(), 1);
+        assert!(matches!(
+            store.put_buddy_blob("alice", 0, b"stale").await,
+            Err(StoreError::StaleVersion { current: 1 })
+        ));
+        assert_eq!(store.put_buddy_blob("alice", 1, b"two").await.unwrap(), 2);
+        let blob = store.buddy_blob("alice").await.unwrap();
+        assert_eq!((blob.version, blob.ciphertext.as_slice()), (2, &b"two"[..]));
+
+        store.set_disabled("alice", true).await.unwrap();
+        assert!(store.user("alice").await.unwrap().unwrap().disabled);
+        assert!(matches!(
+            store.set_disabled("nobody", true).await,
+            Err(StoreError::UnknownUser)
+        ));
+
+        store.upsert_supernode("aa", "10.0.0.1", "10.0.0.1:1", 100, 1).await.unwrap();
+        store.upsert_supernode("aa", "10.0.0.1", "10.0.0.1:2", 200, 1).await.unwrap();
+        assert!(matches!(
+            store.upsert_supernode("bb", "10.0.0.1", "10.0.0.1:3", 200, 1).await,
+            Err(StoreError::TooManySupernodes)
+        ));
+        store.upsert_supernode("cc", "10.0.0.2", "10.0.0.2:1", 50, 1).await.unwrap();
+        let recent = store.recent_supernodes(100, 10).await.unwrap();
+        assert_eq!(recent.len(), 1);
+        assert_eq!(recent[0].addr, "10.0.0.1:2");
+        assert_eq!(store.prune_supernodes(100).await.unwrap(), 1);
+        store.close().await;
+
+        // Reopening keeps everything.
+        let store = Store::open(&path).await.unwrap();
+        assert_eq!(store.list_users().await.unwrap().len(), 1);
+    }
+}

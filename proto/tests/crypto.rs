@@ -1,0 +1,233 @@
+//! Certificates, the call key agreement and sealed datagrams.
+
+mod common;
+
+use common::{DAY, NOW, identity, issuer, key};
+use natter_proto::cert::{self, CertError};
+use natter_proto::handshake::{HandshakeError, KeyAgreement, Role};
+use natter_proto::media::{OpenError, Opener, Sealer};
+use natter_proto::messages::CertificateBody;
+use natter_proto::replay::{ReplayError, WINDOW};
+use natter_proto::som::Function;
+use prost::Message;
+use proptest::prelude::*;
+
+const INVITE: [u8; 16] = [0x11; 16];
+
+fn agree() -> (natter_proto::handshake::CallKeys, natter_proto::handshake::CallKeys) {
+    let alice = identity("alice", "alice");
+    let bob = identity("bob", "bob");
+    let login_key = issuer().public_key();
+    let caller = KeyAgreement::new(Role::Caller, INVITE, [1; 32]);
+    let callee = KeyAgreement::new(Role::Callee, INVITE, [2; 32]);
+    let invite_share = caller.share(&alice);
+    let accept_share = callee.share(&bob);
+    let at_callee = callee.complete(&invite_share, &login_key, NOW).unwrap();
+    let at_caller = caller.complete(&accept_share, &login_key, NOW).unwrap();
+    (at_caller, at_callee)
+}
+
+#[test]
+fn certificates_verify_offline_against_the_pinned_key() {
+    let alice = identity("alice", "alice");
+    let verified = cert::verify(&alice.certificate, &issuer().public_key(), NOW).unwrap();
+    assert_eq!(verified.name, "alice");
+    assert_eq!(verified.public_key, key("alice").to_public_key());
+    assert_eq!(verified.serial, 7);
+}
+
+#[test]
+fn expired_early_forged_and_foreign_certificates_get_distinct_errors() {
+    let alice = identity("alice", "alice");
+    let login_key = issuer().public_key();
+    assert!(matches!(
+        cert::verify(&alice.certificate, &login_key, NOW + DAY),
+        Err(CertError::Expired { .. })
+    ));
+    assert!(matches!(
+        cert::verify(&alice.certificate, &login_key, NOW - 3600),
+        Err(CertError::NotYetValid { .. })
+    ));
+    // Forged: change the name in the signed body.
+    let mut forged = alice.certificate.clone();
+    let mut body = CertificateBody::decode(forged.body.as_slice()).unwrap();
+    body.name = "mallory".into();
+    forged.body = body.encode_to_vec();
+    assert_eq!(
+        cert::verify(&forged, &login_key, NOW),
+        Err(CertError::BadSignature)
+    );
+    // Foreign: a real certificate from another login server.
+    let other = natter_proto::cert::Issuer::new(key("bob"));
+    let foreign = other.issue("alice", &key("alice").to_public_key(), 1, NOW - 1, NOW + 60);
+    assert_eq!(
+        cert::verify(&foreign, &login_key, NOW),
+        Err(CertError::WrongIssuer)
+    );
+}
+
+#[test]
+fn both_sides_derive_the_same_keys() {
+    let (caller, callee) = agree();
+    assert_eq!(caller.call_id, callee.call_id);
+    assert_eq!(caller.send, callee.recv);
+    assert_eq!(caller.recv, callee.send);
+    assert_ne!(caller.send, caller.recv, "directions must differ");
+    assert_eq!(caller.peer.name, "bob");
+    assert_eq!(callee.peer.name, "alice");
+}
+
+#[test]
+fn a_share_signed_by_an_uncertified_key_is_refused() {
+    // Mallory presents Alice's certificate but signs with her own key.
+    let mut impostor = identity("alice", "alice");
+    impostor.key = key("bob");
+    let share = KeyAgreement::new(Role::Caller, INVITE, [1; 32]).share(&impostor);
+    let callee = KeyAgreement::new(Role::Callee, INVITE, [2; 32]);
+    assert_eq!(
+        callee.complete(&share, &issuer().public_key(), NOW),
+        Err(HandshakeError::UncertifiedKey)
+    );
+}
+
+#[test]
+fn a_share_is_bound_to_its_call_and_role() {
+    let alice = identity("alice", "alice");
+    let login_key = issuer().public_key();
+    let share = KeyAgreement::new(Role::Caller, INVITE, [1; 32]).share(&alice);
+    // Replayed into another call.
+    let other_call = KeyAgreement::new(Role::Callee, [0x22; 16], [2; 32]);
+    assert_eq!(
+        other_call.complete(&share, &login_key, NOW),
+        Err(HandshakeError::UncertifiedKey)
+    );
+    // Reflected back at the caller as if it came from a callee.
+    let caller = KeyAgreement::new(Role::Caller, INVITE, [3; 32]);
+    assert_eq!(
+        caller.complete(&share, &login_key, NOW),
+        Err(HandshakeError::UncertifiedKey)
+    );
+}
+
+#[test]
+fn shares_with_bad_certificates_or_points_are_refused() {
+    let login_key = issuer().public_key();
+    let alice = identity("alice", "alice");
+    let share = KeyAgreement::new(Role::Caller, INVITE, [1; 32]).share(&alice);
+    let callee = || KeyAgreement::new(Role::Callee, INVITE, [2; 32]);
+    assert!(matches!(
+        callee().complete(&share, &login_key, NOW + 2 * DAY),
+        Err(HandshakeError::Certificate(CertError::Expired { .. }))
+    ));
+    let mut no_cert = share.clone();
+    no_cert.certificate = None;
+    assert_eq!(
+        callee().complete(&no_cert, &login_key, NOW),
+        Err(HandshakeError::MissingCertificate)
+    );
+    let mut short = share.clone();
+    short.public.truncate(31);
+    assert_eq!(
+        callee().complete(&short, &login_key, NOW),
+        Err(HandshakeError::ShareLength(31))
+    );
+    // A correctly signed low-order point (all zeros) is still refused.
+    let signed = natter_proto::handshake::share_signed_message(Role::Caller, &INVITE, &[0; 32]);
+    let mut zero = share.clone();
+    zero.public = vec![0; 32];
+    zero.signature = alice.sign(&signed);
+    assert_eq!(
+        callee().complete(&zero, &login_key, NOW),
+        Err(HandshakeError::LowOrderShare)
+    );
+}
+
+fn pair() -> (Sealer, Opener) {
+    let (caller, callee) = agree();
+    (Sealer::new(&caller.send, 65_530), Opener::new(&callee.recv))
+}
+
+#[test]
+fn sealed_frames_open_across_the_rollover() {
+    let (mut sealer, mut opener) = pair();
+    let mut out = Vec::new();
+    for i in 0..40u32 {
+        let mut datagram = Vec::new();
+        let payload = i.to_be_bytes();
+        let index = sealer.seal(Function::Data, i as u8, &payload, &mut datagram).unwrap();
+        assert_eq!(datagram.len(), payload.len() + natter_proto::media::OVERHEAD);
+        let opened = opener.open(&datagram, &mut out).unwrap();
+        assert_eq!(opened.index, index);
+        assert_eq!(opened.index, 65_530 + u64::from(i));
+        assert_eq!(opened.header.function, Function::Data);
+        assert_eq!(out, payload);
+    }
+}
+
+#[test]
+fn tampering_replay_and_stale_indices_are_rejected_distinctly() {
+    let (mut sealer, mut opener) = pair();
+    let mut out = Vec::new();
+    let mut first = Vec::new();
+    sealer.seal(Function::Data, 0, b"hello", &mut first).unwrap();
+
+    // Tampered body, tampered header (function byte is authenticated too).
+    for at in [first.len() - 1, 4, 2] {
+        let mut bad = first.clone();
+        bad[at] ^= 0x40;
+        assert!(matches!(
+            opener.open(&bad, &mut out),
+            Err(OpenError::Auth | OpenError::Som(_))
+        ));
+    }
+    opener.open(&first, &mut out).unwrap();
+    assert_eq!(
+        opener.open(&first, &mut out),
+        Err(OpenError::Replay(ReplayError::Replayed { index: 65_530 }))
+    );
+    // Move the window more than WINDOW ahead; the first index is now too old.
+    let mut last = Vec::new();
+    for _ in 0..WINDOW + 1 {
+        last.clear();
+        sealer.seal(Function::Ping, 0, b"", &mut last).unwrap();
+    }
+    opener.open(&last, &mut out).unwrap();
+    assert!(matches!(
+        opener.open(&first, &mut out),
+        Err(OpenError::Replay(ReplayError::TooOld { .. }))
+    ));
+}
+
+#[test]
+fn a_wrong_key_fails_authentication_and_does_not_move_the_window() {
+    let (caller, callee) = agree();
+    let mut sealer = Sealer::new(&caller.send, 100);
+    // The caller's own receive keys are the wrong direction.
+    let mut wrong = Opener::new(&caller.recv);
+    let mut right = Opener::new(&callee.recv);
+    let mut datagram = Vec::new();
+    sealer.seal(Function::Data, 3, b"voice", &mut datagram).unwrap();
+    let mut out = Vec::new();
+    assert_eq!(wrong.open(&datagram, &mut out), Err(OpenError::Auth));
+    assert!(out.is_empty());
+    assert_eq!(wrong.window().highest(), None);
+    assert_eq!(right.open(&datagram, &mut out).unwrap().index, 100);
+    assert_eq!(out, b"voice");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn arbitrary_datagrams_never_panic_and_never_open(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let (_, mut opener) = pair();
+        let mut out = Vec::new();
+        prop_assert!(opener.open(&bytes, &mut out).is_err());
+    }
+
+    #[test]
+    fn arbitrary_certificates_never_panic(body in proptest::collection::vec(any::<u8>(), 0..400), sig in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let certificate = natter_proto::messages::Certificate { body, signature: sig };
+        prop_assert!(cert::verify(&certificate, &issuer().public_key(), NOW).is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! The test vectors published in docs/PROTOCOL.md are what this code computes.
+//!
+//! To print them (after a deliberate protocol change):
+//! `NATTER_PRINT_VECTORS=1 cargo test -p natter-proto --test vectors -- --nocapture`
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use natter_proto::cert::{self, Issuer};
+use natter_proto::frame::to_frame;
+use natter_proto::handshake::{KeySchedule, Role, share_signed_message};
+use natter_proto::media::{Sealer, nonce};
+use natter_proto::messages::{Envelope, LoginRequest, Ping, envelope};
+use natter_proto::replay::ReplayWindow;
+use natter_proto::som::Function;
+use x25519_dalek::{PublicKey, StaticSecret};
+
+fn h(bytes: impl AsRef<[u8]>) -> String {
+    hex::encode(bytes)
+}
+
+fn arr<const N: usize>(hex_str: &str) -> [u8; N] {
+    hex::decode(hex_str).unwrap().try_into().unwrap()
+}
+
+/// Every vector, computed from its inputs.
+fn compute() -> Vec<(&'static str, String)> {
+    let mut v = Vec::new();
+
+    // --- SoM datagram sealing
+    let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+    let iv: [u8; 12] = std::array::from_fn(|i| 0xa0 + i as u8);
+    let index: u64 = 0x0001_2345;
+    let plaintext = b"natter voice frame";
+    v.push(("som.key", h(key)));
+    v.push(("som.iv", h(iv)));
+    v.push(("som.index", format!("{index:016x}")));
+    v.push(("som.random_bits", "05".into()));
+    v.push(("som.plaintext", h(plaintext)));
+    v.push(("som.nonce", h(nonce(&iv, index))));
+    let keys = natter_proto::handshake::DirectionKeys { key, iv };
+    // A sealer positioned at `index`: start at its low 16 bits, seal one
+    // rollover's worth of pings, then the vector's datagram.
+    let mut sealer = Sealer::new(&keys, 0x2345);
+    let mut datagram = Vec::new();
+    while sealer.next_index() < index {
+        datagram.clear();
+        sealer.seal(Function::Ping, 0, b"", &mut datagram).unwrap();
+    }
+    assert_eq!(sealer.next_index(), index);
+    datagram.clear();
+    sealer.seal(Function::Data, 5, plaintext, &mut datagram).unwrap();
+    v.push(("som.datagram", h(&datagram)));
+
+    // --- index reconstruction
+    let mut window = ReplayWindow::new();
+    window.accept(0x1_fff0);
+    v.push(("roc.highest_1", format!("{:016x}", 0x1_fff0)));
+    v.push(("roc.msg_id_1", "0005".into()));
+    v.push(("roc.index_1", format!("{:016x}", window.estimate(0x0005).unwrap())));
+    let mut window = ReplayWindow::new();
+    window.accept(0x2_0003);
+    v.push(("roc.highest_2", format!("{:016x}", 0x2_0003)));
+    v.push(("roc.msg_id_2", "fffe".into()));
+    v.push(("roc.index_2", format!("{:016x}", window.estimate(0xfffe).unwrap())));
+
+    // --- key schedule (X25519 keys from RFC 7748 section 6.1)
+    let caller_secret: [u8; 32] = arr("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a");
+    let callee_secret: [u8; 32] = arr("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb");
+    let invite_id: [u8; 16] = std::array::from_fn(|i| i as u8);
+    let caller_public = PublicKey::from(&StaticSecret::from(caller_secret)).to_bytes();
+    let callee_public = PublicKey::from(&StaticSecret::from(callee_secret)).to_bytes();
+    let shared = StaticSecret::from(caller_secret)
+        .diffie_hellman(&PublicKey::from(callee_public))
+        .to_bytes();
+    let schedule = KeySchedule::derive(&invite_id, &shared, &caller_public, &callee_public);
+    v.push(("kdf.invite_id", h(invite_id)));
+    v.push(("kdf.caller_secret", h(caller_secret)));
+    v.push(("kdf.callee_secret", h(callee_secret)));
+    v.push(("kdf.caller_public", h(caller_public)));
+    v.push(("kdf.callee_public", h(callee_public)));
+    v.push(("kdf.shared", h(shared)));
+    v.push(("kdf.c2s_key", h(schedule.c2s.key)));
+    v.push(("kdf.s2c_key", h(schedule.s2c.key)));
+    v.push(("kdf.c2s_iv", h(schedule.c2s.iv)));
+    v.push(("kdf.s2c_iv", h(schedule.s2c.iv)));
+    v.push(("kdf.call_id", h(schedule.call_id)));
+
+    // --- signatures with the published test keys (tests/vectors/*.pem)
+    let signed = share_signed_message(Role::Caller, &invite_id, &caller_public);
+    v.push(("share.signed_message", h(&signed)));
+    v.push(("share.signature_alice", h(cert::sign(&common::key("alice"), &signed))));
+    let issuer = Issuer::new(common::key("issuer"));
+    v.push(("cert.issuer_key_id", h(cert::key_id(&issuer.public_key()))));
+    let certificate = issuer.issue(
+        "alice",
+        &common::key("alice").to_public_key(),
+        1,
+        1_800_000_000,
+        1_800_086_400,
+    );
+    v.push(("cert.body", h(&certificate.body)));
+    v.push(("cert.signature", h(&certificate.signature)));
+    let join = cert::join_proof_message(&[0x5a; 16], &[0xc3; 32]);
+    v.push(("join.signed_message", h(&join)));
+
+    // --- envelopes as framed on a stream
+    let ping = Envelope::new(0, envelope::Body::Ping(Ping { nonce: 0x0102_0304 }));
+    v.push(("frame.ping", h(to_frame(&ping).unwrap())));
+    let login = Envelope::new(
+        7,
+        envelope::Body::LoginRequest(LoginRequest {
+            name: "alice".into(),
+            password: "correct horse".into(),
+            public_key: vec![0xaa, 0xbb, 0xcc, 0xdd],
+        }),
+    );
+    v.push(("frame.login_request", h(to_frame(&login).unwrap())));
+    v
+}
+
+/// `name = hex` lines of every ```test-vectors block in the document.
+fn documented() -> BTreeMap<String, String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");
+    let doc = std::fs::read_to_string(path).expect("docs/PROTOCOL.md exists");
+    let mut map = BTreeMap::new();
+    let mut inside = false;
+    for line in doc.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("```") {
+            inside = trimmed == "```test-vectors";
+            continue;
+        }
+        if inside && let Some((k, val)) = trimmed.split_once(" = ") {
+            let prev = map.insert(k.trim().to_owned(), val.trim().to_owned());
+            assert!(prev.is_none(), "vector {k} documented twice");
+        }
+    }
+    map
+}
+
+#[test]
+fn the_documented_vectors_are_what_the_code_computes() {
+    let computed = compute();
+    if std::env::var_os("NATTER_PRINT_VECTORS").is_some() {
+        for (k, val) in &computed {
+            println!("{k} = {val}");
+        }
+    }
+    let documented = documented();
+    assert!(documented.len() >= 30, "only {} vectors documented", documented.len());
+    for (k, val) in &computed {
+        assert_eq!(
+            documented.get(*k).map(String::as_str),
+            Some(val.as_str()),
+            "vector {k} in docs/PROTOCOL.md"
+        );
+    }
+    let known: std::collections::BTreeSet<_> = computed.iter().map(|(k, _)| *k).collect();
+    for k in documented.keys() {
+        assert!(known.contains(k.as_str()), "docs/PROTOCOL.md has unknown vector {k}");
+    }
+}
+
+#[test]
+fn the_key_schedule_vector_matches_rfc_7748() {
+    // The shared secret RFC 7748 gives for these two keys.
+    let caller: [u8; 32] = arr("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a");
+    let callee: [u8; 32] = arr("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb");
+    let shared = StaticSecret::from(caller)
+        .diffie_hellman(&PublicKey::from(&StaticSecret::from(callee)))
+        .to_bytes();
+    assert_eq!(h(shared), "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742");
+}
