@@ -39,6 +39,7 @@ impl envelope::Body {
             B::Error(_) => "error",
             B::Ping(_) => "ping",
             B::Pong(_) => "pong",
+            B::Ack(_) => "ack",
             B::RegisterRequest(_) => "register_request",
             B::RegisterReply(_) => "register_reply",
             B::LoginRequest(_) => "login_request",
