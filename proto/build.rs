@@ -3,9 +3,11 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/natter.proto");
     if std::env::var_os("PROTOC").is_none() && which("protoc").is_none() {
-        return Err("`protoc` not found: install it with `apt-get install protobuf-compiler` \
+        return Err(
+            "`protoc` not found: install it with `apt-get install protobuf-compiler` \
                     (or set PROTOC=/path/to/protoc)"
-            .into());
+                .into(),
+        );
     }
     prost_build::Config::new()
         // Lets property tests and fuzz targets build any message from raw bytes.

@@ -3,6 +3,8 @@
 //!
 //! `cargo bench -p natter-proto --bench som`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -40,7 +42,9 @@ fn bench(c: &mut Criterion) {
     let datagrams: Vec<Vec<u8>> = (0..200_000)
         .map(|_| {
             let mut d = Vec::new();
-            sealer.seal(Function::Data, 3, &PAYLOAD, &mut d).expect("seal");
+            sealer
+                .seal(Function::Data, 3, &PAYLOAD, &mut d)
+                .expect("seal");
             d
         })
         .collect();

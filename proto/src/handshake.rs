@@ -100,7 +100,11 @@ pub struct CallKeys {
 }
 
 /// The bytes signed for a key share.
-pub fn share_signed_message(role: Role, invite_id: &[u8; INVITE_ID_LEN], public: &[u8; 32]) -> Vec<u8> {
+pub fn share_signed_message(
+    role: Role,
+    invite_id: &[u8; INVITE_ID_LEN],
+    public: &[u8; 32],
+) -> Vec<u8> {
     let mut message = Vec::with_capacity(18 + 1 + INVITE_ID_LEN + 32);
     message.extend_from_slice(b"NATTER-KEYSHARE-V1");
     message.push(role as u8);
@@ -165,7 +169,11 @@ impl KeyAgreement {
         now: i64,
     ) -> Result<CallKeys, HandshakeError> {
         let peer_cert = verify_share(peer, self.role.peer(), &self.invite_id, login_key, now)?;
-        let peer_public: [u8; 32] = peer.public.as_slice().try_into().map_err(|_| HandshakeError::ShareLength(peer.public.len()))?;
+        let peer_public: [u8; 32] = peer
+            .public
+            .as_slice()
+            .try_into()
+            .map_err(|_| HandshakeError::ShareLength(peer.public.len()))?;
         let shared = self.secret.diffie_hellman(&PublicKey::from(peer_public));
         if !shared.was_contributory() {
             return Err(HandshakeError::LowOrderShare);
@@ -174,7 +182,12 @@ impl KeyAgreement {
             Role::Caller => (self.public, peer_public),
             Role::Callee => (peer_public, self.public),
         };
-        let schedule = KeySchedule::derive(&self.invite_id, shared.as_bytes(), &caller_public, &callee_public);
+        let schedule = KeySchedule::derive(
+            &self.invite_id,
+            shared.as_bytes(),
+            &caller_public,
+            &callee_public,
+        );
         let (send, recv) = match self.role {
             Role::Caller => (schedule.c2s, schedule.s2c),
             Role::Callee => (schedule.s2c, schedule.c2s),
@@ -197,7 +210,10 @@ pub fn verify_share(
     login_key: &RsaPublicKey,
     now: i64,
 ) -> Result<VerifiedCertificate, HandshakeError> {
-    let cert = share.certificate.as_ref().ok_or(HandshakeError::MissingCertificate)?;
+    let cert = share
+        .certificate
+        .as_ref()
+        .ok_or(HandshakeError::MissingCertificate)?;
     let verified = cert::verify(cert, login_key, now)?;
     let public: [u8; 32] = share
         .public
@@ -241,8 +257,14 @@ impl KeySchedule {
             // Outputs are at most 32 bytes, far below HKDF's 255 * 32 limit.
             let _ = hkdf.expand(&info, out);
         };
-        let mut c2s = DirectionKeys { key: [0; KEY_LEN], iv: [0; IV_LEN] };
-        let mut s2c = DirectionKeys { key: [0; KEY_LEN], iv: [0; IV_LEN] };
+        let mut c2s = DirectionKeys {
+            key: [0; KEY_LEN],
+            iv: [0; IV_LEN],
+        };
+        let mut s2c = DirectionKeys {
+            key: [0; KEY_LEN],
+            iv: [0; IV_LEN],
+        };
         let mut call_id = [0u8; CALL_ID_LEN];
         expand(b"c2s key", &mut c2s.key);
         expand(b"s2c key", &mut s2c.key);

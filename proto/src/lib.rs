@@ -13,7 +13,8 @@
 //! | [`replay`] | rebuilding the 64-bit packet index from the 16-bit message id; the replay window |
 //! | [`cert`] | user certificates issued by the login server |
 //! | [`handshake`] | the call key agreement (signed X25519 shares, HKDF) |
-//! | [`media`] | sealing and opening SoM datagrams with AES-256-GCM |
+//! | [`media`] | sealing and opening SoM datagrams with AES-256-GCM; the DATA plaintext layout |
+//! | [`jitter`] | the receiver's adaptive jitter buffer |
 //!
 //! The byte layouts are documented in `docs/PROTOCOL.md`, with test vectors
 //! that `tests/vectors.rs` checks against this code.
@@ -21,6 +22,7 @@
 pub mod cert;
 pub mod frame;
 pub mod handshake;
+pub mod jitter;
 pub mod media;
 pub mod messages;
 pub mod replay;

@@ -178,3 +178,26 @@ impl Opener {
         Ok(Opened { header, index })
     }
 }
+
+/// Bytes of the frame number at the start of a `Data` plaintext.
+pub const FRAME_NUMBER_LEN: usize = 2;
+
+/// A `Data` plaintext that is too short to hold its frame number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("media frame of {0} bytes has no frame number")]
+pub struct MediaFrameError(pub usize);
+
+/// Builds a `Data` plaintext: `frame number (u16 BE) || codec payload`.
+pub fn encode_media_frame(number: u16, payload: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&number.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Splits a `Data` plaintext into its frame number and codec payload.
+pub fn decode_media_frame(plaintext: &[u8]) -> Result<(u16, &[u8]), MediaFrameError> {
+    let (number, payload) = plaintext
+        .split_first_chunk::<FRAME_NUMBER_LEN>()
+        .ok_or(MediaFrameError(plaintext.len()))?;
+    Ok((u16::from_be_bytes(*number), payload))
+}

@@ -1,5 +1,7 @@
 //! Certificates, the call key agreement and sealed datagrams.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{DAY, NOW, identity, issuer, key};
@@ -9,12 +11,15 @@ use natter_proto::media::{OpenError, Opener, Sealer};
 use natter_proto::messages::CertificateBody;
 use natter_proto::replay::{ReplayError, WINDOW};
 use natter_proto::som::Function;
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 
 const INVITE: [u8; 16] = [0x11; 16];
 
-fn agree() -> (natter_proto::handshake::CallKeys, natter_proto::handshake::CallKeys) {
+fn agree() -> (
+    natter_proto::handshake::CallKeys,
+    natter_proto::handshake::CallKeys,
+) {
     let alice = identity("alice", "alice");
     let bob = identity("bob", "bob");
     let login_key = issuer().public_key();
@@ -154,8 +159,13 @@ fn sealed_frames_open_across_the_rollover() {
     for i in 0..40u32 {
         let mut datagram = Vec::new();
         let payload = i.to_be_bytes();
-        let index = sealer.seal(Function::Data, i as u8, &payload, &mut datagram).unwrap();
-        assert_eq!(datagram.len(), payload.len() + natter_proto::media::OVERHEAD);
+        let index = sealer
+            .seal(Function::Data, i as u8, &payload, &mut datagram)
+            .unwrap();
+        assert_eq!(
+            datagram.len(),
+            payload.len() + natter_proto::media::OVERHEAD
+        );
         let opened = opener.open(&datagram, &mut out).unwrap();
         assert_eq!(opened.index, index);
         assert_eq!(opened.index, 65_530 + u64::from(i));
@@ -169,7 +179,9 @@ fn tampering_replay_and_stale_indices_are_rejected_distinctly() {
     let (mut sealer, mut opener) = pair();
     let mut out = Vec::new();
     let mut first = Vec::new();
-    sealer.seal(Function::Data, 0, b"hello", &mut first).unwrap();
+    sealer
+        .seal(Function::Data, 0, b"hello", &mut first)
+        .unwrap();
 
     // Tampered body, tampered header (function byte is authenticated too).
     for at in [first.len() - 1, 4, 2] {
@@ -206,7 +218,9 @@ fn a_wrong_key_fails_authentication_and_does_not_move_the_window() {
     let mut wrong = Opener::new(&caller.recv);
     let mut right = Opener::new(&callee.recv);
     let mut datagram = Vec::new();
-    sealer.seal(Function::Data, 3, b"voice", &mut datagram).unwrap();
+    sealer
+        .seal(Function::Data, 3, b"voice", &mut datagram)
+        .unwrap();
     let mut out = Vec::new();
     assert_eq!(wrong.open(&datagram, &mut out), Err(OpenError::Auth));
     assert!(out.is_empty());

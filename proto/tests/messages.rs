@@ -1,14 +1,16 @@
 //! Signaling messages and the stream framing: round trips for every message
 //! type, and total decoders.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use arbitrary::{Arbitrary, Unstructured};
 use natter_proto::PROTOCOL_VERSION;
 use natter_proto::frame::{
     FrameDecoder, FrameError, LENGTH_PREFIX_LEN, MAX_FRAME_LEN, decode_envelope, to_frame,
 };
 use natter_proto::messages::{Envelope, Ping, RegisterRequest, SocketAddr, envelope};
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 
 /// Any envelope of the current version with a body, built from raw bytes.
 fn envelope_strategy() -> impl Strategy<Value = Envelope> {
@@ -112,7 +114,10 @@ fn oversized_frames_are_refused_on_encode_and_on_the_prefix() {
     );
     assert!(matches!(
         to_frame(&big),
-        Err(FrameError::TooLarge { max: MAX_FRAME_LEN, .. })
+        Err(FrameError::TooLarge {
+            max: MAX_FRAME_LEN,
+            ..
+        })
     ));
 
     // The decoder refuses as soon as the 4-byte prefix announces too much,

@@ -1,5 +1,7 @@
 //! Index reconstruction and the replay window, against a reference model.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashSet;
 
 use natter_proto::replay::{ReplayError, ReplayWindow, WINDOW};

@@ -1,5 +1,7 @@
 //! The SoM header codec.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use natter_proto::som::{FUNCTION_MASK, Function, HEADER_LEN, Header, RANDOM_MASK, SomError};
 use proptest::prelude::*;
 
@@ -19,6 +21,21 @@ proptest! {
         // The function survives the mask whatever the random bits.
         prop_assert_eq!(datagram[2] & FUNCTION_MASK, f as u8);
         prop_assert_eq!((datagram[2] & RANDOM_MASK) >> 4, random);
+    }
+
+    #[test]
+    fn media_frames_round_trip(number in any::<u16>(), payload in proptest::collection::vec(any::<u8>(), 0..80)) {
+        let mut plain = Vec::new();
+        natter_proto::media::encode_media_frame(number, &payload, &mut plain);
+        let (n, p) = natter_proto::media::decode_media_frame(&plain).unwrap();
+        prop_assert_eq!(n, number);
+        prop_assert_eq!(p, payload.as_slice());
+    }
+
+    #[test]
+    fn arbitrary_media_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..8)) {
+        let result = natter_proto::media::decode_media_frame(&bytes);
+        prop_assert_eq!(result.is_ok(), bytes.len() >= 2);
     }
 
     #[test]

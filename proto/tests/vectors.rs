@@ -3,6 +3,8 @@
 //! To print them (after a deliberate protocol change):
 //! `NATTER_PRINT_VECTORS=1 cargo test -p natter-proto --test vectors -- --nocapture`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -50,7 +52,9 @@ fn compute() -> Vec<(&'static str, String)> {
     }
     assert_eq!(sealer.next_index(), index);
     datagram.clear();
-    sealer.seal(Function::Data, 5, plaintext, &mut datagram).unwrap();
+    sealer
+        .seal(Function::Data, 5, plaintext, &mut datagram)
+        .unwrap();
     v.push(("som.datagram", h(&datagram)));
 
     // --- index reconstruction
@@ -58,16 +62,24 @@ fn compute() -> Vec<(&'static str, String)> {
     window.accept(0x1_fff0);
     v.push(("roc.highest_1", format!("{:016x}", 0x1_fff0)));
     v.push(("roc.msg_id_1", "0005".into()));
-    v.push(("roc.index_1", format!("{:016x}", window.estimate(0x0005).unwrap())));
+    v.push((
+        "roc.index_1",
+        format!("{:016x}", window.estimate(0x0005).unwrap()),
+    ));
     let mut window = ReplayWindow::new();
     window.accept(0x2_0003);
     v.push(("roc.highest_2", format!("{:016x}", 0x2_0003)));
     v.push(("roc.msg_id_2", "fffe".into()));
-    v.push(("roc.index_2", format!("{:016x}", window.estimate(0xfffe).unwrap())));
+    v.push((
+        "roc.index_2",
+        format!("{:016x}", window.estimate(0xfffe).unwrap()),
+    ));
 
     // --- key schedule (X25519 keys from RFC 7748 section 6.1)
-    let caller_secret: [u8; 32] = arr("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a");
-    let callee_secret: [u8; 32] = arr("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb");
+    let caller_secret: [u8; 32] =
+        arr("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a");
+    let callee_secret: [u8; 32] =
+        arr("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb");
     let invite_id: [u8; 16] = std::array::from_fn(|i| i as u8);
     let caller_public = PublicKey::from(&StaticSecret::from(caller_secret)).to_bytes();
     let callee_public = PublicKey::from(&StaticSecret::from(callee_secret)).to_bytes();
@@ -90,7 +102,10 @@ fn compute() -> Vec<(&'static str, String)> {
     // --- signatures with the published test keys (tests/vectors/*.pem)
     let signed = share_signed_message(Role::Caller, &invite_id, &caller_public);
     v.push(("share.signed_message", h(&signed)));
-    v.push(("share.signature_alice", h(cert::sign(&common::key("alice"), &signed))));
+    v.push((
+        "share.signature_alice",
+        h(cert::sign(&common::key("alice"), &signed)),
+    ));
     let issuer = Issuer::new(common::key("issuer"));
     v.push(("cert.issuer_key_id", h(cert::key_id(&issuer.public_key()))));
     let certificate = issuer.issue(
@@ -149,7 +164,11 @@ fn the_documented_vectors_are_what_the_code_computes() {
         }
     }
     let documented = documented();
-    assert!(documented.len() >= 30, "only {} vectors documented", documented.len());
+    assert!(
+        documented.len() >= 30,
+        "only {} vectors documented",
+        documented.len()
+    );
     for (k, val) in &computed {
         assert_eq!(
             documented.get(*k).map(String::as_str),
@@ -159,7 +178,10 @@ fn the_documented_vectors_are_what_the_code_computes() {
     }
     let known: std::collections::BTreeSet<_> = computed.iter().map(|(k, _)| *k).collect();
     for k in documented.keys() {
-        assert!(known.contains(k.as_str()), "docs/PROTOCOL.md has unknown vector {k}");
+        assert!(
+            known.contains(k.as_str()),
+            "docs/PROTOCOL.md has unknown vector {k}"
+        );
     }
 }
 
@@ -171,5 +193,8 @@ fn the_key_schedule_vector_matches_rfc_7748() {
     let shared = StaticSecret::from(caller)
         .diffie_hellman(&PublicKey::from(&StaticSecret::from(callee)))
         .to_bytes();
-    assert_eq!(h(shared), "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742");
+    assert_eq!(
+        h(shared),
+        "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742"
+    );
 }

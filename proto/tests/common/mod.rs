@@ -1,5 +1,6 @@
 //! Fixtures shared by the integration tests: the published test keys.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use natter_proto::cert::{Identity, Issuer};
 use rsa::RsaPrivateKey;
