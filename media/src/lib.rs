@@ -1,0 +1,23 @@
+//! # natter-media
+//!
+//! Natter's voice path, minus the sockets and the clock:
+//!
+//! | module | concept |
+//! |---|---|
+//! | [`codec`] | Opus at 48 kHz mono, 20 ms frames, in-band FEC on, DTX off |
+//! | [`session`] | one call's media: encode + seal every 20 ms, open + jitter buffer + decode |
+//! | [`wav`] | WAV files in and out (headless audio I/O) |
+//! | [`resample`] | converting any input rate to 48 kHz |
+//! | [`score`] | how well received audio matches what was sent |
+//!
+//! The shell (the `natter` client) owns the UDP socket and the 20 ms timer and
+//! drives a [`session::MediaSession`] with `poll_transmit`, `handle_datagram`
+//! and `poll_audio`, passing the time in.
+
+pub mod codec;
+pub mod resample;
+pub mod score;
+pub mod session;
+pub mod wav;
+
+pub use codec::{FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE};

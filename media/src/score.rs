@@ -1,0 +1,156 @@
+//! How well received audio matches what was sent.
+//!
+//! The two signals are aligned first (the call adds an unknown delay), then
+//! compared twice:
+//!
+//! * **envelope**: Pearson correlation of the 10 ms log-energy envelopes at the
+//!   best lag within `max_lag_ms`. Speech through Opus keeps its envelope
+//!   (> 0.9); silence, noise or another utterance do not.
+//! * **waveform**: Pearson correlation of the 8 kHz-decimated waveforms at the
+//!   best fine lag (+-5 ms around the envelope lag). Garbage decrypted with a
+//!   wrong key, or silence, scores near 0.
+//!
+//! Both are 0 when either signal has no variance (silence).
+
+/// The match between a sent and a received signal (48 kHz).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    /// Delay of `received` relative to `sent`, in ms.
+    pub lag_ms: f64,
+    /// Envelope correlation, -1..1.
+    pub envelope: f64,
+    /// Waveform correlation at the best lag, -1..1.
+    pub waveform: f64,
+}
+
+const ENVELOPE_MS: usize = 10;
+const RATE: usize = 48_000;
+const DECIMATE: usize = 6; // 48 kHz -> 8 kHz
+
+/// Compares `received` with `sent`, searching delays of 0..=`max_lag_ms`.
+pub fn compare(sent: &[i16], received: &[i16], max_lag_ms: u32) -> Score {
+    let win = RATE * ENVELOPE_MS / 1000;
+    let env_sent = envelope(sent, win);
+    let env_recv = envelope(received, win);
+    let max_lag = max_lag_ms as usize / ENVELOPE_MS;
+    let (env_lag, env_corr) = best_lag(&env_sent, &env_recv, 0, max_lag);
+
+    let dec_sent = decimate(sent);
+    let dec_recv = decimate(received);
+    let per_ms = RATE / DECIMATE / 1000;
+    let centre = env_lag * ENVELOPE_MS * per_ms;
+    let spread = 5 * per_ms;
+    let (fine_lag, wave_corr) = best_lag(
+        &dec_sent,
+        &dec_recv,
+        centre.saturating_sub(spread),
+        centre + spread,
+    );
+    Score {
+        lag_ms: fine_lag as f64 / per_ms as f64,
+        envelope: env_corr,
+        waveform: wave_corr,
+    }
+}
+
+fn envelope(samples: &[i16], win: usize) -> Vec<f64> {
+    samples
+        .chunks(win)
+        .map(|c| {
+            let energy =
+                c.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>() / c.len() as f64;
+            (energy + 1.0).ln()
+        })
+        .collect()
+}
+
+fn decimate(samples: &[i16]) -> Vec<f64> {
+    samples
+        .chunks(DECIMATE)
+        .map(|c| c.iter().map(|&s| f64::from(s)).sum::<f64>() / c.len() as f64)
+        .collect()
+}
+
+/// The lag in `lo..=hi` (samples of `b` after `a`) with the highest Pearson correlation.
+fn best_lag(a: &[f64], b: &[f64], lo: usize, hi: usize) -> (usize, f64) {
+    (lo..=hi)
+        .filter(|&lag| lag < b.len())
+        .map(|lag| {
+            let n = a.len().min(b.len() - lag);
+            (lag, pearson(&a[..n], &b[lag..lag + n]))
+        })
+        .fold(
+            (lo, 0.0),
+            |best, cur| if cur.1 > best.1 { cur } else { best },
+        )
+}
+
+fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len());
+    if n < 2 {
+        return 0.0;
+    }
+    let (a, b) = (&a[..n], &b[..n]);
+    let ma = a.iter().sum::<f64>() / n as f64;
+    let mb = b.iter().sum::<f64>() / n as f64;
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        let (dx, dy) = (x - ma, y - mb);
+        sab += dx * dy;
+        saa += dx * dx;
+        sbb += dy * dy;
+    }
+    if saa <= f64::EPSILON || sbb <= f64::EPSILON {
+        return 0.0;
+    }
+    sab / (saa.sqrt() * sbb.sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// A speech-like test signal: tone bursts of varying pitch and loudness.
+    fn bursts(seed: u64) -> Vec<i16> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut out = Vec::new();
+        for _ in 0..20 {
+            let hz: f64 = rng.gen_range(120.0..400.0);
+            let amp: f64 = rng.gen_range(2000.0..12000.0);
+            let len = rng.gen_range(2400..9600);
+            out.extend((0..len).map(|i| {
+                (amp * (i as f64 * hz * 2.0 * std::f64::consts::PI / 48_000.0).sin()) as i16
+            }));
+            out.extend(std::iter::repeat_n(0i16, rng.gen_range(1000..5000)));
+        }
+        out
+    }
+
+    #[test]
+    fn a_delayed_copy_matches_and_its_delay_is_found() {
+        let sent = bursts(1);
+        let mut received = vec![0i16; 4800]; // 100 ms
+        received.extend(&sent);
+        let score = compare(&sent, &received, 500);
+        assert!(score.envelope > 0.99, "{score:?}");
+        assert!(score.waveform > 0.99, "{score:?}");
+        assert!((score.lag_ms - 100.0).abs() < 1.0, "{score:?}");
+    }
+
+    #[test]
+    fn silence_noise_and_other_audio_do_not_match() {
+        let sent = bursts(1);
+        let silence = vec![0i16; sent.len()];
+        assert_eq!(compare(&sent, &silence, 500).waveform, 0.0);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let noise: Vec<i16> = (0..sent.len())
+            .map(|_| rng.gen_range(-8000..8000))
+            .collect();
+        let s = compare(&sent, &noise, 500);
+        assert!(s.waveform < 0.2 && s.envelope < 0.3, "noise {s:?}");
+        let other = bursts(2);
+        let s = compare(&sent, &other, 500);
+        assert!(s.waveform < 0.3, "other {s:?}");
+    }
+}
