@@ -12,6 +12,7 @@
 //! | [`som`] | the SoM datagram header (message id + function byte) |
 //! | [`replay`] | rebuilding the 64-bit packet index from the 16-bit message id; the replay window |
 //! | [`cert`] | user certificates issued by the login server |
+//! | [`call`] | call setup: invite / ringing / accept / reject / busy / hangup, timeouts |
 //! | [`handshake`] | the call key agreement (signed X25519 shares, HKDF) |
 //! | [`media`] | sealing and opening SoM datagrams with AES-256-GCM; the DATA plaintext layout |
 //! | [`jitter`] | the receiver's adaptive jitter buffer |
@@ -19,6 +20,7 @@
 //! The byte layouts are documented in `docs/PROTOCOL.md`, with test vectors
 //! that `tests/vectors.rs` checks against this code.
 
+pub mod call;
 pub mod cert;
 pub mod frame;
 pub mod handshake;
