@@ -21,7 +21,9 @@ pub enum ClientError {
     AccountDisabled(String),
     #[error("stale buddy list: {0}")]
     StaleVersion(String),
-    #[error("session expired: the certificate for {name:?} expired at unix time {expired_at}; run `natter login {name}`")]
+    #[error(
+        "session expired: the certificate for {name:?} expired at unix time {expired_at}; run `natter login {name}`"
+    )]
     SessionExpired { name: String, expired_at: i64 },
     #[error("not logged in: run `natter login NAME`")]
     NotLoggedIn,
@@ -35,6 +37,8 @@ pub enum ClientError {
     ConnectionClosed(String),
     #[error("login server did not answer in time")]
     Timeout,
+    #[error("{0}")]
+    Usage(String),
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error("{path}: {detail}")]

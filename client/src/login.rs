@@ -76,7 +76,13 @@ impl LoginClient {
             .map_err(|e| connect_err(e.to_string()))?;
         let conn = match tokio::time::timeout(REQUEST_TIMEOUT, connecting).await {
             Err(_) => return Err(connect_err("timed out".into())),
-            Ok(Err(e)) => return Err(connect_err(e.to_string())),
+            Ok(Err(e)) => {
+                let mut detail = e.to_string();
+                if detail.contains("certificate") {
+                    detail.push_str(" (is --login-key the key of this login server?)");
+                }
+                return Err(connect_err(detail));
+            }
             Ok(Ok(conn)) => conn,
         };
         Ok(Self {
@@ -103,12 +109,19 @@ impl LoginClient {
     pub async fn raw_exchange(&self, bytes: &[u8]) -> Result<Vec<u8>, ClientError> {
         let (mut send, mut recv) = self.conn.open_bi().await.map_err(connection_error)?;
         let exchange = async {
-            send.write_all(bytes).await.map_err(closed)?;
-            let _ = send.finish();
-            recv.read_to_end(2 * frame::MAX_FRAME_LEN).await.map_err(|e| match e {
-                quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(c)) => connection_error(c),
+            send.write_all(bytes).await.map_err(|e| match e {
+                quinn::WriteError::ConnectionLost(c) => connection_error(c),
                 other => closed(other),
-            })
+            })?;
+            let _ = send.finish();
+            recv.read_to_end(2 * frame::MAX_FRAME_LEN)
+                .await
+                .map_err(|e| match e {
+                    quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(c)) => {
+                        connection_error(c)
+                    }
+                    other => closed(other),
+                })
         };
         tokio::time::timeout(self.timeout, exchange)
             .await
@@ -162,7 +175,12 @@ impl LoginClient {
 
     /// Logs in with `key`'s public half and checks the returned certificate:
     /// it must verify against the pinned key, name this user and certify `key`.
-    pub async fn login(&self, name: &str, password: &str, key: &RsaPrivateKey) -> Result<LoginOutcome, ClientError> {
+    pub async fn login(
+        &self,
+        name: &str,
+        password: &str,
+        key: &RsaPrivateKey,
+    ) -> Result<LoginOutcome, ClientError> {
         let public = key.to_public_key();
         let body = Body::LoginRequest(LoginRequest {
             name: name.to_owned(),
@@ -178,8 +196,12 @@ impl LoginClient {
             .ok_or_else(|| ClientError::Protocol("login reply without a certificate".into()))?;
         // Checked at the server's time, so a skewed local clock does not
         // reject a fresh certificate.
-        let verified = cert::verify(&certificate, &self.login_key, reply.server_time.div_euclid(1000))
-            .map_err(|e| ClientError::BadCertificate(e.to_string()))?;
+        let verified = cert::verify(
+            &certificate,
+            &self.login_key,
+            reply.server_time.div_euclid(1000),
+        )
+        .map_err(|e| ClientError::BadCertificate(e.to_string()))?;
         if verified.name != name.to_ascii_lowercase() {
             return Err(ClientError::BadCertificate(format!(
                 "certificate is for {:?}, not {name:?}",
@@ -187,7 +209,9 @@ impl LoginClient {
             )));
         }
         if verified.public_key != public {
-            return Err(ClientError::BadCertificate("certificate is for another key".into()));
+            return Err(ClientError::BadCertificate(
+                "certificate is for another key".into(),
+            ));
         }
         Ok(LoginOutcome {
             certificate,
@@ -218,7 +242,11 @@ impl LoginClient {
     }
 
     /// Fetches the buddy blob (version 0 and no bytes if never written).
-    pub async fn buddy_blob_get(&self, name: &str, password: &str) -> Result<BuddyBlob, ClientError> {
+    pub async fn buddy_blob_get(
+        &self,
+        name: &str,
+        password: &str,
+    ) -> Result<BuddyBlob, ClientError> {
         let body = Body::BuddyBlobGet(BuddyBlobGet {
             name: name.to_owned(),
             password: password.to_owned(),

@@ -109,7 +109,9 @@ pub fn client_config(login_key: &RsaPublicKey) -> Result<quinn::ClientConfig, Cl
         .map_err(|e| ClientError::Crypto(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(20_000))));
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+        20_000,
+    ))));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }

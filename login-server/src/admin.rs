@@ -24,12 +24,11 @@ pub enum AdminError {
 }
 
 async fn open(data_dir: &Path) -> Result<Store, AdminError> {
-    let data = DataDir::open(data_dir)?;
-    let db = data.db_path();
-    if !db.exists() {
+    if !data_dir.join(crate::datadir::DB_FILE).exists() {
         return Err(AdminError::NoDatabase(data_dir.display().to_string()));
     }
-    Ok(Store::open(&db).await?)
+    let data = DataDir::open(data_dir)?;
+    Ok(Store::open(&data.db_path()).await?)
 }
 
 /// Every account in the data directory.
@@ -42,7 +41,11 @@ pub async fn list_users(data_dir: &Path) -> Result<Vec<UserRecord>, AdminError> 
 
 /// Disables (or, with `disabled = false`, re-enables) an account. Certificates
 /// already issued stay valid until they expire.
-pub async fn set_disabled(data_dir: &Path, name: &str, disabled: bool) -> Result<String, AdminError> {
+pub async fn set_disabled(
+    data_dir: &Path,
+    name: &str,
+    disabled: bool,
+) -> Result<String, AdminError> {
     let name = names::normalise_name(name)?;
     let store = open(data_dir).await?;
     let result = store.set_disabled(&name, disabled).await;
@@ -62,6 +65,7 @@ pub fn format_user(user: &UserRecord) -> String {
         user.display_name,
         if user.disabled { "disabled" } else { "active" },
         user.created_at,
-        user.last_login.map_or_else(|| "never".to_owned(), |t| t.to_string()),
+        user.last_login
+            .map_or_else(|| "never".to_owned(), |t| t.to_string()),
     )
 }

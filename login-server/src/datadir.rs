@@ -105,6 +105,25 @@ impl DataDir {
         self.file(DB_FILE)
     }
 
+    /// The database file, created empty with mode 0600 if missing (SQLite
+    /// gives its `-wal` and `-shm` files the same mode): it holds the
+    /// password hashes.
+    pub fn private_db_path(&self) -> Result<PathBuf, DataDirError> {
+        let path = self.db_path();
+        if path.exists() {
+            tighten_mode(&path)?;
+        } else {
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io_err(&path))?;
+        }
+        Ok(path)
+    }
+
     /// Loads the signing key, creating it (and `login-key.pub`) on first use.
     /// Returns the key and whether it was created now.
     pub fn signing_key(&self) -> Result<(RsaPrivateKey, bool), DataDirError> {
@@ -152,7 +171,8 @@ impl DataDir {
         let tls_err = |path: &Path, e: rustls::pki_types::pem::Error| {
             DataDirError::Tls(format!("{}: {e}", path.display()))
         };
-        let key = PrivatePkcs8KeyDer::from_pem_file(&key_path).map_err(|e| tls_err(&key_path, e))?;
+        let key =
+            PrivatePkcs8KeyDer::from_pem_file(&key_path).map_err(|e| tls_err(&key_path, e))?;
         let cert = CertificateDer::from_pem_file(&cert_path).map_err(|e| tls_err(&cert_path, e))?;
         Ok(TlsIdentity {
             cert_chain: vec![cert],
@@ -237,10 +257,12 @@ mod tests {
         let (key1, created1) = data.signing_key().unwrap();
         assert!(created1);
         let tls1 = data.tls_identity(&key1).unwrap();
+        data.private_db_path().unwrap();
         for (file, mode) in [
             (SIGNING_KEY_FILE, 0o600),
             (TLS_KEY_FILE, 0o600),
             (PUBLIC_KEY_FILE, 0o644),
+            (DB_FILE, 0o600),
         ] {
             let m = fs::metadata(data.file(file)).unwrap().permissions().mode() & 0o777;
             assert_eq!(m, mode, "{file}");

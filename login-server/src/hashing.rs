@@ -85,7 +85,8 @@ impl PasswordHasher {
 
     /// Checks `password` against a stored PHC string, with the cost recorded in it.
     pub fn verify_blocking(password: &str, stored: &str) -> Result<bool, HashError> {
-        let parsed = PasswordHash::new(stored).map_err(|e| HashError::BadStoredHash(e.to_string()))?;
+        let parsed =
+            PasswordHash::new(stored).map_err(|e| HashError::BadStoredHash(e.to_string()))?;
         match Argon2::default().verify_password(password.as_bytes(), &parsed) {
             Ok(()) => Ok(true),
             Err(argon2::password_hash::Error::Password) => Ok(false),
@@ -118,11 +119,22 @@ mod tests {
 
     #[tokio::test]
     async fn hash_and_verify() {
-        let hasher = PasswordHasher::new(Argon2Config::insecure_for_tests(), CpuPool::new(2)).unwrap();
+        let hasher =
+            PasswordHasher::new(Argon2Config::insecure_for_tests(), CpuPool::new(2)).unwrap();
         let hash = hasher.hash("correct horse".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{hash}");
-        assert!(hasher.verify("correct horse".into(), hash.clone()).await.unwrap());
-        assert!(!hasher.verify("wrong horse".into(), hash.clone()).await.unwrap());
+        assert!(
+            hasher
+                .verify("correct horse".into(), hash.clone())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !hasher
+                .verify("wrong horse".into(), hash.clone())
+                .await
+                .unwrap()
+        );
         // A second hash of the same password uses another salt.
         assert_ne!(hash, hasher.hash("correct horse".into()).await.unwrap());
         assert!(matches!(

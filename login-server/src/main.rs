@@ -1,5 +1,6 @@
 //! `natter-login`: a thin command line over the `natter_login` library.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -110,13 +111,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .unwrap_or_else(|_| "info".into()),
                 )
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
                 .init();
             let mut server = LoginServer::start(args.into_config()).await?;
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
                 () = server.wait() => {}
                 r = tokio::signal::ctrl_c() => {
                     r?;
                     tracing::info!("interrupted; shutting down");
+                    server.shutdown().await;
+                }
+                _ = terminate.recv() => {
+                    tracing::info!("terminated; shutting down");
                     server.shutdown().await;
                 }
             }

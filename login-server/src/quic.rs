@@ -97,17 +97,18 @@ impl LoginServer {
         let data = DataDir::open(&config.data_dir)?;
         let (signing_key, created) = data.signing_key()?;
         let tls = data.tls_identity(&signing_key)?;
-        let store = Store::open(&data.db_path()).await?;
+        let store = Store::open(&data.private_db_path()?).await?;
         let issuer = Issuer::new(signing_key);
         let public_key = issuer.public_key();
         let service = Arc::new(LoginService::new(store, issuer, &config)?);
 
-        let endpoint = Endpoint::server(server_config(tls, &config)?, config.listen).map_err(|source| {
-            ServeError::Bind {
-                addr: config.listen,
-                source,
-            }
-        })?;
+        let endpoint =
+            Endpoint::server(server_config(tls, &config)?, config.listen).map_err(|source| {
+                ServeError::Bind {
+                    addr: config.listen,
+                    source,
+                }
+            })?;
         let local_addr = endpoint.local_addr().map_err(|source| ServeError::Bind {
             addr: config.listen,
             source,
@@ -256,7 +257,11 @@ async fn read_request(recv: &mut quinn::RecvStream) -> Result<Option<Envelope>, 
             if decoder.buffered() != 0 {
                 return Err(RequestError::Trailing);
             }
-            return Ok(Some(envelope));
+            // The client finishes the stream after its one frame.
+            return match recv.read(&mut buf).await? {
+                None | Some(0) => Ok(Some(envelope)),
+                Some(_) => Err(RequestError::Trailing),
+            };
         }
     }
 }
@@ -269,7 +274,8 @@ async fn serve_stream(
     limits: Limits,
 ) {
     let peer = conn.remote_address();
-    let request = match tokio::time::timeout(limits.request_timeout, read_request(&mut recv)).await {
+    let request = match tokio::time::timeout(limits.request_timeout, read_request(&mut recv)).await
+    {
         Err(_) => {
             tracing::debug!(%peer, "request timed out");
             let _ = send.reset(VarInt::from_u32(0));

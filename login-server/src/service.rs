@@ -156,7 +156,8 @@ impl LoginService {
     }
 
     async fn register(&self, r: RegisterRequest) -> Reply {
-        let name = names::normalise_name(&r.name).map_err(|e| error(ErrorCode::BadName, e.to_string()))?;
+        let name =
+            names::normalise_name(&r.name).map_err(|e| error(ErrorCode::BadName, e.to_string()))?;
         names::check_password(&r.password).map_err(|e| match e {
             PasswordError::TooShort => error(ErrorCode::ShortPassword, e.to_string()),
             PasswordError::TooLong => error(ErrorCode::Malformed, e.to_string()),
@@ -166,30 +167,47 @@ impl LoginService {
             return Err(StoreError::NameTaken.into());
         }
         let hash = self.hasher.hash(r.password).await?;
-        self.store.create_user(&name, &r.name, &hash, now_ms()).await?;
+        self.store
+            .create_user(&name, &r.name, &hash, now_ms())
+            .await?;
         tracing::info!(%name, "registered");
         Ok(Body::RegisterReply(RegisterReply { name }))
     }
 
     /// Checks a name and password, with throttling; returns the account.
-    async fn authenticate(&self, name: &str, password: &str, peer: SocketAddr) -> Result<UserRecord, ErrorReply> {
-        let name = names::normalise_name(name).map_err(|e| error(ErrorCode::BadName, e.to_string()))?;
+    async fn authenticate(
+        &self,
+        name: &str,
+        password: &str,
+        peer: SocketAddr,
+    ) -> Result<UserRecord, ErrorReply> {
+        let name =
+            names::normalise_name(name).map_err(|e| error(ErrorCode::BadName, e.to_string()))?;
         if password.len() > names::MAX_PASSWORD_BYTES {
-            return Err(error(ErrorCode::Malformed, PasswordError::TooLong.to_string()));
+            return Err(error(
+                ErrorCode::Malformed,
+                PasswordError::TooLong.to_string(),
+            ));
         }
         let ip = canonical_ip(peer.ip());
         if let Some(wait) = self.throttle.check(&name, ip, Instant::now()) {
             let ms = u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX);
             let mut e = error(
                 ErrorCode::Throttled,
-                format!("too many failed attempts; retry in {:.1} s", wait.as_secs_f64()),
+                format!(
+                    "too many failed attempts; retry in {:.1} s",
+                    wait.as_secs_f64()
+                ),
             );
             e.retry_after_ms = ms;
             return Err(e);
         }
         let Some(user) = self.store.user(&name).await? else {
             self.throttle.failure(None, ip, Instant::now());
-            return Err(error(ErrorCode::UnknownUser, format!("no user named {name:?}")));
+            return Err(error(
+                ErrorCode::UnknownUser,
+                format!("no user named {name:?}"),
+            ));
         };
         if !self
             .hasher
@@ -202,7 +220,10 @@ impl LoginService {
         }
         self.throttle.success(&name);
         if user.disabled {
-            return Err(error(ErrorCode::AccountDisabled, format!("account {name:?} is disabled")));
+            return Err(error(
+                ErrorCode::AccountDisabled,
+                format!("account {name:?} is disabled"),
+            ));
         }
         Ok(user)
     }
@@ -238,7 +259,9 @@ impl LoginService {
     }
 
     async fn recent_supernodes(&self, now: i64) -> Result<Vec<HostCacheEntry>, ErrorReply> {
-        let since = now.saturating_sub(i64::try_from(self.settings.supernode_ttl.as_millis()).unwrap_or(i64::MAX));
+        let since = now.saturating_sub(
+            i64::try_from(self.settings.supernode_ttl.as_millis()).unwrap_or(i64::MAX),
+        );
         let records = self
             .store
             .recent_supernodes(since, self.settings.max_supernodes_returned)
@@ -261,7 +284,10 @@ impl LoginService {
         if r.ciphertext.len() > MAX_BUDDY_BLOB {
             return Err(error(
                 ErrorCode::Malformed,
-                format!("buddy blob of {} bytes exceeds {MAX_BUDDY_BLOB}", r.ciphertext.len()),
+                format!(
+                    "buddy blob of {} bytes exceeds {MAX_BUDDY_BLOB}",
+                    r.ciphertext.len()
+                ),
             ));
         }
         let user = self.authenticate(&r.name, &r.password, peer).await?;
@@ -295,7 +321,8 @@ impl LoginService {
             .addr
             .as_ref()
             .ok_or_else(|| error(ErrorCode::Malformed, "announce has no address"))?;
-        let mut addr = SocketAddr::try_from(wire).map_err(|e| error(ErrorCode::Malformed, format!("address: {e}")))?;
+        let mut addr = SocketAddr::try_from(wire)
+            .map_err(|e| error(ErrorCode::Malformed, format!("address: {e}")))?;
         if addr.port() == 0 {
             return Err(error(ErrorCode::Malformed, "announced port is 0"));
         }
@@ -322,7 +349,9 @@ impl LoginService {
             )
             .await?;
         let forget = i64::try_from(SUPERNODE_FORGET.as_millis()).unwrap_or(i64::MAX);
-        self.store.prune_supernodes(now.saturating_sub(forget)).await?;
+        self.store
+            .prune_supernodes(now.saturating_sub(forget))
+            .await?;
         tracing::debug!(%addr, node = %hex::encode(&r.node_id), "supernode announced");
         Ok(Body::SupernodeList(SupernodeList {
             entries: self.recent_supernodes(now).await?,

@@ -354,9 +354,8 @@ impl Store {
         base_version: u64,
         ciphertext: &[u8],
     ) -> Result<u64, StoreError> {
-        let base = i64::try_from(base_version).map_err(|_| StoreError::StaleVersion {
-            current: 0,
-        })?;
+        let base =
+            i64::try_from(base_version).map_err(|_| StoreError::StaleVersion { current: 0 })?;
         // One conditional statement: the compare and the swap are atomic.
         let done = sqlx::query(
             "UPDATE users SET buddy_version = buddy_version + 1, buddy_blob = $1
@@ -421,13 +420,24 @@ mod tests {
             Err(StoreError::UnknownUser)
         ));
 
-        store.upsert_supernode("aa", "10.0.0.1", "10.0.0.1:1", 100, 1).await.unwrap();
-        store.upsert_supernode("aa", "10.0.0.1", "10.0.0.1:2", 200, 1).await.unwrap();
+        store
+            .upsert_supernode("aa", "10.0.0.1", "10.0.0.1:1", 100, 1)
+            .await
+            .unwrap();
+        store
+            .upsert_supernode("aa", "10.0.0.1", "10.0.0.1:2", 200, 1)
+            .await
+            .unwrap();
         assert!(matches!(
-            store.upsert_supernode("bb", "10.0.0.1", "10.0.0.1:3", 200, 1).await,
+            store
+                .upsert_supernode("bb", "10.0.0.1", "10.0.0.1:3", 200, 1)
+                .await,
             Err(StoreError::TooManySupernodes)
         ));
-        store.upsert_supernode("cc", "10.0.0.2", "10.0.0.2:1", 50, 1).await.unwrap();
+        store
+            .upsert_supernode("cc", "10.0.0.2", "10.0.0.2:1", 50, 1)
+            .await
+            .unwrap();
         let recent = store.recent_supernodes(100, 10).await.unwrap();
         assert_eq!(recent.len(), 1);
         assert_eq!(recent[0].addr, "10.0.0.1:2");

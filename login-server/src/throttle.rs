@@ -197,7 +197,11 @@ mod tests {
         let t = Throttle::new(cfg());
         let now = Instant::now();
         for i in 0..100u32 {
-            t.failure(Some(&format!("n{i}")), IpAddr::from(i.to_be_bytes()), now + Duration::from_millis(u64::from(i)));
+            t.failure(
+                Some(&format!("n{i}")),
+                IpAddr::from(i.to_be_bytes()),
+                now + Duration::from_millis(u64::from(i)),
+            );
         }
         assert!(lock(&t.names).entries.len() <= 4);
         assert!(lock(&t.addrs).entries.len() <= 4);

@@ -1,0 +1,551 @@
+//! Placing and answering calls: the tokio shell around
+//! [`natter_proto::call::CallSetup`] (signaling through the supernode) and
+//! [`natter_media::session::MediaSession`] (SoM/UDP media).
+//!
+//! Media runs on one UDP socket per call, driven by a 20 ms interval: each
+//! tick sends exactly one `Data` datagram (speech or silence, no suppression)
+//! and plays exactly one frame. Probes every second measure the RTT.
+
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use natter_media::FRAME_SAMPLES;
+use natter_media::session::{MediaConfig, MediaSession, MediaStats, Received};
+use natter_media::wav::{WavSink, read_mono_48k};
+use natter_proto::call::{CallEvent, CallSetup, EndReason, Phase};
+use natter_proto::cert::Identity;
+use natter_proto::handshake::CallKeys;
+use natter_proto::messages::{
+    CallSignal, Candidate, CandidateKind, ErrorCode, TransportKind, call_signal, envelope,
+};
+use rand::RngCore;
+use rsa::RsaPublicKey;
+use tokio::net::UdpSocket;
+
+use crate::supernode::{SessionError, SupernodeSession};
+
+/// Time the callee has to answer.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// A call with no media from the peer for this long is over.
+pub const MEDIA_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Audio and reporting options of a call.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// WAV to send (any rate; silence after its end). None: silence.
+    pub audio_in: Option<PathBuf>,
+    /// WAV to write what was heard into.
+    pub audio_out: Option<PathBuf>,
+    /// Hang up after this long (caller default: the input's length, or 10 s).
+    pub duration: Option<Duration>,
+    /// Print a live one-line status on stderr (when it is a terminal).
+    pub live_status: bool,
+}
+
+/// Why a call did not happen or broke.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("no user named {0:?}")]
+    UnknownUser(String),
+    #[error("{0} is offline")]
+    Offline(String),
+    #[error("{0} did not answer")]
+    NoAnswer(String),
+    #[error("{0} declined the call")]
+    Rejected(String),
+    #[error("{0} is busy")]
+    Busy(String),
+    #[error("the peer's identity did not verify: {0}")]
+    BadPeer(String),
+    #[error("the call failed: {0}")]
+    Failed(String),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("audio: {0}")]
+    Audio(String),
+    #[error("media socket: {0}")]
+    Socket(#[from] std::io::Error),
+    #[error("the supernode session ended during the call")]
+    SessionLost,
+}
+
+/// The report of one call.
+#[derive(Debug, Clone)]
+pub struct CallReport {
+    pub peer: String,
+    pub path: &'static str,
+    pub remote_addr: Option<SocketAddr>,
+    pub duration_s: f64,
+    pub setup_ms: u64,
+    pub first_audio_ms: Option<u64>,
+    pub ended_by_peer: bool,
+    pub media: MediaStats,
+    pub codec_bitrate: i32,
+}
+
+impl CallReport {
+    /// Mean UDP payload of what this side sent, in bytes.
+    pub fn mean_payload(&self) -> f64 {
+        if self.media.sent_packets == 0 {
+            0.0
+        } else {
+            self.media.sent_bytes as f64 / self.media.sent_packets as f64
+        }
+    }
+
+    /// The report as JSON (the `--stats-json` file).
+    pub fn to_json(&self) -> String {
+        let m = &self.media;
+        let opt = |v: Option<u64>| v.map_or("null".to_owned(), |v| v.to_string());
+        let secs = self.duration_s.max(0.001);
+        format!(
+            concat!(
+                "{{\"peer\":\"{}\",\"path\":\"{}\",\"remote_addr\":{},\"duration_s\":{:.3},",
+                "\"setup_ms\":{},\"first_audio_ms\":{},\"ended_by_peer\":{},\"rtt_ms\":{},",
+                "\"jitter_ms\":{:.2},\"packets_sent\":{},\"packets_received\":{},",
+                "\"media_packets_sent\":{},\"media_packets_received\":{},\"packets_lost\":{},",
+                "\"packets_late\":{},\"duplicates\":{},\"fec_recoveries\":{},\"concealed_frames\":{},",
+                "\"dropped_auth\":{},\"dropped_replay\":{},\"dropped_malformed\":{},",
+                "\"jitter_buffer_delay_ms\":{},\"send_bytes_per_s\":{:.1},\"recv_bytes_per_s\":{:.1},",
+                "\"mean_udp_payload\":{:.2},\"codec_bitrate\":{}}}"
+            ),
+            json_escape(&self.peer),
+            self.path,
+            self.remote_addr
+                .map_or("null".to_owned(), |a| format!("\"{a}\"")),
+            self.duration_s,
+            self.setup_ms,
+            opt(self.first_audio_ms),
+            self.ended_by_peer,
+            opt(m.last_rtt_ms),
+            m.jitter_ms,
+            m.sent_packets,
+            m.received_packets,
+            m.sent_media_packets,
+            m.received_media_packets,
+            m.lost,
+            m.jitter.late,
+            m.jitter.duplicate,
+            m.jitter.fec,
+            m.jitter.concealed,
+            m.dropped_auth,
+            m.dropped_replay,
+            m.dropped_malformed,
+            m.jitter_buffer_delay_ms,
+            m.sent_bytes as f64 / secs,
+            m.received_bytes as f64 / secs,
+            self.mean_payload(),
+            self.codec_bitrate,
+        )
+    }
+
+    /// A human-readable report.
+    pub fn to_text(&self) -> String {
+        let m = &self.media;
+        format!(
+            "call with {peer}: {dur:.1} s, path {path} ({remote}), setup {setup} ms, first audio {first}\n\
+             sent {sp} packets ({smp} media, mean UDP payload {mp:.1} B, {sbps:.0} B/s), received {rp} ({rmp} media)\n\
+             lost {lost} (FEC recovered {fec}, concealed {conc}), late {late}, dropped: auth {auth}, replay {rep}, malformed {mal}\n\
+             RTT {rtt}, jitter {jit:.1} ms, jitter-buffer delay {jbd} ms, codec Opus {br} b/s",
+            peer = self.peer,
+            dur = self.duration_s,
+            path = self.path,
+            remote = self.remote_addr.map_or("-".into(), |a| a.to_string()),
+            setup = self.setup_ms,
+            first = self.first_audio_ms.map_or("-".into(), |v| format!("{v} ms")),
+            sp = m.sent_packets,
+            smp = m.sent_media_packets,
+            mp = self.mean_payload(),
+            sbps = m.sent_bytes as f64 / self.duration_s.max(0.001),
+            rp = m.received_packets,
+            rmp = m.received_media_packets,
+            lost = m.lost,
+            fec = m.jitter.fec,
+            conc = m.jitter.concealed,
+            late = m.jitter.late,
+            auth = m.dropped_auth,
+            rep = m.dropped_replay,
+            mal = m.dropped_malformed,
+            rtt = m.last_rtt_ms.map_or("-".into(), |v| format!("{v} ms")),
+            jit = m.jitter_ms,
+            jbd = m.jitter_buffer_delay_ms,
+            br = self.codec_bitrate,
+        )
+    }
+}
+
+fn json_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| match c {
+            '"' => vec!['\\', '"'],
+            '\\' => vec!['\\', '\\'],
+            c if c.is_control() => format!("\\u{:04x}", c as u32).chars().collect(),
+            c => vec![c],
+        })
+        .collect()
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The local IP this host uses to reach `peer` (no packet is sent).
+fn local_ip_towards(peer: SocketAddr) -> IpAddr {
+    std::net::UdpSocket::bind(if peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
+        .and_then(|s| s.connect(peer).and_then(|()| s.local_addr()))
+        .map_or(IpAddr::from([127, 0, 0, 1]), |a| a.ip())
+}
+
+/// Binds the call's media socket and lists its candidates.
+async fn media_socket(session: &SupernodeSession) -> Result<(UdpSocket, Vec<Candidate>), CallError> {
+    let ip = local_ip_towards(session.addr());
+    let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+    let local = socket.local_addr()?;
+    let candidates = vec![Candidate {
+        kind: CandidateKind::Host as i32,
+        transport: TransportKind::Udp as i32,
+        addr: Some(local.into()),
+        priority: 100,
+    }];
+    Ok((socket, candidates))
+}
+
+async fn send_signal(session: &SupernodeSession, signal: CallSignal) -> Result<(), CallError> {
+    let to = signal.to.clone();
+    match session
+        .request(envelope::Body::CallSignal(signal), REQUEST_TIMEOUT)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(SessionError::Remote { code: ErrorCode::UserUnknown, .. }) => Err(CallError::UnknownUser(to)),
+        Err(SessionError::Remote { code: ErrorCode::UserOffline, .. }) => Err(CallError::Offline(to)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn flush(setup: &mut CallSetup, session: &SupernodeSession) -> Result<(), CallError> {
+    while let Some(signal) = setup.poll_signal() {
+        send_signal(session, signal).await?;
+    }
+    Ok(())
+}
+
+fn end_error(reason: EndReason, peer: &str) -> CallError {
+    match reason {
+        EndReason::Rejected => CallError::Rejected(peer.to_owned()),
+        EndReason::Busy => CallError::Busy(peer.to_owned()),
+        EndReason::NoAnswer => CallError::NoAnswer(peer.to_owned()),
+        EndReason::BadPeer(e) => CallError::BadPeer(e.to_string()),
+        EndReason::Failed(r) => CallError::Failed(r.as_str_name().to_owned()),
+        EndReason::HungUp { .. } => CallError::Failed("hung up during setup".into()),
+    }
+}
+
+/// Places a call to `callee` and runs it to its end.
+pub async fn place_call(
+    session: &SupernodeSession,
+    identity: &Identity,
+    local_name: &str,
+    login_key: &RsaPublicKey,
+    callee: &str,
+    options: &CallOptions,
+) -> Result<CallReport, CallError> {
+    let started = Instant::now();
+    let (socket, candidates) = media_socket(session).await?;
+    let mut rng = rand::thread_rng();
+    let mut invite_id = [0u8; 16];
+    rng.fill_bytes(&mut invite_id);
+    let mut secret = [0u8; 32];
+    rng.fill_bytes(&mut secret);
+    let mut setup = CallSetup::invite(
+        identity,
+        local_name,
+        callee,
+        invite_id,
+        secret,
+        candidates,
+        login_key.clone(),
+        0,
+        SETUP_TIMEOUT.as_millis() as u64,
+    );
+    flush(&mut setup, session).await?;
+    loop {
+        while let Some(event) = setup.poll_event() {
+            match event {
+                CallEvent::Ringing => {
+                    if options.live_status {
+                        eprintln!("ringing {callee}...");
+                    }
+                }
+                CallEvent::Connected { keys, remote_candidates } => {
+                    let setup_ms = started.elapsed().as_millis() as u64;
+                    return run_media(session, &mut setup, socket, *keys, remote_candidates, options, setup_ms)
+                        .await;
+                }
+                CallEvent::Ended(reason) => return Err(end_error(reason, callee)),
+                CallEvent::Incoming { .. } | CallEvent::Candidates(_) => {}
+            }
+        }
+        let deadline = setup.poll_timeout().unwrap_or(SETUP_TIMEOUT.as_millis() as u64);
+        let remaining = Duration::from_millis(deadline).saturating_sub(started.elapsed());
+        tokio::select! {
+            push = session.next_push() => match push {
+                Some(envelope::Body::CallSignal(signal)) => setup.handle_signal(&signal, now_unix()),
+                Some(_) => {}
+                None => return Err(CallError::SessionLost),
+            },
+            () = tokio::time::sleep(remaining) => {
+                setup.handle_timeout(started.elapsed().as_millis() as u64);
+                let _ = flush(&mut setup, session).await;
+            }
+        }
+    }
+}
+
+/// Waits for incoming calls, answers each, and returns after `calls` calls.
+pub async fn answer_calls(
+    session: &SupernodeSession,
+    identity: &Identity,
+    local_name: &str,
+    login_key: &RsaPublicKey,
+    calls: usize,
+    options: &CallOptions,
+) -> Result<Vec<CallReport>, CallError> {
+    let mut reports = Vec::new();
+    while reports.len() < calls {
+        let Some(push) = session.next_push().await else {
+            return Err(CallError::SessionLost);
+        };
+        let envelope::Body::CallSignal(signal) = push else {
+            continue;
+        };
+        if !matches!(signal.kind, Some(call_signal::Kind::Invite(_))) {
+            continue;
+        }
+        let started = Instant::now();
+        let Some(mut setup) = CallSetup::incoming(
+            &signal,
+            local_name,
+            login_key.clone(),
+            now_unix(),
+            0,
+            SETUP_TIMEOUT.as_millis() as u64,
+        ) else {
+            continue;
+        };
+        flush(&mut setup, session).await?;
+        let caller = setup.peer_name().to_owned();
+        let mut connected = None;
+        while let Some(event) = setup.poll_event() {
+            match event {
+                CallEvent::Incoming { .. } => {
+                    let (socket, candidates) = media_socket(session).await?;
+                    let mut secret = [0u8; 32];
+                    rand::thread_rng().fill_bytes(&mut secret);
+                    setup.accept(identity, secret, candidates, now_unix());
+                    flush(&mut setup, session).await?;
+                    connected = Some(socket);
+                }
+                CallEvent::Connected { keys, remote_candidates } => {
+                    let Some(socket) = connected.take() else { break };
+                    let setup_ms = started.elapsed().as_millis() as u64;
+                    let report =
+                        run_media(session, &mut setup, socket, *keys, remote_candidates, options, setup_ms)
+                            .await?;
+                    reports.push(report);
+                    break;
+                }
+                CallEvent::Ended(reason) => {
+                    if options.live_status {
+                        eprintln!("call from {caller} refused: {}", end_error(reason, &caller));
+                    }
+                    break;
+                }
+                CallEvent::Ringing | CallEvent::Candidates(_) => {}
+            }
+        }
+    }
+    Ok(reports)
+}
+
+/// Where media goes and what we know of the path.
+fn remote_of(candidates: &[Candidate]) -> Option<SocketAddr> {
+    candidates
+        .iter()
+        .filter(|c| c.transport == TransportKind::Udp as i32)
+        .max_by_key(|c| c.priority)
+        .and_then(|c| c.addr.as_ref())
+        .and_then(|a| SocketAddr::try_from(a).ok())
+}
+
+/// Runs the media of a connected call until either side hangs up.
+async fn run_media(
+    session: &SupernodeSession,
+    setup: &mut CallSetup,
+    socket: UdpSocket,
+    keys: CallKeys,
+    remote_candidates: Vec<Candidate>,
+    options: &CallOptions,
+    setup_ms: u64,
+) -> Result<CallReport, CallError> {
+    let peer = setup.peer_name().to_owned();
+    let mut remote = remote_of(&remote_candidates);
+    let input = match &options.audio_in {
+        Some(path) => read_mono_48k(path).map_err(|e| CallError::Audio(e.to_string()))?,
+        None => Vec::new(),
+    };
+    let mut sink = match &options.audio_out {
+        Some(path) => Some(WavSink::create(path).map_err(|e| CallError::Audio(e.to_string()))?),
+        None => None,
+    };
+    let duration = options.duration.or_else(|| {
+        (setup.role() == natter_proto::handshake::Role::Caller).then(|| {
+            if input.is_empty() {
+                Duration::from_secs(10)
+            } else {
+                Duration::from_millis((input.len() / 48) as u64)
+            }
+        })
+    });
+    let mut rng = rand::thread_rng();
+    let mut media = MediaSession::new(
+        &keys.send,
+        &keys.recv,
+        rng.next_u32() as u16,
+        rng.next_u64(),
+        MediaConfig::default(),
+    )
+    .map_err(|e| CallError::Audio(e.to_string()))?;
+
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(u64::from(natter_media::FRAME_MS)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut datagram = Vec::with_capacity(128);
+    let mut buf = vec![0u8; 2048];
+    let mut frame = vec![0i16; FRAME_SAMPLES];
+    let mut pcm = vec![0i16; FRAME_SAMPLES];
+    let mut frame_index = 0usize;
+    let mut first_audio_ms = None;
+    let mut last_heard = Instant::now();
+    let mut ended_by_peer = false;
+    let show_status = options.live_status && std::io::stderr().is_terminal();
+    let mut last_status = Instant::now();
+    let mut session_alive = true;
+
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let now_ms = start.elapsed().as_millis() as u64;
+                // Send: one frame of the input, or silence.
+                let from = frame_index * FRAME_SAMPLES;
+                pcm.fill(0);
+                if from < input.len() {
+                    let n = (input.len() - from).min(FRAME_SAMPLES);
+                    pcm[..n].copy_from_slice(&input[from..from + n]);
+                }
+                frame_index += 1;
+                if let Some(to) = remote {
+                    media.poll_transmit(&pcm, &mut datagram).map_err(|e| CallError::Audio(e.to_string()))?;
+                    let _ = socket.send_to(&datagram, to).await;
+                    if frame_index % 50 == 1 {
+                        media.probe(now_ms, &mut datagram).map_err(|e| CallError::Audio(e.to_string()))?;
+                        let _ = socket.send_to(&datagram, to).await;
+                    }
+                }
+                // Play: one frame.
+                if media.poll_audio(now_ms, &mut frame).map_err(|e| CallError::Audio(e.to_string()))? {
+                    first_audio_ms.get_or_insert(setup_ms + now_ms);
+                    if let Some(sink) = sink.as_mut() {
+                        sink.write(&frame).map_err(|e| CallError::Audio(e.to_string()))?;
+                    }
+                }
+                if show_status && last_status.elapsed() >= Duration::from_secs(1) {
+                    last_status = Instant::now();
+                    let s = media.stats();
+                    eprint!(
+                        "\r{peer}: {:>5.1} s  sent {}  recv {}  lost {}  jitter {:.1} ms  rtt {}   ",
+                        start.elapsed().as_secs_f64(),
+                        s.sent_media_packets,
+                        s.received_media_packets,
+                        s.lost,
+                        s.jitter_ms,
+                        s.last_rtt_ms.map_or("-".into(), |v| format!("{v} ms")),
+                    );
+                }
+                if duration.is_some_and(|d| start.elapsed() >= d) {
+                    setup.hangup();
+                    let _ = flush(setup, session).await;
+                    break;
+                }
+                if last_heard.elapsed() >= MEDIA_TIMEOUT {
+                    setup.hangup();
+                    let _ = flush(setup, session).await;
+                    break;
+                }
+            }
+            received = socket.recv_from(&mut buf) => {
+                let Ok((n, from)) = received else { continue };
+                let now_ms = start.elapsed().as_millis() as u64;
+                match media.handle_datagram(&buf[..n], now_ms) {
+                    Ok(received) => {
+                        last_heard = Instant::now();
+                        // Latch onto the address authenticated media comes from.
+                        remote = Some(from);
+                        if let Received::Probe(payload) = received {
+                            media.probe_reply(&payload, &mut datagram).map_err(|e| CallError::Audio(e.to_string()))?;
+                            let _ = socket.send_to(&datagram, from).await;
+                        }
+                    }
+                    Err(_) => {} // counted in the stats
+                }
+            }
+            push = session.next_push(), if session_alive => match push {
+                Some(envelope::Body::CallSignal(signal)) => {
+                    if signal.invite_id == setup.invite_id() {
+                        setup.handle_signal(&signal, now_unix());
+                        if setup.phase() == Phase::Ended {
+                            ended_by_peer = true;
+                            break;
+                        }
+                    } else if matches!(signal.kind, Some(call_signal::Kind::Invite(_))) {
+                        // Already in a call: busy.
+                        let busy = CallSignal {
+                            invite_id: signal.invite_id.clone(),
+                            // The supernode stamps the sender's name.
+                            from: String::new(),
+                            to: signal.from.clone(),
+                            kind: Some(call_signal::Kind::Busy(Default::default())),
+                        };
+                        let _ = send_signal(session, busy).await;
+                    }
+                }
+                Some(_) => {}
+                // The supernode went away; media keeps flowing peer to peer
+                // until the peer hangs up or goes silent.
+                None => session_alive = false,
+            },
+        }
+    }
+    if show_status {
+        eprintln!();
+    }
+    if let Some(sink) = sink {
+        sink.finish().map_err(|e| CallError::Audio(e.to_string()))?;
+    }
+    Ok(CallReport {
+        peer,
+        path: "direct",
+        remote_addr: remote,
+        duration_s: start.elapsed().as_secs_f64(),
+        setup_ms,
+        first_audio_ms,
+        ended_by_peer,
+        media: media.stats(),
+        codec_bitrate: media.codec().bitrate,
+    })
+}

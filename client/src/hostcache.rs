@@ -1,0 +1,263 @@
+//! The host cache: supernodes this client has heard of, persisted in `--home`.
+//!
+//! Skype kept this list in `shared.xml`; Natter keeps a small text file, one
+//! supernode per line, so a user can read and edit it:
+//!
+//! ```text
+//! # natter host cache v1: addr last_seen_unix_ms rtt_ms failures
+//! 198.51.100.10:33033 1800000000000 12 0
+//! ```
+//!
+//! At most [`MAX_ENTRIES`] are kept. The file is replaced atomically (write a
+//! temporary file, fsync, rename), so a crash leaves either the old or the new
+//! list, never a torn one. A line that does not parse is skipped and counted,
+//! never fatal: a damaged cache must not stop a user from joining.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Most entries kept (as in the Skype client).
+pub const MAX_ENTRIES: usize = 200;
+/// File name inside the home directory.
+pub const FILE_NAME: &str = "hostcache.txt";
+const HEADER: &str = "# natter host cache v1: addr last_seen_unix_ms rtt_ms failures";
+
+/// What the cache knows about one supernode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub addr: SocketAddr,
+    /// When it last answered or was last gossiped as alive (unix ms).
+    pub last_seen_ms: i64,
+    /// Round-trip time of the last successful join (0: unknown).
+    pub rtt_ms: u32,
+    /// Failed join attempts since the last success.
+    pub failures: u32,
+}
+
+/// Why the cache could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum HostCacheError {
+    #[error("host cache {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The in-memory host cache.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostCache {
+    entries: Vec<Entry>,
+    /// Lines skipped when the file was loaded.
+    skipped_lines: usize,
+}
+
+impl HostCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses the file format; bad lines are skipped and counted.
+    pub fn parse(text: &str) -> Self {
+        let mut cache = Self::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            match parse_line(line) {
+                Some(entry) => cache.upsert(entry),
+                None => cache.skipped_lines += 1,
+            }
+        }
+        cache.trim();
+        cache
+    }
+
+    /// Loads `path`; a missing file is an empty cache.
+    pub fn load(path: &Path) -> Result<Self, HostCacheError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Self::parse(&text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::new()),
+            Err(source) => Err(HostCacheError::Io {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// The file contents for this cache.
+    pub fn render(&self) -> String {
+        let mut text = String::from(HEADER);
+        text.push('\n');
+        for e in &self.entries {
+            text.push_str(&format!(
+                "{} {} {} {}\n",
+                e.addr, e.last_seen_ms, e.rtt_ms, e.failures
+            ));
+        }
+        text
+    }
+
+    /// Writes the cache to `path` atomically.
+    pub fn save(&self, path: &Path) -> Result<(), HostCacheError> {
+        let io = |source| HostCacheError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let tmp = path.with_extension("tmp");
+        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        file.write_all(self.render().as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// Lines skipped as unreadable when the cache was parsed.
+    pub fn skipped_lines(&self) -> usize {
+        self.skipped_lines
+    }
+
+    /// All entries, best first.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Whether the cache has no entry.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The `n` best supernodes to try: fewest recent failures, then most
+    /// recently seen, then lowest RTT.
+    pub fn candidates(&self, n: usize) -> Vec<SocketAddr> {
+        self.entries.iter().take(n).map(|e| e.addr).collect()
+    }
+
+    /// Adds supernodes learned from gossip, a login reply or a bootstrap list.
+    pub fn learn(&mut self, addrs: impl IntoIterator<Item = SocketAddr>, now_ms: i64) {
+        for addr in addrs {
+            match self.entries.iter_mut().find(|e| e.addr == addr) {
+                Some(e) => e.last_seen_ms = e.last_seen_ms.max(now_ms),
+                None => self.entries.push(Entry {
+                    addr,
+                    last_seen_ms: now_ms,
+                    rtt_ms: 0,
+                    failures: 0,
+                }),
+            }
+        }
+        self.trim();
+    }
+
+    /// A join through `addr` succeeded after `rtt_ms`.
+    pub fn record_success(&mut self, addr: SocketAddr, rtt_ms: u32, now_ms: i64) {
+        self.upsert(Entry {
+            addr,
+            last_seen_ms: now_ms,
+            rtt_ms,
+            failures: 0,
+        });
+        self.trim();
+    }
+
+    /// A join through `addr` failed.
+    pub fn record_failure(&mut self, addr: SocketAddr) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.addr == addr) {
+            e.failures = e.failures.saturating_add(1);
+        }
+        self.trim();
+    }
+
+    fn upsert(&mut self, entry: Entry) {
+        match self.entries.iter_mut().find(|e| e.addr == entry.addr) {
+            Some(e) => *e = entry,
+            None => self.entries.push(entry),
+        }
+    }
+
+    /// Sorts best first and drops the worst beyond [`MAX_ENTRIES`].
+    fn trim(&mut self) {
+        self.entries.sort_by(|a, b| {
+            a.failures
+                .cmp(&b.failures)
+                .then(b.last_seen_ms.cmp(&a.last_seen_ms))
+                .then(rtt_key(a).cmp(&rtt_key(b)))
+                .then(a.addr.cmp(&b.addr))
+        });
+        self.entries.truncate(MAX_ENTRIES);
+    }
+}
+
+/// Unknown RTT sorts after every measured one.
+fn rtt_key(e: &Entry) -> u32 {
+    if e.rtt_ms == 0 { u32::MAX } else { e.rtt_ms }
+}
+
+fn parse_line(line: &str) -> Option<Entry> {
+    let mut fields = line.split_whitespace();
+    let entry = Entry {
+        addr: fields.next()?.parse().ok()?,
+        last_seen_ms: fields.next()?.parse().ok()?,
+        rtt_ms: fields.next()?.parse().ok()?,
+        failures: fields.next()?.parse().ok()?,
+    };
+    fields.next().is_none().then_some(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(i: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 30_000 + i))
+    }
+
+    #[test]
+    fn round_trips_through_its_file_format() {
+        let mut cache = HostCache::new();
+        cache.learn([addr(1), addr(2)], 1_000);
+        cache.record_success(addr(2), 15, 2_000);
+        let back = HostCache::parse(&cache.render());
+        assert_eq!(back, cache);
+        assert_eq!(back.candidates(1), vec![addr(2)]);
+    }
+
+    #[test]
+    fn damaged_lines_are_skipped_not_fatal() {
+        let text = format!(
+            "{HEADER}\n127.0.0.1:1 5 0 0\ngarbage\n127.0.0.1:2 x 0 0\n127.0.0.1:3 5 0 0 extra\n"
+        );
+        let cache = HostCache::parse(&text);
+        assert_eq!(cache.entries().len(), 1);
+        assert_eq!(cache.skipped_lines(), 3);
+    }
+
+    #[test]
+    fn failing_nodes_sink_and_the_cache_is_bounded() {
+        let mut cache = HostCache::new();
+        cache.learn((0..250).map(addr), 1_000);
+        assert_eq!(cache.entries().len(), MAX_ENTRIES);
+        let best = cache.candidates(1)[0];
+        cache.record_failure(best);
+        assert_ne!(cache.candidates(1)[0], best);
+        assert_eq!(cache.entries().last().map(|e| e.addr), Some(best));
+    }
+
+    #[test]
+    fn saves_atomically_and_loads_back() {
+        let dir = std::env::temp_dir().join(format!("natter-hc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(FILE_NAME);
+        assert!(HostCache::load(&path).unwrap().is_empty());
+        let mut cache = HostCache::new();
+        cache.learn([addr(7)], 42);
+        cache.save(&path).unwrap();
+        assert_eq!(HostCache::load(&path).unwrap(), cache);
+        assert!(!path.with_extension("tmp").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,232 @@
+//! Joining the overlay: pick a supernode from the host cache, keep an
+//! alternate node table, and move to an alternate when the supernode dies.
+//!
+//! Candidates are tried [`OverlayConfig::parallel`] at a time; the first to
+//! accept becomes the supernode and the next few candidates form the
+//! alternate table (Skype kept 22). Every attempt updates the host cache
+//! (RTT on success, a failure count otherwise) and the cache is saved after
+//! each join, so the next start prefers supernodes that worked.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use natter_proto::cert::Identity;
+use natter_proto::messages::HostCacheEntry;
+use tokio::task::JoinSet;
+
+use crate::hostcache::{HostCache, HostCacheError};
+use crate::supernode::{SessionError, SupernodeSession};
+
+/// How the client joins.
+#[derive(Debug, Clone)]
+pub struct OverlayConfig {
+    /// The host cache file.
+    pub cache_path: PathBuf,
+    /// Used when the cache is empty (`--bootstrap`, or the login server's list).
+    pub bootstrap: Vec<SocketAddr>,
+    /// Join attempts in flight at once.
+    pub parallel: usize,
+    /// Limit for one join attempt.
+    pub join_timeout: Duration,
+    /// Size of the alternate node table.
+    pub alternates: usize,
+}
+
+impl OverlayConfig {
+    /// Defaults: 3 attempts in parallel, 3 s each, 8 alternates.
+    pub fn new(cache_path: PathBuf, bootstrap: Vec<SocketAddr>) -> Self {
+        Self {
+            cache_path,
+            bootstrap,
+            parallel: 3,
+            join_timeout: Duration::from_secs(3),
+            alternates: 8,
+        }
+    }
+}
+
+/// Why the client could not join.
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    #[error("no supernode to try: the host cache is empty and no --bootstrap address was given")]
+    NoCandidates,
+    #[error("no supernode accepted the join (tried {tried}); last error: {last}")]
+    AllFailed { tried: usize, last: SessionError },
+    #[error(transparent)]
+    HostCache(#[from] HostCacheError),
+}
+
+/// The client's place in the overlay.
+#[derive(Debug)]
+pub struct Overlay {
+    config: OverlayConfig,
+    endpoint: quinn::Endpoint,
+    identity: Identity,
+    cache: HostCache,
+    session: Arc<SupernodeSession>,
+    alternates: Vec<SocketAddr>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Overlay {
+    /// Joins through the best candidate of the host cache (or the bootstrap list).
+    pub async fn join(
+        config: OverlayConfig,
+        endpoint: quinn::Endpoint,
+        identity: Identity,
+    ) -> Result<Self, OverlayError> {
+        let mut cache = HostCache::load(&config.cache_path)?;
+        if cache.is_empty() {
+            cache.learn(config.bootstrap.iter().copied(), now_ms());
+        }
+        let candidates = cache.candidates(crate::hostcache::MAX_ENTRIES);
+        let (session, alternates) =
+            join_first(&config, &endpoint, &identity, &mut cache, &candidates).await?;
+        let mut overlay = Self {
+            config,
+            endpoint,
+            identity,
+            cache,
+            session,
+            alternates,
+        };
+        overlay.after_join()?;
+        Ok(overlay)
+    }
+
+    /// The current supernode session.
+    pub fn session(&self) -> Arc<SupernodeSession> {
+        self.session.clone()
+    }
+
+    /// The alternate node table.
+    pub fn alternates(&self) -> &[SocketAddr] {
+        &self.alternates
+    }
+
+    /// The host cache.
+    pub fn cache(&self) -> &HostCache {
+        &self.cache
+    }
+
+    /// Moves to another supernode after the current one went away: the
+    /// alternates first, then the rest of the cache, then the bootstrap list.
+    pub async fn rejoin(&mut self) -> Result<(), OverlayError> {
+        let dead = self.session.addr();
+        self.session.close();
+        self.cache.record_failure(dead);
+        let mut candidates: Vec<SocketAddr> = self.alternates.clone();
+        for addr in self
+            .cache
+            .candidates(crate::hostcache::MAX_ENTRIES)
+            .into_iter()
+            .chain(self.config.bootstrap.iter().copied())
+        {
+            if !candidates.contains(&addr) {
+                candidates.push(addr);
+            }
+        }
+        candidates.retain(|a| *a != dead);
+        let (session, alternates) = join_first(
+            &self.config,
+            &self.endpoint,
+            &self.identity,
+            &mut self.cache,
+            &candidates,
+        )
+        .await?;
+        self.session = session;
+        self.alternates = alternates;
+        self.after_join()
+    }
+
+    /// Adds supernodes from a `SupernodeList` push (or any list) to the cache.
+    pub fn learn(&mut self, entries: &[HostCacheEntry]) -> Result<(), OverlayError> {
+        let addrs: Vec<SocketAddr> = entries
+            .iter()
+            .filter_map(|e| e.addr.as_ref())
+            .filter_map(|a| SocketAddr::try_from(a).ok())
+            .collect();
+        self.cache.learn(addrs, now_ms());
+        self.cache.save(&self.config.cache_path)?;
+        Ok(())
+    }
+
+    fn after_join(&mut self) -> Result<(), OverlayError> {
+        let listed = self.session.supernodes().to_vec();
+        self.learn(&listed)?;
+        let current = self.session.addr();
+        // Top up the alternate table from the cache.
+        for addr in self.cache.candidates(crate::hostcache::MAX_ENTRIES) {
+            if self.alternates.len() >= self.config.alternates {
+                break;
+            }
+            if addr != current && !self.alternates.contains(&addr) {
+                self.alternates.push(addr);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Tries `candidates` `parallel` at a time; the first join wins.
+async fn join_first(
+    config: &OverlayConfig,
+    endpoint: &quinn::Endpoint,
+    identity: &Identity,
+    cache: &mut HostCache,
+    candidates: &[SocketAddr],
+) -> Result<(Arc<SupernodeSession>, Vec<SocketAddr>), OverlayError> {
+    if candidates.is_empty() {
+        return Err(OverlayError::NoCandidates);
+    }
+    let mut next = 0;
+    let mut attempts = JoinSet::new();
+    let mut last = None;
+    let parallel = config.parallel.max(1);
+    loop {
+        while attempts.len() < parallel && next < candidates.len() {
+            let addr = candidates[next];
+            next += 1;
+            let (endpoint, identity, timeout) = (endpoint.clone(), identity.clone(), config.join_timeout);
+            attempts.spawn(async move {
+                (addr, SupernodeSession::join(&endpoint, addr, &identity, timeout).await)
+            });
+        }
+        let Some(done) = attempts.join_next().await else {
+            break;
+        };
+        let Ok((addr, result)) = done else { continue };
+        match result {
+            Ok(session) => {
+                attempts.abort_all();
+                let rtt = u32::try_from(session.join_rtt().as_millis()).unwrap_or(u32::MAX);
+                cache.record_success(addr, rtt.max(1), now_ms());
+                cache.save(&config.cache_path)?;
+                let alternates = candidates
+                    .iter()
+                    .copied()
+                    .filter(|a| *a != addr)
+                    .take(config.alternates)
+                    .collect();
+                return Ok((Arc::new(session), alternates));
+            }
+            Err(e) => {
+                cache.record_failure(addr);
+                last = Some(e);
+            }
+        }
+    }
+    let _ = cache.save(&config.cache_path);
+    Err(OverlayError::AllFailed {
+        tried: next,
+        last: last.unwrap_or(SessionError::Unexpected("no attempt finished")),
+    })
+}

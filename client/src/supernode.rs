@@ -1,0 +1,286 @@
+//! A joined session with one supernode (docs/PROTOCOL.md, section 5.1 and
+//! the session rules of section 8.2).
+//!
+//! [`SupernodeSession::join`] connects over QUIC, opens the session stream and
+//! proves the user's certified key. Afterwards [`SupernodeSession::request`]
+//! sends a request and waits for the reply with the same request id, while a
+//! reader task hands every push (request id 0) to a bounded queue read with
+//! [`SupernodeSession::next_push`]. When the supernode goes away the push
+//! queue ends, which is how the overlay notices it must move on.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use natter_net::{FramedRecv, FramedSend, NetError};
+use natter_proto::cert::{Identity, join_proof_message};
+use natter_proto::messages::{
+    Envelope, ErrorCode, ErrorReply, HostCacheEntry, JoinHello, JoinProof, envelope,
+};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+/// Pushes buffered before the application reads them; beyond, the oldest
+/// reader is too slow and new pushes are dropped (and counted).
+pub const PUSH_QUEUE: usize = 256;
+/// Requests in flight at once.
+pub const MAX_PENDING: usize = 64;
+
+/// What can go wrong talking to a supernode.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot reach supernode {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: NetError,
+    },
+    #[error("supernode {addr} refused the join: {detail}")]
+    Refused { addr: SocketAddr, detail: String },
+    #[error("supernode answered {code:?}: {detail}")]
+    Remote { code: ErrorCode, detail: String },
+    #[error("supernode {0} did not answer in time")]
+    Timeout(SocketAddr),
+    #[error("the session with supernode {0} is closed")]
+    Closed(SocketAddr),
+    #[error("supernode sent an unexpected {0}")]
+    Unexpected(&'static str),
+    #[error("too many requests in flight")]
+    Busy,
+}
+
+impl SessionError {
+    fn remote(reply: ErrorReply) -> Self {
+        Self::Remote {
+            code: ErrorCode::try_from(reply.code).unwrap_or(ErrorCode::Unspecified),
+            detail: reply.detail,
+        }
+    }
+}
+
+type Pending = Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<Envelope>>>>;
+
+/// A joined session.
+#[derive(Debug)]
+pub struct SupernodeSession {
+    addr: SocketAddr,
+    connection: quinn::Connection,
+    send: Mutex<FramedSend>,
+    pending: Pending,
+    next_id: AtomicU64,
+    pushes: Mutex<mpsc::Receiver<Envelope>>,
+    dropped_pushes: Arc<AtomicU64>,
+    observed_addr: Option<SocketAddr>,
+    supernodes: Vec<HostCacheEntry>,
+    rtt: Duration,
+}
+
+impl SupernodeSession {
+    /// Connects to `addr` and joins as `identity`, all within `timeout`.
+    pub async fn join(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+        identity: &Identity,
+        timeout: Duration,
+    ) -> Result<Self, SessionError> {
+        let started = Instant::now();
+        tokio::time::timeout(timeout, Self::join_inner(endpoint, addr, identity, started))
+            .await
+            .map_err(|_| SessionError::Timeout(addr))?
+    }
+
+    async fn join_inner(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+        identity: &Identity,
+        started: Instant,
+    ) -> Result<Self, SessionError> {
+        let connect = |source| SessionError::Connect { addr, source };
+        let connection = endpoint
+            .connect(addr, "natter-supernode")
+            .map_err(|e| connect(NetError::from(e)))?
+            .await
+            .map_err(|e| connect(NetError::from(e)))?;
+        let (send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| connect(NetError::from(e)))?;
+        let mut send = FramedSend::new(send);
+        let mut recv = FramedRecv::new(recv);
+
+        let hello = Envelope::new(
+            1,
+            envelope::Body::JoinHello(JoinHello {
+                certificate: Some(identity.certificate.clone()),
+            }),
+        );
+        send.send(&hello).await.map_err(connect)?;
+        let challenge = match next_body(&mut recv, addr).await? {
+            envelope::Body::JoinChallenge(c) => c,
+            envelope::Body::Error(e) => return Err(refused(addr, e)),
+            other => return Err(SessionError::Unexpected(other.type_name())),
+        };
+        let signature = identity.sign(&join_proof_message(&challenge.node_id, &challenge.nonce));
+        let proof = Envelope::new(2, envelope::Body::JoinProof(JoinProof { signature }));
+        send.send(&proof).await.map_err(connect)?;
+        let accepted = match next_body(&mut recv, addr).await? {
+            envelope::Body::JoinAccepted(a) => a,
+            envelope::Body::Error(e) => return Err(refused(addr, e)),
+            other => return Err(SessionError::Unexpected(other.type_name())),
+        };
+        let rtt = started.elapsed();
+
+        let pending: Pending = Arc::default();
+        let dropped_pushes = Arc::new(AtomicU64::new(0));
+        let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE);
+        tokio::spawn(read_loop(recv, pending.clone(), push_tx, dropped_pushes.clone()));
+        Ok(Self {
+            addr,
+            connection,
+            send: Mutex::new(send),
+            pending,
+            next_id: AtomicU64::new(3),
+            pushes: Mutex::new(push_rx),
+            dropped_pushes,
+            observed_addr: accepted
+                .observed_addr
+                .as_ref()
+                .and_then(|a| SocketAddr::try_from(a).ok()),
+            supernodes: accepted.supernodes,
+            rtt,
+        })
+    }
+
+    /// The supernode's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// This client's address as the supernode saw it.
+    pub fn observed_addr(&self) -> Option<SocketAddr> {
+        self.observed_addr
+    }
+
+    /// Supernodes the join reply listed (for the host cache).
+    pub fn supernodes(&self) -> &[HostCacheEntry] {
+        &self.supernodes
+    }
+
+    /// Time the join took (connect + two round trips).
+    pub fn join_rtt(&self) -> Duration {
+        self.rtt
+    }
+
+    /// Pushes dropped because the application read them too slowly.
+    pub fn dropped_pushes(&self) -> u64 {
+        self.dropped_pushes.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connection is still up.
+    pub fn is_alive(&self) -> bool {
+        self.connection.close_reason().is_none()
+    }
+
+    /// Sends `body` and waits up to `timeout` for its reply. An `ErrorReply`
+    /// becomes [`SessionError::Remote`].
+    pub async fn request(
+        &self,
+        body: envelope::Body,
+        timeout: Duration,
+    ) -> Result<envelope::Body, SessionError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self.pending.lock().map_err(|_| SessionError::Closed(self.addr))?;
+            if pending.len() >= MAX_PENDING {
+                return Err(SessionError::Busy);
+            }
+            pending.insert(id, tx);
+        }
+        let result = async {
+            self.send
+                .lock()
+                .await
+                .send(&Envelope::new(id, body))
+                .await
+                .map_err(|_| SessionError::Closed(self.addr))?;
+            match tokio::time::timeout(timeout, rx).await {
+                Err(_) => Err(SessionError::Timeout(self.addr)),
+                Ok(Err(_)) => Err(SessionError::Closed(self.addr)),
+                Ok(Ok(reply)) => match reply.body {
+                    Some(envelope::Body::Error(e)) => Err(SessionError::remote(e)),
+                    Some(body) => Ok(body),
+                    None => Err(SessionError::Unexpected("empty reply")),
+                },
+            }
+        }
+        .await;
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(&id);
+        }
+        result
+    }
+
+    /// The next push from the supernode; `None` once the session ended.
+    pub async fn next_push(&self) -> Option<envelope::Body> {
+        self.pushes.lock().await.recv().await.and_then(|e| e.body)
+    }
+
+    /// Leaves politely (best effort) and closes the connection.
+    pub async fn leave(&self) {
+        let _ = self
+            .request(envelope::Body::Leave(Default::default()), Duration::from_millis(500))
+            .await;
+        self.connection.close(quinn::VarInt::from_u32(0), b"leave");
+    }
+
+    /// Closes the connection at once.
+    pub fn close(&self) {
+        self.connection.close(quinn::VarInt::from_u32(0), b"bye");
+    }
+}
+
+fn refused(addr: SocketAddr, e: ErrorReply) -> SessionError {
+    let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
+    SessionError::Refused {
+        addr,
+        detail: format!("{}: {}", code.as_str_name(), e.detail),
+    }
+}
+
+async fn next_body(recv: &mut FramedRecv, addr: SocketAddr) -> Result<envelope::Body, SessionError> {
+    recv.next()
+        .await
+        .map_err(|_| SessionError::Closed(addr))?
+        .and_then(|e| e.body)
+        .ok_or(SessionError::Closed(addr))
+}
+
+/// Routes replies to their waiting requests and pushes to the bounded queue.
+async fn read_loop(
+    mut recv: FramedRecv,
+    pending: Pending,
+    pushes: mpsc::Sender<Envelope>,
+    dropped: Arc<AtomicU64>,
+) {
+    while let Ok(Some(envelope)) = recv.next().await {
+        if envelope.request_id != 0 {
+            let waiter = pending
+                .lock()
+                .ok()
+                .and_then(|mut p| p.remove(&envelope.request_id));
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(envelope);
+            }
+            continue;
+        }
+        if pushes.try_send(envelope).is_err() {
+            dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    // Dropping `pushes` ends `next_push`; dropping the waiters fails requests.
+    if let Ok(mut p) = pending.lock() {
+        p.clear();
+    }
+}

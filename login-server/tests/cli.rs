@@ -1,0 +1,132 @@
+//! The `natter-login` binary: `serve` creates its files and logs where it
+//! listens and its key fingerprint; `users list` / `users disable` work on
+//! the data directory.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn natter_login(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_natter-login"))
+        .args(args)
+        .env_remove("NATTER_LOGIN_DATA_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Kills the server if the test fails before stopping it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serve_creates_files_and_logs_fingerprint_then_admin_commands_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_s = data.to_str().unwrap();
+
+    let child = Command::new(env!("CARGO_BIN_EXE_natter-login"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data_s])
+        .args(["--argon2-m-kib", "64", "--argon2-t", "1"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::sync_channel(16);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let line = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("server logged nothing");
+        if line.contains("natter-login serving") {
+            break line;
+        }
+    };
+    assert!(line.contains("listen=127.0.0.1:"), "{line}");
+    let pem = std::fs::read_to_string(data.join("login-key.pub")).unwrap();
+    let key = natter_client::tls::parse_login_key(&pem).unwrap();
+    let fingerprint = natter_proto::cert::fingerprint(&key);
+    assert!(line.contains(&fingerprint), "{line} lacks {fingerprint}");
+    for (file, mode) in [
+        ("login-key.pem", 0o600),
+        ("tls-key.pem", 0o600),
+        ("natter-login.db", 0o600),
+        ("natter-login.db-wal", 0o600),
+    ] {
+        let m = std::fs::metadata(data.join(file))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(m, mode, "{file}");
+    }
+    assert!(data.join("natter-login.db").exists());
+    // SIGTERM shuts it down cleanly (exit status 0; SQLite folds the WAL back).
+    let pid = child.0.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!data.join("natter-login.db-wal").exists());
+
+    // Admin on the data directory.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = natter_login::storage::Store::open(&data.join("natter-login.db"))
+            .await
+            .unwrap();
+        store.create_user("zoe", "Zoe", "x", 1).await.unwrap();
+        store.close().await;
+    });
+    let out = natter_login(&["users", "list", "--data-dir", data_s]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.starts_with("zoe\tZoe\tactive"), "{stdout}");
+
+    let out = natter_login(&["users", "disable", "--data-dir", data_s, "ZOE"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = natter_login(&["users", "list", "--data-dir", data_s]);
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .starts_with("zoe\tZoe\tdisabled")
+    );
+
+    let out = natter_login(&["users", "disable", "--data-dir", data_s, "nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.trim_end(), "natter-login: no user named \"nobody\"");
+
+    let empty = dir.path().join("empty");
+    let out = natter_login(&["users", "list", "--data-dir", empty.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("no database")
+    );
+}
