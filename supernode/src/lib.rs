@@ -1,4 +1,56 @@
-//! natter-supernode: see README.md for its status.
+//! # natter-supernode
+//!
+//! A Natter supernode: it admits certified users (join challenge), keeps
+//! their sessions, and together with the other supernodes forms the overlay
+//! that holds the user directory, spreads presence, and routes call
+//! signaling and chat. docs/PROTOCOL.md describes the wire behaviour.
+//!
+//! The pure logic lives in sans-IO modules that take the time as an
+//! argument: [`hrw`] (replica placement), [`membership`] (failure detector),
+//! [`store`] (records and pending chat), [`ratelimit`], [`names`]. The tokio +
+//! quinn shell ([`Supernode::spawn`]) drives them.
+
+pub mod config;
+pub mod hrw;
+pub mod membership;
+pub mod names;
+pub mod ratelimit;
+pub mod store;
+
+mod node;
+mod overlay;
+mod session;
+
+pub use config::Config;
+pub use node::{Handle, SpawnError, Supernode};
+
+/// A supernode's 16-byte id.
+pub type NodeId = [u8; 16];
+
+/// Reads a node id from wire bytes.
+pub fn node_id(bytes: &[u8]) -> Option<NodeId> {
+    bytes.try_into().ok()
+}
+
+/// QUIC application close codes used by the supernode.
+pub mod close {
+    /// Orderly end (leave, shutdown).
+    pub const NORMAL: u32 = 0;
+    /// A malformed or oversized frame.
+    pub const MALFORMED: u32 = 1;
+    /// Join refused, or a request before joining.
+    pub const REFUSED: u32 = 2;
+    /// The same user joined again; this session is replaced.
+    pub const REPLACED: u32 = 3;
+    /// The client did not read its pushes fast enough.
+    pub const SLOW: u32 = 4;
+    /// The client kept flooding while rate limited.
+    pub const RATE_LIMITED: u32 = 5;
+    /// A second link between the same two supernodes.
+    pub const DUPLICATE_LINK: u32 = 6;
+    /// The peer supernode is considered dead.
+    pub const DEAD: u32 = 7;
+}
 
 /// The protocol version this component speaks.
 pub fn protocol_version() -> u32 {

@@ -1,11 +1,85 @@
-use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
-/// natter-supernode (Natter): not built yet, see README.md.
+use anyhow::Context;
+use clap::Parser;
+use natter_supernode::{Config, Supernode};
+use rsa::RsaPublicKey;
+use rsa::pkcs8::DecodePublicKey;
+
+/// natter-supernode: a Natter supernode (overlay, directory, presence,
+/// call signaling and chat routing).
 #[derive(Debug, Parser)]
 #[command(version, about)]
-struct Cli {}
+struct Cli {
+    /// UDP address to listen on (QUIC).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Address to announce, when `--listen` is a wildcard address.
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// The login server to announce this supernode to.
+    #[arg(long)]
+    login: SocketAddr,
+    /// The login server's public key (PEM "PUBLIC KEY"), `login-key.pub`.
+    #[arg(long)]
+    login_key: PathBuf,
+    /// Another supernode to connect to (repeatable).
+    #[arg(long = "peer")]
+    peers: Vec<SocketAddr>,
+    /// Directory keeping the node id and TLS identity across restarts.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Directory replicas per user record.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    replicas: u16,
+    /// Seconds before an unanswered call invite is hung up.
+    #[arg(long, default_value_t = 30)]
+    no_answer_timeout: u64,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    anyhow::bail!("natter-supernode is not implemented yet (protocol version {})", natter_supernode::protocol_version())
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let pem = std::fs::read_to_string(&cli.login_key)
+        .with_context(|| format!("reading {}", cli.login_key.display()))?;
+    let login_key = RsaPublicKey::from_public_key_pem(&pem).with_context(|| {
+        format!(
+            "{} is not a PEM \"PUBLIC KEY\" RSA key",
+            cli.login_key.display()
+        )
+    })?;
+    tracing::info!(
+        login_key = %natter_proto::cert::fingerprint(&login_key),
+        "pinned login server key"
+    );
+    let mut config = Config::new(cli.listen, login_key);
+    config.advertise = cli.advertise;
+    config.login = Some(cli.login);
+    config.peers = cli.peers;
+    config.data_dir = cli.data_dir;
+    config.replicas = usize::from(cli.replicas);
+    config.no_answer_timeout = Duration::from_secs(cli.no_answer_timeout);
+    let handle = Supernode::spawn(config).context("starting the supernode")?;
+    println!(
+        "natter-supernode listening on {} node id {}",
+        handle.addr(),
+        hex::encode(handle.node_id())
+    );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
 }

@@ -1,0 +1,107 @@
+//! Envelope frames on QUIC streams, decoded with
+//! [`natter_proto::frame::FrameDecoder`] (bounded to two maximum frames).
+
+use natter_proto::frame::{self, FrameDecoder};
+use natter_proto::messages::Envelope;
+use quinn::{RecvStream, SendStream};
+
+use crate::NetError;
+
+/// Bytes read from the stream at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The receiving half of a framed stream.
+#[derive(Debug)]
+pub struct FramedRecv {
+    stream: RecvStream,
+    decoder: FrameDecoder,
+    buf: Box<[u8]>,
+    failed: bool,
+}
+
+impl FramedRecv {
+    /// Wraps `stream`, refusing frames over [`frame::MAX_FRAME_LEN`].
+    pub fn new(stream: RecvStream) -> Self {
+        Self {
+            stream,
+            decoder: FrameDecoder::default(),
+            buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
+            failed: false,
+        }
+    }
+
+    /// The next envelope, or `None` when the peer finished the stream cleanly
+    /// between frames. Any error (oversized, truncated or undecodable frame,
+    /// transport failure) is final: the caller should close the connection.
+    /// Cancel-safe: no data is lost if the future is dropped.
+    pub async fn next(&mut self) -> Result<Option<Envelope>, NetError> {
+        if self.failed {
+            return Err(NetError::Truncated);
+        }
+        let result = self.next_inner().await;
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    async fn next_inner(&mut self) -> Result<Option<Envelope>, NetError> {
+        loop {
+            if let Some(frame) = self.decoder.poll_frame() {
+                return Ok(Some(frame?));
+            }
+            match self.stream.read(&mut self.buf).await? {
+                None if self.decoder.buffered() == 0 => return Ok(None),
+                None => return Err(NetError::Truncated),
+                Some(n) => {
+                    let data = self.buf.get(..n).unwrap_or_default();
+                    self.decoder.handle_data(data)?;
+                }
+            }
+        }
+    }
+
+    /// The underlying stream.
+    pub fn get_mut(&mut self) -> &mut RecvStream {
+        &mut self.stream
+    }
+}
+
+/// Writes `envelope` as one frame.
+pub async fn write_envelope(stream: &mut SendStream, envelope: &Envelope) -> Result<(), NetError> {
+    let bytes = frame::to_frame(envelope)?;
+    stream.write_all(&bytes).await?;
+    Ok(())
+}
+
+/// The sending half of a framed stream.
+#[derive(Debug)]
+pub struct FramedSend {
+    stream: SendStream,
+}
+
+impl FramedSend {
+    /// Wraps `stream`.
+    pub fn new(stream: SendStream) -> Self {
+        Self { stream }
+    }
+
+    /// Writes one envelope.
+    pub async fn send(&mut self, envelope: &Envelope) -> Result<(), NetError> {
+        write_envelope(&mut self.stream, envelope).await
+    }
+
+    /// Finishes the stream and waits (at most `timeout`) until the peer has
+    /// acknowledged everything written, so a following connection close does
+    /// not discard the last frames.
+    pub async fn finish(&mut self, timeout: std::time::Duration) -> Result<(), NetError> {
+        self.stream.finish()?;
+        let _ = tokio::time::timeout(timeout, self.stream.stopped()).await;
+        Ok(())
+    }
+
+    /// The underlying stream.
+    pub fn get_mut(&mut self) -> &mut SendStream {
+        &mut self.stream
+    }
+}

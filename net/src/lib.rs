@@ -1,0 +1,79 @@
+//! # natter-net
+//!
+//! Reusable QUIC plumbing shared by Natter's login server, supernodes and
+//! clients: nothing here knows about accounts, sessions or the overlay.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`tls`] | a self-signed TLS identity (rcgen), persisted in a data directory when one is given |
+//! | [`endpoint`] | server and client configurations (quinn 0.11, rustls 0.23 with *ring*), ALPN `natter/1`, transport settings |
+//! | [`framed`] | reading and writing [`natter_proto::messages::Envelope`] frames on QUIC streams |
+//!
+//! ## Security model
+//!
+//! Clients and supernodes do **not** authenticate supernodes through TLS:
+//! supernodes are ordinary volunteer machines with self-signed certificates,
+//! and [`endpoint::insecure_client_config`] accepts any server certificate
+//! (it still checks the TLS 1.3 handshake signature, so the session keys are
+//! bound to the certificate the server presented). TLS gives confidentiality
+//! against passive observers only. What is authenticated is the *user*: a
+//! supernode admits a client only with a certificate from the login server
+//! and a signature proving possession of the certified key (docs/PROTOCOL.md,
+//! section 5.1), and it stamps the authenticated name on everything the user
+//! sends. Media and call keys are end-to-end (signed X25519 shares), so a
+//! hostile supernode can drop or delay signaling but cannot read or forge
+//! calls. Components that *can* pin the server (the client pins the login
+//! server's signing key) pass their own verifier to [`endpoint::client_config`].
+
+pub mod endpoint;
+pub mod framed;
+pub mod tls;
+
+pub use endpoint::{
+    ALPN, TransportSettings, client_config, client_endpoint, insecure_client_config, request_once,
+    server_config, server_endpoint,
+};
+pub use framed::{FramedRecv, FramedSend, write_envelope};
+pub use tls::TlsIdentity;
+
+/// Errors of the QUIC plumbing.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("I/O error on {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS identity: {0}")]
+    Identity(String),
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("cannot connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("stream write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("stream read failed: {0}")]
+    Read(#[from] quinn::ReadError),
+    #[error("stream already closed")]
+    ClosedStream(#[from] quinn::ClosedStream),
+    #[error("bad frame: {0}")]
+    Frame(#[from] natter_proto::frame::FrameError),
+    #[error("stream ended in the middle of a frame")]
+    Truncated,
+    #[error("stream ended before a reply")]
+    NoReply,
+    #[error("timed out")]
+    Timeout,
+}
+
+impl NetError {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Supernode configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rsa::RsaPublicKey;
+
+use crate::membership::Timeouts;
+
+/// Everything a supernode needs to run. [`Config::new`] fills in defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// UDP address to listen on (QUIC).
+    pub listen: SocketAddr,
+    /// Address announced to peers, clients and the login server; defaults to
+    /// the bound address (which must then not be unspecified).
+    pub advertise: Option<SocketAddr>,
+    /// The login server, announced to every `announce_interval`.
+    pub login: Option<SocketAddr>,
+    /// The login server's signing key: user certificates are checked against it.
+    pub login_key: RsaPublicKey,
+    /// Supernodes to connect to at start (and to keep reconnecting to).
+    pub peers: Vec<SocketAddr>,
+    /// Keeps the node id and TLS identity across restarts.
+    pub data_dir: Option<PathBuf>,
+    /// Directory replicas per user record (K).
+    pub replicas: usize,
+    /// An unanswered call invite is hung up after this long.
+    pub no_answer_timeout: Duration,
+    /// Gossip period.
+    pub gossip_interval: Duration,
+    /// Failure detector timeouts.
+    pub timeouts: Timeouts,
+    /// Period of the announcement to the login server.
+    pub announce_interval: Duration,
+    /// How long to wait for one replica (or peer) to answer.
+    pub peer_timeout: Duration,
+    /// Time allowed for the join handshake.
+    pub handshake_timeout: Duration,
+    /// Bounded push queue of each client session.
+    pub session_queue: usize,
+    /// Bounded queue of each supernode link.
+    pub link_queue: usize,
+    /// Requests per second allowed per session.
+    pub rate_per_sec: f64,
+    /// Burst of requests allowed per session.
+    pub rate_burst: f64,
+    /// Most simultaneous connections (clients and supernodes).
+    pub max_connections: usize,
+    /// Most names one session may subscribe to.
+    pub max_subscriptions: usize,
+}
+
+impl Config {
+    /// A configuration with the defaults: K = 3, no-answer timeout 30 s,
+    /// gossip every second, dead after 3 s of silence.
+    pub fn new(listen: SocketAddr, login_key: RsaPublicKey) -> Self {
+        Self {
+            listen,
+            advertise: None,
+            login: None,
+            login_key,
+            peers: Vec::new(),
+            data_dir: None,
+            replicas: 3,
+            no_answer_timeout: Duration::from_secs(30),
+            gossip_interval: Duration::from_secs(1),
+            timeouts: Timeouts::default(),
+            announce_interval: Duration::from_secs(30),
+            peer_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(10),
+            session_queue: 256,
+            link_queue: 4096,
+            rate_per_sec: 50.0,
+            rate_burst: 100.0,
+            max_connections: 10_000,
+            max_subscriptions: 1000,
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! The supernode membership table (sans-IO: every call takes `now`).
+//!
+//! Liveness is decided by *direct* contact only: a member is alive while this
+//! node hears its gossip on their link, and dead once the link is lost or it
+//! has been silent for `failure_timeout`. Gossip from others only spreads
+//! which members exist: an unknown member reported alive becomes *suspect*
+//! (known, not yet heard directly) until a link to it is up, and is marked
+//! dead if that does not happen within `suspect_timeout`. A dead member is
+//! retried when others still report it alive after `retry_after`, and
+//! forgotten after `forget_after`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use natter_proto::messages::{self, MemberState};
+
+use crate::NodeId;
+
+/// The state of one member in this node's view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Heard from directly within the failure timeout.
+    Alive,
+    /// Known through gossip, not (yet) heard from directly.
+    Suspect,
+    /// Link lost or silent; kept for a while, then forgotten.
+    Dead,
+}
+
+impl State {
+    fn to_wire(self) -> MemberState {
+        match self {
+            State::Alive => MemberState::Alive,
+            State::Suspect => MemberState::Suspect,
+            State::Dead => MemberState::Dead,
+        }
+    }
+}
+
+/// One other supernode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    pub incarnation: u64,
+    pub state: State,
+    /// When it was last heard from directly.
+    pub last_heard: Option<Instant>,
+    /// When it entered its current state.
+    pub since: Instant,
+}
+
+/// Timeouts of the failure detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub failure: Duration,
+    pub suspect: Duration,
+    pub retry_after: Duration,
+    pub forget_after: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            failure: Duration::from_secs(3),
+            suspect: Duration::from_secs(5),
+            retry_after: Duration::from_secs(5),
+            forget_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// This node's view of the overlay.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    me: NodeId,
+    my_addr: SocketAddr,
+    my_incarnation: u64,
+    timeouts: Timeouts,
+    members: HashMap<NodeId, Member>,
+}
+
+impl Membership {
+    /// A view containing only this node.
+    pub fn new(me: NodeId, my_addr: SocketAddr, my_incarnation: u64, timeouts: Timeouts) -> Self {
+        Self {
+            me,
+            my_addr,
+            my_incarnation,
+            timeouts,
+            members: HashMap::new(),
+        }
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// A member's entry.
+    pub fn get(&self, id: &NodeId) -> Option<&Member> {
+        self.members.get(id)
+    }
+
+    /// Direct contact with `id` (its gossip arrived on our link). Returns
+    /// whether the live set changed.
+    pub fn heard_from(
+        &mut self,
+        id: NodeId,
+        addr: SocketAddr,
+        incarnation: u64,
+        now: Instant,
+    ) -> bool {
+        if id == self.me {
+            return false;
+        }
+        let member = self.members.entry(id).or_insert(Member {
+            id,
+            addr,
+            incarnation,
+            state: State::Suspect,
+            last_heard: None,
+            since: now,
+        });
+        member.addr = addr;
+        member.incarnation = member.incarnation.max(incarnation);
+        member.last_heard = Some(now);
+        if member.state == State::Alive {
+            return false;
+        }
+        member.state = State::Alive;
+        member.since = now;
+        true
+    }
+
+    /// Merges a gossiped view. Returns the members worth connecting to:
+    /// newly learned ones, and dead ones others still report alive (with a
+    /// higher incarnation, or after `retry_after`).
+    pub fn learn(
+        &mut self,
+        gossip: &[messages::Member],
+        now: Instant,
+    ) -> Vec<(NodeId, SocketAddr)> {
+        let mut fresh = Vec::new();
+        for entry in gossip {
+            if entry.state != MemberState::Alive as i32 {
+                continue;
+            }
+            let (Some(id), Some(addr)) = (
+                crate::node_id(&entry.node_id),
+                entry
+                    .addr
+                    .as_ref()
+                    .and_then(|a| SocketAddr::try_from(a).ok()),
+            ) else {
+                continue;
+            };
+            if id == self.me {
+                continue;
+            }
+            match self.members.get_mut(&id) {
+                None => {
+                    self.members.insert(
+                        id,
+                        Member {
+                            id,
+                            addr,
+                            incarnation: entry.incarnation,
+                            state: State::Suspect,
+                            last_heard: None,
+                            since: now,
+                        },
+                    );
+                    fresh.push((id, addr));
+                }
+                Some(member) if member.state == State::Dead => {
+                    let newer = entry.incarnation > member.incarnation;
+                    if newer
+                        || now.saturating_duration_since(member.since) >= self.timeouts.retry_after
+                    {
+                        member.state = State::Suspect;
+                        member.since = now;
+                        member.addr = addr;
+                        member.incarnation = member.incarnation.max(entry.incarnation);
+                        fresh.push((id, addr));
+                    }
+                }
+                Some(member) => {
+                    if entry.incarnation > member.incarnation && member.state == State::Suspect {
+                        member.addr = addr;
+                        member.incarnation = entry.incarnation;
+                    }
+                }
+            }
+        }
+        fresh
+    }
+
+    /// The link to `id` is gone. Returns whether the live set changed.
+    pub fn link_lost(&mut self, id: &NodeId, now: Instant) -> bool {
+        match self.members.get_mut(id) {
+            Some(member) if member.state != State::Dead => {
+                let was_alive = member.state == State::Alive;
+                member.state = State::Dead;
+                member.since = now;
+                was_alive
+            }
+            _ => false,
+        }
+    }
+
+    /// Applies the timeouts. Returns the members that just died (alive ones
+    /// only matter for the live set; suspects are included too).
+    pub fn tick(&mut self, now: Instant) -> Vec<NodeId> {
+        let mut died = Vec::new();
+        let t = self.timeouts;
+        self.members.retain(|id, member| {
+            let in_state = now.saturating_duration_since(member.since);
+            match member.state {
+                State::Alive => {
+                    let silent = member
+                        .last_heard
+                        .map_or(in_state, |h| now.saturating_duration_since(h));
+                    if silent >= t.failure {
+                        member.state = State::Dead;
+                        member.since = now;
+                        died.push(*id);
+                    }
+                    true
+                }
+                State::Suspect => {
+                    if in_state >= t.suspect {
+                        member.state = State::Dead;
+                        member.since = now;
+                        died.push(*id);
+                    }
+                    true
+                }
+                State::Dead => in_state < t.forget_after,
+            }
+        });
+        died.sort_unstable();
+        died
+    }
+
+    /// Whether `id` is in the live set (this node always is).
+    pub fn is_live(&self, id: &NodeId) -> bool {
+        *id == self.me
+            || self
+                .members
+                .get(id)
+                .is_some_and(|m| m.state == State::Alive)
+    }
+
+    /// The live set, this node included, ordered by node id.
+    pub fn live(&self) -> Vec<(NodeId, SocketAddr)> {
+        let mut live: Vec<(NodeId, SocketAddr)> = self
+            .members
+            .values()
+            .filter(|m| m.state == State::Alive)
+            .map(|m| (m.id, m.addr))
+            .chain(std::iter::once((self.me, self.my_addr)))
+            .collect();
+        live.sort_unstable();
+        live
+    }
+
+    /// Ids of the live set, ordered.
+    pub fn live_ids(&self) -> Vec<NodeId> {
+        self.live().into_iter().map(|(id, _)| id).collect()
+    }
+
+    /// Suspect members: known, not linked.
+    pub fn suspects(&self) -> Vec<(NodeId, SocketAddr)> {
+        let mut out: Vec<(NodeId, SocketAddr)> = self
+            .members
+            .values()
+            .filter(|m| m.state == State::Suspect)
+            .map(|m| (m.id, m.addr))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// The view to gossip: this node (alive) and every member with its state.
+    pub fn view(&self) -> Vec<messages::Member> {
+        let mut view = vec![messages::Member {
+            node_id: self.me.to_vec(),
+            addr: Some(self.my_addr.into()),
+            incarnation: self.my_incarnation,
+            state: MemberState::Alive as i32,
+        }];
+        let mut others: Vec<&Member> = self.members.values().collect();
+        others.sort_unstable_by_key(|m| m.id);
+        view.extend(others.into_iter().map(|m| messages::Member {
+            node_id: m.id.to_vec(),
+            addr: Some(m.addr.into()),
+            incarnation: m.incarnation,
+            state: m.state.to_wire() as i32,
+        }));
+        view
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn gossip(id: NodeId, port: u16, incarnation: u64, state: MemberState) -> messages::Member {
+        messages::Member {
+            node_id: id.to_vec(),
+            addr: Some(addr(port).into()),
+            incarnation,
+            state: state as i32,
+        }
+    }
+
+    #[test]
+    fn direct_contact_makes_alive_silence_makes_dead_then_forgotten() {
+        let t0 = Instant::now();
+        let mut m = Membership::new([1; 16], addr(1), 1, Timeouts::default());
+        assert_eq!(m.live_ids(), vec![[1; 16]]);
+        assert!(m.heard_from([2; 16], addr(2), 7, t0));
+        assert!(!m.heard_from([2; 16], addr(2), 7, t0 + Duration::from_secs(1)));
+        assert_eq!(m.live_ids(), vec![[1; 16], [2; 16]]);
+        assert!(
+            m.tick(t0 + Duration::from_millis(3500)).is_empty(),
+            "heard at 1 s"
+        );
+        assert_eq!(m.tick(t0 + Duration::from_secs(4)), vec![[2; 16]]);
+        assert!(!m.is_live(&[2; 16]));
+        assert_eq!(m.view()[1].state, MemberState::Dead as i32);
+        m.tick(t0 + Duration::from_secs(70));
+        assert!(m.get(&[2; 16]).is_none(), "forgotten");
+    }
+
+    #[test]
+    fn link_loss_is_immediate() {
+        let t0 = Instant::now();
+        let mut m = Membership::new([1; 16], addr(1), 1, Timeouts::default());
+        m.heard_from([2; 16], addr(2), 1, t0);
+        assert!(m.link_lost(&[2; 16], t0));
+        assert!(!m.link_lost(&[2; 16], t0), "already dead");
+        assert_eq!(m.live_ids(), vec![[1; 16]]);
+        // Direct contact revives it.
+        assert!(m.heard_from([2; 16], addr(2), 1, t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn gossip_teaches_suspects_not_live_members() {
+        let t0 = Instant::now();
+        let mut m = Membership::new([1; 16], addr(1), 1, Timeouts::default());
+        let view = vec![
+            gossip([1; 16], 1, 1, MemberState::Alive),
+            gossip([3; 16], 3, 5, MemberState::Alive),
+            gossip([4; 16], 4, 5, MemberState::Dead),
+        ];
+        assert_eq!(m.learn(&view, t0), vec![([3; 16], addr(3))]);
+        assert!(m.learn(&view, t0).is_empty(), "already known");
+        assert!(!m.is_live(&[3; 16]));
+        assert_eq!(m.suspects(), vec![([3; 16], addr(3))]);
+        // Never reached: dead after the suspect timeout.
+        assert_eq!(m.tick(t0 + Duration::from_secs(6)), vec![[3; 16]]);
+        // Still reported alive: retried only after `retry_after`.
+        assert!(m.learn(&view, t0 + Duration::from_secs(7)).is_empty());
+        assert_eq!(m.learn(&view, t0 + Duration::from_secs(12)).len(), 1);
+        // A restart (higher incarnation) is retried at once.
+        m.tick(t0 + Duration::from_secs(18));
+        let restarted = vec![gossip([3; 16], 3, 6, MemberState::Alive)];
+        assert_eq!(m.learn(&restarted, t0 + Duration::from_secs(18)).len(), 1);
+    }
+}

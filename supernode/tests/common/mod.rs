@@ -1,0 +1,337 @@
+//! Test support: keys, certificates, in-process supernode clusters and a
+//! small client speaking the session protocol over real QUIC on 127.0.0.1.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use natter_net::{FramedRecv, FramedSend, TransportSettings};
+use natter_proto::cert::{self, Identity, Issuer};
+use natter_proto::messages::envelope::Body;
+use natter_proto::messages::{
+    Certificate, Envelope, ErrorCode, ErrorReply, JoinAccepted, JoinHello, JoinProof, SearchReply,
+    SearchRequest,
+};
+use natter_supernode::{Config, Handle, Supernode};
+use quinn::{Connection, Endpoint};
+use rsa::RsaPrivateKey;
+use rsa::pkcs8::DecodePrivateKey;
+
+/// Upper bound of any single wait in the tests.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn read_key(path: &str) -> RsaPrivateKey {
+    let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+    let pem = std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"));
+    RsaPrivateKey::from_pkcs8_pem(&pem).unwrap()
+}
+
+/// The published test issuer (proto/tests/vectors/issuer.pem).
+pub fn issuer() -> &'static Issuer {
+    static ISSUER: OnceLock<Issuer> = OnceLock::new();
+    ISSUER.get_or_init(|| Issuer::new(read_key("../proto/tests/vectors/issuer.pem")))
+}
+
+/// A user's RSA key: the published test keys, one per user.
+pub fn user_key(name: &str) -> &'static RsaPrivateKey {
+    static KEYS: OnceLock<Vec<(&'static str, RsaPrivateKey)>> = OnceLock::new();
+    let keys = KEYS.get_or_init(|| {
+        vec![
+            ("alice", read_key("../proto/tests/vectors/alice.pem")),
+            ("bob", read_key("../proto/tests/vectors/bob.pem")),
+            ("carol", read_key("tests/keys/carol.pem")),
+            ("dave", read_key("tests/keys/dave.pem")),
+        ]
+    });
+    &keys
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no test key for {name}"))
+        .1
+}
+
+/// A certificate for `name` (valid for an hour) and its key.
+pub fn identity(name: &str) -> Identity {
+    let key = user_key(name).clone();
+    let now = now_secs();
+    let certificate = issuer().issue(name, &key.to_public_key(), 1, now - 300, now + 3600);
+    Identity { key, certificate }
+}
+
+/// A supernode configuration on 127.0.0.1 trusting the test issuer.
+pub fn config(peers: Vec<SocketAddr>, replicas: usize) -> Config {
+    let mut config = Config::new("127.0.0.1:0".parse().unwrap(), issuer().public_key());
+    config.peers = peers;
+    config.replicas = replicas;
+    config
+}
+
+/// Starts `n` supernodes (every one after the first has the first as its
+/// `--peer`) and waits until each sees all of them live.
+pub async fn cluster(n: usize, tweak: impl Fn(&mut Config)) -> Vec<Handle> {
+    let mut first = config(Vec::new(), 3);
+    tweak(&mut first);
+    let seed = Supernode::spawn(first).unwrap();
+    let seed_addr = seed.local_addr();
+    let mut nodes = vec![seed];
+    for _ in 1..n {
+        let mut c = config(vec![seed_addr], 3);
+        tweak(&mut c);
+        nodes.push(Supernode::spawn(c).unwrap());
+    }
+    eventually("the overlay meshes", || {
+        let ok = nodes.iter().all(|h| h.live_members().len() == n);
+        async move { ok.then_some(()) }
+    })
+    .await;
+    nodes
+}
+
+/// Polls `f` every 50 ms until it yields `Some`, failing after 10 s.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(value) = f().await {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Opens a QUIC connection and the session stream to a supernode.
+pub async fn connect(
+    addr: SocketAddr,
+) -> anyhow::Result<(Endpoint, Connection, FramedSend, FramedRecv)> {
+    let endpoint =
+        natter_net::client_endpoint("127.0.0.1:0".parse()?, &TransportSettings::OVERLAY)?;
+    let conn = tokio::time::timeout(WAIT, endpoint.connect(addr, "natter-supernode")?)
+        .await
+        .context("connect timeout")??;
+    let (send, recv) = conn.open_bi().await?;
+    Ok((endpoint, conn, FramedSend::new(send), FramedRecv::new(recv)))
+}
+
+/// A client session with a supernode.
+#[derive(Debug)]
+pub struct TestClient {
+    pub name: String,
+    pub endpoint: Endpoint,
+    pub conn: Connection,
+    pub send: FramedSend,
+    pub recv: FramedRecv,
+    pub accepted: JoinAccepted,
+    next_rid: u64,
+    pushes: VecDeque<Envelope>,
+}
+
+/// How a join attempt ended.
+#[derive(Debug)]
+pub enum JoinOutcome {
+    Joined(Box<TestClient>),
+    Refused(ErrorReply, Connection),
+}
+
+async fn read(recv: &mut FramedRecv) -> anyhow::Result<Envelope> {
+    match tokio::time::timeout(WAIT, recv.next()).await {
+        Ok(Ok(Some(envelope))) => Ok(envelope),
+        Ok(Ok(None)) => bail!("stream finished"),
+        Ok(Err(e)) => bail!("read failed: {e}"),
+        Err(_) => bail!("timed out waiting for a frame"),
+    }
+}
+
+/// Joins with `certificate`, signing the challenge with `signer`.
+pub async fn try_join(
+    addr: SocketAddr,
+    name: &str,
+    certificate: Certificate,
+    signer: &RsaPrivateKey,
+) -> anyhow::Result<JoinOutcome> {
+    let (endpoint, conn, mut send, mut recv) = connect(addr).await?;
+    let hello = Body::JoinHello(JoinHello {
+        certificate: Some(certificate),
+    });
+    send.send(&Envelope::new(1, hello)).await?;
+    let challenge = read(&mut recv).await?;
+    let (nonce, node_id) = match challenge.body {
+        Some(Body::JoinChallenge(c)) => (c.nonce, c.node_id),
+        Some(Body::Error(e)) => return Ok(JoinOutcome::Refused(e, conn)),
+        other => bail!("expected a challenge, got {other:?}"),
+    };
+    assert_eq!(challenge.request_id, 1);
+    assert_eq!(nonce.len(), 32);
+    assert_eq!(node_id.len(), 16);
+    let signature = cert::sign(signer, &cert::join_proof_message(&node_id, &nonce));
+    send.send(&Envelope::new(2, Body::JoinProof(JoinProof { signature })))
+        .await?;
+    let reply = read(&mut recv).await?;
+    assert_eq!(reply.request_id, 2);
+    match reply.body {
+        Some(Body::JoinAccepted(accepted)) => Ok(JoinOutcome::Joined(Box::new(TestClient {
+            name: name.to_owned(),
+            endpoint,
+            conn,
+            send,
+            recv,
+            accepted,
+            next_rid: 3,
+            pushes: VecDeque::new(),
+        }))),
+        Some(Body::Error(e)) => Ok(JoinOutcome::Refused(e, conn)),
+        other => bail!("expected JoinAccepted, got {other:?}"),
+    }
+}
+
+impl TestClient {
+    /// Joins `addr` as `name` with a valid certificate.
+    pub async fn join(addr: SocketAddr, name: &str) -> TestClient {
+        let id = identity(name);
+        match try_join(addr, name, id.certificate, &id.key).await.unwrap() {
+            JoinOutcome::Joined(client) => *client,
+            JoinOutcome::Refused(e, _) => panic!("{name} refused: {e:?}"),
+        }
+    }
+
+    /// Sends a request without waiting; returns its request id.
+    pub async fn send(&mut self, body: Body) -> u64 {
+        let rid = self.next_rid;
+        self.next_rid += 1;
+        self.send.send(&Envelope::new(rid, body)).await.unwrap();
+        rid
+    }
+
+    /// Sends a request and returns the reply body, keeping pushes that
+    /// arrive meanwhile.
+    pub async fn request(&mut self, body: Body) -> Body {
+        let rid = self.send(body).await;
+        loop {
+            let envelope = read(&mut self.recv).await.unwrap();
+            if envelope.request_id == rid {
+                return envelope.body.unwrap();
+            }
+            assert_eq!(
+                envelope.request_id, 0,
+                "reply to an unknown request: {envelope:?}"
+            );
+            self.pushes.push_back(envelope);
+        }
+    }
+
+    /// Sends a request that must be answered with `Ack`.
+    pub async fn ack(&mut self, body: Body) {
+        match self.request(body).await {
+            Body::Ack(_) => {}
+            other => panic!("{}: expected Ack, got {other:?}", self.name),
+        }
+    }
+
+    /// The next push (request id 0) matching `pred`; others are dropped.
+    pub async fn expect_push<T>(
+        &mut self,
+        what: &str,
+        mut pred: impl FnMut(&Body) -> Option<T>,
+    ) -> T {
+        while let Some(envelope) = self.pushes.pop_front() {
+            if let Some(found) = envelope.body.as_ref().and_then(&mut pred) {
+                return found;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let envelope = match tokio::time::timeout(left, self.recv.next()).await {
+                Ok(Ok(Some(envelope))) => envelope,
+                Ok(other) => panic!("{}: stream ended waiting for {what}: {other:?}", self.name),
+                Err(_) => panic!("{}: timed out waiting for {what}", self.name),
+            };
+            assert_eq!(envelope.request_id, 0, "unexpected reply {envelope:?}");
+            if let Some(found) = envelope.body.as_ref().and_then(&mut pred) {
+                return found;
+            }
+        }
+    }
+
+    /// Asserts that no push matching `pred` arrives within `wait`.
+    pub async fn expect_no_push(&mut self, wait: Duration, mut pred: impl FnMut(&Body) -> bool) {
+        for envelope in &self.pushes {
+            assert!(
+                !envelope.body.as_ref().is_some_and(&mut pred),
+                "unexpected {envelope:?}"
+            );
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Ok(Some(envelope))) = tokio::time::timeout_at(deadline, self.recv.next()).await
+        {
+            assert!(
+                !envelope.body.as_ref().is_some_and(&mut pred),
+                "unexpected {envelope:?}"
+            );
+        }
+    }
+
+    pub async fn search(&mut self, name: &str) -> SearchReply {
+        match self
+            .request(Body::SearchRequest(SearchRequest { name: name.into() }))
+            .await
+        {
+            Body::SearchReply(reply) => reply,
+            other => panic!("expected SearchReply, got {other:?}"),
+        }
+    }
+
+    /// Searches until `pred` holds for the reply.
+    pub async fn search_until(
+        &mut self,
+        name: &str,
+        pred: impl Fn(&SearchReply) -> bool,
+    ) -> SearchReply {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let reply = self.search(name).await;
+            if pred(&reply) {
+                return reply;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "search for {name} stuck at {reply:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the supernode closes the connection; returns the close code.
+    pub async fn closed_code(conn: &Connection) -> Option<u64> {
+        match tokio::time::timeout(WAIT, conn.closed())
+            .await
+            .expect("connection not closed")
+        {
+            quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
+            _ => None,
+        }
+    }
+}
+
+/// The error code of an `ErrorReply` body.
+pub fn error_code(body: &Body) -> Option<ErrorCode> {
+    match body {
+        Body::Error(e) => ErrorCode::try_from(e.code).ok(),
+        _ => None,
+    }
+}
