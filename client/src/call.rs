@@ -155,7 +155,9 @@ impl CallReport {
             path = self.path,
             remote = self.remote_addr.map_or("-".into(), |a| a.to_string()),
             setup = self.setup_ms,
-            first = self.first_audio_ms.map_or("-".into(), |v| format!("{v} ms")),
+            first = self
+                .first_audio_ms
+                .map_or("-".into(), |v| format!("{v} ms")),
             sp = m.sent_packets,
             smp = m.sent_media_packets,
             mp = self.mean_payload(),
@@ -196,13 +198,19 @@ fn now_unix() -> i64 {
 
 /// The local IP this host uses to reach `peer` (no packet is sent).
 fn local_ip_towards(peer: SocketAddr) -> IpAddr {
-    std::net::UdpSocket::bind(if peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
-        .and_then(|s| s.connect(peer).and_then(|()| s.local_addr()))
-        .map_or(IpAddr::from([127, 0, 0, 1]), |a| a.ip())
+    std::net::UdpSocket::bind(if peer.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .and_then(|s| s.connect(peer).and_then(|()| s.local_addr()))
+    .map_or(IpAddr::from([127, 0, 0, 1]), |a| a.ip())
 }
 
 /// Binds the call's media socket and lists its candidates.
-async fn media_socket(session: &SupernodeSession) -> Result<(UdpSocket, Vec<Candidate>), CallError> {
+async fn media_socket(
+    session: &SupernodeSession,
+) -> Result<(UdpSocket, Vec<Candidate>), CallError> {
     let ip = local_ip_towards(session.addr());
     let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
     let local = socket.local_addr()?;
@@ -222,8 +230,14 @@ async fn send_signal(session: &SupernodeSession, signal: CallSignal) -> Result<(
         .await
     {
         Ok(_) => Ok(()),
-        Err(SessionError::Remote { code: ErrorCode::UserUnknown, .. }) => Err(CallError::UnknownUser(to)),
-        Err(SessionError::Remote { code: ErrorCode::UserOffline, .. }) => Err(CallError::Offline(to)),
+        Err(SessionError::Remote {
+            code: ErrorCode::UserUnknown,
+            ..
+        }) => Err(CallError::UnknownUser(to)),
+        Err(SessionError::Remote {
+            code: ErrorCode::UserOffline,
+            ..
+        }) => Err(CallError::Offline(to)),
         Err(e) => Err(e.into()),
     }
 }
@@ -282,16 +296,29 @@ pub async fn place_call(
                         eprintln!("ringing {callee}...");
                     }
                 }
-                CallEvent::Connected { keys, remote_candidates } => {
+                CallEvent::Connected {
+                    keys,
+                    remote_candidates,
+                } => {
                     let setup_ms = started.elapsed().as_millis() as u64;
-                    return run_media(session, &mut setup, socket, *keys, remote_candidates, options, setup_ms)
-                        .await;
+                    return run_media(
+                        session,
+                        &mut setup,
+                        socket,
+                        *keys,
+                        remote_candidates,
+                        options,
+                        setup_ms,
+                    )
+                    .await;
                 }
                 CallEvent::Ended(reason) => return Err(end_error(reason, callee)),
                 CallEvent::Incoming { .. } | CallEvent::Candidates(_) => {}
             }
         }
-        let deadline = setup.poll_timeout().unwrap_or(SETUP_TIMEOUT.as_millis() as u64);
+        let deadline = setup
+            .poll_timeout()
+            .unwrap_or(SETUP_TIMEOUT.as_millis() as u64);
         let remaining = Duration::from_millis(deadline).saturating_sub(started.elapsed());
         tokio::select! {
             push = session.next_push() => match push {
@@ -351,12 +378,24 @@ pub async fn answer_calls(
                     flush(&mut setup, session).await?;
                     connected = Some(socket);
                 }
-                CallEvent::Connected { keys, remote_candidates } => {
-                    let Some(socket) = connected.take() else { break };
+                CallEvent::Connected {
+                    keys,
+                    remote_candidates,
+                } => {
+                    let Some(socket) = connected.take() else {
+                        break;
+                    };
                     let setup_ms = started.elapsed().as_millis() as u64;
-                    let report =
-                        run_media(session, &mut setup, socket, *keys, remote_candidates, options, setup_ms)
-                            .await?;
+                    let report = run_media(
+                        session,
+                        &mut setup,
+                        socket,
+                        *keys,
+                        remote_candidates,
+                        options,
+                        setup_ms,
+                    )
+                    .await?;
                     reports.push(report);
                     break;
                 }
@@ -491,17 +530,15 @@ async fn run_media(
             received = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = received else { continue };
                 let now_ms = start.elapsed().as_millis() as u64;
-                match media.handle_datagram(&buf[..n], now_ms) {
-                    Ok(received) => {
-                        last_heard = Instant::now();
-                        // Latch onto the address authenticated media comes from.
-                        remote = Some(from);
-                        if let Received::Probe(payload) = received {
-                            media.probe_reply(&payload, &mut datagram).map_err(|e| CallError::Audio(e.to_string()))?;
-                            let _ = socket.send_to(&datagram, from).await;
-                        }
+                // Drops are counted in the stats.
+                if let Ok(received) = media.handle_datagram(&buf[..n], now_ms) {
+                    last_heard = Instant::now();
+                    // Latch onto the address authenticated media comes from.
+                    remote = Some(from);
+                    if let Received::Probe(payload) = received {
+                        media.probe_reply(&payload, &mut datagram).map_err(|e| CallError::Audio(e.to_string()))?;
+                        let _ = socket.send_to(&datagram, from).await;
                     }
-                    Err(_) => {} // counted in the stats
                 }
             }
             push = session.next_push(), if session_alive => match push {

@@ -47,6 +47,12 @@ pub enum ClientError {
     Decrypt,
     #[error("{0}")]
     Crypto(String),
+    #[error(transparent)]
+    Overlay(#[from] crate::overlay::OverlayError),
+    #[error(transparent)]
+    Session(#[from] crate::supernode::SessionError),
+    #[error(transparent)]
+    Call(#[from] crate::call::CallError),
 }
 
 impl ClientError {

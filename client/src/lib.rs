@@ -1,9 +1,9 @@
 //! # natter-client
 //!
-//! The client side of Natter's login server: register, log in (generating
-//! the RSA-2048 key pair locally and sending only its public key), keep the
-//! key and certificate in a home directory until they near expiry, and sync
-//! an encrypted buddy list.
+//! The Natter client: register and log in (generating the RSA-2048 key pair
+//! locally and sending only its public key), keep the key and certificate in a
+//! home directory until they near expiry, sync an encrypted buddy list, join
+//! the overlay through the host cache, search, chat, and call.
 //!
 //! | module | concept |
 //! |---|---|
@@ -12,11 +12,19 @@
 //! | [`home`] | the identity kept on disk (`--home DIR`) |
 //! | [`buddies`] | client-side encryption of the buddy-list blob |
 //! | [`error`] | [`ClientError`], one clear message per failure |
+//! | [`hostcache`] | the persisted list of supernodes |
+//! | [`supernode`] | one joined session with a supernode: requests, replies, pushes |
+//! | [`overlay`] | choosing a supernode, the alternate node table, failover |
+//! | [`call`] | placing and answering calls: signaling plus the SoM/UDP media loop |
 
 pub mod buddies;
+pub mod call;
 pub mod error;
 pub mod home;
+pub mod hostcache;
 pub mod login;
+pub mod overlay;
+pub mod supernode;
 pub mod tls;
 
 pub use error::ClientError;

@@ -5,8 +5,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+use std::time::Duration;
+
+use natter_client::call::{self, CallOptions};
 use natter_client::home::{BUDDIES_FILE, LoginStatus};
+use natter_client::hostcache::{self, HostCache};
+use natter_client::overlay::{Overlay, OverlayConfig};
 use natter_client::{ClientError, Home, LoginClient, buddies, now_unix_secs, tls};
+use natter_proto::messages::{
+    ChatMessage, PresenceStatus, PresenceSubscribe, SearchRequest, SetPresence, envelope,
+};
 
 /// Natter client.
 #[derive(Debug, Parser)]
@@ -25,6 +33,9 @@ struct Cli {
     /// NATTER_PASSWORD or a prompt.
     #[arg(long)]
     password_file: Option<PathBuf>,
+    /// Supernode to join when the host cache is empty (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    bootstrap: Vec<SocketAddr>,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,7 +53,35 @@ enum Command {
     },
     /// Show the stored identity.
     Status,
-    /// Sync the encrypted buddy list (`buddies.txt` in --home) with the login server.
+    /// Find a user: presence and whether reachable.
+    Search { name: String },
+    /// Send a text message (stored for offline users).
+    Chat { name: String, text: String },
+    /// Fetch and show received messages.
+    Inbox,
+    /// Stay joined: print presence changes and messages until interrupted.
+    Online,
+    /// Call a user.
+    Call {
+        name: String,
+        #[command(flatten)]
+        audio: AudioArgs,
+        /// Hang up after this many seconds (default: the length of --audio-in, or 10).
+        #[arg(long)]
+        duration: Option<f64>,
+    },
+    /// Answer incoming calls automatically.
+    Answer {
+        #[command(flatten)]
+        audio: AudioArgs,
+        /// Exit after this many calls.
+        #[arg(long, default_value_t = 1)]
+        calls: usize,
+    },
+    /// Compare a sent and a received WAV (how well the call carried the audio).
+    Compare { sent: PathBuf, received: PathBuf },
+    /// The buddy list (`buddies.txt` in --home): edit it, or sync it
+    /// (encrypted) with the login server.
     Buddies {
         #[command(subcommand)]
         command: BuddiesCommand,
@@ -52,8 +91,27 @@ enum Command {
     },
 }
 
+#[derive(Debug, clap::Args)]
+struct AudioArgs {
+    /// WAV file to send (any rate, resampled to 48 kHz); silence when absent.
+    #[arg(long)]
+    audio_in: Option<PathBuf>,
+    /// WAV file to write what is heard into (48 kHz mono).
+    #[arg(long)]
+    audio_out: Option<PathBuf>,
+    /// Write the call report as JSON here.
+    #[arg(long)]
+    stats_json: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 enum BuddiesCommand {
+    /// Add a name to the list.
+    Add { buddy: String },
+    /// Remove a name from the list.
+    Remove { buddy: String },
+    /// Print the list.
+    List,
     /// Upload buddies.txt (fails if another machine uploaded since the last pull).
     Push,
     /// Download into buddies.txt.
@@ -204,6 +262,62 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 describe_validity(session.verified.not_after)
             );
         }
+        Command::Buddies {
+            command:
+                command @ (BuddiesCommand::Add { .. }
+                | BuddiesCommand::Remove { .. }
+                | BuddiesCommand::List),
+            ..
+        } => {
+            let home = home(&cli)?;
+            let path = home.file(BUDDIES_FILE);
+            let mut list = read_buddies(&path);
+            match command {
+                BuddiesCommand::Add { buddy } => {
+                    let buddy = buddy.trim().to_ascii_lowercase();
+                    if buddy.is_empty() {
+                        return Err(usage("a buddy name cannot be empty"));
+                    }
+                    if !list.contains(&buddy) {
+                        list.push(buddy);
+                    }
+                }
+                BuddiesCommand::Remove { buddy } => {
+                    let buddy = buddy.trim().to_ascii_lowercase();
+                    let before = list.len();
+                    list.retain(|b| *b != buddy);
+                    if list.len() == before {
+                        return Err(usage(&format!("{buddy} is not in the buddy list")));
+                    }
+                }
+                _ => {}
+            }
+            if !matches!(command, BuddiesCommand::List) {
+                write_text(&path, &list.join("\n"))?;
+            }
+            for buddy in &list {
+                println!("{buddy}");
+            }
+        }
+        Command::Search { .. }
+        | Command::Chat { .. }
+        | Command::Inbox
+        | Command::Online
+        | Command::Call { .. }
+        | Command::Answer { .. } => overlay_command(&cli).await?,
+        Command::Compare { sent, received } => {
+            let read = |p: &PathBuf| {
+                natter_media::wav::read_mono_48k(p).map_err(|e| ClientError::File {
+                    path: p.display().to_string(),
+                    detail: e.to_string(),
+                })
+            };
+            let score = natter_media::score::compare(&read(sent)?, &read(received)?, 2000);
+            println!(
+                "audio match: waveform correlation {:.3}, envelope correlation {:.3}, delay {:.1} ms",
+                score.waveform, score.envelope, score.lag_ms
+            );
+        }
         Command::Buddies { command, name } => {
             let home = home(&cli)?;
             let key = login_key(&cli)?;
@@ -253,6 +367,254 @@ async fn buddies_sync(
             write_text(&version_path, &version.to_string())?;
             println!("pushed {} buddies (version {version})", list.len());
         }
+        BuddiesCommand::Add { .. } | BuddiesCommand::Remove { .. } | BuddiesCommand::List => {}
+    }
+    Ok(())
+}
+
+fn read_buddies(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Commands that join the overlay through a supernode.
+async fn overlay_command(cli: &Cli) -> Result<(), ClientError> {
+    let home = home(cli)?;
+    let key = login_key(cli)?;
+    let session = home.load(&key, now_unix_secs())?;
+    let endpoint = natter_net::client_endpoint(
+        SocketAddr::from(([0, 0, 0, 0], 0)),
+        &natter_net::TransportSettings::OVERLAY,
+    )
+    .map_err(|e| usage(&format!("cannot open a QUIC endpoint: {e}")))?;
+    let config = OverlayConfig::new(home.file(hostcache::FILE_NAME), cli.bootstrap.clone());
+    let mut overlay = Overlay::join(config, endpoint, session.identity.clone()).await?;
+    let me = session.name().to_owned();
+    let sn = overlay.session();
+    match &cli.command {
+        Command::Search { name } => {
+            let reply = sn
+                .request(
+                    envelope::Body::SearchRequest(SearchRequest { name: name.clone() }),
+                    REQUEST_TIMEOUT,
+                )
+                .await?;
+            let envelope::Body::SearchReply(r) = reply else {
+                return Err(usage("unexpected reply to search"));
+            };
+            if !r.found {
+                println!("{name}: not found");
+            } else {
+                let status = PresenceStatus::try_from(r.status).unwrap_or(PresenceStatus::Offline);
+                let reachable = status != PresenceStatus::Offline;
+                let via = r
+                    .supernode
+                    .as_ref()
+                    .and_then(|a| SocketAddr::try_from(a).ok())
+                    .map_or(String::new(), |a| format!(" via supernode {a}"));
+                println!(
+                    "{}: {}, {}{via}, last seen {}",
+                    r.name,
+                    status_name(status),
+                    if reachable {
+                        "reachable"
+                    } else {
+                        "not reachable"
+                    },
+                    r.last_seen / 1000
+                );
+            }
+        }
+        Command::Chat { name, text } => {
+            let mut id = [0u8; 16];
+            rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut id);
+            let message = ChatMessage {
+                message_id: id.to_vec(),
+                from: me.clone(),
+                to: name.clone(),
+                text: text.clone(),
+                sent_at: now_unix_secs() * 1000,
+            };
+            sn.request(envelope::Body::ChatMessage(message), REQUEST_TIMEOUT)
+                .await?;
+            // A receipt comes back at once when the recipient is online.
+            let receipt = tokio::time::timeout(RECEIPT_WAIT, async {
+                while let Some(push) = sn.next_push().await {
+                    if let envelope::Body::ChatReceipt(r) = push
+                        && r.message_id == id
+                    {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await
+            .unwrap_or(false);
+            if receipt {
+                println!("delivered to {name}");
+            } else {
+                println!("stored for {name} (offline); delivered when they next join");
+            }
+            sn.leave().await;
+        }
+        Command::Inbox => {
+            sn.request(
+                envelope::Body::InboxFetch(Default::default()),
+                REQUEST_TIMEOUT,
+            )
+            .await?;
+            let inbox = home.file(INBOX_FILE);
+            // Stored chat is pushed before the Ack, so it is all queued now;
+            // wait briefly for any that was pushed at join.
+            while let Ok(Some(push)) =
+                tokio::time::timeout(Duration::from_millis(300), sn.next_push()).await
+            {
+                if let envelope::Body::ChatMessage(m) = push {
+                    append_inbox(&inbox, &m)?;
+                }
+            }
+            let text = std::fs::read_to_string(&inbox).unwrap_or_default();
+            if text.is_empty() {
+                println!("no messages");
+            } else {
+                print!("{text}");
+            }
+            sn.leave().await;
+        }
+        Command::Online => {
+            let buddies = read_buddies(&home.file(BUDDIES_FILE));
+            println!("online as {me} via {}", sn.addr());
+            let inbox = home.file(INBOX_FILE);
+            loop {
+                let sn = overlay.session();
+                sn.request(
+                    envelope::Body::SetPresence(SetPresence {
+                        status: PresenceStatus::Online as i32,
+                    }),
+                    REQUEST_TIMEOUT,
+                )
+                .await?;
+                sn.request(
+                    envelope::Body::PresenceSubscribe(PresenceSubscribe {
+                        names: buddies.clone(),
+                    }),
+                    REQUEST_TIMEOUT,
+                )
+                .await?;
+                loop {
+                    tokio::select! {
+                        push = sn.next_push() => match push {
+                            Some(envelope::Body::PresenceUpdate(u)) => {
+                                let status = PresenceStatus::try_from(u.status).unwrap_or(PresenceStatus::Offline);
+                                println!("presence {} {}", u.name, status_name(status));
+                            }
+                            Some(envelope::Body::ChatMessage(m)) => {
+                                println!("message from {}: {}", m.from, m.text);
+                                append_inbox(&inbox, &m)?;
+                            }
+                            Some(envelope::Body::ChatReceipt(r)) => {
+                                println!("delivered to {}", r.from);
+                            }
+                            Some(envelope::Body::SupernodeList(list)) => overlay.learn(&list.entries)?,
+                            Some(_) => {}
+                            None => break,
+                        },
+                        _ = tokio::signal::ctrl_c() => {
+                            sn.leave().await;
+                            return Ok(());
+                        }
+                    }
+                }
+                let lost = sn.addr();
+                overlay.rejoin().await?;
+                println!(
+                    "supernode {lost} lost; rejoined via {}",
+                    overlay.session().addr()
+                );
+            }
+        }
+        Command::Call {
+            name,
+            audio,
+            duration,
+        } => {
+            let options = call_options(audio, duration.map(Duration::from_secs_f64));
+            let report = call::place_call(&sn, &session.identity, &me, &key, name, &options).await;
+            sn.leave().await;
+            let report = report?;
+            finish_report(&report, audio)?;
+        }
+        Command::Answer { audio, calls } => {
+            let options = call_options(audio, None);
+            sn.request(
+                envelope::Body::SetPresence(SetPresence {
+                    status: PresenceStatus::Online as i32,
+                }),
+                REQUEST_TIMEOUT,
+            )
+            .await?;
+            println!("waiting for calls as {me} via {}", sn.addr());
+            let reports =
+                call::answer_calls(&sn, &session.identity, &me, &key, *calls, &options).await;
+            sn.leave().await;
+            for report in reports? {
+                finish_report(&report, audio)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const RECEIPT_WAIT: Duration = Duration::from_secs(2);
+const INBOX_FILE: &str = "inbox.txt";
+
+fn status_name(status: PresenceStatus) -> &'static str {
+    match status {
+        PresenceStatus::Online => "online",
+        PresenceStatus::Away => "away",
+        PresenceStatus::Offline => "offline",
+    }
+}
+
+fn append_inbox(path: &Path, m: &ChatMessage) -> Result<(), ClientError> {
+    use std::io::Write;
+    let line = format!(
+        "{} {}: {}\n",
+        m.sent_at / 1000,
+        m.from,
+        m.text.replace('\n', " ")
+    );
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .map_err(|e| ClientError::File {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })
+}
+
+fn call_options(audio: &AudioArgs, duration: Option<Duration>) -> CallOptions {
+    CallOptions {
+        audio_in: audio.audio_in.clone(),
+        audio_out: audio.audio_out.clone(),
+        duration,
+        live_status: true,
+    }
+}
+
+fn finish_report(report: &call::CallReport, audio: &AudioArgs) -> Result<(), ClientError> {
+    println!("{}", report.to_text());
+    if let Some(path) = &audio.stats_json {
+        write_text(path, &report.to_json())?;
     }
     Ok(())
 }
@@ -272,13 +634,12 @@ fn save_supernodes(
     home: &Home,
     supernodes: &[natter_proto::messages::HostCacheEntry],
 ) -> Result<(), ClientError> {
-    let lines: Vec<String> = supernodes
+    // The login server's list seeds the host cache.
+    let path = home.file(hostcache::FILE_NAME);
+    let mut cache = HostCache::load(&path).map_err(|e| usage(&e.to_string()))?;
+    let addrs = supernodes
         .iter()
-        .filter_map(|s| {
-            let addr = SocketAddr::try_from(s.addr.as_ref()?).ok()?;
-            let id: String = s.node_id.iter().map(|b| format!("{b:02x}")).collect();
-            Some(format!("{addr} {id} {}", s.last_seen))
-        })
-        .collect();
-    write_text(&home.file("supernodes.txt"), &lines.join("\n"))
+        .filter_map(|s| SocketAddr::try_from(s.addr.as_ref()?).ok());
+    cache.learn(addrs, now_unix_secs() * 1000);
+    cache.save(&path).map_err(|e| usage(&e.to_string()))
 }

@@ -195,9 +195,13 @@ async fn join_first(
         while attempts.len() < parallel && next < candidates.len() {
             let addr = candidates[next];
             next += 1;
-            let (endpoint, identity, timeout) = (endpoint.clone(), identity.clone(), config.join_timeout);
+            let (endpoint, identity, timeout) =
+                (endpoint.clone(), identity.clone(), config.join_timeout);
             attempts.spawn(async move {
-                (addr, SupernodeSession::join(&endpoint, addr, &identity, timeout).await)
+                (
+                    addr,
+                    SupernodeSession::join(&endpoint, addr, &identity, timeout).await,
+                )
             });
         }
         let Some(done) = attempts.join_next().await else {

@@ -134,7 +134,12 @@ impl SupernodeSession {
         let pending: Pending = Arc::default();
         let dropped_pushes = Arc::new(AtomicU64::new(0));
         let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE);
-        tokio::spawn(read_loop(recv, pending.clone(), push_tx, dropped_pushes.clone()));
+        tokio::spawn(read_loop(
+            recv,
+            pending.clone(),
+            push_tx,
+            dropped_pushes.clone(),
+        ));
         Ok(Self {
             addr,
             connection,
@@ -192,7 +197,10 @@ impl SupernodeSession {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
-            let mut pending = self.pending.lock().map_err(|_| SessionError::Closed(self.addr))?;
+            let mut pending = self
+                .pending
+                .lock()
+                .map_err(|_| SessionError::Closed(self.addr))?;
             if pending.len() >= MAX_PENDING {
                 return Err(SessionError::Busy);
             }
@@ -230,7 +238,10 @@ impl SupernodeSession {
     /// Leaves politely (best effort) and closes the connection.
     pub async fn leave(&self) {
         let _ = self
-            .request(envelope::Body::Leave(Default::default()), Duration::from_millis(500))
+            .request(
+                envelope::Body::Leave(Default::default()),
+                Duration::from_millis(500),
+            )
             .await;
         self.connection.close(quinn::VarInt::from_u32(0), b"leave");
     }
@@ -249,7 +260,10 @@ fn refused(addr: SocketAddr, e: ErrorReply) -> SessionError {
     }
 }
 
-async fn next_body(recv: &mut FramedRecv, addr: SocketAddr) -> Result<envelope::Body, SessionError> {
+async fn next_body(
+    recv: &mut FramedRecv,
+    addr: SocketAddr,
+) -> Result<envelope::Body, SessionError> {
     recv.next()
         .await
         .map_err(|_| SessionError::Closed(addr))?
