@@ -11,6 +11,7 @@ use natter_client::call::{self, CallOptions};
 use natter_client::home::{BUDDIES_FILE, LoginStatus};
 use natter_client::hostcache::{self, HostCache};
 use natter_client::overlay::{Overlay, OverlayConfig};
+use natter_client::supernode::SessionError;
 use natter_client::{ClientError, Home, LoginClient, buddies, now_unix_secs, tls};
 use natter_proto::messages::{
     ChatMessage, PresenceStatus, PresenceSubscribe, SearchRequest, SetPresence, envelope,
@@ -492,20 +493,38 @@ async fn overlay_command(cli: &Cli) -> Result<(), ClientError> {
             let inbox = home.file(INBOX_FILE);
             loop {
                 let sn = overlay.session();
-                sn.request(
-                    envelope::Body::SetPresence(SetPresence {
-                        status: PresenceStatus::Online as i32,
-                    }),
-                    REQUEST_TIMEOUT,
-                )
-                .await?;
-                sn.request(
-                    envelope::Body::PresenceSubscribe(PresenceSubscribe {
-                        names: buddies.clone(),
-                    }),
-                    REQUEST_TIMEOUT,
-                )
-                .await?;
+                // (Re-)register presence and subscriptions with this supernode;
+                // if it dies meanwhile, move on to an alternate.
+                let registered = async {
+                    sn.request(
+                        envelope::Body::SetPresence(SetPresence {
+                            status: PresenceStatus::Online as i32,
+                        }),
+                        REQUEST_TIMEOUT,
+                    )
+                    .await?;
+                    sn.request(
+                        envelope::Body::PresenceSubscribe(PresenceSubscribe {
+                            names: buddies.clone(),
+                        }),
+                        REQUEST_TIMEOUT,
+                    )
+                    .await
+                }
+                .await;
+                match registered {
+                    Ok(_) => {}
+                    Err(SessionError::Closed(_) | SessionError::Timeout(_)) => {
+                        let lost = sn.addr();
+                        overlay.rejoin().await?;
+                        println!(
+                            "supernode {lost} lost; rejoined via {}",
+                            overlay.session().addr()
+                        );
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 loop {
                     tokio::select! {
                         push = sn.next_push() => match push {

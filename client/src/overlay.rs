@@ -176,7 +176,9 @@ impl Overlay {
     }
 }
 
-/// Tries `candidates` `parallel` at a time; the first join wins.
+/// Races QUIC connections to `candidates`, `parallel` at a time, and joins
+/// through the first that connects (only one supernode sees the join, so
+/// presence does not flap); if that join is refused, the race goes on.
 async fn join_first(
     config: &OverlayConfig,
     endpoint: &quinn::Endpoint,
@@ -195,21 +197,30 @@ async fn join_first(
         while attempts.len() < parallel && next < candidates.len() {
             let addr = candidates[next];
             next += 1;
-            let (endpoint, identity, timeout) =
-                (endpoint.clone(), identity.clone(), config.join_timeout);
+            let (endpoint, timeout) = (endpoint.clone(), config.join_timeout);
             attempts.spawn(async move {
-                (
-                    addr,
-                    SupernodeSession::join(&endpoint, addr, &identity, timeout).await,
-                )
+                let connected =
+                    tokio::time::timeout(timeout, SupernodeSession::connect(&endpoint, addr))
+                        .await
+                        .unwrap_or(Err(SessionError::Timeout(addr)));
+                (addr, connected)
             });
         }
         let Some(done) = attempts.join_next().await else {
             break;
         };
-        let Ok((addr, result)) = done else { continue };
-        match result {
+        let Ok((addr, connected)) = done else {
+            continue;
+        };
+        let joined = match connected {
+            Ok(connection) => {
+                SupernodeSession::join_on(connection, identity, config.join_timeout).await
+            }
+            Err(e) => Err(e),
+        };
+        match joined {
             Ok(session) => {
+                // Connections still racing are dropped, which closes them.
                 attempts.abort_all();
                 let rtt = u32::try_from(session.join_rtt().as_millis()).unwrap_or(u32::MAX);
                 cache.record_success(addr, rtt.max(1), now_ms());

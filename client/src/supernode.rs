@@ -85,23 +85,51 @@ impl SupernodeSession {
         timeout: Duration,
     ) -> Result<Self, SessionError> {
         let started = Instant::now();
-        tokio::time::timeout(timeout, Self::join_inner(endpoint, addr, identity, started))
+        tokio::time::timeout(timeout, async {
+            let connection = Self::connect(endpoint, addr).await?;
+            Self::join_inner(connection, addr, identity, started).await
+        })
+        .await
+        .map_err(|_| SessionError::Timeout(addr))?
+    }
+
+    /// Opens the QUIC connection only (the cheap part to race between
+    /// candidates); finish with [`Self::join_on`].
+    pub async fn connect(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection, SessionError> {
+        let connect = |source| SessionError::Connect { addr, source };
+        endpoint
+            .connect(addr, "natter-supernode")
+            .map_err(|e| connect(NetError::from(e)))?
             .await
-            .map_err(|_| SessionError::Timeout(addr))?
+            .map_err(|e| connect(NetError::from(e)))
+    }
+
+    /// Joins as `identity` over an open connection, within `timeout`.
+    pub async fn join_on(
+        connection: quinn::Connection,
+        identity: &Identity,
+        timeout: Duration,
+    ) -> Result<Self, SessionError> {
+        let started = Instant::now();
+        let addr = connection.remote_address();
+        tokio::time::timeout(
+            timeout,
+            Self::join_inner(connection, addr, identity, started),
+        )
+        .await
+        .map_err(|_| SessionError::Timeout(addr))?
     }
 
     async fn join_inner(
-        endpoint: &quinn::Endpoint,
+        connection: quinn::Connection,
         addr: SocketAddr,
         identity: &Identity,
         started: Instant,
     ) -> Result<Self, SessionError> {
         let connect = |source| SessionError::Connect { addr, source };
-        let connection = endpoint
-            .connect(addr, "natter-supernode")
-            .map_err(|e| connect(NetError::from(e)))?
-            .await
-            .map_err(|e| connect(NetError::from(e)))?;
         let (send, recv) = connection
             .open_bi()
             .await

@@ -391,7 +391,7 @@ pub(crate) async fn maintenance_loop(inner: Arc<Inner>) {
                 }
             }
             to_dial.retain(|addr| st.dialing.insert(*addr));
-            if ticks % 60 == 0 {
+            if ticks.is_multiple_of(60) {
                 let now_ms = now_ms();
                 let membership = &st.membership;
                 let live: Vec<NodeId> = membership.live_ids();

@@ -1,0 +1,276 @@
+//! A whole private network of real processes for end-to-end tests: the
+//! `natter-login` and `natter-supernode` binaries (built by `cargo test
+//! --workspace` next to `natter`) on loopback, optionally inside a network
+//! namespace of the test's own with nftables packet loss on its loopback.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A binary of the workspace, next to the `natter` binary under test.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let natter = PathBuf::from(env!("CARGO_BIN_EXE_natter"));
+    let path = natter.with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the suite with `cargo test --workspace` (or `cargo build -p natter-login -p natter-supernode`)",
+        path.display()
+    );
+    path
+}
+
+/// A network namespace made by this test, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} cannot run ({e}); this test needs root with iproute2 and nftables",
+                args[0]
+            )
+        });
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        args,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    /// A namespace with only a loopback interface; `loss_percent` of the
+    /// packets on it are dropped at random (nftables numgen, no netem here).
+    pub fn new(tag: &str, loss_percent: u32) -> Self {
+        let name = format!("natter-t{}-{tag}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Self { name };
+        sh(&[
+            "ip", "netns", "exec", &ns.name, "ip", "link", "set", "lo", "up",
+        ]);
+        if loss_percent > 0 {
+            let rules = format!(
+                "table inet loss {{ chain out {{ type filter hook output priority 0; policy accept; \
+                 meta l4proto udp numgen random mod 100 < {loss_percent} drop; }} }}"
+            );
+            sh(&["ip", "netns", "exec", &ns.name, "nft", &rules]);
+        }
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Login server + supernodes as real processes, killed on drop.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub login_addr: SocketAddr,
+    pub login_key: PathBuf,
+    pub supernodes: Vec<SocketAddr>,
+    children: Vec<Option<Child>>,
+    sn_children: Vec<Option<Child>>,
+    pub netns: Option<Netns>,
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    /// Starts a login server and `supernodes` meshed supernodes.
+    pub fn start(supernodes: usize, netns: Option<Netns>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let login_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cluster = Self {
+            login_key: dir.path().join("login/login-key.pub"),
+            dir,
+            login_addr,
+            supernodes: Vec::new(),
+            children: Vec::new(),
+            sn_children: Vec::new(),
+            netns,
+        };
+        let login_dir = cluster.dir.path().join("login");
+        let child = cluster
+            .command(&workspace_bin("natter-login"))
+            .args(["serve", "--listen", &login_addr.to_string(), "--data-dir"])
+            .arg(&login_dir)
+            .args(["--argon2-m-kib", "1024", "--argon2-t", "1"])
+            .stderr(log_file(&cluster.dir.path().join("login.log")))
+            .spawn()
+            .unwrap();
+        cluster.children.push(Some(child));
+        wait_for(|| cluster.login_key.exists(), "login-key.pub");
+        for i in 0..supernodes {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let mut cmd = cluster.command(&workspace_bin("natter-supernode"));
+            cmd.args([
+                "--listen",
+                &addr.to_string(),
+                "--login",
+                &login_addr.to_string(),
+            ])
+            .arg("--login-key")
+            .arg(&cluster.login_key)
+            .arg("--data-dir")
+            .arg(cluster.dir.path().join(format!("sn{i}")));
+            for peer in &cluster.supernodes {
+                cmd.args(["--peer", &peer.to_string()]);
+            }
+            let child = cmd
+                .stdout(Stdio::null())
+                .stderr(log_file(&cluster.dir.path().join(format!("sn{i}.log"))))
+                .spawn()
+                .unwrap();
+            cluster.sn_children.push(Some(child));
+            cluster.supernodes.push(addr);
+        }
+        // The mesh forms within a couple of gossip rounds.
+        std::thread::sleep(Duration::from_millis(1500));
+        cluster
+    }
+
+    /// A command run inside the cluster's namespace, if it has one.
+    pub fn command(&self, program: &Path) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", &ns.name]).arg(program);
+                cmd
+            }
+            None => Command::new(program),
+        }
+    }
+
+    pub fn home(&self, user: &str) -> PathBuf {
+        self.dir.path().join(user)
+    }
+
+    /// `natter --home DIR/user --login .. --login-key ..` plus `args`.
+    pub fn natter(&self, user: &str, args: &[&str]) -> Command {
+        let mut cmd = self.command(Path::new(env!("CARGO_BIN_EXE_natter")));
+        cmd.arg("--home")
+            .arg(self.home(user))
+            .args(["--login", &self.login_addr.to_string()])
+            .arg("--login-key")
+            .arg(&self.login_key)
+            .args(args)
+            .env("NATTER_PASSWORD", PASSWORD)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `natter` to completion (at most `limit`).
+    pub fn run(&self, user: &str, args: &[&str], limit: Duration) -> Output {
+        let child = self
+            .natter(user, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_output(child, limit)
+    }
+
+    /// Registers and logs in `user`, seeding its host cache with `bootstrap`.
+    pub fn add_user(&self, user: &str) {
+        for step in [["register", user], ["login", user]] {
+            let out = self.run(user, &step, Duration::from_secs(30));
+            assert!(
+                out.status.success(),
+                "{step:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// Kills supernode `i` at once (SIGKILL: no goodbye to anyone).
+    pub fn kill_supernode(&mut self, i: usize) {
+        if let Some(mut child) = self.sn_children[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self
+            .children
+            .iter_mut()
+            .chain(self.sn_children.iter_mut())
+            .flatten()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn log_file(path: &Path) -> Stdio {
+    Stdio::from(std::fs::File::create(path).unwrap())
+}
+
+pub fn wait_for(mut ready: impl FnMut() -> bool, what: &str) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what} not ready after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for `child` to exit within `limit` (killing it otherwise) and
+/// returns its output.
+pub fn wait_output(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "timed out after {limit:?}; stdout: {}; stderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn assert_ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: stdout {} stderr {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout(out)
+}

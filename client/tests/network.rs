@@ -1,0 +1,227 @@
+//! The overlay with real processes on loopback: a login server and three
+//! supernodes, users joined through different supernodes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, assert_ok};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A long-running `natter online`, its stdout lines on a channel.
+struct Online {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: std::path::PathBuf,
+    /// The supernode it joined through ("online as NAME via ADDR").
+    via: String,
+}
+
+impl Online {
+    fn start(cluster: &Cluster, user: &str, bootstrap: &str) -> Self {
+        let stderr = cluster.dir.path().join(format!("{user}-online.err"));
+        let mut child = cluster
+            .natter(user, &["--bootstrap", bootstrap, "online"])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::sync_channel(256);
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut online = Self {
+            child,
+            lines,
+            stderr,
+            via: String::new(),
+        };
+        let (line, _) = online.expect("online as", LIMIT);
+        online.via = line.rsplit(' ').next().unwrap_or_default().to_owned();
+        online
+    }
+
+    /// Waits for a line containing `needle`; returns it and the time it took.
+    fn expect(&self, needle: &str, limit: Duration) -> (String, Duration) {
+        let start = Instant::now();
+        loop {
+            let left = limit.saturating_sub(start.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return (line, start.elapsed()),
+                Ok(_) => {}
+                Err(_) => {
+                    let dir = self.stderr.parent().unwrap();
+                    let logs: String = (0..3)
+                        .map(|i| {
+                            let log = std::fs::read_to_string(dir.join(format!("sn{i}.log")));
+                            format!("\n== sn{i}.log\n{}", log.unwrap_or_default())
+                        })
+                        .collect();
+                    panic!(
+                        "no line with {needle:?} within {limit:?}; stderr: {}{logs}",
+                        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                    )
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Online {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sn(cluster: &Cluster, i: usize) -> String {
+    cluster.supernodes[i].to_string()
+}
+
+#[test]
+fn users_on_different_supernodes_search_chat_and_see_presence() {
+    let cluster = Cluster::start(3, None);
+    for user in ["alice", "bob", "carol"] {
+        cluster.add_user(user);
+    }
+    assert_ok(&cluster.run("bob", &["buddies", "add", "alice"], LIMIT));
+
+    // bob joins through supernode 2 and watches alice.
+    let bob = Online::start(&cluster, "bob", &sn(&cluster, 2));
+
+    // alice, through supernode 0, finds bob across the overlay.
+    let out = assert_ok(&cluster.run(
+        "alice",
+        &["--bootstrap", &sn(&cluster, 0), "search", "bob"],
+        LIMIT,
+    ));
+    assert!(out.contains("bob: online, reachable"), "{out}");
+    let out = assert_ok(&cluster.run("alice", &["search", "nobody"], LIMIT));
+    assert!(out.contains("nobody: not found"), "{out}");
+    // carol was never online since registering: not in the directory.
+    let out = assert_ok(&cluster.run("alice", &["search", "carol"], LIMIT));
+    assert!(out.contains("carol: not found"), "{out}");
+
+    // Chat to an online user: delivered, with a receipt.
+    let out = assert_ok(&cluster.run("alice", &["chat", "bob", "hello bob"], LIMIT));
+    assert!(out.contains("delivered to bob"), "{out}");
+    bob.expect("message from alice: hello bob", LIMIT);
+
+    // Presence: alice comes online (bob is subscribed) and then vanishes.
+    let alice = Online::start(&cluster, "alice", &sn(&cluster, 1));
+    bob.expect("presence alice online", LIMIT);
+    drop(alice); // SIGKILL: the supernode notices through the idle timeout
+    bob.expect("presence alice offline", LIMIT);
+}
+
+#[test]
+fn chat_to_an_offline_user_is_delivered_when_they_join() {
+    let cluster = Cluster::start(3, None);
+    for user in ["alice", "dave"] {
+        cluster.add_user(user);
+    }
+    // dave has been online once (so the directory knows him), then left.
+    let dave = Online::start(&cluster, "dave", &sn(&cluster, 1));
+    drop(dave);
+    std::thread::sleep(Duration::from_secs(4));
+    let out = assert_ok(&cluster.run(
+        "alice",
+        &["--bootstrap", &sn(&cluster, 0), "search", "dave"],
+        LIMIT,
+    ));
+    assert!(out.contains("dave: offline, not reachable"), "{out}");
+    let out = assert_ok(&cluster.run("alice", &["chat", "dave", "see you tomorrow"], LIMIT));
+    assert!(out.contains("stored for dave"), "{out}");
+    // dave joins through another supernode and finds the message.
+    let out = assert_ok(&cluster.run("dave", &["--bootstrap", &sn(&cluster, 2), "inbox"], LIMIT));
+    assert!(out.contains("alice: see you tomorrow"), "{out}");
+}
+
+#[test]
+fn a_client_survives_the_loss_of_its_supernode_within_five_seconds() {
+    let mut cluster = Cluster::start(3, None);
+    for user in ["alice", "bob"] {
+        cluster.add_user(user);
+    }
+    let bob = Online::start(&cluster, "bob", &sn(&cluster, 1));
+    let cache = std::fs::read_to_string(cluster.home("bob").join("hostcache.txt")).unwrap();
+    assert!(
+        cache.lines().filter(|l| !l.starts_with('#')).count() >= 3,
+        "{cache}"
+    );
+
+    // Kill the supernode bob actually joined through.
+    let home = cluster
+        .supernodes
+        .iter()
+        .position(|a| a.to_string() == bob.via)
+        .unwrap();
+    let other = (home + 1) % 3;
+    cluster.kill_supernode(home);
+    let killed = Instant::now();
+    let (line, _) = bob.expect("rejoined via", Duration::from_secs(10));
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "rejoined after {took:?}: {line}"
+    );
+    assert!(!line.ends_with(&format!("via {}", bob.via)), "{line}");
+
+    // Search still finds bob, now through his new supernode.
+    let mut found = String::new();
+    for _ in 0..20 {
+        found = assert_ok(&cluster.run(
+            "alice",
+            &["--bootstrap", &sn(&cluster, other), "search", "bob"],
+            LIMIT,
+        ));
+        if found.contains("online") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(found.contains("bob: online, reachable"), "{found}");
+}
+
+#[test]
+fn the_host_cache_is_persisted_reused_and_bootstrap_fills_an_empty_one() {
+    let cluster = Cluster::start(2, None);
+    cluster.add_user("erin");
+    let cache_path = cluster.home("erin").join("hostcache.txt");
+    // An empty cache and no bootstrap: a clear error.
+    let _ = std::fs::remove_file(&cache_path);
+    let out = cluster.run("erin", &["search", "erin"], LIMIT);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("host cache is empty"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // The bootstrap address fills it ...
+    assert_ok(&cluster.run(
+        "erin",
+        &["--bootstrap", &sn(&cluster, 0), "search", "erin"],
+        LIMIT,
+    ));
+    let cache = std::fs::read_to_string(&cache_path).unwrap();
+    for addr in &cluster.supernodes {
+        assert!(
+            cache.contains(&addr.to_string()),
+            "{addr} missing from {cache}"
+        );
+    }
+    // ... and the next start uses it without any bootstrap.
+    assert_ok(&cluster.run("erin", &["search", "erin"], LIMIT));
+    // A damaged line does not stop the client.
+    std::fs::write(&cache_path, format!("{cache}garbage line\n")).unwrap();
+    assert_ok(&cluster.run("erin", &["search", "erin"], LIMIT));
+}
