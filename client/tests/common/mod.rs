@@ -59,10 +59,22 @@ impl Netns {
         ]);
         if loss_percent > 0 {
             let rules = format!(
-                "table inet loss {{ chain out {{ type filter hook output priority 0; policy accept; \
-                 meta l4proto udp numgen random mod 100 < {loss_percent} drop; }} }}"
+                "table inet loss {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    \
+                 meta l4proto udp numgen random mod 100 < {loss_percent} drop\n  }}\n}}\n"
             );
-            sh(&["ip", "netns", "exec", &ns.name, "nft", &rules]);
+            let mut nft = Command::new("ip")
+                .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
+                .stdin(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("nft is needed: run scripts/deps");
+            std::io::Write::write_all(&mut nft.stdin.take().unwrap(), rules.as_bytes()).unwrap();
+            let out = nft.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "nft: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         ns
     }

@@ -1,0 +1,251 @@
+//! Real calls through real login-server and supernode processes on loopback:
+//! audio in and out as WAV files, the call report, silence, loss, forgery.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::Duration;
+
+use common::{Cluster, Netns, assert_ok, wait_output};
+use natter_media::score;
+use natter_media::wav::read_mono_48k;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A few seconds of real speech, made with espeak-ng (installed by scripts/deps).
+fn speech(dir: &Path) -> PathBuf {
+    let path = dir.join("speech.wav");
+    let out = std::process::Command::new("espeak-ng")
+        .args(["-s", "150", "-w"])
+        .arg(&path)
+        .arg("This is a test call over Natter. One two three four five. The quick brown fox jumps over the lazy dog.")
+        .output()
+        .expect("espeak-ng is needed for the voice tests: run scripts/deps");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
+/// Extracts a number field from the flat JSON call report.
+fn field(json: &str, name: &str) -> f64 {
+    let key = format!("\"{name}\":");
+    let start = json
+        .find(&key)
+        .unwrap_or_else(|| panic!("{name} missing in {json}"))
+        + key.len();
+    let rest = &json[start..];
+    let end = rest.find([',', '}']).unwrap();
+    rest[..end]
+        .trim_matches('"')
+        .parse()
+        .unwrap_or_else(|_| panic!("{name}: {}", &rest[..end]))
+}
+
+fn text_field<'a>(json: &'a str, name: &str) -> &'a str {
+    let key = format!("\"{name}\":\"");
+    let start = json.find(&key).unwrap() + key.len();
+    let end = json[start..].find('"').unwrap();
+    &json[start..start + end]
+}
+
+struct Call {
+    caller: Output,
+    callee: Output,
+    caller_json: String,
+    callee_json: String,
+    heard: PathBuf,
+}
+
+/// bob answers (through supernode 1), alice calls (through supernode 0).
+/// `during` runs while the call is up, with bob's process id.
+fn call(cluster: &Cluster, audio_in: Option<&Path>, secs: u32, during: impl FnOnce(u32)) -> Call {
+    let dir = cluster.dir.path();
+    let heard = dir.join("bob-heard.wav");
+    let mut bob: Child = cluster
+        .natter(
+            "bob",
+            &[
+                "--bootstrap",
+                &cluster.supernodes[1].to_string(),
+                "answer",
+                "--calls",
+                "1",
+                "--audio-out",
+                heard.to_str().unwrap(),
+                "--stats-json",
+                dir.join("bob.json").to_str().unwrap(),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until bob is joined and listening.
+    let mut bob_out = BufReader::new(bob.stdout.take().unwrap());
+    let mut first = String::new();
+    bob_out.read_line(&mut first).unwrap();
+    assert!(first.contains("waiting for calls"), "{first}");
+    let bob_pid = bob.id();
+
+    let mut args = vec![
+        "--bootstrap".to_owned(),
+        cluster.supernodes[0].to_string(),
+        "call".into(),
+        "bob".into(),
+        "--duration".into(),
+        secs.to_string(),
+        "--stats-json".into(),
+        dir.join("alice.json").to_str().unwrap().into(),
+    ];
+    if let Some(path) = audio_in {
+        args.push("--audio-in".into());
+        args.push(path.to_str().unwrap().into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let alice = cluster
+        .natter("alice", &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    during(bob_pid);
+    let caller = wait_output(alice, LIMIT);
+    let mut callee = wait_output(bob, LIMIT);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut bob_out, &mut rest).unwrap();
+    callee.stdout = format!("{first}{rest}").into_bytes();
+    assert_ok(&caller);
+    assert_ok(&callee);
+    Call {
+        caller_json: std::fs::read_to_string(dir.join("alice.json")).unwrap(),
+        callee_json: std::fs::read_to_string(dir.join("bob.json")).unwrap(),
+        caller,
+        callee,
+        heard,
+    }
+}
+
+fn cluster(netns: Option<Netns>) -> Cluster {
+    let cluster = Cluster::start(2, netns);
+    cluster.add_user("alice");
+    cluster.add_user("bob");
+    cluster
+}
+
+#[test]
+fn a_call_carries_speech_end_to_end() {
+    let cluster = cluster(None);
+    let speech = speech(cluster.dir.path());
+    let c = call(&cluster, Some(&speech), 6, |_| {});
+    let sent = read_mono_48k(&speech).unwrap();
+    let heard = read_mono_48k(&c.heard).unwrap();
+    let s = score::compare(&sent, &heard, 1000);
+    // Garbage, silence or a wrong key score near 0 (see natter-media's tests).
+    assert!(s.waveform > 0.6 && s.envelope > 0.85, "{s:?}");
+    assert_eq!(text_field(&c.caller_json, "path"), "direct");
+    assert_eq!(field(&c.caller_json, "codec_bitrate"), 16_000.0);
+    assert!(
+        field(&c.caller_json, "mean_udp_payload") <= 67.0,
+        "{}",
+        c.caller_json
+    );
+    assert_eq!(field(&c.callee_json, "dropped_auth"), 0.0);
+    let report = String::from_utf8_lossy(&c.caller.stdout);
+    assert!(report.contains("call with bob"), "{report}");
+    let report = String::from_utf8_lossy(&c.callee.stdout);
+    assert!(report.contains("call with alice"), "{report}");
+    // The caller hung up; the callee's call ended with it.
+    assert!(
+        c.callee_json.contains("\"ended_by_peer\":true"),
+        "{}",
+        c.callee_json
+    );
+}
+
+#[test]
+fn silence_still_flows_at_fifty_packets_per_second_each_way() {
+    let cluster = cluster(None);
+    let c = call(&cluster, None, 4, |_| {});
+    for json in [&c.caller_json, &c.callee_json] {
+        let secs = field(json, "duration_s");
+        let rate = field(json, "media_packets_sent") / secs;
+        assert!((45.0..=55.0).contains(&rate), "{rate} packets/s in {json}");
+        let rate = field(json, "media_packets_received") / secs;
+        assert!((40.0..=55.0).contains(&rate), "received {rate}/s in {json}");
+    }
+}
+
+#[test]
+fn five_percent_loss_is_recovered_and_the_call_completes() {
+    // A namespace of our own whose loopback drops 5 % of UDP packets at
+    // random (all of them: QUIC signaling too, which retransmits).
+    let cluster = cluster(Some(Netns::new("loss", 5)));
+    let speech = speech(cluster.dir.path());
+    let c = call(&cluster, Some(&speech), 6, |_| {});
+    let lost = field(&c.callee_json, "packets_lost");
+    let fec = field(&c.callee_json, "fec_recoveries");
+    assert!(lost > 0.0, "no loss seen: {}", c.callee_json);
+    assert!(fec > 0.0, "no FEC recovery: {}", c.callee_json);
+    let sent = read_mono_48k(&speech).unwrap();
+    let heard = read_mono_48k(&c.heard).unwrap();
+    let s = score::compare(&sent, &heard, 1000);
+    assert!(s.waveform > 0.3 && s.envelope > 0.7, "{s:?}");
+}
+
+/// UDP ports a process has open, from `ss`.
+fn udp_ports(pid: u32) -> Vec<u16> {
+    let out = std::process::Command::new("ss")
+        .args(["-H", "-uanp"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(3)?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn forged_and_garbage_datagrams_are_dropped_and_counted_and_the_call_goes_on() {
+    let cluster = cluster(None);
+    let speech = speech(cluster.dir.path());
+    let c = call(&cluster, Some(&speech), 6, |bob_pid| {
+        let ports = udp_ports(bob_pid);
+        assert!(!ports.is_empty(), "bob has no UDP socket");
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for port in ports {
+            for i in 0..40u16 {
+                // A well-formed SoM DATA header with a body sealed by no one
+                // (wrong key), and a runt shorter than the header. The ids
+                // cover the 16-bit space: those behind the replay window are
+                // refused before decryption, the others fail authentication.
+                let id = i.wrapping_mul(1637);
+                let mut forged = vec![(id >> 8) as u8, id as u8, 0x0d];
+                forged.extend_from_slice(&[0xab; 58]);
+                let _ = socket.send_to(&forged, ("127.0.0.1", port));
+                let _ = socket.send_to(&[0x01], ("127.0.0.1", port));
+            }
+        }
+    });
+    let json = &c.callee_json;
+    assert!(field(json, "dropped_auth") >= 1.0, "{json}");
+    assert!(field(json, "dropped_malformed") >= 1.0, "{json}");
+    let sent = read_mono_48k(&speech).unwrap();
+    let heard = read_mono_48k(&c.heard).unwrap();
+    let s = score::compare(&sent, &heard, 1000);
+    assert!(s.waveform > 0.6, "{s:?}");
+}
