@@ -541,6 +541,11 @@ async fn run_media(
                     }
                 }
             }
+            _ = tokio::signal::ctrl_c() => {
+                setup.hangup();
+                let _ = flush(setup, session).await;
+                break;
+            }
             push = session.next_push(), if session_alive => match push {
                 Some(envelope::Body::CallSignal(signal)) => {
                     if signal.invite_id == setup.invite_id() {

@@ -75,6 +75,9 @@ enum Command {
     Answer {
         #[command(flatten)]
         audio: AudioArgs,
+        /// Hang up each call after this many seconds (default: when the caller does).
+        #[arg(long)]
+        duration: Option<f64>,
         /// Exit after this many calls.
         #[arg(long, default_value_t = 1)]
         calls: usize,
@@ -568,8 +571,12 @@ async fn overlay_command(cli: &Cli) -> Result<(), ClientError> {
             let report = report?;
             finish_report(&report, audio)?;
         }
-        Command::Answer { audio, calls } => {
-            let options = call_options(audio, None);
+        Command::Answer {
+            audio,
+            calls,
+            duration,
+        } => {
+            let options = call_options(audio, duration.map(Duration::from_secs_f64));
             sn.request(
                 envelope::Body::SetPresence(SetPresence {
                     status: PresenceStatus::Online as i32,

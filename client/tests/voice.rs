@@ -65,23 +65,37 @@ struct Call {
 /// bob answers (through supernode 1), alice calls (through supernode 0).
 /// `during` runs while the call is up, with bob's process id.
 fn call(cluster: &Cluster, audio_in: Option<&Path>, secs: u32, during: impl FnOnce(u32)) -> Call {
+    call_with(cluster, audio_in, secs, None, during)
+}
+
+/// As [`call`]; `callee_secs` makes the callee hang up first.
+fn call_with(
+    cluster: &Cluster,
+    audio_in: Option<&Path>,
+    secs: u32,
+    callee_secs: Option<u32>,
+    during: impl FnOnce(u32),
+) -> Call {
     let dir = cluster.dir.path();
     let heard = dir.join("bob-heard.wav");
+    let mut bob_args = vec![
+        "--bootstrap".to_owned(),
+        cluster.supernodes[1].to_string(),
+        "answer".into(),
+        "--calls".into(),
+        "1".into(),
+        "--audio-out".into(),
+        heard.to_str().unwrap().into(),
+        "--stats-json".into(),
+        dir.join("bob.json").to_str().unwrap().into(),
+    ];
+    if let Some(secs) = callee_secs {
+        bob_args.push("--duration".into());
+        bob_args.push(secs.to_string());
+    }
+    let bob_args: Vec<&str> = bob_args.iter().map(String::as_str).collect();
     let mut bob: Child = cluster
-        .natter(
-            "bob",
-            &[
-                "--bootstrap",
-                &cluster.supernodes[1].to_string(),
-                "answer",
-                "--calls",
-                "1",
-                "--audio-out",
-                heard.to_str().unwrap(),
-                "--stats-json",
-                dir.join("bob.json").to_str().unwrap(),
-            ],
-        )
+        .natter("bob", &bob_args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -167,6 +181,24 @@ fn a_call_carries_speech_end_to_end() {
         "{}",
         c.callee_json
     );
+}
+
+#[test]
+fn the_callee_can_hang_up_first_and_both_sides_end() {
+    let cluster = cluster(None);
+    let c = call_with(&cluster, None, 30, Some(2), |_| {});
+    assert!(
+        c.caller_json.contains("\"ended_by_peer\":true"),
+        "{}",
+        c.caller_json
+    );
+    assert!(
+        c.callee_json.contains("\"ended_by_peer\":false"),
+        "{}",
+        c.callee_json
+    );
+    let secs = field(&c.caller_json, "duration_s");
+    assert!(secs < 5.0, "the caller kept going for {secs} s");
 }
 
 #[test]
