@@ -10,6 +10,7 @@
 //! | [`messages`] | signaling messages (prost, from `proto/natter.proto`) and address conversions |
 //! | [`frame`] | the length-delimited stream framing of [`messages::Envelope`]s |
 //! | [`som`] | the SoM datagram header (message id + function byte) |
+//! | [`stun`] | STUN binding (RFC 8489) and the RFC 5780 attributes, for reflection and netcheck |
 //! | [`replay`] | rebuilding the 64-bit packet index from the 16-bit message id; the replay window |
 //! | [`cert`] | user certificates issued by the login server |
 //! | [`call`] | call setup: invite / ringing / accept / reject / busy / hangup, timeouts |
@@ -29,5 +30,6 @@ pub mod media;
 pub mod messages;
 pub mod replay;
 pub mod som;
+pub mod stun;
 
 pub use messages::PROTOCOL_VERSION;
