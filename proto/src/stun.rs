@@ -201,7 +201,7 @@ pub fn looks_like_stun(bytes: &[u8]) -> bool {
         && bytes[0] & 0xC0 == 0
         && bytes[4..8] == MAGIC_COOKIE.to_be_bytes()
         && usize::from(u16::from_be_bytes([bytes[2], bytes[3]])) == bytes.len() - HEADER_LEN
-        && bytes.len() % 4 == 0
+        && bytes.len().is_multiple_of(4)
 }
 
 fn attribute(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
