@@ -219,6 +219,7 @@ async fn media_socket(
         transport: TransportKind::Udp as i32,
         addr: Some(local.into()),
         priority: 100,
+        relay_token: Vec::new(),
     }];
     Ok((socket, candidates))
 }

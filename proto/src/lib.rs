@@ -11,6 +11,7 @@
 //! | [`frame`] | the length-delimited stream framing of [`messages::Envelope`]s |
 //! | [`som`] | the SoM datagram header (message id + function byte) |
 //! | [`stun`] | STUN binding (RFC 8489) and the RFC 5780 attributes, for reflection and netcheck |
+//! | [`relay`] | binding a UDP address to a relay allocation |
 //! | [`replay`] | rebuilding the 64-bit packet index from the 16-bit message id; the replay window |
 //! | [`cert`] | user certificates issued by the login server |
 //! | [`call`] | call setup: invite / ringing / accept / reject / busy / hangup, timeouts |
@@ -28,6 +29,7 @@ pub mod handshake;
 pub mod jitter;
 pub mod media;
 pub mod messages;
+pub mod relay;
 pub mod replay;
 pub mod som;
 pub mod stun;
