@@ -146,6 +146,7 @@ impl Inner {
                 last_seen: now,
                 rtt_ms: 0,
                 node_id: id.to_vec(),
+                reflector: None,
             })
             .collect()
     }

@@ -113,6 +113,7 @@ pub(crate) async fn run(
         Body::JoinAccepted(JoinAccepted {
             observed_addr: Some(conn.remote_address().into()),
             supernodes: inner.host_cache(&st),
+            reflector: None,
         })
     };
     send.send(&Envelope::new(proof.request_id, accepted))
