@@ -1,4 +1,67 @@
-//! natter-interop-tests: see README.md for its status.
+//! # natter-interop-tests: the NAT lab
+//!
+//! Builds an isolated "internet" out of Linux network namespaces and
+//! nftables NAT routers (recipes from `shared/guide/NAT-LAB.md`), checks that
+//! every router behaves as its declared NAT type, and runs the real Natter
+//! binaries (`natter-login`, `natter-supernode`, `natter`) through it.
+//!
+//! * [`lab`]: topology builder, teardown guard, [`lab::cleanup_stale`].
+//! * [`nat`]: NAT types, their nft rulesets, impairments (loss).
+//! * [`probe`]: RFC 4787/5780-style classifier and the self-check.
+//! * [`scenario`]: one call trial and the NAT-type matrix.
+//!
+//! Needs root, `ip`, `nft` and `sysctl` (plus `tcpdump` and `espeak-ng` for
+//! the matrix); without them every entry point fails saying what is missing.
+//!
+//! ## Expected path per cell (caller A x callee B)
+//!
+//! | A \ B              | open         | full-cone    | addr-restr.  | port-restr.  | symmetric    | udp-blocked |
+//! |--------------------|--------------|--------------|--------------|--------------|--------------|-------------|
+//! | open               | direct       | hole-punched | hole-punched | hole-punched | hole-punched | tcp-relay   |
+//! | full-cone          | hole-punched | hole-punched | hole-punched | hole-punched | hole-punched | tcp-relay   |
+//! | address-restricted | hole-punched | hole-punched | hole-punched | hole-punched | hole-punched | tcp-relay   |
+//! | port-restricted    | hole-punched | hole-punched | hole-punched | hole-punched | relayed      | tcp-relay   |
+//! | symmetric          | hole-punched | hole-punched | hole-punched | relayed      | relayed      | tcp-relay   |
+//! | udp-blocked        | tcp-relay    | tcp-relay    | tcp-relay    | tcp-relay    | tcp-relay    | tcp-relay   |
+//!
+//! Reasoning (see [`scenario::expected_path`]):
+//! * **direct** only for open x open: neither side filters, the first packet
+//!   to the peer's (only) address arrives, nothing to punch.
+//! * **hole-punched** when the two sides can open a UDP path by sending to
+//!   each other at the same time. With one side open, the NATed side's own
+//!   outbound packet to the open host's fixed address opens its filter for
+//!   exactly that address, so every UDP-capable NAT works with open, but the
+//!   NATed side has to send first (its filter drops the open side's early
+//!   packets), which is a punch, not a plain direct connection. Among the NAT
+//!   types, NAT-LAB's observed table applies: everything among full-cone,
+//!   address-restricted, port-restricted and symmetric works except
+//!   port x sym, sym x port and sym x sym. (sym x full/addr work only when
+//!   the cone side answers the address it actually heard the peer from:
+//!   peer-reflexive candidates, as ICE does.)
+//! * **relayed** (UDP via a supernode) for port-restricted x symmetric and
+//!   symmetric x symmetric: a port-restricted filter only opens for the
+//!   exact ip:port it sent to, and a symmetric NAT uses a new, unpredictable
+//!   port (fully-random) for the new destination. Port prediction could
+//!   beat that in theory; the lab's symmetric NAT is fully random, so we
+//!   expect the relay.
+//! * **tcp-relay** whenever either side is udp-blocked: no UDP leaves it at
+//!   all, so only a TCP (port 443/80) connection to a supernode carries
+//!   media.
+//!
+//! ## Addresses
+//! Servers on 198.51.100.0/24 (probe reflector s1 = .10 + .11, s2 = .20,
+//! login .5, supernodes .30 + .31 and .40 + .41, all on port 443), router
+//! wan sides 203.0.113.N, LANs 10.N.0.0/24 with the host at 10.N.0.2; an
+//! open client's host is 192.0.2.N (TEST-NET-1), routed by its router.
+
+pub mod error;
+pub mod exec;
+pub mod lab;
+pub mod nat;
+pub mod probe;
+pub mod scenario;
+
+pub use error::{LabError, Result};
 
 /// The protocol version this component speaks.
 pub fn protocol_version() -> u32 {

@@ -1,11 +1,193 @@
-use clap::Parser;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
 
-/// natter-interop-tests (Natter): not built yet, see README.md.
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use natter_interop_tests::lab::{self, Lab, LabConfig};
+use natter_interop_tests::nat::NatType;
+use natter_interop_tests::{probe, scenario};
+use std::path::PathBuf;
+
+/// Natter's NAT lab: namespaces + nftables NAT routers, a NAT classifier and
+/// the call matrix over the real binaries. Needs root.
 #[derive(Debug, Parser)]
 #[command(version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build a router of every NAT type, classify each, print the verdict table.
+    Selfcheck {
+        /// NAT types to check (default: all).
+        #[arg(long, value_delimiter = ',')]
+        types: Vec<NatType>,
+        /// Lifetime of the routers' NAT state, seconds.
+        #[arg(long, default_value_t = 300)]
+        map_timeout: u32,
+    },
+    /// Run the call matrix with the real binaries: writes DIR/results.json,
+    /// DIR/matrix.md and DIR/progress.md (while running).
+    Matrix {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Trials per cell.
+        #[arg(long, default_value_t = 1)]
+        trials: u32,
+        /// Impairment profile: clean or loss2 (2 % random loss each way per router).
+        #[arg(long, default_value = "clean")]
+        profile: String,
+        /// Cells as CALLER:CALLEE,... (default: all 36).
+        #[arg(long)]
+        cells: Option<String>,
+        /// Where natter-login, natter-supernode and natter are (default: next to this binary).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Seconds of speech per call.
+        #[arg(long, default_value_t = 5)]
+        call_secs: u32,
+        /// Both clients bootstrap from supernode 1 (default: A from 1, B from 2).
+        #[arg(long)]
+        same_supernode: bool,
+        /// Lifetime of the routers' NAT state, seconds.
+        #[arg(long, default_value_t = 300)]
+        map_timeout: u32,
+    },
+    /// Remove namespaces left behind by crashed lab runs.
+    Cleanup,
+    /// (internal) run a probe reflector.
+    #[command(hide = true)]
+    ProbeReflector {
+        #[arg(long, value_delimiter = ',')]
+        ips: Vec<Ipv4Addr>,
+        #[arg(long, value_delimiter = ',', default_value = "3478,3479")]
+        ports: Vec<u16>,
+        #[arg(long, value_delimiter = ',', default_value = "80,443,8080")]
+        tcp: Vec<u16>,
+        #[arg(long)]
+        relay: Option<SocketAddrV4>,
+        #[arg(long, value_delimiter = ',')]
+        trust: Vec<Ipv4Addr>,
+        #[arg(long, default_value_t = 3600)]
+        max_secs: u64,
+    },
+    /// (internal) classify the NAT in front of this host; prints JSON.
+    #[command(hide = true)]
+    ProbeClient {
+        #[arg(long, default_value_t = lab::S1)]
+        s1: Ipv4Addr,
+        #[arg(long, default_value_t = lab::S1B)]
+        s1b: Ipv4Addr,
+        #[arg(long, default_value_t = lab::S2)]
+        s2: Ipv4Addr,
+        #[arg(long, default_value_t = 1000)]
+        wait_ms: u64,
+    },
+}
 
 fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    anyhow::bail!("natter-interop-tests is not implemented yet (protocol version {})", natter_interop_tests::protocol_version())
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Selfcheck { types, map_timeout } => {
+            let types = if types.is_empty() {
+                NatType::ALL.to_vec()
+            } else {
+                types
+            };
+            let exe = std::env::current_exe().context("current exe")?;
+            let mut cfg = LabConfig::new(exe);
+            cfg.map_timeout_s = map_timeout;
+            let mut lab = Lab::new(cfg)?;
+            let verdicts = probe::selfcheck_types(&mut lab, &types, Duration::from_secs(1))?;
+            print!("{}", probe::verdict_table(&verdicts));
+            probe::require_all_ok(&verdicts)?;
+            println!(
+                "self-check: all {} routers behave as declared",
+                verdicts.len()
+            );
+        }
+        Cmd::Matrix {
+            out,
+            trials,
+            profile,
+            cells,
+            bin_dir,
+            call_secs,
+            same_supernode,
+            map_timeout,
+        } => {
+            let exe = std::env::current_exe().context("current exe")?;
+            let bin_dir = match bin_dir {
+                Some(d) => d,
+                None => exe.parent().context("exe dir")?.to_path_buf(),
+            };
+            let cells = match cells {
+                Some(c) => scenario::parse_cells(&c).map_err(anyhow::Error::msg)?,
+                None => scenario::all_cells(),
+            };
+            let opts = scenario::MatrixOptions {
+                out,
+                trials,
+                profile,
+                cells,
+                bins: scenario::Binaries::in_dir(&bin_dir)?,
+                probe_exe: exe,
+                call_secs,
+                same_supernode,
+                map_timeout_s: map_timeout,
+            };
+            let report = scenario::run_matrix(&opts)?;
+            let passed: u32 = report.cells.iter().map(|c| c.passed()).sum();
+            let trials: u32 = report.cells.iter().map(|c| c.trials).sum();
+            println!(
+                "{passed}/{trials} trials connected over the expected path; see {}",
+                opts.out.join("matrix.md").display()
+            );
+        }
+        Cmd::Cleanup => {
+            lab::check_prereqs(&[])?;
+            let gone = lab::cleanup_stale()?;
+            println!("removed {} stale namespaces: {gone:?}", gone.len());
+        }
+        Cmd::ProbeReflector {
+            ips,
+            ports,
+            tcp,
+            relay,
+            trust,
+            max_secs,
+        } => {
+            if ips.is_empty() || ports.is_empty() {
+                bail!("--ips and --ports must not be empty");
+            }
+            probe::run_reflector(probe::ReflectorArgs {
+                ips,
+                ports,
+                tcp,
+                relay,
+                trust,
+                max_secs,
+            })?;
+        }
+        Cmd::ProbeClient {
+            s1,
+            s1b,
+            s2,
+            wait_ms,
+        } => {
+            let args = probe::ClientArgs {
+                s1,
+                s1b,
+                s2,
+                wait: Duration::from_millis(wait_ms),
+                ..probe::ClientArgs::default()
+            };
+            let report = probe::classify(&args)?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+    }
+    Ok(())
 }

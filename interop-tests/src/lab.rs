@@ -1,0 +1,853 @@
+//! The topology builder: network namespaces, veths, a bridge "internet",
+//! NAT routers, and the processes started inside them.
+//!
+//! ```text
+//!                      <p>-w  ("the internet": bridge br0, routes between
+//!                        br0    198.51.100.1/24 and 203.0.113.254/24)
+//!     +--------+--------+---------+---------+--------+--------+
+//!   <p>-s1   <p>-s2   <p>-lg    <p>-n1    <p>-n2   <p>-r1xG  <p>-r2xG ...
+//!   .10 .11  .20      .5        .30 .31   .40 .41  wan0 203.0.113.N
+//!   (probe reflector) (login)   (supernodes)       lan0 10.N.0.1/24
+//!                                                    |
+//!                                                  <p>-h1xG 10.N.0.2 (default via router)
+//!                                                  (open: 192.0.2.N/32, routed)
+//! ```
+//!
+//! Every namespace of one lab starts with a prefix `nt<pid>-<k>` (`pid` = the
+//! owning process, `k` = a per-process counter), so concurrent labs (other
+//! processes, or parallel tests in one process) never collide, and
+//! [`cleanup_stale`] can tell the namespaces of a dead process. Interfaces
+//! inside namespaces have fixed short names (`wan0`, `lan0`, `eth0`, `br0`);
+//! bridge ports in the internet namespace are `p<role>` (at most 15 chars).
+//! Only veths between the lab's own namespaces exist: no namespace has a
+//! route to the machine's own network, traffic never leaves the lab.
+//!
+//! Teardown always happens: [`Lab`]'s `Drop` kills the processes it started
+//! (and anything else still running in its namespaces), deletes the veths
+//! (synchronous, unlike `ip netns del`: caveat 4) and then the namespaces.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::error::{LabError, Result};
+use crate::exec;
+use crate::nat::{self, Impairment, NatType};
+
+/// Probe reflector s1, first address.
+pub const S1: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// Probe reflector s1, second address (address-dependence tests).
+pub const S1B: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
+/// Probe reflector s2 (another host).
+pub const S2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
+/// The login server.
+pub const LOGIN: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 5);
+/// Supernode 1 (and its second address).
+pub const SN1: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(198, 51, 100, 30),
+    Ipv4Addr::new(198, 51, 100, 31),
+];
+/// Supernode 2 (and its second address).
+pub const SN2: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(198, 51, 100, 40),
+    Ipv4Addr::new(198, 51, 100, 41),
+];
+/// The internet's address on the server subnet (servers' default gateway).
+pub const SERVER_GW: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// The internet's address on the router subnet (routers' default gateway).
+pub const ROUTER_GW: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 254);
+/// The reflector's two UDP ports.
+pub const PROBE_PORTS: [u16; 2] = [3478, 3479];
+/// The reflector's TCP ports (80 and 443 pass a udp-blocked firewall, 8080 does not).
+pub const PROBE_TCP_PORTS: [u16; 3] = [80, 443, 8080];
+
+const CMD_TIMEOUT: Duration = Duration::from_secs(15);
+/// Lifetime of a reflector process that nobody stops (it stops by itself).
+const REFLECTOR_MAX_SECS: u32 = 6 * 3600;
+
+static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// How to build a lab.
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    /// The `natter-interop-tests` binary (its hidden `probe-*` subcommands
+    /// run inside the namespaces).
+    pub probe_exe: PathBuf,
+    /// Where logs of the lab's processes go (created if missing).
+    pub work_dir: PathBuf,
+    /// Lifetime of the routers' dynamic NAT state (map/set timeouts), seconds.
+    pub map_timeout_s: u32,
+    /// Start the probe reflectors s1 and s2.
+    pub reflectors: bool,
+}
+
+impl LabConfig {
+    /// A config whose probe binary is `probe_exe` and whose logs go to a
+    /// fresh directory under the system temp dir.
+    pub fn new(probe_exe: impl Into<PathBuf>) -> Self {
+        LabConfig {
+            probe_exe: probe_exe.into(),
+            work_dir: std::env::temp_dir().join(format!(
+                "natter-lab-{}-{}",
+                std::process::id(),
+                LAB_COUNTER.load(Ordering::Relaxed)
+            )),
+            map_timeout_s: 300,
+            reflectors: true,
+        }
+    }
+}
+
+/// A client side of the lab: a router namespace and the host behind it.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// The router number N (wan 203.0.113.N, lan 10.N.0.0/24).
+    pub index: u8,
+    /// The declared NAT type.
+    pub nat: NatType,
+    /// The router's namespace.
+    pub router_ns: String,
+    /// The host's namespace.
+    pub host_ns: String,
+    /// The router's public address.
+    pub wan_ip: Ipv4Addr,
+    /// The host's own address (10.N.0.2, or the public 192.0.2.N for `open`).
+    pub host_ip: Ipv4Addr,
+    /// The bridge port in the internet namespace.
+    port: String,
+}
+
+/// Handle of a process started with [`Lab::spawn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcId(usize);
+
+#[derive(Debug)]
+struct Proc {
+    name: String,
+    ns: String,
+    child: Option<Child>,
+}
+
+/// A running lab. Dropping it tears everything down.
+#[derive(Debug)]
+pub struct Lab {
+    prefix: String,
+    cfg: LabConfig,
+    wan_ns: String,
+    /// Namespaces in creation order (deleted in reverse).
+    namespaces: Vec<String>,
+    servers: BTreeMap<String, String>,
+    procs: Vec<Proc>,
+    generation: u32,
+}
+
+fn ip() -> Command {
+    Command::new("ip")
+}
+
+fn run_ip(args: &[&str]) -> Result<exec::Output> {
+    let mut c = ip();
+    c.args(args);
+    exec::run(c, None, CMD_TIMEOUT)
+}
+
+/// `ip netns exec NS PROGRAM ARGS...` as a command.
+pub fn netns_command(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = ip();
+    c.args(["netns", "exec", ns]).arg(program);
+    c
+}
+
+/// Checks that the lab can run here: root, and the given tools on PATH
+/// (`ip` and `nft` always). The error names exactly what is missing.
+pub fn check_prereqs(extra_tools: &[&str]) -> Result<()> {
+    let mut missing = Vec::new();
+    let uid = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+        })
+        .unwrap_or_default();
+    if uid != "0" {
+        missing.push(format!(
+            "root privileges (effective uid is {uid}; network namespaces and nftables need root)"
+        ));
+    }
+    for tool in ["ip", "nft", "sysctl", "kill"].iter().chain(extra_tools) {
+        if which(tool).is_none() {
+            let pkg = match *tool {
+                "ip" => " (package iproute2)",
+                "nft" => " (package nftables)",
+                "sysctl" => " (package procps)",
+                "espeak-ng" => " (package espeak-ng)",
+                _ => "",
+            };
+            missing.push(format!("the `{tool}` command{pkg} is not on PATH"));
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(LabError::Missing(missing.join("; ")))
+    }
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].iter().map(PathBuf::from))
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// Names of all network namespaces on the machine.
+pub fn list_namespaces() -> Result<Vec<String>> {
+    let out = run_ip(&["netns", "list"])?;
+    Ok(out
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect())
+}
+
+/// The pid encoded in a lab namespace name (`nt<pid>-...`), if it is one.
+pub fn owner_pid(ns: &str) -> Option<u32> {
+    let rest = ns.strip_prefix("nt")?;
+    let (pid, tail) = rest.split_once('-')?;
+    if tail.is_empty() || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Deletes the namespaces of earlier lab runs whose owning process is dead
+/// (crashed or killed runs), and the processes still running in them.
+/// Returns the names it deleted.
+pub fn cleanup_stale() -> Result<Vec<String>> {
+    let mut gone = Vec::new();
+    for ns in list_namespaces()? {
+        let Some(pid) = owner_pid(&ns) else { continue };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Err(e) = delete_namespace(&ns) {
+            // another lab (e.g. a parallel test) may have removed it meanwhile
+            if list_namespaces()?.contains(&ns) {
+                return Err(e);
+            }
+        }
+        gone.push(ns);
+    }
+    Ok(gone)
+}
+
+/// Kills everything in `ns`, deletes its interfaces (synchronously, so their
+/// veth peers vanish at once), then the namespace.
+pub fn delete_namespace(ns: &str) -> Result<()> {
+    let pids = |ns: &str| -> Vec<u32> {
+        run_ip(&["netns", "pids", ns])
+            .map(|o| {
+                o.stdout
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let first = pids(ns);
+    if !first.is_empty() {
+        for p in &first {
+            exec::signal(*p, "TERM");
+        }
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline && !pids(ns).is_empty() {
+            thread::sleep(Duration::from_millis(25));
+        }
+        for p in pids(ns) {
+            exec::signal(p, "KILL");
+        }
+    }
+    if let Ok(out) = run_ip(&["-n", ns, "-o", "link", "show"]) {
+        for line in out.stdout.lines() {
+            let Some(name) = line.split(": ").nth(1) else {
+                continue;
+            };
+            let name = name.split('@').next().unwrap_or(name);
+            if name != "lo" {
+                // a veth may already be gone with its peer: ignore errors
+                let _ = run_ip(&["-n", ns, "link", "del", name]);
+            }
+        }
+    }
+    run_ip(&["netns", "del", ns])?;
+    Ok(())
+}
+
+impl Lab {
+    /// Builds the internet namespace and, if configured, the probe reflector
+    /// hosts s1 (two addresses) and s2 with their reflectors running.
+    /// Checks prerequisites and removes stale namespaces of dead runs first.
+    pub fn new(cfg: LabConfig) -> Result<Lab> {
+        check_prereqs(&[])?;
+        let stale = cleanup_stale()?;
+        if !stale.is_empty() {
+            eprintln!("natter lab: removed stale namespaces {stale:?}");
+        }
+        fs::create_dir_all(&cfg.work_dir)
+            .map_err(|e| LabError::io(format!("create {}", cfg.work_dir.display()), e))?;
+        let k = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("nt{}-{k}", std::process::id());
+        let wan_ns = format!("{prefix}-w");
+        let mut lab = Lab {
+            prefix,
+            cfg,
+            wan_ns: wan_ns.clone(),
+            namespaces: Vec::new(),
+            servers: BTreeMap::new(),
+            procs: Vec::new(),
+            generation: 0,
+        };
+        // On any error below, dropping `lab` removes what was built.
+        lab.new_ns(&wan_ns)?;
+        let w = wan_ns.as_str();
+        run_ip(&["-n", w, "link", "add", "br0", "type", "bridge"])?;
+        run_ip(&["-n", w, "link", "set", "br0", "up"])?;
+        run_ip(&[
+            "-n",
+            w,
+            "addr",
+            "add",
+            &format!("{SERVER_GW}/24"),
+            "dev",
+            "br0",
+        ])?;
+        run_ip(&[
+            "-n",
+            w,
+            "addr",
+            "add",
+            &format!("{ROUTER_GW}/24"),
+            "dev",
+            "br0",
+        ])?;
+        // routes between the two public subnets on the same bridge: no redirects
+        lab.sysctl(
+            w,
+            &[
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.default.send_redirects=0",
+                "net.ipv4.conf.br0.send_redirects=0",
+            ],
+        )?;
+        // bridged frames must not be seen by netfilter here (may not exist: ignore)
+        let _ = exec::run_unchecked(
+            {
+                let mut c = netns_command(w, "sysctl");
+                c.args(["-qw", "net.bridge.bridge-nf-call-iptables=0"]);
+                c
+            },
+            None,
+            CMD_TIMEOUT,
+        );
+        if lab.cfg.reflectors {
+            lab.add_server("s1", &[S1, S1B])?;
+            lab.add_server("s2", &[S2])?;
+            lab.start_reflectors()?;
+        }
+        Ok(lab)
+    }
+
+    /// The prefix of every namespace name of this lab.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The lab's configuration.
+    pub fn config(&self) -> &LabConfig {
+        &self.cfg
+    }
+
+    /// The lab's namespaces that exist now.
+    pub fn namespaces(&self) -> &[String] {
+        &self.namespaces
+    }
+
+    /// The namespace of server `role` (see [`Lab::add_server`]).
+    pub fn server_ns(&self, role: &str) -> Option<&str> {
+        self.servers.get(role).map(String::as_str)
+    }
+
+    fn new_ns(&mut self, ns: &str) -> Result<()> {
+        run_ip(&["netns", "add", ns])?;
+        self.namespaces.push(ns.to_owned());
+        run_ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        // IPv4 only, quiet (no IPv6 RS/DAD chatter)
+        self.sysctl(
+            ns,
+            &[
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ],
+        )
+    }
+
+    fn sysctl(&self, ns: &str, settings: &[&str]) -> Result<()> {
+        let mut c = netns_command(ns, "sysctl");
+        c.arg("-qw").args(settings);
+        exec::run(c, None, CMD_TIMEOUT).map(|_| ())
+    }
+
+    /// A veth from `ns` (interface `ifname`) to bridge port `port` on br0.
+    fn attach_wan(&self, ns: &str, ifname: &str, port: &str) -> Result<()> {
+        let w = self.wan_ns.as_str();
+        run_ip(&[
+            "link", "add", ifname, "netns", ns, "type", "veth", "peer", "name", port, "netns", w,
+        ])?;
+        run_ip(&["-n", w, "link", "set", port, "master", "br0", "up"])?;
+        run_ip(&["-n", ns, "link", "set", ifname, "up"])?;
+        Ok(())
+    }
+
+    /// Adds a server host `role` (short: at most 6 chars) on the public server
+    /// subnet with the given addresses (198.51.100.0/24); returns its namespace.
+    pub fn add_server(&mut self, role: &str, addrs: &[Ipv4Addr]) -> Result<String> {
+        if role.len() > 6 || self.servers.contains_key(role) {
+            return Err(LabError::Other(format!(
+                "server role `{role}` is too long or already exists"
+            )));
+        }
+        let ns = format!("{}-{role}", self.prefix);
+        self.new_ns(&ns)?;
+        self.attach_wan(&ns, "eth0", &format!("p{role}"))?;
+        for a in addrs {
+            run_ip(&["-n", &ns, "addr", "add", &format!("{a}/24"), "dev", "eth0"])?;
+        }
+        run_ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &SERVER_GW.to_string(),
+        ])?;
+        self.servers.insert(role.to_owned(), ns.clone());
+        Ok(ns)
+    }
+
+    fn start_reflectors(&mut self) -> Result<()> {
+        let ports = PROBE_PORTS.map(|p| p.to_string()).join(",");
+        let tcp = PROBE_TCP_PORTS.map(|p| p.to_string()).join(",");
+        let max = REFLECTOR_MAX_SECS.to_string();
+        let s1 = format!("{S1},{S1B}");
+        let relay = format!("{S2}:{}", PROBE_PORTS[0]);
+        let s2 = S2.to_string();
+        let p0 = PROBE_PORTS[0].to_string();
+        let exe = self.cfg.probe_exe.clone();
+        let ns1 = self.servers["s1"].clone();
+        let ns2 = self.servers["s2"].clone();
+        let a = self.spawn(
+            &ns1,
+            "reflector-s1",
+            &exe,
+            &[
+                "probe-reflector",
+                "--ips",
+                &s1,
+                "--ports",
+                &ports,
+                "--tcp",
+                &tcp,
+                "--relay",
+                &relay,
+                "--trust",
+                &s2,
+                "--max-secs",
+                &max,
+            ],
+            &[],
+        )?;
+        let b = self.spawn(
+            &ns2,
+            "reflector-s2",
+            &exe,
+            &[
+                "probe-reflector",
+                "--ips",
+                &s2,
+                "--ports",
+                &p0,
+                "--tcp",
+                &tcp,
+                "--trust",
+                &s1,
+                "--max-secs",
+                &max,
+            ],
+            &[],
+        )?;
+        for id in [a, b] {
+            self.wait_for_log(id, "reflector up", Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+
+    /// Adds client side `index` (1..=99): a router of type `nat` and a host
+    /// behind it. Namespace names carry a generation number, so a rebuilt
+    /// client never reuses the name of one being deleted (caveat 4).
+    pub fn add_client(&mut self, index: u8, nat: NatType) -> Result<Client> {
+        if !(1..=99).contains(&index) {
+            return Err(LabError::Other(format!(
+                "client index {index} not in 1..=99"
+            )));
+        }
+        let g = self.generation;
+        self.generation += 1;
+        let r = format!("{}-r{index}x{g}", self.prefix);
+        let h = format!("{}-h{index}x{g}", self.prefix);
+        let port = format!("pr{index}x{g}");
+        if port.len() > 15 {
+            return Err(LabError::Other(format!("interface name {port} too long")));
+        }
+        let wan_ip = Ipv4Addr::new(203, 0, 113, index);
+        let lan_gw = Ipv4Addr::new(10, index, 0, 1);
+        let host_ip = if nat == NatType::Open {
+            // TEST-NET-1, off the routers' on-link 203.0.113.0/24 (a router
+            // would ARP for an on-link address instead of using its gateway)
+            Ipv4Addr::new(192, 0, 2, index)
+        } else {
+            Ipv4Addr::new(10, index, 0, 2)
+        };
+        self.new_ns(&r)?;
+        self.new_ns(&h)?;
+        self.attach_wan(&r, "wan0", &port)?;
+        run_ip(&[
+            "-n",
+            &r,
+            "addr",
+            "add",
+            &format!("{wan_ip}/24"),
+            "dev",
+            "wan0",
+        ])?;
+        run_ip(&[
+            "-n",
+            &r,
+            "route",
+            "add",
+            "default",
+            "via",
+            &ROUTER_GW.to_string(),
+        ])?;
+        run_ip(&[
+            "link", "add", "lan0", "netns", &r, "type", "veth", "peer", "name", "eth0", "netns", &h,
+        ])?;
+        run_ip(&["-n", &r, "link", "set", "lan0", "up"])?;
+        run_ip(&[
+            "-n",
+            &r,
+            "addr",
+            "add",
+            &format!("{lan_gw}/24"),
+            "dev",
+            "lan0",
+        ])?;
+        run_ip(&["-n", &h, "link", "set", "eth0", "up"])?;
+        let gw = lan_gw.to_string();
+        if nat == NatType::Open {
+            // The router routes a public /32 to its host; the internet knows
+            // the way to it. The host's only address is public.
+            let host32 = format!("{host_ip}/32");
+            run_ip(&["-n", &h, "addr", "add", &host32, "dev", "eth0"])?;
+            run_ip(&["-n", &h, "route", "add", &gw, "dev", "eth0"])?;
+            run_ip(&[
+                "-n", &h, "route", "add", "default", "via", &gw, "dev", "eth0",
+            ])?;
+            run_ip(&["-n", &r, "route", "add", &host32, "dev", "lan0"])?;
+            run_ip(&[
+                "-n",
+                &self.wan_ns,
+                "route",
+                "add",
+                &host32,
+                "via",
+                &wan_ip.to_string(),
+            ])?;
+        } else {
+            run_ip(&[
+                "-n",
+                &h,
+                "addr",
+                "add",
+                &format!("{host_ip}/24"),
+                "dev",
+                "eth0",
+            ])?;
+            run_ip(&["-n", &h, "route", "add", "default", "via", &gw])?;
+        }
+        // forward, and no ICMP redirects when hairpinning lan0 -> lan0
+        self.sysctl(
+            &r,
+            &[
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.default.send_redirects=0",
+                "net.ipv4.conf.lan0.send_redirects=0",
+            ],
+        )?;
+        let lan = format!("10.{index}.0.0/24");
+        if let Some(script) = nat::ruleset(nat, &wan_ip.to_string(), &lan, self.cfg.map_timeout_s) {
+            self.nft(&r, &script)?;
+        }
+        Ok(Client {
+            index,
+            nat,
+            router_ns: r,
+            host_ns: h,
+            wan_ip,
+            host_ip,
+            port,
+        })
+    }
+
+    /// Loads an nft script into namespace `ns` (`nft -f -`).
+    pub fn nft(&self, ns: &str, script: &str) -> Result<()> {
+        let mut c = netns_command(ns, "nft");
+        c.args(["-f", "-"]);
+        exec::run(c, Some(script), CMD_TIMEOUT).map(|_| ())
+    }
+
+    /// Sets (or clears) the impairment of a client's router.
+    pub fn set_impairment(&self, client: &Client, imp: &Impairment) -> Result<()> {
+        if imp.delay_ms != 0 || imp.jitter_ms != 0 {
+            return Err(LabError::Other(
+                "delay/jitter impairments are not implemented (no netem here)".into(),
+            ));
+        }
+        self.nft(&client.router_ns, &imp.nft_script())
+    }
+
+    /// Removes a client (its processes, router and host).
+    pub fn remove_client(&mut self, client: &Client) -> Result<()> {
+        self.stop_procs_in(&[&client.host_ns, &client.router_ns]);
+        let w = self.wan_ns.clone();
+        if client.nat == NatType::Open {
+            let host32 = format!("{}/32", client.host_ip);
+            let _ = run_ip(&["-n", &w, "route", "del", &host32]);
+        }
+        let _ = run_ip(&["-n", &w, "link", "del", &client.port]);
+        let mut first_err = None;
+        for ns in [&client.host_ns, &client.router_ns] {
+            if let Err(e) = delete_namespace(ns) {
+                first_err.get_or_insert(e);
+            }
+            self.namespaces.retain(|n| n != ns);
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Runs `program args` inside `ns` to completion (bounded by `timeout`)
+    /// without checking its status.
+    pub fn exec_unchecked(
+        &self,
+        ns: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+        args: &[&str],
+        env: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<exec::Output> {
+        let mut c = netns_command(ns, program);
+        c.args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        exec::run_unchecked(c, None, timeout)
+    }
+
+    /// Like [`Lab::exec_unchecked`] but fails unless the command exits 0.
+    pub fn exec(
+        &self,
+        ns: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+        args: &[&str],
+        env: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<exec::Output> {
+        let mut c = netns_command(ns, program);
+        c.args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        exec::run(c, None, timeout)
+    }
+
+    /// The log file of a process named `name` (stdout and stderr).
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.cfg.work_dir.join(format!("{name}.log"))
+    }
+
+    /// Starts `program args` in `ns` in the background, stdout+stderr to
+    /// [`Lab::log_path`]`(name)`. The lab kills it at teardown at the latest.
+    pub fn spawn(
+        &mut self,
+        ns: &str,
+        name: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<ProcId> {
+        let log = self.log_path(name);
+        let f = fs::File::create(&log)
+            .map_err(|e| LabError::io(format!("create {}", log.display()), e))?;
+        let f2 = f
+            .try_clone()
+            .map_err(|e| LabError::io(format!("dup {}", log.display()), e))?;
+        let mut c = netns_command(ns, program);
+        c.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(f))
+            .stderr(Stdio::from(f2));
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let line = exec::describe(&c);
+        let child = c
+            .spawn()
+            .map_err(|source| LabError::Spawn { cmd: line, source })?;
+        self.procs.push(Proc {
+            name: name.to_owned(),
+            ns: ns.to_owned(),
+            child: Some(child),
+        });
+        Ok(ProcId(self.procs.len() - 1))
+    }
+
+    /// The log of a spawned process so far.
+    pub fn log_of(&self, id: ProcId) -> String {
+        self.procs
+            .get(id.0)
+            .and_then(|p| fs::read_to_string(self.log_path(&p.name)).ok())
+            .unwrap_or_default()
+    }
+
+    /// The pid of a spawned process (while it runs).
+    pub fn pid_of(&self, id: ProcId) -> Option<u32> {
+        self.procs
+            .get(id.0)
+            .and_then(|p| p.child.as_ref())
+            .map(Child::id)
+    }
+
+    /// Waits until the log of `id` contains `needle`; fails if the process
+    /// exits first or `timeout` passes.
+    pub fn wait_for_log(&mut self, id: ProcId, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log_of(id);
+            if log.contains(needle) {
+                return Ok(());
+            }
+            let name = self.procs[id.0].name.clone();
+            if let Some(st) = self.try_wait(id) {
+                return Err(LabError::Other(format!(
+                    "{name} exited ({st}) before printing `{needle}`; its log:\n{log}"
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Other(format!(
+                    "{name} did not print `{needle}` within {timeout:?}; its log:\n{log}"
+                )));
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The exit status of `id` if it has exited.
+    pub fn try_wait(&mut self, id: ProcId) -> Option<ExitStatus> {
+        self.procs
+            .get_mut(id.0)
+            .and_then(|p| p.child.as_mut())
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits up to `timeout` for `id` to exit; on timeout it is killed and
+    /// [`LabError::Timeout`] returned.
+    pub fn wait(&mut self, id: ProcId, timeout: Duration) -> Result<ExitStatus> {
+        let Some(p) = self.procs.get_mut(id.0) else {
+            return Err(LabError::Other("no such process".into()));
+        };
+        let Some(child) = p.child.as_mut() else {
+            return Err(LabError::Other(format!("{} was already stopped", p.name)));
+        };
+        match exec::wait_timeout(child, timeout) {
+            Some(s) => Ok(s),
+            None => {
+                exec::kill(child);
+                Err(LabError::Timeout {
+                    cmd: p.name.clone(),
+                    timeout,
+                })
+            }
+        }
+    }
+
+    /// Stops `id`: SIGTERM (SIGINT for tcpdump-like tools: pass `signal`),
+    /// up to `grace`, then SIGKILL.
+    pub fn stop(&mut self, id: ProcId, signal: &str, grace: Duration) -> Option<ExitStatus> {
+        let child = self.procs.get_mut(id.0)?.child.as_mut()?;
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        exec::signal(child.id(), signal);
+        if let Some(s) = exec::wait_timeout(child, grace) {
+            return Some(s);
+        }
+        exec::kill(child);
+        None
+    }
+
+    fn stop_procs_in(&mut self, nss: &[&str]) {
+        for p in self.procs.iter_mut().rev() {
+            if nss.contains(&p.ns.as_str())
+                && let Some(mut c) = p.child.take()
+            {
+                exec::stop(&mut c, Duration::from_millis(500));
+            }
+        }
+    }
+
+    /// Tears the lab down (also done by `Drop`): stops every process it
+    /// started, then deletes every namespace. Returns the first error but
+    /// always tries everything.
+    pub fn teardown(&mut self) -> Result<()> {
+        for p in self.procs.iter_mut().rev() {
+            if let Some(mut c) = p.child.take() {
+                exec::stop(&mut c, Duration::from_millis(500));
+            }
+        }
+        let mut first_err = None;
+        while let Some(ns) = self.namespaces.pop() {
+            if let Err(e) = delete_namespace(&ns) {
+                first_err.get_or_insert(e);
+            }
+        }
+        self.servers.clear();
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            eprintln!("natter lab {}: teardown error: {e}", self.prefix);
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! NAT types and their nftables recipes (ported from `shared/natlab/natlab.sh`,
+//! see `shared/guide/NAT-LAB.md`), and link impairments.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The NAT (or firewall) a client sits behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatType {
+    /// No NAT, no filter: the host has a public address routed by its router.
+    Open,
+    /// Endpoint-independent mapping and filtering (EIM/EIF).
+    FullCone,
+    /// Endpoint-independent mapping, address-dependent filtering (EIM/ADF).
+    AddressRestricted,
+    /// Endpoint-independent mapping, address-and-port-dependent filtering (EIM/APDF).
+    PortRestricted,
+    /// Address-and-port-dependent mapping and filtering (APDM/APDF).
+    Symmetric,
+    /// No UDP at all; only TCP to ports 80 and 443 may leave (behind a port-restricted NAT).
+    UdpBlocked,
+}
+
+impl NatType {
+    /// Every type, in matrix order.
+    pub const ALL: [NatType; 6] = [
+        NatType::Open,
+        NatType::FullCone,
+        NatType::AddressRestricted,
+        NatType::PortRestricted,
+        NatType::Symmetric,
+        NatType::UdpBlocked,
+    ];
+
+    /// The name used on the command line and in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            NatType::Open => "open",
+            NatType::FullCone => "full-cone",
+            NatType::AddressRestricted => "address-restricted",
+            NatType::PortRestricted => "port-restricted",
+            NatType::Symmetric => "symmetric",
+            NatType::UdpBlocked => "udp-blocked",
+        }
+    }
+
+    /// True if the type maps endpoint-independently (open counts: no mapping at all).
+    pub fn endpoint_independent_mapping(self) -> bool {
+        !matches!(self, NatType::Symmetric | NatType::UdpBlocked)
+    }
+}
+
+impl fmt::Display for NatType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for NatType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = match s {
+            "open" => NatType::Open,
+            "full-cone" | "full" => NatType::FullCone,
+            "address-restricted" | "addr" => NatType::AddressRestricted,
+            "port-restricted" | "port" => NatType::PortRestricted,
+            "symmetric" | "sym" => NatType::Symmetric,
+            "udp-blocked" | "fw" => NatType::UdpBlocked,
+            _ => {
+                return Err(format!(
+                    "unknown NAT type `{s}` (open, full-cone, address-restricted, port-restricted, symmetric, udp-blocked)"
+                ));
+            }
+        };
+        Ok(t)
+    }
+}
+
+/// The nft script (for `nft -f -`) of a router of type `nat` whose wan address
+/// is `wan_ip` and whose LAN is `lan_cidr`; dynamic NAT state (maps, sets)
+/// lives `map_timeout_s` seconds after its last use. `None` for
+/// [`NatType::Open`], which has no NAT table at all.
+///
+/// The router's interfaces are called `wan0` and `lan0`.
+pub fn ruleset(nat: NatType, wan_ip: &str, lan_cidr: &str, map_timeout_s: u32) -> Option<String> {
+    let to = format!("{map_timeout_s}s");
+    let script = match nat {
+        NatType::Open => return None,
+        NatType::FullCone | NatType::AddressRestricted => cone_ruleset(nat, wan_ip, lan_cidr, &to),
+        NatType::PortRestricted | NatType::Symmetric | NatType::UdpBlocked => {
+            // Plain masquerade is endpoint-independent (caveat 2); fully-random
+            // gives a new port per flow = APDM.
+            let masq = if nat == NatType::Symmetric {
+                "masquerade fully-random"
+            } else {
+                "masquerade"
+            };
+            let fwd = if nat == NatType::UdpBlocked {
+                r#"iifname "lan0" oifname "wan0" tcp dport { 80, 443 } accept"#
+            } else {
+                r#"iifname "lan0" oifname "wan0" accept"#
+            };
+            format!(
+                r#"table ip natlab {{
+	chain postrouting {{
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "wan0" {masq}
+	}}
+	chain input {{
+		type filter hook input priority filter; policy accept;
+		ct state established,related accept
+		# unsolicited packets are dropped here, BEFORE their conntrack entry is
+		# confirmed; otherwise the entry would steal the public port (caveat 3)
+		iifname "wan0" drop
+	}}
+	chain forward {{
+		# filtering = conntrack only: a reply must come from the exact remote ip:port (APDF)
+		type filter hook forward priority filter; policy drop;
+		ct state established,related accept
+		{fwd}
+	}}
+}}
+"#
+            )
+        }
+    };
+    // "flush ruleset" first: the script is the router's whole configuration
+    // (impairments are loaded afterwards, in their own table).
+    Some(format!("flush ruleset\n{script}"))
+}
+
+/// Full cone / address-restricted cone: explicit EIM state in two nft maps,
+/// updated in a filter chain after SNAT (caveat 1), only for LAN sources (caveat 6).
+fn cone_ruleset(nat: NatType, w: &str, lan: &str, to: &str) -> String {
+    let (adf_set, adf_upd, inbound) = if nat == NatType::FullCone {
+        (
+            String::new(),
+            String::new(),
+            r#"iifname "wan0" oifname "lan0" meta l4proto udp ct status dnat accept   # EIF"#
+                .to_owned(),
+        )
+    } else {
+        (
+            format!(
+                "	# internal ip . port . remote ip that the internal endpoint has sent to (ADF state)
+	set adf {{
+		type ipv4_addr . inet_service . ipv4_addr
+		flags dynamic,timeout
+		timeout {to}
+	}}"
+            ),
+            r#"iifname "lan0" oifname "wan0" update @adf { ip saddr . udp sport . ip daddr }   # every packet refreshes"#
+                .to_owned(),
+            r#"iifname "wan0" oifname "lan0" ct status dnat ip daddr . udp dport . ip saddr @adf accept   # ADF"#
+                .to_owned(),
+        )
+    };
+    format!(
+        r#"table ip natlab {{
+	# public UDP port (on {w}) -> internal ip . port : who owns a public port (inbound DNAT)
+	map pub2int {{
+		type inet_service : ipv4_addr . inet_service
+		flags dynamic,timeout
+		timeout {to}
+	}}
+	# internal ip . port -> public ip . port : reuse one mapping for every destination (EIM)
+	map int2pub {{
+		type ipv4_addr . inet_service : ipv4_addr . inet_service
+		flags dynamic,timeout
+		timeout {to}
+	}}
+{adf_set}
+	chain prerouting {{
+		type nat hook prerouting priority dstnat; policy accept;
+		# unsolicited UDP to a mapped public port goes to its internal owner
+		iifname "wan0" ip daddr {w} dnat to udp dport map @pub2int
+		# hairpinning: a LAN host sending to one of our public mappings
+		iifname "lan0" ip daddr {w} dnat to udp dport map @pub2int
+	}}
+	chain postrouting {{
+		type nat hook postrouting priority srcnat; policy accept;
+		# EIM: an internal endpoint with a mapping keeps it for every destination
+		oifname "wan0" snat to ip saddr . udp sport map @int2pub
+		# otherwise (first packet, or TCP) port-preserving masquerade picks the mapping
+		oifname "wan0" masquerade
+		# hairpinned packets carry the sender's public mapping as source (RFC 4787 REQ-9)
+		oifname "lan0" ip saddr {lan} ct status dnat snat to ip saddr . udp sport map @int2pub
+		oifname "lan0" ip saddr {lan} ct status dnat masquerade
+	}}
+	chain track {{
+		# after srcnat: "udp sport" is already the public port, and (unlike a nat chain,
+		# which sees only the first packet of a flow) it sees every packet, so the
+		# timeouts are refreshed while the mapping is in use.  Only LAN endpoints.
+		type filter hook postrouting priority srcnat + 10; policy accept;
+		oifname "wan0" ct direction original ct original ip saddr {lan} update @pub2int {{ udp sport : ct original ip saddr . ct original proto-src }} update @int2pub {{ ct original ip saddr . ct original proto-src : ip saddr . udp sport }}
+		oifname "wan0" ct direction reply ct reply ip saddr {lan} update @pub2int {{ udp sport : ct reply ip saddr . ct reply proto-src }} update @int2pub {{ ct reply ip saddr . ct reply proto-src : ip saddr . udp sport }}
+	}}
+	chain input {{
+		type filter hook input priority filter; policy accept;
+		ct state established,related accept
+		iifname "wan0" drop
+	}}
+	chain forward {{
+		type filter hook forward priority filter; policy drop;
+		{adf_upd}
+		ct state established,related accept
+		iifname "lan0" oifname "wan0" accept
+		{inbound}
+		iifname "lan0" oifname "lan0" ct status dnat accept   # hairpin
+	}}
+}}
+"#
+    )
+}
+
+/// Link impairment of a router (both directions of its forwarding path).
+///
+/// Only loss is implemented: the kernel here has no netem, so delay and
+/// jitter need a userspace "wire" later (NAT-LAB.md, "Impairments without
+/// netem"); the fields are reserved for that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Impairment {
+    /// Random loss in percent per forwarded packet (0..=100), per direction.
+    pub loss_pct: u8,
+    /// One-way delay in ms (not implemented yet; must be 0).
+    pub delay_ms: u32,
+    /// Jitter in ms (not implemented yet; must be 0).
+    pub jitter_ms: u32,
+}
+
+impl Impairment {
+    /// No impairment.
+    pub const CLEAN: Impairment = Impairment {
+        loss_pct: 0,
+        delay_ms: 0,
+        jitter_ms: 0,
+    };
+
+    /// A named profile: `clean` or `loss2` (2 % random loss each way).
+    pub fn profile(name: &str) -> Result<Impairment, String> {
+        match name {
+            "clean" => Ok(Impairment::CLEAN),
+            "loss2" => Ok(Impairment {
+                loss_pct: 2,
+                ..Impairment::CLEAN
+            }),
+            _ => Err(format!("unknown profile `{name}` (clean, loss2)")),
+        }
+    }
+
+    /// The nft script installing this impairment in its own table
+    /// `ip nt_impair` (replacing an earlier one), or removing it when clean.
+    pub fn nft_script(&self) -> String {
+        // "table" + "delete table" makes the script idempotent.
+        let mut s = String::from("table ip nt_impair\ndelete table ip nt_impair\n");
+        if self.loss_pct > 0 {
+            // numgen's range is 0..=99: 100 % loss is a plain drop
+            let rule = if self.loss_pct >= 100 {
+                "drop".to_owned()
+            } else {
+                format!("numgen random mod 100 < {} drop", self.loss_pct)
+            };
+            s.push_str(&format!(
+                "table ip nt_impair {{
+	chain forward {{
+		type filter hook forward priority filter - 10; policy accept;
+		{rule}
+	}}
+}}
+"
+            ));
+        }
+        s
+    }
+}
