@@ -275,6 +275,9 @@ impl LoginService {
                     last_seen: r.last_seen,
                     rtt_ms: 0,
                     node_id: hex::decode(&r.node_id).ok()?,
+                    // Announces carry only the QUIC address; clients learn
+                    // the reflector when they join.
+                    reflector: None,
                 })
             })
             .collect())

@@ -134,8 +134,17 @@ impl Store {
         Ok(store)
     }
 
+    /// A write transaction. SQLite's default (deferred) transaction starts as
+    /// a reader and fails at once with "database is locked" when it later
+    /// needs to write after another writer committed (WAL snapshot conflict,
+    /// not covered by the busy timeout); `BEGIN IMMEDIATE` takes the write
+    /// lock up front and waits its turn. (On PostgreSQL this is plain `BEGIN`.)
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for statement in SCHEMA {
             sqlx::query(*statement).execute(&mut *tx).await?;
         }
@@ -242,7 +251,7 @@ impl Store {
         not_after: i64,
     ) -> Result<(), StoreError> {
         let serial = i64::try_from(serial).unwrap_or(i64::MAX);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO issued_certificates (serial, name_norm, key_fingerprint, issued_at, not_after)
              VALUES ($1, $2, $3, $4, $5)",
@@ -272,7 +281,7 @@ impl Store {
         now_ms: i64,
         max_per_ip: usize,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let others: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM supernodes WHERE ip = $1 AND node_id <> $2")
                 .bind(ip)
@@ -389,6 +398,41 @@ fn user_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<UserRecord, StoreError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Read-then-write transactions (supernode announces) racing plain
+    /// writes (registrations) all succeed: none fails with "database is
+    /// locked".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_read_then_write_transactions_never_fail_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::open(&dir.path().join("t.db")).await.unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for round in 0..5 {
+                    let ip = format!("10.0.{i}.1");
+                    store
+                        .upsert_supernode(
+                            &format!("n{i}"),
+                            &ip,
+                            &format!("{ip}:{round}"),
+                            round,
+                            16,
+                        )
+                        .await?;
+                    store
+                        .create_user(&format!("u{i}x{round}"), "U", "h", round)
+                        .await?;
+                }
+                Ok::<_, StoreError>(())
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(store.list_users().await.unwrap().len(), 200);
+    }
 
     #[tokio::test]
     async fn accounts_blobs_and_supernodes() {
