@@ -7,6 +7,7 @@
 //! | [`codec`] | Opus at 48 kHz mono, 20 ms frames, in-band FEC on, DTX off |
 //! | [`session`] | one call's media: encode + seal every 20 ms, open + jitter buffer + decode |
 //! | [`wav`] | WAV files in and out (headless audio I/O) |
+//! | [`devices`] | sound-card capture and playback (cpal), as 48 kHz mono frames |
 //! | [`resample`] | converting any input rate to 48 kHz |
 //! | [`score`] | how well received audio matches what was sent |
 //!
@@ -15,6 +16,7 @@
 //! and `poll_audio`, passing the time in.
 
 pub mod codec;
+pub mod devices;
 pub mod resample;
 pub mod score;
 pub mod session;
