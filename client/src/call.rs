@@ -39,6 +39,10 @@ pub struct CallOptions {
     pub audio_in: Option<PathBuf>,
     /// WAV to write what was heard into.
     pub audio_out: Option<PathBuf>,
+    /// Sound-card input (`default` for the default device) when there is no WAV input.
+    pub input_device: Option<String>,
+    /// Sound-card output (`default` for the default device) when there is no WAV output.
+    pub output_device: Option<String>,
     /// Hang up after this long (caller default: the input's length, or 10 s).
     pub duration: Option<Duration>,
     /// Print a live one-line status on stderr (when it is a terminal).
@@ -261,6 +265,25 @@ fn end_error(reason: EndReason, peer: &str) -> CallError {
     }
 }
 
+/// Opens (and closes) the sound cards `options` names, so a wrong device is
+/// reported before anyone is called.
+pub fn check_devices(options: &CallOptions) -> Result<(), CallError> {
+    let name = |n: &String| (n != "default").then(|| n.clone());
+    if options.audio_in.is_none()
+        && let Some(device) = &options.input_device
+    {
+        natter_media::devices::Capture::open(name(device).as_deref())
+            .map_err(|e| CallError::Audio(e.to_string()))?;
+    }
+    if options.audio_out.is_none()
+        && let Some(device) = &options.output_device
+    {
+        natter_media::devices::Playback::open(name(device).as_deref())
+            .map_err(|e| CallError::Audio(e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// Places a call to `callee` and runs it to its end.
 pub async fn place_call(
     session: &SupernodeSession,
@@ -439,6 +462,25 @@ async fn run_media(
         Some(path) => read_mono_48k(path).map_err(|e| CallError::Audio(e.to_string()))?,
         None => Vec::new(),
     };
+    let device_name = |name: &String| {
+        (name != "default")
+            .then_some(name.as_str())
+            .map(str::to_owned)
+    };
+    let mut capture = match (&options.audio_in, &options.input_device) {
+        (None, Some(name)) => Some(
+            natter_media::devices::Capture::open(device_name(name).as_deref())
+                .map_err(|e| CallError::Audio(e.to_string()))?,
+        ),
+        _ => None,
+    };
+    let mut playback = match (&options.audio_out, &options.output_device) {
+        (None, Some(name)) => Some(
+            natter_media::devices::Playback::open(device_name(name).as_deref())
+                .map_err(|e| CallError::Audio(e.to_string()))?,
+        ),
+        _ => None,
+    };
     let mut sink = match &options.audio_out {
         Some(path) => Some(WavSink::create(path).map_err(|e| CallError::Audio(e.to_string()))?),
         None => None,
@@ -481,10 +523,12 @@ async fn run_media(
         tokio::select! {
             _ = tick.tick() => {
                 let now_ms = start.elapsed().as_millis() as u64;
-                // Send: one frame of the input, or silence.
+                // Send: one frame of the input (WAV or sound card), or silence.
                 let from = frame_index * FRAME_SAMPLES;
                 pcm.fill(0);
-                if from < input.len() {
+                if let Some(capture) = capture.as_mut() {
+                    capture.next_frame(&mut pcm);
+                } else if from < input.len() {
                     let n = (input.len() - from).min(FRAME_SAMPLES);
                     pcm[..n].copy_from_slice(&input[from..from + n]);
                 }
@@ -502,6 +546,9 @@ async fn run_media(
                     first_audio_ms.get_or_insert(setup_ms + now_ms);
                     if let Some(sink) = sink.as_mut() {
                         sink.write(&frame).map_err(|e| CallError::Audio(e.to_string()))?;
+                    }
+                    if let Some(playback) = playback.as_mut() {
+                        playback.push_frame(&frame);
                     }
                 }
                 if show_status && last_status.elapsed() >= Duration::from_secs(1) {

@@ -82,6 +82,8 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         calls: usize,
     },
+    /// List the sound cards (audio devices).
+    Devices,
     /// Compare a sent and a received WAV (how well the call carried the audio).
     Compare { sent: PathBuf, received: PathBuf },
     /// The buddy list (`buddies.txt` in --home): edit it, or sync it
@@ -106,6 +108,12 @@ struct AudioArgs {
     /// Write the call report as JSON here.
     #[arg(long)]
     stats_json: Option<PathBuf>,
+    /// Sound-card input instead of --audio-in (`default`, or a name from `natter devices`).
+    #[arg(long, value_name = "NAME", conflicts_with = "audio_in")]
+    input_device: Option<String>,
+    /// Sound-card output instead of --audio-out (`default`, or a name from `natter devices`).
+    #[arg(long, value_name = "NAME", conflicts_with = "audio_out")]
+    output_device: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -309,6 +317,15 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         | Command::Online
         | Command::Call { .. }
         | Command::Answer { .. } => overlay_command(&cli).await?,
+        Command::Devices => {
+            let devices = natter_media::devices::list().map_err(|e| usage(&e.to_string()))?;
+            if devices.is_empty() {
+                println!("no audio devices; use --audio-in/--audio-out WAV files");
+            }
+            for device in devices {
+                println!("{device}");
+            }
+        }
         Command::Compare { sent, received } => {
             let read = |p: &PathBuf| {
                 natter_media::wav::read_mono_48k(p).map_err(|e| ClientError::File {
@@ -388,6 +405,9 @@ fn read_buddies(path: &Path) -> Vec<String> {
 
 /// Commands that join the overlay through a supernode.
 async fn overlay_command(cli: &Cli) -> Result<(), ClientError> {
+    if let Command::Call { audio, .. } | Command::Answer { audio, .. } = &cli.command {
+        call::check_devices(&call_options(audio, None))?;
+    }
     let home = home(cli)?;
     let key = login_key(cli)?;
     let session = home.load(&key, now_unix_secs())?;
@@ -632,6 +652,8 @@ fn call_options(audio: &AudioArgs, duration: Option<Duration>) -> CallOptions {
     CallOptions {
         audio_in: audio.audio_in.clone(),
         audio_out: audio.audio_out.clone(),
+        input_device: audio.input_device.clone(),
+        output_device: audio.output_device.clone(),
         duration,
         live_status: true,
     }

@@ -281,3 +281,24 @@ fn forged_and_garbage_datagrams_are_dropped_and_counted_and_the_call_goes_on() {
     let s = score::compare(&sent, &heard, 1000);
     assert!(s.waveform > 0.6, "{s:?}");
 }
+
+#[test]
+fn a_missing_sound_card_is_one_clear_line_before_anything_happens() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, what) in [("--input-device", "input"), ("--output-device", "output")] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_natter"))
+            .arg("--home")
+            .arg(dir.path())
+            .args(["call", "bob", flag, "no-such-device"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&format!("no audio {what} device named \"no-such-device\"")),
+            "{err}"
+        );
+        assert!(err.contains(".wav"), "{err}");
+    }
+}
