@@ -21,7 +21,6 @@ fn bin_dir() -> PathBuf {
 }
 
 #[test]
-#[ignore = "needs natter call/answer (voice issue)"]
 fn open_x_open_call_end_to_end() {
     let out = std::env::temp_dir().join(format!("natter-lab-call-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
