@@ -12,6 +12,7 @@
 //! | [`som`] | the SoM datagram header (message id + function byte) |
 //! | [`stun`] | STUN binding (RFC 8489) and the RFC 5780 attributes, for reflection and netcheck |
 //! | [`relay`] | binding a UDP address to a relay allocation |
+//! | [`path`] | choosing where media goes: connectivity checks, relay first, direct when it works |
 //! | [`replay`] | rebuilding the 64-bit packet index from the 16-bit message id; the replay window |
 //! | [`cert`] | user certificates issued by the login server |
 //! | [`call`] | call setup: invite / ringing / accept / reject / busy / hangup, timeouts |
@@ -29,6 +30,7 @@ pub mod handshake;
 pub mod jitter;
 pub mod media;
 pub mod messages;
+pub mod path;
 pub mod relay;
 pub mod replay;
 pub mod som;

@@ -1,0 +1,352 @@
+//! Choosing where a call's media goes (sans-IO): ICE-style connectivity
+//! checks over SoM probes, relay first, direct as soon as it works, back to
+//! the relay if the direct path dies.
+//!
+//! Each side has one UDP socket per call. Its peer's candidates (host,
+//! server-reflexive, predicted, relay) become **targets**. Every target is
+//! probed with a sealed SoM `Probe` (so checks are authenticated by the call
+//! keys and cannot be forged); a `ProbeReply` from a target confirms it.
+//! Sending probes to each other at the same time is what opens both NATs
+//! (hole punching). Any authenticated datagram from an unknown address makes
+//! that address a new target (peer-reflexive): this is how a cone NAT learns
+//! the port a symmetric NAT picked for it.
+//!
+//! Selection, in order: the best confirmed and alive direct target (host
+//! before server-reflexive / peer-reflexive / predicted, then lower RTT);
+//! else a relay (confirmed or not: relays are the path that always works, so
+//! media starts there without waiting); else the best unconfirmed host
+//! candidate. A target is alive while something authenticated arrived from it
+//! within `dead_after_ms`.
+
+use std::net::SocketAddr;
+
+/// How media reaches the peer, for statistics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PathKind {
+    /// To the peer's own address (both public, or same network).
+    Direct,
+    /// To an address a NAT opened (server-reflexive, peer-reflexive, predicted).
+    HolePunched,
+    /// Through a supernode's relay.
+    Relayed,
+    /// Through a supernode over TLS/TCP.
+    TcpRelay,
+}
+
+impl PathKind {
+    /// The name used in reports (`direct`, `hole-punched`, `relayed`, `tcp-relay`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+            PathKind::HolePunched => "hole-punched",
+            PathKind::Relayed => "relayed",
+            PathKind::TcpRelay => "tcp-relay",
+        }
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            PathKind::Direct => 0,
+            PathKind::HolePunched => 1,
+            PathKind::Relayed => 2,
+            PathKind::TcpRelay => 3,
+        }
+    }
+}
+
+/// Timing of the checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathConfig {
+    /// Probe interval of an unconfirmed target during the first phase.
+    pub fast_probe_ms: u64,
+    /// How long a new target is probed fast.
+    pub fast_phase_ms: u64,
+    /// Probe interval afterwards, and of confirmed targets (keeps NAT
+    /// bindings open and measures RTT).
+    pub slow_probe_ms: u64,
+    /// Stop probing a target never confirmed after this long.
+    pub give_up_ms: u64,
+    /// A target silent this long is dead.
+    pub dead_after_ms: u64,
+    /// Most targets tracked (peer-reflexive ones are learned at run time).
+    pub max_targets: usize,
+    /// Most switches remembered.
+    pub max_switches: usize,
+}
+
+impl Default for PathConfig {
+    fn default() -> Self {
+        Self {
+            fast_probe_ms: 50,
+            fast_phase_ms: 5_000,
+            slow_probe_ms: 1_000,
+            give_up_ms: 30_000,
+            dead_after_ms: 2_000,
+            max_targets: 32,
+            max_switches: 64,
+        }
+    }
+}
+
+/// One address media could be sent to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub kind: PathKind,
+    added_ms: u64,
+    last_probe_ms: Option<u64>,
+    confirmed_ms: Option<u64>,
+    last_heard_ms: Option<u64>,
+    pub rtt_ms: Option<u64>,
+}
+
+impl Target {
+    fn alive(&self, now_ms: u64, dead_after_ms: u64) -> bool {
+        self.confirmed_ms.is_some()
+            && self
+                .last_heard_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) <= dead_after_ms)
+    }
+
+    /// Whether a probe reply ever came back from it.
+    pub fn confirmed(&self) -> bool {
+        self.confirmed_ms.is_some()
+    }
+}
+
+/// A change of path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Switch {
+    /// Milliseconds since the path manager started.
+    pub at_ms: u64,
+    pub kind: PathKind,
+    pub addr: SocketAddr,
+}
+
+/// The path state of one call.
+#[derive(Debug, Clone)]
+pub struct PathManager {
+    config: PathConfig,
+    start_ms: u64,
+    targets: Vec<Target>,
+    current: Option<(SocketAddr, PathKind)>,
+    switches: Vec<Switch>,
+    first_direct_ms: Option<u64>,
+}
+
+impl PathManager {
+    /// A manager started at `now_ms`.
+    pub fn new(config: PathConfig, now_ms: u64) -> Self {
+        Self {
+            config,
+            start_ms: now_ms,
+            targets: Vec::new(),
+            current: None,
+            switches: Vec::new(),
+            first_direct_ms: None,
+        }
+    }
+
+    /// Adds a peer candidate (ignored when already known or the table is full).
+    pub fn add_target(&mut self, addr: SocketAddr, kind: PathKind, now_ms: u64) {
+        if self.targets.iter().any(|t| t.addr == addr)
+            || self.targets.len() >= self.config.max_targets
+        {
+            return;
+        }
+        self.targets.push(Target {
+            addr,
+            kind,
+            added_ms: now_ms,
+            last_probe_ms: None,
+            confirmed_ms: None,
+            last_heard_ms: None,
+            rtt_ms: None,
+        });
+    }
+
+    /// Something authenticated arrived from `from`. Unknown addresses become
+    /// peer-reflexive targets.
+    pub fn handle_authenticated(&mut self, from: SocketAddr, now_ms: u64) {
+        if !self.targets.iter().any(|t| t.addr == from) {
+            self.add_target(from, PathKind::HolePunched, now_ms);
+        }
+        if let Some(t) = self.targets.iter_mut().find(|t| t.addr == from) {
+            t.last_heard_ms = Some(now_ms);
+        }
+    }
+
+    /// A probe reply from `from` measured `rtt_ms`: the path works both ways.
+    pub fn handle_probe_reply(&mut self, from: SocketAddr, rtt_ms: u64, now_ms: u64) {
+        self.handle_authenticated(from, now_ms);
+        if let Some(t) = self.targets.iter_mut().find(|t| t.addr == from) {
+            t.confirmed_ms.get_or_insert(now_ms);
+            t.rtt_ms = Some(rtt_ms);
+        }
+    }
+
+    /// The targets to probe now (each is marked as probed).
+    pub fn poll_probes(&mut self, now_ms: u64) -> Vec<SocketAddr> {
+        let c = self.config;
+        let mut due = Vec::new();
+        for t in &mut self.targets {
+            let age = now_ms.saturating_sub(t.added_ms);
+            if t.confirmed_ms.is_none() && age > c.give_up_ms {
+                continue;
+            }
+            let interval = if t.confirmed_ms.is_none() && age < c.fast_phase_ms {
+                c.fast_probe_ms
+            } else {
+                c.slow_probe_ms
+            };
+            if t.last_probe_ms
+                .is_none_or(|last| now_ms.saturating_sub(last) >= interval)
+            {
+                t.last_probe_ms = Some(now_ms);
+                due.push(t.addr);
+            }
+        }
+        due
+    }
+
+    /// Where media goes now, re-evaluated at `now_ms`.
+    pub fn current(&mut self, now_ms: u64) -> Option<(SocketAddr, PathKind)> {
+        let dead = self.config.dead_after_ms;
+        let best_direct = self
+            .targets
+            .iter()
+            .filter(|t| {
+                t.kind != PathKind::Relayed && t.kind != PathKind::TcpRelay && t.alive(now_ms, dead)
+            })
+            .min_by_key(|t| (t.kind.rank(), t.rtt_ms.unwrap_or(u64::MAX)));
+        let relay = || {
+            self.targets
+                .iter()
+                .filter(|t| t.kind == PathKind::Relayed)
+                .min_by_key(|t| (!t.alive(now_ms, dead), t.rtt_ms.unwrap_or(u64::MAX)))
+        };
+        let guess = || {
+            self.targets
+                .iter()
+                .filter(|t| t.kind == PathKind::Direct)
+                .min_by_key(|t| t.added_ms)
+        };
+        let chosen = best_direct
+            .or_else(relay)
+            .or_else(guess)
+            .map(|t| (t.addr, t.kind));
+        if chosen != self.current {
+            if let Some((addr, kind)) = chosen {
+                if kind != PathKind::Relayed && best_direct.is_some() {
+                    self.first_direct_ms
+                        .get_or_insert(now_ms.saturating_sub(self.start_ms));
+                }
+                if self.switches.len() < self.config.max_switches {
+                    self.switches.push(Switch {
+                        at_ms: now_ms.saturating_sub(self.start_ms),
+                        kind,
+                        addr,
+                    });
+                }
+            }
+            self.current = chosen;
+        }
+        chosen
+    }
+
+    /// Every change of path so far.
+    pub fn switches(&self) -> &[Switch] {
+        &self.switches
+    }
+
+    /// When a direct or hole-punched path was first confirmed (ms since start).
+    pub fn time_to_direct_ms(&self) -> Option<u64> {
+        self.first_direct_ms
+    }
+
+    /// The targets, for statistics.
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 1], port))
+    }
+
+    #[test]
+    fn relay_first_then_direct_then_back_to_the_relay() {
+        let mut p = PathManager::new(PathConfig::default(), 1_000);
+        p.add_target(addr(1), PathKind::HolePunched, 1_000);
+        p.add_target(addr(9), PathKind::Relayed, 1_000);
+        assert_eq!(p.current(1_000), Some((addr(9), PathKind::Relayed)));
+        p.handle_probe_reply(addr(1), 30, 1_200);
+        assert_eq!(p.current(1_200), Some((addr(1), PathKind::HolePunched)));
+        assert_eq!(p.time_to_direct_ms(), Some(200));
+        // Keep hearing from it: stays; silence: back to the relay.
+        p.handle_authenticated(addr(1), 2_500);
+        assert_eq!(p.current(4_000), Some((addr(1), PathKind::HolePunched)));
+        assert_eq!(p.current(4_600), Some((addr(9), PathKind::Relayed)));
+        let kinds: Vec<_> = p.switches().iter().map(|s| s.kind).collect();
+        assert_eq!(
+            kinds,
+            [PathKind::Relayed, PathKind::HolePunched, PathKind::Relayed]
+        );
+    }
+
+    #[test]
+    fn unknown_sources_become_peer_reflexive_targets() {
+        let mut p = PathManager::new(PathConfig::default(), 0);
+        p.handle_authenticated(addr(7), 10);
+        assert_eq!(p.targets().len(), 1);
+        assert_eq!(p.poll_probes(10), vec![addr(7)]);
+        p.handle_probe_reply(addr(7), 5, 20);
+        assert_eq!(p.current(20), Some((addr(7), PathKind::HolePunched)));
+    }
+
+    #[test]
+    fn probing_is_fast_then_slow_then_stops() {
+        let c = PathConfig::default();
+        let mut p = PathManager::new(c, 0);
+        p.add_target(addr(1), PathKind::HolePunched, 0);
+        let count = |p: &mut PathManager, from: u64, to: u64| {
+            (from..to)
+                .step_by(10)
+                .filter(|&t| !p.poll_probes(t).is_empty())
+                .count()
+        };
+        assert_eq!(count(&mut p, 0, 1_000), 20, "every 50 ms at first");
+        let slow = count(&mut p, c.fast_phase_ms, c.fast_phase_ms + 10_000);
+        assert!((9..=11).contains(&slow), "{slow} probes in 10 s");
+        assert_eq!(count(&mut p, c.give_up_ms + 10, c.give_up_ms + 5_000), 0);
+    }
+
+    #[test]
+    fn host_candidates_are_the_guess_before_anything_is_confirmed() {
+        let mut p = PathManager::new(PathConfig::default(), 0);
+        p.add_target(addr(3), PathKind::HolePunched, 0);
+        p.add_target(addr(2), PathKind::Direct, 0);
+        assert_eq!(p.current(0), Some((addr(2), PathKind::Direct)));
+        p.handle_probe_reply(addr(3), 1, 5);
+        assert_eq!(p.current(5), Some((addr(3), PathKind::HolePunched)));
+        p.handle_probe_reply(addr(2), 2, 6);
+        assert_eq!(
+            p.current(6),
+            Some((addr(2), PathKind::Direct)),
+            "host beats reflexive"
+        );
+    }
+
+    #[test]
+    fn the_target_table_is_bounded() {
+        let mut p = PathManager::new(PathConfig::default(), 0);
+        for port in 0..100 {
+            p.handle_authenticated(addr(port), 0);
+        }
+        assert_eq!(p.targets().len(), PathConfig::default().max_targets);
+    }
+}
