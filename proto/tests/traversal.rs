@@ -1,7 +1,7 @@
 //! The traversal logic across every pairing of NAT behaviours, in memory and
 //! deterministic: two [`PathManager`]s behind simulated NATs (RFC 4787
 //! mapping and filtering), a STUN reflector and a relay on public addresses.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
