@@ -7,6 +7,7 @@ use std::time::Duration;
 use rsa::RsaPublicKey;
 
 use crate::membership::Timeouts;
+use crate::relay::RelayLimits;
 
 /// Everything a supernode needs to run. [`Config::new`] fills in defaults.
 #[derive(Debug, Clone)]
@@ -50,6 +51,14 @@ pub struct Config {
     pub max_connections: usize,
     /// Most names one session may subscribe to.
     pub max_subscriptions: usize,
+    /// Primary address of the UDP service (STUN reflector and media relay).
+    /// `None`: the listen IP, port = the bound QUIC port + 1 (the convention
+    /// peers assume, see [`crate::reflector_of`]); when `listen` has port 0
+    /// and that port is taken, any free port. The alternate STUN socket
+    /// (RFC 5780 change-port) takes the next port, or any free one.
+    pub udp: Option<SocketAddr>,
+    /// Relay allocation limits: lifetime, quotas, rate limits.
+    pub relay: RelayLimits,
 }
 
 impl Config {
@@ -76,6 +85,8 @@ impl Config {
             rate_burst: 100.0,
             max_connections: 10_000,
             max_subscriptions: 1000,
+            udp: None,
+            relay: RelayLimits::default(),
         }
     }
 }

@@ -7,22 +7,37 @@
 //!
 //! The pure logic lives in sans-IO modules that take the time as an
 //! argument: [`hrw`] (replica placement), [`membership`] (failure detector),
-//! [`store`] (records and pending chat), [`ratelimit`], [`names`]. The tokio +
-//! quinn shell ([`Supernode::spawn`]) drives them.
+//! [`store`] (records and pending chat), [`ratelimit`], [`names`], [`relay`]
+//! (relay allocations and forwarding decisions). The tokio + quinn shell
+//! ([`Supernode::spawn`]) drives them; the UDP service (STUN reflector and
+//! relay) is its own socket loop.
 
 pub mod config;
 pub mod hrw;
 pub mod membership;
 pub mod names;
 pub mod ratelimit;
+pub mod relay;
 pub mod store;
 
 mod node;
 mod overlay;
 mod session;
+mod udp;
 
 pub use config::Config;
 pub use node::{Handle, SpawnError, Supernode};
+pub use udp::UdpStats;
+
+/// The reflector (UDP service) address of a supernode known only by its QUIC
+/// address, as gossip carries no reflector: by convention the same IP and
+/// the QUIC port + 1 (`None` for port 65535). A supernode started with a
+/// non-default `--udp` is reachable at its real reflector only through its
+/// own `JoinAccepted` / host cache entry.
+pub fn reflector_of(quic: std::net::SocketAddr) -> Option<std::net::SocketAddr> {
+    let port = quic.port().checked_add(1)?;
+    Some(std::net::SocketAddr::new(quic.ip(), port))
+}
 
 /// A supernode's 16-byte id.
 pub type NodeId = [u8; 16];

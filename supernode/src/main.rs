@@ -37,6 +37,17 @@ struct Cli {
     /// Seconds before an unanswered call invite is hung up.
     #[arg(long, default_value_t = 30)]
     no_answer_timeout: u64,
+    /// UDP address of the STUN reflector and media relay (the alternate
+    /// STUN socket takes the next port). Default: the listen IP, port =
+    /// QUIC port + 1, which is what other supernodes assume.
+    #[arg(long)]
+    udp: Option<SocketAddr>,
+    /// Seconds a relay allocation lives without traffic.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    relay_lifetime: u64,
+    /// Most relay allocations at once.
+    #[arg(long, default_value_t = 10_000)]
+    max_relays: usize,
 }
 
 #[tokio::main]
@@ -69,6 +80,9 @@ async fn main() -> anyhow::Result<()> {
     config.data_dir = cli.data_dir;
     config.replicas = usize::from(cli.replicas);
     config.no_answer_timeout = Duration::from_secs(cli.no_answer_timeout);
+    config.udp = cli.udp;
+    config.relay.lifetime = Duration::from_secs(cli.relay_lifetime);
+    config.relay.max_allocations = cli.max_relays;
     let handle = Supernode::spawn(config).context("starting the supernode")?;
     println!(
         "natter-supernode listening on {} node id {}",

@@ -23,6 +23,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::membership::Membership;
 use crate::store::{self, ChatStore, RecordStore};
+use crate::udp::{UdpService, UdpStats};
 use crate::{Config, NodeId, close, hrw};
 
 /// File in the data directory holding the node id (hex).
@@ -43,6 +44,8 @@ pub enum SpawnError {
     BadNodeId(String),
     #[error("cannot advertise the unspecified address {0}: pass an advertise address")]
     Unspecified(SocketAddr),
+    #[error(transparent)]
+    Udp(#[from] crate::udp::BindError),
 }
 
 /// Something queued for a client session's writer.
@@ -103,6 +106,8 @@ pub(crate) struct Inner {
     pub local_addr: SocketAddr,
     pub endpoint: Endpoint,
     pub connections: Arc<Semaphore>,
+    /// STUN reflector and media relay.
+    pub udp: Arc<UdpService>,
     state: Mutex<State>,
     next_id: AtomicU64,
 }
@@ -135,18 +140,27 @@ impl Inner {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The live supernodes, for `JoinAccepted` and `SupernodeList`.
+    /// The live supernodes, for `JoinAccepted` and `SupernodeList`. This
+    /// node's entry carries its real reflector; the others' the one the
+    /// convention gives (gossip carries only QUIC addresses).
     pub fn host_cache(&self, st: &State) -> Vec<HostCacheEntry> {
         let now = now_ms();
         st.membership
             .live()
             .into_iter()
-            .map(|(id, addr)| HostCacheEntry {
-                addr: Some(addr.into()),
-                last_seen: now,
-                rtt_ms: 0,
-                node_id: id.to_vec(),
-                reflector: None,
+            .map(|(id, addr)| {
+                let reflector = if id == self.node_id {
+                    Some(self.udp.primary_addr)
+                } else {
+                    crate::reflector_of(addr)
+                };
+                HostCacheEntry {
+                    addr: Some(addr.into()),
+                    last_seen: now,
+                    rtt_ms: 0,
+                    node_id: id.to_vec(),
+                    reflector: reflector.map(Into::into),
+                }
             })
             .collect()
     }
@@ -438,9 +452,13 @@ impl Inner {
             Body::ChatReceipt(receipt) => receipt.to.clone(),
             _ => return false,
         };
-        if let Body::CallSignal(signal) = &body {
-            self.observe_signal(st, signal);
-        }
+        let signal = match &body {
+            Body::CallSignal(signal) => {
+                self.observe_signal(st, signal);
+                Some(signal.clone())
+            }
+            _ => None,
+        };
         let receipt = match &body {
             Body::ChatMessage(message) => Some(message.clone()),
             _ => None,
@@ -448,6 +466,9 @@ impl Inner {
         let delivered = self.push_local(st, &to, Envelope::new(0, body));
         if delivered && let Some(message) = receipt {
             self.send_receipt(&message);
+        }
+        if delivered && let Some(signal) = signal {
+            self.note_routed(&signal);
         }
         delivered
     }
@@ -511,6 +532,24 @@ impl Inner {
         {
             timer.abort();
         }
+    }
+
+    /// Remembers that `signal` was routed through this supernode, so that
+    /// its two users may allocate a relay for the call; a hangup, reject or
+    /// busy releases the call's relay allocations.
+    pub fn note_routed(&self, signal: &CallSignal) {
+        use call_signal::Kind;
+        let ended = matches!(
+            signal.kind,
+            Some(Kind::Reject(_) | Kind::Busy(_) | Kind::Hangup(_))
+        );
+        self.udp.table().note_signal(
+            &signal.invite_id,
+            &signal.from,
+            &signal.to,
+            ended,
+            std::time::Instant::now(),
+        );
     }
 
     /// Starts the no-answer timer of an invite routed from a local caller.
@@ -619,6 +658,18 @@ impl Supernode {
         if addr.ip().is_unspecified() {
             return Err(SpawnError::Unspecified(addr));
         }
+        let (udp_addr, fallback) = match config.udp {
+            Some(udp) => (udp, false),
+            None => {
+                let port = crate::reflector_of(local_addr).map_or(0, |r| r.port());
+                (
+                    SocketAddr::new(local_addr.ip(), port),
+                    config.listen.port() == 0,
+                )
+            }
+        };
+        let (udp, sockets) = UdpService::bind(udp_addr, fallback, addr.ip(), config.relay.clone())?;
+        let udp = Arc::new(udp);
         // A restarted node (same id from the data dir) gets a higher incarnation.
         let incarnation = u64::try_from(now_ms()).unwrap_or(0);
         let membership = Membership::new(node_id, addr, incarnation, config.timeouts);
@@ -635,6 +686,7 @@ impl Supernode {
         };
         let inner = Arc::new(Inner {
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            udp: Arc::clone(&udp),
             config,
             node_id,
             addr,
@@ -650,7 +702,13 @@ impl Supernode {
             replicas = inner.config.replicas,
             "natter-supernode serving (QUIC, ALPN natter/1)"
         );
+        tracing::info!(
+            reflector = %udp.primary_addr,
+            alternate = %udp.alternate_addr,
+            "UDP service: STUN reflector and relay"
+        );
         let mut tasks = vec![
+            tokio::spawn(udp.run(sockets)),
             tokio::spawn(crate::overlay::accept_loop(Arc::clone(&inner))),
             tokio::spawn(crate::overlay::maintenance_loop(Arc::clone(&inner))),
         ];
@@ -685,6 +743,22 @@ impl Handle {
     /// Users joined here.
     pub fn session_count(&self) -> usize {
         self.inner.state().sessions.len()
+    }
+
+    /// The UDP service's primary address (STUN reflector and relay), as
+    /// advertised in `JoinAccepted.reflector`.
+    pub fn reflector(&self) -> SocketAddr {
+        self.inner.udp.primary_addr
+    }
+
+    /// The alternate STUN address (RFC 5780 change-port answers).
+    pub fn udp_alternate(&self) -> SocketAddr {
+        self.inner.udp.alternate_addr
+    }
+
+    /// The UDP service's counters.
+    pub fn udp_stats(&self) -> UdpStats {
+        self.inner.udp.stats()
     }
 
     /// Stops the supernode: every connection is closed (peers and clients

@@ -9,7 +9,8 @@ use natter_proto::cert;
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{
     Ack, CallSignal, ChatMessage, ChatReceipt, Envelope, ErrorCode, ErrorReply, JoinAccepted,
-    JoinChallenge, PresenceStatus, PresenceUpdate, SearchReply, call_signal,
+    JoinChallenge, PresenceStatus, PresenceUpdate, RelayAllocate, RelayAllocated, SearchReply,
+    call_signal,
 };
 use quinn::{Connection, VarInt};
 use rand::RngCore;
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::node::{Inner, Out, RouteError, SessionEntry, now_ms, now_secs, push_session};
 use crate::ratelimit::{RateLimiter, Verdict};
+use crate::relay::AllocError;
 use crate::{close, names};
 
 /// Longest chat text accepted, in bytes.
@@ -113,7 +115,7 @@ pub(crate) async fn run(
         Body::JoinAccepted(JoinAccepted {
             observed_addr: Some(conn.remote_address().into()),
             supernodes: inner.host_cache(&st),
-            reflector: None,
+            reflector: Some(inner.udp.primary_addr.into()),
         })
     };
     send.send(&Envelope::new(proof.request_id, accepted))
@@ -443,15 +445,7 @@ impl Session {
                 self.reply(rid, Body::Ack(Ack {}));
                 return Flow::Close(close::NORMAL, "left");
             }
-            Body::RelayAllocate(_) => {
-                self.reply(
-                    rid,
-                    error(
-                        ErrorCode::Internal,
-                        "relaying is not available on this supernode",
-                    ),
-                );
-            }
+            Body::RelayAllocate(request) => self.relay_allocate(rid, request),
             other => {
                 self.reply(
                     rid,
@@ -547,6 +541,7 @@ impl Session {
             .await
         {
             Ok(()) => {
+                self.inner.note_routed(&signal);
                 if invite {
                     let mut st = self.inner.state();
                     self.inner.start_invite_timer(&mut st, &signal);
@@ -557,6 +552,49 @@ impl Session {
                 self.reply(rid, route_error(&to, e));
             }
         }
+    }
+}
+
+impl Session {
+    /// A relay for a call routed through this supernode that involves this
+    /// session's user.
+    fn relay_allocate(&self, rid: u64, request: RelayAllocate) {
+        if request.invite_id.is_empty() || request.invite_id.len() > MAX_ID_LEN {
+            self.reply(rid, error(ErrorCode::Malformed, "bad invite id"));
+            return;
+        }
+        let udp = &self.inner.udp;
+        let result = udp.table().allocate(
+            &self.name,
+            &request.invite_id,
+            &mut rand::rngs::OsRng,
+            Instant::now(),
+        );
+        let lifetime = udp.table().limits().lifetime;
+        let body = match result {
+            Ok(allocated) => {
+                tracing::debug!(
+                    user = %self.name,
+                    peer = %allocated.peer,
+                    invite = %crate::node::short(&request.invite_id),
+                    "relay allocated"
+                );
+                Body::RelayAllocated(RelayAllocated {
+                    invite_id: request.invite_id,
+                    relay: Some(udp.primary_addr.into()),
+                    token: allocated.token.to_vec(),
+                    lifetime_s: u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX).max(1),
+                    peer_token: allocated.peer_token.to_vec(),
+                })
+            }
+            Err(e @ AllocError::NotInCall) => error(ErrorCode::NotJoined, e.to_string()),
+            Err(e @ (AllocError::UserQuota | AllocError::Full)) => {
+                let mut reply = ErrorReply::new(ErrorCode::RateLimited, e.to_string());
+                reply.retry_after_ms = u32::try_from(lifetime.as_millis()).unwrap_or(u32::MAX);
+                Body::Error(reply)
+            }
+        };
+        self.reply(rid, body);
     }
 }
 

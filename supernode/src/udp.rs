@@ -1,0 +1,341 @@
+//! The supernode's UDP service: a STUN reflector (RFC 8489, with the RFC 5780
+//! attributes and change-port) on two sockets, and the media relay on the
+//! primary one. The decisions are in [`crate::relay`] and
+//! `natter_proto::{stun, relay}`; this is the socket loop around them.
+//!
+//! What arrives on the primary socket:
+//! * a STUN message (`stun::looks_like_stun`): a Binding request is answered,
+//!   anything else STUN-shaped is dropped (counted as malformed unless it is
+//!   a Binding indication, a keepalive);
+//! * a relay bind (`relay::decode_bind`): answered with a bind reply;
+//! * anything else with a valid SoM header: forwarded if [`RelayTable::route`]
+//!   says so, otherwise dropped and counted; without a valid SoM header:
+//!   dropped as malformed.
+//!
+//! The alternate socket only answers STUN; anything else is dropped as
+//! malformed.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use natter_proto::relay as wire;
+use natter_proto::{som, stun};
+use tokio::net::UdpSocket;
+
+use crate::relay::{Decision, RelayLimits, RelayTable};
+
+/// Binding indication: a STUN keepalive that needs no answer.
+const BINDING_INDICATION: u16 = 0x0011;
+/// How often idle allocations are swept.
+const SWEEP: Duration = Duration::from_secs(1);
+/// How often the counters are logged (at debug).
+const LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// Counters of the UDP service, since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UdpStats {
+    /// STUN Binding requests answered (both sockets).
+    pub stun_answered: u64,
+    /// Datagrams dropped because they are not what the socket serves:
+    /// undecodable STUN, STUN other than Binding request/indication, no SoM
+    /// header, anything but STUN on the alternate socket, a bind-sized
+    /// `NRLY` datagram that is not a bind.
+    pub malformed: u64,
+    /// Relay binds answered `Bound`.
+    pub binds: u64,
+    /// Relay binds refused (`UnknownToken` or `OverQuota`).
+    pub binds_refused: u64,
+    /// Datagrams relayed.
+    pub forwarded: u64,
+    /// Bytes relayed.
+    pub forwarded_bytes: u64,
+    /// Datagrams dropped: the source is not bound to a live allocation, or
+    /// the other side of its allocation is not bound yet.
+    pub dropped_unbound: u64,
+    /// Datagrams dropped by an allocation's rate limit.
+    pub dropped_quota: u64,
+    /// Live relay allocations (gauge).
+    pub allocations: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    stun_answered: AtomicU64,
+    malformed: AtomicU64,
+    binds: AtomicU64,
+    binds_refused: AtomicU64,
+    forwarded: AtomicU64,
+    forwarded_bytes: AtomicU64,
+    dropped_unbound: AtomicU64,
+    dropped_quota: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The two sockets, owned by the serving task: aborting it closes them.
+#[derive(Debug)]
+pub(crate) struct UdpSockets {
+    primary: UdpSocket,
+    alternate: UdpSocket,
+    /// Their bound addresses.
+    bound: [SocketAddr; 2],
+}
+
+impl UdpSockets {
+    fn is_own(&self, addr: SocketAddr) -> bool {
+        self.bound.contains(&addr)
+    }
+}
+
+/// The advertised addresses, the relay table and the counters, shared with
+/// the sessions (which allocate).
+#[derive(Debug)]
+pub(crate) struct UdpService {
+    /// Advertised addresses (the bound port, the advertised IP when bound to
+    /// a wildcard address).
+    pub primary_addr: SocketAddr,
+    pub alternate_addr: SocketAddr,
+    table: Mutex<RelayTable>,
+    counters: Counters,
+}
+
+/// Why the UDP service could not start.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot bind the UDP service (STUN reflector and relay) on {addr}; choose its address with --udp"
+)]
+pub struct BindError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: io::Error,
+}
+
+fn bind_std(addr: SocketAddr) -> Result<std::net::UdpSocket, BindError> {
+    let socket = std::net::UdpSocket::bind(addr).map_err(|source| BindError { addr, source })?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|source| BindError { addr, source })?;
+    Ok(socket)
+}
+
+fn with_port(addr: SocketAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(addr.ip(), port)
+}
+
+/// Replaces a wildcard IP with the advertised one.
+fn advertised(bound: SocketAddr, advertise_ip: std::net::IpAddr) -> SocketAddr {
+    if bound.ip().is_unspecified() {
+        SocketAddr::new(advertise_ip, bound.port())
+    } else {
+        bound
+    }
+}
+
+impl UdpService {
+    /// Binds the primary socket at `primary` (or, when `fallback` and that
+    /// port is taken, at any free port of the same IP) and the alternate one
+    /// at the next port (any free port when that is taken). Must run inside a
+    /// tokio runtime.
+    pub fn bind(
+        primary: SocketAddr,
+        fallback: bool,
+        advertise_ip: std::net::IpAddr,
+        limits: RelayLimits,
+    ) -> Result<(Self, UdpSockets), BindError> {
+        let first = match bind_std(primary) {
+            Err(_) if fallback && primary.port() != 0 => bind_std(with_port(primary, 0))?,
+            other => other?,
+        };
+        let local = first.local_addr().map_err(|source| BindError {
+            addr: primary,
+            source,
+        })?;
+        let second = local
+            .port()
+            .checked_add(1)
+            .and_then(|p| bind_std(with_port(local, p)).ok());
+        let second = match second {
+            Some(s) => s,
+            None => bind_std(with_port(local, 0))?,
+        };
+        let alt_local = second.local_addr().map_err(|source| BindError {
+            addr: local,
+            source,
+        })?;
+        let tokio = |s: std::net::UdpSocket, addr| {
+            UdpSocket::from_std(s).map_err(|source| BindError { addr, source })
+        };
+        let sockets = UdpSockets {
+            primary: tokio(first, local)?,
+            alternate: tokio(second, alt_local)?,
+            bound: [local, alt_local],
+        };
+        let service = Self {
+            primary_addr: advertised(local, advertise_ip),
+            alternate_addr: advertised(alt_local, advertise_ip),
+            table: Mutex::new(RelayTable::new(limits)),
+            counters: Counters::default(),
+        };
+        Ok((service, sockets))
+    }
+
+    /// The relay table (lock order: the node state, then this).
+    pub fn table(&self) -> MutexGuard<'_, RelayTable> {
+        self.table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> UdpStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        UdpStats {
+            stun_answered: get(&c.stun_answered),
+            malformed: get(&c.malformed),
+            binds: get(&c.binds),
+            binds_refused: get(&c.binds_refused),
+            forwarded: get(&c.forwarded),
+            forwarded_bytes: get(&c.forwarded_bytes),
+            dropped_unbound: get(&c.dropped_unbound),
+            dropped_quota: get(&c.dropped_quota),
+            allocations: self.table().allocation_count() as u64,
+        }
+    }
+
+    /// Serves both sockets until aborted.
+    pub async fn run(self: Arc<Self>, sockets: UdpSockets) {
+        // 64 KiB: no datagram is ever truncated (and so forwarded altered).
+        let mut buf_p = vec![0u8; 65_536];
+        let mut buf_a = vec![0u8; 65_536];
+        let mut sweep = tokio::time::interval(SWEEP);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_log = Instant::now();
+        let mut last_logged = UdpStats::default();
+        loop {
+            tokio::select! {
+                r = sockets.primary.recv_from(&mut buf_p) => match r {
+                    Ok((n, from)) => self.on_primary(&sockets, &buf_p[..n], from).await,
+                    Err(e) => tracing::debug!(error = %e, "UDP receive failed (primary)"),
+                },
+                r = sockets.alternate.recv_from(&mut buf_a) => match r {
+                    Ok((n, from)) => self.on_alternate(&sockets, &buf_a[..n], from).await,
+                    Err(e) => tracing::debug!(error = %e, "UDP receive failed (alternate)"),
+                },
+                _ = sweep.tick() => {
+                    let now = Instant::now();
+                    let ended = self.table().expire(now);
+                    if ended > 0 {
+                        tracing::debug!(ended, "relay allocations expired");
+                    }
+                    if now.duration_since(last_log) >= LOG_EVERY {
+                        last_log = now;
+                        let stats = self.stats();
+                        if stats != last_logged {
+                            tracing::debug!(?stats, "UDP service counters");
+                            last_logged = stats;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_primary(&self, sockets: &UdpSockets, datagram: &[u8], from: SocketAddr) {
+        if sockets.is_own(from) || from == self.primary_addr || from == self.alternate_addr {
+            // Only a spoofed source says this; binding it would loop.
+            bump(&self.counters.malformed);
+            return;
+        }
+        if stun::looks_like_stun(datagram) {
+            self.on_stun(sockets, datagram, from, true).await;
+            return;
+        }
+        if let Ok(token) = wire::decode_bind(datagram) {
+            let status = self
+                .table()
+                .bind(&token, from, datagram.len(), Instant::now());
+            if status == wire::BindStatus::Bound {
+                bump(&self.counters.binds);
+            } else {
+                bump(&self.counters.binds_refused);
+            }
+            let reply = wire::encode_bind_reply(datagram, status);
+            send(&sockets.primary, &reply, from).await;
+            return;
+        }
+        if som::Header::decode(datagram).is_err() {
+            bump(&self.counters.malformed);
+            return;
+        }
+        let decision = self.table().route(from, datagram.len(), Instant::now());
+        match decision {
+            Decision::Forward(to) => {
+                bump(&self.counters.forwarded);
+                self.counters
+                    .forwarded_bytes
+                    .fetch_add(datagram.len() as u64, Ordering::Relaxed);
+                send(&sockets.primary, datagram, to).await;
+            }
+            Decision::Unbound | Decision::PeerUnbound => bump(&self.counters.dropped_unbound),
+            Decision::OverQuota => bump(&self.counters.dropped_quota),
+        }
+    }
+
+    async fn on_alternate(&self, sockets: &UdpSockets, datagram: &[u8], from: SocketAddr) {
+        if stun::looks_like_stun(datagram) {
+            self.on_stun(sockets, datagram, from, false).await;
+        } else {
+            bump(&self.counters.malformed);
+        }
+    }
+
+    /// Answers a Binding request received on the primary socket (`on_primary`)
+    /// or the alternate one: from the other socket when it asks for a change
+    /// of port (a change of IP is not possible on one IP and is ignored).
+    async fn on_stun(
+        &self,
+        sockets: &UdpSockets,
+        datagram: &[u8],
+        from: SocketAddr,
+        on_primary: bool,
+    ) {
+        let request = match stun::Message::decode(datagram) {
+            Ok(m) if m.kind == stun::BINDING_REQUEST => m,
+            Ok(m) if m.kind == BINDING_INDICATION => return,
+            _ => {
+                bump(&self.counters.malformed);
+                return;
+            }
+        };
+        // OTHER-ADDRESS is relative to the socket that received the request
+        // (RFC 5780 section 7.3): where a change request would be answered from.
+        let other = if on_primary {
+            self.alternate_addr
+        } else {
+            self.primary_addr
+        };
+        let from_primary = on_primary != request.change_port;
+        let (socket, origin) = if from_primary {
+            (&sockets.primary, self.primary_addr)
+        } else {
+            (&sockets.alternate, self.alternate_addr)
+        };
+        let mut response = stun::Message::response(request.transaction_id, from);
+        response.response_origin = Some(origin);
+        response.other_address = Some(other);
+        bump(&self.counters.stun_answered);
+        send(socket, &response.encode(), from).await;
+    }
+}
+
+async fn send(socket: &UdpSocket, datagram: &[u8], to: SocketAddr) {
+    if let Err(e) = socket.send_to(datagram, to).await {
+        tracing::debug!(%to, error = %e, "UDP send failed");
+    }
+}

@@ -1,0 +1,428 @@
+//! The UDP service: STUN reflection (RFC 8489 / RFC 5780 change-port) and
+//! relays for authenticated calls, over real UDP on 127.0.0.1.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{TestClient, cluster, error_code};
+use natter_proto::messages::envelope::Body;
+use natter_proto::messages::{
+    CallAccept, CallInvite, CallSignal, Candidate, CandidateKind, ErrorCode, RelayAllocate,
+    RelayAllocated, call_signal::Kind,
+};
+use natter_proto::relay::{self, BindStatus};
+use natter_proto::som::{Function, Header};
+use natter_proto::stun;
+use natter_supernode::{Handle, reflector_of};
+use tokio::net::UdpSocket;
+
+async fn udp() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").await.unwrap()
+}
+
+/// The next datagram on `socket`, or `None` after `wait`.
+async fn recv_within(socket: &UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = vec![0u8; 2048];
+    match tokio::time::timeout(wait, socket.recv_from(&mut buf)).await {
+        Ok(Ok((n, from))) => Some((buf[..n].to_vec(), from)),
+        _ => None,
+    }
+}
+
+async fn recv(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    recv_within(socket, Duration::from_secs(2))
+        .await
+        .expect("no datagram")
+}
+
+/// Sends a binding request and returns the decoded answer and its source.
+async fn stun_ask(
+    socket: &UdpSocket,
+    to: SocketAddr,
+    request: &stun::Message,
+) -> (stun::Message, SocketAddr) {
+    socket.send_to(&request.encode(), to).await.unwrap();
+    let (bytes, from) = recv(socket).await;
+    let response = stun::Message::decode(&bytes).unwrap();
+    assert_eq!(response.kind, stun::BINDING_SUCCESS);
+    assert_eq!(response.transaction_id, request.transaction_id);
+    (response, from)
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_stun_binding_requests_with_rfc_5780_attributes() {
+    let sns = cluster(1, |_| {}).await;
+    let sn = &sns[0];
+    let (primary, alternate) = (sn.reflector(), sn.udp_alternate());
+    assert_eq!(primary.ip(), sn.local_addr().ip());
+    assert_eq!(alternate.ip(), primary.ip());
+    assert_ne!(alternate.port(), primary.port());
+    let client = udp().await;
+    let me = client.local_addr().unwrap();
+
+    // Plain request to the primary address.
+    let (r, from) = stun_ask(&client, primary, &stun::Message::request([1; 12])).await;
+    assert_eq!(from, primary);
+    assert_eq!(r.mapped, Some(me));
+    assert_eq!(r.response_origin, Some(primary));
+    assert_eq!(r.other_address, Some(alternate));
+
+    // Change-port: answered from the alternate socket.
+    let mut change = stun::Message::request([2; 12]);
+    change.change_port = true;
+    let (r, from) = stun_ask(&client, primary, &change).await;
+    assert_eq!(from, alternate);
+    assert_eq!(r.mapped, Some(me));
+    assert_eq!(r.response_origin, Some(alternate));
+    assert_eq!(r.other_address, Some(alternate));
+
+    // The alternate address reflects too, and changes port back.
+    let (r, from) = stun_ask(&client, alternate, &stun::Message::request([3; 12])).await;
+    assert_eq!((from, r.mapped), (alternate, Some(me)));
+    assert_eq!(r.response_origin, Some(alternate));
+    assert_eq!(r.other_address, Some(primary));
+    change.transaction_id = [4; 12];
+    let (r, from) = stun_ask(&client, alternate, &change).await;
+    assert_eq!((from, r.response_origin), (primary, Some(primary)));
+
+    // Change-IP is not possible on one IP: ignored (same IP, same socket).
+    let mut change_ip = stun::Message::request([5; 12]);
+    change_ip.change_ip = true;
+    let (r, from) = stun_ask(&client, primary, &change_ip).await;
+    assert_eq!((from, r.response_origin), (primary, Some(primary)));
+
+    // The RFC 5769 section 2.1 sample request (an ICE check from another
+    // implementation: SOFTWARE, PRIORITY, ICE-CONTROLLED, USERNAME,
+    // MESSAGE-INTEGRITY, FINGERPRINT).
+    let sample = hex(concat!(
+        "000100582112a442b7e7a701bc34d686fa87dfae802200105354554e20746573",
+        "7420636c69656e74002400046e0001ff80290008932ff9b151263b3600060009",
+        "6576746a3a68367659202020000800149aeaa70cbfd8cb56781ef2b5b2d3f249",
+        "c1b571a280280004e57a3bcf"
+    ));
+    assert!(stun::looks_like_stun(&sample));
+    client.send_to(&sample, primary).await.unwrap();
+    let (bytes, from) = recv(&client).await;
+    assert_eq!(from, primary);
+    let r = stun::Message::decode(&bytes).unwrap();
+    assert_eq!(r.kind, stun::BINDING_SUCCESS);
+    assert_eq!(r.transaction_id.as_slice(), &sample[8..20]);
+    assert_eq!(r.mapped, Some(me));
+    assert_eq!(sn.udp_stats().stun_answered, 6);
+
+    // Junk is counted, never answered, and does not stop the service.
+    let mut corrupted = stun::Message::request([6; 12]).encode();
+    corrupted[21] ^= 0xff; // breaks the fingerprint
+    for junk in [corrupted, vec![0xff], Vec::new(), vec![0x00; 3]] {
+        client.send_to(&junk, primary).await.unwrap();
+        client.send_to(&junk, alternate).await.unwrap();
+    }
+    assert!(
+        recv_within(&client, Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    let (r, _) = stun_ask(&client, primary, &stun::Message::request([7; 12])).await;
+    assert_eq!(r.mapped, Some(me));
+    let stats = sn.udp_stats();
+    assert_eq!(stats.stun_answered, 7);
+    assert_eq!(stats.malformed, 8, "{stats:?}");
+    assert_eq!(stats.forwarded, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_accepted_and_host_cache_carry_reflectors() {
+    let sns = cluster(2, |_| {}).await;
+    let alice = TestClient::join(sns[0].local_addr(), "alice").await;
+    let reflector = SocketAddr::try_from(alice.accepted.reflector.as_ref().unwrap()).unwrap();
+    assert_eq!(reflector, sns[0].reflector());
+    assert_eq!(alice.accepted.supernodes.len(), 2);
+    for entry in &alice.accepted.supernodes {
+        let addr = SocketAddr::try_from(entry.addr.as_ref().unwrap()).unwrap();
+        let r = SocketAddr::try_from(entry.reflector.as_ref().unwrap()).unwrap();
+        if entry.node_id == sns[0].node_id() {
+            assert_eq!(r, sns[0].reflector());
+        } else {
+            assert_eq!(entry.node_id, sns[1].node_id());
+            // Peers: the convention (QUIC port + 1).
+            assert_eq!(Some(r), reflector_of(addr));
+        }
+    }
+}
+
+fn signal(invite: u8, to: &str, kind: Kind) -> Body {
+    Body::CallSignal(CallSignal {
+        invite_id: vec![invite; 16],
+        from: String::new(),
+        to: to.into(),
+        kind: Some(kind),
+    })
+}
+
+fn allocate(invite: u8) -> Body {
+    Body::RelayAllocate(RelayAllocate {
+        invite_id: vec![invite; 16],
+    })
+}
+
+async fn allocated(client: &mut TestClient, invite: u8) -> RelayAllocated {
+    match client.request(allocate(invite)).await {
+        Body::RelayAllocated(a) => a,
+        other => panic!("{}: expected RelayAllocated, got {other:?}", client.name),
+    }
+}
+
+fn token(bytes: &[u8]) -> [u8; 16] {
+    bytes.try_into().expect("16-byte token")
+}
+
+/// Binds `socket` with `token` and returns the status.
+async fn bind(socket: &UdpSocket, relay: SocketAddr, token: &[u8; 16]) -> BindStatus {
+    let bind = relay::encode_bind(token, 7, 2);
+    socket.send_to(&bind, relay).await.unwrap();
+    let (reply, from) = recv(socket).await;
+    assert_eq!(from, relay);
+    let (echoed, status) = relay::decode_bind_reply(&reply).unwrap();
+    assert_eq!(&echoed, token);
+    status
+}
+
+/// A SoM `Data` datagram (the relay does not open it).
+fn datagram(i: u16, len: usize) -> Vec<u8> {
+    let mut d = Header::new(i, Function::Data, 5).to_bytes().to_vec();
+    d.extend((0..len).map(|b| (b as u8) ^ (i as u8)));
+    d
+}
+
+/// Starts a call from alice to bob (both already joined) with invite `id`.
+async fn invite(alice: &mut TestClient, bob: &mut TestClient, id: u8) {
+    alice
+        .ack(signal(id, "bob", Kind::Invite(CallInvite::default())))
+        .await;
+    bob.expect_push("invite", |b| match b {
+        Body::CallSignal(s) if s.invite_id == vec![id; 16] => Some(()),
+        _ => None,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_only_authenticated_calls() {
+    let sns = cluster(2, |_| {}).await;
+    let mut alice = TestClient::join(sns[0].local_addr(), "alice").await;
+    let mut bob = TestClient::join(sns[1].local_addr(), "bob").await;
+    let mut carol = TestClient::join(sns[1].local_addr(), "carol").await;
+    alice.search_until("bob", |r| r.found).await;
+
+    // Nothing routed yet: refused.
+    assert_eq!(
+        error_code(&bob.request(allocate(1)).await),
+        Some(ErrorCode::NotJoined)
+    );
+    invite(&mut alice, &mut bob, 1).await;
+
+    // The callee allocates on its own supernode, which routed the invite,
+    // and hands the peer token to the caller in a relay candidate.
+    let a = allocated(&mut bob, 1).await;
+    assert_eq!(a.invite_id, vec![1; 16]);
+    let relay_addr = SocketAddr::try_from(a.relay.as_ref().unwrap()).unwrap();
+    assert_eq!(relay_addr, sns[1].reflector());
+    assert_eq!(a.lifetime_s, 30);
+    assert_ne!(a.token, a.peer_token);
+    let accept = CallAccept {
+        share: None,
+        candidates: vec![Candidate {
+            kind: CandidateKind::Relay as i32,
+            transport: 0,
+            addr: a.relay.clone(),
+            priority: 1,
+            relay_token: a.peer_token.clone(),
+        }],
+    };
+    bob.ack(signal(1, "alice", Kind::Accept(accept))).await;
+    let candidate = alice
+        .expect_push("accept", |b| match b {
+            Body::CallSignal(CallSignal {
+                kind: Some(Kind::Accept(accept)),
+                ..
+            }) => accept.candidates.first().cloned(),
+            _ => None,
+        })
+        .await;
+
+    // Both bind from their own UDP sockets.
+    let (a_sock, b_sock, stranger) = (udp().await, udp().await, udp().await);
+    assert_eq!(
+        bind(&b_sock, relay_addr, &token(&a.token)).await,
+        BindStatus::Bound
+    );
+    assert_eq!(
+        bind(&a_sock, relay_addr, &token(&candidate.relay_token)).await,
+        BindStatus::Bound
+    );
+    assert_eq!(
+        bind(&stranger, relay_addr, &[0x42; 16]).await,
+        BindStatus::UnknownToken
+    );
+
+    // Datagrams flow both ways, unchanged, from the relay address.
+    for i in 0..5u16 {
+        let d = datagram(i, 58);
+        a_sock.send_to(&d, relay_addr).await.unwrap();
+        assert_eq!(recv(&b_sock).await, (d, relay_addr));
+        let d = datagram(1000 + i, 200);
+        b_sock.send_to(&d, relay_addr).await.unwrap();
+        assert_eq!(recv(&a_sock).await, (d, relay_addr));
+    }
+    let stats = sns[1].udp_stats();
+    assert_eq!(
+        (stats.forwarded, stats.binds, stats.binds_refused),
+        (10, 2, 1)
+    );
+    assert_eq!(stats.allocations, 1);
+
+    // A datagram from an unbound socket goes nowhere and is counted.
+    stranger
+        .send_to(&datagram(9, 58), relay_addr)
+        .await
+        .unwrap();
+    assert!(
+        recv_within(&a_sock, Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    assert!(
+        recv_within(&b_sock, Duration::from_millis(10))
+            .await
+            .is_none()
+    );
+    let stats = sns[1].udp_stats();
+    assert_eq!((stats.forwarded, stats.dropped_unbound), (10, 1));
+
+    // A new NAT mapping: alice re-binds from another socket.
+    let a_sock2 = udp().await;
+    assert_eq!(
+        bind(&a_sock2, relay_addr, &token(&candidate.relay_token)).await,
+        BindStatus::Bound
+    );
+    let d = datagram(77, 40);
+    b_sock.send_to(&d, relay_addr).await.unwrap();
+    assert_eq!(recv(&a_sock2).await, (d, relay_addr));
+    a_sock.send_to(&datagram(78, 40), relay_addr).await.unwrap();
+    assert!(
+        recv_within(&b_sock, Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+
+    // The caller's supernode routed the invite too: alice may allocate there.
+    let mine = allocated(&mut alice, 1).await;
+    assert_eq!(
+        SocketAddr::try_from(mine.relay.as_ref().unwrap()).unwrap(),
+        sns[0].reflector()
+    );
+    // A third user cannot allocate for someone else's call.
+    assert_eq!(
+        error_code(&carol.request(allocate(1)).await),
+        Some(ErrorCode::NotJoined)
+    );
+    // ... nor for a call no supernode routed, nor with a bad id.
+    assert_eq!(
+        error_code(&alice.request(allocate(2)).await),
+        Some(ErrorCode::NotJoined)
+    );
+    let empty = Body::RelayAllocate(RelayAllocate { invite_id: vec![] });
+    assert_eq!(
+        error_code(&alice.request(empty).await),
+        Some(ErrorCode::Malformed)
+    );
+
+    // Quota: four live allocations per user.
+    for _ in 0..3 {
+        allocated(&mut bob, 1).await;
+    }
+    let over = bob.request(allocate(1)).await;
+    assert_eq!(error_code(&over), Some(ErrorCode::RateLimited));
+    match over {
+        Body::Error(e) => assert!(e.retry_after_ms > 0),
+        _ => unreachable!(),
+    }
+    assert_eq!(sns[1].udp_stats().allocations, 4);
+}
+
+async fn pair_on(sn: &Handle, invite_id: u8) -> (TestClient, TestClient, RelayAllocated) {
+    let mut alice = TestClient::join(sn.local_addr(), "alice").await;
+    let mut bob = TestClient::join(sn.local_addr(), "bob").await;
+    invite(&mut alice, &mut bob, invite_id).await;
+    let a = allocated(&mut alice, invite_id).await;
+    (alice, bob, a)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocations_expire_when_idle_and_are_rate_limited() {
+    let sns = cluster(1, |c| {
+        c.relay.lifetime = Duration::from_secs(1);
+        c.relay.packets_per_sec = 20;
+    })
+    .await;
+    let sn = &sns[0];
+    let (_alice, _bob, a) = pair_on(sn, 3).await;
+    assert_eq!(a.lifetime_s, 1);
+    let relay_addr = sn.reflector();
+    let (a_sock, b_sock) = (udp().await, udp().await);
+    assert_eq!(
+        bind(&a_sock, relay_addr, &token(&a.token)).await,
+        BindStatus::Bound
+    );
+    assert_eq!(
+        bind(&b_sock, relay_addr, &token(&a.peer_token)).await,
+        BindStatus::Bound
+    );
+
+    // 20 datagrams/s with a one-second burst, binds included: a flood of 40
+    // gets 18 through.
+    for i in 0..40u16 {
+        a_sock.send_to(&datagram(i, 20), relay_addr).await.unwrap();
+    }
+    let mut got = 0;
+    while recv_within(&b_sock, Duration::from_millis(300))
+        .await
+        .is_some()
+    {
+        got += 1;
+    }
+    let stats = sn.udp_stats();
+    assert!((18..=20).contains(&got), "{got} {stats:?}");
+    assert_eq!(stats.forwarded, got);
+    assert_eq!(stats.dropped_quota, 40 - got);
+
+    // Traffic keeps it; one second of silence ends it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    b_sock.send_to(&datagram(1, 20), relay_addr).await.unwrap();
+    recv(&a_sock).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    a_sock.send_to(&datagram(2, 20), relay_addr).await.unwrap();
+    assert!(
+        recv_within(&b_sock, Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    assert_eq!(
+        bind(&a_sock, relay_addr, &token(&a.token)).await,
+        BindStatus::UnknownToken
+    );
+    common::eventually("the allocation is gone", || {
+        let n = sn.udp_stats().allocations;
+        async move { (n == 0).then_some(()) }
+    })
+    .await;
+}
