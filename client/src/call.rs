@@ -17,13 +17,13 @@ use natter_media::wav::{WavSink, read_mono_48k};
 use natter_proto::call::{CallEvent, CallSetup, EndReason, Phase};
 use natter_proto::cert::Identity;
 use natter_proto::handshake::CallKeys;
-use natter_proto::messages::{
-    CallSignal, Candidate, CandidateKind, ErrorCode, TransportKind, call_signal, envelope,
-};
+use natter_proto::messages::{CallSignal, Candidate, ErrorCode, call_signal, envelope};
+use natter_proto::path::{PathConfig, PathKind, PathManager, Switch};
 use rand::RngCore;
 use rsa::RsaPublicKey;
 use tokio::net::UdpSocket;
 
+use crate::gather::{self, RelayBinds};
 use crate::supernode::{SessionError, SupernodeSession};
 
 /// Time the callee has to answer.
@@ -80,7 +80,13 @@ pub enum CallError {
 #[derive(Debug, Clone)]
 pub struct CallReport {
     pub peer: String,
-    pub path: &'static str,
+    /// The path of the first media frame and of the last.
+    pub path_start: Option<PathKind>,
+    pub path_end: Option<PathKind>,
+    /// Every change of path, in ms since media started.
+    pub switches: Vec<Switch>,
+    /// When a direct or hole-punched path was first confirmed.
+    pub time_to_direct_ms: Option<u64>,
     pub remote_addr: Option<SocketAddr>,
     pub duration_s: f64,
     pub setup_ms: u64,
@@ -100,50 +106,53 @@ impl CallReport {
         }
     }
 
+    /// The path at the end of the call (the one media last went over).
+    pub fn path(&self) -> &'static str {
+        self.path_end.map_or("none", PathKind::name)
+    }
+
     /// The report as JSON (the `--stats-json` file).
     pub fn to_json(&self) -> String {
         let m = &self.media;
-        let opt = |v: Option<u64>| v.map_or("null".to_owned(), |v| v.to_string());
         let secs = self.duration_s.max(0.001);
-        format!(
-            concat!(
-                "{{\"peer\":\"{}\",\"path\":\"{}\",\"remote_addr\":{},\"duration_s\":{:.3},",
-                "\"setup_ms\":{},\"first_audio_ms\":{},\"ended_by_peer\":{},\"rtt_ms\":{},",
-                "\"jitter_ms\":{:.2},\"packets_sent\":{},\"packets_received\":{},",
-                "\"media_packets_sent\":{},\"media_packets_received\":{},\"packets_lost\":{},",
-                "\"packets_late\":{},\"duplicates\":{},\"fec_recoveries\":{},\"concealed_frames\":{},",
-                "\"dropped_auth\":{},\"dropped_replay\":{},\"dropped_malformed\":{},",
-                "\"jitter_buffer_delay_ms\":{},\"send_bytes_per_s\":{:.1},\"recv_bytes_per_s\":{:.1},",
-                "\"mean_udp_payload\":{:.2},\"codec_bitrate\":{}}}"
-            ),
-            json_escape(&self.peer),
-            self.path,
-            self.remote_addr
-                .map_or("null".to_owned(), |a| format!("\"{a}\"")),
-            self.duration_s,
-            self.setup_ms,
-            opt(self.first_audio_ms),
-            self.ended_by_peer,
-            opt(m.last_rtt_ms),
-            m.jitter_ms,
-            m.sent_packets,
-            m.received_packets,
-            m.sent_media_packets,
-            m.received_media_packets,
-            m.lost,
-            m.jitter.late,
-            m.jitter.duplicate,
-            m.jitter.fec,
-            m.jitter.concealed,
-            m.dropped_auth,
-            m.dropped_replay,
-            m.dropped_malformed,
-            m.jitter_buffer_delay_ms,
-            m.sent_bytes as f64 / secs,
-            m.received_bytes as f64 / secs,
-            self.mean_payload(),
-            self.codec_bitrate,
-        )
+        let switches: Vec<_> = self
+            .switches
+            .iter()
+            .map(|s| serde_json::json!({"at_ms": s.at_ms, "path": s.kind.name(), "addr": s.addr.to_string()}))
+            .collect();
+        serde_json::json!({
+            "peer": self.peer,
+            "path": self.path(),
+            "path_start": self.path_start.map(PathKind::name),
+            "path_end": self.path_end.map(PathKind::name),
+            "switches": switches,
+            "time_to_direct_ms": self.time_to_direct_ms,
+            "remote_addr": self.remote_addr.map(|a| a.to_string()),
+            "duration_s": (self.duration_s * 1000.0).round() / 1000.0,
+            "setup_ms": self.setup_ms,
+            "first_audio_ms": self.first_audio_ms,
+            "ended_by_peer": self.ended_by_peer,
+            "rtt_ms": m.last_rtt_ms,
+            "jitter_ms": (m.jitter_ms * 100.0).round() / 100.0,
+            "packets_sent": m.sent_packets,
+            "packets_received": m.received_packets,
+            "media_packets_sent": m.sent_media_packets,
+            "media_packets_received": m.received_media_packets,
+            "packets_lost": m.lost,
+            "packets_late": m.jitter.late,
+            "duplicates": m.jitter.duplicate,
+            "fec_recoveries": m.jitter.fec,
+            "concealed_frames": m.jitter.concealed,
+            "dropped_auth": m.dropped_auth,
+            "dropped_replay": m.dropped_replay,
+            "dropped_malformed": m.dropped_malformed,
+            "jitter_buffer_delay_ms": m.jitter_buffer_delay_ms,
+            "send_bytes_per_s": (m.sent_bytes as f64 / secs * 10.0).round() / 10.0,
+            "recv_bytes_per_s": (m.received_bytes as f64 / secs * 10.0).round() / 10.0,
+            "mean_udp_payload": (self.mean_payload() * 100.0).round() / 100.0,
+            "codec_bitrate": self.codec_bitrate,
+        })
+        .to_string()
     }
 
     /// A human-readable report.
@@ -156,7 +165,7 @@ impl CallReport {
              RTT {rtt}, jitter {jit:.1} ms, jitter-buffer delay {jbd} ms, codec Opus {br} b/s",
             peer = self.peer,
             dur = self.duration_s,
-            path = self.path,
+            path = self.path(),
             remote = self.remote_addr.map_or("-".into(), |a| a.to_string()),
             setup = self.setup_ms,
             first = self
@@ -183,17 +192,6 @@ impl CallReport {
     }
 }
 
-fn json_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| match c {
-            '"' => vec!['\\', '"'],
-            '\\' => vec!['\\', '\\'],
-            c if c.is_control() => format!("\\u{:04x}", c as u32).chars().collect(),
-            c => vec![c],
-        })
-        .collect()
-}
-
 fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -211,20 +209,14 @@ fn local_ip_towards(peer: SocketAddr) -> IpAddr {
     .map_or(IpAddr::from([127, 0, 0, 1]), |a| a.ip())
 }
 
-/// Binds the call's media socket and lists its candidates.
+/// Binds the call's media socket and gathers its host and server-reflexive
+/// candidates.
 async fn media_socket(
     session: &SupernodeSession,
 ) -> Result<(UdpSocket, Vec<Candidate>), CallError> {
     let ip = local_ip_towards(session.addr());
     let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
-    let local = socket.local_addr()?;
-    let candidates = vec![Candidate {
-        kind: CandidateKind::Host as i32,
-        transport: TransportKind::Udp as i32,
-        addr: Some(local.into()),
-        priority: 100,
-        relay_token: Vec::new(),
-    }];
+    let candidates = gather::local_candidates(session, &socket).await;
     Ok((socket, candidates))
 }
 
@@ -312,6 +304,14 @@ pub async fn place_call(
         SETUP_TIMEOUT.as_millis() as u64,
     );
     flush(&mut setup, session).await?;
+    // The supernode knows the call now: allocate a relay and trickle it.
+    let mut own_relay = None;
+    if let Some((candidate, leg)) = gather::allocate_relay(session, &invite_id).await {
+        setup.trickle(vec![candidate], true);
+        flush(&mut setup, session).await?;
+        own_relay = Some(leg);
+    }
+    let mut trickled = Vec::new();
     loop {
         while let Some(event) = setup.poll_event() {
             match event {
@@ -322,22 +322,21 @@ pub async fn place_call(
                 }
                 CallEvent::Connected {
                     keys,
-                    remote_candidates,
+                    mut remote_candidates,
                 } => {
                     let setup_ms = started.elapsed().as_millis() as u64;
-                    return run_media(
-                        session,
-                        &mut setup,
+                    remote_candidates.append(&mut trickled);
+                    let transport = MediaTransport {
                         socket,
-                        *keys,
                         remote_candidates,
-                        options,
-                        setup_ms,
-                    )
-                    .await;
+                        own_relay,
+                    };
+                    return run_media(session, &mut setup, transport, *keys, options, setup_ms)
+                        .await;
                 }
                 CallEvent::Ended(reason) => return Err(end_error(reason, callee)),
-                CallEvent::Incoming { .. } | CallEvent::Candidates(_) => {}
+                CallEvent::Candidates(mut more) => trickled.append(&mut more),
+                CallEvent::Incoming { .. } => {}
             }
         }
         let deadline = setup
@@ -392,10 +391,17 @@ pub async fn answer_calls(
         flush(&mut setup, session).await?;
         let caller = setup.peer_name().to_owned();
         let mut connected = None;
+        let mut own_relay = None;
         while let Some(event) = setup.poll_event() {
             match event {
                 CallEvent::Incoming { .. } => {
-                    let (socket, candidates) = media_socket(session).await?;
+                    let (socket, mut candidates) = media_socket(session).await?;
+                    if let Some((candidate, leg)) =
+                        gather::allocate_relay(session, &setup.invite_id()).await
+                    {
+                        candidates.push(candidate);
+                        own_relay = Some(leg);
+                    }
                     let mut secret = [0u8; 32];
                     rand::thread_rng().fill_bytes(&mut secret);
                     setup.accept(identity, secret, candidates, now_unix());
@@ -410,16 +416,13 @@ pub async fn answer_calls(
                         break;
                     };
                     let setup_ms = started.elapsed().as_millis() as u64;
-                    let report = run_media(
-                        session,
-                        &mut setup,
+                    let transport = MediaTransport {
                         socket,
-                        *keys,
                         remote_candidates,
-                        options,
-                        setup_ms,
-                    )
-                    .await?;
+                        own_relay,
+                    };
+                    let report =
+                        run_media(session, &mut setup, transport, *keys, options, setup_ms).await?;
                     reports.push(report);
                     break;
                 }
@@ -436,28 +439,55 @@ pub async fn answer_calls(
     Ok(reports)
 }
 
-/// Where media goes and what we know of the path.
-fn remote_of(candidates: &[Candidate]) -> Option<SocketAddr> {
-    candidates
-        .iter()
-        .filter(|c| c.transport == TransportKind::Udp as i32)
-        .max_by_key(|c| c.priority)
-        .and_then(|c| c.addr.as_ref())
-        .and_then(|a| SocketAddr::try_from(a).ok())
+/// The media socket of a call and what is known of where to send.
+struct MediaTransport {
+    socket: UdpSocket,
+    remote_candidates: Vec<Candidate>,
+    own_relay: Option<gather::RelayLeg>,
+}
+
+/// Hands the peer's candidates to the path manager and the relay binder.
+fn add_candidates(
+    path: &mut PathManager,
+    binds: &mut RelayBinds,
+    candidates: &[Candidate],
+    now_ms: u64,
+) {
+    for c in candidates {
+        if let Some((addr, kind, token)) = gather::target(c) {
+            path.add_target(addr, kind, now_ms);
+            if let Some(token) = token {
+                binds.add(gather::RelayLeg { addr, token });
+            }
+        }
+    }
 }
 
 /// Runs the media of a connected call until either side hangs up.
 async fn run_media(
     session: &SupernodeSession,
     setup: &mut CallSetup,
-    socket: UdpSocket,
+    transport: MediaTransport,
     keys: CallKeys,
-    remote_candidates: Vec<Candidate>,
     options: &CallOptions,
     setup_ms: u64,
 ) -> Result<CallReport, CallError> {
     let peer = setup.peer_name().to_owned();
-    let mut remote = remote_of(&remote_candidates);
+    let MediaTransport {
+        socket,
+        remote_candidates,
+        own_relay,
+    } = transport;
+    let mut path = PathManager::new(PathConfig::default(), 0);
+    let mut binds = RelayBinds::default();
+    add_candidates(&mut path, &mut binds, &remote_candidates, 0);
+    if let Some(leg) = own_relay {
+        // Our own relay forwards to the peer once the peer binds too.
+        path.add_target(leg.addr, PathKind::Relayed, 0);
+        binds.add(leg);
+    }
+    let mut path_start = None;
+    let mut remote = None;
     let input = match &options.audio_in {
         Some(path) => read_mono_48k(path).map_err(|e| CallError::Audio(e.to_string()))?,
         None => Vec::new(),
@@ -533,13 +563,19 @@ async fn run_media(
                     pcm[..n].copy_from_slice(&input[from..from + n]);
                 }
                 frame_index += 1;
-                if let Some(to) = remote {
+                // Relay binds, connectivity checks, then the frame on the chosen path.
+                for (relay, bind) in binds.poll(now_ms) {
+                    let _ = socket.send_to(&bind, relay).await;
+                }
+                for to in path.poll_probes(now_ms) {
+                    media.probe(now_ms, &mut datagram).map_err(|e| CallError::Audio(e.to_string()))?;
+                    let _ = socket.send_to(&datagram, to).await;
+                }
+                remote = path.current(now_ms);
+                if let Some((to, kind)) = remote {
+                    path_start.get_or_insert(kind);
                     media.poll_transmit(&pcm, &mut datagram).map_err(|e| CallError::Audio(e.to_string()))?;
                     let _ = socket.send_to(&datagram, to).await;
-                    if frame_index % 50 == 1 {
-                        media.probe(now_ms, &mut datagram).map_err(|e| CallError::Audio(e.to_string()))?;
-                        let _ = socket.send_to(&datagram, to).await;
-                    }
                 }
                 // Play: one frame.
                 if media.poll_audio(now_ms, &mut frame).map_err(|e| CallError::Audio(e.to_string()))? {
@@ -578,14 +614,24 @@ async fn run_media(
             received = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = received else { continue };
                 let now_ms = start.elapsed().as_millis() as u64;
+                if binds.is_relay(from) && binds.handle(from, &buf[..n]) {
+                    continue;
+                }
+                if natter_proto::stun::looks_like_stun(&buf[..n]) {
+                    continue; // a late reflector answer
+                }
                 // Drops are counted in the stats.
                 if let Ok(received) = media.handle_datagram(&buf[..n], now_ms) {
                     last_heard = Instant::now();
-                    // Latch onto the address authenticated media comes from.
-                    remote = Some(from);
-                    if let Received::Probe(payload) = received {
-                        media.probe_reply(&payload, &mut datagram).map_err(|e| CallError::Audio(e.to_string()))?;
-                        let _ = socket.send_to(&datagram, from).await;
+                    path.handle_authenticated(from, now_ms);
+                    match received {
+                        // Answer where the probe came from (peer-reflexive).
+                        Received::Probe(payload) => {
+                            media.probe_reply(&payload, &mut datagram).map_err(|e| CallError::Audio(e.to_string()))?;
+                            let _ = socket.send_to(&datagram, from).await;
+                        }
+                        Received::ProbeReply { rtt_ms } => path.handle_probe_reply(from, rtt_ms, now_ms),
+                        _ => {}
                     }
                 }
             }
@@ -598,6 +644,11 @@ async fn run_media(
                 Some(envelope::Body::CallSignal(signal)) => {
                     if signal.invite_id == setup.invite_id() {
                         setup.handle_signal(&signal, now_unix());
+                        while let Some(event) = setup.poll_event() {
+                            if let CallEvent::Candidates(more) = event {
+                                add_candidates(&mut path, &mut binds, &more, start.elapsed().as_millis() as u64);
+                            }
+                        }
                         if setup.phase() == Phase::Ended {
                             ended_by_peer = true;
                             break;
@@ -627,10 +678,14 @@ async fn run_media(
     if let Some(sink) = sink {
         sink.finish().map_err(|e| CallError::Audio(e.to_string()))?;
     }
+    let path_end = remote.map(|(_, kind)| kind);
     Ok(CallReport {
         peer,
-        path: "direct",
-        remote_addr: remote,
+        path_start,
+        path_end,
+        switches: path.switches().to_vec(),
+        time_to_direct_ms: path.time_to_direct_ms(),
+        remote_addr: remote.map(|(addr, _)| addr),
         duration_s: start.elapsed().as_secs_f64(),
         setup_ms,
         first_audio_ms,

@@ -15,11 +15,13 @@
 //! | [`hostcache`] | the persisted list of supernodes |
 //! | [`supernode`] | one joined session with a supernode: requests, replies, pushes |
 //! | [`overlay`] | choosing a supernode, the alternate node table, failover |
+//! | [`gather`] | the candidates of a call (host, server-reflexive, relay) and relay binds |
 //! | [`call`] | placing and answering calls: signaling plus the SoM/UDP media loop |
 
 pub mod buddies;
 pub mod call;
 pub mod error;
+pub mod gather;
 pub mod home;
 pub mod hostcache;
 pub mod login;

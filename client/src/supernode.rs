@@ -72,6 +72,7 @@ pub struct SupernodeSession {
     pushes: Mutex<mpsc::Receiver<Envelope>>,
     dropped_pushes: Arc<AtomicU64>,
     observed_addr: Option<SocketAddr>,
+    reflector: Option<SocketAddr>,
     supernodes: Vec<HostCacheEntry>,
     rtt: Duration,
 }
@@ -180,6 +181,10 @@ impl SupernodeSession {
                 .observed_addr
                 .as_ref()
                 .and_then(|a| SocketAddr::try_from(a).ok()),
+            reflector: accepted
+                .reflector
+                .as_ref()
+                .and_then(|a| SocketAddr::try_from(a).ok()),
             supernodes: accepted.supernodes,
             rtt,
         })
@@ -193,6 +198,11 @@ impl SupernodeSession {
     /// This client's address as the supernode saw it.
     pub fn observed_addr(&self) -> Option<SocketAddr> {
         self.observed_addr
+    }
+
+    /// The supernode's UDP service (STUN reflector and relay), if it has one.
+    pub fn reflector(&self) -> Option<SocketAddr> {
+        self.reflector
     }
 
     /// Supernodes the join reply listed (for the host cache).

@@ -1,0 +1,210 @@
+//! Gathering a call's transport candidates and keeping relay legs bound.
+//!
+//! * **host**: the media socket's own address;
+//! * **server-reflexive**: that socket's public address, asked of the
+//!   supernode's STUN reflector from the same socket;
+//! * **relay**: an allocation on the supernode's relay for this call; the
+//!   peer gets the relay address with the peer's token, and this side binds
+//!   with its own token.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use natter_proto::messages::{Candidate, CandidateKind, RelayAllocate, TransportKind, envelope};
+use natter_proto::path::PathKind;
+use natter_proto::relay::{self, BindStatus, TOKEN_LEN};
+use natter_proto::stun;
+use rand::RngCore;
+use tokio::net::UdpSocket;
+
+use crate::supernode::SupernodeSession;
+
+/// Time allowed to the reflector for one STUN answer.
+const STUN_WAIT: Duration = Duration::from_millis(250);
+const STUN_TRIES: usize = 3;
+/// Interval between bind attempts until the relay answers.
+const BIND_RETRY_MS: u64 = 200;
+/// Bind attempts before giving up on a relay leg.
+const BIND_TRIES: u32 = 25;
+/// Re-bind a bound leg this often (NAT mappings can change).
+const REBIND_MS: u64 = 15_000;
+
+/// A candidate message.
+pub fn candidate(kind: CandidateKind, addr: SocketAddr, priority: u32, token: &[u8]) -> Candidate {
+    Candidate {
+        kind: kind as i32,
+        transport: TransportKind::Udp as i32,
+        addr: Some(addr.into()),
+        priority,
+        relay_token: token.to_vec(),
+    }
+}
+
+/// What a received candidate means for the path manager: its address, the
+/// path it would make, and the token to bind with when it is a relay.
+pub fn target(c: &Candidate) -> Option<(SocketAddr, PathKind, Option<[u8; TOKEN_LEN]>)> {
+    if c.transport != TransportKind::Udp as i32 {
+        return None;
+    }
+    let addr = SocketAddr::try_from(c.addr.as_ref()?).ok()?;
+    let kind = match CandidateKind::try_from(c.kind).ok()? {
+        CandidateKind::Host => PathKind::Direct,
+        CandidateKind::ServerReflexive
+        | CandidateKind::Predicted
+        | CandidateKind::PeerReflexive => PathKind::HolePunched,
+        CandidateKind::Relay => PathKind::Relayed,
+    };
+    let token = if kind == PathKind::Relayed {
+        Some(c.relay_token.as_slice().try_into().ok()?)
+    } else {
+        None
+    };
+    Some((addr, kind, token))
+}
+
+/// The public address of `socket` as `reflector` sees it (STUN binding),
+/// or `None` when the reflector does not answer.
+pub async fn server_reflexive(socket: &UdpSocket, reflector: SocketAddr) -> Option<SocketAddr> {
+    let mut tid = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut tid);
+    let request = stun::Message::request(tid).encode();
+    let mut buf = [0u8; 512];
+    for _ in 0..STUN_TRIES {
+        socket.send_to(&request, reflector).await.ok()?;
+        let deadline = tokio::time::Instant::now() + STUN_WAIT;
+        while let Ok(Ok((n, from))) =
+            tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await
+        {
+            if from != reflector {
+                continue;
+            }
+            if let Ok(msg) = stun::Message::decode(&buf[..n])
+                && msg.kind == stun::BINDING_SUCCESS
+                && msg.transaction_id == tid
+            {
+                return msg.mapped;
+            }
+        }
+    }
+    None
+}
+
+/// Host and server-reflexive candidates of the media socket.
+pub async fn local_candidates(session: &SupernodeSession, socket: &UdpSocket) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    let Ok(local) = socket.local_addr() else {
+        return out;
+    };
+    out.push(candidate(CandidateKind::Host, local, 100, &[]));
+    if let Some(reflector) = session.reflector()
+        && let Some(mapped) = server_reflexive(socket, reflector).await
+        && mapped != local
+    {
+        out.push(candidate(CandidateKind::ServerReflexive, mapped, 90, &[]));
+    }
+    out
+}
+
+/// One side's leg on a relay: where, and the token it binds with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLeg {
+    pub addr: SocketAddr,
+    pub token: [u8; TOKEN_LEN],
+}
+
+/// Allocates a relay for the call on the current supernode: returns the
+/// candidate for the peer and this side's own leg. `None` when the supernode
+/// has no relay or refuses.
+pub async fn allocate_relay(
+    session: &SupernodeSession,
+    invite_id: &[u8],
+) -> Option<(Candidate, RelayLeg)> {
+    let reply = session
+        .request(
+            envelope::Body::RelayAllocate(RelayAllocate {
+                invite_id: invite_id.to_vec(),
+            }),
+            Duration::from_secs(3),
+        )
+        .await
+        .ok()?;
+    let envelope::Body::RelayAllocated(r) = reply else {
+        return None;
+    };
+    let addr = SocketAddr::try_from(r.relay.as_ref()?).ok()?;
+    let token: [u8; TOKEN_LEN] = r.token.as_slice().try_into().ok()?;
+    let peer_token: [u8; TOKEN_LEN] = r.peer_token.as_slice().try_into().ok()?;
+    Some((
+        candidate(CandidateKind::Relay, addr, 10, &peer_token),
+        RelayLeg { addr, token },
+    ))
+}
+
+#[derive(Debug)]
+struct Binding {
+    leg: RelayLeg,
+    bound: bool,
+    tries: u32,
+    last_ms: Option<u64>,
+}
+
+/// Keeps this side bound on every relay leg it knows.
+#[derive(Debug, Default)]
+pub struct RelayBinds {
+    legs: Vec<Binding>,
+    msg_id: u16,
+}
+
+impl RelayBinds {
+    /// Starts binding `leg` (ignored if known).
+    pub fn add(&mut self, leg: RelayLeg) {
+        if self.legs.iter().any(|b| b.leg == leg) || self.legs.len() >= 8 {
+            return;
+        }
+        self.legs.push(Binding {
+            leg,
+            bound: false,
+            tries: 0,
+            last_ms: None,
+        });
+    }
+
+    /// Bind datagrams due now, with their destination.
+    pub fn poll(&mut self, now_ms: u64) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut out = Vec::new();
+        for b in &mut self.legs {
+            let interval = if b.bound { REBIND_MS } else { BIND_RETRY_MS };
+            let due = b
+                .last_ms
+                .is_none_or(|t| now_ms.saturating_sub(t) >= interval);
+            if due && (b.bound || b.tries < BIND_TRIES) {
+                b.last_ms = Some(now_ms);
+                b.tries += 1;
+                self.msg_id = self.msg_id.wrapping_add(1);
+                out.push((b.leg.addr, relay::encode_bind(&b.leg.token, self.msg_id, 0)));
+            }
+        }
+        out
+    }
+
+    /// Handles a datagram from `from` if it is a bind reply; returns whether it was.
+    pub fn handle(&mut self, from: SocketAddr, datagram: &[u8]) -> bool {
+        let Ok((token, status)) = relay::decode_bind_reply(datagram) else {
+            return false;
+        };
+        for b in &mut self.legs {
+            if b.leg.addr == from && b.leg.token == token {
+                b.bound = status == BindStatus::Bound;
+                if !b.bound {
+                    b.tries = BIND_TRIES; // refused: stop asking
+                }
+            }
+        }
+        true
+    }
+
+    /// Whether `addr` is a relay this side binds to.
+    pub fn is_relay(&self, addr: SocketAddr) -> bool {
+        self.legs.iter().any(|b| b.leg.addr == addr)
+    }
+}
