@@ -7,7 +7,7 @@
 //! and plays exactly one frame. Probes every second measure the RTT.
 
 use std::io::IsTerminal;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -198,23 +198,12 @@ fn now_unix() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// The local IP this host uses to reach `peer` (no packet is sent).
-fn local_ip_towards(peer: SocketAddr) -> IpAddr {
-    std::net::UdpSocket::bind(if peer.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    })
-    .and_then(|s| s.connect(peer).and_then(|()| s.local_addr()))
-    .map_or(IpAddr::from([127, 0, 0, 1]), |a| a.ip())
-}
-
 /// Binds the call's media socket and gathers its host and server-reflexive
 /// candidates.
 async fn media_socket(
     session: &SupernodeSession,
 ) -> Result<(UdpSocket, Vec<Candidate>), CallError> {
-    let ip = local_ip_towards(session.addr());
+    let ip = gather::local_ip_towards(session.addr());
     let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
     let candidates = gather::local_candidates(session, &socket).await;
     Ok((socket, candidates))

@@ -29,6 +29,17 @@ const BIND_TRIES: u32 = 25;
 /// Re-bind a bound leg this often (NAT mappings can change).
 const REBIND_MS: u64 = 15_000;
 
+/// The local IP this host uses to reach `peer` (no packet is sent).
+pub fn local_ip_towards(peer: SocketAddr) -> std::net::IpAddr {
+    std::net::UdpSocket::bind(if peer.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .and_then(|s| s.connect(peer).and_then(|()| s.local_addr()))
+    .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |a| a.ip())
+}
+
 /// A candidate message.
 pub fn candidate(kind: CandidateKind, addr: SocketAddr, priority: u32, token: &[u8]) -> Candidate {
     Candidate {

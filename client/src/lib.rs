@@ -16,6 +16,7 @@
 //! | [`supernode`] | one joined session with a supernode: requests, replies, pushes |
 //! | [`overlay`] | choosing a supernode, the alternate node table, failover |
 //! | [`gather`] | the candidates of a call (host, server-reflexive, relay) and relay binds |
+//! | [`netcheck`] | classifying this host's NAT with STUN reflectors |
 //! | [`call`] | placing and answering calls: signaling plus the SoM/UDP media loop |
 
 pub mod buddies;
@@ -25,6 +26,7 @@ pub mod gather;
 pub mod home;
 pub mod hostcache;
 pub mod login;
+pub mod netcheck;
 pub mod overlay;
 pub mod supernode;
 pub mod tls;

@@ -84,6 +84,16 @@ enum Command {
     },
     /// List the sound cards (audio devices).
     Devices,
+    /// Classify this host's NAT with STUN reflectors (the supernodes of the
+    /// host cache, or the --stun servers given).
+    Netcheck {
+        /// A STUN server to use (repeatable); any RFC 8489 server works.
+        #[arg(long, value_name = "ADDR")]
+        stun: Vec<SocketAddr>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Compare a sent and a received WAV (how well the call carried the audio).
     Compare { sent: PathBuf, received: PathBuf },
     /// The buddy list (`buddies.txt` in --home): edit it, or sync it
@@ -317,6 +327,37 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         | Command::Online
         | Command::Call { .. }
         | Command::Answer { .. } => overlay_command(&cli).await?,
+        Command::Netcheck { stun, json } => {
+            let mut reflectors = stun.clone();
+            if reflectors.is_empty() {
+                // Supernodes serve STUN on their QUIC port + 1.
+                let cache = HostCache::load(&home(&cli)?.file(hostcache::FILE_NAME))
+                    .map_err(|e| usage(&e.to_string()))?;
+                reflectors = cache
+                    .candidates(4)
+                    .into_iter()
+                    .chain(cli.bootstrap.iter().copied())
+                    .map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1)))
+                    .collect();
+            }
+            if reflectors.is_empty() {
+                return Err(usage(
+                    "no reflector: give --stun ADDR, or join once so the host cache knows supernodes",
+                ));
+            }
+            let bind = SocketAddr::new(natter_client::gather::local_ip_towards(reflectors[0]), 0);
+            let report = natter_client::netcheck::run(bind, &reflectors)
+                .await
+                .map_err(|e| usage(&format!("netcheck: {e}")))?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).map_err(|e| usage(&e.to_string()))?
+                );
+            } else {
+                println!("{}", report.to_text());
+            }
+        }
         Command::Devices => {
             let devices = natter_media::devices::list().map_err(|e| usage(&e.to_string()))?;
             if devices.is_empty() {

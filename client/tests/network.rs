@@ -225,3 +225,28 @@ fn the_host_cache_is_persisted_reused_and_bootstrap_fills_an_empty_one() {
     std::fs::write(&cache_path, format!("{cache}garbage line\n")).unwrap();
     assert_ok(&cluster.run("erin", &["search", "erin"], LIMIT));
 }
+
+#[test]
+fn netcheck_reads_the_supernode_reflector() {
+    let cluster = Cluster::start(2, None);
+    // Supernodes serve STUN on their QUIC port + 1.
+    let stun: Vec<String> = cluster
+        .supernodes
+        .iter()
+        .map(|a| std::net::SocketAddr::new(a.ip(), a.port() + 1).to_string())
+        .collect();
+    let out = assert_ok(&cluster.run(
+        "nobody",
+        &["netcheck", "--stun", &stun[0], "--stun", &stun[1], "--json"],
+        LIMIT,
+    ));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["udp"], true, "{out}");
+    assert_eq!(report["behind_nat"], false, "{out}");
+    assert_eq!(report["mapping"], "endpoint-independent", "{out}");
+    assert_eq!(report["filtering"], "not-port-dependent", "{out}");
+    assert_eq!(report["mapped"].as_array().unwrap().len(), 2, "{out}");
+    // Nothing answers on a closed port: UDP looks blocked, said plainly.
+    let out = assert_ok(&cluster.run("nobody", &["netcheck", "--stun", "127.0.0.1:9"], LIMIT));
+    assert!(out.contains("UDP: blocked"), "{out}");
+}

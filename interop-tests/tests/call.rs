@@ -20,15 +20,23 @@ fn bin_dir() -> PathBuf {
     )
 }
 
+/// The quick subset of the NAT matrix (README's test command): each cell
+/// connects over the path theory expects, with audio that matches.
 #[test]
-fn open_x_open_call_end_to_end() {
-    let out = std::env::temp_dir().join(format!("natter-lab-call-{}", std::process::id()));
+fn quick_subset_connects_over_the_expected_paths() {
+    let out = std::env::temp_dir().join(format!("natter-lab-quick-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
+    let cells = vec![
+        (NatType::Open, NatType::Open),
+        (NatType::PortRestricted, NatType::PortRestricted),
+        (NatType::Symmetric, NatType::FullCone),
+        (NatType::Symmetric, NatType::Symmetric),
+    ];
     let opts = MatrixOptions {
         out: out.clone(),
         trials: 1,
         profile: "clean".into(),
-        cells: vec![(NatType::Open, NatType::Open)],
+        cells,
         bins: Binaries::in_dir(&bin_dir()).expect("natter binaries"),
         probe_exe: env!("CARGO_BIN_EXE_natter-interop-tests").into(),
         call_secs: 5,
@@ -36,18 +44,27 @@ fn open_x_open_call_end_to_end() {
         map_timeout_s: 300,
     };
     let report = scenario::run_matrix(&opts).expect("matrix run");
-    let cell = &report.cells[0];
-    let t = &cell.trial_results[0];
-    assert!(cell.self_check);
-    assert_eq!(cell.connected, 1, "trial: {t:?}");
-    assert_eq!(cell.final_path.get("direct"), Some(&1), "trial: {t:?}");
-    assert!(t.first_audio_ms.is_some(), "trial: {t:?}");
-    assert!(cell.audio_match.min.unwrap() > 0.8, "trial: {t:?}");
+    assert_eq!(report.cells.len(), 4);
+    for cell in &report.cells {
+        let t = &cell.trial_results[0];
+        assert!(cell.self_check, "self-check failed: {cell:?}");
+        assert_eq!(cell.connected, 1, "{:?} x {:?}: {t:?}", cell.a, cell.b);
+        assert_eq!(
+            cell.final_path.get(&cell.expected),
+            Some(&1),
+            "{:?} x {:?} expected {:?}: {t:?}",
+            cell.a,
+            cell.b,
+            cell.expected
+        );
+        assert!(t.first_audio_ms.is_some(), "trial: {t:?}");
+        assert!(cell.audio_match.min.unwrap() > 0.8, "trial: {t:?}");
+        assert!(
+            t.pcaps.is_empty(),
+            "captures are kept only for failed trials"
+        );
+    }
     assert!(out.join("results.json").is_file());
     assert!(out.join("matrix.md").is_file());
-    assert!(
-        t.pcaps.is_empty(),
-        "captures are kept only for failed trials"
-    );
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -1,0 +1,194 @@
+//! `natter netcheck`: what kind of NAT is this host behind?
+//!
+//! The method of RFC 5780 with what a reflector offers (supernodes have one
+//! IP and two ports; any standard STUN server also works):
+//!
+//! * **mapping**: one socket asks every reflector (and the first one's other
+//!   port) for its public address. The same address everywhere is
+//!   endpoint-independent; different per server IP but not per port is
+//!   address-dependent; different per port is address-and-port-dependent.
+//! * **filtering**: a fresh socket asks the first reflector to answer from
+//!   its other port. An answer means the NAT lets in packets from a port it
+//!   never sent to (not port-dependent); telling endpoint-independent from
+//!   address-dependent would need a server with a second IP.
+//! * **port preservation**, and whether a symmetric NAT allocates ports
+//!   sequentially (then the next ports can be predicted).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use natter_proto::stun;
+use rand::RngCore;
+use tokio::net::UdpSocket;
+
+const WAIT: Duration = Duration::from_millis(400);
+const TRIES: usize = 3;
+
+/// What netcheck found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Report {
+    /// Whether any reflector answered over UDP.
+    pub udp: bool,
+    /// The local address of the probing socket.
+    pub local: Option<SocketAddr>,
+    /// Public addresses seen by each reflector (reflector, mapped).
+    pub mapped: Vec<(SocketAddr, SocketAddr)>,
+    /// `endpoint-independent`, `address-dependent`, `address-and-port-dependent`, or `unknown`.
+    pub mapping: String,
+    /// `not-port-dependent`, `address-and-port-dependent`, or `unknown`.
+    pub filtering: String,
+    pub port_preserved: Option<bool>,
+    /// Port deltas of an endpoint-dependent mapping, when small and regular.
+    pub sequential_allocation: Option<bool>,
+    /// Whether the public address is the local one (no NAT).
+    pub behind_nat: Option<bool>,
+}
+
+/// One STUN binding from `socket` to `server`; `change_port` asks for the
+/// answer from the server's other port. Returns the response and its source.
+pub async fn binding(
+    socket: &UdpSocket,
+    server: SocketAddr,
+    change_port: bool,
+) -> Option<(stun::Message, SocketAddr)> {
+    let mut tid = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut tid);
+    let mut request = stun::Message::request(tid);
+    request.change_port = change_port;
+    let bytes = request.encode();
+    let mut buf = [0u8; 512];
+    for _ in 0..TRIES {
+        socket.send_to(&bytes, server).await.ok()?;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while let Ok(Ok((n, from))) =
+            tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await
+        {
+            if let Ok(msg) = stun::Message::decode(&buf[..n])
+                && msg.transaction_id == tid
+                && msg.kind == stun::BINDING_SUCCESS
+            {
+                return Some((msg, from));
+            }
+        }
+    }
+    None
+}
+
+/// Probes `reflectors` from the local address `bind` and classifies the NAT.
+pub async fn run(bind: SocketAddr, reflectors: &[SocketAddr]) -> std::io::Result<Report> {
+    let mut report = Report {
+        udp: false,
+        local: None,
+        mapped: Vec::new(),
+        mapping: "unknown".into(),
+        filtering: "unknown".into(),
+        port_preserved: None,
+        sequential_allocation: None,
+        behind_nat: None,
+    };
+    let Some(&first) = reflectors.first() else {
+        return Ok(report);
+    };
+
+    // Filtering first, on a fresh socket, before anything opens the NAT
+    // towards the reflector's other port.
+    let fresh = UdpSocket::bind(bind).await?;
+    if let Some((_, from)) = binding(&fresh, first, true).await {
+        report.udp = true;
+        report.filtering = if from == first {
+            // The server could not change port: no conclusion.
+            "unknown".into()
+        } else {
+            "not-port-dependent".into()
+        };
+    } else if binding(&fresh, first, false).await.is_some() {
+        report.udp = true;
+        report.filtering = "address-and-port-dependent".into();
+    }
+
+    // Mapping: one socket, every reflector, and the first one's other port.
+    let socket = UdpSocket::bind(bind).await?;
+    let local = socket.local_addr()?;
+    report.local = Some(local);
+    let mut other_port = None;
+    for &server in reflectors {
+        if let Some((msg, _)) = binding(&socket, server, false).await
+            && let Some(mapped) = msg.mapped
+        {
+            report.udp = true;
+            report.mapped.push((server, mapped));
+            if server == first {
+                other_port = msg
+                    .other_address
+                    .filter(|o| o.ip() == first.ip() && *o != first);
+            }
+        }
+    }
+    let same_ip_other_port = match other_port {
+        Some(alt) => binding(&socket, alt, false)
+            .await
+            .and_then(|(m, _)| m.mapped),
+        None => None,
+    };
+    let Some(&(_, first_mapped)) = report.mapped.first() else {
+        return Ok(report);
+    };
+    report.port_preserved = Some(first_mapped.port() == local.port());
+    report.behind_nat = Some(first_mapped != local);
+    let all_same = report.mapped.iter().all(|(_, m)| *m == first_mapped);
+    let port_dependent = same_ip_other_port.is_some_and(|m| m != first_mapped);
+    report.mapping = if port_dependent {
+        "address-and-port-dependent".into()
+    } else if !all_same {
+        "address-dependent".into()
+    } else if report.mapped.len() >= 2 || same_ip_other_port.is_some() {
+        "endpoint-independent".into()
+    } else {
+        "unknown".into()
+    };
+    if report.mapping != "endpoint-independent" {
+        let mut ports: Vec<i32> = report
+            .mapped
+            .iter()
+            .map(|(_, m)| i32::from(m.port()))
+            .collect();
+        if let Some(m) = same_ip_other_port {
+            ports.push(i32::from(m.port()));
+        }
+        if ports.len() >= 2 {
+            report.sequential_allocation =
+                Some(ports.windows(2).all(|w| (1..=4).contains(&(w[1] - w[0]))));
+        }
+    }
+    Ok(report)
+}
+
+impl Report {
+    /// The human-readable report.
+    pub fn to_text(&self) -> String {
+        let yn = |v: Option<bool>| v.map_or("unknown", |b| if b { "yes" } else { "no" });
+        let mut out = format!(
+            "UDP: {}\n",
+            if self.udp {
+                "works"
+            } else {
+                "blocked (no reflector answered)"
+            }
+        );
+        if let Some(local) = self.local {
+            out.push_str(&format!("local address: {local}\n"));
+        }
+        for (server, mapped) in &self.mapped {
+            out.push_str(&format!("public address seen by {server}: {mapped}\n"));
+        }
+        out.push_str(&format!(
+            "behind NAT: {}\nmapping: {}\nfiltering: {}\nport preserved: {}\nsequential allocation: {}",
+            yn(self.behind_nat),
+            self.mapping,
+            self.filtering,
+            yn(self.port_preserved),
+            yn(self.sequential_allocation),
+        ));
+        out
+    }
+}
