@@ -276,6 +276,7 @@ pub async fn place_call(
 ) -> Result<CallReport, CallError> {
     let started = Instant::now();
     let (socket, candidates) = media_socket(session).await?;
+    let behind_nat = gather::behind_nat(&candidates);
     let mut rng = rand::thread_rng();
     let mut invite_id = [0u8; 16];
     rng.fill_bytes(&mut invite_id);
@@ -319,6 +320,7 @@ pub async fn place_call(
                         socket,
                         remote_candidates,
                         own_relay,
+                        behind_nat,
                     };
                     return run_media(session, &mut setup, transport, *keys, options, setup_ms)
                         .await;
@@ -381,10 +383,12 @@ pub async fn answer_calls(
         let caller = setup.peer_name().to_owned();
         let mut connected = None;
         let mut own_relay = None;
+        let mut behind_nat = false;
         while let Some(event) = setup.poll_event() {
             match event {
                 CallEvent::Incoming { .. } => {
                     let (socket, mut candidates) = media_socket(session).await?;
+                    behind_nat = gather::behind_nat(&candidates);
                     if let Some((candidate, leg)) =
                         gather::allocate_relay(session, &setup.invite_id()).await
                     {
@@ -409,6 +413,7 @@ pub async fn answer_calls(
                         socket,
                         remote_candidates,
                         own_relay,
+                        behind_nat,
                     };
                     let report =
                         run_media(session, &mut setup, transport, *keys, options, setup_ms).await?;
@@ -433,6 +438,8 @@ struct MediaTransport {
     socket: UdpSocket,
     remote_candidates: Vec<Candidate>,
     own_relay: Option<gather::RelayLeg>,
+    /// This side's own NAT, if gathering found one.
+    behind_nat: bool,
 }
 
 /// Hands the peer's candidates to the path manager and the relay binder.
@@ -440,10 +447,11 @@ fn add_candidates(
     path: &mut PathManager,
     binds: &mut RelayBinds,
     candidates: &[Candidate],
+    behind_nat: bool,
     now_ms: u64,
 ) {
     for c in candidates {
-        if let Some((addr, kind, token)) = gather::target(c) {
+        if let Some((addr, kind, token)) = gather::target(c, behind_nat) {
             path.add_target(addr, kind, now_ms);
             if let Some(token) = token {
                 binds.add(gather::RelayLeg { addr, token });
@@ -466,10 +474,11 @@ async fn run_media(
         socket,
         remote_candidates,
         own_relay,
+        behind_nat,
     } = transport;
     let mut path = PathManager::new(PathConfig::default(), 0);
     let mut binds = RelayBinds::default();
-    add_candidates(&mut path, &mut binds, &remote_candidates, 0);
+    add_candidates(&mut path, &mut binds, &remote_candidates, behind_nat, 0);
     if let Some(leg) = own_relay {
         // Our own relay forwards to the peer once the peer binds too.
         path.add_target(leg.addr, PathKind::Relayed, 0);
@@ -635,7 +644,7 @@ async fn run_media(
                         setup.handle_signal(&signal, now_unix());
                         while let Some(event) = setup.poll_event() {
                             if let CallEvent::Candidates(more) = event {
-                                add_candidates(&mut path, &mut binds, &more, start.elapsed().as_millis() as u64);
+                                add_candidates(&mut path, &mut binds, &more, behind_nat, start.elapsed().as_millis() as u64);
                             }
                         }
                         if setup.phase() == Phase::Ended {

@@ -52,13 +52,19 @@ pub fn candidate(kind: CandidateKind, addr: SocketAddr, priority: u32, token: &[
 }
 
 /// What a received candidate means for the path manager: its address, the
-/// path it would make, and the token to bind with when it is a relay.
-pub fn target(c: &Candidate) -> Option<(SocketAddr, PathKind, Option<[u8; TOKEN_LEN]>)> {
+/// path it would make, and the token to bind with when it is a relay. When
+/// this side is behind a NAT (`behind_nat`), even the peer's own address is
+/// reached through a hole in that NAT: hole-punched, not direct.
+pub fn target(
+    c: &Candidate,
+    behind_nat: bool,
+) -> Option<(SocketAddr, PathKind, Option<[u8; TOKEN_LEN]>)> {
     if c.transport != TransportKind::Udp as i32 {
         return None;
     }
     let addr = SocketAddr::try_from(c.addr.as_ref()?).ok()?;
     let kind = match CandidateKind::try_from(c.kind).ok()? {
+        CandidateKind::Host if behind_nat => PathKind::HolePunched,
         CandidateKind::Host => PathKind::Direct,
         CandidateKind::ServerReflexive
         | CandidateKind::Predicted
@@ -98,6 +104,14 @@ pub async fn server_reflexive(socket: &UdpSocket, reflector: SocketAddr) -> Opti
         }
     }
     None
+}
+
+/// Whether gathering found this side behind a NAT (a server-reflexive
+/// candidate differs from the host one).
+pub fn behind_nat(local: &[Candidate]) -> bool {
+    local
+        .iter()
+        .any(|c| c.kind == CandidateKind::ServerReflexive as i32)
 }
 
 /// Host and server-reflexive candidates of the media socket.

@@ -138,6 +138,7 @@ fn main() -> anyhow::Result<()> {
                 call_secs,
                 same_supernode,
                 map_timeout_s: map_timeout,
+                break_direct_after_s: None,
             };
             let report = scenario::run_matrix(&opts)?;
             let passed: u32 = report.cells.iter().map(|c| c.passed()).sum();

@@ -123,6 +123,10 @@ pub struct MatrixOptions {
     pub same_supernode: bool,
     /// Router map timeouts, seconds.
     pub map_timeout_s: u32,
+    /// After this many seconds of the call, router A drops every UDP packet
+    /// to or from B's addresses (the direct path dies; the relay, on the
+    /// server subnet, still works).
+    pub break_direct_after_s: Option<u32>,
 }
 
 /// Percentiles of a sample (nearest rank); `None` when empty.
@@ -171,6 +175,9 @@ pub struct TrialResult {
     pub path_start: Option<String>,
     /// Path at the end (stats `path_end`/`final_path`, else `path`).
     pub path_end: Option<String>,
+    /// A's path switches in order (stats `switches`).
+    #[serde(default)]
+    pub switches: Vec<String>,
     /// Time to first audio at B (ms).
     pub first_audio_ms: Option<f64>,
     /// Packets lost (B's view).
@@ -610,6 +617,17 @@ fn trial_body(
         ],
         &env,
     )?;
+    if let Some(after) = ctx.opts.break_direct_after_s {
+        thread::sleep(Duration::from_secs(u64::from(after)));
+        let peer = format!("{{ {}, {} }}", cb.wan_ip, cb.host_ip);
+        lab.nft(
+            &ca.router_ns,
+            &format!(
+                "table ip natter_break {{\n  chain fwd {{\n    type filter hook forward priority -20; policy accept;\n    \
+                 ip daddr {peer} meta l4proto udp drop\n    ip saddr {peer} meta l4proto udp drop\n  }}\n}}\n"
+            ),
+        )?;
+    }
     let call_status = lab.wait(
         call,
         Duration::from_secs(u64::from(ctx.opts.call_secs) + 45),
@@ -624,6 +642,13 @@ fn trial_body(
     };
     res.path_start = path_of(&["path_start", "initial_path", "path"]);
     res.path_end = path_of(&["path_end", "final_path", "path"]);
+    res.switches = sa
+        .as_ref()
+        .and_then(|v| v.get("switches")?.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| Some(s.get("path")?.as_str()?.to_owned()))
+        .collect();
     let from_b = |keys: &[&str]| sb.as_ref().and_then(|v| stat_f64(v, keys));
     res.first_audio_ms = from_b(&["first_audio_ms"])
         .or_else(|| sa.as_ref().and_then(|v| stat_f64(v, &["first_audio_ms"])));

@@ -42,6 +42,7 @@ fn quick_subset_connects_over_the_expected_paths() {
         call_secs: 5,
         same_supernode: false,
         map_timeout_s: 300,
+        break_direct_after_s: None,
     };
     let report = scenario::run_matrix(&opts).expect("matrix run");
     assert_eq!(report.cells.len(), 4);
@@ -66,5 +67,40 @@ fn quick_subset_connects_over_the_expected_paths() {
     }
     assert!(out.join("results.json").is_file());
     assert!(out.join("matrix.md").is_file());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The direct path dies in the middle of a call (router A starts dropping
+/// everything to and from B): the call falls back to the relay and goes on.
+#[test]
+fn a_call_whose_direct_path_dies_falls_back_to_the_relay() {
+    let out = std::env::temp_dir().join(format!("natter-lab-break-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let opts = MatrixOptions {
+        out: out.clone(),
+        trials: 1,
+        profile: "clean".into(),
+        cells: vec![(NatType::FullCone, NatType::FullCone)],
+        bins: Binaries::in_dir(&bin_dir()).expect("natter binaries"),
+        probe_exe: env!("CARGO_BIN_EXE_natter-interop-tests").into(),
+        call_secs: 8,
+        same_supernode: false,
+        map_timeout_s: 300,
+        break_direct_after_s: Some(3),
+    };
+    let report = scenario::run_matrix(&opts).expect("matrix run");
+    let cell = &report.cells[0];
+    let t = &cell.trial_results[0];
+    assert_eq!(cell.connected, 1, "trial: {t:?}");
+    let punched = t.switches.iter().position(|p| p == "hole-punched");
+    let relayed_after = punched.and_then(|i| t.switches[i..].iter().position(|p| p == "relayed"));
+    assert!(
+        relayed_after.is_some(),
+        "relayed after hole-punched: {:?}",
+        t.switches
+    );
+    assert_eq!(t.path_end.as_deref(), Some("relayed"), "trial: {t:?}");
+    // The audio kept flowing through the switch.
+    assert!(cell.audio_match.min.unwrap() > 0.8, "trial: {t:?}");
     let _ = std::fs::remove_dir_all(&out);
 }
