@@ -79,9 +79,35 @@ pub fn target(
     Some((addr, kind, token))
 }
 
+/// Predicted candidates taken per call (bounded, as Skype's sweep of a port range was).
+pub const MAX_PREDICTED: u16 = 8;
+
+/// Ports a symmetric NAT will likely pick next, from two mappings of one
+/// socket made one after the other: when the second port follows the first
+/// by a small regular step, the next `MAX_PREDICTED` steps; otherwise none
+/// (a randomising NAT cannot be predicted: the relay serves it).
+pub fn predict(first: SocketAddr, second: SocketAddr) -> Vec<SocketAddr> {
+    let step = i32::from(second.port()) - i32::from(first.port());
+    if first.ip() != second.ip() || !(1..=4).contains(&step) {
+        return Vec::new();
+    }
+    (1..=i32::from(MAX_PREDICTED))
+        .filter_map(|k| u16::try_from(i32::from(second.port()) + k * step).ok())
+        .map(|port| SocketAddr::new(second.ip(), port))
+        .collect()
+}
+
 /// The public address of `socket` as `reflector` sees it (STUN binding),
 /// or `None` when the reflector does not answer.
 pub async fn server_reflexive(socket: &UdpSocket, reflector: SocketAddr) -> Option<SocketAddr> {
+    binding(socket, reflector).await.map(|(mapped, _)| mapped)
+}
+
+/// A STUN binding: the mapped address and the server's OTHER-ADDRESS.
+async fn binding(
+    socket: &UdpSocket,
+    reflector: SocketAddr,
+) -> Option<(SocketAddr, Option<SocketAddr>)> {
     let mut tid = [0u8; 12];
     rand::thread_rng().fill_bytes(&mut tid);
     let request = stun::Message::request(tid).encode();
@@ -99,7 +125,7 @@ pub async fn server_reflexive(socket: &UdpSocket, reflector: SocketAddr) -> Opti
                 && msg.kind == stun::BINDING_SUCCESS
                 && msg.transaction_id == tid
             {
-                return msg.mapped;
+                return msg.mapped.map(|m| (m, msg.other_address));
             }
         }
     }
@@ -121,11 +147,25 @@ pub async fn local_candidates(session: &SupernodeSession, socket: &UdpSocket) ->
         return out;
     };
     out.push(candidate(CandidateKind::Host, local, 100, &[]));
-    if let Some(reflector) = session.reflector()
-        && let Some(mapped) = server_reflexive(socket, reflector).await
-        && mapped != local
+    let Some(reflector) = session.reflector() else {
+        return out;
+    };
+    let Some((mapped, other)) = binding(socket, reflector).await else {
+        return out;
+    };
+    if mapped == local {
+        return out;
+    }
+    out.push(candidate(CandidateKind::ServerReflexive, mapped, 90, &[]));
+    // A second mapping, towards the reflector's other port, shows whether
+    // the NAT maps per destination and, if so, whether predictably.
+    if let Some(other) = other
+        && let Some((second, _)) = binding(socket, other).await
+        && second != mapped
     {
-        out.push(candidate(CandidateKind::ServerReflexive, mapped, 90, &[]));
+        for addr in predict(mapped, second) {
+            out.push(candidate(CandidateKind::Predicted, addr, 50, &[]));
+        }
     }
     out
 }
@@ -231,5 +271,32 @@ impl RelayBinds {
     /// Whether `addr` is a relay this side binds to.
     pub fn is_relay(&self, addr: SocketAddr) -> bool {
         self.legs.iter().any(|b| b.leg.addr == addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(port: u16) -> SocketAddr {
+        SocketAddr::from(([203, 0, 113, 7], port))
+    }
+
+    #[test]
+    fn sequential_allocation_is_predicted_and_random_is_not() {
+        assert_eq!(
+            predict(a(40_000), a(40_001)),
+            (40_002..=40_009).map(a).collect::<Vec<_>>()
+        );
+        assert_eq!(predict(a(40_000), a(40_002))[0], a(40_004));
+        assert!(
+            predict(a(40_000), a(51_234)).is_empty(),
+            "random: nothing to predict"
+        );
+        assert!(predict(a(40_001), a(40_000)).is_empty());
+        assert!(
+            predict(a(65_530), a(65_534)).len() < usize::from(MAX_PREDICTED),
+            "no wrap past 65535"
+        );
     }
 }
