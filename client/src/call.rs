@@ -623,6 +623,7 @@ async fn run_media(
                     last_heard = Instant::now();
                     path.handle_authenticated(from, now_ms);
                     match received {
+                        Received::Media => path.handle_media(from, now_ms),
                         // Answer where the probe came from (peer-reflexive).
                         Received::Probe(payload) => {
                             media.probe_reply(&payload, &mut datagram).map_err(|e| CallError::Audio(e.to_string()))?;

@@ -623,7 +623,7 @@ fn trial_body(
         lab.nft(
             &ca.router_ns,
             &format!(
-                "table ip natter_break {{\n  chain fwd {{\n    type filter hook forward priority -20; policy accept;\n    \
+                "table ip natter_break {{\n  chain brk {{\n    type filter hook forward priority -20; policy accept;\n    \
                  ip daddr {peer} meta l4proto udp drop\n    ip saddr {peer} meta l4proto udp drop\n  }}\n}}\n"
             ),
         )?;

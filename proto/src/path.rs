@@ -66,8 +66,11 @@ pub struct PathConfig {
     pub slow_probe_ms: u64,
     /// Stop probing a target never confirmed after this long.
     pub give_up_ms: u64,
-    /// A target silent this long is dead.
+    /// A target heard only through probes is dead after this much silence.
     pub dead_after_ms: u64,
+    /// A target media arrives on (50 datagrams/s) is dead after this much
+    /// silence: the call moves to the relay within a fraction of a second.
+    pub media_dead_after_ms: u64,
     /// Most targets tracked (peer-reflexive ones are learned at run time).
     pub max_targets: usize,
     /// Most switches remembered.
@@ -81,7 +84,8 @@ impl Default for PathConfig {
             fast_phase_ms: 5_000,
             slow_probe_ms: 1_000,
             give_up_ms: 30_000,
-            dead_after_ms: 2_000,
+            dead_after_ms: 2_500,
+            media_dead_after_ms: 400,
             max_targets: 32,
             max_switches: 64,
         }
@@ -97,15 +101,26 @@ pub struct Target {
     last_probe_ms: Option<u64>,
     confirmed_ms: Option<u64>,
     last_heard_ms: Option<u64>,
+    last_media_ms: Option<u64>,
     pub rtt_ms: Option<u64>,
 }
 
 impl Target {
-    fn alive(&self, now_ms: u64, dead_after_ms: u64) -> bool {
+    fn alive(&self, now_ms: u64, c: &PathConfig) -> bool {
+        // While media flows on it, a short silence means the path broke;
+        // otherwise only probes (one a second) are expected.
+        let carries_media = self
+            .last_media_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) <= c.dead_after_ms);
+        let window = if carries_media {
+            c.media_dead_after_ms
+        } else {
+            c.dead_after_ms
+        };
         self.confirmed_ms.is_some()
             && self
                 .last_heard_ms
-                .is_some_and(|t| now_ms.saturating_sub(t) <= dead_after_ms)
+                .is_some_and(|t| now_ms.saturating_sub(t) <= window)
     }
 
     /// Whether a probe reply ever came back from it.
@@ -161,6 +176,7 @@ impl PathManager {
             last_probe_ms: None,
             confirmed_ms: None,
             last_heard_ms: None,
+            last_media_ms: None,
             rtt_ms: None,
         });
     }
@@ -173,6 +189,14 @@ impl PathManager {
         }
         if let Some(t) = self.targets.iter_mut().find(|t| t.addr == from) {
             t.last_heard_ms = Some(now_ms);
+        }
+    }
+
+    /// A media datagram arrived from `from` (also counts as heard).
+    pub fn handle_media(&mut self, from: SocketAddr, now_ms: u64) {
+        self.handle_authenticated(from, now_ms);
+        if let Some(t) = self.targets.iter_mut().find(|t| t.addr == from) {
+            t.last_media_ms = Some(now_ms);
         }
     }
 
@@ -211,19 +235,19 @@ impl PathManager {
 
     /// Where media goes now, re-evaluated at `now_ms`.
     pub fn current(&mut self, now_ms: u64) -> Option<(SocketAddr, PathKind)> {
-        let dead = self.config.dead_after_ms;
+        let c = self.config;
         let best_direct = self
             .targets
             .iter()
             .filter(|t| {
-                t.kind != PathKind::Relayed && t.kind != PathKind::TcpRelay && t.alive(now_ms, dead)
+                t.kind != PathKind::Relayed && t.kind != PathKind::TcpRelay && t.alive(now_ms, &c)
             })
             .min_by_key(|t| (t.kind.rank(), t.rtt_ms.unwrap_or(u64::MAX)));
         let relay = || {
             self.targets
                 .iter()
                 .filter(|t| t.kind == PathKind::Relayed)
-                .min_by_key(|t| (!t.alive(now_ms, dead), t.rtt_ms.unwrap_or(u64::MAX)))
+                .min_by_key(|t| (!t.alive(now_ms, &c), t.rtt_ms.unwrap_or(u64::MAX)))
         };
         let guess = || {
             self.targets
@@ -289,13 +313,26 @@ mod tests {
         assert_eq!(p.time_to_direct_ms(), Some(200));
         // Keep hearing from it: stays; silence: back to the relay.
         p.handle_authenticated(addr(1), 2_500);
-        assert_eq!(p.current(4_000), Some((addr(1), PathKind::HolePunched)));
-        assert_eq!(p.current(4_600), Some((addr(9), PathKind::Relayed)));
+        assert_eq!(p.current(4_900), Some((addr(1), PathKind::HolePunched)));
+        assert_eq!(p.current(5_100), Some((addr(9), PathKind::Relayed)));
         let kinds: Vec<_> = p.switches().iter().map(|s| s.kind).collect();
         assert_eq!(
             kinds,
             [PathKind::Relayed, PathKind::HolePunched, PathKind::Relayed]
         );
+    }
+
+    #[test]
+    fn a_path_carrying_media_is_given_up_within_half_a_second() {
+        let mut p = PathManager::new(PathConfig::default(), 0);
+        p.add_target(addr(1), PathKind::HolePunched, 0);
+        p.add_target(addr(9), PathKind::Relayed, 0);
+        p.handle_probe_reply(addr(1), 10, 0);
+        for now in (0..1_000).step_by(20) {
+            p.handle_media(addr(1), now);
+        }
+        assert_eq!(p.current(1_300), Some((addr(1), PathKind::HolePunched)));
+        assert_eq!(p.current(1_400), Some((addr(9), PathKind::Relayed)));
     }
 
     #[test]
