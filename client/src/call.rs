@@ -24,6 +24,7 @@ use rsa::RsaPublicKey;
 use tokio::net::UdpSocket;
 
 use crate::gather::{self, RelayBinds};
+use crate::now_unix_secs;
 use crate::supernode::{SessionError, SupernodeSession};
 
 /// Time the callee has to answer.
@@ -192,12 +193,6 @@ impl CallReport {
     }
 }
 
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 /// Binds the call's media socket and gathers its host and server-reflexive
 /// candidates.
 async fn media_socket(
@@ -336,7 +331,7 @@ pub async fn place_call(
         let remaining = Duration::from_millis(deadline).saturating_sub(started.elapsed());
         tokio::select! {
             push = session.next_push() => match push {
-                Some(envelope::Body::CallSignal(signal)) => setup.handle_signal(&signal, now_unix()),
+                Some(envelope::Body::CallSignal(signal)) => setup.handle_signal(&signal, now_unix_secs()),
                 Some(_) => {}
                 None => return Err(CallError::SessionLost),
             },
@@ -373,7 +368,7 @@ pub async fn answer_calls(
             &signal,
             local_name,
             login_key.clone(),
-            now_unix(),
+            now_unix_secs(),
             0,
             SETUP_TIMEOUT.as_millis() as u64,
         ) else {
@@ -397,7 +392,7 @@ pub async fn answer_calls(
                     }
                     let mut secret = [0u8; 32];
                     rand::thread_rng().fill_bytes(&mut secret);
-                    setup.accept(identity, secret, candidates, now_unix());
+                    setup.accept(identity, secret, candidates, now_unix_secs());
                     flush(&mut setup, session).await?;
                     connected = Some(socket);
                 }
@@ -642,7 +637,7 @@ async fn run_media(
             push = session.next_push(), if session_alive => match push {
                 Some(envelope::Body::CallSignal(signal)) => {
                     if signal.invite_id == setup.invite_id() {
-                        setup.handle_signal(&signal, now_unix());
+                        setup.handle_signal(&signal, now_unix_secs());
                         while let Some(event) = setup.poll_event() {
                             if let CallEvent::Candidates(more) = event {
                                 add_candidates(&mut path, &mut binds, &more, behind_nat, start.elapsed().as_millis() as u64);

@@ -1366,21 +1366,11 @@ fn stream_info(device: String, supported: &cpal::SupportedStreamConfig) -> Strea
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use std::f32::consts::PI;
+
+    use crate::test_signal::frequency;
 
     fn tone(rate: u32, hz: f32, secs: f32) -> Vec<f32> {
-        (0..(rate as f32 * secs) as usize)
-            .map(|i| 0.5 * (2.0 * PI * hz * i as f32 / rate as f32).sin())
-            .collect()
-    }
-
-    /// Frequency estimate from upward zero crossings.
-    fn frequency(samples: &[f32], rate: u32) -> f32 {
-        let crossings = samples
-            .windows(2)
-            .filter(|w| w[0] < 0.0 && w[1] >= 0.0)
-            .count();
-        crossings as f32 * rate as f32 / samples.len() as f32
+        crate::test_signal::tone(rate, hz, secs, 0.5)
     }
 
     fn to_f32(frames: &[i16]) -> Vec<f32> {

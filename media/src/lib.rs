@@ -22,4 +22,7 @@ pub mod score;
 pub mod session;
 pub mod wav;
 
+#[cfg(test)]
+mod test_signal;
+
 pub use codec::{FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE};

@@ -49,19 +49,10 @@ fn moving_average(input: &[f32], width: usize) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    fn tone(rate: u32, hz: f32, secs: f32) -> Vec<f32> {
-        (0..(rate as f32 * secs) as usize)
-            .map(|i| (2.0 * std::f32::consts::PI * hz * i as f32 / rate as f32).sin())
-            .collect()
-    }
+    use crate::test_signal::frequency;
 
-    /// Frequency estimate from zero crossings.
-    fn frequency(samples: &[f32], rate: u32) -> f32 {
-        let crossings = samples
-            .windows(2)
-            .filter(|w| w[0] < 0.0 && w[1] >= 0.0)
-            .count();
-        crossings as f32 * rate as f32 / samples.len() as f32
+    fn tone(rate: u32, hz: f32, secs: f32) -> Vec<f32> {
+        crate::test_signal::tone(rate, hz, secs, 1.0)
     }
 
     #[test]

@@ -1,0 +1,17 @@
+//! Test signals shared by the unit tests of this crate.
+
+/// A sine of `hz` at `amplitude`, `secs` long.
+pub fn tone(rate: u32, hz: f32, secs: f32, amplitude: f32) -> Vec<f32> {
+    (0..(rate as f32 * secs) as usize)
+        .map(|i| amplitude * (2.0 * std::f32::consts::PI * hz * i as f32 / rate as f32).sin())
+        .collect()
+}
+
+/// Frequency estimate from upward zero crossings.
+pub fn frequency(samples: &[f32], rate: u32) -> f32 {
+    let crossings = samples
+        .windows(2)
+        .filter(|w| w[0] < 0.0 && w[1] >= 0.0)
+        .count();
+    crossings as f32 * rate as f32 / samples.len() as f32
+}
