@@ -243,11 +243,24 @@ impl PathManager {
                 t.kind != PathKind::Relayed && t.kind != PathKind::TcpRelay && t.alive(now_ms, &c)
             })
             .min_by_key(|t| (t.kind.rank(), t.rtt_ms.unwrap_or(u64::MAX)));
+        // Between relays, stay on the current one while it is alive: RTTs
+        // of two relays cross often and switching gains nothing.
+        let current_relay = self.current.and_then(|(addr, kind)| {
+            (kind == PathKind::Relayed)
+                .then(|| {
+                    self.targets
+                        .iter()
+                        .find(|t| t.addr == addr && t.alive(now_ms, &c))
+                })
+                .flatten()
+        });
         let relay = || {
-            self.targets
-                .iter()
-                .filter(|t| t.kind == PathKind::Relayed)
-                .min_by_key(|t| (!t.alive(now_ms, &c), t.rtt_ms.unwrap_or(u64::MAX)))
+            current_relay.or_else(|| {
+                self.targets
+                    .iter()
+                    .filter(|t| t.kind == PathKind::Relayed)
+                    .min_by_key(|t| (!t.alive(now_ms, &c), t.rtt_ms.unwrap_or(u64::MAX)))
+            })
         };
         let guess = || {
             self.targets
@@ -333,6 +346,23 @@ mod tests {
         }
         assert_eq!(p.current(1_300), Some((addr(1), PathKind::HolePunched)));
         assert_eq!(p.current(1_400), Some((addr(9), PathKind::Relayed)));
+    }
+
+    #[test]
+    fn a_live_relay_is_kept_when_another_relay_gets_faster() {
+        let mut p = PathManager::new(PathConfig::default(), 0);
+        p.add_target(addr(8), PathKind::Relayed, 0);
+        p.add_target(addr(9), PathKind::Relayed, 0);
+        p.handle_probe_reply(addr(8), 30, 10);
+        p.handle_probe_reply(addr(9), 40, 10);
+        assert_eq!(p.current(10), Some((addr(8), PathKind::Relayed)));
+        p.handle_probe_reply(addr(9), 5, 1_000);
+        p.handle_probe_reply(addr(8), 35, 1_000);
+        assert_eq!(p.current(1_000), Some((addr(8), PathKind::Relayed)));
+        assert_eq!(p.switches().len(), 1);
+        // When it dies, the other takes over.
+        p.handle_authenticated(addr(9), 4_000);
+        assert_eq!(p.current(4_000), Some((addr(9), PathKind::Relayed)));
     }
 
     #[test]
