@@ -100,7 +100,10 @@ fn a_call_whose_direct_path_dies_falls_back_to_the_relay() {
         t.switches
     );
     assert_eq!(t.path_end.as_deref(), Some("relayed"), "trial: {t:?}");
-    // The audio kept flowing through the switch.
-    assert!(cell.audio_match.min.unwrap() > 0.8, "trial: {t:?}");
+    // The audio kept flowing through the switch: the gap while the dead
+    // path is detected stays under a second (50 frames), and what B heard
+    // still matches what A said (silence or garbage score about 0).
+    assert!(t.packets_lost.unwrap() < 50.0, "gap too long: {t:?}");
+    assert!(cell.audio_match.min.unwrap() > 0.6, "trial: {t:?}");
     let _ = std::fs::remove_dir_all(&out);
 }
