@@ -6,9 +6,12 @@
 //! * **envelope**: Pearson correlation of the 10 ms log-energy envelopes at the
 //!   best lag within `max_lag_ms`. Speech through Opus keeps its envelope
 //!   (> 0.9); silence, noise or another utterance do not.
-//! * **waveform**: Pearson correlation of the 8 kHz-decimated waveforms at the
-//!   best fine lag (+-5 ms around the envelope lag). Garbage decrypted with a
-//!   wrong key, or silence, scores near 0.
+//! * **waveform**: Pearson correlation of the 8 kHz-decimated waveforms,
+//!   segment by segment: each second of speech gets its own best lag within
+//!   +-45 ms of the envelope lag (an adaptive jitter buffer moves the delay by
+//!   whole 20 ms frames during a call), and the segments' correlations are
+//!   averaged, weighted by their energy. Garbage decrypted with a wrong key,
+//!   or silence, scores near 0.
 //!
 //! Both are 0 when either signal has no variance (silence).
 
@@ -39,17 +42,42 @@ pub fn compare(sent: &[i16], received: &[i16], max_lag_ms: u32) -> Score {
     let dec_recv = decimate(received);
     let per_ms = RATE / DECIMATE / 1000;
     let centre = env_lag * ENVELOPE_MS * per_ms;
-    let spread = 5 * per_ms;
-    let (fine_lag, wave_corr) = best_lag(
+    let (fine_lag, _) = best_lag(
         &dec_sent,
         &dec_recv,
-        centre.saturating_sub(spread),
-        centre + spread,
+        centre.saturating_sub(5 * per_ms),
+        centre + 5 * per_ms,
     );
     Score {
         lag_ms: fine_lag as f64 / per_ms as f64,
         envelope: env_corr,
-        waveform: wave_corr,
+        waveform: segmental(&dec_sent, &dec_recv, centre, 45 * per_ms, 1000 * per_ms),
+    }
+}
+
+/// Energy-weighted mean of per-segment best correlations (lags within
+/// `centre +- spread`, in decimated samples).
+fn segmental(sent: &[f64], received: &[f64], centre: usize, spread: usize, segment: usize) -> f64 {
+    let (mut weighted, mut total) = (0.0, 0.0);
+    for start in (0..sent.len()).step_by(segment.max(1)) {
+        let seg = &sent[start..(start + segment).min(sent.len())];
+        let energy: f64 = seg.iter().map(|x| x * x).sum();
+        if seg.len() < segment / 2 || energy <= f64::EPSILON {
+            continue;
+        }
+        let lo = start + centre.saturating_sub(spread);
+        let hi = start + centre + spread;
+        let best = (lo..=hi)
+            .filter(|&at| at + seg.len() <= received.len())
+            .map(|at| pearson(seg, &received[at..at + seg.len()]))
+            .fold(0.0f64, f64::max);
+        weighted += best * energy;
+        total += energy;
+    }
+    if total <= f64::EPSILON {
+        0.0
+    } else {
+        weighted / total
     }
 }
 
@@ -136,6 +164,18 @@ mod tests {
         assert!(score.envelope > 0.99, "{score:?}");
         assert!(score.waveform > 0.99, "{score:?}");
         assert!((score.lag_ms - 100.0).abs() < 1.0, "{score:?}");
+    }
+
+    #[test]
+    fn a_delay_that_changes_by_a_frame_mid_call_still_matches() {
+        let sent = bursts(1);
+        let mut received = vec![0i16; 4800];
+        let half = sent.len() / 2;
+        received.extend(&sent[..half]);
+        received.extend(std::iter::repeat_n(0i16, 960)); // the buffer grew by a frame
+        received.extend(&sent[half..]);
+        let score = compare(&sent, &received, 500);
+        assert!(score.waveform > 0.9, "{score:?}");
     }
 
     #[test]
