@@ -99,12 +99,20 @@ pub struct Cluster {
     pub netns: Option<Netns>,
 }
 
+/// A free UDP port whose next two ports are free too (a supernode serves
+/// STUN and its relay on port + 1, with an alternate port after it).
 fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let next_free = (1..=2).all(|k| {
+            port.checked_add(k)
+                .is_some_and(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok())
+        });
+        if next_free {
+            return port;
+        }
+    }
 }
 
 impl Cluster {
