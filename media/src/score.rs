@@ -62,7 +62,10 @@ fn segmental(sent: &[f64], received: &[f64], centre: usize, spread: usize, segme
     for start in (0..sent.len()).step_by(segment.max(1)) {
         let seg = &sent[start..(start + segment).min(sent.len())];
         let energy: f64 = seg.iter().map(|x| x * x).sum();
-        if seg.len() < segment / 2 || energy <= f64::EPSILON {
+        // Only what the recording covers is compared (a call may end
+        // before the sample does), as the envelope comparison does.
+        let covered = start + centre + spread + seg.len() <= received.len();
+        if seg.len() < segment / 2 || energy <= f64::EPSILON || !covered {
             continue;
         }
         let lo = start + centre.saturating_sub(spread);
@@ -164,6 +167,15 @@ mod tests {
         assert!(score.envelope > 0.99, "{score:?}");
         assert!(score.waveform > 0.99, "{score:?}");
         assert!((score.lag_ms - 100.0).abs() < 1.0, "{score:?}");
+    }
+
+    #[test]
+    fn a_recording_shorter_than_the_sample_is_compared_where_it_exists() {
+        let sent = bursts(1);
+        let mut received = vec![0i16; 4800];
+        received.extend(&sent[..sent.len() * 2 / 3]);
+        let score = compare(&sent, &received, 500);
+        assert!(score.waveform > 0.95, "{score:?}");
     }
 
     #[test]
