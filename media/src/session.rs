@@ -112,7 +112,7 @@ impl MediaSession {
         config: MediaConfig,
     ) -> Result<Self, MediaError> {
         Ok(Self {
-            sealer: Sealer::new(send, start_index),
+            sealer: Sealer::new(send, start_index & natter_proto::media::MAX_START),
             opener: Opener::new(recv),
             encoder: Encoder::new(config.codec)?,
             decoder: Decoder::new()?,

@@ -18,6 +18,9 @@ use crate::handshake::{DirectionKeys, IV_LEN};
 use crate::replay::{ReplayError, ReplayWindow};
 use crate::som::{self, Function, Header, SomError};
 
+/// Highest first index a sender may pick (2^15 - 1).
+pub const MAX_START: u16 = 0x7FFF;
+
 /// Bytes of the AEAD tag.
 pub const TAG_LEN: usize = 16;
 /// Bytes a sealed datagram adds to its plaintext.
@@ -70,7 +73,9 @@ impl std::fmt::Debug for Sealer {
 }
 
 impl Sealer {
-    /// A sealer whose first index is `start` (random, from the caller's RNG).
+    /// A sealer whose first index is `start` (random, from the caller's RNG,
+    /// below [`MAX_START`]: the headroom keeps the receiver's first guess of
+    /// the rollover right even when the first datagrams are lost).
     pub fn new(keys: &DirectionKeys, start: u16) -> Self {
         Self {
             cipher: Aes256Gcm::new(&keys.key.into()),
@@ -160,22 +165,33 @@ impl Opener {
             .len()
             .checked_sub(TAG_LEN)
             .ok_or(OpenError::NoTag(datagram.len()))?;
-        let index = self.window.estimate(header.msg_id)?;
-        self.window.check(index)?;
+        let estimate = self.window.estimate(header.msg_id)?;
+        self.window.check(estimate)?;
         let (ciphertext, tag) = sealed.split_at(ciphertext_len);
-        out.clear();
-        out.extend_from_slice(ciphertext);
-        let nonce = nonce(&self.iv, index);
         let aad = &datagram[..som::HEADER_LEN];
         let tag = Tag::try_from(tag).map_err(|_| OpenError::Auth)?;
-        self.cipher
-            .decrypt_inout_detached(&Nonce::from(nonce), aad, out.as_mut_slice().into(), &tag)
-            .map_err(|_| {
-                out.clear();
-                OpenError::Auth
-            })?;
-        self.window.accept(index);
-        Ok(Opened { header, index })
+        // Before anything authenticated, the first datagram to arrive may
+        // come after the sender's first rollover: try one rollover up too.
+        let tries: &[u64] = if self.window.highest().is_none() {
+            &[estimate, estimate + (1 << 16)]
+        } else {
+            &[estimate]
+        };
+        for &index in tries {
+            out.clear();
+            out.extend_from_slice(ciphertext);
+            let nonce = nonce(&self.iv, index);
+            if self
+                .cipher
+                .decrypt_inout_detached(&Nonce::from(nonce), aad, out.as_mut_slice().into(), &tag)
+                .is_ok()
+            {
+                self.window.accept(index);
+                return Ok(Opened { header, index });
+            }
+        }
+        out.clear();
+        Err(OpenError::Auth)
     }
 }
 

@@ -175,6 +175,26 @@ fn sealed_frames_open_across_the_rollover() {
 }
 
 #[test]
+fn the_first_datagram_to_arrive_may_come_after_the_rollover() {
+    let (mut sealer, mut opener) = pair(); // starts at 65 530
+    let mut datagram = Vec::new();
+    for _ in 0..10 {
+        datagram.clear();
+        sealer
+            .seal(Function::Data, 0, b"lost", &mut datagram)
+            .unwrap();
+    }
+    datagram.clear();
+    sealer
+        .seal(Function::Data, 0, b"first heard", &mut datagram)
+        .unwrap();
+    let mut out = Vec::new();
+    let opened = opener.open(&datagram, &mut out).unwrap();
+    assert_eq!(opened.index, 65_540);
+    assert_eq!(out, b"first heard");
+}
+
+#[test]
 fn tampering_replay_and_stale_indices_are_rejected_distinctly() {
     let (mut sealer, mut opener) = pair();
     let mut out = Vec::new();
