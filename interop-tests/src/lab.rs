@@ -156,7 +156,22 @@ fn run_ip(args: &[&str]) -> Result<exec::Output> {
     exec::run(c, None, CMD_TIMEOUT)
 }
 
-/// `ip netns exec NS PROGRAM ARGS...` as a command.
+/// `program args` inside `ns`, with `env` added.
+fn ns_command(
+    ns: &str,
+    program: impl AsRef<std::ffi::OsStr>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Command {
+    let mut c = netns_command(ns, program);
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+/// `ip netns exec NS PROGRAM` as a command.
 pub fn netns_command(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut c = ip();
     c.args(["netns", "exec", ns]).arg(program);
@@ -664,12 +679,7 @@ impl Lab {
         env: &[(&str, &str)],
         timeout: Duration,
     ) -> Result<exec::Output> {
-        let mut c = netns_command(ns, program);
-        c.args(args);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        exec::run_unchecked(c, None, timeout)
+        exec::run_unchecked(ns_command(ns, program, args, env), None, timeout)
     }
 
     /// Like [`Lab::exec_unchecked`] but fails unless the command exits 0.
@@ -681,12 +691,7 @@ impl Lab {
         env: &[(&str, &str)],
         timeout: Duration,
     ) -> Result<exec::Output> {
-        let mut c = netns_command(ns, program);
-        c.args(args);
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        exec::run(c, None, timeout)
+        exec::run(ns_command(ns, program, args, env), None, timeout)
     }
 
     /// The log file of a process named `name` (stdout and stderr).
@@ -710,14 +715,10 @@ impl Lab {
         let f2 = f
             .try_clone()
             .map_err(|e| LabError::io(format!("dup {}", log.display()), e))?;
-        let mut c = netns_command(ns, program);
-        c.args(args)
-            .stdin(Stdio::null())
+        let mut c = ns_command(ns, program, args, env);
+        c.stdin(Stdio::null())
             .stdout(Stdio::from(f))
             .stderr(Stdio::from(f2));
-        for (k, v) in env {
-            c.env(k, v);
-        }
         let line = exec::describe(&c);
         let child = c
             .spawn()
