@@ -13,15 +13,12 @@ use std::time::Duration;
 use natter_proto::messages::{Candidate, CandidateKind, RelayAllocate, TransportKind, envelope};
 use natter_proto::path::PathKind;
 use natter_proto::relay::{self, BindStatus, TOKEN_LEN};
-use natter_proto::stun;
-use rand::RngCore;
 use tokio::net::UdpSocket;
 
 use crate::supernode::SupernodeSession;
 
 /// Time allowed to the reflector for one STUN answer.
 const STUN_WAIT: Duration = Duration::from_millis(250);
-const STUN_TRIES: usize = 3;
 /// Interval between bind attempts until the relay answers.
 const BIND_RETRY_MS: u64 = 200;
 /// Bind attempts before giving up on a relay leg.
@@ -108,28 +105,12 @@ async fn binding(
     socket: &UdpSocket,
     reflector: SocketAddr,
 ) -> Option<(SocketAddr, Option<SocketAddr>)> {
-    let mut tid = [0u8; 12];
-    rand::thread_rng().fill_bytes(&mut tid);
-    let request = stun::Message::request(tid).encode();
-    let mut buf = [0u8; 512];
-    for _ in 0..STUN_TRIES {
-        socket.send_to(&request, reflector).await.ok()?;
-        let deadline = tokio::time::Instant::now() + STUN_WAIT;
-        while let Ok(Ok((n, from))) =
-            tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await
-        {
-            if from != reflector {
-                continue;
-            }
-            if let Ok(msg) = stun::Message::decode(&buf[..n])
-                && msg.kind == stun::BINDING_SUCCESS
-                && msg.transaction_id == tid
-            {
-                return msg.mapped.map(|m| (m, msg.other_address));
-            }
-        }
+    let (msg, from) = crate::netcheck::binding(socket, reflector, false, STUN_WAIT).await?;
+    // Only the reflector itself answers a plain binding request.
+    if from != reflector {
+        return None;
     }
-    None
+    msg.mapped.map(|m| (m, msg.other_address))
 }
 
 /// Whether gathering found this side behind a NAT (a server-reflexive

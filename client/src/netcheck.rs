@@ -44,12 +44,14 @@ pub struct Report {
     pub behind_nat: Option<bool>,
 }
 
-/// One STUN binding from `socket` to `server`; `change_port` asks for the
-/// answer from the server's other port. Returns the response and its source.
+/// One STUN binding from `socket` to `server`, waiting `wait` for each of
+/// three tries; `change_port` asks for the answer from the server's other
+/// port. Returns the response and its source.
 pub async fn binding(
     socket: &UdpSocket,
     server: SocketAddr,
     change_port: bool,
+    wait: Duration,
 ) -> Option<(stun::Message, SocketAddr)> {
     let mut tid = [0u8; 12];
     rand::thread_rng().fill_bytes(&mut tid);
@@ -59,7 +61,7 @@ pub async fn binding(
     let mut buf = [0u8; 512];
     for _ in 0..TRIES {
         socket.send_to(&bytes, server).await.ok()?;
-        let deadline = tokio::time::Instant::now() + WAIT;
+        let deadline = tokio::time::Instant::now() + wait;
         while let Ok(Ok((n, from))) =
             tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await
         {
@@ -93,7 +95,7 @@ pub async fn run(bind: SocketAddr, reflectors: &[SocketAddr]) -> std::io::Result
     // Filtering first, on a fresh socket, before anything opens the NAT
     // towards the reflector's other port.
     let fresh = UdpSocket::bind(bind).await?;
-    if let Some((_, from)) = binding(&fresh, first, true).await {
+    if let Some((_, from)) = binding(&fresh, first, true, WAIT).await {
         report.udp = true;
         report.filtering = if from == first {
             // The server could not change port: no conclusion.
@@ -101,7 +103,7 @@ pub async fn run(bind: SocketAddr, reflectors: &[SocketAddr]) -> std::io::Result
         } else {
             "not-port-dependent".into()
         };
-    } else if binding(&fresh, first, false).await.is_some() {
+    } else if binding(&fresh, first, false, WAIT).await.is_some() {
         report.udp = true;
         report.filtering = "address-and-port-dependent".into();
     }
@@ -112,7 +114,7 @@ pub async fn run(bind: SocketAddr, reflectors: &[SocketAddr]) -> std::io::Result
     report.local = Some(local);
     let mut other_port = None;
     for &server in reflectors {
-        if let Some((msg, _)) = binding(&socket, server, false).await
+        if let Some((msg, _)) = binding(&socket, server, false, WAIT).await
             && let Some(mapped) = msg.mapped
         {
             report.udp = true;
@@ -125,7 +127,7 @@ pub async fn run(bind: SocketAddr, reflectors: &[SocketAddr]) -> std::io::Result
         }
     }
     let same_ip_other_port = match other_port {
-        Some(alt) => binding(&socket, alt, false)
+        Some(alt) => binding(&socket, alt, false, WAIT)
             .await
             .and_then(|(m, _)| m.mapped),
         None => None,
