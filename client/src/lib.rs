@@ -42,7 +42,12 @@ pub fn protocol_version() -> u32 {
 
 /// Current wall-clock time in unix seconds.
 pub fn now_unix_secs() -> i64 {
+    now_unix_ms() / 1000
+}
+
+/// Current wall-clock time in unix milliseconds.
+pub fn now_unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -12,7 +12,7 @@ use natter_client::home::{BUDDIES_FILE, LoginStatus};
 use natter_client::hostcache::{self, HostCache};
 use natter_client::overlay::{Overlay, OverlayConfig};
 use natter_client::supernode::SessionError;
-use natter_client::{ClientError, Home, LoginClient, buddies, now_unix_secs, tls};
+use natter_client::{ClientError, Home, LoginClient, buddies, now_unix_ms, now_unix_secs, tls};
 use natter_proto::messages::{
     ChatMessage, PresenceStatus, PresenceSubscribe, SearchRequest, SetPresence, envelope,
 };
@@ -503,7 +503,7 @@ async fn overlay_command(cli: &Cli) -> Result<(), ClientError> {
                 from: me.clone(),
                 to: name.clone(),
                 text: text.clone(),
-                sent_at: now_unix_secs() * 1000,
+                sent_at: now_unix_ms(),
             };
             sn.request(envelope::Body::ChatMessage(message), REQUEST_TIMEOUT)
                 .await?;
@@ -729,6 +729,6 @@ fn save_supernodes(
     let addrs = supernodes
         .iter()
         .filter_map(|s| SocketAddr::try_from(s.addr.as_ref()?).ok());
-    cache.learn(addrs, now_unix_secs() * 1000);
+    cache.learn(addrs, now_unix_ms());
     cache.save(&path).map_err(|e| usage(&e.to_string()))
 }

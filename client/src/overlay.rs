@@ -17,6 +17,7 @@ use natter_proto::messages::HostCacheEntry;
 use tokio::task::JoinSet;
 
 use crate::hostcache::{HostCache, HostCacheError};
+use crate::now_unix_ms;
 use crate::supernode::{SessionError, SupernodeSession};
 
 /// How the client joins.
@@ -69,12 +70,6 @@ pub struct Overlay {
     alternates: Vec<SocketAddr>,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 impl Overlay {
     /// Joins through the best candidate of the host cache (or the bootstrap list).
     pub async fn join(
@@ -84,7 +79,7 @@ impl Overlay {
     ) -> Result<Self, OverlayError> {
         let mut cache = HostCache::load(&config.cache_path)?;
         if cache.is_empty() {
-            cache.learn(config.bootstrap.iter().copied(), now_ms());
+            cache.learn(config.bootstrap.iter().copied(), now_unix_ms());
         }
         let candidates = cache.candidates(crate::hostcache::MAX_ENTRIES);
         let (session, alternates) =
@@ -154,7 +149,7 @@ impl Overlay {
             .filter_map(|e| e.addr.as_ref())
             .filter_map(|a| SocketAddr::try_from(a).ok())
             .collect();
-        self.cache.learn(addrs, now_ms());
+        self.cache.learn(addrs, now_unix_ms());
         self.cache.save(&self.config.cache_path)?;
         Ok(())
     }
@@ -223,7 +218,7 @@ async fn join_first(
                 // Connections still racing are dropped, which closes them.
                 attempts.abort_all();
                 let rtt = u32::try_from(session.join_rtt().as_millis()).unwrap_or(u32::MAX);
-                cache.record_success(addr, rtt.max(1), now_ms());
+                cache.record_success(addr, rtt.max(1), now_unix_ms());
                 cache.save(&config.cache_path)?;
                 let alternates = candidates
                     .iter()
