@@ -278,6 +278,7 @@ impl LoginService {
                     // Announces carry only the QUIC address; clients learn
                     // the reflector when they join.
                     reflector: None,
+                    tcp: None,
                 })
             })
             .collect())

@@ -457,6 +457,7 @@ async fn supernode_announces_seed_login_replies() {
         Body::SupernodeAnnounce(SupernodeAnnounce {
             addr: Some(std::net::SocketAddr::new(ip.parse().unwrap(), port).into()),
             node_id: vec![id; 16],
+            tcp: None,
         })
     };
     let reply = c.request(announce("0.0.0.0", 7000, 1), "").await.unwrap();
@@ -485,6 +486,7 @@ async fn supernode_announces_seed_login_replies() {
                         .into(),
                 ),
                 node_id: vec![],
+                tcp: None,
             }),
             "",
         )

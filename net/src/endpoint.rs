@@ -65,7 +65,7 @@ impl Default for TransportSettings {
     }
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -170,7 +170,7 @@ pub async fn request_once(
 /// Accepts any server certificate but still verifies the handshake
 /// signature made with it.
 #[derive(Debug)]
-struct AcceptAnyServerCert(Arc<CryptoProvider>);
+pub(crate) struct AcceptAnyServerCert(pub(crate) Arc<CryptoProvider>);
 
 impl ServerCertVerifier for AcceptAnyServerCert {
     fn verify_server_cert(

@@ -8,6 +8,8 @@
 //! | [`tls`] | a self-signed TLS identity (rcgen), persisted in a data directory when one is given |
 //! | [`endpoint`] | server and client configurations (quinn 0.11, rustls 0.23 with *ring*), ALPN `natter/1`, transport settings |
 //! | [`framed`] | reading and writing [`natter_proto::messages::Envelope`] frames on QUIC streams |
+//! | [`tcp`] | TLS over TCP (tokio-rustls), the firewall fallback: typed records, keepalive, close codes |
+//! | [`control`] | a control connection over either transport (QUIC stream or TLS records) |
 //!
 //! ## Security model
 //!
@@ -25,9 +27,18 @@
 //! calls. Components that *can* pin the server (the client pins the login
 //! server's signing key) pass their own verifier to [`endpoint::client_config`].
 
+pub mod control;
 pub mod endpoint;
 pub mod framed;
+pub mod tcp;
 pub mod tls;
+
+pub use control::{ControlConn, EnvelopeRecv, EnvelopeSend, Transport};
+pub use tcp::{RecordConn, RecordReader, TlsHandle, TlsListener};
+
+/// Close code of a connection that sent a malformed frame or record (the
+/// same on QUIC and TLS).
+pub const CLOSE_MALFORMED: u32 = 1;
 
 pub use endpoint::{
     ALPN, TransportSettings, client_config, client_endpoint, insecure_client_config, request_once,
@@ -61,6 +72,10 @@ pub enum NetError {
     ClosedStream(#[from] quinn::ClosedStream),
     #[error("bad frame: {0}")]
     Frame(#[from] natter_proto::frame::FrameError),
+    #[error("bad record: {0}")]
+    Record(#[from] natter_proto::record::RecordError),
+    #[error("connection closed: {0}")]
+    Closed(String),
     #[error("stream ended in the middle of a frame")]
     Truncated,
     #[error("stream ended before a reply")]

@@ -290,6 +290,7 @@ impl Membership {
             addr: Some(self.my_addr.into()),
             incarnation: self.my_incarnation,
             state: MemberState::Alive as i32,
+            tcp: None,
         }];
         let mut others: Vec<&Member> = self.members.values().collect();
         others.sort_unstable_by_key(|m| m.id);
@@ -298,6 +299,7 @@ impl Membership {
             addr: Some(m.addr.into()),
             incarnation: m.incarnation,
             state: m.state.to_wire() as i32,
+            tcp: None,
         }));
         view
     }
@@ -317,6 +319,7 @@ mod tests {
             addr: Some(addr(port).into()),
             incarnation,
             state: state as i32,
+            tcp: None,
         }
     }
 

@@ -160,6 +160,7 @@ impl Inner {
                     rtt_ms: 0,
                     node_id: id.to_vec(),
                     reflector: reflector.map(Into::into),
+                    tcp: None,
                 }
             })
             .collect()
@@ -802,6 +803,7 @@ async fn announce_loop(inner: Arc<Inner>, login: SocketAddr) {
             Body::SupernodeAnnounce(SupernodeAnnounce {
                 addr: Some(inner.addr.into()),
                 node_id: inner.node_id.to_vec(),
+                tcp: None,
             }),
         );
         match natter_net::request_once(

@@ -585,6 +585,7 @@ impl Session {
                     token: allocated.token.to_vec(),
                     lifetime_s: u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX).max(1),
                     peer_token: allocated.peer_token.to_vec(),
+                    tcp: None,
                 })
             }
             Err(e @ AllocError::NotInCall) => error(ErrorCode::NotJoined, e.to_string()),
