@@ -5,6 +5,10 @@
 //! Media runs on one UDP socket per call, driven by a 20 ms interval: each
 //! tick sends exactly one `Data` datagram (speech or silence, no suppression)
 //! and plays exactly one frame. Probes every second measure the RTT.
+//!
+//! Where UDP does not work (the supernode session runs over TLS on TCP, or
+//! every UDP path has gone silent mid-call) the same datagrams travel over
+//! TLS relay legs to the supernodes' relays ([`crate::tcp_relay`]).
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -23,7 +27,8 @@ use rand::RngCore;
 use rsa::RsaPublicKey;
 use tokio::net::UdpSocket;
 
-use crate::gather::{self, RelayBinds};
+use crate::gather::{self, OwnRelay, RelayBinds};
+use crate::tcp_relay::{TcpLeg, TcpLegs};
 use crate::now_unix_secs;
 use crate::supernode::{SessionError, SupernodeSession};
 
@@ -32,6 +37,10 @@ pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// A call with no media from the peer for this long is over.
 pub const MEDIA_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// With UDP usable at the start, TCP relay legs open once no UDP datagram
+/// has been heard from the peer for this long (UDP blocked mid-call, or
+/// never working).
+pub const UDP_SILENCE_FOR_TCP: Duration = Duration::from_millis(1500);
 
 /// Audio and reporting options of a call.
 #[derive(Debug, Clone, Default)]
@@ -95,6 +104,14 @@ pub struct CallReport {
     pub ended_by_peer: bool,
     pub media: MediaStats,
     pub codec_bitrate: i32,
+    /// Transport of the supernode session (`quic` or `tcp`).
+    pub signaling: &'static str,
+    /// RTT of the path media last went over (connectivity-check probes).
+    pub path_rtt_ms: Option<u64>,
+    /// TLS relay legs connected (reconnections included).
+    pub tcp_connects: u64,
+    /// Datagrams dropped on full TCP leg queues.
+    pub tcp_dropped: u64,
 }
 
 impl CallReport {
@@ -152,6 +169,10 @@ impl CallReport {
             "recv_bytes_per_s": (m.received_bytes as f64 / secs * 10.0).round() / 10.0,
             "mean_udp_payload": (self.mean_payload() * 100.0).round() / 100.0,
             "codec_bitrate": self.codec_bitrate,
+            "signaling": self.signaling,
+            "path_rtt_ms": self.path_rtt_ms,
+            "tcp_connects": self.tcp_connects,
+            "tcp_dropped": self.tcp_dropped,
         })
         .to_string()
     }
@@ -160,7 +181,7 @@ impl CallReport {
     pub fn to_text(&self) -> String {
         let m = &self.media;
         format!(
-            "call with {peer}: {dur:.1} s, path {path} ({remote}), setup {setup} ms, first audio {first}\n\
+            "call with {peer}: {dur:.1} s, path {path} ({remote}, RTT {prtt}), signaling over {sig}, setup {setup} ms, first audio {first}\n\
              sent {sp} packets ({smp} media, mean UDP payload {mp:.1} B, {sbps:.0} B/s), received {rp} ({rmp} media)\n\
              lost {lost} (FEC recovered {fec}, concealed {conc}), late {late}, dropped: auth {auth}, replay {rep}, malformed {mal}\n\
              RTT {rtt}, jitter {jit:.1} ms, jitter-buffer delay {jbd} ms, codec Opus {br} b/s",
@@ -168,6 +189,8 @@ impl CallReport {
             dur = self.duration_s,
             path = self.path(),
             remote = self.remote_addr.map_or("-".into(), |a| a.to_string()),
+            prtt = self.path_rtt_ms.map_or("-".into(), |v| format!("{v} ms")),
+            sig = self.signaling,
             setup = self.setup_ms,
             first = self
                 .first_audio_ms
@@ -193,14 +216,24 @@ impl CallReport {
     }
 }
 
+/// Whether this side must do without UDP: its session fell back to TLS
+/// over TCP because QUIC did not get through.
+fn udp_blocked(session: &SupernodeSession) -> bool {
+    session.transport() == natter_net::Transport::Tls
+}
+
 /// Binds the call's media socket and gathers its host and server-reflexive
-/// candidates.
+/// candidates (none when UDP is blocked: only relays can reach this side).
 async fn media_socket(
     session: &SupernodeSession,
 ) -> Result<(UdpSocket, Vec<Candidate>), CallError> {
     let ip = gather::local_ip_towards(session.addr());
     let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
-    let candidates = gather::local_candidates(session, &socket).await;
+    let candidates = if udp_blocked(session) {
+        Vec::new()
+    } else {
+        gather::local_candidates(session, &socket).await
+    };
     Ok((socket, candidates))
 }
 
@@ -291,10 +324,10 @@ pub async fn place_call(
     flush(&mut setup, session).await?;
     // The supernode knows the call now: allocate a relay and trickle it.
     let mut own_relay = None;
-    if let Some((candidate, leg)) = gather::allocate_relay(session, &invite_id).await {
-        setup.trickle(vec![candidate], true);
+    if let Some((relay_candidates, own)) = gather::allocate_relay(session, &invite_id).await {
+        setup.trickle(relay_candidates, true);
         flush(&mut setup, session).await?;
-        own_relay = Some(leg);
+        own_relay = Some(own);
     }
     let mut trickled = Vec::new();
     loop {
@@ -384,11 +417,11 @@ pub async fn answer_calls(
                 CallEvent::Incoming { .. } => {
                     let (socket, mut candidates) = media_socket(session).await?;
                     behind_nat = gather::behind_nat(&candidates);
-                    if let Some((candidate, leg)) =
+                    if let Some((relay_candidates, own)) =
                         gather::allocate_relay(session, &setup.invite_id()).await
                     {
-                        candidates.push(candidate);
-                        own_relay = Some(leg);
+                        candidates.extend(relay_candidates);
+                        own_relay = Some(own);
                     }
                     let mut secret = [0u8; 32];
                     rand::thread_rng().fill_bytes(&mut secret);
@@ -432,25 +465,98 @@ pub async fn answer_calls(
 struct MediaTransport {
     socket: UdpSocket,
     remote_candidates: Vec<Candidate>,
-    own_relay: Option<gather::RelayLeg>,
+    own_relay: Option<OwnRelay>,
     /// This side's own NAT, if gathering found one.
     behind_nat: bool,
 }
 
-/// Hands the peer's candidates to the path manager and the relay binder.
-fn add_candidates(
-    path: &mut PathManager,
-    binds: &mut RelayBinds,
-    candidates: &[Candidate],
+/// Where a call's datagrams can go: UDP targets with their relay binds, and
+/// TLS relay legs, opened when UDP is blocked or has gone silent.
+struct Paths {
+    path: PathManager,
+    binds: RelayBinds,
     behind_nat: bool,
-    now_ms: u64,
-) {
-    for c in candidates {
-        if let Some((addr, kind, token)) = gather::target(c, behind_nat) {
-            path.add_target(addr, kind, now_ms);
-            if let Some(token) = token {
-                binds.add(gather::RelayLeg { addr, token });
+    /// No UDP at all: only TCP relay legs are used.
+    udp_blocked: bool,
+    /// TCP relay legs known (own relay, peer's TCP relay candidates).
+    tcp_known: Vec<TcpLeg>,
+    /// Whether known TCP legs are opened.
+    tcp_active: bool,
+    tcp: TcpLegs,
+}
+
+impl Paths {
+    fn new(udp_blocked: bool, behind_nat: bool) -> Self {
+        Self {
+            path: PathManager::new(PathConfig::default(), 0),
+            binds: RelayBinds::default(),
+            behind_nat,
+            udp_blocked,
+            tcp_known: Vec::new(),
+            tcp_active: udp_blocked,
+            tcp: TcpLegs::default(),
+        }
+    }
+
+    /// This side's own relay: bound over UDP (unless UDP is blocked) and
+    /// over TCP once TCP legs are in use.
+    fn add_own_relay(&mut self, own: OwnRelay) {
+        if !self.udp_blocked {
+            // Our own relay forwards to the peer once the peer binds too.
+            self.path.add_target(own.udp.addr, PathKind::Relayed, 0);
+            self.binds.add(own.udp);
+        }
+        if let Some(leg) = own.tcp {
+            self.add_tcp(leg, 0);
+        }
+    }
+
+    /// Hands the peer's candidates to the path manager, the relay binder
+    /// and the TCP legs.
+    fn add_candidates(&mut self, candidates: &[Candidate], now_ms: u64) {
+        for c in candidates {
+            let Some((addr, kind, token)) = gather::target(c, self.behind_nat) else {
+                continue;
+            };
+            match (kind, token) {
+                (PathKind::TcpRelay, Some(token)) => self.add_tcp(TcpLeg { addr, token }, now_ms),
+                (PathKind::TcpRelay, None) => {}
+                _ if self.udp_blocked => {}
+                (_, token) => {
+                    self.path.add_target(addr, kind, now_ms);
+                    if let Some(token) = token {
+                        self.binds.add(gather::RelayLeg { addr, token });
+                    }
+                }
             }
+        }
+    }
+
+    fn add_tcp(&mut self, leg: TcpLeg, now_ms: u64) {
+        if !self.tcp_known.contains(&leg) {
+            self.tcp_known.push(leg);
+        }
+        if self.tcp_active {
+            self.open_tcp(now_ms);
+        }
+    }
+
+    /// Opens every known TCP leg (from now on).
+    fn open_tcp(&mut self, now_ms: u64) {
+        self.tcp_active = true;
+        for leg in &self.tcp_known {
+            if self.tcp.open(*leg) {
+                self.path.add_target(leg.addr, PathKind::TcpRelay, now_ms);
+            }
+        }
+    }
+
+    /// Sends `datagram` to `to`, over the TCP leg when `to` is one.
+    async fn send(&self, socket: &UdpSocket, datagram: &[u8], to: SocketAddr) {
+        if self.tcp.contains(to) {
+            self.tcp.send(to, datagram);
+        } else if !self.udp_blocked {
+            let _ = socket.send_to(datagram, to).await;
         }
     }
 }
@@ -471,13 +577,10 @@ async fn run_media(
         own_relay,
         behind_nat,
     } = transport;
-    let mut path = PathManager::new(PathConfig::default(), 0);
-    let mut binds = RelayBinds::default();
-    add_candidates(&mut path, &mut binds, &remote_candidates, behind_nat, 0);
-    if let Some(leg) = own_relay {
-        // Our own relay forwards to the peer once the peer binds too.
-        path.add_target(leg.addr, PathKind::Relayed, 0);
-        binds.add(leg);
+    let mut paths = Paths::new(udp_blocked(session), behind_nat);
+    paths.add_candidates(&remote_candidates, 0);
+    if let Some(own) = own_relay {
+        paths.add_own_relay(own);
     }
     let mut path_start = None;
     let mut remote = None;
@@ -537,6 +640,7 @@ async fn run_media(
     let mut frame_index = 0usize;
     let mut first_audio_ms = None;
     let mut last_heard = Instant::now();
+    let mut last_udp_heard = Instant::now();
     let mut ended_by_peer = false;
     let show_status = options.live_status && std::io::stderr().is_terminal();
     let mut last_status = Instant::now();
@@ -556,19 +660,25 @@ async fn run_media(
                     pcm[..n].copy_from_slice(&input[from..from + n]);
                 }
                 frame_index += 1;
+                // UDP silent too long: bring in the TCP relay legs.
+                if !paths.tcp_active && last_udp_heard.elapsed() >= UDP_SILENCE_FOR_TCP {
+                    paths.open_tcp(now_ms);
+                }
                 // Relay binds, connectivity checks, then the frame on the chosen path.
-                for (relay, bind) in binds.poll(now_ms) {
-                    let _ = socket.send_to(&bind, relay).await;
+                if !paths.udp_blocked {
+                    for (relay, bind) in paths.binds.poll(now_ms) {
+                        let _ = socket.send_to(&bind, relay).await;
+                    }
                 }
-                for to in path.poll_probes(now_ms) {
+                for to in paths.path.poll_probes(now_ms) {
                     media.probe(now_ms, &mut datagram).map_err(|e| CallError::Audio(e.to_string()))?;
-                    let _ = socket.send_to(&datagram, to).await;
+                    paths.send(&socket, &datagram, to).await;
                 }
-                remote = path.current(now_ms);
+                remote = paths.path.current(now_ms);
                 if let Some((to, kind)) = remote {
                     path_start.get_or_insert(kind);
                     media.poll_transmit(&pcm, &mut datagram).map_err(|e| CallError::Audio(e.to_string()))?;
-                    let _ = socket.send_to(&datagram, to).await;
+                    paths.send(&socket, &datagram, to).await;
                 }
                 // Play: one frame.
                 if media.poll_audio(now_ms, &mut frame).map_err(|e| CallError::Audio(e.to_string()))? {
@@ -607,26 +717,22 @@ async fn run_media(
             received = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = received else { continue };
                 let now_ms = start.elapsed().as_millis() as u64;
-                if binds.is_relay(from) && binds.handle(from, &buf[..n]) {
+                if paths.binds.is_relay(from) && paths.binds.handle(from, &buf[..n]) {
                     continue;
                 }
                 if natter_proto::stun::looks_like_stun(&buf[..n]) {
                     continue; // a late reflector answer
                 }
-                // Drops are counted in the stats.
-                if let Ok(received) = media.handle_datagram(&buf[..n], now_ms) {
+                if handle_datagram(&mut media, &mut paths, &socket, &buf[..n], from, now_ms, &mut datagram).await? {
                     last_heard = Instant::now();
-                    path.handle_authenticated(from, now_ms);
-                    match received {
-                        Received::Media => path.handle_media(from, now_ms),
-                        // Answer where the probe came from (peer-reflexive).
-                        Received::Probe(payload) => {
-                            media.probe_reply(&payload, &mut datagram).map_err(|e| CallError::Audio(e.to_string()))?;
-                            let _ = socket.send_to(&datagram, from).await;
-                        }
-                        Received::ProbeReply { rtt_ms } => path.handle_probe_reply(from, rtt_ms, now_ms),
-                        _ => {}
-                    }
+                    last_udp_heard = last_heard;
+                }
+            }
+            received = paths.tcp.recv() => {
+                let Some((from, bytes)) = received else { continue };
+                let now_ms = start.elapsed().as_millis() as u64;
+                if handle_datagram(&mut media, &mut paths, &socket, &bytes, from, now_ms, &mut datagram).await? {
+                    last_heard = Instant::now();
                 }
             }
             _ = tokio::signal::ctrl_c() => {
@@ -640,7 +746,7 @@ async fn run_media(
                         setup.handle_signal(&signal, now_unix_secs());
                         while let Some(event) = setup.poll_event() {
                             if let CallEvent::Candidates(more) = event {
-                                add_candidates(&mut path, &mut binds, &more, behind_nat, start.elapsed().as_millis() as u64);
+                                paths.add_candidates(&more, start.elapsed().as_millis() as u64);
                             }
                         }
                         if setup.phase() == Phase::Ended {
@@ -673,12 +779,21 @@ async fn run_media(
         sink.finish().map_err(|e| CallError::Audio(e.to_string()))?;
     }
     let path_end = remote.map(|(_, kind)| kind);
+    let path_rtt_ms = remote.and_then(|(addr, _)| {
+        paths
+            .path
+            .targets()
+            .iter()
+            .find(|t| t.addr == addr)
+            .and_then(|t| t.rtt_ms)
+    });
+    let tcp_stats = paths.tcp.stats();
     Ok(CallReport {
         peer,
         path_start,
         path_end,
-        switches: path.switches().to_vec(),
-        time_to_direct_ms: path.time_to_direct_ms(),
+        switches: paths.path.switches().to_vec(),
+        time_to_direct_ms: paths.path.time_to_direct_ms(),
         remote_addr: remote.map(|(addr, _)| addr),
         duration_s: start.elapsed().as_secs_f64(),
         setup_ms,
@@ -686,5 +801,39 @@ async fn run_media(
         ended_by_peer,
         media: media.stats(),
         codec_bitrate: media.codec().bitrate,
+        signaling: session.transport().name(),
+        path_rtt_ms,
+        tcp_connects: tcp_stats.connects.load(std::sync::atomic::Ordering::Relaxed),
+        tcp_dropped: tcp_stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
     })
+}
+
+/// Handles one datagram from the peer's side (UDP or a TCP leg); returns
+/// whether it authenticated. Drops are counted in the media stats.
+async fn handle_datagram(
+    media: &mut MediaSession,
+    paths: &mut Paths,
+    socket: &UdpSocket,
+    bytes: &[u8],
+    from: SocketAddr,
+    now_ms: u64,
+    scratch: &mut Vec<u8>,
+) -> Result<bool, CallError> {
+    let Ok(received) = media.handle_datagram(bytes, now_ms) else {
+        return Ok(false);
+    };
+    paths.path.handle_authenticated(from, now_ms);
+    match received {
+        Received::Media => paths.path.handle_media(from, now_ms),
+        // Answer where the probe came from (peer-reflexive).
+        Received::Probe(payload) => {
+            media
+                .probe_reply(&payload, scratch)
+                .map_err(|e| CallError::Audio(e.to_string()))?;
+            paths.send(socket, scratch, from).await;
+        }
+        Received::ProbeReply { rtt_ms } => paths.path.handle_probe_reply(from, rtt_ms, now_ms),
+        _ => {}
+    }
+    Ok(true)
 }

@@ -5,7 +5,9 @@
 //!   supernode's STUN reflector from the same socket;
 //! * **relay**: an allocation on the supernode's relay for this call; the
 //!   peer gets the relay address with the peer's token, and this side binds
-//!   with its own token.
+//!   with its own token. When the supernode also listens on TCP, the peer
+//!   gets a second relay candidate (transport TCP) for the same allocation:
+//!   the way in for a UDP-blocked side ([`crate::tcp_relay`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -37,7 +39,7 @@ pub fn local_ip_towards(peer: SocketAddr) -> std::net::IpAddr {
     .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |a| a.ip())
 }
 
-/// A candidate message.
+/// A UDP candidate message.
 pub fn candidate(kind: CandidateKind, addr: SocketAddr, priority: u32, token: &[u8]) -> Candidate {
     Candidate {
         kind: kind as i32,
@@ -51,15 +53,23 @@ pub fn candidate(kind: CandidateKind, addr: SocketAddr, priority: u32, token: &[
 /// What a received candidate means for the path manager: its address, the
 /// path it would make, and the token to bind with when it is a relay. When
 /// this side is behind a NAT (`behind_nat`), even the peer's own address is
-/// reached through a hole in that NAT: hole-punched, not direct.
+/// reached through a hole in that NAT: hole-punched, not direct. A TCP
+/// candidate is always a relay reached over TLS ([`PathKind::TcpRelay`]).
 pub fn target(
     c: &Candidate,
     behind_nat: bool,
 ) -> Option<(SocketAddr, PathKind, Option<[u8; TOKEN_LEN]>)> {
+    let addr = SocketAddr::try_from(c.addr.as_ref()?).ok()?;
+    if c.transport == TransportKind::Tcp as i32 {
+        if c.kind != CandidateKind::Relay as i32 {
+            return None;
+        }
+        let token = c.relay_token.as_slice().try_into().ok()?;
+        return Some((addr, PathKind::TcpRelay, Some(token)));
+    }
     if c.transport != TransportKind::Udp as i32 {
         return None;
     }
-    let addr = SocketAddr::try_from(c.addr.as_ref()?).ok()?;
     let kind = match CandidateKind::try_from(c.kind).ok()? {
         CandidateKind::Host if behind_nat => PathKind::HolePunched,
         CandidateKind::Host => PathKind::Direct,
@@ -158,13 +168,22 @@ pub struct RelayLeg {
     pub token: [u8; TOKEN_LEN],
 }
 
+/// This side's own relay allocation: its UDP leg and, when the supernode
+/// listens on TCP, where to bind the same side over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnRelay {
+    pub udp: RelayLeg,
+    pub tcp: Option<crate::tcp_relay::TcpLeg>,
+}
+
 /// Allocates a relay for the call on the current supernode: returns the
-/// candidate for the peer and this side's own leg. `None` when the supernode
-/// has no relay or refuses.
+/// candidates for the peer (UDP, and TCP when the supernode listens on
+/// TCP) and this side's own legs. `None` when the supernode has no relay or
+/// refuses.
 pub async fn allocate_relay(
     session: &SupernodeSession,
     invite_id: &[u8],
-) -> Option<(Candidate, RelayLeg)> {
+) -> Option<(Vec<Candidate>, OwnRelay)> {
     let reply = session
         .request(
             envelope::Body::RelayAllocate(RelayAllocate {
@@ -180,9 +199,25 @@ pub async fn allocate_relay(
     let addr = SocketAddr::try_from(r.relay.as_ref()?).ok()?;
     let token: [u8; TOKEN_LEN] = r.token.as_slice().try_into().ok()?;
     let peer_token: [u8; TOKEN_LEN] = r.peer_token.as_slice().try_into().ok()?;
+    let mut candidates = vec![candidate(CandidateKind::Relay, addr, 10, &peer_token)];
+    let tcp = r
+        .tcp
+        .as_ref()
+        .and_then(|a| SocketAddr::try_from(a).ok())
+        .map(|tcp| {
+            candidates.push(Candidate {
+                transport: TransportKind::Tcp as i32,
+                priority: 5,
+                ..candidate(CandidateKind::Relay, tcp, 5, &peer_token)
+            });
+            crate::tcp_relay::TcpLeg { addr: tcp, token }
+        });
     Some((
-        candidate(CandidateKind::Relay, addr, 10, &peer_token),
-        RelayLeg { addr, token },
+        candidates,
+        OwnRelay {
+            udp: RelayLeg { addr, token },
+            tcp,
+        },
     ))
 }
 

@@ -4,9 +4,16 @@
 //! supernode per line, so a user can read and edit it:
 //!
 //! ```text
-//! # natter host cache v1: addr last_seen_unix_ms rtt_ms failures
-//! 198.51.100.10:33033 1800000000000 12 0
+//! # natter host cache v2: addr last_seen_unix_ms rtt_ms failures transport tcp_addr
+//! 198.51.100.10:443 1800000000000 12 0 quic -
+//! 198.51.100.11:443 1800000000000 40 0 tcp 198.51.100.11:443
 //! ```
+//!
+//! `transport` is the one the last successful join used (`quic`, `tcp`, or
+//! `-` when never joined): a client behind a UDP-blocking firewall goes
+//! straight to TLS over TCP next time. `tcp_addr` is the supernode's
+//! TLS-over-TCP listener when it was announced (`-`: assume the QUIC
+//! address's IP and port). Version-1 lines (the first four fields) are still read.
 //!
 //! At most [`MAX_ENTRIES`] are kept. The file is replaced atomically (write a
 //! temporary file, fsync, rename), so a crash leaves either the old or the new
@@ -17,11 +24,14 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use natter_net::Transport;
+
 /// Most entries kept (as in the Skype client).
 pub const MAX_ENTRIES: usize = 200;
 /// File name inside the home directory.
 pub const FILE_NAME: &str = "hostcache.txt";
-const HEADER: &str = "# natter host cache v1: addr last_seen_unix_ms rtt_ms failures";
+const HEADER: &str =
+    "# natter host cache v2: addr last_seen_unix_ms rtt_ms failures transport tcp_addr";
 
 /// What the cache knows about one supernode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +43,29 @@ pub struct Entry {
     pub rtt_ms: u32,
     /// Failed join attempts since the last success.
     pub failures: u32,
+    /// The transport of the last successful join.
+    pub transport: Option<Transport>,
+    /// Its TLS-over-TCP listener, when announced.
+    pub tcp: Option<SocketAddr>,
+}
+
+impl Entry {
+    fn new(addr: SocketAddr, last_seen_ms: i64) -> Self {
+        Self {
+            addr,
+            last_seen_ms,
+            rtt_ms: 0,
+            failures: 0,
+            transport: None,
+            tcp: None,
+        }
+    }
+
+    /// Where to reach it over TLS on TCP: the announced listener, else the
+    /// QUIC address's IP and port (deployments run both on 443).
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp.unwrap_or(self.addr)
+    }
 }
 
 /// Why the cache could not be read or written.
@@ -95,8 +128,13 @@ impl HostCache {
         text.push('\n');
         for e in &self.entries {
             text.push_str(&format!(
-                "{} {} {} {}\n",
-                e.addr, e.last_seen_ms, e.rtt_ms, e.failures
+                "{} {} {} {} {} {}\n",
+                e.addr,
+                e.last_seen_ms,
+                e.rtt_ms,
+                e.failures,
+                e.transport.map_or("-", Transport::name),
+                e.tcp.map_or("-".to_owned(), |a| a.to_string()),
             ));
         }
         text
@@ -137,29 +175,56 @@ impl HostCache {
         self.entries.iter().take(n).map(|e| e.addr).collect()
     }
 
-    /// Adds supernodes learned from gossip, a login reply or a bootstrap list.
+    /// The entry for `addr`, if known.
+    pub fn get(&self, addr: SocketAddr) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.addr == addr)
+    }
+
+    /// Adds supernodes learned from a bootstrap list.
     pub fn learn(&mut self, addrs: impl IntoIterator<Item = SocketAddr>, now_ms: i64) {
-        for addr in addrs {
+        self.learn_with_tcp(addrs.into_iter().map(|a| (a, None)), now_ms);
+    }
+
+    /// Adds supernodes learned from gossip or a login reply, with their
+    /// TLS-over-TCP listener when announced.
+    pub fn learn_with_tcp(
+        &mut self,
+        nodes: impl IntoIterator<Item = (SocketAddr, Option<SocketAddr>)>,
+        now_ms: i64,
+    ) {
+        for (addr, tcp) in nodes {
             match self.entries.iter_mut().find(|e| e.addr == addr) {
-                Some(e) => e.last_seen_ms = e.last_seen_ms.max(now_ms),
+                Some(e) => {
+                    e.last_seen_ms = e.last_seen_ms.max(now_ms);
+                    if tcp.is_some() {
+                        e.tcp = tcp;
+                    }
+                }
                 None => self.entries.push(Entry {
-                    addr,
-                    last_seen_ms: now_ms,
-                    rtt_ms: 0,
-                    failures: 0,
+                    tcp,
+                    ..Entry::new(addr, now_ms)
                 }),
             }
         }
         self.trim();
     }
 
-    /// A join through `addr` succeeded after `rtt_ms`.
-    pub fn record_success(&mut self, addr: SocketAddr, rtt_ms: u32, now_ms: i64) {
+    /// A join through `addr` over `transport` succeeded after `rtt_ms`.
+    pub fn record_success(
+        &mut self,
+        addr: SocketAddr,
+        transport: Transport,
+        rtt_ms: u32,
+        now_ms: i64,
+    ) {
+        let tcp = self.get(addr).and_then(|e| e.tcp);
         self.upsert(Entry {
             addr,
             last_seen_ms: now_ms,
             rtt_ms,
             failures: 0,
+            transport: Some(transport),
+            tcp,
         });
         self.trim();
     }
@@ -199,12 +264,26 @@ fn rtt_key(e: &Entry) -> u32 {
 
 fn parse_line(line: &str) -> Option<Entry> {
     let mut fields = line.split_whitespace();
-    let entry = Entry {
-        addr: fields.next()?.parse().ok()?,
-        last_seen_ms: fields.next()?.parse().ok()?,
-        rtt_ms: fields.next()?.parse().ok()?,
-        failures: fields.next()?.parse().ok()?,
+    let mut entry = Entry {
+        rtt_ms: 0,
+        failures: 0,
+        ..Entry::new(fields.next()?.parse().ok()?, fields.next()?.parse().ok()?)
     };
+    entry.rtt_ms = fields.next()?.parse().ok()?;
+    entry.failures = fields.next()?.parse().ok()?;
+    // Version 2 adds two fields; a version-1 line ends here.
+    if let Some(transport) = fields.next() {
+        entry.transport = match transport {
+            "quic" => Some(Transport::Quic),
+            "tcp" => Some(Transport::Tls),
+            "-" => None,
+            _ => return None,
+        };
+        entry.tcp = match fields.next()? {
+            "-" => None,
+            addr => Some(addr.parse().ok()?),
+        };
+    }
     fields.next().is_none().then_some(entry)
 }
 
@@ -220,20 +299,39 @@ mod tests {
     fn round_trips_through_its_file_format() {
         let mut cache = HostCache::new();
         cache.learn([addr(1), addr(2)], 1_000);
-        cache.record_success(addr(2), 15, 2_000);
+        cache.learn_with_tcp([(addr(3), Some(addr(443)))], 1_500);
+        cache.record_success(addr(2), Transport::Quic, 15, 2_000);
+        cache.record_success(addr(3), Transport::Tls, 30, 2_000);
         let back = HostCache::parse(&cache.render());
         assert_eq!(back, cache);
         assert_eq!(back.candidates(1), vec![addr(2)]);
+        let e = back.get(addr(3)).unwrap();
+        assert_eq!(e.transport, Some(Transport::Tls), "the working transport is kept");
+        assert_eq!(e.tcp_addr(), addr(443));
+        assert_eq!(back.get(addr(1)).unwrap().tcp_addr(), addr(1));
+    }
+
+    #[test]
+    fn version_one_files_are_still_read() {
+        let text = "# natter host cache v1: addr last_seen_unix_ms rtt_ms failures\n127.0.0.1:1 5 9 0\n";
+        let cache = HostCache::parse(text);
+        assert_eq!(cache.skipped_lines(), 0);
+        let e = cache.get(addr_of("127.0.0.1:1")).unwrap();
+        assert_eq!((e.rtt_ms, e.transport, e.tcp), (9, None, None));
+    }
+
+    fn addr_of(s: &str) -> SocketAddr {
+        s.parse().unwrap()
     }
 
     #[test]
     fn damaged_lines_are_skipped_not_fatal() {
         let text = format!(
-            "{HEADER}\n127.0.0.1:1 5 0 0\ngarbage\n127.0.0.1:2 x 0 0\n127.0.0.1:3 5 0 0 extra\n"
+            "{HEADER}\n127.0.0.1:1 5 0 0\ngarbage\n127.0.0.1:2 x 0 0\n127.0.0.1:3 5 0 0 extra -\n127.0.0.1:4 5 0 0 tcp nowhere\n127.0.0.1:5 5 0 0 quic - more\n"
         );
         let cache = HostCache::parse(&text);
         assert_eq!(cache.entries().len(), 1);
-        assert_eq!(cache.skipped_lines(), 3);
+        assert_eq!(cache.skipped_lines(), 5);
     }
 
     #[test]

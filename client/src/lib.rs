@@ -29,6 +29,7 @@ pub mod login;
 pub mod netcheck;
 pub mod overlay;
 pub mod supernode;
+pub mod tcp_relay;
 pub mod tls;
 
 pub use error::ClientError;

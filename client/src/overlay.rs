@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 
 use crate::hostcache::{HostCache, HostCacheError};
 use crate::now_unix_ms;
-use crate::supernode::{SessionError, SupernodeSession};
+use crate::supernode::{self, Dial, SessionError, SupernodeSession};
 
 /// How the client joins.
 #[derive(Debug, Clone)]
@@ -144,12 +144,7 @@ impl Overlay {
 
     /// Adds supernodes from a `SupernodeList` push (or any list) to the cache.
     pub fn learn(&mut self, entries: &[HostCacheEntry]) -> Result<(), OverlayError> {
-        let addrs: Vec<SocketAddr> = entries
-            .iter()
-            .filter_map(|e| e.addr.as_ref())
-            .filter_map(|a| SocketAddr::try_from(a).ok())
-            .collect();
-        self.cache.learn(addrs, now_unix_ms());
+        self.cache.learn_with_tcp(nodes(entries), now_unix_ms());
         self.cache.save(&self.config.cache_path)?;
         Ok(())
     }
@@ -171,7 +166,29 @@ impl Overlay {
     }
 }
 
-/// Races QUIC connections to `candidates`, `parallel` at a time, and joins
+/// The QUIC and (when announced) TLS-over-TCP addresses of `entries`.
+pub fn nodes(entries: &[HostCacheEntry]) -> Vec<(SocketAddr, Option<SocketAddr>)> {
+    entries
+        .iter()
+        .filter_map(|e| {
+            let addr = SocketAddr::try_from(e.addr.as_ref()?).ok()?;
+            let tcp = e.tcp.as_ref().and_then(|a| SocketAddr::try_from(a).ok());
+            Some((addr, tcp))
+        })
+        .collect()
+}
+
+/// How to dial `addr`, from what the cache knows.
+fn dial_of(cache: &HostCache, addr: SocketAddr) -> Dial {
+    cache.get(addr).map_or(Dial::quic_addr(addr), |e| Dial {
+        addr,
+        tcp: e.tcp_addr(),
+        prefer_tcp: e.transport == Some(natter_net::Transport::Tls),
+    })
+}
+
+/// Races connections (QUIC, or TLS over TCP where UDP fails: see
+/// [`supernode::dial`]) to `candidates`, `parallel` at a time, and joins
 /// through the first that connects (only one supernode sees the join, so
 /// presence does not flap); if that join is refused, the race goes on.
 async fn join_first(
@@ -193,11 +210,11 @@ async fn join_first(
             let addr = candidates[next];
             next += 1;
             let (endpoint, timeout) = (endpoint.clone(), config.join_timeout);
+            let dial = dial_of(cache, addr);
             attempts.spawn(async move {
-                let connected =
-                    tokio::time::timeout(timeout, SupernodeSession::connect(&endpoint, addr))
-                        .await
-                        .unwrap_or(Err(SessionError::Timeout(addr)));
+                let connected = tokio::time::timeout(timeout, supernode::dial(&endpoint, dial))
+                    .await
+                    .unwrap_or(Err(SessionError::Timeout(addr)));
                 (addr, connected)
             });
         }
@@ -208,8 +225,8 @@ async fn join_first(
             continue;
         };
         let joined = match connected {
-            Ok(connection) => {
-                SupernodeSession::join_on(connection, identity, config.join_timeout).await
+            Ok(connected) => {
+                SupernodeSession::join_on(connected, addr, identity, config.join_timeout).await
             }
             Err(e) => Err(e),
         };
@@ -218,7 +235,7 @@ async fn join_first(
                 // Connections still racing are dropped, which closes them.
                 attempts.abort_all();
                 let rtt = u32::try_from(session.join_rtt().as_millis()).unwrap_or(u32::MAX);
-                cache.record_success(addr, rtt.max(1), now_unix_ms());
+                cache.record_success(addr, session.transport(), rtt.max(1), now_unix_ms());
                 cache.save(&config.cache_path)?;
                 let alternates = candidates
                     .iter()

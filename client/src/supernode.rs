@@ -1,8 +1,9 @@
 //! A joined session with one supernode (docs/PROTOCOL.md, section 5.1 and
 //! the session rules of section 8.2).
 //!
-//! [`SupernodeSession::join`] connects over QUIC, opens the session stream and
-//! proves the user's certified key. Afterwards [`SupernodeSession::request`]
+//! [`SupernodeSession::join`] connects (QUIC, or TLS over TCP where UDP is
+//! blocked, see [`dial`]), opens the session stream and proves the user's
+//! certified key. Afterwards [`SupernodeSession::request`]
 //! sends a request and waits for the reply with the same request id, while a
 //! reader task hands every push (request id 0) to a bounded queue read with
 //! [`SupernodeSession::next_push`]. When the supernode goes away the push
@@ -14,7 +15,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use natter_net::{FramedRecv, FramedSend, NetError};
+use natter_net::tcp::{self, RecordConn};
+use natter_net::{
+    ControlConn, EnvelopeRecv, EnvelopeSend, FramedRecv, FramedSend, NetError, Transport,
+    TransportSettings,
+};
 use natter_proto::cert::{Identity, join_proof_message};
 use natter_proto::messages::{
     Envelope, ErrorCode, ErrorReply, HostCacheEntry, JoinHello, JoinProof, envelope,
@@ -26,6 +31,108 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 pub const PUSH_QUEUE: usize = 256;
 /// Requests in flight at once.
 pub const MAX_PENDING: usize = 64;
+/// How long QUIC has to connect before TLS over TCP is tried too (the UDP
+/// attempt of a client behind a UDP-blocking firewall costs this much).
+pub const TCP_HEAD_START: Duration = Duration::from_millis(400);
+/// TLS server name presented to supernodes (they are not authenticated by
+/// TLS: see natter-net's security model).
+const SERVER_NAME: &str = "natter-supernode";
+
+/// A connection to a supernode, before the join.
+#[derive(Debug)]
+pub enum Connected {
+    Quic(quinn::Connection),
+    Tls(RecordConn),
+}
+
+impl Connected {
+    /// The transport.
+    pub fn transport(&self) -> Transport {
+        match self {
+            Connected::Quic(_) => Transport::Quic,
+            Connected::Tls(_) => Transport::Tls,
+        }
+    }
+}
+
+/// Where a supernode listens and which transport to try first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dial {
+    /// Its QUIC address (also its name in the host cache).
+    pub addr: SocketAddr,
+    /// Its TLS-over-TCP listener.
+    pub tcp: SocketAddr,
+    /// TCP worked last time and QUIC did not: try both at once.
+    pub prefer_tcp: bool,
+}
+
+impl Dial {
+    /// A supernode known only by its QUIC address (TCP on the same IP and port).
+    pub fn quic_addr(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            tcp: addr,
+            prefer_tcp: false,
+        }
+    }
+}
+
+/// Connects to a supernode, happy-eyeballs style: QUIC first; TLS over TCP
+/// when QUIC fails or has not connected after [`TCP_HEAD_START`] (at once
+/// when `dial.prefer_tcp`). The first to connect wins, QUIC on a tie.
+pub async fn dial(endpoint: &quinn::Endpoint, dial: Dial) -> Result<Connected, SessionError> {
+    let addr = dial.addr;
+    let quic = SupernodeSession::connect(endpoint, addr);
+    let tls = async {
+        let config = tcp::insecure_client_tls_config()
+            .map_err(|source| SessionError::Connect { addr, source })?;
+        tcp::connect(
+            dial.tcp,
+            SERVER_NAME,
+            config,
+            TransportSettings::OVERLAY,
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|source| SessionError::Connect {
+            addr: dial.tcp,
+            source,
+        })
+    };
+    tokio::pin!(quic, tls);
+    let head_start = if dial.prefer_tcp {
+        Duration::ZERO
+    } else {
+        TCP_HEAD_START
+    };
+    let delay = tokio::time::sleep(head_start);
+    tokio::pin!(delay);
+    let mut quic_error = None;
+    let mut tls_error = None;
+    let mut tls_started = dial.prefer_tcp;
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut quic, if quic_error.is_none() => match result {
+                Ok(c) => return Ok(Connected::Quic(c)),
+                Err(e) => {
+                    quic_error = Some(e);
+                    tls_started = true;
+                }
+            },
+            result = &mut tls, if tls_started && tls_error.is_none() => match result {
+                Ok(c) => return Ok(Connected::Tls(c)),
+                Err(e) => tls_error = Some(e),
+            },
+            () = &mut delay, if !tls_started => tls_started = true,
+        }
+        if quic_error.is_some()
+            && let Some(tls) = tls_error.take()
+        {
+            return Err(tls);
+        }
+    }
+}
 
 /// What can go wrong talking to a supernode.
 #[derive(Debug, thiserror::Error)]
@@ -65,8 +172,8 @@ type Pending = Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<Envelope>>>>;
 #[derive(Debug)]
 pub struct SupernodeSession {
     addr: SocketAddr,
-    connection: quinn::Connection,
-    send: Mutex<FramedSend>,
+    connection: ControlConn,
+    send: Mutex<EnvelopeSend>,
     pending: Pending,
     next_id: AtomicU64,
     pushes: Mutex<mpsc::Receiver<Envelope>>,
@@ -78,7 +185,8 @@ pub struct SupernodeSession {
 }
 
 impl SupernodeSession {
-    /// Connects to `addr` and joins as `identity`, all within `timeout`.
+    /// Connects to `addr` (QUIC, falling back to TLS over TCP on the same
+    /// IP and port) and joins as `identity`, all within `timeout`.
     pub async fn join(
         endpoint: &quinn::Endpoint,
         addr: SocketAddr,
@@ -87,8 +195,8 @@ impl SupernodeSession {
     ) -> Result<Self, SessionError> {
         let started = Instant::now();
         tokio::time::timeout(timeout, async {
-            let connection = Self::connect(endpoint, addr).await?;
-            Self::join_inner(connection, addr, identity, started).await
+            let connected = dial(endpoint, Dial::quic_addr(addr)).await?;
+            Self::join_inner(connected, addr, identity, started).await
         })
         .await
         .map_err(|_| SessionError::Timeout(addr))?
@@ -108,35 +216,48 @@ impl SupernodeSession {
             .map_err(|e| connect(NetError::from(e)))
     }
 
-    /// Joins as `identity` over an open connection, within `timeout`.
+    /// Joins as `identity` over an open connection to the supernode whose
+    /// QUIC address is `addr`, within `timeout`.
     pub async fn join_on(
-        connection: quinn::Connection,
+        connected: Connected,
+        addr: SocketAddr,
         identity: &Identity,
         timeout: Duration,
     ) -> Result<Self, SessionError> {
         let started = Instant::now();
-        let addr = connection.remote_address();
-        tokio::time::timeout(
-            timeout,
-            Self::join_inner(connection, addr, identity, started),
-        )
-        .await
-        .map_err(|_| SessionError::Timeout(addr))?
+        tokio::time::timeout(timeout, Self::join_inner(connected, addr, identity, started))
+            .await
+            .map_err(|_| SessionError::Timeout(addr))?
     }
 
     async fn join_inner(
-        connection: quinn::Connection,
+        connected: Connected,
         addr: SocketAddr,
         identity: &Identity,
         started: Instant,
     ) -> Result<Self, SessionError> {
         let connect = |source| SessionError::Connect { addr, source };
-        let (send, recv) = connection
-            .open_bi()
-            .await
-            .map_err(|e| connect(NetError::from(e)))?;
-        let mut send = FramedSend::new(send);
-        let mut recv = FramedRecv::new(recv);
+        let (connection, mut send, mut recv) = match connected {
+            Connected::Quic(connection) => {
+                let (send, recv) = connection
+                    .open_bi()
+                    .await
+                    .map_err(|e| connect(NetError::from(e)))?;
+                (
+                    ControlConn::Quic(connection),
+                    EnvelopeSend::Quic(FramedSend::new(send)),
+                    EnvelopeRecv::Quic(FramedRecv::new(recv)),
+                )
+            }
+            Connected::Tls(conn) => {
+                let (reader, handle) = conn.split();
+                (
+                    ControlConn::Tls(handle.clone()),
+                    EnvelopeSend::Tls(handle),
+                    EnvelopeRecv::Tls(reader),
+                )
+            }
+        };
 
         let hello = Envelope::new(
             1,
@@ -190,9 +311,14 @@ impl SupernodeSession {
         })
     }
 
-    /// The supernode's address.
+    /// The supernode's (QUIC) address, its name in the host cache.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The transport of the session: TLS over TCP means UDP did not work.
+    pub fn transport(&self) -> Transport {
+        self.connection.transport()
     }
 
     /// This client's address as the supernode saw it.
@@ -222,7 +348,7 @@ impl SupernodeSession {
 
     /// Whether the connection is still up.
     pub fn is_alive(&self) -> bool {
-        self.connection.close_reason().is_none()
+        !self.connection.is_closed()
     }
 
     /// Sends `body` and waits up to `timeout` for its reply. An `ErrorReply`
@@ -281,12 +407,12 @@ impl SupernodeSession {
                 Duration::from_millis(500),
             )
             .await;
-        self.connection.close(quinn::VarInt::from_u32(0), b"leave");
+        self.connection.close(0, b"leave");
     }
 
     /// Closes the connection at once.
     pub fn close(&self) {
-        self.connection.close(quinn::VarInt::from_u32(0), b"bye");
+        self.connection.close(0, b"bye");
     }
 }
 
@@ -299,7 +425,7 @@ fn refused(addr: SocketAddr, e: ErrorReply) -> SessionError {
 }
 
 async fn next_body(
-    recv: &mut FramedRecv,
+    recv: &mut EnvelopeRecv,
     addr: SocketAddr,
 ) -> Result<envelope::Body, SessionError> {
     recv.next()
@@ -311,7 +437,7 @@ async fn next_body(
 
 /// Routes replies to their waiting requests and pushes to the bounded queue.
 async fn read_loop(
-    mut recv: FramedRecv,
+    mut recv: EnvelopeRecv,
     pending: Pending,
     pushes: mpsc::Sender<Envelope>,
     dropped: Arc<AtomicU64>,

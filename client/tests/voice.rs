@@ -231,6 +231,38 @@ fn five_percent_loss_is_recovered_and_the_call_completes() {
     assert!(s.waveform > 0.3 && s.envelope > 0.7, "{s:?}");
 }
 
+/// Both users behind a firewall that blocks UDP: login, join and signaling
+/// fall back to TLS over TCP by themselves, and the voice goes over TLS
+/// relay legs (SoM datagrams in records), still 50 packets a second.
+#[test]
+fn udp_blocked_users_log_in_join_and_talk_over_tcp() {
+    let cluster = Cluster::start(2, Some(Netns::new("fw", 0)));
+    cluster.block_client_udp();
+    cluster.add_user("alice");
+    cluster.add_user("bob");
+    let speech = speech(cluster.dir.path());
+    let c = call(&cluster, Some(&speech), 6, |_| {});
+    for json in [&c.caller_json, &c.callee_json] {
+        assert_eq!(text_field(json, "path"), "tcp-relay", "{json}");
+        assert_eq!(text_field(json, "signaling"), "tcp", "{json}");
+        let secs = field(json, "duration_s");
+        let rate = field(json, "media_packets_sent") / secs;
+        assert!((45.0..=55.0).contains(&rate), "{rate} packets/s in {json}");
+        assert!(field(json, "path_rtt_ms") >= 0.0, "{json}");
+    }
+    let sent = read_mono_48k(&speech).unwrap();
+    let heard = read_mono_48k(&c.heard).unwrap();
+    let s = score::compare(&sent, &heard, 1000);
+    assert!(s.waveform > 0.5 && s.envelope > 0.8, "{s:?}");
+    // The host cache remembers that only TCP worked.
+    let cache = std::fs::read_to_string(cluster.home("alice").join("hostcache.txt")).unwrap();
+    let joined = cache
+        .lines()
+        .find(|l| l.starts_with(&cluster.supernodes[0].to_string()))
+        .unwrap_or_else(|| panic!("no entry for the supernode in {cache}"));
+    assert!(joined.contains(" tcp "), "{cache}");
+}
+
 /// UDP ports a process has open, from `ss`.
 fn udp_ports(pid: u32) -> Vec<u16> {
     let out = std::process::Command::new("ss")

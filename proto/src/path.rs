@@ -44,6 +44,11 @@ impl PathKind {
         }
     }
 
+    /// Whether media on this path goes through a supernode's relay.
+    pub fn is_relayed(self) -> bool {
+        matches!(self, PathKind::Relayed | PathKind::TcpRelay)
+    }
+
     fn rank(self) -> u8 {
         match self {
             PathKind::Direct => 0,
@@ -245,8 +250,13 @@ impl PathManager {
             .min_by_key(|t| (t.kind.rank(), t.rtt_ms.unwrap_or(u64::MAX)));
         // Between relays, stay on the current one while it is alive: RTTs
         // of two relays cross often and switching gains nothing.
+        // A TCP relay is kept only while no UDP relay is alive.
+        let udp_relay_alive = self
+            .targets
+            .iter()
+            .any(|t| t.kind == PathKind::Relayed && t.alive(now_ms, &c));
         let current_relay = self.current.and_then(|(addr, kind)| {
-            (kind == PathKind::Relayed)
+            (kind == PathKind::Relayed || (kind == PathKind::TcpRelay && !udp_relay_alive))
                 .then(|| {
                     self.targets
                         .iter()
@@ -254,12 +264,20 @@ impl PathManager {
                 })
                 .flatten()
         });
+        // Otherwise a relay: alive before dead, reached over UDP before TCP
+        // (a TCP relay is the fallback of a UDP-blocked side), then faster.
         let relay = || {
             current_relay.or_else(|| {
                 self.targets
                     .iter()
-                    .filter(|t| t.kind == PathKind::Relayed)
-                    .min_by_key(|t| (!t.alive(now_ms, &c), t.rtt_ms.unwrap_or(u64::MAX)))
+                    .filter(|t| matches!(t.kind, PathKind::Relayed | PathKind::TcpRelay))
+                    .min_by_key(|t| {
+                        (
+                            !t.alive(now_ms, &c),
+                            t.kind.rank(),
+                            t.rtt_ms.unwrap_or(u64::MAX),
+                        )
+                    })
             })
         };
         let guess = || {
@@ -274,7 +292,7 @@ impl PathManager {
             .map(|t| (t.addr, t.kind));
         if chosen != self.current {
             if let Some((addr, kind)) = chosen {
-                if kind != PathKind::Relayed && best_direct.is_some() {
+                if !kind.is_relayed() && best_direct.is_some() {
                     self.first_direct_ms
                         .get_or_insert(now_ms.saturating_sub(self.start_ms));
                 }
@@ -363,6 +381,35 @@ mod tests {
         // When it dies, the other takes over.
         p.handle_authenticated(addr(9), 4_000);
         assert_eq!(p.current(4_000), Some((addr(9), PathKind::Relayed)));
+    }
+
+    #[test]
+    fn a_tcp_relay_serves_only_when_no_udp_relay_is_alive() {
+        let mut p = PathManager::new(PathConfig::default(), 0);
+        p.add_target(addr(9), PathKind::Relayed, 0);
+        p.add_target(addr(443), PathKind::TcpRelay, 0);
+        // Nothing confirmed yet: the UDP relay is tried first.
+        assert_eq!(p.current(0), Some((addr(9), PathKind::Relayed)));
+        // Only the TCP relay answers (UDP blocked): it takes over.
+        p.handle_probe_reply(addr(443), 40, 100);
+        assert_eq!(p.current(100), Some((addr(443), PathKind::TcpRelay)));
+        // UDP comes back: the UDP relay wins again.
+        p.handle_probe_reply(addr(9), 60, 1_000);
+        assert_eq!(p.current(1_000), Some((addr(9), PathKind::Relayed)));
+        // A direct path beats both; when everything UDP dies, TCP carries on.
+        p.add_target(addr(1), PathKind::HolePunched, 1_000);
+        p.handle_probe_reply(addr(1), 10, 1_100);
+        assert_eq!(p.current(1_100), Some((addr(1), PathKind::HolePunched)));
+        p.add_target(addr(444), PathKind::TcpRelay, 1_100);
+        for now in (1_100..3_000).step_by(500) {
+            p.handle_probe_reply(addr(443), 40, now);
+            p.handle_probe_reply(addr(444), 50, now);
+        }
+        assert_eq!(p.current(4_000), Some((addr(443), PathKind::TcpRelay)));
+        // Between live TCP relays, no flapping on RTT.
+        p.handle_probe_reply(addr(444), 5, 4_100);
+        assert_eq!(p.current(4_100), Some((addr(443), PathKind::TcpRelay)));
+        assert_eq!(p.time_to_direct_ms(), Some(1_100));
     }
 
     #[test]

@@ -132,6 +132,26 @@ fn compute() -> Vec<(&'static str, String)> {
         }),
     );
     v.push(("frame.login_request", h(to_frame(&login).unwrap())));
+
+    // --- TLS-over-TCP records (section 10)
+    use natter_proto::record::{Record, to_bytes};
+    v.push((
+        "record.envelope_ping",
+        h(to_bytes(&Record::Envelope(ping.clone())).unwrap()),
+    ));
+    v.push((
+        "record.datagram",
+        h(to_bytes(&Record::Datagram(datagram.clone())).unwrap()),
+    ));
+    v.push((
+        "record.close",
+        h(to_bytes(&Record::Close {
+            code: 3,
+            reason: "joined again".into(),
+        })
+        .unwrap()),
+    ));
+    v.push(("record.keepalive", h(to_bytes(&Record::Keepalive).unwrap())));
     v
 }
 

@@ -62,22 +62,27 @@ impl Netns {
                 "table inet loss {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    \
                  meta l4proto udp numgen random mod 100 < {loss_percent} drop\n  }}\n}}\n"
             );
-            let mut nft = Command::new("ip")
-                .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
-                .stdin(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("nft is needed: run scripts/deps");
-            std::io::Write::write_all(&mut nft.stdin.take().unwrap(), rules.as_bytes()).unwrap();
-            let out = nft.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "nft: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            nft(&ns.name, &rules);
         }
         ns
     }
+}
+
+/// Loads an nftables ruleset into namespace `ns`.
+fn nft(ns: &str, rules: &str) {
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nft is needed: run scripts/deps");
+    std::io::Write::write_all(&mut nft.stdin.take().unwrap(), rules.as_bytes()).unwrap();
+    let out = nft.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Drop for Netns {
@@ -100,7 +105,8 @@ pub struct Cluster {
 }
 
 /// A free UDP port whose next two ports are free too (a supernode serves
-/// STUN and its relay on port + 1, with an alternate port after it).
+/// STUN and its relay on port + 1, with an alternate port after it), and
+/// free on TCP as well (servers listen for TLS on the same port number).
 fn free_port() -> u16 {
     loop {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -109,7 +115,7 @@ fn free_port() -> u16 {
             port.checked_add(k)
                 .is_some_and(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok())
         });
-        if next_free {
+        if next_free && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
@@ -132,7 +138,8 @@ impl Cluster {
         let login_dir = cluster.dir.path().join("login");
         let child = cluster
             .command(&workspace_bin("natter-login"))
-            .args(["serve", "--listen", &login_addr.to_string(), "--data-dir"])
+            .args(["serve", "--listen", &login_addr.to_string()])
+            .args(["--tcp-listen", &login_addr.to_string(), "--data-dir"])
             .arg(&login_dir)
             .args(["--argon2-m-kib", "1024", "--argon2-t", "1"])
             .stderr(log_file(&cluster.dir.path().join("login.log")))
@@ -145,6 +152,8 @@ impl Cluster {
             let mut cmd = cluster.command(&workspace_bin("natter-supernode"));
             cmd.args([
                 "--listen",
+                &addr.to_string(),
+                "--tcp-listen",
                 &addr.to_string(),
                 "--login",
                 &login_addr.to_string(),
@@ -220,6 +229,26 @@ impl Cluster {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+    }
+
+    /// Blocks UDP for every client in the cluster's namespace, as a
+    /// firewall that lets out only TCP would: UDP passes only between the
+    /// servers' own ports (supernode links, announces), so clients must
+    /// fall back to TLS over TCP for everything.
+    pub fn block_client_udp(&self) {
+        let ns = self.netns.as_ref().expect("a namespace to firewall");
+        let mut ports = vec![self.login_addr.port()];
+        for sn in &self.supernodes {
+            ports.extend([sn.port(), sn.port() + 1, sn.port() + 2]);
+        }
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let rules = format!(
+            "table inet fw {{\n  set servers {{ type inet_service; elements = {{ {} }} }}\n  \
+             chain out {{\n    type filter hook output priority 0; policy accept;\n    \
+             udp sport != @servers drop\n    udp dport != @servers drop\n  }}\n}}\n",
+            ports.join(", ")
+        );
+        nft(&ns.name, &rules);
     }
 
     /// Kills supernode `i` at once (SIGKILL: no goodbye to anyone).
