@@ -28,9 +28,9 @@ use rsa::RsaPublicKey;
 use tokio::net::UdpSocket;
 
 use crate::gather::{self, OwnRelay, RelayBinds};
-use crate::tcp_relay::{TcpLeg, TcpLegs};
 use crate::now_unix_secs;
 use crate::supernode::{SessionError, SupernodeSession};
+use crate::tcp_relay::{TcpLeg, TcpLegs};
 
 /// Time the callee has to answer.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -803,7 +803,9 @@ async fn run_media(
         codec_bitrate: media.codec().bitrate,
         signaling: session.transport().name(),
         path_rtt_ms,
-        tcp_connects: tcp_stats.connects.load(std::sync::atomic::Ordering::Relaxed),
+        tcp_connects: tcp_stats
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed),
         tcp_dropped: tcp_stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
     })
 }

@@ -11,7 +11,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -22,7 +21,7 @@ use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use rsa::{RsaPrivateKey, RsaPublicKey};
 
 use crate::ClientError;
-use crate::login::{LoginClient, generate_key};
+use crate::login::{LoginClient, LoginTarget, Transport, generate_key};
 
 /// Private key file.
 pub const KEY_FILE: &str = "identity.key";
@@ -62,6 +61,8 @@ pub enum LoginStatus {
     Fresh {
         session: Session,
         supernodes: Vec<HostCacheEntry>,
+        /// How the login server was reached (QUIC, or TLS over TCP).
+        transport: Transport,
     },
 }
 
@@ -161,10 +162,12 @@ impl Home {
 
     /// Logs `name` in: reuses the stored identity while it is valid and not
     /// near expiry (unless `force`), otherwise generates a new key pair,
-    /// obtains a certificate from the login server at `addr` and stores both.
+    /// obtains a certificate from the login server at `target` (a
+    /// [`LoginTarget`], or a `SocketAddr` for QUIC with the TLS-over-TCP
+    /// fallback on the same address) and stores both.
     pub async fn login(
         &self,
-        addr: SocketAddr,
+        target: impl Into<LoginTarget>,
         login_key: &RsaPublicKey,
         name: &str,
         password: &str,
@@ -179,7 +182,8 @@ impl Home {
             return Ok(LoginStatus::Reused(session));
         }
         let key = generate_key().await?;
-        let client = LoginClient::connect(addr, login_key.clone()).await?;
+        let client = LoginClient::connect_to(&target.into(), login_key.clone()).await?;
+        let transport = client.transport();
         let outcome = client.login(name, password, &key).await;
         client.close().await;
         let outcome = outcome?;
@@ -193,6 +197,7 @@ impl Home {
                 verified: outcome.verified,
             },
             supernodes: outcome.supernodes,
+            transport,
         })
     }
 }

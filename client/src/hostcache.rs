@@ -306,14 +306,19 @@ mod tests {
         assert_eq!(back, cache);
         assert_eq!(back.candidates(1), vec![addr(2)]);
         let e = back.get(addr(3)).unwrap();
-        assert_eq!(e.transport, Some(Transport::Tls), "the working transport is kept");
+        assert_eq!(
+            e.transport,
+            Some(Transport::Tls),
+            "the working transport is kept"
+        );
         assert_eq!(e.tcp_addr(), addr(443));
         assert_eq!(back.get(addr(1)).unwrap().tcp_addr(), addr(1));
     }
 
     #[test]
     fn version_one_files_are_still_read() {
-        let text = "# natter host cache v1: addr last_seen_unix_ms rtt_ms failures\n127.0.0.1:1 5 9 0\n";
+        let text =
+            "# natter host cache v1: addr last_seen_unix_ms rtt_ms failures\n127.0.0.1:1 5 9 0\n";
         let cache = HostCache::parse(text);
         assert_eq!(cache.skipped_lines(), 0);
         let e = cache.get(addr_of("127.0.0.1:1")).unwrap();

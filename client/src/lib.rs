@@ -7,8 +7,8 @@
 //!
 //! | module | concept |
 //! |---|---|
-//! | [`tls`] | the QUIC/TLS client configuration that pins the login server's signing key |
-//! | [`login`] | [`LoginClient`]: one QUIC connection to the login server, one stream per request |
+//! | [`tls`] | the TLS configuration (QUIC and TCP) that pins the login server's signing key |
+//! | [`login`] | [`LoginClient`]: one connection to the login server, QUIC or (fallback) TLS over TCP |
 //! | [`home`] | the identity kept on disk (`--home DIR`) |
 //! | [`buddies`] | client-side encryption of the buddy-list blob |
 //! | [`error`] | [`ClientError`], one clear message per failure |
@@ -34,7 +34,7 @@ pub mod tls;
 
 pub use error::ClientError;
 pub use home::{Home, Session};
-pub use login::{LoginClient, LoginOutcome};
+pub use login::{LoginClient, LoginOutcome, LoginTarget};
 
 /// The protocol version this component speaks.
 pub fn protocol_version() -> u32 {

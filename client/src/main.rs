@@ -27,6 +27,11 @@ struct Cli {
     /// Login server address (host:port).
     #[arg(long, env = "NATTER_LOGIN")]
     login: Option<String>,
+    /// The login server's TLS-over-TCP address (host:port), tried when QUIC
+    /// does not connect within 300 ms or fails (UDP blocked). Default: the
+    /// --login address.
+    #[arg(long, env = "NATTER_LOGIN_TCP", value_name = "HOST:PORT")]
+    login_tcp: Option<String>,
     /// The login server's public key (`login-key.pub`), pinned.
     #[arg(long, env = "NATTER_LOGIN_KEY")]
     login_key: Option<PathBuf>,
@@ -174,11 +179,21 @@ fn login_key(cli: &Cli) -> Result<rsa::RsaPublicKey, ClientError> {
     tls::read_login_key(path)
 }
 
-async fn login_addr(cli: &Cli) -> Result<SocketAddr, ClientError> {
+/// The login server: QUIC at --login, TLS over TCP at --login-tcp (default:
+/// the same address).
+async fn login_target(cli: &Cli) -> Result<natter_client::LoginTarget, ClientError> {
     let addr = cli
         .login
         .as_deref()
         .ok_or_else(|| usage("--login HOST:PORT is required"))?;
+    let target = natter_client::LoginTarget::new(resolve(addr).await?);
+    Ok(match &cli.login_tcp {
+        Some(tcp) => target.with_tcp(resolve(tcp).await?),
+        None => target,
+    })
+}
+
+async fn resolve(addr: &str) -> Result<SocketAddr, ClientError> {
     let unreachable = |detail: String| ClientError::Connect {
         addr: addr.to_owned(),
         detail,
@@ -229,9 +244,9 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
     match &cli.command {
         Command::Register { name } => {
             let key = login_key(&cli)?;
-            let addr = login_addr(&cli).await?;
+            let target = login_target(&cli).await?;
             let password = password(&cli, name, true)?;
-            let client = LoginClient::connect(addr, key).await?;
+            let client = LoginClient::connect_to(&target, key).await?;
             let result = client.register(name, &password).await;
             client.close().await;
             println!("registered {}", result?);
@@ -253,9 +268,9 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 );
                 return Ok(());
             }
-            let addr = login_addr(&cli).await?;
+            let target = login_target(&cli).await?;
             let password = password(&cli, name, false)?;
-            match home.login(addr, &key, name, &password, *force).await? {
+            match home.login(target, &key, name, &password, *force).await? {
                 LoginStatus::Reused(session) => println!(
                     "already logged in as {}; {}",
                     session.name(),
@@ -264,13 +279,15 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 LoginStatus::Fresh {
                     session,
                     supernodes,
+                    transport,
                 } => {
                     save_supernodes(&home, &supernodes)?;
                     println!(
-                        "logged in as {}; {}; {} supernode(s) known",
+                        "logged in as {}; {}; {} supernode(s) known; login server reached over {}",
                         session.name(),
                         describe_validity(session.verified.not_after),
-                        supernodes.len()
+                        supernodes.len(),
+                        transport.name()
                     );
                 }
             }
@@ -387,9 +404,9 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 Some(name) => name.clone(),
                 None => home.stored_name().ok_or(ClientError::NotLoggedIn)?,
             };
-            let addr = login_addr(&cli).await?;
+            let target = login_target(&cli).await?;
             let password = password(&cli, &name, false)?;
-            let client = LoginClient::connect(addr, key).await?;
+            let client = LoginClient::connect_to(&target, key).await?;
             let result = buddies_sync(&home, &client, command, &name, &password).await;
             client.close().await;
             result?;
@@ -726,9 +743,6 @@ fn save_supernodes(
     // The login server's list seeds the host cache.
     let path = home.file(hostcache::FILE_NAME);
     let mut cache = HostCache::load(&path).map_err(|e| usage(&e.to_string()))?;
-    let addrs = supernodes
-        .iter()
-        .filter_map(|s| SocketAddr::try_from(s.addr.as_ref()?).ok());
-    cache.learn(addrs, now_unix_ms());
+    cache.learn_with_tcp(natter_client::overlay::nodes(supernodes), now_unix_ms());
     cache.save(&path).map_err(|e| usage(&e.to_string()))
 }

@@ -225,9 +225,12 @@ impl SupernodeSession {
         timeout: Duration,
     ) -> Result<Self, SessionError> {
         let started = Instant::now();
-        tokio::time::timeout(timeout, Self::join_inner(connected, addr, identity, started))
-            .await
-            .map_err(|_| SessionError::Timeout(addr))?
+        tokio::time::timeout(
+            timeout,
+            Self::join_inner(connected, addr, identity, started),
+        )
+        .await
+        .map_err(|_| SessionError::Timeout(addr))?
     }
 
     async fn join_inner(

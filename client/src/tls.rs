@@ -1,4 +1,5 @@
-//! The client's QUIC/TLS configuration.
+//! The client's TLS configuration for the login server, over QUIC and over
+//! TCP (the firewall fallback).
 //!
 //! The login server's TLS certificate is issued by its signing key (see
 //! `natter_login::datadir`). The client turns the pinned signing key
@@ -12,6 +13,8 @@ use std::sync::Arc;
 use rsa::RsaPublicKey;
 use rsa::pkcs1::DecodeRsaPublicKey;
 use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{Der, TrustAnchor};
 
 use crate::ClientError;
@@ -94,15 +97,30 @@ pub fn trust_anchor(login_key: &RsaPublicKey) -> Result<TrustAnchor<'static>, Cl
     })
 }
 
-/// A quinn client configuration that trusts only `login_key`.
-pub fn client_config(login_key: &RsaPublicKey) -> Result<quinn::ClientConfig, ClientError> {
+/// The server-certificate verifier that trusts only `login_key`: the
+/// standard webpki checks (chain, name, validity, handshake signature) over
+/// a root store holding the one [`trust_anchor`]. QUIC and TLS over TCP use
+/// this same verifier, so both transports pin the login server alike.
+pub fn login_verifier(
+    login_key: &RsaPublicKey,
+) -> Result<Arc<dyn ServerCertVerifier>, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.roots.push(trust_anchor(login_key)?);
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| ClientError::Crypto(format!("login key verifier: {e}")))?;
+    Ok(verifier)
+}
+
+/// A quinn client configuration that trusts only `login_key`.
+pub fn client_config(login_key: &RsaPublicKey) -> Result<quinn::ClientConfig, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ClientError::Crypto(e.to_string()))?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(login_verifier(login_key)?)
         .with_no_client_auth();
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
@@ -114,4 +132,13 @@ pub fn client_config(login_key: &RsaPublicKey) -> Result<quinn::ClientConfig, Cl
     ))));
     config.transport_config(Arc::new(transport));
     Ok(config)
+}
+
+/// A TLS-over-TCP client configuration (TLS 1.3, ALPN `natter/1`) that
+/// trusts only `login_key`, like [`client_config`] for QUIC.
+pub fn tcp_client_config(
+    login_key: &RsaPublicKey,
+) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    natter_net::tcp::client_tls_config(login_verifier(login_key)?)
+        .map_err(|e| ClientError::Crypto(e.to_string()))
 }

@@ -81,6 +81,10 @@ impl Default for ThrottleConfig {
 pub struct Config {
     /// UDP address of the QUIC listener.
     pub listen: SocketAddr,
+    /// TCP address of the TLS-over-TCP listener (the firewall fallback for
+    /// clients whose UDP is blocked), if any. It serves the same protocol
+    /// with the same certificate and limits as the QUIC listener.
+    pub tcp_listen: Option<SocketAddr>,
     /// Directory holding the signing key, TLS identity and database.
     pub data_dir: PathBuf,
     /// Cost of new password hashes.
@@ -102,11 +106,14 @@ pub struct Config {
     pub announce_requires_source_ip: bool,
     /// Concurrent argon2 / RSA jobs (defaults to the number of cores).
     pub cpu_workers: usize,
-    /// Concurrent QUIC connections.
+    /// Concurrent connections, QUIC and TLS over TCP together.
     pub max_connections: usize,
-    /// Concurrent request streams per connection.
+    /// Concurrent requests per connection (QUIC streams, or requests in
+    /// flight on a TCP connection).
     pub max_streams_per_connection: u32,
-    /// Time a client has to send a complete request on a stream.
+    /// Time a client has to send a complete request on a QUIC stream (and
+    /// to finish a TLS handshake); on TCP, time to write a reply before the
+    /// connection counts as stuck.
     pub request_timeout: Duration,
     /// A connection with no traffic for this long is closed.
     pub idle_timeout: Duration,
@@ -117,6 +124,7 @@ impl Config {
     pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
         Self {
             listen,
+            tcp_listen: None,
             data_dir: data_dir.into(),
             argon2: Argon2Config::default(),
             cert_validity: Duration::from_secs(24 * 60 * 60),

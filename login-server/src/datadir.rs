@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `login-key.pem` | RSA-2048 signing key, PKCS#8 PEM | 0600 |
 //! | `login-key.pub` | its public key, SubjectPublicKeyInfo PEM (`BEGIN PUBLIC KEY`), for pinning | 0644 |
-//! | `tls-key.pem` | the QUIC/TLS key (ECDSA P-256), PKCS#8 PEM | 0600 |
+//! | `tls-key.pem` | the TLS key (ECDSA P-256, for QUIC and TLS over TCP), PKCS#8 PEM | 0600 |
 //! | `tls-cert.pem` | the TLS certificate, issued by the signing key | 0644 |
 //! | `natter-login.db` | SQLite database (plus its `-wal` and `-shm` files) | 0600 |
 //!
@@ -69,12 +69,9 @@ pub struct DataDir {
     root: PathBuf,
 }
 
-/// The TLS identity presented on QUIC connections.
-#[derive(Debug)]
-pub struct TlsIdentity {
-    pub cert_chain: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
-}
+/// The TLS identity presented on QUIC and TLS-over-TCP connections (one
+/// certificate for both, so clients pin the same key on either transport).
+pub type TlsIdentity = natter_net::TlsIdentity;
 
 impl DataDir {
     /// Opens (creating, mode 0700) the directory.

@@ -16,7 +16,8 @@
 //! | [`hashing`] | argon2id hashing and RSA signing on a bounded blocking pool |
 //! | [`throttle`] | growing delays after failed password checks |
 //! | [`service`] | `handle(envelope, peer) -> envelope`: the whole protocol |
-//! | [`quic`] | the QUIC shell that feeds the service |
+//! | [`quic`] | the QUIC shell that feeds the service, and [`LoginServer`] running both shells |
+//! | [`tcp`] | the TLS-over-TCP shell (firewall fallback): the same requests as records on one connection |
 //! | [`admin`] | offline administration (`users list`, `users disable`) |
 //!
 //! See `docs/LOGIN.md` for the trust model.
@@ -29,6 +30,7 @@ pub mod names;
 pub mod quic;
 pub mod service;
 pub mod storage;
+pub mod tcp;
 pub mod throttle;
 
 pub use config::{Argon2Config, Config, ThrottleConfig};

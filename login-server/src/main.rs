@@ -18,7 +18,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve logins over QUIC.
+    /// Serve logins over QUIC (and TLS over TCP with --tcp-listen).
     Serve(ServeArgs),
     /// Administer accounts in a data directory.
     Users {
@@ -29,9 +29,14 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// UDP address to listen on.
+    /// UDP address to listen on (QUIC).
     #[arg(long, default_value = "0.0.0.0:4433")]
     listen: SocketAddr,
+    /// Also serve TLS over TCP on this address, for clients whose UDP is
+    /// blocked (deployments use port 443, the same port as QUIC). Same
+    /// certificate, protocol and limits as QUIC; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    tcp_listen: Option<SocketAddr>,
     /// Directory for the signing key, TLS identity and database.
     #[arg(long, env = "NATTER_LOGIN_DATA_DIR")]
     data_dir: PathBuf,
@@ -53,7 +58,7 @@ struct ServeArgs {
     /// Accept supernode announces for addresses other than the sender's.
     #[arg(long)]
     allow_foreign_announce: bool,
-    /// Concurrent QUIC connections.
+    /// Concurrent connections (QUIC and TLS over TCP together).
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
 }
@@ -82,6 +87,7 @@ enum UsersCommand {
 impl ServeArgs {
     fn into_config(self) -> Config {
         let mut config = Config::new(self.listen, self.data_dir);
+        config.tcp_listen = self.tcp_listen;
         config.argon2.m_kib = self.argon2_m_kib;
         config.argon2.t = self.argon2_t;
         config.argon2.p = self.argon2_p;

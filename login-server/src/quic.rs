@@ -1,12 +1,13 @@
-//! The QUIC shell: accepts connections (ALPN `natter/1`), reads one request
-//! frame per bidirectional stream, hands it to [`LoginService::handle`] and
-//! writes the reply frame back.
+//! The QUIC shell, and [`LoginServer`], which runs it (and the TLS-over-TCP
+//! shell of [`crate::tcp`] when configured): accepts connections (ALPN
+//! `natter/1`), reads one request frame per bidirectional stream, hands it to
+//! [`LoginService::handle`] and writes the reply frame back.
 //!
-//! Limits: a bounded number of connections, a bounded number of concurrent
-//! streams per connection, a deadline for each request, an idle timeout. A
-//! stream carrying an oversized, truncated or undecodable frame closes its
-//! connection (QUIC application error [`CLOSE_MALFORMED`]); other
-//! connections are not affected.
+//! Limits: a bounded number of connections (QUIC and TCP together), a
+//! bounded number of concurrent streams per connection, a deadline for each
+//! request, an idle timeout. A stream carrying an oversized, truncated or
+//! undecodable frame closes its connection (QUIC application error
+//! [`CLOSE_MALFORMED`]); other connections are not affected.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ use natter_proto::messages::Envelope;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, Incoming, VarInt};
 use rsa::RsaPublicKey;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
@@ -27,8 +28,9 @@ use crate::datadir::{DataDir, DataDirError, PUBLIC_KEY_FILE, TlsIdentity};
 use crate::service::LoginService;
 use crate::storage::{Store, StoreError};
 
-/// Connection closed because a request was malformed or oversized.
-pub const CLOSE_MALFORMED: VarInt = VarInt::from_u32(1);
+/// Connection closed because a request was malformed or oversized (the same
+/// code closes a TLS-over-TCP connection).
+pub const CLOSE_MALFORMED: VarInt = VarInt::from_u32(natter_net::CLOSE_MALFORMED);
 /// Connection closed because the server is shutting down.
 pub const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(2);
 
@@ -47,6 +49,12 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot listen on tcp {addr}: {source}")]
+    TcpBind {
+        addr: SocketAddr,
+        #[source]
+        source: natter_net::NetError,
+    },
     #[error(transparent)]
     Hash(#[from] crate::hashing::HashError),
 }
@@ -58,6 +66,10 @@ pub struct LoginServer {
     local_addr: SocketAddr,
     service: Arc<LoginService>,
     accept: JoinHandle<()>,
+    /// The TLS-over-TCP listener's address and accept loop, when configured.
+    tcp: Option<(SocketAddr, JoinHandle<()>)>,
+    /// Tells the TCP shell to close its connections.
+    shutdown: watch::Sender<bool>,
     public_key: RsaPublicKey,
     public_key_path: PathBuf,
 }
@@ -102,6 +114,7 @@ impl LoginServer {
         let public_key = issuer.public_key();
         let service = Arc::new(LoginService::new(store, issuer, &config)?);
 
+        let tcp_identity = tls.clone();
         let endpoint =
             Endpoint::server(server_config(tls, &config)?, config.listen).map_err(|source| {
                 ServeError::Bind {
@@ -113,31 +126,71 @@ impl LoginServer {
             addr: config.listen,
             source,
         })?;
+        let limits = Limits::from(&config);
+        let tcp_listener = match config.tcp_listen {
+            None => None,
+            Some(addr) => {
+                let tcp_err = |source| ServeError::TcpBind { addr, source };
+                let listener = natter_net::TlsListener::bind(
+                    addr,
+                    &tcp_identity,
+                    crate::tcp::settings(&limits),
+                )
+                .await
+                .map_err(tcp_err)?;
+                let bound = listener.local_addr().map_err(tcp_err)?;
+                Some((listener, bound))
+            }
+        };
+        let tcp_addr = tcp_listener.as_ref().map(|(_, addr)| *addr);
         tracing::info!(
             listen = %local_addr,
+            tcp = %tcp_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
             data_dir = %data.path().display(),
             login_key = %cert::fingerprint(&public_key),
             new_key = created,
-            "natter-login serving (QUIC, ALPN natter/1)"
+            "natter-login serving (QUIC{}, ALPN natter/1)",
+            if tcp_addr.is_some() { " and TLS over TCP" } else { "" }
         );
+        // One budget of connections for both transports.
+        let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+        let (shutdown, shutdown_rx) = watch::channel(false);
         let accept = tokio::spawn(accept_loop(
             endpoint.clone(),
             Arc::clone(&service),
-            Limits::from(&config),
+            limits,
+            Arc::clone(&slots),
         ));
+        let tcp = tcp_listener.map(|(listener, addr)| {
+            let task = tokio::spawn(crate::tcp::accept_loop(
+                listener,
+                Arc::clone(&service),
+                limits,
+                slots,
+                shutdown_rx,
+            ));
+            (addr, task)
+        });
         Ok(Self {
             endpoint,
             local_addr,
             service,
             accept,
+            tcp,
+            shutdown,
             public_key,
             public_key_path: data.file(PUBLIC_KEY_FILE),
         })
     }
 
-    /// The address it listens on.
+    /// The address it listens on (UDP, QUIC).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the TLS-over-TCP listener, if it runs one.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().map(|(addr, _)| *addr)
     }
 
     /// The signing public key (what `login-key.pub` holds).
@@ -160,32 +213,46 @@ impl LoginServer {
         let _ = (&mut self.accept).await;
     }
 
-    /// Closes every connection, stops accepting, and closes the database.
+    /// Closes every connection (QUIC and TCP), stops accepting, and closes
+    /// the database.
     pub async fn shutdown(self) {
         self.endpoint.close(CLOSE_SHUTDOWN, b"server shutting down");
+        self.shutdown.send_replace(true);
         let _ = self.accept.await;
+        if let Some((_, tcp)) = self.tcp {
+            let _ = tcp.await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         self.service.store().close().await;
     }
 }
 
+/// The limits both shells apply.
 #[derive(Debug, Clone, Copy)]
-struct Limits {
-    max_connections: usize,
-    request_timeout: Duration,
+pub(crate) struct Limits {
+    pub(crate) max_connections: usize,
+    pub(crate) max_streams_per_connection: u32,
+    pub(crate) request_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
 }
 
 impl From<&Config> for Limits {
     fn from(c: &Config) -> Self {
         Self {
             max_connections: c.max_connections,
+            max_streams_per_connection: c.max_streams_per_connection,
             request_timeout: c.request_timeout,
+            idle_timeout: c.idle_timeout,
         }
     }
 }
 
-async fn accept_loop(endpoint: Endpoint, service: Arc<LoginService>, limits: Limits) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+async fn accept_loop(
+    endpoint: Endpoint,
+    service: Arc<LoginService>,
+    limits: Limits,
+    slots: Arc<Semaphore>,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             tracing::warn!(peer = %incoming.remote_address(), "connection limit reached; refusing");

@@ -1,7 +1,7 @@
 //! The login protocol, independent of the transport: [`LoginService::handle`]
 //! maps one request [`Envelope`] (and the peer's address) to one reply. The
-//! QUIC shell in [`crate::quic`] feeds it today; a TLS-over-TCP shell can
-//! feed the same service later.
+//! QUIC shell in [`crate::quic`] and the TLS-over-TCP shell in [`crate::tcp`]
+//! both feed it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -270,15 +270,16 @@ impl LoginService {
             .into_iter()
             .filter_map(|r| {
                 let addr: SocketAddr = r.addr.parse().ok()?;
+                let tcp = r.tcp.as_deref().and_then(|t| t.parse::<SocketAddr>().ok());
                 Some(HostCacheEntry {
                     addr: Some(addr.into()),
                     last_seen: r.last_seen,
                     rtt_ms: 0,
                     node_id: hex::decode(&r.node_id).ok()?,
-                    // Announces carry only the QUIC address; clients learn
-                    // the reflector when they join.
+                    // Announces carry no reflector; clients learn it when
+                    // they join.
                     reflector: None,
-                    tcp: None,
+                    tcp: tcp.map(Into::into),
                 })
             })
             .collect())
@@ -314,6 +315,34 @@ impl LoginService {
         }))
     }
 
+    /// Checks an announced address: a nonzero port; an unspecified IP
+    /// becomes the source address; unless foreign announces are allowed,
+    /// the IP must be the source's.
+    fn announced_addr(
+        &self,
+        wire: &natter_proto::messages::SocketAddr,
+        source: IpAddr,
+        what: &str,
+    ) -> Result<SocketAddr, ErrorReply> {
+        let mut addr = SocketAddr::try_from(wire)
+            .map_err(|e| error(ErrorCode::Malformed, format!("{what}: {e}")))?;
+        if addr.port() == 0 {
+            return Err(error(ErrorCode::Malformed, format!("{what}: port is 0")));
+        }
+        if addr.ip().is_unspecified() {
+            addr.set_ip(source);
+        }
+        let ip = canonical_ip(addr.ip());
+        addr.set_ip(ip);
+        if self.settings.announce_requires_source_ip && ip != source {
+            return Err(error(
+                ErrorCode::Malformed,
+                format!("announced {what} {ip} is not the source address {source}"),
+            ));
+        }
+        Ok(addr)
+    }
+
     async fn announce(&self, r: SupernodeAnnounce, peer: SocketAddr) -> Reply {
         if r.node_id.is_empty() || r.node_id.len() > MAX_NODE_ID {
             return Err(error(
@@ -325,29 +354,20 @@ impl LoginService {
             .addr
             .as_ref()
             .ok_or_else(|| error(ErrorCode::Malformed, "announce has no address"))?;
-        let mut addr = SocketAddr::try_from(wire)
-            .map_err(|e| error(ErrorCode::Malformed, format!("address: {e}")))?;
-        if addr.port() == 0 {
-            return Err(error(ErrorCode::Malformed, "announced port is 0"));
-        }
         let source = canonical_ip(peer.ip());
-        if addr.ip().is_unspecified() {
-            addr.set_ip(source);
-        }
-        let ip = canonical_ip(addr.ip());
-        addr.set_ip(ip);
-        if self.settings.announce_requires_source_ip && ip != source {
-            return Err(error(
-                ErrorCode::Malformed,
-                format!("announced address {ip} is not the source address {source}"),
-            ));
-        }
+        let addr = self.announced_addr(wire, source, "address")?;
+        let tcp = r
+            .tcp
+            .as_ref()
+            .map(|wire| self.announced_addr(wire, source, "tcp address"))
+            .transpose()?;
         let now = now_ms();
         self.store
             .upsert_supernode(
                 &hex::encode(&r.node_id),
-                &ip.to_string(),
+                &addr.ip().to_string(),
                 &addr.to_string(),
+                tcp.map(|t| t.to_string()).as_deref(),
                 now,
                 self.settings.max_supernodes_per_ip,
             )
@@ -356,7 +376,7 @@ impl LoginService {
         self.store
             .prune_supernodes(now.saturating_sub(forget))
             .await?;
-        tracing::debug!(%addr, node = %hex::encode(&r.node_id), "supernode announced");
+        tracing::debug!(%addr, ?tcp, node = %hex::encode(&r.node_id), "supernode announced");
         Ok(Body::SupernodeList(SupernodeList {
             entries: self.recent_supernodes(now).await?,
         }))

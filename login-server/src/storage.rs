@@ -19,10 +19,13 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-/// Schema version written to the `meta` table.
-pub const SCHEMA_VERSION: i64 = 1;
+/// Schema version written to the `meta` table: [`SCHEMA`] is version 1,
+/// each entry of [`MIGRATIONS`] one more.
+pub const SCHEMA_VERSION: i64 = 2;
 
-/// The DDL, applied in one transaction at open.
+/// The version-1 DDL, applied (idempotently) in the opening transaction.
+/// Later changes are [`MIGRATIONS`], never edits here, so a database made
+/// by any earlier server upgrades the same way.
 pub const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS meta (
         key TEXT PRIMARY KEY,
@@ -58,6 +61,15 @@ pub const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS supernodes_ip ON supernodes (ip)",
 ];
 
+/// Schema changes after version 1: `MIGRATIONS[i]` takes a database from
+/// version `i + 1` to `i + 2`. Each runs once, in the opening transaction
+/// together with the version update, so a crash leaves the old version and
+/// the next start runs it again.
+pub const MIGRATIONS: &[&[&str]] = &[
+    // 2: the supernode's TLS-over-TCP listener (NULL when it has none).
+    &["ALTER TABLE supernodes ADD COLUMN tcp_addr TEXT"],
+];
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -71,6 +83,8 @@ pub enum StoreError {
     TooManySupernodes,
     #[error("database schema version {0} is newer than this server ({SCHEMA_VERSION})")]
     SchemaTooNew(i64),
+    #[error("database schema version {0:?} is not a number")]
+    BadSchemaVersion(String),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
 }
@@ -93,6 +107,8 @@ pub struct SupernodeRecord {
     pub node_id: String,
     /// `ip:port`.
     pub addr: String,
+    /// `ip:port` of its TLS-over-TCP listener, if it announced one.
+    pub tcp: Option<String>,
     /// Unix milliseconds.
     pub last_seen: i64,
 }
@@ -148,22 +164,43 @@ impl Store {
         for statement in SCHEMA {
             sqlx::query(*statement).execute(&mut *tx).await?;
         }
-        let version: Option<String> =
+        let stored: Option<String> =
             sqlx::query_scalar("SELECT value FROM meta WHERE key = 'schema_version'")
                 .fetch_optional(&mut *tx)
                 .await?;
-        match version.and_then(|v| v.parse::<i64>().ok()) {
-            Some(v) if v > SCHEMA_VERSION => return Err(StoreError::SchemaTooNew(v)),
-            Some(_) => {}
-            None => {
-                sqlx::query("INSERT INTO meta (key, value) VALUES ('schema_version', $1)")
-                    .bind(SCHEMA_VERSION.to_string())
-                    .execute(&mut *tx)
-                    .await?;
+        // No row: a new database, which SCHEMA has just made version 1.
+        let version = match stored {
+            None => 1,
+            Some(v) => v
+                .parse::<i64>()
+                .map_err(|_| StoreError::BadSchemaVersion(v))?,
+        };
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew(version));
+        }
+        let done = usize::try_from(version.max(1) - 1).unwrap_or(0);
+        for step in MIGRATIONS.iter().skip(done) {
+            for statement in *step {
+                sqlx::query(*statement).execute(&mut *tx).await?;
             }
         }
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', $1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(SCHEMA_VERSION.to_string())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The schema version the database is at.
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        let v: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'schema_version'")
+            .fetch_one(&self.pool)
+            .await?;
+        v.parse().map_err(|_| StoreError::BadSchemaVersion(v))
     }
 
     /// Closes the pool (waits for connections to be returned).
@@ -272,12 +309,14 @@ impl Store {
         Ok(())
     }
 
-    /// Records (or refreshes) a supernode announce.
+    /// Records (or refreshes) a supernode announce; `tcp` is its
+    /// TLS-over-TCP listener (an announce without one clears it).
     pub async fn upsert_supernode(
         &self,
         node_id: &str,
         ip: &str,
         addr: &str,
+        tcp: Option<&str>,
         now_ms: i64,
         max_per_ip: usize,
     ) -> Result<(), StoreError> {
@@ -292,13 +331,16 @@ impl Store {
             return Err(StoreError::TooManySupernodes);
         }
         sqlx::query(
-            "INSERT INTO supernodes (node_id, ip, addr, last_seen) VALUES ($1, $2, $3, $4)
+            "INSERT INTO supernodes (node_id, ip, addr, tcp_addr, last_seen)
+             VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (node_id) DO UPDATE
-             SET ip = excluded.ip, addr = excluded.addr, last_seen = excluded.last_seen",
+             SET ip = excluded.ip, addr = excluded.addr, tcp_addr = excluded.tcp_addr,
+                 last_seen = excluded.last_seen",
         )
         .bind(node_id)
         .bind(ip)
         .bind(addr)
+        .bind(tcp)
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
@@ -322,7 +364,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<SupernodeRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT node_id, addr, last_seen FROM supernodes
+            "SELECT node_id, addr, tcp_addr, last_seen FROM supernodes
              WHERE last_seen >= $1 ORDER BY last_seen DESC LIMIT $2",
         )
         .bind(since_ms)
@@ -334,6 +376,7 @@ impl Store {
                 Ok(SupernodeRecord {
                     node_id: row.try_get("node_id")?,
                     addr: row.try_get("addr")?,
+                    tcp: row.try_get("tcp_addr")?,
                     last_seen: row.try_get("last_seen")?,
                 })
             })
@@ -417,6 +460,7 @@ mod tests {
                             &format!("n{i}"),
                             &ip,
                             &format!("{ip}:{round}"),
+                            None,
                             round,
                             16,
                         )
@@ -432,6 +476,92 @@ mod tests {
             task.await.unwrap().unwrap();
         }
         assert_eq!(store.list_users().await.unwrap().len(), 200);
+    }
+
+    /// A database made by the version-1 server (no `tcp_addr` column)
+    /// upgrades in place, keeps its rows, and reopening it again is a no-op.
+    #[tokio::test]
+    async fn a_version_1_database_is_migrated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let options = SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true);
+            let pool = SqlitePool::connect_with(options).await.unwrap();
+            for statement in SCHEMA {
+                sqlx::query(*statement).execute(&pool).await.unwrap();
+            }
+            sqlx::query("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query(
+                "INSERT INTO supernodes (node_id, ip, addr, last_seen)
+                 VALUES ('aa', '10.0.0.1', '10.0.0.1:5000', 100)",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO users (name_norm, display_name, password_hash, created_at)
+                 VALUES ('old', 'Old', 'h', 1)",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let store = Store::open(&path).await.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+        let recent = store.recent_supernodes(0, 10).await.unwrap();
+        assert_eq!(recent.len(), 1);
+        assert_eq!(
+            (recent[0].addr.as_str(), recent[0].tcp.as_deref()),
+            ("10.0.0.1:5000", None)
+        );
+        assert!(store.user_exists("old").await.unwrap());
+        store
+            .upsert_supernode(
+                "aa",
+                "10.0.0.1",
+                "10.0.0.1:5000",
+                Some("10.0.0.1:443"),
+                200,
+                16,
+            )
+            .await
+            .unwrap();
+        store.close().await;
+
+        // Opening again neither re-runs the migration nor loses data.
+        let store = Store::open(&path).await.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+        let recent = store.recent_supernodes(0, 10).await.unwrap();
+        assert_eq!(recent[0].tcp.as_deref(), Some("10.0.0.1:443"));
+        // An announce without a TCP listener clears it.
+        store
+            .upsert_supernode("aa", "10.0.0.1", "10.0.0.1:5000", None, 300, 16)
+            .await
+            .unwrap();
+        assert_eq!(store.recent_supernodes(0, 10).await.unwrap()[0].tcp, None);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        let store = Store::open(&path).await.unwrap();
+        sqlx::query("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        store.close().await;
+        assert!(matches!(
+            Store::open(&path).await,
+            Err(StoreError::SchemaTooNew(99))
+        ));
     }
 
     #[tokio::test]
@@ -465,26 +595,27 @@ mod tests {
         ));
 
         store
-            .upsert_supernode("aa", "10.0.0.1", "10.0.0.1:1", 100, 1)
+            .upsert_supernode("aa", "10.0.0.1", "10.0.0.1:1", None, 100, 1)
             .await
             .unwrap();
         store
-            .upsert_supernode("aa", "10.0.0.1", "10.0.0.1:2", 200, 1)
+            .upsert_supernode("aa", "10.0.0.1", "10.0.0.1:2", Some("10.0.0.1:443"), 200, 1)
             .await
             .unwrap();
         assert!(matches!(
             store
-                .upsert_supernode("bb", "10.0.0.1", "10.0.0.1:3", 200, 1)
+                .upsert_supernode("bb", "10.0.0.1", "10.0.0.1:3", None, 200, 1)
                 .await,
             Err(StoreError::TooManySupernodes)
         ));
         store
-            .upsert_supernode("cc", "10.0.0.2", "10.0.0.2:1", 50, 1)
+            .upsert_supernode("cc", "10.0.0.2", "10.0.0.2:1", None, 50, 1)
             .await
             .unwrap();
         let recent = store.recent_supernodes(100, 10).await.unwrap();
         assert_eq!(recent.len(), 1);
         assert_eq!(recent[0].addr, "10.0.0.1:2");
+        assert_eq!(recent[0].tcp.as_deref(), Some("10.0.0.1:443"));
         assert_eq!(store.prune_supernodes(100).await.unwrap(), 1);
         store.close().await;
 

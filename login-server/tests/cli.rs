@@ -36,6 +36,7 @@ fn serve_creates_files_and_logs_fingerprint_then_admin_commands_work() {
 
     let child = Command::new(env!("CARGO_BIN_EXE_natter-login"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data_s])
+        .args(["--tcp-listen", "127.0.0.1:0"])
         .args(["--argon2-m-kib", "64", "--argon2-t", "1"])
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -63,10 +64,27 @@ fn serve_creates_files_and_logs_fingerprint_then_admin_commands_work() {
         }
     };
     assert!(line.contains("listen=127.0.0.1:"), "{line}");
+    assert!(line.contains("tcp=127.0.0.1:"), "{line}");
+    assert!(line.contains("TLS over TCP"), "{line}");
+    let tcp_addr: std::net::SocketAddr = line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("tcp="))
+        .unwrap()
+        .parse()
+        .unwrap();
     let pem = std::fs::read_to_string(data.join("login-key.pub")).unwrap();
     let key = natter_client::tls::parse_login_key(&pem).unwrap();
     let fingerprint = natter_proto::cert::fingerprint(&key);
     assert!(line.contains(&fingerprint), "{line} lacks {fingerprint}");
+    // The TLS-over-TCP listener serves, pinned to the same key.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = natter_client::LoginClient::connect_tcp(tcp_addr, key.clone())
+            .await
+            .unwrap();
+        assert_eq!(c.register("yann", "password123").await.unwrap(), "yann");
+        c.close().await;
+    });
     for (file, mode) in [
         ("login-key.pem", 0o600),
         ("tls-key.pem", 0o600),
@@ -90,7 +108,6 @@ fn serve_creates_files_and_logs_fingerprint_then_admin_commands_work() {
     assert!(!data.join("natter-login.db-wal").exists());
 
     // Admin on the data directory.
-    let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let store = natter_login::storage::Store::open(&data.join("natter-login.db"))
             .await
@@ -101,7 +118,7 @@ fn serve_creates_files_and_logs_fingerprint_then_admin_commands_work() {
     let out = natter_login(&["users", "list", "--data-dir", data_s]);
     assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(stdout.starts_with("zoe\tZoe\tactive"), "{stdout}");
+    assert!(stdout.contains("zoe\tZoe\tactive"), "{stdout}");
 
     let out = natter_login(&["users", "disable", "--data-dir", data_s, "ZOE"]);
     assert!(
@@ -113,7 +130,7 @@ fn serve_creates_files_and_logs_fingerprint_then_admin_commands_work() {
     assert!(
         String::from_utf8(out.stdout)
             .unwrap()
-            .starts_with("zoe\tZoe\tdisabled")
+            .contains("zoe\tZoe\tdisabled")
     );
 
     let out = natter_login(&["users", "disable", "--data-dir", data_s, "nobody"]);

@@ -51,3 +51,74 @@ pub async fn with_timeout<T>(f: impl std::future::Future<Output = T>) -> T {
         .await
         .expect("test step timed out")
 }
+
+/// `test_config` with a TLS-over-TCP listener on a free loopback port too.
+pub fn tcp_config(dir: &Path) -> Config {
+    let mut config = test_config(dir);
+    config.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
+    config
+}
+
+/// The pinned key, read from the server's `login-key.pub`.
+pub fn pinned_key(server: &LoginServer) -> rsa::RsaPublicKey {
+    natter_client::tls::read_login_key(server.public_key_path()).unwrap()
+}
+
+/// A `LoginClient` over TLS on TCP only.
+pub async fn tcp_client(server: &LoginServer) -> LoginClient {
+    let addr = server.tcp_addr().expect("the server has a TCP listener");
+    LoginClient::connect_tcp(addr, pinned_key(server))
+        .await
+        .unwrap()
+}
+
+/// A raw TLS stream to the server's TCP listener, verified like the client
+/// does, for writing arbitrary bytes.
+pub async fn raw_tls(
+    server: &LoginServer,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let config = natter_client::tls::tcp_client_config(&pinned_key(server)).unwrap();
+    let tcp = tokio::net::TcpStream::connect(server.tcp_addr().unwrap())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from(natter_client::tls::TLS_SERVER_NAME)
+        .unwrap()
+        .to_owned();
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+/// Reads records (KEEPALIVEs skipped) until the server ends the stream or
+/// sends CLOSE, or `limit` records came.
+pub async fn read_records(
+    stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    limit: usize,
+) -> Vec<natter_proto::record::Record> {
+    use natter_proto::record::{Record, RecordDecoder};
+    use tokio::io::AsyncReadExt;
+    let mut decoder = RecordDecoder::default();
+    let mut records = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        while let Some(record) = decoder.poll_record() {
+            match record.expect("the server sends well-formed records") {
+                Record::Keepalive => {}
+                close @ Record::Close { .. } => {
+                    records.push(close);
+                    return records;
+                }
+                other => records.push(other),
+            }
+            if records.len() >= limit {
+                return records;
+            }
+        }
+        let n = match with_timeout(stream.read(&mut buf)).await {
+            Ok(0) | Err(_) => return records,
+            Ok(n) => n,
+        };
+        decoder.handle_data(&buf[..n]).unwrap();
+    }
+}
