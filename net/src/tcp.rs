@@ -58,6 +58,19 @@ impl TlsListener {
         identity: &TlsIdentity,
         settings: TransportSettings,
     ) -> Result<Self, NetError> {
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|e| NetError::io(format!("listen on tcp {addr}"), e))?;
+        Self::from_listener(tcp, identity, settings)
+    }
+
+    /// Serves TLS on an already bound listener (for callers that bind
+    /// synchronously, e.g. with [`tokio::net::TcpSocket`]), presenting `identity`.
+    pub fn from_listener(
+        tcp: TcpListener,
+        identity: &TlsIdentity,
+        settings: TransportSettings,
+    ) -> Result<Self, NetError> {
         let identity = identity.clone();
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -66,9 +79,6 @@ impl TlsListener {
             .with_single_cert(identity.cert_chain, identity.key)
             .map_err(|e| NetError::Tls(e.to_string()))?;
         config.alpn_protocols = vec![ALPN.to_vec()];
-        let tcp = TcpListener::bind(addr)
-            .await
-            .map_err(|e| NetError::io(format!("listen on tcp {addr}"), e))?;
         Ok(Self {
             tcp,
             acceptor: TlsAcceptor::from(Arc::new(config)),

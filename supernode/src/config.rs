@@ -59,6 +59,15 @@ pub struct Config {
     pub udp: Option<SocketAddr>,
     /// Relay allocation limits: lifetime, quotas, rate limits.
     pub relay: RelayLimits,
+    /// TCP address of the TLS-over-TCP listener, the firewall fallback for
+    /// clients whose UDP is blocked (client sessions and TCP relay legs;
+    /// port 443 in deployments). `None`: no listener. It is advertised like
+    /// the QUIC address: with the IP of `advertise` when that is set or when
+    /// it is bound to a wildcard address, with its bound port.
+    pub tcp_listen: Option<SocketAddr>,
+    /// Bounded queue of datagrams waiting to be written to one TCP relay
+    /// leg; a datagram forwarded to a full queue is dropped.
+    pub tcp_leg_queue: usize,
 }
 
 impl Config {
@@ -87,6 +96,8 @@ impl Config {
             max_subscriptions: 1000,
             udp: None,
             relay: RelayLimits::default(),
+            tcp_listen: None,
+            tcp_leg_queue: 64,
         }
     }
 }

@@ -10,7 +10,8 @@
 //! [`store`] (records and pending chat), [`ratelimit`], [`names`], [`relay`]
 //! (relay allocations and forwarding decisions). The tokio + quinn shell
 //! ([`Supernode::spawn`]) drives them; the UDP service (STUN reflector and
-//! relay) is its own socket loop.
+//! relay) is its own socket loop, and the optional TLS-over-TCP listener
+//! (`tcp`) carries client sessions and relay legs where UDP is blocked.
 
 pub mod config;
 pub mod hrw;
@@ -23,10 +24,12 @@ pub mod store;
 mod node;
 mod overlay;
 mod session;
+mod tcp;
 mod udp;
 
 pub use config::Config;
 pub use node::{Handle, SpawnError, Supernode};
+pub use tcp::TcpStats;
 pub use udp::UdpStats;
 
 /// The reflector (UDP service) address of a supernode known only by its QUIC
@@ -47,7 +50,8 @@ pub fn node_id(bytes: &[u8]) -> Option<NodeId> {
     bytes.try_into().ok()
 }
 
-/// QUIC application close codes used by the supernode.
+/// Application close codes used by the supernode, the same on QUIC
+/// (CONNECTION_CLOSE) and on TLS over TCP (the CLOSE record).
 pub mod close {
     /// Orderly end (leave, shutdown).
     pub const NORMAL: u32 = 0;

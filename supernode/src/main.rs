@@ -48,6 +48,13 @@ struct Cli {
     /// Most relay allocations at once.
     #[arg(long, default_value_t = 10_000)]
     max_relays: usize,
+    /// TCP address (IP:PORT) of the TLS-over-TCP listener, the fallback for
+    /// clients whose UDP is blocked: it carries their sessions and relayed
+    /// media. Usually 0.0.0.0:443; port 0 picks a free port. Advertised with
+    /// its bound port and the IP of --advertise when given (a wildcard IP
+    /// becomes the --listen IP). Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    tcp_listen: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -83,12 +90,16 @@ async fn main() -> anyhow::Result<()> {
     config.udp = cli.udp;
     config.relay.lifetime = Duration::from_secs(cli.relay_lifetime);
     config.relay.max_allocations = cli.max_relays;
+    config.tcp_listen = cli.tcp_listen;
     let handle = Supernode::spawn(config).context("starting the supernode")?;
     println!(
         "natter-supernode listening on {} node id {}",
         handle.addr(),
         hex::encode(handle.node_id())
     );
+    if let Some(tcp) = handle.tcp_local_addr() {
+        println!("natter-supernode listening on tcp {tcp} (TLS over TCP)");
+    }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {

@@ -43,6 +43,8 @@ impl State {
 pub struct Member {
     pub id: NodeId,
     pub addr: SocketAddr,
+    /// Its TLS-over-TCP listener, when it reported one.
+    pub tcp: Option<SocketAddr>,
     pub incarnation: u64,
     pub state: State,
     /// When it was last heard from directly.
@@ -76,17 +78,26 @@ impl Default for Timeouts {
 pub struct Membership {
     me: NodeId,
     my_addr: SocketAddr,
+    my_tcp: Option<SocketAddr>,
     my_incarnation: u64,
     timeouts: Timeouts,
     members: HashMap<NodeId, Member>,
 }
 
 impl Membership {
-    /// A view containing only this node.
-    pub fn new(me: NodeId, my_addr: SocketAddr, my_incarnation: u64, timeouts: Timeouts) -> Self {
+    /// A view containing only this node (QUIC address `my_addr`, TCP
+    /// listener `my_tcp` if it has one).
+    pub fn new(
+        me: NodeId,
+        my_addr: SocketAddr,
+        my_tcp: Option<SocketAddr>,
+        my_incarnation: u64,
+        timeouts: Timeouts,
+    ) -> Self {
         Self {
             me,
             my_addr,
+            my_tcp,
             my_incarnation,
             timeouts,
             members: HashMap::new(),
@@ -103,12 +114,13 @@ impl Membership {
         self.members.get(id)
     }
 
-    /// Direct contact with `id` (its gossip arrived on our link). Returns
-    /// whether the live set changed.
+    /// Direct contact with `id` (its gossip arrived on our link, reporting
+    /// its own addresses). Returns whether the live set changed.
     pub fn heard_from(
         &mut self,
         id: NodeId,
         addr: SocketAddr,
+        tcp: Option<SocketAddr>,
         incarnation: u64,
         now: Instant,
     ) -> bool {
@@ -118,12 +130,14 @@ impl Membership {
         let member = self.members.entry(id).or_insert(Member {
             id,
             addr,
+            tcp,
             incarnation,
             state: State::Suspect,
             last_heard: None,
             since: now,
         });
         member.addr = addr;
+        member.tcp = tcp;
         member.incarnation = member.incarnation.max(incarnation);
         member.last_heard = Some(now);
         if member.state == State::Alive {
@@ -159,6 +173,7 @@ impl Membership {
             if id == self.me {
                 continue;
             }
+            let tcp = tcp_of(entry);
             match self.members.get_mut(&id) {
                 None => {
                     self.members.insert(
@@ -166,6 +181,7 @@ impl Membership {
                         Member {
                             id,
                             addr,
+                            tcp,
                             incarnation: entry.incarnation,
                             state: State::Suspect,
                             last_heard: None,
@@ -182,6 +198,7 @@ impl Membership {
                         member.state = State::Suspect;
                         member.since = now;
                         member.addr = addr;
+                        member.tcp = tcp;
                         member.incarnation = member.incarnation.max(entry.incarnation);
                         fresh.push((id, addr));
                     }
@@ -189,6 +206,7 @@ impl Membership {
                 Some(member) => {
                     if entry.incarnation > member.incarnation && member.state == State::Suspect {
                         member.addr = addr;
+                        member.tcp = tcp;
                         member.incarnation = entry.incarnation;
                     }
                 }
@@ -266,6 +284,16 @@ impl Membership {
         live
     }
 
+    /// The TLS-over-TCP listener of `id` (this node's own included), when
+    /// known.
+    pub fn tcp_of(&self, id: &NodeId) -> Option<SocketAddr> {
+        if *id == self.me {
+            self.my_tcp
+        } else {
+            self.members.get(id).and_then(|m| m.tcp)
+        }
+    }
+
     /// Ids of the live set, ordered.
     pub fn live_ids(&self) -> Vec<NodeId> {
         self.live().into_iter().map(|(id, _)| id).collect()
@@ -290,7 +318,7 @@ impl Membership {
             addr: Some(self.my_addr.into()),
             incarnation: self.my_incarnation,
             state: MemberState::Alive as i32,
-            tcp: None,
+            tcp: self.my_tcp.map(Into::into),
         }];
         let mut others: Vec<&Member> = self.members.values().collect();
         others.sort_unstable_by_key(|m| m.id);
@@ -299,10 +327,18 @@ impl Membership {
             addr: Some(m.addr.into()),
             incarnation: m.incarnation,
             state: m.state.to_wire() as i32,
-            tcp: None,
+            tcp: m.tcp.map(Into::into),
         }));
         view
     }
+}
+
+/// The TCP listener a gossip entry reports, if any (and valid).
+pub fn tcp_of(entry: &messages::Member) -> Option<SocketAddr> {
+    entry
+        .tcp
+        .as_ref()
+        .and_then(|a| SocketAddr::try_from(a).ok())
 }
 
 #[cfg(test)]
@@ -326,10 +362,10 @@ mod tests {
     #[test]
     fn direct_contact_makes_alive_silence_makes_dead_then_forgotten() {
         let t0 = Instant::now();
-        let mut m = Membership::new([1; 16], addr(1), 1, Timeouts::default());
+        let mut m = Membership::new([1; 16], addr(1), None, 1, Timeouts::default());
         assert_eq!(m.live_ids(), vec![[1; 16]]);
-        assert!(m.heard_from([2; 16], addr(2), 7, t0));
-        assert!(!m.heard_from([2; 16], addr(2), 7, t0 + Duration::from_secs(1)));
+        assert!(m.heard_from([2; 16], addr(2), None, 7, t0));
+        assert!(!m.heard_from([2; 16], addr(2), None, 7, t0 + Duration::from_secs(1)));
         assert_eq!(m.live_ids(), vec![[1; 16], [2; 16]]);
         assert!(
             m.tick(t0 + Duration::from_millis(3500)).is_empty(),
@@ -345,19 +381,19 @@ mod tests {
     #[test]
     fn link_loss_is_immediate() {
         let t0 = Instant::now();
-        let mut m = Membership::new([1; 16], addr(1), 1, Timeouts::default());
-        m.heard_from([2; 16], addr(2), 1, t0);
+        let mut m = Membership::new([1; 16], addr(1), None, 1, Timeouts::default());
+        m.heard_from([2; 16], addr(2), None, 1, t0);
         assert!(m.link_lost(&[2; 16], t0));
         assert!(!m.link_lost(&[2; 16], t0), "already dead");
         assert_eq!(m.live_ids(), vec![[1; 16]]);
         // Direct contact revives it.
-        assert!(m.heard_from([2; 16], addr(2), 1, t0 + Duration::from_secs(1)));
+        assert!(m.heard_from([2; 16], addr(2), None, 1, t0 + Duration::from_secs(1)));
     }
 
     #[test]
     fn gossip_teaches_suspects_not_live_members() {
         let t0 = Instant::now();
-        let mut m = Membership::new([1; 16], addr(1), 1, Timeouts::default());
+        let mut m = Membership::new([1; 16], addr(1), None, 1, Timeouts::default());
         let view = vec![
             gossip([1; 16], 1, 1, MemberState::Alive),
             gossip([3; 16], 3, 5, MemberState::Alive),
@@ -376,5 +412,26 @@ mod tests {
         m.tick(t0 + Duration::from_secs(18));
         let restarted = vec![gossip([3; 16], 3, 6, MemberState::Alive)];
         assert_eq!(m.learn(&restarted, t0 + Duration::from_secs(18)).len(), 1);
+    }
+
+    #[test]
+    fn tcp_listeners_are_learned_and_gossiped() {
+        let t0 = Instant::now();
+        let mine = Some(addr(443));
+        let mut m = Membership::new([1; 16], addr(1), mine, 1, Timeouts::default());
+        assert_eq!(m.tcp_of(&[1; 16]), mine);
+        let mut entry = gossip([3; 16], 3, 5, MemberState::Alive);
+        entry.tcp = Some(addr(8443).into());
+        m.learn(&[entry, gossip([4; 16], 4, 5, MemberState::Alive)], t0);
+        assert_eq!(m.tcp_of(&[3; 16]), Some(addr(8443)));
+        assert_eq!(m.tcp_of(&[4; 16]), None, "unknown stays unknown");
+        // What a member says about itself on its link wins.
+        m.heard_from([3; 16], addr(3), Some(addr(9443)), 5, t0);
+        assert_eq!(m.tcp_of(&[3; 16]), Some(addr(9443)));
+        let view = m.view();
+        let tcp = |id: u8| view.iter().find(|e| e.node_id == [id; 16]).and_then(tcp_of);
+        assert_eq!(tcp(1), mine);
+        assert_eq!(tcp(3), Some(addr(9443)));
+        assert_eq!(tcp(4), None);
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use natter_net::{TlsIdentity, TransportSettings};
+use natter_net::{ControlConn, TlsIdentity, TlsListener, TransportSettings};
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{
     CallHangup, CallSignal, ChatMessage, ChatReceipt, DirectoryLookup, DirectoryStore, Envelope,
@@ -23,6 +23,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::membership::Membership;
 use crate::store::{self, ChatStore, RecordStore};
+use crate::tcp::{TcpCounters, TcpStats};
 use crate::udp::{UdpService, UdpStats};
 use crate::{Config, NodeId, close, hrw};
 
@@ -46,6 +47,12 @@ pub enum SpawnError {
     Unspecified(SocketAddr),
     #[error(transparent)]
     Udp(#[from] crate::udp::BindError),
+    #[error("cannot listen on TCP {addr} (the TLS-over-TCP listener, --tcp-listen): {source}")]
+    Tcp {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Something queued for a client session's writer.
@@ -60,7 +67,8 @@ pub(crate) enum Out {
 pub(crate) struct SessionEntry {
     pub id: u64,
     pub tx: mpsc::Sender<Out>,
-    pub conn: Connection,
+    /// QUIC or TLS over TCP: sessions are the same on both.
+    pub conn: ControlConn,
     pub status: PresenceStatus,
     pub joined_at: i64,
     pub changed_at: i64,
@@ -105,9 +113,16 @@ pub(crate) struct Inner {
     pub addr: SocketAddr,
     pub local_addr: SocketAddr,
     pub endpoint: Endpoint,
+    /// Shared by QUIC and TCP connections.
     pub connections: Arc<Semaphore>,
     /// STUN reflector and media relay.
     pub udp: Arc<UdpService>,
+    /// The advertised address of the TLS-over-TCP listener, if it runs.
+    pub tcp_addr: Option<SocketAddr>,
+    /// Its bound address.
+    pub tcp_local_addr: Option<SocketAddr>,
+    /// Its counters.
+    pub tcp: TcpCounters,
     state: Mutex<State>,
     next_id: AtomicU64,
 }
@@ -142,7 +157,9 @@ impl Inner {
 
     /// The live supernodes, for `JoinAccepted` and `SupernodeList`. This
     /// node's entry carries its real reflector; the others' the one the
-    /// convention gives (gossip carries only QUIC addresses).
+    /// convention gives (gossip carries no reflector). The TCP listener is
+    /// this node's own, or what the member reported in gossip (unknown:
+    /// none).
     pub fn host_cache(&self, st: &State) -> Vec<HostCacheEntry> {
         let now = now_ms();
         st.membership
@@ -160,7 +177,7 @@ impl Inner {
                     rtt_ms: 0,
                     node_id: id.to_vec(),
                     reflector: reflector.map(Into::into),
-                    tcp: None,
+                    tcp: st.membership.tcp_of(&id).map(Into::into),
                 }
             })
             .collect()
@@ -593,12 +610,42 @@ pub(crate) fn push_session(session: &SessionEntry, envelope: Envelope) -> bool {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(_)) => {
             tracing::info!("session push queue full, disconnecting slow client");
-            session
-                .conn
-                .close(VarInt::from_u32(close::SLOW), b"push queue full");
+            session.conn.close(close::SLOW, b"push queue full");
             false
         }
         Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+/// Binds the TCP listener synchronously (reusing the address, as a server
+/// restarting on port 443 must), inside a tokio runtime.
+fn bind_tcp(addr: SocketAddr, identity: &TlsIdentity) -> Result<TlsListener, SpawnError> {
+    let io = |source| SpawnError::Tcp { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(io)?;
+    socket.set_reuseaddr(true).map_err(io)?;
+    socket.bind(addr).map_err(io)?;
+    let listener = socket.listen(1024).map_err(io)?;
+    Ok(TlsListener::from_listener(
+        listener,
+        identity,
+        TransportSettings::OVERLAY,
+    )?)
+}
+
+/// The advertised address of a TCP listener bound at `bound`: the rule of
+/// the QUIC address. An explicit advertise address (`explicit`) gives its IP
+/// (the QUIC advertised IP `quic`); so does a wildcard bind; the port is the
+/// bound one.
+fn advertised_tcp(bound: SocketAddr, quic: SocketAddr, explicit: bool) -> SocketAddr {
+    if explicit || bound.ip().is_unspecified() {
+        SocketAddr::new(quic.ip(), bound.port())
+    } else {
+        bound
     }
 }
 
@@ -669,11 +716,27 @@ impl Supernode {
                 )
             }
         };
-        let (udp, sockets) = UdpService::bind(udp_addr, fallback, addr.ip(), config.relay.clone())?;
+        let (udp, sockets) = UdpService::bind(
+            udp_addr,
+            fallback,
+            addr.ip(),
+            config.relay.clone(),
+            config.tcp_leg_queue,
+        )?;
         let udp = Arc::new(udp);
+        let tcp = match config.tcp_listen {
+            Some(listen) => {
+                let listener = bind_tcp(listen, &identity)?;
+                let bound = listener.local_addr()?;
+                let advertised = advertised_tcp(bound, addr, config.advertise.is_some());
+                Some((listener, bound, advertised))
+            }
+            None => None,
+        };
+        let tcp_addr = tcp.as_ref().map(|(_, _, advertised)| *advertised);
         // A restarted node (same id from the data dir) gets a higher incarnation.
         let incarnation = u64::try_from(now_ms()).unwrap_or(0);
-        let membership = Membership::new(node_id, addr, incarnation, config.timeouts);
+        let membership = Membership::new(node_id, addr, tcp_addr, incarnation, config.timeouts);
         let state = State {
             last_live: membership.live_ids(),
             membership,
@@ -688,6 +751,9 @@ impl Supernode {
         let inner = Arc::new(Inner {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             udp: Arc::clone(&udp),
+            tcp_addr,
+            tcp_local_addr: tcp.as_ref().map(|(_, bound, _)| *bound),
+            tcp: TcpCounters::default(),
             config,
             node_id,
             addr,
@@ -713,6 +779,17 @@ impl Supernode {
             tokio::spawn(crate::overlay::accept_loop(Arc::clone(&inner))),
             tokio::spawn(crate::overlay::maintenance_loop(Arc::clone(&inner))),
         ];
+        if let Some((listener, bound, advertised)) = tcp {
+            tracing::info!(
+                listen = %bound,
+                advertise = %advertised,
+                "TLS over TCP: client sessions and relay legs"
+            );
+            tasks.push(tokio::spawn(crate::tcp::accept_loop(
+                Arc::clone(&inner),
+                listener,
+            )));
+        }
         if let Some(login) = inner.config.login {
             tasks.push(tokio::spawn(announce_loop(Arc::clone(&inner), login)));
         }
@@ -762,6 +839,23 @@ impl Handle {
         self.inner.udp.stats()
     }
 
+    /// The advertised address of the TLS-over-TCP listener (as in
+    /// `HostCacheEntry.tcp`, `RelayAllocated.tcp` and the announcement), if
+    /// it runs.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.inner.tcp_addr
+    }
+
+    /// The bound address of the TLS-over-TCP listener, if it runs.
+    pub fn tcp_local_addr(&self) -> Option<SocketAddr> {
+        self.inner.tcp_local_addr
+    }
+
+    /// The TLS-over-TCP listener's counters (all zero without one).
+    pub fn tcp_stats(&self) -> TcpStats {
+        crate::tcp::stats(&self.inner)
+    }
+
     /// Stops the supernode: every connection is closed (peers and clients
     /// notice at once) and the tasks end.
     pub async fn shutdown(mut self) {
@@ -776,6 +870,7 @@ impl Handle {
         self.inner
             .endpoint
             .close(VarInt::from_u32(close::NORMAL), b"shutdown");
+        self.inner.tcp.close_all();
         let mut st = self.inner.state();
         for (_, timer) in st.invites.drain() {
             timer.abort();
@@ -803,7 +898,7 @@ async fn announce_loop(inner: Arc<Inner>, login: SocketAddr) {
             Body::SupernodeAnnounce(SupernodeAnnounce {
                 addr: Some(inner.addr.into()),
                 node_id: inner.node_id.to_vec(),
-                tcp: None,
+                tcp: inner.tcp_addr.map(Into::into),
             }),
         );
         match natter_net::request_once(
@@ -822,5 +917,31 @@ async fn announce_loop(inner: Arc<Inner>, login: SocketAddr) {
                 tracing::debug!(%login, error = %e, "announcement to the login server failed")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tcp_listener_is_advertised_like_the_quic_address() {
+        let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let quic = sa("203.0.113.5:5001");
+        // Bound to a real address, no --advertise: as bound.
+        assert_eq!(
+            advertised_tcp(sa("192.0.2.1:443"), quic, false),
+            sa("192.0.2.1:443")
+        );
+        // A wildcard bind takes the QUIC address's IP.
+        assert_eq!(
+            advertised_tcp(sa("0.0.0.0:443"), quic, false),
+            sa("203.0.113.5:443")
+        );
+        // --advertise overrides the IP, never the port.
+        assert_eq!(
+            advertised_tcp(sa("192.0.2.1:8443"), quic, true),
+            sa("203.0.113.5:8443")
+        );
     }
 }

@@ -1,12 +1,13 @@
-//! Connections: the accept loop (telling clients from supernodes by their
-//! first frame), supernode links (one bidirectional stream per pair,
-//! GossipMembership first both ways), gossip and failure detection.
+//! QUIC connections: the accept loop (telling clients from supernodes by
+//! their first frame), supernode links (one bidirectional stream per pair,
+//! GossipMembership first both ways; QUIC only), gossip and failure
+//! detection. Client sessions over TLS/TCP are accepted in [`crate::tcp`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use natter_net::{FramedRecv, FramedSend};
+use natter_net::{ControlConn, EnvelopeRecv, EnvelopeSend, FramedRecv, FramedSend};
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{
     Ack, DirectoryRecords, Envelope, ErrorCode, ErrorReply, GossipMembership, Pong,
@@ -14,6 +15,7 @@ use natter_proto::messages::{
 use quinn::{Connection, VarInt};
 use tokio::sync::mpsc;
 
+use crate::membership::tcp_of;
 use crate::node::{Inner, LinkEntry, now_ms, short};
 use crate::{NodeId, close};
 
@@ -59,7 +61,10 @@ async fn serve_incoming(
         }
     };
     match first.body {
-        Some(Body::JoinHello(_)) => crate::session::run(inner, conn, send, recv, first).await,
+        Some(Body::JoinHello(_)) => {
+            let (send, recv) = (EnvelopeSend::Quic(send), EnvelopeRecv::Quic(recv));
+            crate::session::run(inner, ControlConn::Quic(conn), send, recv, first).await
+        }
         Some(Body::GossipMembership(ref gossip)) => {
             let gossip = gossip.clone();
             send.send(&Envelope::new(
@@ -141,12 +146,15 @@ async fn run_link(
         conn.close(VarInt::from_u32(close::DUPLICATE_LINK), b"that is me");
         return;
     }
-    let (peer_addr, incarnation) = first
+    let (peer_addr, peer_tcp, incarnation) = first
         .members
         .iter()
         .find(|m| m.node_id == first.sender_id)
-        .and_then(|m| Some((SocketAddr::try_from(m.addr.as_ref()?).ok()?, m.incarnation)))
-        .unwrap_or((conn.remote_address(), 0));
+        .and_then(|m| {
+            let addr = SocketAddr::try_from(m.addr.as_ref()?).ok()?;
+            Some((addr, tcp_of(m), m.incarnation))
+        })
+        .unwrap_or((conn.remote_address(), None, 0));
     let dialer = if dialed { inner.node_id } else { peer };
     let link_id = inner.next_id();
     let (tx, mut rx) = mpsc::channel::<Envelope>(inner.config.link_queue);
@@ -177,9 +185,9 @@ async fn run_link(
             },
         );
         tracing::debug!(peer = %short(&peer), %peer_addr, dialed, "supernode link up");
-        let changed = st
-            .membership
-            .heard_from(peer, peer_addr, incarnation, Instant::now());
+        let changed =
+            st.membership
+                .heard_from(peer, peer_addr, peer_tcp, incarnation, Instant::now());
         let fresh = st.membership.learn(&first.members, Instant::now());
         if changed {
             inner.on_membership_change(&mut st);
@@ -248,14 +256,17 @@ fn handle_link_frame(inner: &Arc<Inner>, peer: NodeId, envelope: Envelope) {
             }
             let now = Instant::now();
             let mut st = inner.state();
-            let (addr, incarnation) = gossip
+            let (addr, tcp, incarnation) = gossip
                 .members
                 .iter()
                 .find(|m| m.node_id == gossip.sender_id)
-                .and_then(|m| Some((SocketAddr::try_from(m.addr.as_ref()?).ok()?, m.incarnation)))
-                .or_else(|| st.links.get(&peer).map(|l| (l.addr, 0)))
-                .unwrap_or((inner.addr, 0));
-            let changed = st.membership.heard_from(peer, addr, incarnation, now);
+                .and_then(|m| {
+                    let addr = SocketAddr::try_from(m.addr.as_ref()?).ok()?;
+                    Some((addr, tcp_of(m), m.incarnation))
+                })
+                .or_else(|| st.links.get(&peer).map(|l| (l.addr, None, 0)))
+                .unwrap_or((inner.addr, None, 0));
+            let changed = st.membership.heard_from(peer, addr, tcp, incarnation, now);
             let fresh = st.membership.learn(&gossip.members, now);
             if changed {
                 inner.on_membership_change(&mut st);
@@ -274,9 +285,7 @@ fn handle_link_frame(inner: &Arc<Inner>, peer: NodeId, envelope: Envelope) {
                 {
                     // The user joined again through another supernode.
                     tracing::info!(user = %record.name, "session replaced by a join elsewhere");
-                    session
-                        .conn
-                        .close(VarInt::from_u32(close::REPLACED), b"joined elsewhere");
+                    session.conn.close(close::REPLACED, b"joined elsewhere");
                     st.sessions.remove(&record.name);
                 }
                 st.records.put(record);

@@ -1,16 +1,18 @@
 //! The media relay's state, without sockets or clock: which calls passed
-//! through this supernode, the relay allocations made for them, which UDP
-//! address is bound to which side of which allocation, and what to do with a
-//! datagram from a given address. Every function that needs the time takes
-//! it as an argument; [`crate::udp`] drives this from the UDP sockets.
+//! through this supernode, the relay allocations made for them, which
+//! endpoint ([`RelayPeer`]: a UDP address or a TLS-over-TCP relay leg) is
+//! bound to which side of which allocation, and what to do with a datagram
+//! from a given endpoint. Every function that needs the time takes it as an
+//! argument; [`crate::udp`] drives this from the UDP sockets and
+//! [`crate::tcp`] from the TCP relay legs.
 //!
 //! An allocation belongs to one call (`invite_id`) and has two sides: side 0
 //! binds with `token` (handed to the requester), side 1 with `peer_token`
 //! (which the requester passes to the other party in a relay candidate). A
-//! datagram is forwarded only from an address bound to one side, only to the
-//! address bound to the other side, and only within the allocation's rate
-//! limit. An allocation without traffic (binds or forwarded datagrams) for
-//! its lifetime is gone.
+//! datagram is forwarded only from an endpoint bound to one side, only to the
+//! endpoint bound to the other side, and only within the allocation's rate
+//! limit; the two sides may be on different transports. An allocation
+//! without traffic (binds or forwarded datagrams) for its lifetime is gone.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -87,11 +89,21 @@ pub struct Allocated {
     pub peer: String,
 }
 
+/// Where one side of an allocation is bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RelayPeer {
+    /// A UDP address: datagrams go out of the relay's primary UDP socket.
+    Udp(SocketAddr),
+    /// A TLS-over-TCP relay leg (its connection id): datagrams go out as
+    /// DATAGRAM records on that connection.
+    Tcp(u64),
+}
+
 /// What to do with a datagram that is neither STUN nor a relay bind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    /// Send it, unchanged, to this address.
-    Forward(SocketAddr),
+    /// Send it, unchanged, to this endpoint.
+    Forward(RelayPeer),
     /// Its source is not bound to any live allocation.
     Unbound,
     /// Its source is bound, but the other side is not (yet).
@@ -153,7 +165,7 @@ struct Allocation {
     requester: String,
     peer: String,
     tokens: [Token; 2],
-    bound: [Option<SocketAddr>; 2],
+    bound: [Option<RelayPeer>; 2],
     last_activity: Instant,
     packets: Bucket,
     bytes: Bucket,
@@ -174,14 +186,14 @@ impl Allocation {
     }
 }
 
-/// Calls seen, allocations, tokens and bound addresses.
+/// Calls seen, allocations, tokens and bound endpoints.
 #[derive(Debug)]
 pub struct RelayTable {
     limits: RelayLimits,
     invites: HashMap<Vec<u8>, Invite>,
     allocations: HashMap<u64, Allocation>,
     tokens: HashMap<Token, (u64, usize)>,
-    bound: HashMap<SocketAddr, (u64, usize)>,
+    bound: HashMap<RelayPeer, (u64, usize)>,
     next_id: u64,
 }
 
@@ -335,15 +347,9 @@ impl RelayTable {
     }
 
     /// A bind datagram with `token` from `from`: binds `from` to that side
-    /// (replacing its previous address, and taking `from` away from any
-    /// other side it was bound to).
-    pub fn bind(
-        &mut self,
-        token: &Token,
-        from: SocketAddr,
-        len: usize,
-        now: Instant,
-    ) -> BindStatus {
+    /// (replacing its previous endpoint, whatever its transport, and taking
+    /// `from` away from any other side it was bound to).
+    pub fn bind(&mut self, token: &Token, from: RelayPeer, len: usize, now: Instant) -> BindStatus {
         let Some(&(id, side)) = self.tokens.get(token) else {
             return BindStatus::UnknownToken;
         };
@@ -375,7 +381,7 @@ impl RelayTable {
 
     /// Decides about a datagram of `len` bytes from `from` (not STUN, not a
     /// bind).
-    pub fn route(&mut self, from: SocketAddr, len: usize, now: Instant) -> Decision {
+    pub fn route(&mut self, from: RelayPeer, len: usize, now: Instant) -> Decision {
         let Some(&(id, side)) = self.bound.get(&from) else {
             return Decision::Unbound;
         };
@@ -395,6 +401,28 @@ impl RelayTable {
         }
         allocation.last_activity = now;
         Decision::Forward(to)
+    }
+
+    /// Whether `peer` is bound to a side of an allocation that has not
+    /// expired.
+    pub fn is_bound(&self, peer: RelayPeer, now: Instant) -> bool {
+        self.bound
+            .get(&peer)
+            .is_some_and(|(id, _)| !self.expired(*id, now))
+    }
+
+    /// Unbinds `peer` (a TCP relay leg that ended): its side stays
+    /// unbound until the next bind. Returns whether it was bound.
+    pub fn unbind(&mut self, peer: RelayPeer) -> bool {
+        let Some((id, side)) = self.bound.remove(&peer) else {
+            return false;
+        };
+        if let Some(allocation) = self.allocations.get_mut(&id)
+            && allocation.bound[side] == Some(peer)
+        {
+            allocation.bound[side] = None;
+        }
+        true
     }
 
     /// Drops idle allocations, and calls neither signalled within
@@ -434,9 +462,9 @@ impl RelayTable {
             for token in &allocation.tokens {
                 self.tokens.remove(token);
             }
-            for addr in allocation.bound.iter().flatten() {
-                if self.bound.get(addr).is_some_and(|(owner, _)| *owner == id) {
-                    self.bound.remove(addr);
+            for peer in allocation.bound.iter().flatten() {
+                if self.bound.get(peer).is_some_and(|(owner, _)| *owner == id) {
+                    self.bound.remove(peer);
                 }
             }
             tracing::debug!(
@@ -453,8 +481,12 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([192, 0, 2, 1], port))
+    fn addr(port: u16) -> RelayPeer {
+        RelayPeer::Udp(SocketAddr::from(([192, 0, 2, 1], port)))
+    }
+
+    fn leg(id: u64) -> RelayPeer {
+        RelayPeer::Tcp(id)
     }
 
     fn table() -> (RelayTable, rand::rngs::StdRng, Instant) {
@@ -613,6 +645,71 @@ mod tests {
             t.allocate("alice", b"c", &mut rng, now),
             Err(AllocError::NotInCall)
         );
+    }
+
+    #[test]
+    fn a_side_binds_to_a_tcp_leg_and_forwards_across_transports() {
+        let (mut t, mut rng, now) = table();
+        t.note_signal(b"c", "alice", "bob", false, now);
+        let a = t.allocate("alice", b"c", &mut rng, now).unwrap();
+        assert_eq!(t.bind(&a.token, leg(7), 23, now), BindStatus::Bound);
+        assert!(t.is_bound(leg(7), now));
+        assert_eq!(t.route(leg(7), 61, now), Decision::PeerUnbound);
+        assert_eq!(t.bind(&a.peer_token, addr(2), 23, now), BindStatus::Bound);
+        // UDP -> TCP and TCP -> UDP.
+        assert_eq!(t.route(addr(2), 61, now), Decision::Forward(leg(7)));
+        assert_eq!(t.route(leg(7), 61, now), Decision::Forward(addr(2)));
+        // Both sides on TCP legs.
+        assert_eq!(t.bind(&a.peer_token, leg(8), 23, now), BindStatus::Bound);
+        assert_eq!(t.route(leg(7), 61, now), Decision::Forward(leg(8)));
+        assert_eq!(t.route(leg(8), 61, now), Decision::Forward(leg(7)));
+        assert_eq!(t.route(addr(2), 61, now), Decision::Unbound);
+        // A leg is not an address: the same number as a port binds nothing.
+        assert_eq!(t.route(leg(2), 61, now), Decision::Unbound);
+        assert!(!t.is_bound(leg(9), now));
+    }
+
+    #[test]
+    fn a_side_rebinds_from_udp_to_a_tcp_leg_and_back() {
+        let (mut t, mut rng, now) = table();
+        t.note_signal(b"c", "alice", "bob", false, now);
+        let a = t.allocate("alice", b"c", &mut rng, now).unwrap();
+        t.bind(&a.token, addr(1), 23, now);
+        t.bind(&a.peer_token, addr(2), 23, now);
+        assert_eq!(t.route(addr(1), 61, now), Decision::Forward(addr(2)));
+        // Bob's UDP gets blocked mid-call: he re-binds the same token over TCP.
+        assert_eq!(t.bind(&a.peer_token, leg(5), 23, now), BindStatus::Bound);
+        assert_eq!(t.route(addr(1), 61, now), Decision::Forward(leg(5)));
+        assert_eq!(
+            t.route(addr(2), 61, now),
+            Decision::Unbound,
+            "old address out"
+        );
+        assert_eq!(t.route(leg(5), 61, now), Decision::Forward(addr(1)));
+        // ... and back to UDP: the leg is out.
+        assert_eq!(t.bind(&a.peer_token, addr(3), 23, now), BindStatus::Bound);
+        assert!(!t.is_bound(leg(5), now));
+        assert_eq!(t.route(leg(5), 61, now), Decision::Unbound);
+        assert_eq!(t.route(addr(1), 61, now), Decision::Forward(addr(3)));
+        assert!(!t.unbind(leg(5)), "nothing left to unbind");
+    }
+
+    #[test]
+    fn an_ended_leg_is_unbound_and_receives_nothing() {
+        let (mut t, mut rng, now) = table();
+        t.note_signal(b"c", "alice", "bob", false, now);
+        let a = t.allocate("alice", b"c", &mut rng, now).unwrap();
+        t.bind(&a.token, addr(1), 23, now);
+        t.bind(&a.peer_token, leg(5), 23, now);
+        assert_eq!(t.route(addr(1), 61, now), Decision::Forward(leg(5)));
+        assert!(t.unbind(leg(5)));
+        assert_eq!(t.route(addr(1), 61, now), Decision::PeerUnbound);
+        assert_eq!(t.route(leg(5), 61, now), Decision::Unbound);
+        // The allocation lives on: the side can bind again.
+        assert_eq!(t.bind(&a.peer_token, leg(6), 23, now), BindStatus::Bound);
+        assert_eq!(t.route(addr(1), 61, now), Decision::Forward(leg(6)));
+        // An expired allocation does not count as bound.
+        assert!(!t.is_bound(leg(6), now + Duration::from_secs(31)));
     }
 
     #[test]

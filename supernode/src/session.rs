@@ -1,10 +1,13 @@
 //! Client sessions: the join handshake, then requests on the session stream.
+//! The same code serves both transports: a QUIC bidirectional stream or a
+//! TLS-over-TCP connection ([`ControlConn`], [`EnvelopeSend`],
+//! [`EnvelopeRecv`]), with the same close codes.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use natter_net::{FramedRecv, FramedSend, NetError};
+use natter_net::{ControlConn, EnvelopeRecv, EnvelopeSend, NetError, Transport};
 use natter_proto::cert;
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{
@@ -12,7 +15,6 @@ use natter_proto::messages::{
     JoinChallenge, PresenceStatus, PresenceUpdate, RelayAllocate, RelayAllocated, SearchReply,
     call_signal,
 };
-use quinn::{Connection, VarInt};
 use rand::RngCore;
 use tokio::sync::mpsc;
 
@@ -32,24 +34,32 @@ fn error(code: ErrorCode, detail: impl Into<String>) -> Body {
 
 /// Sends `body` as the last frame and closes the connection.
 async fn refuse(
-    conn: &Connection,
-    send: &mut FramedSend,
+    conn: &ControlConn,
+    send: &mut EnvelopeSend,
     request_id: u64,
     body: Body,
 ) -> Result<(), NetError> {
     send.send(&Envelope::new(request_id, body)).await?;
     send.finish(Duration::from_secs(1)).await?;
-    conn.close(VarInt::from_u32(close::REFUSED), b"refused");
+    conn.close(close::REFUSED, b"refused");
     Ok(())
+}
+
+/// Errors that mean the peer sent bytes that are not frames or records.
+fn is_malformed(e: &NetError) -> bool {
+    matches!(
+        e,
+        NetError::Frame(_) | NetError::Record(_) | NetError::Truncated
+    )
 }
 
 /// Runs the join handshake (`hello` is the first frame, a `JoinHello`) and
 /// then the session until the client leaves or the connection dies.
 pub(crate) async fn run(
     inner: Arc<Inner>,
-    conn: Connection,
-    mut send: FramedSend,
-    mut recv: FramedRecv,
+    conn: ControlConn,
+    mut send: EnvelopeSend,
+    mut recv: EnvelopeRecv,
     hello: Envelope,
 ) -> Result<(), NetError> {
     let Some(Body::JoinHello(join)) = hello.body else {
@@ -84,12 +94,12 @@ pub(crate) async fn run(
         .await?;
     let proof = match tokio::time::timeout(inner.config.handshake_timeout, recv.next()).await {
         Ok(Ok(Some(proof))) => proof,
-        Ok(Err(NetError::Frame(_) | NetError::Truncated)) => {
-            conn.close(VarInt::from_u32(close::MALFORMED), b"malformed frame");
+        Ok(Err(e)) if is_malformed(&e) => {
+            conn.close(close::MALFORMED, b"malformed frame");
             return Ok(());
         }
         _ => {
-            conn.close(VarInt::from_u32(close::REFUSED), b"no proof");
+            conn.close(close::REFUSED, b"no proof");
             return Ok(());
         }
     };
@@ -136,11 +146,17 @@ pub(crate) async fn run(
         };
         if let Some(old) = st.sessions.insert(name.clone(), entry) {
             tracing::info!(user = %name, "second session replaces the first");
-            old.conn
-                .close(VarInt::from_u32(close::REPLACED), b"joined again");
+            old.conn.close(close::REPLACED, b"joined again");
         }
     }
-    tracing::info!(user = %name, remote = %conn.remote_address(), "user joined");
+    let transport = conn.transport();
+    let _tcp_session = (transport == Transport::Tls).then(|| inner.tcp.session());
+    tracing::info!(
+        user = %name,
+        remote = %conn.remote_address(),
+        transport = transport.name(),
+        "user joined"
+    );
     let writer = tokio::spawn(write_loop(send, rx, conn.clone()));
     let session = Session {
         inner: Arc::clone(&inner),
@@ -170,10 +186,10 @@ pub(crate) async fn run(
     match outcome {
         Flow::Close(code, reason) => {
             if session.tx.try_send(Out::Close(code, reason)).is_err() {
-                conn.close(VarInt::from_u32(code), reason.as_bytes());
+                conn.close(code, reason.as_bytes());
             }
         }
-        Flow::Continue => conn.close(VarInt::from_u32(close::NORMAL), b"bye"),
+        Flow::Continue => conn.close(close::NORMAL, b"bye"),
     }
     drop(session);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
@@ -229,7 +245,7 @@ fn deliver_stored(
     }
 }
 
-async fn write_loop(mut send: FramedSend, mut rx: mpsc::Receiver<Out>, conn: Connection) {
+async fn write_loop(mut send: EnvelopeSend, mut rx: mpsc::Receiver<Out>, conn: ControlConn) {
     while let Some(out) = rx.recv().await {
         match out {
             Out::Frame(envelope) => {
@@ -239,7 +255,7 @@ async fn write_loop(mut send: FramedSend, mut rx: mpsc::Receiver<Out>, conn: Con
             }
             Out::Close(code, reason) => {
                 let _ = send.finish(Duration::from_secs(1)).await;
-                conn.close(VarInt::from_u32(code), reason.as_bytes());
+                conn.close(code, reason.as_bytes());
                 break;
             }
         }
@@ -257,21 +273,20 @@ struct Session {
     name: String,
     id: u64,
     tx: mpsc::Sender<Out>,
-    conn: Connection,
+    conn: ControlConn,
 }
 
 impl Session {
-    async fn serve(&self, recv: &mut FramedRecv) -> Flow {
+    async fn serve(&self, recv: &mut EnvelopeRecv) -> Flow {
         let config = &self.inner.config;
         let mut limiter = RateLimiter::new(config.rate_per_sec, config.rate_burst, Instant::now());
         loop {
             let envelope = match recv.next().await {
                 Ok(Some(envelope)) => envelope,
                 Ok(None) => return Flow::Continue,
-                Err(NetError::Frame(_) | NetError::Truncated) => {
+                Err(e) if is_malformed(&e) => {
                     tracing::debug!(user = %self.name, "malformed frame, closing");
-                    self.conn
-                        .close(VarInt::from_u32(close::MALFORMED), b"malformed frame");
+                    self.conn.close(close::MALFORMED, b"malformed frame");
                     return Flow::Continue;
                 }
                 Err(_) => return Flow::Continue,
@@ -298,7 +313,7 @@ impl Session {
             if flow != Flow::Continue {
                 return flow;
             }
-            if self.conn.close_reason().is_some() {
+            if self.conn.is_closed() {
                 return Flow::Continue;
             }
         }
@@ -312,8 +327,7 @@ impl Session {
         {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.conn
-                    .close(VarInt::from_u32(close::SLOW), b"push queue full");
+                self.conn.close(close::SLOW, b"push queue full");
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -585,7 +599,7 @@ impl Session {
                     token: allocated.token.to_vec(),
                     lifetime_s: u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX).max(1),
                     peer_token: allocated.peer_token.to_vec(),
-                    tcp: None,
+                    tcp: self.inner.tcp_addr.map(Into::into),
                 })
             }
             Err(e @ AllocError::NotInCall) => error(ErrorCode::NotJoined, e.to_string()),

@@ -14,18 +14,24 @@
 //!
 //! The alternate socket only answers STUN; anything else is dropped as
 //! malformed.
+//!
+//! The relay decisions are shared with the TCP relay legs ([`crate::tcp`]):
+//! [`UdpService::relay`] handles a bind or a media datagram from either
+//! transport and [`UdpService::forward`] sends it on to a UDP address (from
+//! the primary socket) or queues it for a TCP leg without waiting.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use natter_proto::relay as wire;
 use natter_proto::{som, stun};
 use tokio::net::UdpSocket;
 
-use crate::relay::{Decision, RelayLimits, RelayTable};
+use crate::relay::{Decision, RelayLimits, RelayPeer, RelayTable};
+use crate::tcp::{LegError, Legs};
 
 /// Binding indication: a STUN keepalive that needs no answer.
 const BINDING_INDICATION: u16 = 0x0011;
@@ -34,26 +40,30 @@ const SWEEP: Duration = Duration::from_secs(1);
 /// How often the counters are logged (at debug).
 const LOG_EVERY: Duration = Duration::from_secs(30);
 
-/// Counters of the UDP service, since start.
+/// Counters of the UDP service (STUN reflector and relay), since start. The
+/// relay counters (binds, forwarding, drops) count datagrams from both
+/// transports: UDP and TCP relay legs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UdpStats {
     /// STUN Binding requests answered (both sockets).
     pub stun_answered: u64,
     /// Datagrams dropped because they are not what the socket serves:
     /// undecodable STUN, STUN other than Binding request/indication, no SoM
-    /// header, anything but STUN on the alternate socket, a bind-sized
-    /// `NRLY` datagram that is not a bind.
+    /// header (on the primary socket or a TCP relay leg), anything but STUN
+    /// on the alternate socket, a bind-sized `NRLY` datagram that is not a
+    /// bind.
     pub malformed: u64,
     /// Relay binds answered `Bound`.
     pub binds: u64,
     /// Relay binds refused (`UnknownToken` or `OverQuota`).
     pub binds_refused: u64,
-    /// Datagrams relayed.
+    /// Datagrams relayed (sent to a UDP address or queued for a TCP leg).
     pub forwarded: u64,
     /// Bytes relayed.
     pub forwarded_bytes: u64,
     /// Datagrams dropped: the source is not bound to a live allocation, or
-    /// the other side of its allocation is not bound yet.
+    /// the other side of its allocation is not bound yet (or is a TCP leg
+    /// that just ended).
     pub dropped_unbound: u64,
     /// Datagrams dropped by an allocation's rate limit.
     pub dropped_quota: u64,
@@ -80,7 +90,8 @@ fn bump(counter: &AtomicU64) {
 /// The two sockets, owned by the serving task: aborting it closes them.
 #[derive(Debug)]
 pub(crate) struct UdpSockets {
-    primary: UdpSocket,
+    /// The TCP relay legs hold a weak reference (they forward from it).
+    primary: Arc<UdpSocket>,
     alternate: UdpSocket,
     /// Their bound addresses.
     bound: [SocketAddr; 2],
@@ -100,8 +111,12 @@ pub(crate) struct UdpService {
     /// a wildcard address).
     pub primary_addr: SocketAddr,
     pub alternate_addr: SocketAddr,
+    /// The primary socket, while the serving task runs.
+    primary_socket: Weak<UdpSocket>,
     table: Mutex<RelayTable>,
     counters: Counters,
+    /// The TCP relay legs' write queues.
+    pub legs: Legs,
 }
 
 /// Why the UDP service could not start.
@@ -139,13 +154,15 @@ fn advertised(bound: SocketAddr, advertise_ip: std::net::IpAddr) -> SocketAddr {
 impl UdpService {
     /// Binds the primary socket at `primary` (or, when `fallback` and that
     /// port is taken, at any free port of the same IP) and the alternate one
-    /// at the next port (any free port when that is taken). Must run inside a
-    /// tokio runtime.
+    /// at the next port (any free port when that is taken). Each TCP relay
+    /// leg gets a queue of `leg_queue` datagrams. Must run inside a tokio
+    /// runtime.
     pub fn bind(
         primary: SocketAddr,
         fallback: bool,
         advertise_ip: std::net::IpAddr,
         limits: RelayLimits,
+        leg_queue: usize,
     ) -> Result<(Self, UdpSockets), BindError> {
         let first = match bind_std(primary) {
             Err(_) if fallback && primary.port() != 0 => bind_std(with_port(primary, 0))?,
@@ -171,15 +188,17 @@ impl UdpService {
             UdpSocket::from_std(s).map_err(|source| BindError { addr, source })
         };
         let sockets = UdpSockets {
-            primary: tokio(first, local)?,
+            primary: Arc::new(tokio(first, local)?),
             alternate: tokio(second, alt_local)?,
             bound: [local, alt_local],
         };
         let service = Self {
             primary_addr: advertised(local, advertise_ip),
             alternate_addr: advertised(alt_local, advertise_ip),
+            primary_socket: Arc::downgrade(&sockets.primary),
             table: Mutex::new(RelayTable::new(limits)),
             counters: Counters::default(),
+            legs: Legs::new(leg_queue),
         };
         Ok((service, sockets))
     }
@@ -256,34 +275,73 @@ impl UdpService {
             self.on_stun(sockets, datagram, from, true).await;
             return;
         }
+        match self.relay(datagram, RelayPeer::Udp(from), Instant::now()) {
+            Relayed::Reply(reply) => send(&sockets.primary, &reply, from).await,
+            Relayed::Forward(to) => self.forward(Some(&sockets.primary), to, datagram).await,
+            Relayed::Dropped => {}
+        }
+    }
+
+    /// The primary socket, for the TCP relay legs (`None` once the service
+    /// stopped).
+    pub fn primary_socket(&self) -> Option<Arc<UdpSocket>> {
+        self.primary_socket.upgrade()
+    }
+
+    /// A relay datagram (not STUN) from `from`, on either transport: a bind
+    /// is answered (the reply goes back to `from`), anything else with a SoM
+    /// header is routed through the relay table; everything is counted.
+    pub fn relay(&self, datagram: &[u8], from: RelayPeer, now: Instant) -> Relayed {
         if let Ok(token) = wire::decode_bind(datagram) {
-            let status = self
-                .table()
-                .bind(&token, from, datagram.len(), Instant::now());
+            let status = self.table().bind(&token, from, datagram.len(), now);
             if status == wire::BindStatus::Bound {
                 bump(&self.counters.binds);
             } else {
                 bump(&self.counters.binds_refused);
             }
-            let reply = wire::encode_bind_reply(datagram, status);
-            send(&sockets.primary, &reply, from).await;
-            return;
+            return Relayed::Reply(wire::encode_bind_reply(datagram, status));
         }
         if som::Header::decode(datagram).is_err() {
             bump(&self.counters.malformed);
-            return;
+            return Relayed::Dropped;
         }
-        let decision = self.table().route(from, datagram.len(), Instant::now());
+        let decision = self.table().route(from, datagram.len(), now);
         match decision {
-            Decision::Forward(to) => {
-                bump(&self.counters.forwarded);
-                self.counters
-                    .forwarded_bytes
-                    .fetch_add(datagram.len() as u64, Ordering::Relaxed);
-                send(&sockets.primary, datagram, to).await;
-            }
+            Decision::Forward(to) => return Relayed::Forward(to),
             Decision::Unbound | Decision::PeerUnbound => bump(&self.counters.dropped_unbound),
             Decision::OverQuota => bump(&self.counters.dropped_quota),
+        }
+        Relayed::Dropped
+    }
+
+    /// Sends a routed datagram on: to a UDP address from the primary socket
+    /// (`socket`; dropped when `None`), or into a TCP leg's queue without
+    /// waiting (a full queue drops it, counted by [`Legs`]; a leg that is
+    /// gone is unbound).
+    pub async fn forward(&self, socket: Option<&UdpSocket>, to: RelayPeer, datagram: &[u8]) {
+        let sent = match to {
+            RelayPeer::Udp(addr) => match socket {
+                Some(socket) => {
+                    send(socket, datagram, addr).await;
+                    true
+                }
+                None => false,
+            },
+            RelayPeer::Tcp(id) => match self.legs.push(id, datagram) {
+                Ok(()) => true,
+                Err(LegError::Gone) => {
+                    self.table().unbind(to);
+                    bump(&self.counters.dropped_unbound);
+                    false
+                }
+                Err(LegError::Full | LegError::TooLong) => false,
+            },
+        };
+        if sent {
+            bump(&self.counters.forwarded);
+            self.counters
+                .forwarded_bytes
+                .fetch_add(datagram.len() as u64, Ordering::Relaxed);
         }
     }
 
@@ -322,7 +380,7 @@ impl UdpService {
         };
         let from_primary = on_primary != request.change_port;
         let (socket, origin) = if from_primary {
-            (&sockets.primary, self.primary_addr)
+            (&*sockets.primary, self.primary_addr)
         } else {
             (&sockets.alternate, self.alternate_addr)
         };
@@ -332,6 +390,17 @@ impl UdpService {
         bump(&self.counters.stun_answered);
         send(socket, &response.encode(), from).await;
     }
+}
+
+/// What [`UdpService::relay`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Relayed {
+    /// A bind: send this reply back to the source.
+    Reply(Vec<u8>),
+    /// Forward the datagram, unchanged, to this endpoint.
+    Forward(RelayPeer),
+    /// Dropped (and counted).
+    Dropped,
 }
 
 async fn send(socket: &UdpSocket, datagram: &[u8], to: SocketAddr) {

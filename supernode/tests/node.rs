@@ -25,7 +25,13 @@ async fn announces_itself_to_the_login_server() {
     .unwrap();
     let mut config = config(Vec::new(), 3);
     config.login = Some(login.local_addr().unwrap());
+    // A wildcard TCP listener is advertised with the node's IP.
+    config.tcp_listen = Some("0.0.0.0:0".parse().unwrap());
     let sn = Supernode::spawn(config).unwrap();
+    let tcp = sn.tcp_addr().unwrap();
+    let bound = sn.tcp_local_addr().unwrap();
+    assert!(bound.ip().is_unspecified());
+    assert_eq!((tcp.ip(), tcp.port()), (sn.addr().ip(), bound.port()));
 
     let received = tokio::time::timeout(WAIT, async {
         let conn = login.accept().await.unwrap().await.unwrap();
@@ -45,6 +51,8 @@ async fn announces_itself_to_the_login_server() {
             assert_eq!(announce.node_id, sn.node_id().to_vec());
             let addr = std::net::SocketAddr::try_from(announce.addr.as_ref().unwrap()).unwrap();
             assert_eq!(addr, sn.local_addr());
+            let announced = std::net::SocketAddr::try_from(announce.tcp.as_ref().unwrap()).unwrap();
+            assert_eq!(announced, tcp);
         }
         other => panic!("expected SupernodeAnnounce, got {other:?}"),
     }

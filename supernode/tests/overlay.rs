@@ -41,7 +41,7 @@ async fn search_presence_and_chat_across_supernodes() {
     let observed = alice.accepted.observed_addr.clone().unwrap();
     assert_eq!(
         std::net::SocketAddr::try_from(&observed).unwrap(),
-        alice.endpoint.local_addr().unwrap()
+        alice.local_addr()
     );
     let mut bob = TestClient::join(sns[1].local_addr(), "bob").await;
     let mut carol = TestClient::join(sns[2].local_addr(), "carol").await;

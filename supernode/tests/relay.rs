@@ -7,12 +7,14 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{TestClient, cluster, error_code};
+use common::{TestClient, cluster, connect_tcp, error_code, eventually, with_tcp};
+use natter_net::{RecordReader, TlsHandle};
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{
     CallAccept, CallInvite, CallSignal, Candidate, CandidateKind, ErrorCode, RelayAllocate,
     RelayAllocated, call_signal::Kind,
 };
+use natter_proto::record::Record;
 use natter_proto::relay::{self, BindStatus};
 use natter_proto::som::{Function, Header};
 use natter_proto::stun;
@@ -425,4 +427,167 @@ async fn allocations_expire_when_idle_and_are_rate_limited() {
         async move { (n == 0).then_some(()) }
     })
     .await;
+}
+
+/// A TCP relay leg: a TLS connection to the supernode's TCP listener whose
+/// first record is a bind.
+struct Leg {
+    reader: RecordReader,
+    handle: TlsHandle,
+}
+
+impl Leg {
+    /// Opens a leg with a bind for `token`; returns it and the bind status.
+    async fn open(tcp: SocketAddr, token: &[u8; 16]) -> (Leg, BindStatus) {
+        let (reader, handle) = connect_tcp(tcp).await.unwrap().split();
+        let mut leg = Leg { reader, handle };
+        let status = leg.bind(token).await;
+        (leg, status)
+    }
+
+    async fn bind(&mut self, token: &[u8; 16]) -> BindStatus {
+        self.send(&relay::encode_bind(token, 9, 1)).await;
+        let reply = self.recv().await;
+        let (echoed, status) = relay::decode_bind_reply(&reply).unwrap();
+        assert_eq!(&echoed, token);
+        status
+    }
+
+    async fn send(&self, datagram: &[u8]) {
+        self.handle.send_datagram(datagram).await.unwrap();
+    }
+
+    /// The next DATAGRAM record, or `None` after `wait`.
+    async fn recv_within(&mut self, wait: Duration) -> Option<Vec<u8>> {
+        match tokio::time::timeout(wait, self.reader.next()).await {
+            Ok(Ok(Some(Record::Datagram(d)))) => Some(d),
+            Ok(other) => panic!("relay leg: expected a datagram, got {other:?}"),
+            Err(_) => None,
+        }
+    }
+
+    async fn recv(&mut self) -> Vec<u8> {
+        self.recv_within(Duration::from_secs(2))
+            .await
+            .expect("no datagram on the relay leg")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_between_udp_and_tcp_legs() {
+    let sns = cluster(1, with_tcp).await;
+    let sn = &sns[0];
+    let tcp = sn.tcp_addr().unwrap();
+    let relay_addr = sn.reflector();
+    // Alice's UDP is blocked: her session runs over TCP too.
+    let mut alice = TestClient::join_tcp(tcp, "alice").await;
+    let mut bob = TestClient::join(sn.local_addr(), "bob").await;
+    invite(&mut alice, &mut bob, 5).await;
+    let a = allocated(&mut alice, 5).await;
+    assert_eq!(
+        SocketAddr::try_from(a.relay.as_ref().unwrap()).unwrap(),
+        relay_addr
+    );
+    assert_eq!(SocketAddr::try_from(a.tcp.as_ref().unwrap()).unwrap(), tcp);
+
+    // Alice binds over a TCP leg, bob from a UDP socket.
+    let (mut a_leg, status) = Leg::open(tcp, &token(&a.token)).await;
+    assert_eq!(status, BindStatus::Bound);
+    let b_sock = udp().await;
+    assert_eq!(
+        bind(&b_sock, relay_addr, &token(&a.peer_token)).await,
+        BindStatus::Bound
+    );
+    for i in 0..5u16 {
+        let d = datagram(i, 58);
+        a_leg.send(&d).await;
+        assert_eq!(recv(&b_sock).await, (d, relay_addr));
+        let d = datagram(100 + i, 200);
+        b_sock.send_to(&d, relay_addr).await.unwrap();
+        assert_eq!(a_leg.recv().await, d);
+    }
+    let stats = sn.udp_stats();
+    assert_eq!((stats.forwarded, stats.binds), (10, 2), "{stats:?}");
+    assert_eq!(sn.tcp_stats().relay_legs, 1);
+
+    // Bob's UDP gets blocked mid-call: he re-binds the same token over TCP.
+    let (mut b_leg, status) = Leg::open(tcp, &token(&a.peer_token)).await;
+    assert_eq!(status, BindStatus::Bound);
+    for i in 0..3u16 {
+        let d = datagram(200 + i, 58);
+        a_leg.send(&d).await;
+        assert_eq!(b_leg.recv().await, d);
+        let d = datagram(300 + i, 58);
+        b_leg.send(&d).await;
+        assert_eq!(a_leg.recv().await, d);
+    }
+    assert!(
+        recv_within(&b_sock, Duration::from_millis(200))
+            .await
+            .is_none(),
+        "bob's old UDP address gets nothing"
+    );
+    b_sock.send_to(&datagram(1, 58), relay_addr).await.unwrap();
+    assert!(
+        a_leg
+            .recv_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nor may it send"
+    );
+    // STUN is not served on a leg; datagrams without a SoM header are malformed.
+    let malformed = sn.udp_stats().malformed;
+    b_leg.send(&stun::Message::request([1; 12]).encode()).await;
+    b_leg.send(&[0xff; 30]).await;
+    assert!(
+        b_leg
+            .recv_within(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    assert_eq!(sn.tcp_stats().dropped_stun, 1);
+    assert_eq!(sn.udp_stats().malformed, malformed + 1);
+    assert_eq!(sn.tcp_stats().relay_legs, 2);
+
+    // Alice's leg ends: its binding goes with it, bob's datagrams are dropped.
+    a_leg.handle.close(0, "bye");
+    eventually("alice's leg is gone", || {
+        let legs = sn.tcp_stats().relay_legs;
+        async move { (legs == 1).then_some(()) }
+    })
+    .await;
+    let dropped = sn.udp_stats().dropped_unbound;
+    b_leg.send(&datagram(2, 58)).await;
+    eventually("bob's datagram is dropped", || {
+        let n = sn.udp_stats().dropped_unbound;
+        async move { (n == dropped + 1).then_some(()) }
+    })
+    .await;
+
+    // She re-binds with a new leg, and bob goes back to UDP.
+    let (mut a_leg, status) = Leg::open(tcp, &token(&a.token)).await;
+    assert_eq!(status, BindStatus::Bound);
+    assert_eq!(
+        bind(&b_sock, relay_addr, &token(&a.peer_token)).await,
+        BindStatus::Bound
+    );
+    let d = datagram(400, 58);
+    a_leg.send(&d).await;
+    assert_eq!(recv(&b_sock).await, (d, relay_addr));
+    assert!(
+        b_leg
+            .recv_within(Duration::from_millis(200))
+            .await
+            .is_none(),
+        "bob's leg is out"
+    );
+    let d = datagram(401, 58);
+    b_sock.send_to(&d, relay_addr).await.unwrap();
+    assert_eq!(a_leg.recv().await, d);
+    let stats = sn.tcp_stats();
+    assert_eq!(
+        (stats.relay_legs_total, stats.dropped_queue_full),
+        (3, 0),
+        "{stats:?}"
+    );
 }

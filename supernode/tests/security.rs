@@ -10,6 +10,7 @@ use common::{
     JoinOutcome, TestClient, cluster, connect, error_code, identity, issuer, now_secs, try_join,
     user_key,
 };
+use natter_net::ControlConn;
 use natter_proto::cert::Issuer;
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{
@@ -17,7 +18,7 @@ use natter_proto::messages::{
 };
 use natter_supernode::close;
 
-fn refused(outcome: JoinOutcome) -> (ErrorCode, String, quinn::Connection) {
+fn refused(outcome: JoinOutcome) -> (ErrorCode, String, ControlConn) {
     match outcome {
         JoinOutcome::Refused(e, conn) => (ErrorCode::try_from(e.code).unwrap(), e.detail, conn),
         JoinOutcome::Joined(c) => panic!("{} was admitted", c.name),
@@ -78,6 +79,7 @@ async fn bad_certificates_and_proofs_are_refused() {
 
     // Requests before joining.
     let (_endpoint, conn, mut send, mut recv) = connect(addr).await.unwrap();
+    let conn = ControlConn::Quic(conn);
     send.send(&Envelope::new(
         5,
         Body::SearchRequest(SearchRequest { name: "bob".into() }),
@@ -155,8 +157,7 @@ async fn a_malformed_frame_closes_only_that_connection() {
 
     // An oversized length prefix.
     alice
-        .send
-        .get_mut()
+        .quic_send()
         .write_all(&[0xff, 0xff, 0xff, 0xff, 0])
         .await
         .unwrap();
@@ -167,6 +168,7 @@ async fn a_malformed_frame_closes_only_that_connection() {
 
     // Garbage that is not a protobuf envelope, from a fresh connection.
     let (_endpoint, conn, mut send, _recv) = connect(addr).await.unwrap();
+    let conn = ControlConn::Quic(conn);
     send.get_mut()
         .write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])
         .await

@@ -1,5 +1,6 @@
 //! Test support: keys, certificates, in-process supernode clusters and a
-//! small client speaking the session protocol over real QUIC on 127.0.0.1.
+//! small client speaking the session protocol over real QUIC or TLS over
+//! TCP on 127.0.0.1.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::VecDeque;
@@ -8,7 +9,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use natter_net::{FramedRecv, FramedSend, TransportSettings};
+use natter_net::tcp::{self, RecordConn};
+use natter_net::{
+    ControlConn, EnvelopeRecv, EnvelopeSend, FramedRecv, FramedSend, Transport, TransportSettings,
+};
 use natter_proto::cert::{self, Identity, Issuer};
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{
@@ -76,6 +80,11 @@ pub fn config(peers: Vec<SocketAddr>, replicas: usize) -> Config {
     config
 }
 
+/// A tweak for [`cluster`]: a TLS-over-TCP listener on a free loopback port.
+pub fn with_tcp(config: &mut Config) {
+    config.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
+}
+
 /// Starts `n` supernodes (every one after the first has the first as its
 /// `--peer`) and waits until each sees all of them live.
 pub async fn cluster(n: usize, tweak: impl Fn(&mut Config)) -> Vec<Handle> {
@@ -128,27 +137,68 @@ pub async fn connect(
     Ok((endpoint, conn, FramedSend::new(send), FramedRecv::new(recv)))
 }
 
-/// A client session with a supernode.
+/// Opens a TLS-over-TCP connection to a supernode's TCP listener.
+pub async fn connect_tcp(addr: SocketAddr) -> anyhow::Result<RecordConn> {
+    Ok(tcp::connect(
+        addr,
+        "natter-supernode",
+        tcp::insecure_client_tls_config()?,
+        TransportSettings::OVERLAY,
+        WAIT,
+    )
+    .await?)
+}
+
+/// A session connection over either transport.
+async fn open_session(
+    transport: Transport,
+    addr: SocketAddr,
+) -> anyhow::Result<(Option<Endpoint>, ControlConn, EnvelopeSend, EnvelopeRecv)> {
+    Ok(match transport {
+        Transport::Quic => {
+            let (endpoint, conn, send, recv) = connect(addr).await?;
+            (
+                Some(endpoint),
+                ControlConn::Quic(conn),
+                EnvelopeSend::Quic(send),
+                EnvelopeRecv::Quic(recv),
+            )
+        }
+        Transport::Tls => {
+            let (reader, handle) = connect_tcp(addr).await?.split();
+            (
+                None,
+                ControlConn::Tls(handle.clone()),
+                EnvelopeSend::Tls(handle),
+                EnvelopeRecv::Tls(reader),
+            )
+        }
+    })
+}
+
+/// A client session with a supernode, over QUIC or TLS over TCP.
 #[derive(Debug)]
 pub struct TestClient {
     pub name: String,
-    pub endpoint: Endpoint,
-    pub conn: Connection,
-    pub send: FramedSend,
-    pub recv: FramedRecv,
+    /// The QUIC endpoint (`None` over TCP).
+    pub endpoint: Option<Endpoint>,
+    pub conn: ControlConn,
+    pub send: EnvelopeSend,
+    pub recv: EnvelopeRecv,
     pub accepted: JoinAccepted,
     next_rid: u64,
     pushes: VecDeque<Envelope>,
 }
 
-/// How a join attempt ended.
+/// How a join attempt ended. A refused TLS connection's records are read
+/// in the background, so [`TestClient::closed_code`] sees its CLOSE.
 #[derive(Debug)]
 pub enum JoinOutcome {
     Joined(Box<TestClient>),
-    Refused(ErrorReply, Connection),
+    Refused(ErrorReply, ControlConn),
 }
 
-async fn read(recv: &mut FramedRecv) -> anyhow::Result<Envelope> {
+async fn read(recv: &mut EnvelopeRecv) -> anyhow::Result<Envelope> {
     match tokio::time::timeout(WAIT, recv.next()).await {
         Ok(Ok(Some(envelope))) => Ok(envelope),
         Ok(Ok(None)) => bail!("stream finished"),
@@ -157,14 +207,31 @@ async fn read(recv: &mut FramedRecv) -> anyhow::Result<Envelope> {
     }
 }
 
-/// Joins with `certificate`, signing the challenge with `signer`.
+/// Joins over QUIC with `certificate`, signing the challenge with `signer`.
 pub async fn try_join(
     addr: SocketAddr,
     name: &str,
     certificate: Certificate,
     signer: &RsaPrivateKey,
 ) -> anyhow::Result<JoinOutcome> {
-    let (endpoint, conn, mut send, mut recv) = connect(addr).await?;
+    try_join_via(Transport::Quic, addr, name, certificate, signer).await
+}
+
+/// Reads (and drops) what a refused connection still sends, so that a TLS
+/// connection's CLOSE record is seen.
+fn drain(mut recv: EnvelopeRecv) {
+    tokio::spawn(async move { while let Ok(Some(_)) = recv.next().await {} });
+}
+
+/// Joins over `transport` with `certificate`, signing the challenge with `signer`.
+pub async fn try_join_via(
+    transport: Transport,
+    addr: SocketAddr,
+    name: &str,
+    certificate: Certificate,
+    signer: &RsaPrivateKey,
+) -> anyhow::Result<JoinOutcome> {
+    let (endpoint, conn, mut send, mut recv) = open_session(transport, addr).await?;
     let hello = Body::JoinHello(JoinHello {
         certificate: Some(certificate),
     });
@@ -172,7 +239,10 @@ pub async fn try_join(
     let challenge = read(&mut recv).await?;
     let (nonce, node_id) = match challenge.body {
         Some(Body::JoinChallenge(c)) => (c.nonce, c.node_id),
-        Some(Body::Error(e)) => return Ok(JoinOutcome::Refused(e, conn)),
+        Some(Body::Error(e)) => {
+            drain(recv);
+            return Ok(JoinOutcome::Refused(e, conn));
+        }
         other => bail!("expected a challenge, got {other:?}"),
     };
     assert_eq!(challenge.request_id, 1);
@@ -194,19 +264,60 @@ pub async fn try_join(
             next_rid: 3,
             pushes: VecDeque::new(),
         }))),
-        Some(Body::Error(e)) => Ok(JoinOutcome::Refused(e, conn)),
+        Some(Body::Error(e)) => {
+            drain(recv);
+            Ok(JoinOutcome::Refused(e, conn))
+        }
         other => bail!("expected JoinAccepted, got {other:?}"),
     }
 }
 
 impl TestClient {
-    /// Joins `addr` as `name` with a valid certificate.
+    /// Joins `addr` (QUIC) as `name` with a valid certificate.
     pub async fn join(addr: SocketAddr, name: &str) -> TestClient {
+        Self::join_via(Transport::Quic, addr, name).await
+    }
+
+    /// Joins the TLS-over-TCP listener at `addr` as `name`.
+    pub async fn join_tcp(addr: SocketAddr, name: &str) -> TestClient {
+        Self::join_via(Transport::Tls, addr, name).await
+    }
+
+    /// Joins `addr` over `transport` as `name` with a valid certificate.
+    pub async fn join_via(transport: Transport, addr: SocketAddr, name: &str) -> TestClient {
         let id = identity(name);
-        match try_join(addr, name, id.certificate, &id.key).await.unwrap() {
+        let outcome = try_join_via(transport, addr, name, id.certificate, &id.key);
+        match outcome.await.unwrap() {
             JoinOutcome::Joined(client) => *client,
             JoinOutcome::Refused(e, _) => panic!("{name} refused: {e:?}"),
         }
+    }
+
+    /// This client's local address (its QUIC endpoint's or its TCP socket's).
+    pub fn local_addr(&self) -> SocketAddr {
+        match (&self.endpoint, &self.conn) {
+            (Some(endpoint), _) => endpoint.local_addr().unwrap(),
+            (None, ControlConn::Tls(handle)) => handle.local_address(),
+            (None, ControlConn::Quic(_)) => unreachable!("QUIC clients keep their endpoint"),
+        }
+    }
+
+    /// The raw QUIC session stream (to write bytes that are not frames).
+    pub fn quic_send(&mut self) -> &mut quinn::SendStream {
+        match &mut self.send {
+            EnvelopeSend::Quic(send) => send.get_mut(),
+            EnvelopeSend::Tls(_) => panic!("{} is not on QUIC", self.name),
+        }
+    }
+
+    /// Waits until the supernode closes this session (reading and dropping
+    /// what still arrives); returns the close code.
+    pub async fn wait_closed(mut self) -> Option<u64> {
+        let drained = tokio::time::timeout(WAIT, async {
+            while let Ok(Some(_)) = self.recv.next().await {}
+        });
+        drained.await.expect("connection not closed");
+        Self::closed_code(&self.conn).await
     }
 
     /// Sends a request without waiting; returns its request id.
@@ -316,14 +427,26 @@ impl TestClient {
         }
     }
 
-    /// Waits until the supernode closes the connection; returns the close code.
-    pub async fn closed_code(conn: &Connection) -> Option<u64> {
-        match tokio::time::timeout(WAIT, conn.closed())
-            .await
-            .expect("connection not closed")
-        {
-            quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
-            _ => None,
+    /// Waits until the supernode closes the connection; returns the close
+    /// code. A TLS connection's records must be read meanwhile (by
+    /// [`Self::wait_closed`], or in the background as for refused joins).
+    pub async fn closed_code(conn: &ControlConn) -> Option<u64> {
+        match conn {
+            ControlConn::Quic(conn) => match tokio::time::timeout(WAIT, conn.closed())
+                .await
+                .expect("connection not closed")
+            {
+                quinn::ConnectionError::ApplicationClosed(close) => {
+                    Some(close.error_code.into_inner())
+                }
+                _ => None,
+            },
+            ControlConn::Tls(handle) => {
+                tokio::time::timeout(WAIT, handle.closed())
+                    .await
+                    .expect("connection not closed");
+                handle.close_reason().map(|(code, _)| u64::from(code))
+            }
         }
     }
 }
