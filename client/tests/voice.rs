@@ -263,7 +263,10 @@ fn udp_blocked_users_log_in_join_and_talk_over_tcp() {
         .filter_map(|l| l.split_whitespace().nth(4))
         .filter(|t| *t != "-")
         .collect();
-    assert!(!used.is_empty() && used.iter().all(|t| *t == "tcp"), "{cache}");
+    assert!(
+        !used.is_empty() && used.iter().all(|t| *t == "tcp"),
+        "{cache}"
+    );
 }
 
 /// UDP ports a process has open, from `ss`.
