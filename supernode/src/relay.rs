@@ -299,6 +299,27 @@ impl RelayTable {
             .and_then(|i| i.other(user))
             .ok_or(AllocError::NotInCall)?
             .to_owned();
+        // One allocation per call on this relay: when both parties joined
+        // through this supernode, the second request gets the first one's
+        // allocation, seen from the other side. Two allocations would bind
+        // each party's one address to two allocations, and an address
+        // belongs to one side at a time.
+        let existing = self
+            .allocations
+            .iter()
+            .find(|(id, a)| a.invite_id == invite_id && !self.expired(**id, now));
+        if let Some((_, a)) = existing {
+            let (token, peer_token) = if a.requester == user {
+                (a.tokens[0], a.tokens[1])
+            } else {
+                (a.tokens[1], a.tokens[0])
+            };
+            return Ok(Allocated {
+                token,
+                peer_token,
+                peer,
+            });
+        }
         let mine = self
             .allocations
             .values()
@@ -565,19 +586,41 @@ mod tests {
     }
 
     #[test]
+    fn both_parties_on_one_relay_share_one_allocation() {
+        let (mut t, mut rng, now) = table();
+        t.note_signal(b"inv1", "alice", "bob", false, now);
+        let first = t.allocate("alice", b"inv1", &mut rng, now).unwrap();
+        let second = t.allocate("bob", b"inv1", &mut rng, now).unwrap();
+        assert_eq!(t.allocation_count(), 1);
+        assert_eq!(
+            (second.token, second.peer_token),
+            (first.peer_token, first.token),
+            "bob binds the side alice gave him"
+        );
+        assert_eq!(second.peer, "alice");
+        let again = t.allocate("alice", b"inv1", &mut rng, now).unwrap();
+        assert_eq!(again, first);
+    }
+
+    #[test]
     fn quotas_per_user_and_in_total() {
         let (mut t, mut rng, now) = table();
         t.note_signal(b"c1", "alice", "bob", false, now);
-        t.note_signal(b"c2", "carol", "dave", false, now);
+        t.note_signal(b"c2", "alice", "carol", false, now);
+        t.note_signal(b"c3", "alice", "dave", false, now);
+        t.note_signal(b"c4", "bob", "carol", false, now);
         t.allocate("alice", b"c1", &mut rng, now).unwrap();
-        t.allocate("alice", b"c1", &mut rng, now).unwrap();
+        t.allocate("alice", b"c2", &mut rng, now).unwrap();
         assert_eq!(
-            t.allocate("alice", b"c1", &mut rng, now),
+            t.allocate("alice", b"c3", &mut rng, now),
             Err(AllocError::UserQuota)
         );
-        t.allocate("bob", b"c1", &mut rng, now).unwrap();
+        t.allocate("bob", b"c4", &mut rng, now).unwrap();
+        // Shared, not new: no quota needed.
+        t.allocate("carol", b"c4", &mut rng, now).unwrap();
+        assert_eq!(t.allocation_count(), 3);
         assert_eq!(
-            t.allocate("carol", b"c2", &mut rng, now),
+            t.allocate("dave", b"c3", &mut rng, now),
             Err(AllocError::Full)
         );
     }
