@@ -198,7 +198,7 @@ pub fn check_prereqs(extra_tools: &[&str]) -> Result<()> {
     for tool in ["ip", "nft", "sysctl", "kill"].iter().chain(extra_tools) {
         if which(tool).is_none() {
             let pkg = match *tool {
-                "ip" => " (package iproute2)",
+                "ip" | "ss" => " (package iproute2)",
                 "nft" => " (package nftables)",
                 "sysctl" => " (package procps)",
                 "espeak-ng" => " (package espeak-ng)",

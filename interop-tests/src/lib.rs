@@ -46,13 +46,37 @@
 //!   expect the relay.
 //! * **tcp-relay** whenever either side is udp-blocked: no UDP leaves it at
 //!   all, so only a TCP (port 443/80) connection to a supernode carries
-//!   media.
+//!   media. The other side reaches the relay over UDP and reports `relayed`
+//!   itself; the cell counts the call as `tcp-relay` (next section).
+//!
+//! ## The path of a call (what a cell's "final path" is)
+//!
+//! Each client's call report (`--stats-json`) names its own path (`path_end`,
+//! `path_start`, `switches`); the two sides of a relayed call can differ
+//! (a udp-blocked side says `tcp-relay`, its peer `relayed`). A trial's path
+//! is the **less direct of the two sides' paths**, in the order
+//!
+//! `direct` < `hole-punched` < `relayed` < `tcp-relay`
+//!
+//! (anything else, e.g. `none`, ranks after `tcp-relay`, so it shows up as
+//! unexpected; a side without a report does not count). See
+//! [`scenario::call_path`]. When both sides agree, as they do in every UDP
+//! cell, this is the path both report, so those cells read as before (the
+//! lab used to take the caller's path). Both sides' own paths are kept in
+//! each trial's results (`a`, `b`) and listed per cell ("A / B paths").
+//!
+//! A run that changes router A mid-call expects less: a broken direct path
+//! leaves at best `relayed`, blocked UDP leaves `tcp-relay`
+//! ([`scenario::MatrixOptions::expected_path`]).
 //!
 //! ## Addresses
 //! Servers on 198.51.100.0/24 (probe reflector s1 = .10 + .11, s2 = .20,
-//! login .5, supernodes .30 + .31 and .40 + .41, all on port 443), router
-//! wan sides 203.0.113.N, LANs 10.N.0.0/24 with the host at 10.N.0.2; an
-//! open client's host is 192.0.2.N (TEST-NET-1), routed by its router.
+//! login .5, supernodes .30 + .31 and .40 + .41), router wan sides
+//! 203.0.113.N, LANs 10.N.0.0/24 with the host at 10.N.0.2; an open client's
+//! host is 192.0.2.N (TEST-NET-1), routed by its router. The login server and
+//! the supernodes listen on port 443 twice: QUIC on UDP 443 and TLS over TCP
+//! on TCP 443 (`--tcp-listen`, same address), the port a udp-blocked firewall
+//! lets through; a supernode's UDP service (reflector, relay) is on UDP 444.
 
 pub mod error;
 pub mod exec;

@@ -55,6 +55,15 @@ enum Cmd {
         /// Lifetime of the routers' NAT state, seconds.
         #[arg(long, default_value_t = 300)]
         map_timeout: u32,
+        /// After S seconds of each call, router A drops all UDP to/from B
+        /// (the direct path dies; expected final path: relayed at best).
+        #[arg(long, value_name = "S")]
+        break_direct_after: Option<u32>,
+        /// After S seconds of each call, router A drops all UDP and lets out
+        /// only TCP to 80/443 (expected final path: tcp-relay). Use calls
+        /// long enough to recover (e.g. --call-secs 12 --block-udp-after 4).
+        #[arg(long, value_name = "S")]
+        block_udp_after: Option<u32>,
     },
     /// Remove namespaces left behind by crashed lab runs.
     Cleanup,
@@ -118,6 +127,8 @@ fn main() -> anyhow::Result<()> {
             call_secs,
             same_supernode,
             map_timeout,
+            break_direct_after,
+            block_udp_after,
         } => {
             let exe = std::env::current_exe().context("current exe")?;
             let bin_dir = match bin_dir {
@@ -129,22 +140,29 @@ fn main() -> anyhow::Result<()> {
                 None => scenario::all_cells(),
             };
             let opts = scenario::MatrixOptions {
-                out,
                 trials,
                 profile,
-                cells,
-                bins: scenario::Binaries::in_dir(&bin_dir)?,
-                probe_exe: exe,
                 call_secs,
                 same_supernode,
                 map_timeout_s: map_timeout,
-                break_direct_after_s: None,
+                break_direct_after_s: break_direct_after,
+                block_udp_after_s: block_udp_after,
+                ..scenario::MatrixOptions::new(
+                    out,
+                    cells,
+                    scenario::Binaries::in_dir(&bin_dir)?,
+                    exe,
+                )
             };
             let report = scenario::run_matrix(&opts)?;
             let passed: u32 = report.cells.iter().map(|c| c.passed()).sum();
+            let connected: u32 = report.cells.iter().map(|c| c.connected).sum();
             let trials: u32 = report.cells.iter().map(|c| c.trials).sum();
+            if let Some(summary) = scenario::udp_blocked_summary(&report) {
+                println!("udp-blocked rows and columns: {summary}");
+            }
             println!(
-                "{passed}/{trials} trials connected over the expected path; see {}",
+                "{connected}/{trials} trials connected, {passed}/{trials} over the expected path; see {}",
                 opts.out.join("matrix.md").display()
             );
         }

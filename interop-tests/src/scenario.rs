@@ -8,6 +8,18 @@
 //! sending a speech WAV for a few seconds. Each router's wan side is captured
 //! with tcpdump; the captures are kept only for failed trials.
 //!
+//! The servers listen on port 443 twice: QUIC (UDP) and TLS over TCP
+//! (`--tcp-listen`), the only way in for a client behind a udp-blocked
+//! firewall. A trial can also change router A in the middle of the call
+//! ([`MidCall`]): kill the direct path, or block every UDP packet.
+//!
+//! **The path of a call** ([`TrialResult::path_end`], the matrix's "final
+//! path") is the *less direct* of the two sides' own final paths, in the
+//! order direct < hole-punched < relayed < tcp-relay ([`call_path`]): a call
+//! between a udp-blocked user (`tcp-relay`) and a user who reaches the relay
+//! over UDP (`relayed`) is a `tcp-relay` call. Both sides' paths are kept in
+//! [`TrialResult::a`] and [`TrialResult::b`].
+//!
 //! Before any trial, a router of every NAT type the run uses is built and
 //! classified by the probe ([`crate::probe`]); a type that does not behave as
 //! labelled fails the run loudly (its cells are not run, `self_check` is
@@ -17,6 +29,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -41,6 +54,87 @@ pub fn expected_path(a: NatType, b: NatType) -> &'static str {
             "relayed"
         }
         _ => "hole-punched",
+    }
+}
+
+/// How direct a path (a name in the client's call report) is: direct 0,
+/// hole-punched 1, relayed 2, tcp-relay 3. Anything else (`none`, a name
+/// this lab does not know) ranks 4, less direct than everything, so that it
+/// shows up as unexpected instead of hiding behind the other side's path.
+pub fn path_rank(path: &str) -> u8 {
+    match path {
+        "direct" => 0,
+        "hole-punched" => 1,
+        "relayed" => 2,
+        "tcp-relay" => 3,
+        _ => 4,
+    }
+}
+
+/// The path of a call from its two sides' paths: the less direct of the two
+/// ([`path_rank`]; A's on a tie). A side without a report does not count.
+pub fn call_path(a: Option<&str>, b: Option<&str>) -> Option<String> {
+    match (a, b) {
+        (Some(a), Some(b)) if path_rank(b) > path_rank(a) => Some(b.to_owned()),
+        (Some(a), _) => Some(a.to_owned()),
+        (None, b) => b.map(str::to_owned),
+    }
+}
+
+/// A change the lab makes to router A while a call runs (see
+/// [`MatrixOptions::break_direct_after_s`] and
+/// [`MatrixOptions::block_udp_after_s`]). The rules go into router A's own
+/// namespace, so they vanish with it when the trial ends, however it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MidCall {
+    /// Router A drops every UDP packet to or from B's addresses: the direct
+    /// path dies, the relay (on the server subnet) still works.
+    BreakDirect,
+    /// Router A drops every UDP packet and lets out only new TCP connections
+    /// to ports 80 and 443, like the udp-blocked profile.
+    BlockUdp,
+}
+
+impl MidCall {
+    /// Its name in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            MidCall::BreakDirect => "direct path broken",
+            MidCall::BlockUdp => "udp blocked",
+        }
+    }
+
+    /// The nft script that router A loads (its own table, a forward chain
+    /// that runs before the NAT's); `peer` are B's addresses (its router's
+    /// public one and its host's).
+    pub fn nft_script(self, peer: &[Ipv4Addr]) -> String {
+        let (table, rules) = match self {
+            MidCall::BreakDirect => {
+                let peer = format!(
+                    "{{ {} }}",
+                    peer.iter()
+                        .map(Ipv4Addr::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                (
+                    "natter_break",
+                    format!(
+                        "ip daddr {peer} meta l4proto udp drop\n    ip saddr {peer} meta l4proto udp drop"
+                    ),
+                )
+            }
+            MidCall::BlockUdp => (
+                "natter_block_udp",
+                "meta l4proto udp drop\n    \
+                 iifname \"lan0\" oifname \"wan0\" ct state new meta l4proto != tcp drop\n    \
+                 iifname \"lan0\" oifname \"wan0\" ct state new tcp dport != { 80, 443 } drop"
+                    .to_owned(),
+            ),
+        };
+        format!(
+            "table ip {table} {{\n  chain brk {{\n    type filter hook forward priority -20; policy accept;\n    {rules}\n  }}\n}}\n"
+        )
     }
 }
 
@@ -123,11 +217,84 @@ pub struct MatrixOptions {
     pub same_supernode: bool,
     /// Router map timeouts, seconds.
     pub map_timeout_s: u32,
-    /// After this many seconds of the call, router A drops every UDP packet
-    /// to or from B's addresses (the direct path dies; the relay, on the
-    /// server subnet, still works).
+    /// After this many seconds of the call (counted from the start of
+    /// `natter call`), router A drops every UDP packet to or from B's
+    /// addresses (the direct path dies; the relay, on the server subnet,
+    /// still works): [`MidCall::BreakDirect`].
     pub break_direct_after_s: Option<u32>,
+    /// After this many seconds of the call (counted from the start of
+    /// `natter call`), router A drops every UDP packet and lets out only TCP
+    /// to ports 80 and 443, like the udp-blocked profile: A has to carry the
+    /// rest of the call over TLS/TCP ([`MidCall::BlockUdp`]).
+    pub block_udp_after_s: Option<u32>,
 }
+
+impl MatrixOptions {
+    /// One clean trial per cell, 5-second calls, A and B on different
+    /// supernodes, 300 s NAT state, nothing changed mid-call.
+    pub fn new(
+        out: PathBuf,
+        cells: Vec<(NatType, NatType)>,
+        bins: Binaries,
+        probe_exe: PathBuf,
+    ) -> Self {
+        MatrixOptions {
+            out,
+            trials: 1,
+            profile: "clean".into(),
+            cells,
+            bins,
+            probe_exe,
+            call_secs: 5,
+            same_supernode: false,
+            map_timeout_s: 300,
+            break_direct_after_s: None,
+            block_udp_after_s: None,
+        }
+    }
+
+    /// The mid-call changes of this run, in the order they happen.
+    pub fn mid_call(&self) -> Vec<(u32, MidCall)> {
+        let mut v: Vec<(u32, MidCall)> = [
+            self.break_direct_after_s.map(|s| (s, MidCall::BreakDirect)),
+            self.block_udp_after_s.map(|s| (s, MidCall::BlockUdp)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        v.sort();
+        v
+    }
+
+    /// The final path a call of cell `a` x `b` should end on in this run:
+    /// [`expected_path`], made less direct by the mid-call changes (a broken
+    /// direct path leaves at best the relay, blocked UDP leaves tcp-relay).
+    pub fn expected_path(&self, a: NatType, b: NatType) -> &'static str {
+        let mut p = expected_path(a, b);
+        for (_, change) in self.mid_call() {
+            let floor = match change {
+                MidCall::BreakDirect => "relayed",
+                MidCall::BlockUdp => "tcp-relay",
+            };
+            if path_rank(floor) > path_rank(p) {
+                p = floor;
+            }
+        }
+        p
+    }
+
+    /// Where [`TrialResult::audio_match_late`] starts in the speech (s): 4 s
+    /// after the last mid-call change (time to notice and switch), if at
+    /// least 2 s of the call are left after that.
+    pub fn late_audio_from_s(&self) -> Option<u32> {
+        let last = self.mid_call().last()?.0;
+        let from = last + LATE_AUDIO_AFTER_S;
+        (from + 2 <= self.call_secs).then_some(from)
+    }
+}
+
+/// Seconds after the last mid-call change where the late audio score starts.
+const LATE_AUDIO_AFTER_S: u32 = 4;
 
 /// Percentiles of a sample (nearest rank); `None` when empty.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -171,14 +338,24 @@ pub struct TrialResult {
     pub trial: u32,
     /// A call was set up and B received media.
     pub connected: bool,
-    /// Path at the start of the call (stats `path_start`/`initial_path`, else `path`).
+    /// Path of the call at its start: the less direct of the two sides'
+    /// start paths ([`call_path`]).
     pub path_start: Option<String>,
-    /// Path at the end (stats `path_end`/`final_path`, else `path`).
+    /// Path of the call at its end: the less direct of the two sides' final
+    /// paths ([`call_path`]); the matrix's "final path".
     pub path_end: Option<String>,
     /// A's path switches in order (stats `switches`).
     #[serde(default)]
     pub switches: Vec<String>,
-    /// Time to first audio at B (ms).
+    /// A's (the caller's) own paths, from its call report.
+    #[serde(default)]
+    pub a: SidePaths,
+    /// B's (the callee's) own paths, from its call report.
+    #[serde(default)]
+    pub b: SidePaths,
+    /// Time to first audio at B (ms), as B's call report says: from the
+    /// moment the invite reached B to B's first played frame (else A's, from
+    /// the start of A's call setup).
     pub first_audio_ms: Option<f64>,
     /// Packets lost (B's view).
     pub packets_lost: Option<f64>,
@@ -192,6 +369,24 @@ pub struct TrialResult {
     pub audio_waveform: Option<f64>,
     /// Delay of B's audio (ms).
     pub audio_lag_ms: Option<f64>,
+    /// Envelope correlation of the end of the call only, from
+    /// [`MatrixOptions::late_audio_from_s`] of the speech on: did the audio
+    /// come back after a mid-call change? (None without one.)
+    #[serde(default)]
+    pub audio_match_late: Option<f64>,
+    /// How long A's call lasted (s, A's report `duration_s`).
+    #[serde(default)]
+    pub call_duration_s: Option<f64>,
+    /// How long B's call lasted (s, B's report `duration_s`).
+    #[serde(default)]
+    pub b_duration_s: Option<f64>,
+    /// B learned that A hung up (B's report `ended_by_peer`); false when B
+    /// ended the call itself (e.g. after media stopped arriving).
+    #[serde(default)]
+    pub b_ended_by_peer: Option<bool>,
+    /// The mid-call changes made, with when (s after `natter call` started).
+    #[serde(default)]
+    pub events: Vec<String>,
     /// As expected: connected over the expected path.
     pub passed: bool,
     /// What went wrong, if anything.
@@ -202,6 +397,37 @@ pub struct TrialResult {
     pub dir: String,
     /// Wall time of the trial (s).
     pub secs: f64,
+}
+
+/// One side's paths, from its call report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SidePaths {
+    /// First path (`path_start`/`initial_path`, else `path`).
+    pub start: Option<String>,
+    /// Final path (`path_end`/`final_path`, else `path`).
+    pub end: Option<String>,
+    /// Every switch, in order (`switches[].path`).
+    #[serde(default)]
+    pub switches: Vec<String>,
+}
+
+impl SidePaths {
+    /// From a call report (`--stats-json`).
+    pub fn of_report(v: &Value) -> Self {
+        SidePaths {
+            start: stat_str(v, &["path_start", "initial_path", "path"]),
+            end: stat_str(v, &["path_end", "final_path", "path"]),
+            switches: v
+                .get("switches")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| Some(s.get("path")?.as_str()?.to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// One matrix cell.
@@ -217,8 +443,11 @@ pub struct CellResult {
     pub trials: u32,
     /// Trials that connected.
     pub connected: u32,
-    /// Final path -> trials (connected trials only).
+    /// Final path of the call ([`call_path`]) -> trials (connected trials only).
     pub final_path: BTreeMap<String, u32>,
+    /// Both sides' own final paths, `A-path/B-path` -> trials (connected trials only).
+    #[serde(default)]
+    pub side_paths: BTreeMap<String, u32>,
     /// Time to first audio over connected trials.
     pub first_audio_ms: Percentiles,
     /// Lowest audio match (envelope correlation) over connected trials.
@@ -230,14 +459,15 @@ pub struct CellResult {
 }
 
 impl CellResult {
-    fn new(a: NatType, b: NatType, self_check: bool) -> Self {
+    fn new(a: NatType, b: NatType, expected: &str, self_check: bool) -> Self {
         CellResult {
             a,
             b,
-            expected: expected_path(a, b).to_owned(),
+            expected: expected.to_owned(),
             trials: 0,
             connected: 0,
             final_path: BTreeMap::new(),
+            side_paths: BTreeMap::new(),
             first_audio_ms: Percentiles::default(),
             audio_match: MinScore::default(),
             self_check,
@@ -251,6 +481,9 @@ impl CellResult {
             self.connected += 1;
             let p = t.path_end.clone().unwrap_or_else(|| "unknown".into());
             *self.final_path.entry(p).or_default() += 1;
+            let side = |s: &SidePaths| s.end.clone().unwrap_or_else(|| "-".into());
+            let both = format!("{}/{}", side(&t.a), side(&t.b));
+            *self.side_paths.entry(both).or_default() += 1;
         }
         self.trial_results.push(t);
         let ok: Vec<&TrialResult> = self.trial_results.iter().filter(|t| t.connected).collect();
@@ -319,13 +552,15 @@ fn start_servers(lab: &mut Lab, bins: &Binaries, work: &Path) -> Result<Servers>
     let login_dir = work.join("login-data");
     io("create login dir", fs::create_dir_all(&login_dir))?;
     let login_dir_s = login_dir.display().to_string();
-    let id = lab.spawn(
+    let login_id = lab.spawn(
         &lg,
         "login",
         &bins.login,
         &[
             "serve",
             "--listen",
+            &login_addr,
+            "--tcp-listen",
             &login_addr,
             "--data-dir",
             &login_dir_s,
@@ -339,17 +574,17 @@ fn start_servers(lab: &mut Lab, bins: &Binaries, work: &Path) -> Result<Servers>
     let login_key = login_dir.join("login-key.pub");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !login_key.is_file() {
-        if let Some(st) = lab.try_wait(id) {
+        if let Some(st) = lab.try_wait(login_id) {
             return Err(LabError::Other(format!(
                 "natter-login exited ({st}); log:\n{}",
-                lab.log_of(id)
+                lab.log_of(login_id)
             )));
         }
         if Instant::now() > deadline {
             return Err(LabError::Other(format!(
                 "natter-login did not write {} within 30 s; log:\n{}",
                 login_key.display(),
-                lab.log_of(id)
+                lab.log_of(login_id)
             )));
         }
         thread::sleep(Duration::from_millis(50));
@@ -371,6 +606,8 @@ fn start_servers(lab: &mut Lab, bins: &Binaries, work: &Path) -> Result<Servers>
             &[
                 "--listen",
                 &sn[i],
+                "--tcp-listen",
+                &sn[i],
                 "--login",
                 &login_addr,
                 "--login-key",
@@ -382,22 +619,60 @@ fn start_servers(lab: &mut Lab, bins: &Binaries, work: &Path) -> Result<Servers>
             ],
             &[],
         )?;
-        ids.push((i + 1, id));
+        ids.push((i + 1, id, ns.clone()));
     }
     thread::sleep(Duration::from_millis(1500));
-    for (i, id) in ids {
-        if let Some(st) = lab.try_wait(id) {
+    for (i, id, _) in &ids {
+        if let Some(st) = lab.try_wait(*id) {
             return Err(LabError::Other(format!(
                 "natter-supernode {i} exited ({st}); log:\n{}",
-                lab.log_of(id)
+                lab.log_of(*id)
             )));
         }
+    }
+    // QUIC needs nothing more; TLS over TCP must really listen (the only way
+    // in from behind a udp-blocked firewall)
+    wait_tcp_listening(lab, &lg, &login_addr, login_id, "natter-login")?;
+    for (i, id, ns) in &ids {
+        wait_tcp_listening(lab, ns, &sn[*i - 1], *id, &format!("natter-supernode {i}"))?;
     }
     Ok(Servers {
         login_key,
         login_addr,
         sn,
     })
+}
+
+/// Waits until process `id` (called `what`) listens on TCP `addr` inside
+/// `ns` (`ss -ltn`); fails with its log after 10 s.
+fn wait_tcp_listening(lab: &mut Lab, ns: &str, addr: &str, id: ProcId, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = lab.exec(ns, "ss", &["-Hltn"], &[], Duration::from_secs(5))?;
+        let any = addr
+            .rsplit_once(':')
+            .map(|(_, port)| format!("0.0.0.0:{port}"));
+        if out.stdout.lines().any(|l| {
+            let local = l.split_whitespace().nth(3);
+            local == Some(addr) || local == any.as_deref()
+        }) {
+            return Ok(());
+        }
+        if let Some(st) = lab.try_wait(id) {
+            return Err(LabError::Other(format!(
+                "{what} exited ({st}); log:\n{}",
+                lab.log_of(id)
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::Other(format!(
+                "{what} does not listen on TCP {addr} (--tcp-listen) after 10 s; listening: {:?}; log:\n{}",
+                out.stdout.trim(),
+                lab.log_of(id)
+            )));
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn stat_f64(v: &Value, keys: &[&str]) -> Option<f64> {
@@ -451,7 +726,7 @@ fn run_trial(
     if let Err(e) = &outcome {
         res.error = Some(fmt_err(e));
     }
-    let expected = expected_path(a, b);
+    let expected = ctx.opts.expected_path(a, b);
     res.passed = res.connected && res.path_end.as_deref() == Some(expected);
     // captures: stop tcpdump (SIGINT flushes), keep only for failed trials
     if let Ok(caps) = &outcome {
@@ -584,13 +859,16 @@ fn trial_body(
         ],
         &env,
     )?;
-    thread::sleep(Duration::from_secs(2)); // let B join its supernode
-    if let Some(st) = lab.try_wait(answer) {
+    // let B join its supernode (behind a udp-blocked firewall that includes
+    // finding out that UDP does not work) and its presence spread
+    let b_started = Instant::now();
+    if let Err(e) = lab.wait_for_log(answer, "waiting for calls", Duration::from_secs(30)) {
         return Err(LabError::Other(format!(
-            "`natter answer` exited early ({st}): {}",
-            lab.log_of(answer)
+            "`natter answer` did not get ready: {}",
+            fmt_err(&e)
         )));
     }
+    thread::sleep(Duration::from_secs(2).saturating_sub(b_started.elapsed()));
     let speech = ctx.speech.display().to_string();
     let dur = ctx.opts.call_secs.to_string();
     let call = lab.spawn(
@@ -617,16 +895,20 @@ fn trial_body(
         ],
         &env,
     )?;
-    if let Some(after) = ctx.opts.break_direct_after_s {
-        thread::sleep(Duration::from_secs(u64::from(after)));
-        let peer = format!("{{ {}, {} }}", cb.wan_ip, cb.host_ip);
-        lab.nft(
-            &ca.router_ns,
-            &format!(
-                "table ip natter_break {{\n  chain brk {{\n    type filter hook forward priority -20; policy accept;\n    \
-                 ip daddr {peer} meta l4proto udp drop\n    ip saddr {peer} meta l4proto udp drop\n  }}\n}}\n"
-            ),
-        )?;
+    // mid-call changes to router A (its namespace goes away with the trial)
+    let call_started = Instant::now();
+    for (after, change) in ctx.opts.mid_call() {
+        let at = Duration::from_secs(u64::from(after));
+        thread::sleep(at.saturating_sub(call_started.elapsed()));
+        if lab.try_wait(call).is_some() {
+            break; // the call is over already
+        }
+        lab.nft(&ca.router_ns, &change.nft_script(&[cb.wan_ip, cb.host_ip]))?;
+        res.events.push(format!(
+            "{} at {:.1} s",
+            change.name(),
+            call_started.elapsed().as_secs_f64()
+        ));
     }
     let call_status = lab.wait(
         call,
@@ -635,20 +917,14 @@ fn trial_body(
     let answer_status = lab.wait(answer, Duration::from_secs(20));
     let sa = read_json(&a_stats);
     let sb = read_json(&b_stats);
-    let path_of = |keys: &[&str]| {
-        sa.as_ref()
-            .and_then(|v| stat_str(v, keys))
-            .or_else(|| sb.as_ref().and_then(|v| stat_str(v, keys)))
-    };
-    res.path_start = path_of(&["path_start", "initial_path", "path"]);
-    res.path_end = path_of(&["path_end", "final_path", "path"]);
-    res.switches = sa
-        .as_ref()
-        .and_then(|v| v.get("switches")?.as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|s| Some(s.get("path")?.as_str()?.to_owned()))
-        .collect();
+    res.a = sa.as_ref().map(SidePaths::of_report).unwrap_or_default();
+    res.b = sb.as_ref().map(SidePaths::of_report).unwrap_or_default();
+    res.path_start = call_path(res.a.start.as_deref(), res.b.start.as_deref());
+    res.path_end = call_path(res.a.end.as_deref(), res.b.end.as_deref());
+    res.switches = res.a.switches.clone();
+    res.call_duration_s = sa.as_ref().and_then(|v| stat_f64(v, &["duration_s"]));
+    res.b_duration_s = sb.as_ref().and_then(|v| stat_f64(v, &["duration_s"]));
+    res.b_ended_by_peer = sb.as_ref().and_then(|v| v.get("ended_by_peer")?.as_bool());
     let from_b = |keys: &[&str]| sb.as_ref().and_then(|v| stat_f64(v, keys));
     res.first_audio_ms = from_b(&["first_audio_ms"])
         .or_else(|| sa.as_ref().and_then(|v| stat_f64(v, &["first_audio_ms"])));
@@ -660,6 +936,9 @@ fn trial_body(
         res.audio_match = Some(sc.envelope);
         res.audio_waveform = Some(sc.waveform);
         res.audio_lag_ms = Some(sc.lag_ms);
+        if let Some(from_s) = ctx.opts.late_audio_from_s() {
+            res.audio_match_late = Some(late_audio_match(ctx.speech_samples, &heard, from_s));
+        }
     }
     let call_ok = matches!(&call_status, Ok(s) if s.success());
     res.connected = call_ok && res.media_packets_received.unwrap_or(0.0) > 0.0;
@@ -689,6 +968,22 @@ fn trial_body(
     Ok(caps)
 }
 
+/// Envelope correlation of what B heard with the speech A sent, from
+/// `from_s` seconds of the speech on. B's recording is continuous once it
+/// started (lost frames are concealed, not skipped), so sample `i` of the
+/// speech is near sample `i + lag` of the recording, with a lag that can be
+/// negative when A's first frames never arrived: the recording is cut 1 s
+/// earlier than the speech.
+pub fn late_audio_match(sent: &[i16], heard: &[i16], from_s: u32) -> f64 {
+    const RATE: usize = 48_000;
+    let from = from_s as usize * RATE;
+    if from >= sent.len() {
+        return 0.0;
+    }
+    let heard_from = from.saturating_sub(RATE).min(heard.len());
+    natter_media::score::compare(&sent[from..], &heard[heard_from..], 3000).envelope
+}
+
 fn tail(s: &str, n: usize) -> String {
     let s = s.trim();
     let count = s.chars().count();
@@ -705,7 +1000,7 @@ pub fn matrix_markdown(r: &MatrixReport) -> String {
     let _ = writeln!(s, "# NAT matrix (profile `{}`)\n", r.profile);
     let _ = writeln!(
         s,
-        "Cell: connected/trials, final path(s); `!` = not as expected (expected path in brackets). Rows: caller A, columns: callee B.\n"
+        "Cell: connected/trials, final path(s) of the call (A/B: each side's own, where they differ); `!` = not as expected (expected path in brackets). Rows: caller A, columns: callee B.\n"
     );
     let types: Vec<NatType> = NatType::ALL
         .iter()
@@ -736,6 +1031,18 @@ pub fn matrix_markdown(r: &MatrixReport) -> String {
                             .collect::<Vec<_>>()
                             .join(" ")
                     };
+                    // each side's own path where the two differ
+                    let differ: Vec<String> = c
+                        .side_paths
+                        .iter()
+                        .filter(|(p, _)| p.split('/').collect::<BTreeSet<_>>().len() > 1)
+                        .map(|(p, n)| format!("{p}×{n}"))
+                        .collect();
+                    let paths = if differ.is_empty() {
+                        paths
+                    } else {
+                        format!("{paths} (A/B {})", differ.join(" "))
+                    };
                     let mark = if !c.self_check {
                         " SELF-CHECK FAILED"
                     } else if c.passed() == c.trials && c.trials > 0 {
@@ -755,23 +1062,73 @@ pub fn matrix_markdown(r: &MatrixReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\n| A | B | expected | connected | final path | first audio p50/p95 ms | audio match min | self-check |\n|---|---|---|---|---|---|---|---|"
+        "\nFinal path of a call: the less direct of the two sides' own final paths (direct < hole-punched < relayed < tcp-relay); \
+         \"A / B paths\" lists each side's own. First audio: at B, from the invite reaching B (B's call report).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| A | B | expected | connected | final path | A / B paths | first audio p50/p95 ms | audio match min | self-check |\n|---|---|---|---|---|---|---|---|---|"
     );
     for c in &r.cells {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {}/{} | {:?} | {} / {} | {} | {} |",
+            "| {} | {} | {} | {}/{} | {:?} | {} | {} / {} | {} | {} |",
             c.a,
             c.b,
             c.expected,
             c.connected,
             c.trials,
             c.final_path,
+            if c.side_paths.is_empty() {
+                "-".to_owned()
+            } else {
+                c.side_paths
+                    .iter()
+                    .map(|(p, n)| format!("{p}×{n}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
             opt(c.first_audio_ms.p50, 0),
             opt(c.first_audio_ms.p95, 0),
             opt(c.audio_match.min, 2),
             if c.self_check { "ok" } else { "FAILED" }
         );
+    }
+    if let Some(summary) = udp_blocked_summary(r) {
+        let _ = writeln!(s, "\n## udp-blocked rows and columns\n\n{summary}");
+    }
+    let events: Vec<String> = r
+        .cells
+        .iter()
+        .flat_map(|c| {
+            c.trial_results
+                .iter()
+                .filter(|t| !t.events.is_empty())
+                .map(move |t| {
+                    format!(
+                        "- {} x {} #{}: {}; A {} -> {} (switches {}), B {} -> {}; late audio match {}; call A {} s, B {} s (B told of the hang-up: {})",
+                        c.a,
+                        c.b,
+                        t.trial,
+                        t.events.join(", "),
+                        t.a.start.as_deref().unwrap_or("-"),
+                        t.a.end.as_deref().unwrap_or("-"),
+                        t.a.switches.join(" > "),
+                        t.b.start.as_deref().unwrap_or("-"),
+                        t.b.end.as_deref().unwrap_or("-"),
+                        opt(t.audio_match_late, 2),
+                        opt(t.call_duration_s, 1),
+                        opt(t.b_duration_s, 1),
+                        t.b_ended_by_peer.map_or("-", |e| if e { "yes" } else { "no" })
+                    )
+                })
+        })
+        .collect();
+    if !events.is_empty() {
+        let _ = writeln!(s, "\n## Mid-call changes\n");
+        for e in events {
+            let _ = writeln!(s, "{e}");
+        }
     }
     let errs: Vec<String> = r
         .cells
@@ -792,6 +1149,47 @@ pub fn matrix_markdown(r: &MatrixReport) -> String {
     }
     let _ = writeln!(s, "\n## Self-check\n\n```\n{}```", r.self_check_table);
     s
+}
+
+/// The cells with a udp-blocked side at a glance (None if the run has
+/// none): trials connected, over the expected path, first audio p50/p95 over
+/// all their connected trials and the worst cell's p50, against the
+/// fallback's target (every trial connects, first audio p50 < 1.5 s).
+pub fn udp_blocked_summary(r: &MatrixReport) -> Option<String> {
+    let cells: Vec<&CellResult> = r
+        .cells
+        .iter()
+        .filter(|c| c.a == NatType::UdpBlocked || c.b == NatType::UdpBlocked)
+        .collect();
+    if cells.is_empty() {
+        return None;
+    }
+    let trials: u32 = cells.iter().map(|c| c.trials).sum();
+    let connected: u32 = cells.iter().map(|c| c.connected).sum();
+    let passed: u32 = cells.iter().map(|c| c.passed()).sum();
+    let fa: Vec<f64> = cells
+        .iter()
+        .flat_map(|c| c.trial_results.iter())
+        .filter(|t| t.connected)
+        .filter_map(|t| t.first_audio_ms)
+        .collect();
+    let all = Percentiles::of(&fa);
+    let worst = cells
+        .iter()
+        .filter_map(|c| Some((c, c.first_audio_ms.p50?)))
+        .max_by(|x, y| x.1.total_cmp(&y.1));
+    let met = trials > 0 && connected == trials && all.p50.is_some_and(|p| p < 1500.0);
+    Some(format!(
+        "{} cells: {connected}/{trials} trials connected, {passed} over the expected path; \
+         first audio p50 {} ms, p95 {} ms{}; target (100 % connected, first audio p50 < 1500 ms): {}",
+        cells.len(),
+        opt(all.p50, 0),
+        opt(all.p95, 0),
+        worst
+            .map(|(c, p)| format!(" (worst cell p50: {} x {} {p:.0} ms)", c.a, c.b))
+            .unwrap_or_default(),
+        if met { "met" } else { "NOT met" }
+    ))
 }
 
 fn write_outputs(out: &Path, r: &MatrixReport, progress: &str) -> Result<()> {
@@ -816,7 +1214,7 @@ fn write_outputs(out: &Path, r: &MatrixReport, progress: &str) -> Result<()> {
 /// (updated after every trial) into `opts.out`. Fails if the lab cannot be
 /// built or a NAT type fails its self-check (after writing the results).
 pub fn run_matrix(opts: &MatrixOptions) -> Result<MatrixReport> {
-    lab::check_prereqs(&["tcpdump", "espeak-ng"])?;
+    lab::check_prereqs(&["tcpdump", "espeak-ng", "ss"])?;
     let imp = Impairment::profile(&opts.profile).map_err(LabError::Other)?;
     io(
         "create output dir",
@@ -824,8 +1222,22 @@ pub fn run_matrix(opts: &MatrixOptions) -> Result<MatrixReport> {
     )?;
     let speech = opts.out.join("speech.wav");
     make_speech(&speech)?;
-    let speech_samples = natter_media::wav::read_mono_48k(&speech)
+    let mut speech_samples = natter_media::wav::read_mono_48k(&speech)
         .map_err(|e| LabError::Other(format!("read speech: {e}")))?;
+    // Calls longer than the sample (plus a second) get it repeated, so that
+    // A speaks all the time, also after a mid-call change; cut to the call's
+    // length, so that it is exactly what A sends.
+    let call_len = opts.call_secs as usize * 48_000;
+    if call_len > speech_samples.len() + 48_000 {
+        let once = speech_samples.clone();
+        while speech_samples.len() < call_len {
+            speech_samples.extend(std::iter::repeat_n(0, 24_000));
+            speech_samples.extend_from_slice(&once);
+        }
+        speech_samples.truncate(call_len);
+        natter_media::wav::write_mono_48k(&speech, &speech_samples)
+            .map_err(|e| LabError::Other(format!("write speech: {e}")))?;
+    }
     eprintln!(
         "speech: {} ({:.1} s)",
         speech.display(),
@@ -876,7 +1288,9 @@ pub fn run_matrix(opts: &MatrixOptions) -> Result<MatrixReport> {
     let started = Instant::now();
     for (ci, (a, b)) in opts.cells.iter().copied().enumerate() {
         let ok = good.contains(&a) && good.contains(&b);
-        report.cells.push(CellResult::new(a, b, ok));
+        report
+            .cells
+            .push(CellResult::new(a, b, opts.expected_path(a, b), ok));
         if !ok {
             continue;
         }
@@ -887,7 +1301,7 @@ pub fn run_matrix(opts: &MatrixOptions) -> Result<MatrixReport> {
             n_conn += u32::from(t.connected);
             n_pass += u32::from(t.passed);
             let line = format!(
-                "[cell {}/{total_cells} trial {trial}/{}] {a} x {b}: {} path={} expected={} first_audio={}ms match={} loss={} jitter={}ms ({:.1}s){}",
+                "[cell {}/{total_cells} trial {trial}/{}] {a} x {b}: {} path={} (A {}, B {}) expected={} first_audio={}ms match={}{} loss={} jitter={}ms ({:.1}s){}",
                 ci + 1,
                 opts.trials,
                 if t.connected {
@@ -896,9 +1310,14 @@ pub fn run_matrix(opts: &MatrixOptions) -> Result<MatrixReport> {
                     "NOT connected"
                 },
                 t.path_end.as_deref().unwrap_or("-"),
-                expected_path(a, b),
+                t.a.end.as_deref().unwrap_or("-"),
+                t.b.end.as_deref().unwrap_or("-"),
+                opts.expected_path(a, b),
                 opt(t.first_audio_ms, 0),
                 opt(t.audio_match, 2),
+                t.audio_match_late
+                    .map(|m| format!(" late_match={m:.2}"))
+                    .unwrap_or_default(),
                 opt(t.packets_lost, 0),
                 opt(t.jitter_ms, 1),
                 t.secs,

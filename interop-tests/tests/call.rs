@@ -1,9 +1,14 @@
-//! An `open x open` call end to end through the lab, with the real
-//! natter-login, natter-supernode and natter binaries (needs root, and the
-//! binaries built: NATTER_BIN_DIR, else next to this crate's binary).
+//! Calls end to end through the lab, with the real natter-login,
+//! natter-supernode and natter binaries (needs root, and the binaries built:
+//! NATTER_BIN_DIR, else next to this crate's binary).
+//!
+//! The tests take turns (one lab at a time): on a 2-core CI machine, calls of
+//! several labs at once would compete for the CPU and make the timing
+//! assertions (gaps, first audio) flaky.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
 
 use natter_interop_tests::nat::NatType;
 use natter_interop_tests::scenario::{self, Binaries, MatrixOptions};
@@ -20,32 +25,47 @@ fn bin_dir() -> PathBuf {
     )
 }
 
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_lab_at_a_time() -> MutexGuard<'static, ()> {
+    // a failed test poisons the lock; the next one may still run
+    ONE_LAB_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Options for `cells` with output in a fresh temp dir named after `tag`.
+fn options(tag: &str, cells: Vec<(NatType, NatType)>) -> MatrixOptions {
+    let out = std::env::temp_dir().join(format!("natter-lab-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    MatrixOptions::new(
+        out,
+        cells,
+        Binaries::in_dir(&bin_dir()).expect("natter binaries"),
+        env!("CARGO_BIN_EXE_natter-interop-tests").into(),
+    )
+}
+
 /// The quick subset of the NAT matrix (README's test command): each cell
-/// connects over the path theory expects, with audio that matches.
+/// connects over the path theory expects, with audio that matches. The
+/// udp-blocked cells (last, so that a failure there does not hide the UDP
+/// cells' results) go through the TLS/TCP fallback: login, join, signaling
+/// and media over TCP 443 to the servers; their calls are `tcp-relay` calls.
 #[test]
 fn quick_subset_connects_over_the_expected_paths() {
-    let out = std::env::temp_dir().join(format!("natter-lab-quick-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let _turn = one_lab_at_a_time();
     let cells = vec![
         (NatType::Open, NatType::Open),
         (NatType::PortRestricted, NatType::PortRestricted),
         (NatType::Symmetric, NatType::FullCone),
         (NatType::Symmetric, NatType::Symmetric),
+        (NatType::UdpBlocked, NatType::PortRestricted),
+        (NatType::UdpBlocked, NatType::UdpBlocked),
     ];
-    let opts = MatrixOptions {
-        out: out.clone(),
-        trials: 1,
-        profile: "clean".into(),
-        cells,
-        bins: Binaries::in_dir(&bin_dir()).expect("natter binaries"),
-        probe_exe: env!("CARGO_BIN_EXE_natter-interop-tests").into(),
-        call_secs: 5,
-        same_supernode: false,
-        map_timeout_s: 300,
-        break_direct_after_s: None,
-    };
+    let opts = options("quick", cells);
+    let out = opts.out.clone();
     let report = scenario::run_matrix(&opts).expect("matrix run");
-    assert_eq!(report.cells.len(), 4);
+    assert_eq!(report.cells.len(), 6);
     for cell in &report.cells {
         let t = &cell.trial_results[0];
         assert!(cell.self_check, "self-check failed: {cell:?}");
@@ -74,20 +94,13 @@ fn quick_subset_connects_over_the_expected_paths() {
 /// everything to and from B): the call falls back to the relay and goes on.
 #[test]
 fn a_call_whose_direct_path_dies_falls_back_to_the_relay() {
-    let out = std::env::temp_dir().join(format!("natter-lab-break-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let _turn = one_lab_at_a_time();
     let opts = MatrixOptions {
-        out: out.clone(),
-        trials: 1,
-        profile: "clean".into(),
-        cells: vec![(NatType::FullCone, NatType::FullCone)],
-        bins: Binaries::in_dir(&bin_dir()).expect("natter binaries"),
-        probe_exe: env!("CARGO_BIN_EXE_natter-interop-tests").into(),
         call_secs: 8,
-        same_supernode: false,
-        map_timeout_s: 300,
         break_direct_after_s: Some(3),
+        ..options("break", vec![(NatType::FullCone, NatType::FullCone)])
     };
+    let out = opts.out.clone();
     let report = scenario::run_matrix(&opts).expect("matrix run");
     let cell = &report.cells[0];
     let t = &cell.trial_results[0];
@@ -105,5 +118,60 @@ fn a_call_whose_direct_path_dies_falls_back_to_the_relay() {
     // still matches what A said (silence or garbage score about 0).
     assert!(t.packets_lost.unwrap() < 50.0, "gap too long: {t:?}");
     assert!(cell.audio_match.min.unwrap() > 0.6, "trial: {t:?}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// UDP is blocked in the middle of a call (router A starts dropping every UDP
+/// packet and lets out only TCP to ports 80 and 443, as a udp-blocked
+/// firewall does): A's supernode session and media move to TLS/TCP, the
+/// call goes on over the supernode's TCP relay and the audio comes back.
+#[test]
+fn a_call_whose_udp_gets_blocked_moves_to_tcp() {
+    let _turn = one_lab_at_a_time();
+    let (call_secs, block_at) = (12, 4);
+    let opts = MatrixOptions {
+        call_secs,
+        block_udp_after_s: Some(block_at),
+        ..options(
+            "udp-block",
+            vec![(NatType::PortRestricted, NatType::PortRestricted)],
+        )
+    };
+    let out = opts.out.clone();
+    let report = scenario::run_matrix(&opts).expect("matrix run");
+    let cell = &report.cells[0];
+    let t = &cell.trial_results[0];
+    assert_eq!(cell.expected, "tcp-relay");
+    assert_eq!(cell.connected, 1, "trial: {t:?}");
+    assert_eq!(
+        t.events.len(),
+        1,
+        "the block happened during the call: {t:?}"
+    );
+    // it started on UDP (hole-punched, after the relay A starts with) ...
+    let udp =
+        t.a.switches
+            .iter()
+            .position(|p| p == "hole-punched" || p == "direct");
+    assert!(udp.is_some(), "A used a UDP path first: {t:?}");
+    // ... and ended on TCP
+    let tcp_after = udp.and_then(|i| t.a.switches[i..].iter().position(|p| p == "tcp-relay"));
+    assert!(tcp_after.is_some(), "tcp-relay after UDP: {t:?}");
+    assert_eq!(t.a.end.as_deref(), Some("tcp-relay"), "trial: {t:?}");
+    assert_eq!(t.path_end.as_deref(), Some("tcp-relay"), "trial: {t:?}");
+    assert!(t.passed, "trial: {t:?}");
+    // the call ran to its end (A hung up after call_secs) ...
+    let lasted = t.call_duration_s.unwrap();
+    assert!(lasted >= f64::from(call_secs) - 0.5, "ended early: {t:?}");
+    // ... and B kept receiving after the block: before it, B can have got at
+    // most 50 packets/s x block_at s; at least 2 s more came after it
+    let received = t.media_packets_received.unwrap();
+    assert!(
+        received >= f64::from(50 * block_at + 100),
+        "too little media after the block: {t:?}"
+    );
+    // what B heard in the last part of the call (from 4 s after the block)
+    // still matches what A said
+    assert!(t.audio_match_late.unwrap() > 0.6, "trial: {t:?}");
     let _ = std::fs::remove_dir_all(&out);
 }
