@@ -348,17 +348,14 @@ async fn relays_only_authenticated_calls() {
         Some(ErrorCode::Malformed)
     );
 
-    // Quota: four live allocations per user.
-    for _ in 0..3 {
-        allocated(&mut bob, 1).await;
-    }
-    let over = bob.request(allocate(1)).await;
-    assert_eq!(error_code(&over), Some(ErrorCode::RateLimited));
-    match over {
-        Body::Error(e) => assert!(e.retry_after_ms > 0),
-        _ => unreachable!(),
-    }
-    assert_eq!(sns[1].udp_stats().allocations, 4);
+    // One allocation per call on a relay: asking again for the same call
+    // (per-user quotas are covered by the relay table's unit tests) gets
+    // the same allocation, not a new one.
+    let before = sns[1].udp_stats().allocations;
+    let again = allocated(&mut bob, 1).await;
+    let again2 = allocated(&mut bob, 1).await;
+    assert_eq!(again.token, again2.token);
+    assert_eq!(sns[1].udp_stats().allocations, before);
 }
 
 async fn pair_on(sn: &Handle, invite_id: u8) -> (TestClient, TestClient, RelayAllocated) {
