@@ -45,16 +45,6 @@ pub enum Connected {
     Tls(RecordConn),
 }
 
-impl Connected {
-    /// The transport.
-    pub fn transport(&self) -> Transport {
-        match self {
-            Connected::Quic(_) => Transport::Quic,
-            Connected::Tls(_) => Transport::Tls,
-        }
-    }
-}
-
 /// Where a supernode listens and which transport to try first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dial {
@@ -77,6 +67,22 @@ impl Dial {
     }
 }
 
+/// A TLS-over-TCP connection to a supernode's listener at `addr` (session
+/// or relay leg), within `timeout`.
+pub(crate) async fn connect_tls(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<RecordConn, NetError> {
+    tcp::connect(
+        addr,
+        SERVER_NAME,
+        tcp::insecure_client_tls_config()?,
+        TransportSettings::OVERLAY,
+        timeout,
+    )
+    .await
+}
+
 /// Connects to a supernode, happy-eyeballs style: QUIC first; TLS over TCP
 /// when QUIC fails or has not connected after [`TCP_HEAD_START`] (at once
 /// when `dial.prefer_tcp`). The first to connect wins, QUIC on a tie.
@@ -84,20 +90,12 @@ pub async fn dial(endpoint: &quinn::Endpoint, dial: Dial) -> Result<Connected, S
     let addr = dial.addr;
     let quic = SupernodeSession::connect(endpoint, addr);
     let tls = async {
-        let config = tcp::insecure_client_tls_config()
-            .map_err(|source| SessionError::Connect { addr, source })?;
-        tcp::connect(
-            dial.tcp,
-            SERVER_NAME,
-            config,
-            TransportSettings::OVERLAY,
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|source| SessionError::Connect {
-            addr: dial.tcp,
-            source,
-        })
+        connect_tls(dial.tcp, Duration::from_secs(10))
+            .await
+            .map_err(|source| SessionError::Connect {
+                addr: dial.tcp,
+                source,
+            })
     };
     tokio::pin!(quic, tls);
     let head_start = if dial.prefer_tcp {

@@ -17,8 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use natter_net::TransportSettings;
-use natter_net::tcp::{self, RecordConn};
 use natter_proto::record::Record;
 use natter_proto::relay::{self, BindStatus, TOKEN_LEN};
 use tokio::sync::mpsc;
@@ -36,8 +34,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RETRY: Duration = Duration::from_millis(500);
 /// Connection attempts per leg before it gives up.
 const MAX_ATTEMPTS: u32 = 20;
-/// TLS server name presented to supernodes.
-const SERVER_NAME: &str = "natter-supernode";
 
 /// Where a TCP leg goes and the token it binds with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,11 +111,6 @@ impl TcpLegs {
         self.open.iter().any(|o| o.leg.addr == addr)
     }
 
-    /// Whether any leg is open.
-    pub fn is_empty(&self) -> bool {
-        self.open.is_empty()
-    }
-
     /// Queues `datagram` on the leg to `addr`; false when there is no such
     /// leg or its queue is full (the datagram is dropped and counted).
     pub fn send(&self, addr: SocketAddr, datagram: &[u8]) -> bool {
@@ -145,19 +136,6 @@ impl TcpLegs {
     }
 }
 
-async fn connect(leg: TcpLeg) -> Option<RecordConn> {
-    let config = tcp::insecure_client_tls_config().ok()?;
-    tcp::connect(
-        leg.addr,
-        SERVER_NAME,
-        config,
-        TransportSettings::OVERLAY,
-        CONNECT_TIMEOUT,
-    )
-    .await
-    .ok()
-}
-
 /// One leg: connect, bind, then carry datagrams both ways; reconnect when
 /// the connection drops, until the relay refuses or attempts run out.
 async fn run_leg(
@@ -171,7 +149,7 @@ async fn run_leg(
         if attempt > 0 {
             tokio::time::sleep(RETRY).await;
         }
-        let Some(conn) = connect(leg).await else {
+        let Ok(conn) = crate::supernode::connect_tls(leg.addr, CONNECT_TIMEOUT).await else {
             continue;
         };
         stats.connects.fetch_add(1, Ordering::Relaxed);
