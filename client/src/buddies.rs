@@ -48,7 +48,8 @@ impl std::fmt::Debug for BuddyKey {
 impl BuddyKey {
     /// Derives the key of user `name` from the password (slow: argon2id).
     pub fn derive(name: &str, password: &str) -> Result<Self, ClientError> {
-        let name = name.to_ascii_lowercase();
+        let name = natter_proto::name::normalise(name)
+            .map_err(|e| ClientError::BadName(format!("{name:?}: {e}")))?;
         let salt = Sha256::new()
             .chain_update(b"natter-buddy-salt-v1")
             .chain_update(name.as_bytes())

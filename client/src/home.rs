@@ -176,7 +176,7 @@ impl Home {
         let now = crate::now_unix_secs();
         if !force
             && let Ok(session) = self.load(login_key, now)
-            && session.name() == name.to_ascii_lowercase()
+            && natter_proto::name::same(session.name(), name)
             && !session.needs_renewal(now)
         {
             return Ok(LoginStatus::Reused(session));

@@ -658,7 +658,7 @@ impl LoginClient {
             reply.server_time.div_euclid(1000),
         )
         .map_err(|e| ClientError::BadCertificate(e.to_string()))?;
-        if verified.name != name.to_ascii_lowercase() {
+        if !natter_proto::name::same(&verified.name, name) {
             return Err(ClientError::BadCertificate(format!(
                 "certificate is for {:?}, not {name:?}",
                 verified.name

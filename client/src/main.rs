@@ -258,7 +258,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             let now = now_unix_secs();
             if !force
                 && let Ok(session) = home.load(&key, now)
-                && session.name() == name.to_ascii_lowercase()
+                && natter_proto::name::same(session.name(), &name)
                 && !session.needs_renewal(now)
             {
                 println!(
@@ -313,16 +313,15 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             let mut list = read_buddies(&path);
             match command {
                 BuddiesCommand::Add { buddy } => {
-                    let buddy = buddy.trim().to_ascii_lowercase();
-                    if buddy.is_empty() {
-                        return Err(usage("a buddy name cannot be empty"));
-                    }
+                    let buddy = natter_proto::name::normalise(buddy.trim())
+                        .map_err(|e| usage(&format!("{:?} is not a user name: {e}", buddy.trim())))?;
                     if !list.contains(&buddy) {
                         list.push(buddy);
                     }
                 }
                 BuddiesCommand::Remove { buddy } => {
-                    let buddy = buddy.trim().to_ascii_lowercase();
+                    let buddy = natter_proto::name::normalise(buddy.trim())
+                        .unwrap_or_else(|_| buddy.trim().to_owned());
                     let before = list.len();
                     list.retain(|b| *b != buddy);
                     if list.len() == before {

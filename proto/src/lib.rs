@@ -19,6 +19,7 @@
 //! | [`handshake`] | the call key agreement (signed X25519 shares, HKDF) |
 //! | [`media`] | sealing and opening SoM datagrams with AES-256-GCM; the DATA plaintext layout |
 //! | [`jitter`] | the receiver's adaptive jitter buffer |
+//! | [`name`] | the user-name rule (validity and the normalised form) used by every component |
 //! | [`record`] | typed, length-prefixed records on a TLS-over-TCP connection (the firewall fallback) |
 //!
 //! The byte layouts are documented in `docs/PROTOCOL.md`, with test vectors
@@ -31,6 +32,7 @@ pub mod handshake;
 pub mod jitter;
 pub mod media;
 pub mod messages;
+pub mod name;
 pub mod path;
 pub mod record;
 pub mod relay;

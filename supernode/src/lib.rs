@@ -7,7 +7,7 @@
 //!
 //! The pure logic lives in sans-IO modules that take the time as an
 //! argument: [`hrw`] (replica placement), [`membership`] (failure detector),
-//! [`store`] (records and pending chat), [`ratelimit`], [`names`], [`relay`]
+//! [`store`] (records and pending chat), [`ratelimit`], [`relay`]
 //! (relay allocations and forwarding decisions). The tokio + quinn shell
 //! ([`Supernode::spawn`]) drives them; the UDP service (STUN reflector and
 //! relay) is its own socket loop, and the optional TLS-over-TCP listener
@@ -16,7 +16,6 @@
 pub mod config;
 pub mod hrw;
 pub mod membership;
-pub mod names;
 pub mod ratelimit;
 pub mod relay;
 pub mod store;

@@ -21,7 +21,8 @@ use tokio::sync::mpsc;
 use crate::node::{Inner, Out, RouteError, SessionEntry, now_ms, now_secs, push_session};
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::relay::AllocError;
-use crate::{close, names};
+use crate::close;
+use natter_proto::name as names;
 
 /// Longest chat text accepted, in bytes.
 const MAX_CHAT_TEXT: usize = 16 * 1024;
@@ -77,7 +78,7 @@ pub(crate) async fn run(
             return refuse(&conn, &mut send, hello.request_id, body).await;
         }
     };
-    let Some(name) = names::normalise(&verified.name) else {
+    let Some(name) = names::normalise(&verified.name).ok() else {
         let body = error(
             ErrorCode::CertificateRejected,
             "certificate names no valid user",
@@ -370,7 +371,7 @@ impl Session {
                 let wanted: Vec<String> = subscribe
                     .names
                     .iter()
-                    .filter_map(|n| names::normalise(n))
+                    .filter_map(|n| names::normalise(n).ok())
                     .collect();
                 let accepted = {
                     let mut st = inner.state();
@@ -414,7 +415,7 @@ impl Session {
                 });
             }
             Body::SearchRequest(search) => {
-                let record = match names::normalise(&search.name) {
+                let record = match names::normalise(&search.name).ok() {
                     Some(name) => inner.lookup(&name).await,
                     None => None,
                 };
@@ -430,7 +431,7 @@ impl Session {
                         }
                     }
                     None => SearchReply {
-                        name: names::normalise(&search.name).unwrap_or(search.name),
+                        name: names::normalise(&search.name).ok().unwrap_or(search.name),
                         found: false,
                         status: PresenceStatus::Offline as i32,
                         last_seen: 0,
@@ -475,7 +476,7 @@ impl Session {
 
     async fn chat(&self, rid: u64, mut message: ChatMessage) {
         message.from.clone_from(&self.name);
-        let Some(to) = names::normalise(&message.to) else {
+        let Some(to) = names::normalise(&message.to).ok() else {
             self.reply(rid, error(ErrorCode::UserUnknown, "not a user name"));
             return;
         };
@@ -512,7 +513,7 @@ impl Session {
 
     async fn receipt(&self, rid: u64, mut receipt: ChatReceipt) {
         receipt.from.clone_from(&self.name);
-        let Some(to) = names::normalise(&receipt.to) else {
+        let Some(to) = names::normalise(&receipt.to).ok() else {
             self.reply(rid, error(ErrorCode::UserUnknown, "not a user name"));
             return;
         };
@@ -526,7 +527,7 @@ impl Session {
 
     async fn call_signal(&self, rid: u64, mut signal: CallSignal) {
         signal.from.clone_from(&self.name);
-        let Some(to) = names::normalise(&signal.to) else {
+        let Some(to) = names::normalise(&signal.to).ok() else {
             self.reply(rid, error(ErrorCode::UserUnknown, "not a user name"));
             return;
         };
