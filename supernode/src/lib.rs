@@ -14,6 +14,7 @@
 //! (`tcp`) carries client sessions and relay legs where UDP is blocked.
 
 pub mod config;
+pub mod core;
 pub mod hrw;
 pub mod membership;
 pub mod ratelimit;

@@ -1,0 +1,357 @@
+//! The directory: user records and stored chat on their HRW replicas,
+//! presence updates, lookups across replicas (pending state with a
+//! timeout per replica), and re-homing when the live set changes.
+
+use std::collections::HashSet;
+
+use natter_proto::messages::envelope::Body;
+use natter_proto::messages::{
+    ChatMessage, DirectoryLookup, DirectoryRecords, DirectoryStore, Envelope, PresenceStatus,
+    PresenceUpdate, SupernodeList, UserRecord,
+};
+
+use super::interface::Output;
+use super::jobs::{Done, GatherFor, Job, JobId, Lookup, LookupFor};
+use super::state::Node;
+use crate::{NodeId, close, hrw, store};
+
+impl Node {
+    fn replicas_of(&self, name: &str) -> Vec<NodeId> {
+        hrw::replicas(name, &self.membership.live_ids(), self.config.replicas)
+    }
+
+    /// Stores `record` on its replicas (locally when this node is one).
+    /// With `broadcast`, also announces the status to every linked
+    /// supernode and to local subscribers.
+    pub(crate) fn publish(&mut self, record: &UserRecord, broadcast: bool) {
+        for replica in self.replicas_of(&record.name) {
+            if replica == self.config.node_id {
+                self.records.put(record.clone());
+            } else {
+                let store = Body::DirectoryStore(DirectoryStore {
+                    records: vec![record.clone()],
+                    pending_chat: Vec::new(),
+                });
+                self.send_link(&replica, Envelope::new(0, store));
+            }
+        }
+        if broadcast {
+            let update = PresenceUpdate {
+                name: record.name.clone(),
+                status: record.status,
+                last_seen: record.last_seen,
+            };
+            let mut peers: Vec<NodeId> = self.links.by_peer.keys().copied().collect();
+            peers.sort_unstable();
+            for peer in peers {
+                self.send_link(
+                    &peer,
+                    Envelope::new(0, Body::PresenceUpdate(update.clone())),
+                );
+            }
+            self.notify_subscribers(&update);
+        }
+    }
+
+    /// Pushes `update` to the local sessions subscribed to its name.
+    pub(crate) fn notify_subscribers(&mut self, update: &PresenceUpdate) {
+        let mut to: Vec<u64> = self
+            .sessions
+            .by_name
+            .values()
+            .copied()
+            .filter(|id| {
+                self.sessions
+                    .joined(*id)
+                    .is_some_and(|j| j.subscriptions.contains(&update.name))
+            })
+            .collect();
+        to.sort_unstable();
+        for id in to {
+            self.to_session(id, 0, Body::PresenceUpdate(update.clone()));
+        }
+    }
+
+    /// Publishes the status of the local session of `name`.
+    pub(crate) fn publish_session(&mut self, name: &str, broadcast: bool) {
+        if let Some((_, joined)) = self.sessions.of_name(name) {
+            let record = self.local_record(name, joined);
+            self.publish(&record, broadcast);
+        }
+    }
+
+    /// Stores chat for an offline recipient on its replicas.
+    pub(crate) fn store_pending(&mut self, message: ChatMessage) {
+        for replica in self.replicas_of(&message.to) {
+            if replica == self.config.node_id {
+                self.chats.add(message.clone(), self.now.unix_ms);
+            } else {
+                let store = Body::DirectoryStore(DirectoryStore {
+                    records: Vec::new(),
+                    pending_chat: vec![message.clone()],
+                });
+                self.send_link(&replica, Envelope::new(0, store));
+            }
+        }
+    }
+
+    /// Reacts to a change of the live set: tells the clients, moves the
+    /// records and chat whose replica set changed, and re-publishes the
+    /// records of local users to their (new) replicas.
+    pub(crate) fn on_membership_change(&mut self) {
+        let live = self.membership.live_ids();
+        let old = std::mem::replace(&mut self.last_live, live.clone());
+        if old == live {
+            return;
+        }
+        tracing::info!(live = live.len(), "membership changed");
+        let list = SupernodeList {
+            entries: self.host_cache(),
+        };
+        let mut joined: Vec<u64> = self.sessions.by_name.values().copied().collect();
+        joined.sort_unstable();
+        for id in joined {
+            self.to_session(id, 0, Body::SupernodeList(list.clone()));
+        }
+        let me = self.config.node_id;
+        let k = self.config.replicas;
+        let mut names = self.records.names();
+        names.sort();
+        for name in names {
+            let before = hrw::replicas(&name, &old, k);
+            let after = hrw::replicas(&name, &live, k);
+            if before == after {
+                continue;
+            }
+            let Some(record) = self.records.get(&name).cloned() else {
+                continue;
+            };
+            for replica in after.iter().filter(|r| **r != me) {
+                let store = Body::DirectoryStore(DirectoryStore {
+                    records: vec![record.clone()],
+                    pending_chat: Vec::new(),
+                });
+                self.send_link(replica, Envelope::new(0, store));
+            }
+            if !after.contains(&me) {
+                self.records.remove(&name);
+            }
+        }
+        let mut names = self.chats.names();
+        names.sort();
+        for name in names {
+            let before = hrw::replicas(&name, &old, k);
+            let after = hrw::replicas(&name, &live, k);
+            if before == after {
+                continue;
+            }
+            let chat = self.chats.take(&name);
+            for replica in after.iter().filter(|r| **r != me) {
+                let store = Body::DirectoryStore(DirectoryStore {
+                    records: Vec::new(),
+                    pending_chat: chat.clone(),
+                });
+                self.send_link(replica, Envelope::new(0, store));
+            }
+            if after.contains(&me) {
+                for message in chat {
+                    self.chats.add(message, self.now.unix_ms);
+                }
+            }
+        }
+        let mut names: Vec<String> = self.sessions.by_name.keys().cloned().collect();
+        names.sort();
+        for name in names {
+            self.publish_session(&name, false);
+        }
+    }
+
+    /// A `DirectoryStore` from a peer: records (a newer online record from
+    /// elsewhere replaces the local session) and chat to hold.
+    pub(crate) fn on_directory_store(&mut self, store: DirectoryStore) {
+        let me = self.config.node_id.to_vec();
+        for record in store.records {
+            if let Some((id, joined)) = self.sessions.of_name(&record.name)
+                && record.home_node_id != me
+                && record.status != PresenceStatus::Offline as i32
+                && record.last_seen >= joined.joined_at
+            {
+                tracing::info!(user = %record.name, "session replaced by a join elsewhere");
+                self.sessions.by_name.remove(&record.name);
+                self.sessions.all.remove(&id);
+                self.emit(Output::CloseSession(id, close::REPLACED, "joined elsewhere"));
+            }
+            self.records.put(record);
+        }
+        for message in store.pending_chat {
+            self.chats.add(message, self.now.unix_ms);
+        }
+    }
+
+    /// A `DirectoryLookup` from a peer: the record held (or the live one of a
+    /// local session), and the chat stored when asked to hand it over.
+    pub(crate) fn on_directory_lookup(&mut self, lookup: &DirectoryLookup) -> DirectoryRecords {
+        let mut records: Vec<UserRecord> =
+            self.records.get(&lookup.name).cloned().into_iter().collect();
+        if let Some((_, joined)) = self.sessions.of_name(&lookup.name) {
+            records = vec![self.local_record(&lookup.name, joined)];
+        }
+        let pending_chat = if lookup.take_pending_chat {
+            self.chats.take(&lookup.name)
+        } else {
+            Vec::new()
+        };
+        DirectoryRecords {
+            records,
+            pending_chat,
+        }
+    }
+
+    /// Looks `name` up: a local session answers directly, otherwise the
+    /// replicas are asked in HRW order and the first record found wins (its
+    /// status offline when its home is not live).
+    pub(crate) fn start_lookup(&mut self, name: &str, purpose: LookupFor) -> JobId {
+        let job = self.fresh_id();
+        if let Some((_, joined)) = self.sessions.of_name(name) {
+            let record = self.local_record(name, joined);
+            self.finish(job, Done::Lookup(purpose, Some(record)));
+            return job;
+        }
+        let lookup = Lookup {
+            name: name.to_owned(),
+            replicas: self.replicas_of(name).into(),
+        };
+        self.jobs.insert(job, Job::Lookup { lookup, purpose });
+        self.advance_lookup(job);
+        job
+    }
+
+    /// Asks the next replica of a lookup, or finishes it.
+    fn advance_lookup(&mut self, job: JobId) {
+        let Some(Job::Lookup {
+            mut lookup,
+            purpose,
+        }) = self.jobs.remove(&job)
+        else {
+            return;
+        };
+        while let Some(replica) = lookup.replicas.pop_front() {
+            if replica == self.config.node_id {
+                if let Some(record) = self.records.get(&lookup.name).cloned() {
+                    let record = self.effective(record);
+                    self.finish(job, Done::Lookup(purpose, Some(record)));
+                    return;
+                }
+                continue;
+            }
+            let ask = Body::DirectoryLookup(DirectoryLookup {
+                name: lookup.name.clone(),
+                take_pending_chat: false,
+            });
+            if self.request(replica, ask, job).is_some() {
+                self.jobs.insert(job, Job::Lookup { lookup, purpose });
+                return;
+            }
+        }
+        self.finish(job, Done::Lookup(purpose, None));
+    }
+
+    /// A replica's answer to a lookup (`None`: no answer in time).
+    pub(crate) fn lookup_answer(&mut self, job: JobId, reply: Option<Body>) {
+        let name = match self.jobs.get(&job) {
+            Some(Job::Lookup { lookup, .. }) => lookup.name.clone(),
+            _ => return,
+        };
+        if let Some(Body::DirectoryRecords(found)) = reply
+            && let Some(record) = found.records.into_iter().find(|r| r.name == name)
+            && let Some(Job::Lookup { purpose, .. }) = self.jobs.remove(&job)
+        {
+            let record = self.effective(record);
+            self.finish(job, Done::Lookup(purpose, Some(record)));
+            return;
+        }
+        self.advance_lookup(job);
+    }
+
+    /// For a user who joined here: asks every replica at once for its
+    /// record and hands over the chat stored for it.
+    pub(crate) fn start_gather(&mut self, name: &str, purpose: GatherFor) -> JobId {
+        let job = self.fresh_id();
+        let mut records = Vec::new();
+        let mut chat = Vec::new();
+        let mut waiting = HashSet::new();
+        for replica in self.replicas_of(name) {
+            if replica == self.config.node_id {
+                records.extend(self.records.get(name).cloned());
+                chat.extend(self.chats.take(name));
+                continue;
+            }
+            let ask = Body::DirectoryLookup(DirectoryLookup {
+                name: name.to_owned(),
+                take_pending_chat: true,
+            });
+            if let Some(rid) = self.request(replica, ask, job) {
+                waiting.insert(rid);
+            }
+        }
+        self.jobs.insert(
+            job,
+            Job::Gather {
+                name: name.to_owned(),
+                waiting,
+                records,
+                chat,
+                purpose,
+            },
+        );
+        self.gather_check(job);
+        job
+    }
+
+    /// A replica's answer to a gather (`None`: no answer in time).
+    pub(crate) fn gather_answer(&mut self, job: JobId, rid: u64, reply: Option<Body>) {
+        if let Some(Job::Gather {
+            name,
+            waiting,
+            records,
+            chat,
+            ..
+        }) = self.jobs.get_mut(&job)
+        {
+            waiting.remove(&rid);
+            if let Some(Body::DirectoryRecords(found)) = reply {
+                records.extend(found.records.into_iter().filter(|r| r.name == *name));
+                chat.extend(found.pending_chat.into_iter().filter(|m| m.to == *name));
+            }
+        }
+        self.gather_check(job);
+    }
+
+    fn gather_check(&mut self, job: JobId) {
+        if !matches!(self.jobs.get(&job), Some(Job::Gather { waiting, .. }) if waiting.is_empty())
+        {
+            return;
+        }
+        if let Some(Job::Gather {
+            name,
+            records,
+            chat,
+            purpose,
+            ..
+        }) = self.jobs.remove(&job)
+        {
+            let record = records.into_iter().max_by_key(|r| r.last_seen);
+            let chat = store::dedup_chat(chat);
+            self.finish(job, Done::Gathered(purpose, name, record, chat));
+        }
+    }
+
+    /// Drops expired records and chat (every 60 ticks).
+    pub(crate) fn expire_directory(&mut self) {
+        let live = self.membership.live_ids();
+        self.records.expire(self.now.unix_ms, |id| {
+            crate::node_id(id).is_some_and(|id| live.contains(&id))
+        });
+        self.chats.expire(self.now.unix_ms);
+    }
+}

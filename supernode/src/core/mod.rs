@@ -1,0 +1,300 @@
+//! The supernode node core, sans-IO: membership, directory, presence, call
+//! signaling and chat routing, the session and link tables and the relay
+//! allocation requests, with no sockets, no tasks and no clock.
+//!
+//! The shell feeds it what happened — `handle_session_open`,
+//! `handle_session`, `handle_session_closed`, `handle_link_up`,
+//! `handle_link`, `handle_link_down`, `handle_dial_failed`,
+//! `handle_relay_allocated`, `handle_timeout` — each with the time
+//! ([`Now`]), and carries out what [`Node::poll_output`] yields until it
+//! yields nothing; [`Node::poll_timeout`] says when to call
+//! `handle_timeout` next. Randomness (join nonces) comes from a generator
+//! the core owns, seeded by the shell. What used to wait inside a lookup (a
+//! replica's answer, the home supernode's `Ack`, the no-answer timer, the
+//! end of a join) is pending state here, ended by an answer or a timer.
+//!
+//! Files, from the bottom up: `interface` (what goes in and out),
+//! `jobs`, `sessions`, `links` (tables), `state` (the [`Node`] and its basic
+//! moves), `directory`, `routing`, `requests` (clients), `overlay` (peers),
+//! and this file (the entry points and the dispatcher of finished jobs).
+
+mod directory;
+mod interface;
+mod jobs;
+mod links;
+mod overlay;
+mod requests;
+mod routing;
+mod sessions;
+mod state;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use natter_proto::messages::envelope::Body;
+use natter_proto::messages::{Envelope, GossipMembership, UserRecord};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+pub use interface::{Carrier, LinkId, LinkOrigin, Now, Output, RelayCommand, SessionId};
+pub use requests::{MAX_CHAT_TEXT, MAX_ID_LEN};
+pub use state::{CoreStats, Node, NodeConfig};
+
+use jobs::{Done, GatherFor, Job, LookupFor};
+use links::{Links, Pending};
+use sessions::Sessions;
+use state::Timer;
+
+use crate::NodeId;
+use crate::membership::Membership;
+use crate::relay::{AllocError, Allocated};
+use crate::store::{ChatStore, RecordStore};
+
+impl Node {
+    /// A node alone in its overlay at `now`, drawing its randomness from a
+    /// generator seeded with `seed`.
+    pub fn new(config: NodeConfig, seed: [u8; 32], now: Now) -> Self {
+        let membership = Membership::new(
+            config.node_id,
+            config.addr,
+            config.tcp_addr,
+            config.incarnation,
+            config.timeouts,
+        );
+        let mut node = Self {
+            rng: StdRng::from_seed(seed),
+            last_live: membership.live_ids(),
+            membership,
+            records: RecordStore::default(),
+            chats: ChatStore::default(),
+            sessions: Sessions::default(),
+            links: Links::default(),
+            invites: HashMap::new(),
+            jobs: HashMap::new(),
+            ready: VecDeque::new(),
+            timers: BTreeMap::new(),
+            next_tick: now.mono,
+            ticks: 0,
+            next_id: 1,
+            out: VecDeque::new(),
+            now,
+            stats: CoreStats::default(),
+            config,
+        };
+        node.set_timer(now.mono, Timer::Tick);
+        node
+    }
+
+    fn at(&mut self, now: Now) {
+        self.now = Now {
+            mono: now.mono.max(self.now.mono),
+            unix_ms: now.unix_ms,
+        };
+    }
+
+    /// A client connection whose first frame is a `JoinHello`; that frame
+    /// follows with [`Self::handle_session`].
+    pub fn handle_session_open(
+        &mut self,
+        id: SessionId,
+        remote: SocketAddr,
+        carrier: Carrier,
+        now: Now,
+    ) {
+        self.at(now);
+        self.open_session(id, remote, carrier);
+    }
+
+    /// A frame on session `id`.
+    pub fn handle_session(&mut self, id: SessionId, envelope: Envelope, now: Now) {
+        self.at(now);
+        self.session_frame(id, envelope);
+        self.settle();
+    }
+
+    /// Session `id` is gone (the client closed it, it was malformed or
+    /// slow, or the shell closed it on an [`Output::CloseSession`]).
+    pub fn handle_session_closed(&mut self, id: SessionId, now: Now) {
+        self.at(now);
+        self.session_closed(id);
+        self.settle();
+    }
+
+    /// A link to another supernode is up; `first` is the gossip the peer
+    /// sent first. For an accepted link the node answers with its own
+    /// gossip before anything else.
+    pub fn handle_link_up(
+        &mut self,
+        link: LinkId,
+        remote: SocketAddr,
+        first: &GossipMembership,
+        origin: LinkOrigin,
+        now: Now,
+    ) {
+        self.at(now);
+        self.link_up(link, remote, first, origin);
+        self.settle();
+    }
+
+    /// A frame on a link.
+    pub fn handle_link(&mut self, link: LinkId, envelope: Envelope, now: Now) {
+        self.at(now);
+        if let Some((rid, pending, reply)) = self.link_frame(link, envelope) {
+            self.answer(rid, pending, Some(reply));
+        }
+        self.settle();
+    }
+
+    /// A link ended (whoever closed it).
+    pub fn handle_link_down(&mut self, link: LinkId, now: Now) {
+        self.at(now);
+        for (rid, pending) in self.link_down(link) {
+            self.answer(rid, pending, None);
+        }
+        self.settle();
+    }
+
+    /// A dial of [`Output::Dial`] failed.
+    pub fn handle_dial_failed(&mut self, addr: SocketAddr, now: Now) {
+        self.at(now);
+        self.links.dialing.remove(&addr);
+    }
+
+    /// The relay table's answer to an [`RelayCommand::Allocate`].
+    pub fn handle_relay_allocated(
+        &mut self,
+        session: SessionId,
+        request_id: u64,
+        invite_id: Vec<u8>,
+        result: Result<Allocated, AllocError>,
+        now: Now,
+    ) {
+        self.at(now);
+        self.relay_allocated(session, request_id, invite_id, result);
+    }
+
+    /// Time passed: runs every timer due by `now`.
+    pub fn handle_timeout(&mut self, now: Now) {
+        self.at(now);
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > self.now.mono {
+                break;
+            }
+            let timer = entry.remove();
+            match timer {
+                Timer::Tick => {
+                    let failed = self.tick();
+                    for (rid, pending) in failed {
+                        self.answer(rid, pending, None);
+                    }
+                    self.next_tick = self.now.mono + self.config.gossip_interval;
+                    self.set_timer(self.next_tick, Timer::Tick);
+                }
+                Timer::Request(rid) => {
+                    if let Some(pending) = self.links.pending.remove(&rid) {
+                        self.stats.requests_timed_out += 1;
+                        self.answer(rid, pending, None);
+                    }
+                }
+                Timer::Handshake(id) => self.handshake_overdue(id),
+                Timer::NoAnswer(invite_id) => self.no_answer(invite_id),
+            }
+            self.settle();
+        }
+    }
+
+    /// The next thing to do, in order.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] is due next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.keys().next().map(|(at, _)| *at)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// The core's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The live supernodes in this node's view (itself included), ordered.
+    pub fn live_members(&self) -> Vec<NodeId> {
+        self.membership.live_ids()
+    }
+
+    /// Users joined here.
+    pub fn session_count(&self) -> usize {
+        self.sessions.by_name.len()
+    }
+
+    /// Users joined here over TLS over TCP, now and since start.
+    pub fn tcp_sessions(&self) -> (usize, u64) {
+        (self.sessions.tcp_joined(), self.sessions.tcp_joined_total)
+    }
+
+    /// The record of `name` this node holds as a replica.
+    pub fn held_record(&self, name: &str) -> Option<&UserRecord> {
+        self.records.get(name)
+    }
+
+    /// Chat messages this node holds for `name`.
+    pub fn held_chat(&self, name: &str) -> usize {
+        self.chats.count(name)
+    }
+
+    /// What the core dropped or gave up on.
+    pub fn stats(&self) -> CoreStats {
+        self.stats
+    }
+
+    /// Jobs waiting on other supernodes.
+    pub fn pending_jobs(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// A link's reply (or `None`: timeout, link lost) to the job it is for.
+    fn answer(&mut self, rid: u64, pending: Pending, reply: Option<Body>) {
+        match self.jobs.get(&pending.job) {
+            Some(Job::Lookup { .. }) => self.lookup_answer(pending.job, reply),
+            Some(Job::Gather { .. }) => self.gather_answer(pending.job, rid, reply),
+            Some(Job::Deliver(_)) => self.deliver_answer(pending.job, reply),
+            None => {}
+        }
+    }
+
+    /// Acts on every finished job (which may finish others).
+    fn settle(&mut self) {
+        while let Some((_, done)) = self.ready.pop_front() {
+            match done {
+                Done::Lookup(purpose, record) => {
+                    let waiting = match &purpose {
+                        LookupFor::Search { session, .. } => Some(*session),
+                        _ => None,
+                    };
+                    self.looked_up(purpose, record);
+                    if let Some(session) = waiting {
+                        self.resume(session);
+                    }
+                }
+                Done::Gathered(purpose, name, record, chat) => {
+                    self.gathered(&purpose, &name, record, chat);
+                    if let GatherFor::Inbox { session, .. } = purpose {
+                        self.resume(session);
+                    }
+                }
+                Done::Delivered(delivery, result) => {
+                    if let Some(session) = self.delivered(delivery, result) {
+                        self.resume(session);
+                    }
+                }
+            }
+        }
+    }
+}

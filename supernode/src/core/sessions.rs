@@ -1,0 +1,116 @@
+//! The session table: every client connection the shell reported, in its
+//! handshake phase or joined under a user name (at most one session per
+//! name), with its rate limiter and the requests waiting behind a busy one.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use natter_proto::messages::{Envelope, PresenceStatus};
+use rsa::RsaPublicKey;
+
+use super::interface::{Carrier, SessionId};
+use super::jobs::JobId;
+use crate::ratelimit::RateLimiter;
+
+/// Where a session is in its life.
+#[derive(Debug)]
+pub(crate) enum Phase {
+    /// Waiting for the `JoinHello`.
+    Hello,
+    /// Challenged; waiting for the proof.
+    Challenged {
+        name: String,
+        public_key: Box<RsaPublicKey>,
+        nonce: [u8; 32],
+    },
+    /// Joined under `name`.
+    Joined(Joined),
+}
+
+/// A joined user's session state.
+#[derive(Debug)]
+pub(crate) struct Joined {
+    pub name: String,
+    pub status: PresenceStatus,
+    pub joined_at: i64,
+    pub changed_at: i64,
+    pub subscriptions: HashSet<String>,
+    /// The request being served (the others wait, in order, as they did
+    /// behind a reader that served one request at a time).
+    pub busy: Option<JobId>,
+    pub backlog: VecDeque<Envelope>,
+}
+
+/// One client connection.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub remote: SocketAddr,
+    pub carrier: Carrier,
+    pub phase: Phase,
+    pub limiter: RateLimiter,
+    /// The handshake must be over by then.
+    pub deadline: Option<Instant>,
+}
+
+impl Session {
+    /// The joined state, if joined.
+    pub fn joined(&self) -> Option<&Joined> {
+        match &self.phase {
+            Phase::Joined(j) => Some(j),
+            _ => None,
+        }
+    }
+
+    /// The joined state, mutably.
+    pub fn joined_mut(&mut self) -> Option<&mut Joined> {
+        match &mut self.phase {
+            Phase::Joined(j) => Some(j),
+            _ => None,
+        }
+    }
+}
+
+/// Every session, and the joined ones by name.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    pub all: HashMap<SessionId, Session>,
+    pub by_name: HashMap<String, SessionId>,
+    /// Sessions joined over TCP since start.
+    pub tcp_joined_total: u64,
+}
+
+impl Sessions {
+    /// The joined session of `name`.
+    pub fn of_name(&self, name: &str) -> Option<(SessionId, &Joined)> {
+        let id = *self.by_name.get(name)?;
+        Some((id, self.all.get(&id)?.joined()?))
+    }
+
+    /// The joined session `id`.
+    pub fn joined(&self, id: SessionId) -> Option<&Joined> {
+        self.all.get(&id)?.joined()
+    }
+
+    /// The joined session `id`, mutably.
+    pub fn joined_mut(&mut self, id: SessionId) -> Option<&mut Joined> {
+        self.all.get_mut(&id)?.joined_mut()
+    }
+
+    /// Whether `id` is the current session of `name`.
+    pub fn is_current(&self, id: SessionId, name: &str) -> bool {
+        self.by_name.get(name) == Some(&id)
+    }
+
+    /// Joined sessions now, over TCP.
+    pub fn tcp_joined(&self) -> usize {
+        self.by_name
+            .values()
+            .filter(|id| {
+                self.all
+                    .get(id)
+                    .is_some_and(|s| s.carrier == Carrier::Tcp)
+            })
+            .count()
+    }
+}

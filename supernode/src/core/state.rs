@@ -1,0 +1,255 @@
+//! The node's state and its basic moves: queueing output, sending requests
+//! over links, timers. Everything above this file decides; this file only
+//! carries out.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use natter_proto::messages::envelope::Body;
+use natter_proto::messages::{Envelope, HostCacheEntry, UserRecord};
+use rand::rngs::StdRng;
+use rsa::RsaPublicKey;
+
+use super::interface::{LinkId, Now, Output, SessionId};
+use super::jobs::{Done, Job, JobId};
+use super::links::{Links, Pending};
+use super::sessions::{Joined, Sessions};
+use crate::membership::{Membership, Timeouts};
+use crate::store::{self, ChatStore, RecordStore};
+use crate::{Config, NodeId};
+
+/// What the node core needs to know about itself and its limits.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    /// The advertised QUIC address.
+    pub addr: SocketAddr,
+    /// The bound QUIC address (a configured peer at this address is me).
+    pub local_addr: SocketAddr,
+    /// The advertised TLS-over-TCP listener, if one runs.
+    pub tcp_addr: Option<SocketAddr>,
+    /// The UDP service's primary address (reflector and relay).
+    pub reflector: SocketAddr,
+    /// Higher after a restart with the same node id.
+    pub incarnation: u64,
+    pub login_key: RsaPublicKey,
+    /// Supernodes to keep dialing.
+    pub peers: Vec<SocketAddr>,
+    pub replicas: usize,
+    pub no_answer_timeout: Duration,
+    pub gossip_interval: Duration,
+    pub timeouts: Timeouts,
+    pub peer_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub rate_per_sec: f64,
+    pub rate_burst: f64,
+    pub max_subscriptions: usize,
+    /// Requests one session may have waiting behind a busy one; more closes
+    /// it as slow.
+    pub max_backlog: usize,
+    /// The relay allocation lifetime (told to clients).
+    pub relay_lifetime: Duration,
+}
+
+impl NodeConfig {
+    /// The core's part of a supernode [`Config`], with what the shell
+    /// learned when binding.
+    pub fn from_config(
+        config: &Config,
+        node_id: NodeId,
+        addr: SocketAddr,
+        local_addr: SocketAddr,
+        tcp_addr: Option<SocketAddr>,
+        reflector: SocketAddr,
+        incarnation: u64,
+    ) -> Self {
+        Self {
+            node_id,
+            addr,
+            local_addr,
+            tcp_addr,
+            reflector,
+            incarnation,
+            login_key: config.login_key.clone(),
+            peers: config.peers.clone(),
+            replicas: config.replicas,
+            no_answer_timeout: config.no_answer_timeout,
+            gossip_interval: config.gossip_interval,
+            timeouts: config.timeouts,
+            peer_timeout: config.peer_timeout,
+            handshake_timeout: config.handshake_timeout,
+            rate_per_sec: config.rate_per_sec,
+            rate_burst: config.rate_burst,
+            max_subscriptions: config.max_subscriptions,
+            max_backlog: config.session_queue,
+            relay_lifetime: config.relay.lifetime,
+        }
+    }
+}
+
+/// Something that happens at a time.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Timer {
+    /// Gossip, failure detection, dials, expiry.
+    Tick,
+    /// A request over a link got no reply.
+    Request(u64),
+    /// A session's join handshake did not finish.
+    Handshake(SessionId),
+    /// An invite got no answer (the id and when it was due).
+    NoAnswer(Vec<u8>),
+}
+
+/// A call invite from a local caller waiting for an answer.
+#[derive(Debug, Clone)]
+pub(crate) struct Invite {
+    pub caller: String,
+    pub callee: String,
+    pub due: Instant,
+}
+
+/// Counters of what the core dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Frames on a link that are not for a link, or replies nobody waits for.
+    pub link_ignored: u64,
+    /// Requests over links that got no reply in time.
+    pub requests_timed_out: u64,
+    /// Sessions closed because their backlog of requests was full.
+    pub backlog_full: u64,
+}
+
+/// The supernode node core. See [`crate::core`].
+#[derive(Debug)]
+pub struct Node {
+    pub(crate) config: NodeConfig,
+    pub(crate) rng: StdRng,
+    pub(crate) membership: Membership,
+    pub(crate) last_live: Vec<NodeId>,
+    pub(crate) records: RecordStore,
+    pub(crate) chats: ChatStore,
+    pub(crate) sessions: Sessions,
+    pub(crate) links: Links,
+    pub(crate) invites: HashMap<Vec<u8>, Invite>,
+    pub(crate) jobs: HashMap<JobId, Job>,
+    /// Jobs finished, waiting for the dispatcher.
+    pub(crate) ready: VecDeque<(JobId, Done)>,
+    pub(crate) timers: BTreeMap<(Instant, u64), Timer>,
+    pub(crate) next_tick: Instant,
+    pub(crate) ticks: u64,
+    pub(crate) next_id: u64,
+    pub(crate) out: VecDeque<Output>,
+    pub(crate) now: Now,
+    pub(crate) stats: CoreStats,
+}
+
+impl Node {
+    /// A fresh id (request ids, job ids, timer tie-breaks).
+    pub(crate) fn fresh_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    pub(crate) fn emit(&mut self, output: Output) {
+        self.out.push_back(output);
+    }
+
+    pub(crate) fn set_timer(&mut self, at: Instant, timer: Timer) {
+        let seq = self.fresh_id();
+        self.timers.insert((at, seq), timer);
+    }
+
+    /// Queues `body` for session `id`, if it is still open.
+    pub(crate) fn to_session(&mut self, id: SessionId, request_id: u64, body: Body) {
+        if self.sessions.all.contains_key(&id) {
+            self.emit(Output::ToSession(id, Envelope::new(request_id, body)));
+        }
+    }
+
+    /// Queues a push for the current session of `name`; false when `name`
+    /// has none.
+    pub(crate) fn push_to_name(&mut self, name: &str, body: Body) -> bool {
+        let Some(&id) = self.sessions.by_name.get(name) else {
+            return false;
+        };
+        self.emit(Output::ToSession(id, Envelope::new(0, body)));
+        true
+    }
+
+    /// Queues `envelope` on the link to `peer`; false without one.
+    pub(crate) fn send_link(&mut self, peer: &NodeId, envelope: Envelope) -> bool {
+        let Some(link) = self.links.by_peer.get(peer) else {
+            return false;
+        };
+        let id: LinkId = link.id;
+        self.emit(Output::ToLink(id, envelope));
+        true
+    }
+
+    /// Sends a request to `peer` for `job`; returns its request id, or
+    /// `None` without a link.
+    pub(crate) fn request(&mut self, peer: NodeId, body: Body, job: JobId) -> Option<u64> {
+        if !self.links.by_peer.contains_key(&peer) {
+            return None;
+        }
+        let rid = self.fresh_id();
+        self.send_link(&peer, Envelope::new(rid, body));
+        self.links.pending.insert(rid, Pending { peer, job });
+        let due = self.now.mono + self.config.peer_timeout;
+        self.set_timer(due, Timer::Request(rid));
+        Some(rid)
+    }
+
+    /// Hands a finished job to the dispatcher.
+    pub(crate) fn finish(&mut self, job: JobId, done: Done) {
+        self.jobs.remove(&job);
+        self.ready.push_back((job, done));
+    }
+
+    /// The live supernodes for `JoinAccepted` and `SupernodeList`: this
+    /// node with its real reflector, the others with the conventional one.
+    pub(crate) fn host_cache(&self) -> Vec<HostCacheEntry> {
+        let me = self.config.node_id;
+        self.membership
+            .live()
+            .into_iter()
+            .map(|(id, addr)| {
+                let reflector = if id == me {
+                    Some(self.config.reflector)
+                } else {
+                    crate::reflector_of(addr)
+                };
+                HostCacheEntry {
+                    addr: Some(addr.into()),
+                    last_seen: self.now.unix_ms,
+                    rtt_ms: 0,
+                    node_id: id.to_vec(),
+                    reflector: reflector.map(Into::into),
+                    tcp: self.membership.tcp_of(&id).map(Into::into),
+                }
+            })
+            .collect()
+    }
+
+    /// The record of a user joined here.
+    pub(crate) fn local_record(&self, name: &str, joined: &Joined) -> UserRecord {
+        UserRecord {
+            name: name.to_owned(),
+            status: joined.status as i32,
+            last_seen: joined.changed_at,
+            home_node_id: self.config.node_id.to_vec(),
+            home_addr: Some(self.config.addr.into()),
+        }
+    }
+
+    /// `record` with its status offline when its home is not live.
+    pub(crate) fn effective(&self, mut record: UserRecord) -> UserRecord {
+        let status = store::effective_status(&record, |id| {
+            crate::node_id(id).is_some_and(|id| self.membership.is_live(&id))
+        });
+        record.status = status as i32;
+        record
+    }
+}
