@@ -170,11 +170,19 @@ fn losing_three_replicas_rehomes_records_and_stored_chat() {
     let n = 9;
     let mut sim = meshed(n, &SimConfig::default());
     let everyone: Vec<usize> = (0..n).collect();
-    // Dave is online at a node that is not one of his replicas.
-    let dave_home = not_a_replica("dave", n, 3);
+    let erin_replicas = replica_indices("erin", &everyone, 3);
+    let survivors: Vec<usize> = (0..n).filter(|i| !erin_replicas.contains(i)).collect();
+    // Dave is online at a node that is none of his replicas, before or
+    // after erin's replicas are gone.
+    let dave_home = *survivors
+        .iter()
+        .find(|i| {
+            !replica_indices("dave", &survivors, 3).contains(i)
+                && !replica_indices("dave", &everyone, 3).contains(i)
+        })
+        .unwrap();
     let dave = join(&mut sim, "dave", dave_home);
     // Erin joined and left: her record is offline, chat for her is stored.
-    let erin_replicas = replica_indices("erin", &everyone, 3);
     let erin_first = (0..n).find(|i| !erin_replicas.contains(i) && *i != dave_home).unwrap();
     let erin = join(&mut sim, "erin", erin_first);
     assert!(is_ack(&sim.request(erin, Body::Leave(Leave {}), 5 * SECOND)));
@@ -201,6 +209,7 @@ fn losing_three_replicas_rehomes_records_and_stored_chat() {
 
     // Dave's replicas crash at once: his home re-publishes his record.
     let dave_replicas = replica_indices("dave", &live, 3);
+    assert!(!dave_replicas.contains(&dave_home));
     for victim in &dave_replicas {
         sim.crash(*victim);
         live.retain(|i| i != victim);
@@ -210,7 +219,13 @@ fn losing_three_replicas_rehomes_records_and_stored_chat() {
     let asker_node = live.iter().copied().find(|i| *i != dave_home).unwrap();
     let asker = join(&mut sim, "frank", asker_node);
     let found = search(&mut sim, asker, "dave");
-    assert!(found.found && found.status == PresenceStatus::Online as i32);
+    assert!(
+        found.found && found.status == PresenceStatus::Online as i32,
+        "{found:?}; dave at {dave_home}, replicas {dave_replicas:?}, live {live:?}, holders {:?}",
+        (0..n)
+            .filter(|i| sim.nodes[*i].up && sim.nodes[*i].node.held_record("dave").is_some())
+            .collect::<Vec<_>>()
+    );
 
     // Erin comes back and gets the chat stored before the crashes.
     let back = live.iter().copied().find(|i| *i != dave_home && *i != asker_node).unwrap();

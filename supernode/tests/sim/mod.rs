@@ -586,14 +586,23 @@ impl Sim {
     /// Runs until `done` holds (checked after every event), at most `max`
     /// of virtual time; returns whether it held.
     pub fn run_until(&mut self, max: Duration, mut done: impl FnMut(&Sim) -> bool) -> bool {
+        // Checked every millisecond of virtual time, not after every
+        // event: a check may look at every node.
         let until = self.t + max;
+        let mut checked = self.t;
+        if done(self) {
+            return true;
+        }
         loop {
-            if done(self) {
-                return true;
-            }
             if !self.step(until) {
                 self.t = until;
                 return done(self);
+            }
+            if self.t >= checked + Duration::from_millis(1) {
+                checked = self.t;
+                if done(self) {
+                    return true;
+                }
             }
         }
     }
