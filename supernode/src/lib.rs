@@ -6,10 +6,13 @@
 //! signaling and chat. docs/PROTOCOL.md describes the wire behaviour.
 //!
 //! The pure logic lives in sans-IO modules that take the time as an
-//! argument: [`hrw`] (replica placement), [`membership`] (failure detector),
-//! [`store`] (records and pending chat), [`ratelimit`], [`relay`]
-//! (relay allocations and forwarding decisions). The tokio + quinn shell
-//! ([`Supernode::spawn`]) drives them; the UDP service (STUN reflector and
+//! argument: the node core [`core::Node`] (sessions, links, directory,
+//! presence, signaling and chat routing), built on [`hrw`] (replica
+//! placement), [`membership`] (failure detector), [`store`] (records and
+//! pending chat) and [`ratelimit`]; and [`relay`] (relay allocations and
+//! forwarding decisions). The tokio + quinn shell ([`Supernode::spawn`])
+//! runs one node task owning the core, fed by one reader task per
+//! connection through a bounded queue; the UDP service (STUN reflector and
 //! relay) is its own socket loop, and the optional TLS-over-TCP listener
 //! (`tcp`) carries client sessions and relay legs where UDP is blocked.
 
@@ -21,15 +24,19 @@ pub mod ratelimit;
 pub mod relay;
 pub mod store;
 
-mod node;
-mod overlay;
-mod session;
+mod legs;
+mod node_task;
+mod quic;
+mod server;
+mod session_io;
+mod shell;
 mod tcp;
+mod tcp_stats;
 mod udp;
 
 pub use config::Config;
-pub use node::{Handle, SpawnError, Supernode};
-pub use tcp::TcpStats;
+pub use server::{Handle, NODE_ID_FILE, SpawnError, Supernode};
+pub use tcp_stats::TcpStats;
 pub use udp::UdpStats;
 
 /// The reflector (UDP service) address of a supernode known only by its QUIC

@@ -31,7 +31,7 @@ use natter_proto::{som, stun};
 use tokio::net::UdpSocket;
 
 use crate::relay::{Decision, RelayLimits, RelayPeer, RelayTable};
-use crate::tcp::{LegError, Legs};
+use crate::legs::{LegError, Legs};
 
 /// Binding indication: a STUN keepalive that needs no answer.
 const BINDING_INDICATION: u16 = 0x0011;

@@ -1,0 +1,125 @@
+//! What the connection tasks share: the configuration, the QUIC endpoint,
+//! the connection limit, the UDP service, the TCP counters, and the bounded
+//! queue of [`Event`]s into the node task (the only owner of the node
+//! core). No node state lives here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use natter_net::ControlConn;
+use natter_proto::messages::{Envelope, GossipMembership};
+use quinn::{Connection, Endpoint};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::Config;
+use crate::core::{Carrier, LinkId, LinkOrigin, Now, SessionId};
+use crate::tcp_stats::TcpCounters;
+use crate::udp::UdpService;
+
+/// Events queued for the node task at most; readers wait when it is full.
+pub(crate) const EVENT_QUEUE: usize = 4096;
+
+/// Something queued for a client session's writer.
+#[derive(Debug)]
+pub(crate) enum Out {
+    Frame(Envelope),
+    /// Flush what is queued, then close the connection with this code.
+    Close(u32, &'static str),
+}
+
+/// What a connection task tells the node task.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A client connection whose first frame, `hello`, is a `JoinHello`.
+    SessionOpen {
+        id: SessionId,
+        carrier: Carrier,
+        conn: ControlConn,
+        tx: mpsc::Sender<Out>,
+        hello: Envelope,
+    },
+    SessionFrame {
+        id: SessionId,
+        envelope: Envelope,
+    },
+    SessionClosed {
+        id: SessionId,
+    },
+    /// A supernode link is up; `first` is the peer's gossip.
+    LinkUp {
+        id: LinkId,
+        conn: Connection,
+        tx: mpsc::Sender<Envelope>,
+        first: GossipMembership,
+        origin: LinkOrigin,
+    },
+    LinkFrame {
+        id: LinkId,
+        envelope: Envelope,
+    },
+    LinkDown {
+        id: LinkId,
+    },
+    DialFailed {
+        addr: SocketAddr,
+    },
+}
+
+/// The context of every connection task.
+#[derive(Debug)]
+pub(crate) struct Shell {
+    pub config: Config,
+    pub endpoint: Endpoint,
+    /// Shared by QUIC and TCP connections.
+    pub connections: Arc<Semaphore>,
+    /// STUN reflector and media relay.
+    pub udp: Arc<UdpService>,
+    /// The TLS-over-TCP listener's counters.
+    pub tcp: TcpCounters,
+    pub events: mpsc::Sender<Event>,
+    next_id: AtomicU64,
+}
+
+impl Shell {
+    pub fn new(
+        config: Config,
+        endpoint: Endpoint,
+        udp: Arc<UdpService>,
+        events: mpsc::Sender<Event>,
+    ) -> Self {
+        Self {
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            config,
+            endpoint,
+            udp,
+            tcp: TcpCounters::default(),
+            events,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh connection id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues `event` for the node task, waiting while its queue is full;
+    /// false once the node task is gone.
+    pub async fn tell(&self, event: Event) -> bool {
+        self.events.send(event).await.is_ok()
+    }
+}
+
+/// The current time, for the node core.
+pub(crate) fn now() -> Now {
+    let unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    Now {
+        mono: Instant::now(),
+        unix_ms,
+    }
+}
