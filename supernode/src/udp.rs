@@ -30,8 +30,8 @@ use natter_proto::relay as wire;
 use natter_proto::{som, stun};
 use tokio::net::UdpSocket;
 
-use crate::relay::{Decision, RelayLimits, RelayPeer, RelayTable};
 use crate::legs::{LegError, Legs};
+use crate::relay::{Decision, RelayLimits, RelayPeer, RelayTable};
 
 /// Binding indication: a STUN keepalive that needs no answer.
 const BINDING_INDICATION: u16 = 0x0011;

@@ -60,7 +60,13 @@ fn chat(sim: &mut Sim, from: usize, to: &str, text: &str) -> Option<Body> {
     sim.request(from, Body::ChatMessage(message), 10 * SECOND)
 }
 
-fn signal(sim: &mut Sim, from: usize, to: &str, invite_id: &[u8], kind: call_signal::Kind) -> Option<Body> {
+fn signal(
+    sim: &mut Sim,
+    from: usize,
+    to: &str,
+    invite_id: &[u8],
+    kind: call_signal::Kind,
+) -> Option<Body> {
     let signal = CallSignal {
         invite_id: invite_id.to_vec(),
         from: String::new(),
@@ -98,7 +104,10 @@ fn join_search_presence_and_offline_chat_across_the_overlay() {
     let bob_node = (sim.clients[alice].node + 3) % 6;
     let bob = join(&mut sim, "bob", bob_node);
     // JoinAccepted lists the whole overlay.
-    assert_eq!(sim.clients[bob].accepted.as_ref().unwrap().supernodes.len(), 6);
+    assert_eq!(
+        sim.clients[bob].accepted.as_ref().unwrap().supernodes.len(),
+        6
+    );
 
     // Search across replicas: alice is found online at her supernode.
     let found = search(&mut sim, bob, "Alice");
@@ -106,7 +115,12 @@ fn join_search_presence_and_offline_chat_across_the_overlay() {
     assert_eq!(found.name, "alice");
     assert_eq!(found.status, PresenceStatus::Online as i32);
     let home = sim_addr(sim.clients[alice].node);
-    assert_eq!(found.supernode.map(|a| std::net::SocketAddr::try_from(&a).unwrap()), Some(home));
+    assert_eq!(
+        found
+            .supernode
+            .map(|a| std::net::SocketAddr::try_from(&a).unwrap()),
+        Some(home)
+    );
     let missing = search(&mut sim, bob, "nobody");
     assert!(!missing.found);
 
@@ -135,10 +149,22 @@ fn join_search_presence_and_offline_chat_across_the_overlay() {
     }
     // Carol joins and leaves; chat to her is stored on her replicas.
     let carol = join(&mut sim, "carol", 1);
-    assert!(is_ack(&sim.request(carol, Body::Leave(Leave {}), 5 * SECOND)));
+    assert!(is_ack(&sim.request(
+        carol,
+        Body::Leave(Leave {}),
+        5 * SECOND
+    )));
     sim.run_for(SECOND);
-    assert_eq!(search(&mut sim, alice, "carol").status, PresenceStatus::Offline as i32);
-    assert!(is_ack(&chat(&mut sim, alice, "carol", "while you were out")));
+    assert_eq!(
+        search(&mut sim, alice, "carol").status,
+        PresenceStatus::Offline as i32
+    );
+    assert!(is_ack(&chat(
+        &mut sim,
+        alice,
+        "carol",
+        "while you were out"
+    )));
     sim.run_for(SECOND);
     let held: usize = sim.nodes.iter().map(|n| n.node.held_chat("carol")).sum();
     assert_eq!(held, 3, "stored on carol's three replicas");
@@ -159,10 +185,20 @@ fn join_search_presence_and_offline_chat_across_the_overlay() {
     sim.run_for(SECOND);
     let held: usize = sim.nodes.iter().map(|n| n.node.held_chat("carol")).sum();
     assert_eq!(held, 0, "taken from every replica");
-    assert!(sim.take_push(carol, |b| matches!(b, Body::ChatMessage(_)).then_some(())).is_none());
+    assert!(
+        sim.take_push(carol, |b| matches!(b, Body::ChatMessage(_)).then_some(()))
+            .is_none()
+    );
     // An inbox fetch finds nothing more.
-    assert!(is_ack(&sim.request(carol, Body::InboxFetch(InboxFetch {}), 5 * SECOND)));
-    assert!(sim.take_push(carol, |b| matches!(b, Body::ChatMessage(_)).then_some(())).is_none());
+    assert!(is_ack(&sim.request(
+        carol,
+        Body::InboxFetch(InboxFetch {}),
+        5 * SECOND
+    )));
+    assert!(
+        sim.take_push(carol, |b| matches!(b, Body::ChatMessage(_)).then_some(()))
+            .is_none()
+    );
 }
 
 #[test]
@@ -183,11 +219,22 @@ fn losing_three_replicas_rehomes_records_and_stored_chat() {
         .unwrap();
     let dave = join(&mut sim, "dave", dave_home);
     // Erin joined and left: her record is offline, chat for her is stored.
-    let erin_first = (0..n).find(|i| !erin_replicas.contains(i) && *i != dave_home).unwrap();
+    let erin_first = (0..n)
+        .find(|i| !erin_replicas.contains(i) && *i != dave_home)
+        .unwrap();
     let erin = join(&mut sim, "erin", erin_first);
-    assert!(is_ack(&sim.request(erin, Body::Leave(Leave {}), 5 * SECOND)));
+    assert!(is_ack(&sim.request(
+        erin,
+        Body::Leave(Leave {}),
+        5 * SECOND
+    )));
     sim.run_for(SECOND);
-    assert!(is_ack(&chat(&mut sim, dave, "erin", "kept through three crashes")));
+    assert!(is_ack(&chat(
+        &mut sim,
+        dave,
+        "erin",
+        "kept through three crashes"
+    )));
     sim.run_for(SECOND);
 
     // Erin's three replicas crash one after the other; each time the
@@ -197,11 +244,18 @@ fn losing_three_replicas_rehomes_records_and_stored_chat() {
         assert_ne!(victim, dave_home);
         sim.crash(victim);
         live.retain(|i| *i != victim);
-        assert!(sim.run_until(15 * SECOND, Sim::meshed), "failure not detected");
+        assert!(
+            sim.run_until(15 * SECOND, Sim::meshed),
+            "failure not detected"
+        );
         sim.run_for(SECOND);
         let now_replicas = replica_indices("erin", &live, 3);
         for r in &now_replicas {
-            assert_eq!(sim.nodes[*r].node.held_chat("erin"), 1, "node {r} holds erin's chat");
+            assert_eq!(
+                sim.nodes[*r].node.held_chat("erin"),
+                1,
+                "node {r} holds erin's chat"
+            );
             assert!(sim.nodes[*r].node.held_record("erin").is_some());
         }
     }
@@ -228,7 +282,11 @@ fn losing_three_replicas_rehomes_records_and_stored_chat() {
     );
 
     // Erin comes back and gets the chat stored before the crashes.
-    let back = live.iter().copied().find(|i| *i != dave_home && *i != asker_node).unwrap();
+    let back = live
+        .iter()
+        .copied()
+        .find(|i| *i != dave_home && *i != asker_node)
+        .unwrap();
     sim.connect(erin, back);
     assert!(sim.run_until(5 * SECOND, |s| s.joined(erin)));
     let text = sim.wait_push(erin, 5 * SECOND, |b| match b {
@@ -252,7 +310,13 @@ fn call_signals_are_routed_and_unanswered_invites_hang_up() {
     // Answered: the invite reaches bob, the accept reaches alice, no hangup.
     let answered = sim.random_id();
     let invite = call_signal::Kind::Invite(CallInvite::default());
-    assert!(is_ack(&signal(&mut sim, alice, "bob", &answered, invite.clone())));
+    assert!(is_ack(&signal(
+        &mut sim,
+        alice,
+        "bob",
+        &answered,
+        invite.clone()
+    )));
     let got = sim.wait_push(bob, 5 * SECOND, |b| match b {
         Body::CallSignal(s) if matches!(s.kind, Some(call_signal::Kind::Invite(_))) => {
             Some((s.from.clone(), s.invite_id.clone()))
@@ -262,12 +326,13 @@ fn call_signals_are_routed_and_unanswered_invites_hang_up() {
     assert_eq!(got, Some(("alice".to_owned(), answered.clone())));
     let accept = call_signal::Kind::Accept(CallAccept::default());
     assert!(is_ack(&signal(&mut sim, bob, "alice", &answered, accept)));
-    assert!(sim
-        .wait_push(alice, 5 * SECOND, |b| match b {
+    assert!(
+        sim.wait_push(alice, 5 * SECOND, |b| match b {
             Body::CallSignal(s) if matches!(s.kind, Some(call_signal::Kind::Accept(_))) => Some(()),
             _ => None,
         })
-        .is_some());
+        .is_some()
+    );
     // The call went through alice's supernode: she may allocate a relay there.
     let allocate = Body::RelayAllocate(RelayAllocate {
         invite_id: answered.clone(),
@@ -302,7 +367,10 @@ fn call_signals_are_routed_and_unanswered_invites_hang_up() {
         }
     };
     sim.run_for(4 * SECOND);
-    assert!(sim.take_push(alice, hangup(unanswered.clone())).is_none(), "too early");
+    assert!(
+        sim.take_push(alice, hangup(unanswered.clone())).is_none(),
+        "too early"
+    );
     assert_eq!(
         sim.wait_push(alice, 3 * SECOND, hangup(unanswered.clone())),
         Some(HangupReason::NoAnswer as i32)
@@ -327,7 +395,11 @@ fn a_partition_is_detected_and_healed_and_slow_links_still_answer() {
             && !s.nodes[1].node.live_members().contains(&sim_node_id(0))
     });
     assert!(split, "the partition was not detected");
-    assert_eq!(sim.nodes[2].node.live_members().len(), 4, "others still see both");
+    assert_eq!(
+        sim.nodes[2].node.live_members().len(),
+        4,
+        "others still see both"
+    );
     sim.heal(0, 1);
     assert!(sim.run_until(30 * SECOND, Sim::meshed), "did not heal");
     // A slow link (retransmissions) delays answers but loses nothing.
@@ -371,7 +443,9 @@ fn two_hundred_nodes_every_client_finds_another() {
             Some(Body::SearchReply(r)) => {
                 assert!(r.found, "{} not found by {}", names[target], names[c]);
                 assert_eq!(r.status, PresenceStatus::Online as i32);
-                let home = r.supernode.map(|a| std::net::SocketAddr::try_from(&a).unwrap());
+                let home = r
+                    .supernode
+                    .map(|a| std::net::SocketAddr::try_from(&a).unwrap());
                 assert_eq!(home, Some(sim_addr(target)));
             }
             other => panic!("search reply: {other:?}"),

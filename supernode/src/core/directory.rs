@@ -68,7 +68,7 @@ impl Node {
             .collect();
         to.sort_unstable();
         for id in to {
-            self.to_session(id, 0, Body::PresenceUpdate(update.clone()));
+            self.send_session(id, 0, Body::PresenceUpdate(update.clone()));
         }
     }
 
@@ -111,7 +111,7 @@ impl Node {
         let mut joined: Vec<u64> = self.sessions.by_name.values().copied().collect();
         joined.sort_unstable();
         for id in joined {
-            self.to_session(id, 0, Body::SupernodeList(list.clone()));
+            self.send_session(id, 0, Body::SupernodeList(list.clone()));
         }
         let me = self.config.node_id;
         let k = self.config.replicas;
@@ -179,7 +179,11 @@ impl Node {
                 tracing::info!(user = %record.name, "session replaced by a join elsewhere");
                 self.sessions.by_name.remove(&record.name);
                 self.sessions.all.remove(&id);
-                self.emit(Output::CloseSession(id, close::REPLACED, "joined elsewhere"));
+                self.emit(Output::CloseSession(
+                    id,
+                    close::REPLACED,
+                    "joined elsewhere",
+                ));
             }
             self.records.put(record);
         }
@@ -191,8 +195,12 @@ impl Node {
     /// A `DirectoryLookup` from a peer: the record held (or the live one of a
     /// local session), and the chat stored when asked to hand it over.
     pub(crate) fn on_directory_lookup(&mut self, lookup: &DirectoryLookup) -> DirectoryRecords {
-        let mut records: Vec<UserRecord> =
-            self.records.get(&lookup.name).cloned().into_iter().collect();
+        let mut records: Vec<UserRecord> = self
+            .records
+            .get(&lookup.name)
+            .cloned()
+            .into_iter()
+            .collect();
         if let Some((_, joined)) = self.sessions.of_name(&lookup.name) {
             records = vec![self.local_record(&lookup.name, joined)];
         }
@@ -328,8 +336,7 @@ impl Node {
     }
 
     fn gather_check(&mut self, job: JobId) {
-        if !matches!(self.jobs.get(&job), Some(Job::Gather { waiting, .. }) if waiting.is_empty())
-        {
+        if !matches!(self.jobs.get(&job), Some(Job::Gather { waiting, .. }) if waiting.is_empty()) {
             return;
         }
         if let Some(Job::Gather {

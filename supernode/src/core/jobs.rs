@@ -33,7 +33,7 @@ pub(crate) enum LookupFor {
     /// A new presence subscription: push the status found.
     Subscribe { session: SessionId },
     /// To route a message to the user's home supernode.
-    Deliver(Delivery),
+    Deliver(Box<Delivery>),
 }
 
 /// A message being routed to the user in its `to`.
@@ -54,10 +54,7 @@ pub(crate) enum AfterDelivery {
         message: ChatMessage,
     },
     /// A client's receipt: `Ack` or an error.
-    Receipt {
-        session: SessionId,
-        request_id: u64,
-    },
+    Receipt { session: SessionId, request_id: u64 },
     /// A client's call signal: `Ack` (noting the call, starting the
     /// no-answer timer of an invite) or an error.
     Signal {
@@ -92,7 +89,7 @@ pub(crate) enum Job {
         purpose: GatherFor,
     },
     /// Waiting for the home supernode to take the message.
-    Deliver(Delivery),
+    Deliver(Box<Delivery>),
 }
 
 /// Why a message could not be routed to a user.
@@ -109,5 +106,5 @@ pub(crate) enum RouteError {
 pub(crate) enum Done {
     Lookup(LookupFor, Option<UserRecord>),
     Gathered(GatherFor, String, Option<UserRecord>, Vec<ChatMessage>),
-    Delivered(Delivery, Result<(), RouteError>),
+    Delivered(Box<Delivery>, Result<(), RouteError>),
 }

@@ -70,7 +70,11 @@ impl Node {
         if let Some(existing) = self.links.by_peer.get(&peer).copied() {
             let keep_new = dialer == me.min(peer) && existing.dialer != dialer;
             if !keep_new {
-                self.emit(Output::CloseLink(link, close::DUPLICATE_LINK, "duplicate link"));
+                self.emit(Output::CloseLink(
+                    link,
+                    close::DUPLICATE_LINK,
+                    "duplicate link",
+                ));
                 return;
             }
             self.links.peer_of.remove(&existing.id);
@@ -153,8 +157,7 @@ impl Node {
                     .by_peer
                     .get(&peer)
                     .map_or(self.config.addr, |l| l.addr);
-                let (addr, tcp, incarnation) =
-                    self_report(&gossip).unwrap_or((fallback, None, 0));
+                let (addr, tcp, incarnation) = self_report(&gossip).unwrap_or((fallback, None, 0));
                 let now = self.now.mono;
                 let changed = self
                     .membership

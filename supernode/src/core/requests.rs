@@ -53,7 +53,7 @@ impl Node {
 
     /// Sends `body` as the last frame and closes the session.
     fn refuse(&mut self, id: SessionId, request_id: u64, body: Body) {
-        self.to_session(id, request_id, body);
+        self.send_session(id, request_id, body);
         self.sessions.all.remove(&id);
         self.emit(Output::CloseSession(id, close::REFUSED, "refused"));
     }
@@ -103,18 +103,15 @@ impl Node {
             let body = error(ErrorCode::CertificateRejected, "no certificate");
             return self.refuse(id, request_id, body);
         };
-        let verified = match cert::verify(
-            &certificate,
-            &self.config.login_key,
-            self.now.unix_secs(),
-        ) {
-            Ok(verified) => verified,
-            Err(e) => {
-                tracing::debug!(error = %e, "certificate rejected");
-                let body = error(ErrorCode::CertificateRejected, e.to_string());
-                return self.refuse(id, request_id, body);
-            }
-        };
+        let verified =
+            match cert::verify(&certificate, &self.config.login_key, self.now.unix_secs()) {
+                Ok(verified) => verified,
+                Err(e) => {
+                    tracing::debug!(error = %e, "certificate rejected");
+                    let body = error(ErrorCode::CertificateRejected, e.to_string());
+                    return self.refuse(id, request_id, body);
+                }
+            };
         let Ok(name) = names::normalise(&verified.name) else {
             let body = error(
                 ErrorCode::CertificateRejected,
@@ -135,7 +132,7 @@ impl Node {
             nonce: nonce.to_vec(),
             node_id: self.config.node_id.to_vec(),
         });
-        self.to_session(id, request_id, challenge);
+        self.send_session(id, request_id, challenge);
     }
 
     fn join_proof(&mut self, id: SessionId, proof: Envelope) {
@@ -171,7 +168,7 @@ impl Node {
             supernodes: self.host_cache(),
             reflector: Some(self.config.reflector.into()),
         });
-        self.to_session(id, proof.request_id, accepted);
+        self.send_session(id, proof.request_id, accepted);
         let now_ms = self.now.unix_ms;
         let Some(session) = self.sessions.all.get_mut(&id) else {
             return;
@@ -264,7 +261,7 @@ impl Node {
             Verdict::Limit(after) => {
                 let mut reply = ErrorReply::new(ErrorCode::RateLimited, "slow down");
                 reply.retry_after_ms = u32::try_from(after.as_millis()).unwrap_or(u32::MAX).max(1);
-                self.to_session(id, envelope.request_id, Body::Error(reply));
+                self.send_session(id, envelope.request_id, Body::Error(reply));
                 return;
             }
             Verdict::Close => {
@@ -272,7 +269,7 @@ impl Node {
                 let mut reply =
                     ErrorReply::new(ErrorCode::RateLimited, "rate limit exceeded, closing");
                 reply.retry_after_ms = 1000;
-                self.to_session(id, envelope.request_id, Body::Error(reply));
+                self.send_session(id, envelope.request_id, Body::Error(reply));
                 self.end_session(id, close::RATE_LIMITED, "rate limited");
                 return;
             }
@@ -283,13 +280,13 @@ impl Node {
         };
         if rid == 0 {
             let body = error(ErrorCode::Malformed, "requests need a request id > 0");
-            self.to_session(id, 0, body);
+            self.send_session(id, 0, body);
             return;
         }
         match body {
             Body::Ping(ping) => {
                 let pong = Body::Pong(natter_proto::messages::Pong { nonce: ping.nonce });
-                self.to_session(id, rid, pong);
+                self.send_session(id, rid, pong);
             }
             Body::SetPresence(presence) => {
                 let status =
@@ -300,13 +297,17 @@ impl Node {
                     joined.changed_at = now_ms.max(joined.changed_at);
                 }
                 self.publish_session(&name, true);
-                self.to_session(id, rid, Body::Ack(Ack {}));
+                self.send_session(id, rid, Body::Ack(Ack {}));
             }
             Body::PresenceSubscribe(subscribe) => {
                 let max = self.config.max_subscriptions;
                 let mut accepted = Vec::new();
                 if let Some(joined) = self.sessions.joined_mut(id) {
-                    for wanted in subscribe.names.iter().filter_map(|n| names::normalise(n).ok()) {
+                    for wanted in subscribe
+                        .names
+                        .iter()
+                        .filter_map(|n| names::normalise(n).ok())
+                    {
                         if joined.subscriptions.len() >= max {
                             break;
                         }
@@ -315,7 +316,7 @@ impl Node {
                         }
                     }
                 }
-                self.to_session(id, rid, Body::Ack(Ack {}));
+                self.send_session(id, rid, Body::Ack(Ack {}));
                 for wanted in accepted {
                     self.start_lookup(&wanted, LookupFor::Subscribe { session: id });
                 }
@@ -332,7 +333,7 @@ impl Node {
                 }
                 Err(_) => {
                     let reply = not_found(search.name);
-                    self.to_session(id, rid, Body::SearchReply(reply));
+                    self.send_session(id, rid, Body::SearchReply(reply));
                 }
             },
             Body::ChatMessage(message) => self.chat(id, rid, &name, message),
@@ -349,13 +350,13 @@ impl Node {
             }
             Body::CallSignal(signal) => self.call_signal(id, rid, &name, signal),
             Body::Leave(_) => {
-                self.to_session(id, rid, Body::Ack(Ack {}));
+                self.send_session(id, rid, Body::Ack(Ack {}));
                 self.end_session(id, close::NORMAL, "left");
             }
             Body::RelayAllocate(request) => self.relay_allocate(id, rid, &name, request),
             other => {
                 let detail = format!("unexpected {} in a session", other.type_name());
-                self.to_session(id, rid, error(ErrorCode::Malformed, detail));
+                self.send_session(id, rid, error(ErrorCode::Malformed, detail));
             }
         }
     }
@@ -363,7 +364,7 @@ impl Node {
     fn chat(&mut self, id: SessionId, rid: u64, name: &str, mut message: ChatMessage) {
         message.from = name.to_owned();
         let Ok(to) = names::normalise(&message.to) else {
-            self.to_session(id, rid, error(ErrorCode::UserUnknown, "not a user name"));
+            self.send_session(id, rid, error(ErrorCode::UserUnknown, "not a user name"));
             return;
         };
         message.to.clone_from(&to);
@@ -372,7 +373,7 @@ impl Node {
             || message.text.len() > MAX_CHAT_TEXT
         {
             let body = error(ErrorCode::Malformed, "bad message id or text too long");
-            self.to_session(id, rid, body);
+            self.send_session(id, rid, body);
             return;
         }
         let then = AfterDelivery::Chat {
@@ -387,7 +388,7 @@ impl Node {
     fn receipt(&mut self, id: SessionId, rid: u64, name: &str, mut receipt: ChatReceipt) {
         receipt.from = name.to_owned();
         let Ok(to) = names::normalise(&receipt.to) else {
-            self.to_session(id, rid, error(ErrorCode::UserUnknown, "not a user name"));
+            self.send_session(id, rid, error(ErrorCode::UserUnknown, "not a user name"));
             return;
         };
         receipt.to.clone_from(&to);
@@ -402,7 +403,7 @@ impl Node {
     fn call_signal(&mut self, id: SessionId, rid: u64, name: &str, mut signal: CallSignal) {
         signal.from = name.to_owned();
         let Ok(to) = names::normalise(&signal.to) else {
-            self.to_session(id, rid, error(ErrorCode::UserUnknown, "not a user name"));
+            self.send_session(id, rid, error(ErrorCode::UserUnknown, "not a user name"));
             return;
         };
         signal.to.clone_from(&to);
@@ -414,7 +415,7 @@ impl Node {
                 ErrorCode::Malformed,
                 "call signal needs an invite id and a kind",
             );
-            self.to_session(id, rid, body);
+            self.send_session(id, rid, body);
             return;
         }
         self.observe_signal(&signal);
@@ -429,7 +430,7 @@ impl Node {
 
     fn relay_allocate(&mut self, id: SessionId, rid: u64, name: &str, request: RelayAllocate) {
         if request.invite_id.is_empty() || request.invite_id.len() > MAX_ID_LEN {
-            self.to_session(id, rid, error(ErrorCode::Malformed, "bad invite id"));
+            self.send_session(id, rid, error(ErrorCode::Malformed, "bad invite id"));
             return;
         }
         self.emit(Output::Relay(RelayCommand::Allocate {
@@ -454,9 +455,7 @@ impl Node {
                 invite_id,
                 relay: Some(self.config.reflector.into()),
                 token: allocated.token.to_vec(),
-                lifetime_s: u32::try_from(lifetime.as_secs())
-                    .unwrap_or(u32::MAX)
-                    .max(1),
+                lifetime_s: u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX).max(1),
                 peer_token: allocated.peer_token.to_vec(),
                 tcp: self.config.tcp_addr.map(Into::into),
             }),
@@ -467,7 +466,7 @@ impl Node {
                 Body::Error(reply)
             }
         };
-        self.to_session(id, rid, body);
+        self.send_session(id, rid, body);
     }
 
     /// A search or subscription lookup finished.
@@ -491,7 +490,7 @@ impl Node {
                     }
                     None => not_found(name),
                 };
-                self.to_session(session, request_id, Body::SearchReply(reply));
+                self.send_session(session, request_id, Body::SearchReply(reply));
             }
             LookupFor::Subscribe { session } => {
                 if let Some(record) = record
@@ -502,7 +501,7 @@ impl Node {
                         status: record.status,
                         last_seen: record.last_seen,
                     };
-                    self.to_session(session, 0, Body::PresenceUpdate(update));
+                    self.send_session(session, 0, Body::PresenceUpdate(update));
                 }
             }
             LookupFor::Deliver(delivery) => self.deliver_found(delivery, record),
@@ -526,7 +525,7 @@ impl Node {
                 self.store_pending(message);
             }
             if let GatherFor::Inbox { request_id, .. } = purpose {
-                self.to_session(session, *request_id, Body::Ack(Ack {}));
+                self.send_session(session, *request_id, Body::Ack(Ack {}));
             }
             return;
         }
@@ -555,7 +554,7 @@ impl Node {
             }
         }
         if let GatherFor::Inbox { request_id, .. } = purpose {
-            self.to_session(session, *request_id, Body::Ack(Ack {}));
+            self.send_session(session, *request_id, Body::Ack(Ack {}));
         }
     }
 }

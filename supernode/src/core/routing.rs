@@ -72,24 +72,24 @@ impl Node {
             } else {
                 Err(RouteError::Offline)
             };
-            let delivery = Delivery {
+            let delivery = Box::new(Delivery {
                 to: to.to_owned(),
                 body,
                 then,
-            };
+            });
             self.finish(job, Done::Delivered(delivery, result));
             return job;
         }
-        let delivery = Delivery {
+        let delivery = Box::new(Delivery {
             to: to.to_owned(),
             body,
             then,
-        };
+        });
         self.start_lookup(to, LookupFor::Deliver(delivery))
     }
 
     /// The lookup of a delivery's recipient finished: send it home.
-    pub(crate) fn deliver_found(&mut self, delivery: Delivery, record: Option<UserRecord>) {
+    pub(crate) fn deliver_found(&mut self, delivery: Box<Delivery>, record: Option<UserRecord>) {
         let job = self.fresh_id();
         let Some(record) = record else {
             self.finish(job, Done::Delivered(delivery, Err(RouteError::Unknown)));
@@ -125,11 +125,11 @@ impl Node {
     /// the session that waited for it.
     pub(crate) fn delivered(
         &mut self,
-        delivery: Delivery,
+        delivery: Box<Delivery>,
         result: Result<(), RouteError>,
     ) -> Option<SessionId> {
-        let to = delivery.to;
-        match delivery.then {
+        let Delivery { to, then, .. } = *delivery;
+        match then {
             AfterDelivery::Chat {
                 session,
                 request_id,
@@ -145,7 +145,7 @@ impl Node {
                         Body::Ack(Ack {})
                     }
                 };
-                self.to_session(session, request_id, reply);
+                self.send_session(session, request_id, reply);
                 Some(session)
             }
             AfterDelivery::Receipt {
@@ -156,7 +156,7 @@ impl Node {
                     Ok(()) => Body::Ack(Ack {}),
                     Err(e) => route_error(&to, e),
                 };
-                self.to_session(session, request_id, reply);
+                self.send_session(session, request_id, reply);
                 Some(session)
             }
             AfterDelivery::Signal {
@@ -174,7 +174,7 @@ impl Node {
                     }
                     Err(e) => route_error(&to, e),
                 };
-                self.to_session(session, request_id, reply);
+                self.send_session(session, request_id, reply);
                 Some(session)
             }
             AfterDelivery::Quiet => {

@@ -106,11 +106,7 @@ impl Sessions {
     pub fn tcp_joined(&self) -> usize {
         self.by_name
             .values()
-            .filter(|id| {
-                self.all
-                    .get(id)
-                    .is_some_and(|s| s.carrier == Carrier::Tcp)
-            })
+            .filter(|id| self.all.get(id).is_some_and(|s| s.carrier == Carrier::Tcp))
             .count()
     }
 }

@@ -162,7 +162,7 @@ impl Node {
     }
 
     /// Queues `body` for session `id`, if it is still open.
-    pub(crate) fn to_session(&mut self, id: SessionId, request_id: u64, body: Body) {
+    pub(crate) fn send_session(&mut self, id: SessionId, request_id: u64, body: Body) {
         if self.sessions.all.contains_key(&id) {
             self.emit(Output::ToSession(id, Envelope::new(request_id, body)));
         }

@@ -208,7 +208,11 @@ impl Sim {
                 reflector: natter_supernode::reflector_of(addr).unwrap(),
                 incarnation: 1,
                 login_key: issuer().public_key(),
-                peers: if i == 0 { Vec::new() } else { vec![sim_addr(0)] },
+                peers: if i == 0 {
+                    Vec::new()
+                } else {
+                    vec![sim_addr(0)]
+                },
                 replicas: config.replicas,
                 no_answer_timeout: config.no_answer_timeout,
                 gossip_interval: config.gossip_interval,
@@ -407,9 +411,10 @@ impl Sim {
                 user,
                 invite_id,
             } => {
-                let result = self.nodes[i]
-                    .relay
-                    .allocate(&user, &invite_id, &mut self.rng, now.mono);
+                let result =
+                    self.nodes[i]
+                        .relay
+                        .allocate(&user, &invite_id, &mut self.rng, now.mono);
                 self.nodes[i]
                     .node
                     .handle_relay_allocated(session, request_id, invite_id, result, now);
@@ -660,7 +665,6 @@ impl Sim {
                 1,
                 Body::JoinHello(JoinHello {
                     certificate: Some(client.certificate.clone()),
-                    ..Default::default()
                 }),
             )
         };
@@ -717,7 +721,11 @@ impl Sim {
     }
 
     /// Takes the first push (request id 0) from client `c` matching `pick`.
-    pub fn take_push<T>(&mut self, c: usize, mut pick: impl FnMut(&Body) -> Option<T>) -> Option<T> {
+    pub fn take_push<T>(
+        &mut self,
+        c: usize,
+        mut pick: impl FnMut(&Body) -> Option<T>,
+    ) -> Option<T> {
         let inbox = &mut self.clients[c].inbox;
         let at = inbox
             .iter()
