@@ -105,13 +105,15 @@ impl Node {
             return;
         }
         tracing::info!(live = live.len(), "membership changed");
-        let list = SupernodeList {
-            entries: self.host_cache(),
-        };
         let mut joined: Vec<u64> = self.sessions.by_name.values().copied().collect();
         joined.sort_unstable();
-        for id in joined {
-            self.send_session(id, 0, Body::SupernodeList(list.clone()));
+        if !joined.is_empty() {
+            let list = SupernodeList {
+                entries: self.host_cache(),
+            };
+            for id in joined {
+                self.send_session(id, 0, Body::SupernodeList(list.clone()));
+            }
         }
         let me = self.config.node_id;
         let k = self.config.replicas;

@@ -126,12 +126,13 @@ impl Node {
     /// Dials newly learned members this node is responsible for dialing
     /// (the lower node id dials).
     fn dial_new(&mut self, fresh: Vec<(NodeId, SocketAddr)>) {
+        let mut hello = None;
         for (id, addr) in fresh {
             if self.config.node_id < id
                 && !self.links.by_peer.contains_key(&id)
                 && self.links.dialing.insert(addr)
             {
-                let hello = self.own_gossip();
+                let hello = hello.get_or_insert_with(|| self.own_gossip()).clone();
                 self.emit(Output::Dial { addr, hello });
             }
         }
