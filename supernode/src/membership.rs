@@ -161,6 +161,15 @@ impl Membership {
             if entry.state != MemberState::Alive as i32 {
                 continue;
             }
+            // Nothing to learn about a member heard from directly.
+            if let Some(id) = crate::node_id(&entry.node_id)
+                && self
+                    .members
+                    .get(&id)
+                    .is_some_and(|m| m.state == State::Alive)
+            {
+                continue;
+            }
             let (Some(id), Some(addr)) = (
                 crate::node_id(&entry.node_id),
                 entry

@@ -426,13 +426,6 @@ impl Sim {
         self.session_client.get(&session).copied()
     }
 
-    fn gossip_of(envelope: &Envelope) -> Option<&natter_proto::messages::GossipMembership> {
-        match &envelope.body {
-            Some(Body::GossipMembership(g)) => Some(g),
-            _ => None,
-        }
-    }
-
     /// Processes one event; false when none is due by `until`.
     fn step(&mut self, until: Duration) -> bool {
         let Some(entry) = self.events.first_entry() else {
@@ -461,8 +454,7 @@ impl Sim {
                     return true;
                 }
                 let remote = self.nodes[end.peer].addr;
-                if let Some(gossip) = Self::gossip_of(&hello) {
-                    let gossip = gossip.clone();
+                if let Some(Body::GossipMembership(gossip)) = hello.body {
                     self.nodes[end.node].node.handle_link_up(
                         link,
                         remote,
@@ -482,8 +474,7 @@ impl Sim {
                 }
                 if let Some(addr) = end.dialing {
                     // The dialer waits for the peer's gossip.
-                    if let Some(gossip) = Self::gossip_of(&envelope) {
-                        let gossip = gossip.clone();
+                    if let Some(Body::GossipMembership(gossip)) = envelope.body {
                         if let Some(e) = self.links.get_mut(&link) {
                             e.dialing = None;
                         }
@@ -591,23 +582,17 @@ impl Sim {
     /// Runs until `done` holds (checked after every event), at most `max`
     /// of virtual time; returns whether it held.
     pub fn run_until(&mut self, max: Duration, mut done: impl FnMut(&Sim) -> bool) -> bool {
-        // Checked every millisecond of virtual time, not after every
+        // Checked whenever the clock is about to move, not after every
         // event: a check may look at every node.
         let until = self.t + max;
-        let mut checked = self.t;
-        if done(self) {
-            return true;
-        }
         loop {
+            let next = self.events.first_key_value().map(|((t, _), _)| *t);
+            if next.is_none_or(|t| t > self.t) && done(self) {
+                return true;
+            }
             if !self.step(until) {
                 self.t = until;
                 return done(self);
-            }
-            if self.t >= checked + Duration::from_millis(1) {
-                checked = self.t;
-                if done(self) {
-                    return true;
-                }
             }
         }
     }
