@@ -463,3 +463,53 @@ fn two_hundred_nodes_every_client_finds_another() {
     );
     assert!(wall < Duration::from_secs(120), "took {wall:?}");
 }
+
+#[test]
+fn a_session_serves_its_requests_in_order_one_at_a_time() {
+    let mut sim = meshed(5, &SimConfig::default());
+    let alice = join(&mut sim, "alice", not_a_replica("bob", 5, 3));
+    let bob = join(&mut sim, "bob", 4);
+    sim.run_for(SECOND);
+    // The search waits on other supernodes; the ping behind it is answered
+    // after it, as a reader serving one request at a time would.
+    let search = sim.send(
+        alice,
+        Body::SearchRequest(SearchRequest { name: "bob".into() }),
+    );
+    let ping = sim.send(alice, Body::Ping(natter_proto::messages::Ping { nonce: 7 }));
+    assert!(sim.run_until(5 * SECOND, |s| {
+        s.clients[alice].inbox.iter().any(|e| e.request_id == ping)
+    }));
+    let order: Vec<u64> = sim.clients[alice]
+        .inbox
+        .iter()
+        .map(|e| e.request_id)
+        .filter(|r| *r == search || *r == ping)
+        .collect();
+    assert_eq!(order, vec![search, ping]);
+    assert!(matches!(sim.take_reply(alice, search), Some(Body::SearchReply(r)) if r.found));
+    assert!(matches!(sim.take_reply(alice, ping), Some(Body::Pong(p)) if p.nonce == 7));
+    assert!(sim.joined(bob));
+}
+
+#[test]
+fn joining_elsewhere_replaces_the_old_session() {
+    let mut sim = meshed(4, &SimConfig::default());
+    let first = join(&mut sim, "alice", 0);
+    sim.run_for(SECOND);
+    let second = join(&mut sim, "alice", 2);
+    assert!(sim.run_until(5 * SECOND, |s| s.clients[first].closed.is_some()));
+    assert_eq!(
+        sim.clients[first].closed,
+        Some(natter_supernode::close::REPLACED)
+    );
+    assert!(sim.joined(second));
+    assert_eq!(sim.nodes[0].node.session_count(), 0);
+    assert_eq!(sim.nodes[2].node.session_count(), 1);
+    let bob = join(&mut sim, "bob", 1);
+    let found = search(&mut sim, bob, "alice");
+    let home = found
+        .supernode
+        .map(|a| std::net::SocketAddr::try_from(&a).unwrap());
+    assert_eq!(home, Some(sim_addr(2)));
+}
