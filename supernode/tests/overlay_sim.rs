@@ -513,3 +513,45 @@ fn joining_elsewhere_replaces_the_old_session() {
         .map(|a| std::net::SocketAddr::try_from(&a).unwrap());
     assert_eq!(home, Some(sim_addr(2)));
 }
+
+#[test]
+fn an_unanswered_challenge_times_out_and_a_flood_is_closed() {
+    let mut sim = meshed(2, &SimConfig::default());
+    // Silent after the challenge: refused when the handshake time is up.
+    let silent = sim.add_client("carol", 0);
+    sim.clients[silent].answers_challenge = false;
+    sim.run_for(9 * SECOND);
+    assert_eq!(sim.clients[silent].closed, None, "not before 10 s");
+    sim.run_for(2 * SECOND);
+    assert_eq!(
+        sim.clients[silent].closed,
+        Some(natter_supernode::close::REFUSED)
+    );
+    assert!(!sim.joined(silent));
+
+    // A client sending far above the rate is limited, then closed.
+    let flood = join(&mut sim, "dave", 1);
+    for nonce in 0..400 {
+        sim.send(flood, Body::Ping(natter_proto::messages::Ping { nonce }));
+    }
+    sim.run_for(SECOND);
+    let limited = sim.clients[flood]
+        .inbox
+        .iter()
+        .filter(|e| {
+            matches!(&e.body, Some(Body::Error(err)) if err.code == ErrorCode::RateLimited as i32)
+        })
+        .count();
+    let pongs = sim.clients[flood]
+        .inbox
+        .iter()
+        .filter(|e| matches!(e.body, Some(Body::Pong(_))))
+        .count();
+    assert_eq!(pongs, 100, "the burst is served");
+    assert!(limited > 0);
+    assert_eq!(
+        sim.clients[flood].closed,
+        Some(natter_supernode::close::RATE_LIMITED)
+    );
+    assert_eq!(sim.nodes[1].node.session_count(), 0);
+}

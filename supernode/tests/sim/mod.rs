@@ -101,6 +101,9 @@ pub struct SimClient {
     pub inbox: VecDeque<Envelope>,
     /// The close code, once the node closed the session.
     pub closed: Option<u32>,
+    /// Whether it answers the join challenge (a silent client tests the
+    /// handshake timeout).
+    pub answers_challenge: bool,
     next_rid: u64,
 }
 
@@ -552,7 +555,7 @@ impl Sim {
             return;
         }
         match envelope.body {
-            Some(Body::JoinChallenge(challenge)) => {
+            Some(Body::JoinChallenge(challenge)) if c.answers_challenge => {
                 let message = cert::join_proof_message(&challenge.node_id, &challenge.nonce);
                 let signature = cert::sign(c.key, &message);
                 let proof = Envelope::new(2, Body::JoinProof(JoinProof { signature }));
@@ -629,6 +632,7 @@ impl Sim {
             accepted: None,
             inbox: VecDeque::new(),
             closed: None,
+            answers_challenge: true,
             next_rid: 10,
         });
         self.connect(index, node);
