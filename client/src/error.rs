@@ -43,6 +43,8 @@ pub enum ClientError {
     Protocol(String),
     #[error("{path}: {detail}")]
     File { path: String, detail: String },
+    #[error(transparent)]
+    PrivateFile(#[from] natter_fsutil::FileError),
     #[error("buddy list cannot be decrypted (wrong password or tampered data)")]
     Decrypt,
     #[error("{0}")]

@@ -7,12 +7,15 @@
 //! |---|---|
 //! | `identity.key` | RSA-2048 private key, PKCS#8 PEM |
 //! | `identity.cert` | the certificate, an encoded `natter.v1.Certificate` |
-//! | `buddies.txt` | the buddy list, one name per line (`natter buddies push/pull`) |
+//! | `buddies.txt`, `buddies.version` | the buddy list, see [`crate::buddy_list`] |
+//! | `inbox.txt` | received chat, see [`crate::inbox`] |
+//! | `hostcache.txt` | the host cache, see [`crate::hostcache`] |
+//!
+//! Every file is written by [`natter_fsutil`]: atomically, mode 0600.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use natter_proto::cert::{self, CertError, Identity, VerifiedCertificate};
 use natter_proto::messages::{Certificate, CertificateBody, HostCacheEntry};
@@ -21,14 +24,18 @@ use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use rsa::{RsaPrivateKey, RsaPublicKey};
 
 use crate::ClientError;
+use crate::buddy_list::{self, BuddyList};
+use crate::hostcache::{self, HostCache};
+use crate::inbox::{self, Inbox};
 use crate::login::{LoginClient, LoginTarget, Transport, generate_key};
+use crate::overlay::{Overlay, OverlayConfig};
 
 /// Private key file.
 pub const KEY_FILE: &str = "identity.key";
 /// Certificate file.
 pub const CERT_FILE: &str = "identity.cert";
-/// Buddy list file.
-pub const BUDDIES_FILE: &str = "buddies.txt";
+/// The home directory when `--home` is not given: `$HOME/.natter`.
+pub const DEFAULT_DIR: &str = ".natter";
 
 /// A logged-in identity loaded from the home directory.
 #[derive(Debug, Clone)]
@@ -85,14 +92,21 @@ impl Home {
     /// Opens (creating, mode 0700) the home directory.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, ClientError> {
         let dir = dir.into();
-        if !dir.is_dir() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|e| ClientError::file(&dir, e))?;
-        }
+        natter_fsutil::create_private_dir(&dir)?;
         Ok(Self { dir })
+    }
+
+    /// Opens `dir`, or `$HOME/.natter` when it is `None`.
+    pub fn open_or_default(dir: Option<PathBuf>) -> Result<Self, ClientError> {
+        let dir = match dir {
+            Some(dir) => dir,
+            None => std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(DEFAULT_DIR))
+                .ok_or_else(|| {
+                    ClientError::Usage("--home DIR is required (HOME is not set)".to_owned())
+                })?,
+        };
+        Self::open(dir)
     }
 
     /// Path of a file in the home directory.
@@ -100,13 +114,60 @@ impl Home {
         self.dir.join(name)
     }
 
+    /// The buddy list (empty when there is none yet).
+    pub fn buddy_list(&self) -> BuddyList {
+        BuddyList::load(&self.file(buddy_list::LIST_FILE))
+    }
+
+    /// The inbox.
+    pub fn inbox(&self) -> Inbox {
+        Inbox::new(self.file(inbox::FILE_NAME))
+    }
+
+    /// The host cache's file.
+    pub fn host_cache_path(&self) -> PathBuf {
+        self.file(hostcache::FILE_NAME)
+    }
+
+    /// The host cache (empty when there is none yet).
+    pub fn host_cache(&self) -> Result<HostCache, ClientError> {
+        HostCache::load(&self.host_cache_path()).map_err(|e| ClientError::Usage(e.to_string()))
+    }
+
+    /// Seeds the host cache with the supernodes a login returned.
+    pub fn seed_host_cache(&self, supernodes: &[HostCacheEntry]) -> Result<(), ClientError> {
+        let path = self.host_cache_path();
+        let mut cache = self.host_cache()?;
+        cache.learn_with_tcp(crate::overlay::nodes(supernodes), crate::now_unix_ms());
+        cache
+            .save(&path)
+            .map_err(|e| ClientError::Usage(e.to_string()))
+    }
+
+    /// Joins the overlay as `session` from a fresh QUIC endpoint, through
+    /// the host cache (then `bootstrap`).
+    pub async fn join_overlay(
+        &self,
+        session: &Session,
+        bootstrap: Vec<SocketAddr>,
+    ) -> Result<Overlay, ClientError> {
+        let endpoint = natter_net::client_endpoint(
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+            &natter_net::TransportSettings::OVERLAY,
+        )
+        .map_err(|e| ClientError::Usage(format!("cannot open a QUIC endpoint: {e}")))?;
+        let config = OverlayConfig::new(self.host_cache_path(), bootstrap);
+        Ok(Overlay::join(config, endpoint, session.identity.clone()).await?)
+    }
+
     /// Stores a key pair and its certificate (mode 0600).
     pub fn save(&self, key: &RsaPrivateKey, certificate: &Certificate) -> Result<(), ClientError> {
         let pem = key
             .to_pkcs8_pem(LineEnding::LF)
             .map_err(|e| ClientError::Crypto(e.to_string()))?;
-        write_private(&self.file(KEY_FILE), pem.as_bytes())?;
-        write_private(&self.file(CERT_FILE), &certificate.encode_to_vec())
+        natter_fsutil::write_private(&self.file(KEY_FILE), pem.as_bytes())?;
+        natter_fsutil::write_private(&self.file(CERT_FILE), &certificate.encode_to_vec())?;
+        Ok(())
     }
 
     /// The name on the stored certificate, without verifying it.
@@ -160,6 +221,15 @@ impl Home {
         })
     }
 
+    /// The stored identity if it is `name`'s, valid against `login_key` at
+    /// `now` (unix seconds) and not near expiry: a login that needs neither
+    /// the server nor the password.
+    pub fn reusable(&self, login_key: &RsaPublicKey, name: &str, now: i64) -> Option<Session> {
+        self.load(login_key, now)
+            .ok()
+            .filter(|s| natter_proto::name::same(s.name(), name) && !s.needs_renewal(now))
+    }
+
     /// Logs `name` in: reuses the stored identity while it is valid and not
     /// near expiry (unless `force`), otherwise generates a new key pair,
     /// obtains a certificate from the login server at `target` (a
@@ -173,12 +243,7 @@ impl Home {
         password: &str,
         force: bool,
     ) -> Result<LoginStatus, ClientError> {
-        let now = crate::now_unix_secs();
-        if !force
-            && let Ok(session) = self.load(login_key, now)
-            && natter_proto::name::same(session.name(), name)
-            && !session.needs_renewal(now)
-        {
+        if !force && let Some(session) = self.reusable(login_key, name, crate::now_unix_secs()) {
             return Ok(LoginStatus::Reused(session));
         }
         let key = generate_key().await?;
@@ -200,21 +265,4 @@ impl Home {
             transport,
         })
     }
-}
-
-/// Writes a file readable by its owner only, atomically (temp file + rename).
-pub fn write_private(path: &Path, data: &[u8]) -> Result<(), ClientError> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| ClientError::file(path, e))
 }

@@ -15,12 +15,11 @@
 //! TLS-over-TCP listener when it was announced (`-`: assume the QUIC
 //! address's IP and port). Version-1 lines (the first four fields) are still read.
 //!
-//! At most [`MAX_ENTRIES`] are kept. The file is replaced atomically (write a
-//! temporary file, fsync, rename), so a crash leaves either the old or the new
-//! list, never a torn one. A line that does not parse is skipped and counted,
+//! At most [`MAX_ENTRIES`] are kept. The file is replaced atomically, mode
+//! 0600, by [`natter_fsutil::write_private`], so a crash leaves either the old
+//! or the new list, never a torn one. A line that does not parse is skipped and counted,
 //! never fatal: a damaged cache must not stop a user from joining.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -140,18 +139,25 @@ impl HostCache {
         text
     }
 
-    /// Writes the cache to `path` atomically.
+    /// Writes the cache to `path` atomically, readable by its owner only.
     pub fn save(&self, path: &Path) -> Result<(), HostCacheError> {
-        let io = |source| HostCacheError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let tmp = path.with_extension("tmp");
-        let mut file = std::fs::File::create(&tmp).map_err(io)?;
-        file.write_all(self.render().as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        drop(file);
-        std::fs::rename(&tmp, path).map_err(io)
+        natter_fsutil::write_private(path, self.render().as_bytes()).map_err(|e| {
+            HostCacheError::Io {
+                path: e.path,
+                source: e.source,
+            }
+        })
+    }
+
+    /// STUN reflectors for `netcheck`: the best `n` cached supernodes, then
+    /// `extra` (the bootstrap list). Supernodes serve STUN on their QUIC
+    /// port + 1.
+    pub fn stun_reflectors(&self, n: usize, extra: &[SocketAddr]) -> Vec<SocketAddr> {
+        self.candidates(n)
+            .into_iter()
+            .chain(extra.iter().copied())
+            .map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1)))
+            .collect()
     }
 
     /// Lines skipped as unreadable when the cache was parsed.
@@ -360,7 +366,27 @@ mod tests {
         cache.learn([addr(7)], 42);
         cache.save(&path).unwrap();
         assert_eq!(HostCache::load(&path).unwrap(), cache);
-        assert!(!path.with_extension("tmp").exists());
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [FILE_NAME], "no temporary file left");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "private");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stun_reflectors_are_the_best_nodes_then_bootstrap_one_port_up() {
+        let mut cache = HostCache::new();
+        cache.learn([addr(1), addr(2), addr(3)], 1_000);
+        cache.record_success(addr(2), Transport::Quic, 5, 2_000);
+        let boot = SocketAddr::from(([192, 0, 2, 1], 443));
+        let got = cache.stun_reflectors(2, &[boot]);
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0], SocketAddr::new(addr(2).ip(), addr(2).port() + 1));
+        assert_eq!(got[2], SocketAddr::from(([192, 0, 2, 1], 444)));
+        assert!(HostCache::new().stun_reflectors(4, &[]).is_empty());
     }
 }

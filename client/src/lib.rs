@@ -9,25 +9,42 @@
 //! |---|---|
 //! | [`tls`] | the TLS configuration (QUIC and TCP) that pins the login server's signing key |
 //! | [`login`] | [`LoginClient`]: one connection to the login server, QUIC or (fallback) TLS over TCP |
-//! | [`home`] | the identity kept on disk (`--home DIR`) |
+//! | [`home`] | the home directory (`--home DIR`): the identity kept on disk, and the way to the other files |
+//! | [`password`] | where a command's password comes from |
+//! | [`resolve`] | `host:port` to an address; the login server's target |
 //! | [`buddies`] | client-side encryption of the buddy-list blob |
+//! | [`buddy_list`] | the buddy list file: add, remove, push, pull |
+//! | [`inbox`] | the inbox file, and fetching stored chat into it |
 //! | [`error`] | [`ClientError`], one clear message per failure |
 //! | [`hostcache`] | the persisted list of supernodes |
 //! | [`supernode`] | one joined session with a supernode: requests, replies, pushes |
 //! | [`overlay`] | choosing a supernode, the alternate node table, failover |
+//! | [`search`] | looking a user up in the directory; presence names |
+//! | [`chat`] | sending a chat message and waiting for its receipt |
+//! | [`online`] | staying online: presence, pushes, rejoining after a lost supernode |
 //! | [`gather`] | the candidates of a call (host, server-reflexive, relay) and relay binds |
 //! | [`netcheck`] | classifying this host's NAT with STUN reflectors |
 //! | [`call`] | placing and answering calls: signaling plus the SoM/UDP media loop |
+//!
+//! The `natter` binary only parses arguments, calls these and prints; files
+//! are written through [`natter_fsutil`] (atomic, mode 0600).
 
 pub mod buddies;
+pub mod buddy_list;
 pub mod call;
+pub mod chat;
 pub mod error;
 pub mod gather;
 pub mod home;
 pub mod hostcache;
+pub mod inbox;
 pub mod login;
 pub mod netcheck;
+pub mod online;
 pub mod overlay;
+pub mod password;
+pub mod resolve;
+pub mod search;
 pub mod supernode;
 pub mod tcp_relay;
 pub mod tls;

@@ -1,21 +1,19 @@
 //! `natter`: a thin command line over the `natter_client` library.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use natter_client::call::{self, CallOptions};
-use natter_client::home::{BUDDIES_FILE, LoginStatus};
-use natter_client::hostcache::{self, HostCache};
-use natter_client::overlay::{Overlay, OverlayConfig};
-use natter_client::supernode::SessionError;
-use natter_client::{ClientError, Home, LoginClient, buddies, now_unix_ms, now_unix_secs, tls};
-use natter_proto::messages::{
-    ChatMessage, PresenceStatus, PresenceSubscribe, SearchRequest, SetPresence, envelope,
-};
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use natter_client::buddy_list;
+use natter_client::call::{self, CallOptions, CallReport};
+use natter_client::chat::{self, Delivery};
+use natter_client::home::LoginStatus;
+use natter_client::online::{self, OnlineEvent};
+use natter_client::search::{self, presence_name};
+use natter_client::{ClientError, Home, LoginClient, inbox, now_unix_ms, now_unix_secs, tls};
 
 /// Natter client.
 #[derive(Debug, Parser)]
@@ -145,7 +143,8 @@ enum BuddiesCommand {
     Pull,
 }
 
-const VERSION_FILE: &str = "buddies.version";
+/// How long one request to the supernode may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[tokio::main]
 async fn main() {
@@ -157,78 +156,33 @@ async fn main() {
     }
 }
 
-fn home(cli: &Cli) -> Result<Home, ClientError> {
-    let dir = match &cli.home {
-        Some(dir) => dir.clone(),
-        None => std::env::var_os("HOME")
-            .map(|h| PathBuf::from(h).join(".natter"))
-            .ok_or_else(|| usage("--home DIR is required (HOME is not set)"))?,
-    };
-    Home::open(dir)
-}
-
 fn usage(msg: &str) -> ClientError {
     ClientError::Usage(msg.to_owned())
 }
 
-fn login_key(cli: &Cli) -> Result<rsa::RsaPublicKey, ClientError> {
-    let path = cli
-        .login_key
-        .as_ref()
-        .ok_or_else(|| usage("--login-key FILE is required (the login server's login-key.pub)"))?;
-    tls::read_login_key(path)
-}
+impl Cli {
+    fn home(&self) -> Result<Home, ClientError> {
+        Home::open_or_default(self.home.clone())
+    }
 
-/// The login server: QUIC at --login, TLS over TCP at --login-tcp (default:
-/// the same address).
-async fn login_target(cli: &Cli) -> Result<natter_client::LoginTarget, ClientError> {
-    let addr = cli
-        .login
-        .as_deref()
-        .ok_or_else(|| usage("--login HOST:PORT is required"))?;
-    let target = natter_client::LoginTarget::new(resolve(addr).await?);
-    Ok(match &cli.login_tcp {
-        Some(tcp) => target.with_tcp(resolve(tcp).await?),
-        None => target,
-    })
-}
-
-async fn resolve(addr: &str) -> Result<SocketAddr, ClientError> {
-    let unreachable = |detail: String| ClientError::Connect {
-        addr: addr.to_owned(),
-        detail,
-    };
-    tokio::net::lookup_host(addr)
-        .await
-        .map_err(|e| unreachable(e.to_string()))?
-        .next()
-        .ok_or_else(|| unreachable("no address found".into()))
-}
-
-fn password(cli: &Cli, name: &str, confirm: bool) -> Result<String, ClientError> {
-    if let Some(path) = &cli.password_file {
-        let text = std::fs::read_to_string(path).map_err(|e| ClientError::File {
-            path: path.display().to_string(),
-            detail: e.to_string(),
+    fn login_key(&self) -> Result<rsa::RsaPublicKey, ClientError> {
+        let path = self.login_key.as_ref().ok_or_else(|| {
+            usage("--login-key FILE is required (the login server's login-key.pub)")
         })?;
-        return Ok(text.lines().next().unwrap_or_default().to_owned());
+        tls::read_login_key(path)
     }
-    if let Ok(password) = std::env::var("NATTER_PASSWORD") {
-        return Ok(password);
+
+    async fn login_target(&self) -> Result<natter_client::LoginTarget, ClientError> {
+        let login = self
+            .login
+            .as_deref()
+            .ok_or_else(|| usage("--login HOST:PORT is required"))?;
+        natter_client::resolve::login_target(login, self.login_tcp.as_deref()).await
     }
-    if !std::io::stdin().is_terminal() {
-        return Err(usage(
-            "no password: use --password-file FILE or the NATTER_PASSWORD variable",
-        ));
+
+    fn password(&self, name: &str, confirm: bool) -> Result<String, ClientError> {
+        natter_client::password::read(self.password_file.as_deref(), name, confirm)
     }
-    let read = |prompt: &str| {
-        rpassword::prompt_password(prompt).map_err(|e| usage(&format!("reading the password: {e}")))
-    };
-    let first = read(&format!("Password for {name}: "))?;
-    if confirm && read("Repeat the password: ")? != first {
-        return Err(usage("the passwords do not match"));
-    }
-    Ok(first)
 }
 
 fn describe_validity(not_after: i64) -> String {
@@ -240,48 +194,35 @@ fn describe_validity(not_after: i64) -> String {
     )
 }
 
-async fn run(cli: Cli) -> Result<(), ClientError> {
+async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Register { name } => {
-            let key = login_key(&cli)?;
-            let target = login_target(&cli).await?;
-            let password = password(&cli, name, true)?;
+            let key = cli.login_key()?;
+            let target = cli.login_target().await?;
+            let password = cli.password(name, true)?;
             let client = LoginClient::connect_to(&target, key).await?;
             let result = client.register(name, &password).await;
             client.close().await;
             println!("registered {}", result?);
         }
         Command::Login { name, force } => {
-            let home = home(&cli)?;
-            let key = login_key(&cli)?;
+            let home = cli.home()?;
+            let key = cli.login_key()?;
             // A valid stored identity needs neither the server nor the password.
-            let now = now_unix_secs();
-            if !force
-                && let Ok(session) = home.load(&key, now)
-                && natter_proto::name::same(session.name(), &name)
-                && !session.needs_renewal(now)
-            {
-                println!(
-                    "already logged in as {}; {}",
-                    session.name(),
-                    describe_validity(session.verified.not_after)
-                );
+            if !force && let Some(session) = home.reusable(&key, name, now_unix_secs()) {
+                print_reused(&session);
                 return Ok(());
             }
-            let target = login_target(&cli).await?;
-            let password = password(&cli, name, false)?;
+            let target = cli.login_target().await?;
+            let password = cli.password(name, false)?;
             match home.login(target, &key, name, &password, *force).await? {
-                LoginStatus::Reused(session) => println!(
-                    "already logged in as {}; {}",
-                    session.name(),
-                    describe_validity(session.verified.not_after)
-                ),
+                LoginStatus::Reused(session) => print_reused(&session),
                 LoginStatus::Fresh {
                     session,
                     supernodes,
                     transport,
                 } => {
-                    save_supernodes(&home, &supernodes)?;
+                    home.seed_host_cache(&supernodes)?;
                     println!(
                         "logged in as {}; {}; {} supernode(s) known; login server reached over {}",
                         session.name(),
@@ -293,8 +234,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             }
         }
         Command::Status => {
-            let home = home(&cli)?;
-            let session = home.load(&login_key(&cli)?, now_unix_secs())?;
+            let session = cli.home()?.load(&cli.login_key()?, now_unix_secs())?;
             println!(
                 "logged in as {}; {}",
                 session.name(),
@@ -308,32 +248,19 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 | BuddiesCommand::List),
             ..
         } => {
-            let home = home(&cli)?;
-            let path = home.file(BUDDIES_FILE);
-            let mut list = read_buddies(&path);
+            let mut list = cli.home()?.buddy_list();
             match command {
                 BuddiesCommand::Add { buddy } => {
-                    let buddy = natter_proto::name::normalise(buddy.trim())
-                        .map_err(|e| usage(&format!("{:?} is not a user name: {e}", buddy.trim())))?;
-                    if !list.contains(&buddy) {
-                        list.push(buddy);
-                    }
+                    list.add(buddy)?;
+                    list.save()?;
                 }
                 BuddiesCommand::Remove { buddy } => {
-                    let buddy = natter_proto::name::normalise(buddy.trim())
-                        .unwrap_or_else(|_| buddy.trim().to_owned());
-                    let before = list.len();
-                    list.retain(|b| *b != buddy);
-                    if list.len() == before {
-                        return Err(usage(&format!("{buddy} is not in the buddy list")));
-                    }
+                    list.remove(buddy)?;
+                    list.save()?;
                 }
                 _ => {}
             }
-            if !matches!(command, BuddiesCommand::List) {
-                write_text(&path, &list.join("\n"))?;
-            }
-            for buddy in &list {
+            for buddy in list.names() {
                 println!("{buddy}");
             }
         }
@@ -346,22 +273,15 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::Netcheck { stun, json } => {
             let mut reflectors = stun.clone();
             if reflectors.is_empty() {
-                // Supernodes serve STUN on their QUIC port + 1.
-                let cache = HostCache::load(&home(&cli)?.file(hostcache::FILE_NAME))
-                    .map_err(|e| usage(&e.to_string()))?;
-                reflectors = cache
-                    .candidates(4)
-                    .into_iter()
-                    .chain(cli.bootstrap.iter().copied())
-                    .map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1)))
-                    .collect();
+                reflectors = cli.home()?.host_cache()?.stun_reflectors(4, &cli.bootstrap);
             }
-            if reflectors.is_empty() {
+            let Some(first) = reflectors.first() else {
                 return Err(usage(
                     "no reflector: give --stun ADDR, or join once so the host cache knows supernodes",
-                ));
-            }
-            let bind = SocketAddr::new(natter_client::gather::local_ip_towards(reflectors[0]), 0);
+                )
+                .into());
+            };
+            let bind = SocketAddr::new(natter_client::gather::local_ip_towards(*first), 0);
             let report = natter_client::netcheck::run(bind, &reflectors)
                 .await
                 .map_err(|e| usage(&format!("netcheck: {e}")))?;
@@ -397,16 +317,34 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             );
         }
         Command::Buddies { command, name } => {
-            let home = home(&cli)?;
-            let key = login_key(&cli)?;
+            let home = cli.home()?;
+            let key = cli.login_key()?;
             let name = match name {
                 Some(name) => name.clone(),
                 None => home.stored_name().ok_or(ClientError::NotLoggedIn)?,
             };
-            let target = login_target(&cli).await?;
-            let password = password(&cli, &name, false)?;
+            let target = cli.login_target().await?;
+            let password = cli.password(&name, false)?;
             let client = LoginClient::connect_to(&target, key).await?;
-            let result = buddies_sync(&home, &client, command, &name, &password).await;
+            let (list, version) = (
+                home.file(buddy_list::LIST_FILE),
+                home.file(buddy_list::VERSION_FILE),
+            );
+            let result = match command {
+                BuddiesCommand::Pull => {
+                    buddy_list::pull(&client, &name, &password, &list, &version)
+                        .await
+                        .map(|s| println!("pulled {} buddies (version {})", s.count, s.version))
+                }
+                BuddiesCommand::Push => {
+                    buddy_list::push(&client, &name, &password, &list, &version)
+                        .await
+                        .map(|s| println!("pushed {} buddies (version {})", s.count, s.version))
+                }
+                BuddiesCommand::Add { .. }
+                | BuddiesCommand::Remove { .. }
+                | BuddiesCommand::List => Ok(()),
+            };
             client.close().await;
             result?;
         }
@@ -414,152 +352,60 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
     Ok(())
 }
 
-async fn buddies_sync(
-    home: &Home,
-    client: &LoginClient,
-    command: &BuddiesCommand,
-    name: &str,
-    password: &str,
-) -> Result<(), ClientError> {
-    let list_path = home.file(BUDDIES_FILE);
-    let version_path = home.file(VERSION_FILE);
-    match command {
-        BuddiesCommand::Pull => {
-            let (version, list) = buddies::pull(client, name, password).await?;
-            write_text(&list_path, &list.join("\n"))?;
-            write_text(&version_path, &version.to_string())?;
-            println!("pulled {} buddies (version {version})", list.len());
-        }
-        BuddiesCommand::Push => {
-            let list: Vec<String> = read_text(&list_path)?
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect();
-            let base = match read_text(&version_path) {
-                Ok(v) => v.trim().parse().unwrap_or(0),
-                Err(_) => 0,
-            };
-            let version = buddies::push(client, name, password, base, &list).await?;
-            write_text(&version_path, &version.to_string())?;
-            println!("pushed {} buddies (version {version})", list.len());
-        }
-        BuddiesCommand::Add { .. } | BuddiesCommand::Remove { .. } | BuddiesCommand::List => {}
-    }
-    Ok(())
-}
-
-fn read_buddies(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect()
+fn print_reused(session: &natter_client::Session) {
+    println!(
+        "already logged in as {}; {}",
+        session.name(),
+        describe_validity(session.verified.not_after)
+    );
 }
 
 /// Commands that join the overlay through a supernode.
-async fn overlay_command(cli: &Cli) -> Result<(), ClientError> {
+async fn overlay_command(cli: &Cli) -> Result<()> {
     if let Command::Call { audio, .. } | Command::Answer { audio, .. } = &cli.command {
         call::check_devices(&call_options(audio, None))?;
     }
-    let home = home(cli)?;
-    let key = login_key(cli)?;
+    let home = cli.home()?;
+    let key = cli.login_key()?;
     let session = home.load(&key, now_unix_secs())?;
-    let endpoint = natter_net::client_endpoint(
-        SocketAddr::from(([0, 0, 0, 0], 0)),
-        &natter_net::TransportSettings::OVERLAY,
-    )
-    .map_err(|e| usage(&format!("cannot open a QUIC endpoint: {e}")))?;
-    let config = OverlayConfig::new(home.file(hostcache::FILE_NAME), cli.bootstrap.clone());
-    let mut overlay = Overlay::join(config, endpoint, session.identity.clone()).await?;
+    let mut overlay = home.join_overlay(&session, cli.bootstrap.clone()).await?;
     let me = session.name().to_owned();
     let sn = overlay.session();
     match &cli.command {
-        Command::Search { name } => {
-            let reply = sn
-                .request(
-                    envelope::Body::SearchRequest(SearchRequest { name: name.clone() }),
-                    REQUEST_TIMEOUT,
-                )
-                .await?;
-            let envelope::Body::SearchReply(r) = reply else {
-                return Err(usage("unexpected reply to search"));
-            };
-            if !r.found {
-                println!("{name}: not found");
-            } else {
-                let status = PresenceStatus::try_from(r.status).unwrap_or(PresenceStatus::Offline);
-                let reachable = status != PresenceStatus::Offline;
-                let via = r
+        Command::Search { name } => match search::search(&sn, name, REQUEST_TIMEOUT).await? {
+            None => println!("{name}: not found"),
+            Some(found) => {
+                let via = found
                     .supernode
-                    .as_ref()
-                    .and_then(|a| SocketAddr::try_from(a).ok())
                     .map_or(String::new(), |a| format!(" via supernode {a}"));
                 println!(
                     "{}: {}, {}{via}, last seen {}",
-                    r.name,
-                    status_name(status),
-                    if reachable {
+                    found.name,
+                    presence_name(found.status),
+                    if found.reachable() {
                         "reachable"
                     } else {
                         "not reachable"
                     },
-                    r.last_seen / 1000
+                    found.last_seen_secs
                 );
             }
-        }
+        },
         Command::Chat { name, text } => {
-            let mut id = [0u8; 16];
-            rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut id);
-            let message = ChatMessage {
-                message_id: id.to_vec(),
-                from: me.clone(),
-                to: name.clone(),
-                text: text.clone(),
-                sent_at: now_unix_ms(),
-            };
-            sn.request(envelope::Body::ChatMessage(message), REQUEST_TIMEOUT)
-                .await?;
-            // A receipt comes back at once when the recipient is online.
-            let receipt = tokio::time::timeout(RECEIPT_WAIT, async {
-                while let Some(push) = sn.next_push().await {
-                    if let envelope::Body::ChatReceipt(r) = push
-                        && r.message_id == id
-                    {
-                        return true;
-                    }
+            let message = chat::message(&me, name, text, now_unix_ms());
+            let delivery = chat::send(&sn, message, REQUEST_TIMEOUT).await?;
+            match delivery {
+                Delivery::Delivered => println!("delivered to {name}"),
+                Delivery::Stored => {
+                    println!("stored for {name} (offline); delivered when they next join");
                 }
-                false
-            })
-            .await
-            .unwrap_or(false);
-            if receipt {
-                println!("delivered to {name}");
-            } else {
-                println!("stored for {name} (offline); delivered when they next join");
             }
             sn.leave().await;
         }
         Command::Inbox => {
-            sn.request(
-                envelope::Body::InboxFetch(Default::default()),
-                REQUEST_TIMEOUT,
-            )
-            .await?;
-            let inbox = home.file(INBOX_FILE);
-            // Stored chat is pushed before the Ack, so it is all queued now;
-            // wait briefly for any that was pushed at join.
-            while let Ok(Some(push)) =
-                tokio::time::timeout(Duration::from_millis(300), sn.next_push()).await
-            {
-                if let envelope::Body::ChatMessage(m) = push {
-                    append_inbox(&inbox, &m)?;
-                }
-            }
-            let text = std::fs::read_to_string(&inbox).unwrap_or_default();
+            let inbox = home.inbox();
+            inbox::fetch(&sn, &inbox, REQUEST_TIMEOUT).await?;
+            let text = inbox.read();
             if text.is_empty() {
                 println!("no messages");
             } else {
@@ -568,74 +414,20 @@ async fn overlay_command(cli: &Cli) -> Result<(), ClientError> {
             sn.leave().await;
         }
         Command::Online => {
-            let buddies = read_buddies(&home.file(BUDDIES_FILE));
+            let buddies = home.buddy_list();
             println!("online as {me} via {}", sn.addr());
-            let inbox = home.file(INBOX_FILE);
-            loop {
-                let sn = overlay.session();
-                // (Re-)register presence and subscriptions with this supernode;
-                // if it dies meanwhile, move on to an alternate.
-                let registered = async {
-                    sn.request(
-                        envelope::Body::SetPresence(SetPresence {
-                            status: PresenceStatus::Online as i32,
-                        }),
-                        REQUEST_TIMEOUT,
-                    )
-                    .await?;
-                    sn.request(
-                        envelope::Body::PresenceSubscribe(PresenceSubscribe {
-                            names: buddies.clone(),
-                        }),
-                        REQUEST_TIMEOUT,
-                    )
-                    .await
-                }
-                .await;
-                match registered {
-                    Ok(_) => {}
-                    Err(SessionError::Closed(_) | SessionError::Timeout(_)) => {
-                        let lost = sn.addr();
-                        overlay.rejoin().await?;
-                        println!(
-                            "supernode {lost} lost; rejoined via {}",
-                            overlay.session().addr()
-                        );
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                loop {
-                    tokio::select! {
-                        push = sn.next_push() => match push {
-                            Some(envelope::Body::PresenceUpdate(u)) => {
-                                let status = PresenceStatus::try_from(u.status).unwrap_or(PresenceStatus::Offline);
-                                println!("presence {} {}", u.name, status_name(status));
-                            }
-                            Some(envelope::Body::ChatMessage(m)) => {
-                                println!("message from {}: {}", m.from, m.text);
-                                append_inbox(&inbox, &m)?;
-                            }
-                            Some(envelope::Body::ChatReceipt(r)) => {
-                                println!("delivered to {}", r.from);
-                            }
-                            Some(envelope::Body::SupernodeList(list)) => overlay.learn(&list.entries)?,
-                            Some(_) => {}
-                            None => break,
-                        },
-                        _ = tokio::signal::ctrl_c() => {
-                            sn.leave().await;
-                            return Ok(());
-                        }
-                    }
-                }
-                let lost = sn.addr();
-                overlay.rejoin().await?;
-                println!(
-                    "supernode {lost} lost; rejoined via {}",
-                    overlay.session().addr()
-                );
-            }
+            let stop = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            online::stay_online(
+                &mut overlay,
+                buddies.names(),
+                &home.inbox(),
+                REQUEST_TIMEOUT,
+                stop,
+                print_event,
+            )
+            .await?;
         }
         Command::Call {
             name,
@@ -645,8 +437,7 @@ async fn overlay_command(cli: &Cli) -> Result<(), ClientError> {
             let options = call_options(audio, duration.map(Duration::from_secs_f64));
             let report = call::place_call(&sn, &session.identity, &me, &key, name, &options).await;
             sn.leave().await;
-            let report = report?;
-            finish_report(&report, audio)?;
+            finish_report(&report?, audio)?;
         }
         Command::Answer {
             audio,
@@ -654,13 +445,9 @@ async fn overlay_command(cli: &Cli) -> Result<(), ClientError> {
             duration,
         } => {
             let options = call_options(audio, duration.map(Duration::from_secs_f64));
-            sn.request(
-                envelope::Body::SetPresence(SetPresence {
-                    status: PresenceStatus::Online as i32,
-                }),
-                REQUEST_TIMEOUT,
-            )
-            .await?;
+            online::set_online(&sn, REQUEST_TIMEOUT)
+                .await
+                .map_err(ClientError::from)?;
             println!("waiting for calls as {me} via {}", sn.addr());
             let reports =
                 call::answer_calls(&sn, &session.identity, &me, &key, *calls, &options).await;
@@ -674,35 +461,17 @@ async fn overlay_command(cli: &Cli) -> Result<(), ClientError> {
     Ok(())
 }
 
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-const RECEIPT_WAIT: Duration = Duration::from_secs(2);
-const INBOX_FILE: &str = "inbox.txt";
-
-fn status_name(status: PresenceStatus) -> &'static str {
-    match status {
-        PresenceStatus::Online => "online",
-        PresenceStatus::Away => "away",
-        PresenceStatus::Offline => "offline",
+fn print_event(event: OnlineEvent) {
+    match event {
+        OnlineEvent::Presence { name, status } => {
+            println!("presence {name} {}", presence_name(status));
+        }
+        OnlineEvent::Message(m) => println!("message from {}: {}", m.from, m.text),
+        OnlineEvent::Delivered { to } => println!("delivered to {to}"),
+        OnlineEvent::Rejoined { lost, via } => {
+            println!("supernode {lost} lost; rejoined via {via}");
+        }
     }
-}
-
-fn append_inbox(path: &Path, m: &ChatMessage) -> Result<(), ClientError> {
-    use std::io::Write;
-    let line = format!(
-        "{} {}: {}\n",
-        m.sent_at / 1000,
-        m.from,
-        m.text.replace('\n', " ")
-    );
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(line.as_bytes()))
-        .map_err(|e| ClientError::File {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        })
 }
 
 fn call_options(audio: &AudioArgs, duration: Option<Duration>) -> CallOptions {
@@ -716,32 +485,10 @@ fn call_options(audio: &AudioArgs, duration: Option<Duration>) -> CallOptions {
     }
 }
 
-fn finish_report(report: &call::CallReport, audio: &AudioArgs) -> Result<(), ClientError> {
+fn finish_report(report: &CallReport, audio: &AudioArgs) -> Result<()> {
     println!("{}", report.to_text());
     if let Some(path) = &audio.stats_json {
-        write_text(path, &report.to_json())?;
+        natter_fsutil::write_private(path, format!("{}\n", report.to_json()).as_bytes())?;
     }
     Ok(())
-}
-
-fn read_text(path: &Path) -> Result<String, ClientError> {
-    std::fs::read_to_string(path).map_err(|e| ClientError::File {
-        path: path.display().to_string(),
-        detail: e.to_string(),
-    })
-}
-
-fn write_text(path: &Path, text: &str) -> Result<(), ClientError> {
-    natter_client::home::write_private(path, format!("{text}\n").as_bytes())
-}
-
-fn save_supernodes(
-    home: &Home,
-    supernodes: &[natter_proto::messages::HostCacheEntry],
-) -> Result<(), ClientError> {
-    // The login server's list seeds the host cache.
-    let path = home.file(hostcache::FILE_NAME);
-    let mut cache = HostCache::load(&path).map_err(|e| usage(&e.to_string()))?;
-    cache.learn_with_tcp(natter_client::overlay::nodes(supernodes), now_unix_ms());
-    cache.save(&path).map_err(|e| usage(&e.to_string()))
 }

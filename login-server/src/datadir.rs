@@ -14,9 +14,9 @@
 //! can authenticate the TLS handshake itself; see docs/LOGIN.md.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use natter_fsutil::{FileError, PUBLIC};
 
 use rsa::RsaPrivateKey;
 use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
@@ -63,6 +63,15 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
     }
 }
 
+impl From<FileError> for DataDirError {
+    fn from(e: FileError) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 /// The files of one login server.
 #[derive(Debug, Clone)]
 pub struct DataDir {
@@ -77,13 +86,7 @@ impl DataDir {
     /// Opens (creating, mode 0700) the directory.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, DataDirError> {
         let root = root.into();
-        if !root.is_dir() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&root)
-                .map_err(io_err(&root))?;
-        }
+        natter_fsutil::create_private_dir(&root)?;
         Ok(Self { root })
     }
 
@@ -107,16 +110,8 @@ impl DataDir {
     /// password hashes.
     pub fn private_db_path(&self) -> Result<PathBuf, DataDirError> {
         let path = self.db_path();
-        if path.exists() {
-            tighten_mode(&path)?;
-        } else {
-            fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io_err(&path))?;
+        if natter_fsutil::touch_private(&path)? {
+            warn_tightened(&path);
         }
         Ok(path)
     }
@@ -139,7 +134,7 @@ impl DataDir {
             let pem = key
                 .to_pkcs8_pem(LineEnding::LF)
                 .map_err(|e| DataDirError::KeyGen(e.to_string()))?;
-            write_atomic(&path, pem.as_bytes(), 0o600)?;
+            natter_fsutil::write_private(&path, pem.as_bytes())?;
             (key, true)
         };
         let pub_path = self.file(PUBLIC_KEY_FILE);
@@ -149,7 +144,7 @@ impl DataDir {
             .map_err(|e| DataDirError::KeyGen(e.to_string()))?;
         // Rewritten when missing or different, so it always matches the key.
         if fs::read_to_string(&pub_path).ok().as_deref() != Some(pub_pem.as_str()) {
-            write_atomic(&pub_path, pub_pem.as_bytes(), 0o644)?;
+            natter_fsutil::write_atomic(&pub_path, pub_pem.as_bytes(), PUBLIC)?;
         }
         Ok((key, created))
     }
@@ -161,8 +156,8 @@ impl DataDir {
         let cert_path = self.file(TLS_CERT_FILE);
         if !(key_path.exists() && cert_path.exists()) {
             let (cert_pem, key_pem) = make_tls_identity(signing_key)?;
-            write_atomic(&key_path, key_pem.as_bytes(), 0o600)?;
-            write_atomic(&cert_path, cert_pem.as_bytes(), 0o644)?;
+            natter_fsutil::write_private(&key_path, key_pem.as_bytes())?;
+            natter_fsutil::write_atomic(&cert_path, cert_pem.as_bytes(), PUBLIC)?;
         }
         tighten_mode(&key_path)?;
         let tls_err = |path: &Path, e: rustls::pki_types::pem::Error| {
@@ -210,42 +205,23 @@ fn make_tls_identity(signing_key: &RsaPrivateKey) -> Result<(String, String), Da
     Ok((cert.pem(), tls_key.serialize_pem()))
 }
 
-/// Writes `data` to `path` through a temporary file and a rename, so a crash
-/// never leaves a half-written key; the file is created with `mode`.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), DataDirError> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    file.write_all(data).map_err(io_err(&tmp))?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    if let Some(dir) = path.parent()
-        && let Ok(dir) = fs::File::open(dir)
-    {
-        let _ = dir.sync_all();
+/// Makes a secret file readable by its owner only, whatever it was.
+fn tighten_mode(path: &Path) -> Result<(), DataDirError> {
+    if natter_fsutil::tighten(path)? {
+        warn_tightened(path);
     }
     Ok(())
 }
 
-/// Makes a secret file readable by its owner only, whatever it was.
-fn tighten_mode(path: &Path) -> Result<(), DataDirError> {
-    let meta = fs::metadata(path).map_err(io_err(path))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        tracing::warn!(path = %path.display(), "secret file was readable by others; setting mode 0600");
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_err(path))?;
-    }
-    Ok(())
+fn warn_tightened(path: &Path) {
+    tracing::warn!(path = %path.display(), "secret file was readable by others; setting mode 0600");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use natter_fsutil::PRIVATE;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn creates_then_reuses_keys_with_private_modes() {
@@ -256,10 +232,10 @@ mod tests {
         let tls1 = data.tls_identity(&key1).unwrap();
         data.private_db_path().unwrap();
         for (file, mode) in [
-            (SIGNING_KEY_FILE, 0o600),
-            (TLS_KEY_FILE, 0o600),
-            (PUBLIC_KEY_FILE, 0o644),
-            (DB_FILE, 0o600),
+            (SIGNING_KEY_FILE, PRIVATE),
+            (TLS_KEY_FILE, PRIVATE),
+            (PUBLIC_KEY_FILE, PUBLIC),
+            (DB_FILE, PRIVATE),
         ] {
             let m = fs::metadata(data.file(file)).unwrap().permissions().mode() & 0o777;
             assert_eq!(m, mode, "{file}");

@@ -8,7 +8,8 @@
 //! | [`session`] | one call's media: encode + seal every 20 ms, open + jitter buffer + decode |
 //! | [`wav`] | WAV files in and out (headless audio I/O) |
 //! | [`devices`] | sound-card capture and playback (cpal), as 48 kHz mono frames |
-//! | [`resample`] | converting any input rate to 48 kHz |
+//! | [`resample`] | the one resampler, for files and streams (any rate to and from 48 kHz) |
+//! | [`pcm`] | sample conversions: float and 16-bit, downmix to mono |
 //! | [`score`] | how well received audio matches what was sent |
 //!
 //! The shell (the `natter` client) owns the UDP socket and the 20 ms timer and
@@ -17,6 +18,7 @@
 
 pub mod codec;
 pub mod devices;
+pub mod pcm;
 pub mod resample;
 pub mod score;
 pub mod session;

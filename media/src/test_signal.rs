@@ -15,3 +15,17 @@ pub fn frequency(samples: &[f32], rate: u32) -> f32 {
         .count();
     crossings as f32 * rate as f32 / samples.len() as f32
 }
+
+/// Uneven piece sizes covering `0..len`, like real audio callbacks.
+pub fn pieces(len: usize) -> Vec<std::ops::Range<usize>> {
+    let sizes = [1usize, 7, 441, 512, 13, 1024, 480, 3];
+    let mut out = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    while start < len {
+        let end = (start + sizes[i % sizes.len()]).min(len);
+        out.push(start..end);
+        start = end;
+        i += 1;
+    }
+    out
+}

@@ -50,10 +50,8 @@ pub fn read_mono_48k(path: &Path) -> Result<Vec<i16>, WavError> {
                 .map_err(wav_err)?
         }
     };
-    let mono: Vec<f32> = interleaved
-        .chunks(channels)
-        .map(|frame| frame.iter().sum::<f32>() / channels as f32)
-        .collect();
+    let mut mono = Vec::with_capacity(interleaved.len() / channels);
+    crate::pcm::downmix(&interleaved, channels, &mut mono);
     Ok(to_i16(&resample(&mono, spec.sample_rate, SAMPLE_RATE)))
 }
 
@@ -61,7 +59,8 @@ pub fn read_mono_48k(path: &Path) -> Result<Vec<i16>, WavError> {
 pub fn to_i16(samples: &[f32]) -> Vec<i16> {
     samples
         .iter()
-        .map(|s| (s.clamp(-1.0, 1.0) * 32767.0).round() as i16)
+        .copied()
+        .map(crate::pcm::f32_to_i16)
         .collect()
 }
 
