@@ -105,7 +105,13 @@ fn load_node_id(dir: Option<&Path>) -> Result<NodeId, SpawnError> {
         path: dir.display().to_string(),
         source,
     })?;
-    std::fs::write(&path, hex::encode(fresh)).map_err(io)?;
+    // Atomic (temporary sibling, fsync, rename): a crash while writing
+    // leaves no half-written id that would stop the next start.
+    natter_fsutil::write_atomic(&path, hex::encode(fresh).as_bytes(), natter_fsutil::PUBLIC)
+        .map_err(|e| SpawnError::DataDir {
+            path: e.path.display().to_string(),
+            source: e.source,
+        })?;
     Ok(fresh)
 }
 
