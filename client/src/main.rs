@@ -313,9 +313,8 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             let mut list = read_buddies(&path);
             match command {
                 BuddiesCommand::Add { buddy } => {
-                    let buddy = natter_proto::name::normalise(buddy.trim()).map_err(|e| {
-                        usage(&format!("{:?} is not a user name: {e}", buddy.trim()))
-                    })?;
+                    let buddy = natter_proto::name::normalise(buddy.trim())
+                        .map_err(|e| usage(&format!("{:?} is not a user name: {e}", buddy.trim())))?;
                     if !list.contains(&buddy) {
                         list.push(buddy);
                     }
