@@ -115,7 +115,10 @@ pub async fn dial(endpoint: &quinn::Endpoint, dial: Dial) -> Result<Connected, S
         .map_err(|source| SessionError::Connect { addr, source })?;
     natter_net::dial(plan)
         .await
-        .map_err(|source| SessionError::Dial { addr, source })
+        .map_err(|source| SessionError::Dial {
+            addr,
+            source: Box::new(source),
+        })
 }
 
 /// What can go wrong talking to a supernode.
@@ -131,7 +134,7 @@ pub enum SessionError {
     Dial {
         addr: SocketAddr,
         #[source]
-        source: DialError,
+        source: Box<DialError>,
     },
     #[error("supernode {addr} refused the join: {detail}")]
     Refused { addr: SocketAddr, detail: String },
