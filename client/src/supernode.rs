@@ -377,3 +377,36 @@ async fn next_body(
         .and_then(|e| e.body)
         .ok_or(SessionError::Closed(addr))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_supernode_that_worked_over_tcp_is_dialled_on_both_transports_at_once() {
+        let endpoint = natter_net::client_endpoint(
+            "127.0.0.1:0".parse().unwrap(),
+            &TransportSettings::OVERLAY,
+        )
+        .unwrap();
+        let addr: SocketAddr = "192.0.2.7:443".parse().unwrap();
+        let tcp: SocketAddr = "192.0.2.7:8443".parse().unwrap();
+
+        let fresh = Dial::quic_addr(addr).plan(&endpoint).unwrap();
+        assert_eq!(fresh.head_start, TCP_HEAD_START);
+        assert_eq!(fresh.quic.as_ref().map(|q| q.addr), Some(addr));
+        assert_eq!(fresh.tcp.as_ref().map(|t| t.addr), Some(addr));
+        assert_eq!(fresh.server_name, SERVER_NAME);
+
+        let tcp_last_time = Dial {
+            addr,
+            tcp,
+            prefer_tcp: true,
+        }
+        .plan(&endpoint)
+        .unwrap();
+        assert_eq!(tcp_last_time.head_start, Duration::ZERO);
+        assert_eq!(tcp_last_time.tcp.as_ref().map(|t| t.addr), Some(tcp));
+        assert_eq!(tcp_last_time.quic.as_ref().map(|q| q.addr), Some(addr));
+    }
+}
