@@ -80,6 +80,7 @@ async fn quic_wins_when_both_work_and_tcp_is_not_even_tried() {
     let quic_addr = quic.local_addr().unwrap();
     let tcp_addr = tls.local_addr().unwrap();
 
+    let started = Instant::now();
     let connected = natter_net::dial(plan(
         quic_addr,
         tcp_addr,
@@ -88,6 +89,7 @@ async fn quic_wins_when_both_work_and_tcp_is_not_even_tried() {
     ))
     .await
     .unwrap();
+    eprintln!("both up: QUIC won after {:?}", started.elapsed());
     assert_eq!(connected.transport(), Transport::Quic);
     assert_eq!(connected.remote_address(), quic_addr);
     assert!(matches!(connected, Connected::Quic(_)));
@@ -113,6 +115,7 @@ async fn tcp_wins_after_the_head_start_when_udp_gets_no_answer() {
         .await
         .unwrap();
     let took = started.elapsed();
+    eprintln!("UDP silent, head start {head_start:?}: TLS over TCP won after {took:?}");
     assert_eq!(connected.transport(), Transport::Tls);
     assert_eq!(connected.remote_address(), tcp_addr);
     // TCP waited for the head start, and did not wait for QUIC to give up
