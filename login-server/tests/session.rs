@@ -112,3 +112,43 @@ async fn shutdown_closes_quic_sessions_with_the_shutdown_code() {
     };
     assert_eq!(code, u64::from(natter_login::session::CLOSE_SHUTDOWN));
 }
+
+#[tokio::test]
+async fn a_quic_client_that_does_not_read_its_replies_is_closed_as_over_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.request_timeout = std::time::Duration::from_secs(1);
+    let server = start(config).await;
+    let c = client(&server).await;
+    c.register("sam", "password123").await.unwrap();
+    c.buddy_blob_put("sam", "password123", 0, vec![7; 40_000])
+        .await
+        .unwrap();
+
+    // Another connection asks for the 40 kB blob 100 times on one stream
+    // and reads nothing: its receive window fills and the replies stall.
+    let slow = client(&server).await;
+    let conn = slow.quic_connection().unwrap().clone();
+    let (send, _recv) = conn.open_bi().await.unwrap();
+    let mut send = FramedSend::new(send);
+    for id in 1..=100 {
+        let get = Body::BuddyBlobGet(natter_proto::messages::BuddyBlobGet {
+            name: "sam".into(),
+            password: "password123".into(),
+        });
+        send.send(&Envelope::new(id, get)).await.unwrap();
+    }
+    let closed = with_timeout(conn.closed()).await;
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(
+                close.error_code.into_inner(),
+                u64::from(natter_login::session::CLOSE_SLOW_CLIENT)
+            );
+        }
+        other => panic!("expected the slow-client close, got {other:?}"),
+    }
+    // Everyone else is served.
+    c.request(Body::Ping(Ping { nonce: 9 }), "").await.unwrap();
+    server.shutdown().await;
+}
