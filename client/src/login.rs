@@ -1,8 +1,10 @@
-//! [`LoginClient`]: requests to the login server over QUIC or, where UDP
-//! is blocked, over TLS on TCP. Either way the connection carries one
-//! control stream (on QUIC one bidirectional stream for the connection's
-//! life, on TCP the connection itself) whose requests and replies are
-//! matched by `request_id` ([`natter_net::Mux`]).
+//! [`LoginClient`]: requests to the login server over QUIC (one
+//! bidirectional stream per request: write one frame, finish, read one
+//! frame; docs/PROTOCOL.md section 8.1) or, where UDP is blocked, over TLS
+//! on TCP (requests and replies as ENVELOPE records on one connection,
+//! matched by `request_id` with [`natter_net::Mux`]). Only how a request
+//! travels differs (the private `Link`); ids, the deadline, error mapping and
+//! reply checks are shared.
 //!
 //! [`LoginClient::connect_to`] races the two with [`natter_net::dial`]
 //! ("happy eyeballs"): QUIC starts at once; TLS over TCP starts when QUIC
@@ -13,12 +15,15 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use natter_net::dial::{QuicTarget, TcpTarget};
-use natter_net::{ControlConn, DialError, DialPlan, Mux, MuxConfig, MuxError, TransportSettings};
+use natter_net::{
+    Connected, ControlConn, DialError, DialPlan, Mux, MuxConfig, MuxError, TransportSettings,
+};
 use natter_proto::cert::{self, VerifiedCertificate};
-use natter_proto::frame;
+use natter_proto::frame::{self, FrameDecoder};
 use natter_proto::messages::{
     BuddyBlob, BuddyBlobGet, BuddyBlobPut, Certificate, Envelope, HostCacheEntry, LoginRequest,
     RegisterRequest, envelope::Body,
@@ -37,7 +42,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long QUIC may try alone before TLS over TCP is tried alongside.
 pub const TCP_HEAD_START: Duration = Duration::from_millis(300);
 
-/// Requests in flight at once on one login connection.
+/// Requests in flight at once on one TLS-over-TCP login connection (on
+/// QUIC, concurrent requests are concurrent streams, bounded by the
+/// server's stream limit).
 pub const MAX_PENDING: usize = 256;
 
 /// Transport settings of a login connection, QUIC and TLS over TCP alike:
@@ -137,17 +144,85 @@ impl fmt::Display for LoginTarget {
     }
 }
 
+/// How requests travel to the login server: the one thing that differs
+/// between the transports.
+#[derive(Debug)]
+enum Link {
+    /// One bidirectional stream per request (docs/PROTOCOL.md section 8.1);
+    /// concurrent requests are concurrent streams.
+    Quic {
+        /// Kept to let the close go out.
+        endpoint: quinn::Endpoint,
+        conn: quinn::Connection,
+    },
+    /// One connection; requests and replies matched by `request_id`.
+    Tls(Mux),
+}
+
+impl Link {
+    /// Sends `request` and returns the reply it gets: on QUIC the one
+    /// envelope on the request's stream, on TLS the envelope with its id.
+    /// The caller bounds the whole exchange by `timeout`; the multiplexer
+    /// is given the same bound.
+    async fn exchange(
+        &self,
+        request: &Envelope,
+        timeout: Duration,
+    ) -> Result<Envelope, ClientError> {
+        match self {
+            Link::Quic { conn, .. } => {
+                let bytes = frame::to_frame(request)
+                    .map_err(|e| ClientError::Protocol(format!("request: {e}")))?;
+                one_reply(&stream_exchange(conn, &bytes).await?)
+            }
+            Link::Tls(mux) => Ok(mux.exchange(request.clone(), timeout).await?),
+        }
+    }
+}
+
+/// Writes `bytes` on a new QUIC stream, finishes it, and returns everything
+/// the server writes back until it finishes its side.
+async fn stream_exchange(conn: &quinn::Connection, bytes: &[u8]) -> Result<Vec<u8>, ClientError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(connection_error)?;
+    send.write_all(bytes).await.map_err(|e| match e {
+        quinn::WriteError::ConnectionLost(c) => connection_error(c),
+        other => closed(other),
+    })?;
+    let _ = send.finish();
+    recv.read_to_end(2 * frame::MAX_FRAME_LEN)
+        .await
+        .map_err(|e| match e {
+            quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(c)) => connection_error(c),
+            other => closed(other),
+        })
+}
+
+/// The one reply frame a stream carried (nothing before or after it).
+fn one_reply(bytes: &[u8]) -> Result<Envelope, ClientError> {
+    let mut decoder = FrameDecoder::default();
+    decoder
+        .handle_data(bytes)
+        .map_err(|e| ClientError::Protocol(format!("reply: {e}")))?;
+    match decoder.poll_frame() {
+        Some(Ok(envelope)) if decoder.buffered() == 0 => Ok(envelope),
+        Some(Ok(_)) => Err(ClientError::Protocol(
+            "more than one reply frame on a request stream".into(),
+        )),
+        Some(Err(e)) => Err(ClientError::Protocol(format!("reply: {e}"))),
+        None => Err(ClientError::Protocol("empty or truncated reply".into())),
+    }
+}
+
 /// A connection to a login server whose signing key is pinned, over QUIC
-/// or TLS over TCP: one control stream (on QUIC, one bidirectional stream
-/// for the connection's life) whose requests and replies are matched by
-/// `request_id` ([`Mux`]); several may be in flight at once.
+/// (one bidirectional stream per request) or TLS over TCP (requests
+/// multiplexed by `request_id`); several requests may be in flight at once
+/// on either.
 #[derive(Debug)]
 pub struct LoginClient {
-    mux: Mux,
-    /// The QUIC endpoint (kept to let the close go out), on QUIC.
-    endpoint: Option<quinn::Endpoint>,
+    link: Link,
     remote: SocketAddr,
     login_key: RsaPublicKey,
+    next_id: AtomicU64,
     timeout: Duration,
 }
 
@@ -243,27 +318,34 @@ impl LoginClient {
             .await
             .map_err(|e| Self::both_failed(target, &e))?;
         let remote = connected.remote_address();
-        let endpoint = match connected.transport() {
-            Transport::Quic => endpoint,
-            Transport::Tls => None,
-        };
-        let (conn, send, recv) = connected.open_control().await.map_err(closed)?;
-        let (mux, _pushes) = Mux::start(
-            conn,
-            send,
-            recv,
-            MuxConfig {
-                first_id: 1,
-                max_pending: MAX_PENDING,
-                // The login server sends no pushes: any is dropped and counted.
-                push_queue: 1,
+        let link = match connected {
+            Connected::Quic(conn) => match endpoint {
+                Some(endpoint) => Link::Quic { endpoint, conn },
+                // dial connects over QUIC only when given a QUIC target.
+                None => return Err(closed("QUIC connection without a QUIC target")),
             },
-        );
+            connected @ Connected::Tls(_) => {
+                let (conn, send, recv) = connected.open_control().await.map_err(closed)?;
+                let (mux, _pushes) = Mux::start(
+                    conn,
+                    send,
+                    recv,
+                    MuxConfig {
+                        first_id: 1,
+                        max_pending: MAX_PENDING,
+                        // The login server sends no pushes: any is dropped
+                        // and counted.
+                        push_queue: 1,
+                    },
+                );
+                Link::Tls(mux)
+            }
+        };
         Ok(Self {
-            mux,
-            endpoint,
+            link,
             remote,
             login_key,
+            next_id: AtomicU64::new(1),
             timeout: REQUEST_TIMEOUT,
         })
     }
@@ -297,7 +379,10 @@ impl LoginClient {
 
     /// The transport this client connected over.
     pub fn transport(&self) -> Transport {
-        self.mux.connection().transport()
+        match self.link {
+            Link::Quic { .. } => Transport::Quic,
+            Link::Tls(_) => Transport::Tls,
+        }
     }
 
     /// The login server's address on that transport.
@@ -312,63 +397,63 @@ impl LoginClient {
 
     /// The QUIC connection, when connected over QUIC (tests use it).
     pub fn quic_connection(&self) -> Option<&quinn::Connection> {
-        match self.mux.connection() {
-            ControlConn::Quic(conn) => Some(conn),
-            ControlConn::Tls(_) => None,
+        match &self.link {
+            Link::Quic { conn, .. } => Some(conn),
+            Link::Tls(_) => None,
         }
     }
 
     /// On TLS over TCP: the close code and reason once the connection is
     /// closed (by either side). `None` while open, and on QUIC.
     pub fn tcp_close_reason(&self) -> Option<(u32, String)> {
-        match self.mux.connection() {
-            ControlConn::Tls(handle) => handle.close_reason(),
-            ControlConn::Quic(_) => None,
+        match &self.link {
+            Link::Tls(mux) => match mux.connection() {
+                ControlConn::Tls(handle) => handle.close_reason(),
+                ControlConn::Quic(_) => None,
+            },
+            Link::Quic { .. } => None,
         }
     }
 
     /// Sends raw bytes on a new QUIC stream, finishes it, and returns
-    /// everything the server writes back (what a client opening one stream
-    /// per request does). For tests and diagnostics; QUIC only (raw bytes on
-    /// TLS over TCP need a raw TLS stream, see the login-server tests).
+    /// everything the server writes back (what [`Self::exchange`] does with
+    /// one request frame). For tests and diagnostics; QUIC only (raw bytes
+    /// on TLS over TCP need a raw TLS stream, see the login-server tests).
     pub async fn raw_exchange(&self, bytes: &[u8]) -> Result<Vec<u8>, ClientError> {
-        let Some(conn) = self.quic_connection() else {
+        let Link::Quic { conn, .. } = &self.link else {
             return Err(ClientError::Usage(
                 "raw_exchange needs a QUIC connection; this one is TLS over TCP".into(),
             ));
         };
-        let (mut send, mut recv) = conn.open_bi().await.map_err(connection_error)?;
-        let exchange = async {
-            send.write_all(bytes).await.map_err(|e| match e {
-                quinn::WriteError::ConnectionLost(c) => connection_error(c),
-                other => closed(other),
-            })?;
-            let _ = send.finish();
-            recv.read_to_end(2 * frame::MAX_FRAME_LEN)
-                .await
-                .map_err(|e| match e {
-                    quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(c)) => {
-                        connection_error(c)
-                    }
-                    other => closed(other),
-                })
-        };
-        tokio::time::timeout(self.timeout, exchange)
+        tokio::time::timeout(self.timeout, stream_exchange(conn, bytes))
             .await
             .map_err(|_| ClientError::Timeout)?
     }
 
     /// Sends one request envelope as is (its `request_id` included) and
-    /// returns the reply envelope, whose id matches. Several may be in
-    /// flight at once on either transport.
+    /// returns the reply envelope, whose id must match. Several may be in
+    /// flight at once on either transport: on QUIC each on its own stream,
+    /// on TLS over TCP matched by id (which must then not be in flight).
     pub async fn exchange(&self, request: &Envelope) -> Result<Envelope, ClientError> {
-        Ok(self.mux.exchange(request.clone(), self.timeout).await?)
+        let id = request.request_id;
+        let envelope =
+            tokio::time::timeout(self.timeout, self.link.exchange(request, self.timeout))
+                .await
+                .map_err(|_| ClientError::Timeout)??;
+        if envelope.request_id != id {
+            return Err(ClientError::Protocol(format!(
+                "reply to request {} for request {id}",
+                envelope.request_id
+            )));
+        }
+        Ok(envelope)
     }
 
     /// Sends one request and returns the reply body; an error reply is
     /// mapped to a [`ClientError`] naming `name`.
     pub async fn request(&self, body: Body, name: &str) -> Result<Body, ClientError> {
-        let envelope = self.mux.request(body, self.timeout).await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let envelope = self.exchange(&Envelope::new(id, body)).await?;
         match envelope.body {
             Some(Body::Error(e)) => Err(ClientError::from_reply(e, name)),
             Some(body) => Ok(body),
@@ -479,13 +564,16 @@ impl LoginClient {
     /// Closes the connection politely and waits (briefly) for the close to
     /// be sent.
     pub async fn close(self) {
-        self.mux.close(0, b"bye");
-        match &self.endpoint {
-            Some(endpoint) => {
+        match &self.link {
+            Link::Quic { endpoint, conn } => {
+                conn.close(quinn::VarInt::from_u32(0), b"bye");
                 let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
             }
-            // The CLOSE record is written by a task; let it run.
-            None => tokio::task::yield_now().await,
+            Link::Tls(mux) => {
+                mux.close(0, b"bye");
+                // The CLOSE record is written by a task; let it run.
+                tokio::task::yield_now().await;
+            }
         }
     }
 }

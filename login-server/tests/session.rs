@@ -1,14 +1,18 @@
 //! The one session code path on QUIC: a stream is a session serving many
-//! requests multiplexed by id, and a stream carrying one request (what a
-//! client opening a stream per request sends) is just a short session.
+//! requests multiplexed by id, and a stream carrying one request (what the
+//! client sends: one stream per request) is just a short session.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use common::{client, start, test_config, with_timeout};
-use natter_client::ClientError;
-use natter_net::{FramedRecv, FramedSend};
+use natter_client::login::Transport;
+use natter_client::{ClientError, LoginClient};
+use natter_net::{FramedRecv, FramedSend, TransportSettings};
 use natter_proto::frame::{self, FrameDecoder};
 use natter_proto::messages::{Envelope, Ping, envelope::Body};
 
@@ -151,4 +155,167 @@ async fn a_quic_client_that_does_not_read_its_replies_is_closed_as_over_tcp() {
     // Everyone else is served.
     c.request(Body::Ping(Ping { nonce: 9 }), "").await.unwrap();
     server.shutdown().await;
+}
+
+/// Sends `count` pings at once from `c` and checks each gets its pong.
+async fn concurrent_pings(c: &Arc<LoginClient>, count: u64) {
+    let mut requests = tokio::task::JoinSet::new();
+    for nonce in 1..=count {
+        let c = Arc::clone(c);
+        requests.spawn(async move { (nonce, c.request(Body::Ping(Ping { nonce }), "").await) });
+    }
+    let mut answered = 0;
+    while let Some(done) = with_timeout(requests.join_next()).await {
+        let (nonce, reply) = done.unwrap();
+        match reply {
+            Ok(Body::Pong(p)) => assert_eq!(p.nonce, nonce),
+            other => panic!("ping {nonce}: {other:?}"),
+        }
+        answered += 1;
+    }
+    assert_eq!(answered, count);
+}
+
+#[tokio::test]
+async fn the_client_sends_one_request_per_quic_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    // Fewer streams at once than concurrent requests: the client waits for
+    // the server to allow more streams, none fails.
+    config.max_streams_per_connection = 3;
+    let server = start(config).await;
+    let c = Arc::new(client(&server).await);
+    assert_eq!(c.transport(), Transport::Quic);
+    c.register("uma", "password123").await.unwrap();
+    c.buddy_blob_put("uma", "password123", 0, vec![1; 100])
+        .await
+        .unwrap();
+    let blob = c.buddy_blob_get("uma", "password123").await.unwrap();
+    assert_eq!(blob.version, 1);
+    concurrent_pings(&c, 12).await;
+    // 15 requests took 15 streams (ids are allocated in order), so the next
+    // stream the connection opens is its 16th: no stream was kept open for
+    // later requests.
+    let conn = c.quic_connection().unwrap();
+    let (send, _recv) = conn.open_bi().await.unwrap();
+    assert_eq!(send.id().index(), 15);
+    server.shutdown().await;
+}
+
+/// What one stream carried, as a server that takes one request per stream
+/// (older login servers) sees it.
+#[derive(Debug)]
+enum Seen {
+    /// Exactly one frame, then the end of the stream.
+    OneRequest(u64),
+    /// Anything else (no end, several frames, junk).
+    Other(String),
+}
+
+/// A login server as older releases were: per stream, read to the end,
+/// which must be exactly one frame; answer it, finish. A client keeping a
+/// stream open would get no answer.
+async fn one_request_per_stream_server(
+    endpoint: quinn::Endpoint,
+    streams: Arc<AtomicUsize>,
+    seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(conn) = incoming.await else { continue };
+        let (streams, seen) = (Arc::clone(&streams), Arc::clone(&seen));
+        tokio::spawn(async move {
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                streams.fetch_add(1, Ordering::SeqCst);
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let bytes = match recv.read_to_end(2 * frame::MAX_FRAME_LEN).await {
+                        Ok(bytes) => bytes,
+                        Err(e) => {
+                            seen.lock().unwrap().push(Seen::Other(e.to_string()));
+                            return;
+                        }
+                    };
+                    let mut decoder = FrameDecoder::default();
+                    decoder.handle_data(&bytes).unwrap();
+                    let request = match decoder.poll_frame() {
+                        Some(Ok(request)) if decoder.buffered() == 0 => request,
+                        other => {
+                            let what = format!("{other:?}, {} bytes after", decoder.buffered());
+                            seen.lock().unwrap().push(Seen::Other(what));
+                            return;
+                        }
+                    };
+                    seen.lock()
+                        .unwrap()
+                        .push(Seen::OneRequest(request.request_id));
+                    let nonce = match request.body {
+                        Some(Body::Ping(p)) => p.nonce,
+                        _ => 0,
+                    };
+                    let reply = Envelope::new(
+                        request.request_id,
+                        Body::Pong(natter_proto::messages::Pong { nonce }),
+                    );
+                    send.write_all(&frame::to_frame(&reply).unwrap())
+                        .await
+                        .unwrap();
+                    send.finish().unwrap();
+                    let _ = send.stopped().await;
+                });
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn the_client_is_served_by_a_server_taking_one_request_per_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = natter_login::datadir::DataDir::open(dir.path()).unwrap();
+    let (signing_key, _) = data.signing_key().unwrap();
+    let tls = data.tls_identity(&signing_key).unwrap();
+    let settings = TransportSettings {
+        keep_alive: std::time::Duration::from_secs(30),
+        idle_timeout: std::time::Duration::from_secs(30),
+        max_bidi_streams: 4,
+    };
+    let endpoint = quinn::Endpoint::server(
+        natter_net::server_config(&tls, &settings).unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let streams = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    tokio::spawn(one_request_per_stream_server(
+        endpoint.clone(),
+        Arc::clone(&streams),
+        Arc::clone(&seen),
+    ));
+
+    let c = LoginClient::connect_quic(addr, signing_key.to_public_key())
+        .await
+        .unwrap();
+    let c = Arc::new(c);
+    let reply = with_timeout(c.request(Body::Ping(Ping { nonce: 77 }), ""))
+        .await
+        .unwrap();
+    assert!(matches!(reply, Body::Pong(p) if p.nonce == 77), "{reply:?}");
+    concurrent_pings(&c, 10).await;
+
+    assert_eq!(streams.load(Ordering::SeqCst), 11, "one stream per request");
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let mut ids: Vec<u64> = seen
+        .iter()
+        .map(|s| match s {
+            Seen::OneRequest(id) => *id,
+            Seen::Other(what) => panic!("a stream carried {what}"),
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        (1..=11).collect::<Vec<u64>>(),
+        "fresh ids, one per stream"
+    );
+    endpoint.close(quinn::VarInt::from_u32(0), b"done");
 }
