@@ -1,35 +1,34 @@
 //! [`LoginClient`]: requests to the login server over QUIC (one
 //! bidirectional stream per request: write one frame, finish, read one
-//! frame) or, where UDP is blocked, over TLS on TCP (requests and replies as
-//! ENVELOPE records on one connection, matched by `request_id`).
+//! frame; docs/PROTOCOL.md section 8.1) or, where UDP is blocked, over TLS
+//! on TCP (requests and replies as ENVELOPE records on one connection,
+//! matched by `request_id` with [`natter_net::Mux`]). Only how a request
+//! travels differs (the private `Link`); ids, the deadline, error mapping and
+//! reply checks are shared.
 //!
-//! [`LoginClient::connect_to`] races the two ("happy eyeballs"): QUIC starts
-//! at once; TLS over TCP starts when QUIC has not connected within a short
-//! head start ([`TCP_HEAD_START`]), or at once if QUIC fails outright. The
-//! first connection up wins; QUIC when both are ready. Both pin the login
-//! server's signing key the same way ([`crate::tls::login_verifier`]).
+//! [`LoginClient::connect_to`] races the two with [`natter_net::dial`]
+//! ("happy eyeballs"): QUIC starts at once; TLS over TCP starts when QUIC
+//! has not connected within a short head start ([`TCP_HEAD_START`]), or at
+//! once if QUIC fails outright. The first connection up wins; QUIC when both
+//! are ready. Both pin the login server's signing key the same way
+//! ([`crate::tls::login_verifier`]).
 
-use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use natter_net::tcp::RecordReader;
-use natter_net::{NetError, TlsHandle, TransportSettings};
+use natter_net::dial::{QuicTarget, TcpTarget};
+use natter_net::{
+    Connected, ControlConn, DialError, DialPlan, Mux, MuxConfig, MuxError, TransportSettings,
+};
 use natter_proto::cert::{self, VerifiedCertificate};
 use natter_proto::frame::{self, FrameDecoder};
 use natter_proto::messages::{
     BuddyBlob, BuddyBlobGet, BuddyBlobPut, Certificate, Envelope, HostCacheEntry, LoginRequest,
     RegisterRequest, envelope::Body,
 };
-use natter_proto::record::Record;
 use rsa::{RsaPrivateKey, RsaPublicKey};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::ClientError;
 use crate::tls::{TLS_SERVER_NAME, client_config, tcp_client_config};
@@ -43,11 +42,16 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long QUIC may try alone before TLS over TCP is tried alongside.
 pub const TCP_HEAD_START: Duration = Duration::from_millis(300);
 
-/// TLS-over-TCP transport settings of a login connection. Like the QUIC
-/// connection (which sends no keep-alives), it sends no KEEPALIVE of its
-/// own, so the server closes it after its idle timeout when unused; the
-/// server's keepalives keep it from looking dead to us.
-const TCP_SETTINGS: TransportSettings = TransportSettings {
+/// Requests in flight at once on one TLS-over-TCP login connection (on
+/// QUIC, concurrent requests are concurrent streams, bounded by the
+/// server's stream limit).
+pub const MAX_PENDING: usize = 256;
+
+/// Transport settings of a login connection, QUIC and TLS over TCP alike:
+/// it sends no keep-alives of its own (the interval is longer than the idle
+/// timeout), so the server closes it after its idle timeout when unused; on
+/// TCP the server's keepalives keep it from looking dead to us.
+pub const LOGIN_SETTINGS: TransportSettings = TransportSettings {
     keep_alive: Duration::from_secs(24 * 60 * 60),
     idle_timeout: Duration::from_secs(20),
     max_bidi_streams: 8,
@@ -140,161 +144,82 @@ impl fmt::Display for LoginTarget {
     }
 }
 
-/// Replies awaited on a TLS-over-TCP connection, by request id.
-#[derive(Debug, Default)]
-struct Pending {
-    waiting: HashMap<u64, oneshot::Sender<Envelope>>,
-    /// Why the connection ended, once it has.
-    closed: Option<String>,
-}
-
-type SharedPending = Arc<Mutex<Pending>>;
-
-fn lock(pending: &SharedPending) -> std::sync::MutexGuard<'_, Pending> {
-    pending.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// A TLS-over-TCP login connection: a task reads replies and hands each
-/// to the request waiting for its id.
+/// How requests travel to the login server: the one thing that differs
+/// between the transports.
 #[derive(Debug)]
-struct TcpConn {
-    handle: TlsHandle,
-    pending: SharedPending,
-    reader: JoinHandle<()>,
+enum Link {
+    /// One bidirectional stream per request (docs/PROTOCOL.md section 8.1);
+    /// concurrent requests are concurrent streams.
+    Quic {
+        /// Kept to let the close go out.
+        endpoint: quinn::Endpoint,
+        conn: quinn::Connection,
+    },
+    /// One connection; requests and replies matched by `request_id`.
+    Tls(Mux),
 }
 
-impl TcpConn {
-    fn new(conn: natter_net::RecordConn) -> Self {
-        let (reader, handle) = conn.split();
-        let pending = SharedPending::default();
-        let reader = tokio::spawn(read_replies(reader, Arc::clone(&pending)));
-        Self {
-            handle,
-            pending,
-            reader,
-        }
-    }
-
-    fn closed_reason(&self) -> String {
-        lock(&self.pending)
-            .closed
-            .clone()
-            .or_else(|| self.handle.close_reason().map(|(_, reason)| reason))
-            .unwrap_or_else(|| "connection closed".into())
-    }
-
+impl Link {
+    /// Sends `request` and returns the reply it gets: on QUIC the one
+    /// envelope on the request's stream, on TLS the envelope with its id.
+    /// The caller bounds the whole exchange by `timeout`; the multiplexer
+    /// is given the same bound.
     async fn exchange(
         &self,
         request: &Envelope,
         timeout: Duration,
     ) -> Result<Envelope, ClientError> {
-        let id = request.request_id;
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut pending = lock(&self.pending);
-            if let Some(reason) = &pending.closed {
-                return Err(ClientError::ConnectionClosed(reason.clone()));
+        match self {
+            Link::Quic { conn, .. } => {
+                let bytes = frame::to_frame(request)
+                    .map_err(|e| ClientError::Protocol(format!("request: {e}")))?;
+                one_reply(&stream_exchange(conn, &bytes).await?)
             }
-            if pending.waiting.contains_key(&id) {
-                return Err(ClientError::Protocol(format!(
-                    "request id {id} is already in flight"
-                )));
-            }
-            pending.waiting.insert(id, tx);
-        }
-        // Forget the id however this ends (reply, error, timeout, or the
-        // caller dropping the future).
-        let _forget = Forget {
-            pending: &self.pending,
-            id,
-        };
-        let exchange = async {
-            self.handle
-                .send_envelope(request)
-                .await
-                .map_err(|e| match e {
-                    NetError::Closed(_) => ClientError::ConnectionClosed(self.closed_reason()),
-                    other => ClientError::ConnectionClosed(other.to_string()),
-                })?;
-            rx.await
-                .map_err(|_| ClientError::ConnectionClosed(self.closed_reason()))
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| ClientError::Timeout)?
-    }
-}
-
-impl Drop for TcpConn {
-    fn drop(&mut self) {
-        self.reader.abort();
-        // Closing writes a CLOSE record from a task: only inside a runtime.
-        if tokio::runtime::Handle::try_current().is_ok() {
-            self.handle.close(0, "bye");
+            Link::Tls(mux) => Ok(mux.exchange(request.clone(), timeout).await?),
         }
     }
 }
 
-struct Forget<'a> {
-    pending: &'a SharedPending,
-    id: u64,
+/// Writes `bytes` on a new QUIC stream, finishes it, and returns everything
+/// the server writes back until it finishes its side.
+async fn stream_exchange(conn: &quinn::Connection, bytes: &[u8]) -> Result<Vec<u8>, ClientError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(connection_error)?;
+    send.write_all(bytes).await.map_err(|e| match e {
+        quinn::WriteError::ConnectionLost(c) => connection_error(c),
+        other => closed(other),
+    })?;
+    let _ = send.finish();
+    recv.read_to_end(2 * frame::MAX_FRAME_LEN)
+        .await
+        .map_err(|e| match e {
+            quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(c)) => connection_error(c),
+            other => closed(other),
+        })
 }
 
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        lock(self.pending).waiting.remove(&self.id);
+/// The one reply frame a stream carried (nothing before or after it).
+fn one_reply(bytes: &[u8]) -> Result<Envelope, ClientError> {
+    let mut decoder = FrameDecoder::default();
+    decoder
+        .handle_data(bytes)
+        .map_err(|e| ClientError::Protocol(format!("reply: {e}")))?;
+    match decoder.poll_frame() {
+        Some(Ok(envelope)) if decoder.buffered() == 0 => Ok(envelope),
+        Some(Ok(_)) => Err(ClientError::Protocol(
+            "more than one reply frame on a request stream".into(),
+        )),
+        Some(Err(e)) => Err(ClientError::Protocol(format!("reply: {e}"))),
+        None => Err(ClientError::Protocol("empty or truncated reply".into())),
     }
-}
-
-/// Hands every reply to its request; when the connection ends, records why
-/// and wakes every request still waiting.
-async fn read_replies(mut reader: RecordReader, pending: SharedPending) {
-    let reason = loop {
-        match reader.next().await {
-            Ok(Some(Record::Envelope(reply))) => {
-                // A reply nobody waits for (its request timed out) is dropped.
-                let waiter = lock(&pending).waiting.remove(&reply.request_id);
-                if let Some(tx) = waiter {
-                    let _ = tx.send(reply);
-                }
-            }
-            // Datagrams have no business on a login connection.
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                break reader
-                    .handle()
-                    .close_reason()
-                    .map_or_else(|| "connection closed".to_owned(), |(_, r)| r);
-            }
-            Err(e) => {
-                break match reader.handle().close_reason() {
-                    Some((_, reason)) if !reason.is_empty() => reason,
-                    _ => e.to_string(),
-                };
-            }
-        }
-    };
-    let mut pending = lock(&pending);
-    pending.closed = Some(reason);
-    // Dropping the senders wakes their requests.
-    pending.waiting.clear();
-}
-
-/// The connection underneath a [`LoginClient`].
-#[derive(Debug)]
-enum Conn {
-    Quic {
-        endpoint: quinn::Endpoint,
-        conn: quinn::Connection,
-    },
-    Tcp(TcpConn),
 }
 
 /// A connection to a login server whose signing key is pinned, over QUIC
-/// or TLS over TCP.
+/// (one bidirectional stream per request) or TLS over TCP (requests
+/// multiplexed by `request_id`); several requests may be in flight at once
+/// on either.
 #[derive(Debug)]
 pub struct LoginClient {
-    conn: Conn,
+    link: Link,
     remote: SocketAddr,
     login_key: RsaPublicKey,
     next_id: AtomicU64,
@@ -315,54 +240,27 @@ fn connection_error(e: quinn::ConnectionError) -> ClientError {
     }
 }
 
-type Attempt = Pin<Box<dyn Future<Output = Result<Conn, String>> + Send>>;
+impl From<MuxError> for ClientError {
+    fn from(e: MuxError) -> Self {
+        match e {
+            MuxError::Timeout(_) => ClientError::Timeout,
+            MuxError::DuplicateId(id) => {
+                ClientError::Protocol(format!("request id {id} is already in flight"))
+            }
+            MuxError::Closed { reason } => ClientError::ConnectionClosed(reason),
+            other => closed(other),
+        }
+    }
+}
 
-/// Dials QUIC; the error is one line for the combined message.
-async fn dial_quic(addr: SocketAddr, config: quinn::ClientConfig) -> Result<Conn, String> {
+/// A client-only QUIC endpoint on the unspecified address of `addr`'s family.
+fn quic_endpoint(addr: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     let bind: SocketAddr = if addr.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| e.to_string())?;
-    endpoint.set_default_client_config(config);
-    let conn = endpoint
-        .connect(addr, TLS_SERVER_NAME)
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(Conn::Quic { endpoint, conn })
-}
-
-/// Dials TLS over TCP.
-async fn dial_tcp(
-    addr: SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-    timeout: Duration,
-) -> Result<Conn, String> {
-    let conn = natter_net::tcp::connect(addr, TLS_SERVER_NAME, config, TCP_SETTINGS, timeout)
-        .await
-        .map_err(|e| match e {
-            // "tcp connect to ADDR: refused" -> "tcp connect: refused": the
-            // combined message names the address once.
-            NetError::Io { what, source } => {
-                let what = what
-                    .replace(&format!(" to {addr}"), "")
-                    .replace(&format!(" with {addr}"), "");
-                format!("{what}: {source}")
-            }
-            NetError::Timeout => "timed out".to_owned(),
-            other => other.to_string(),
-        })?;
-    Ok(Conn::Tcp(TcpConn::new(conn)))
-}
-
-/// Polls an attempt that may not exist (then never resolves).
-async fn attempt(slot: &mut Option<Attempt>) -> Result<Conn, String> {
-    match slot {
-        Some(f) => f.await,
-        None => std::future::pending().await,
-    }
+    quinn::Endpoint::client(bind)
 }
 
 impl LoginClient {
@@ -372,10 +270,11 @@ impl LoginClient {
         Self::connect_to(&LoginTarget::new(addr), login_key).await
     }
 
-    /// Connects to `target`, trusting only `login_key`: QUIC at once, TLS
-    /// over TCP after `target.head_start` (or as soon as QUIC fails); the
-    /// first connection up wins, QUIC when both are. When both fail, the
-    /// error names both attempts.
+    /// Connects to `target`, trusting only `login_key`, with
+    /// [`natter_net::dial`]: QUIC at once, TLS over TCP after
+    /// `target.head_start` (or as soon as QUIC fails); the first connection
+    /// up wins, QUIC when both are. When both fail, the error names both
+    /// attempts.
     pub async fn connect_to(
         target: &LoginTarget,
         login_key: RsaPublicKey,
@@ -385,75 +284,65 @@ impl LoginClient {
                 "no login server address (QUIC or TCP)".into(),
             ));
         }
-        let deadline = tokio::time::Instant::now() + target.timeout;
-        let quic_config = client_config(&login_key)?;
-        let tcp_config = tcp_client_config(&login_key)?;
-        let start_tcp = |addr: SocketAddr| -> Attempt {
-            let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
-            Box::pin(dial_tcp(addr, Arc::clone(&tcp_config), timeout))
-        };
-        let mut quic: Option<Attempt> = target
-            .quic
-            .map(|addr| Box::pin(dial_quic(addr, quic_config)) as Attempt);
-        let mut tcp: Option<Attempt> = None;
-        // The TCP attempt not started yet.
-        let mut tcp_later = target.tcp;
-        let (mut quic_error, mut tcp_error) = (None, None);
-        let head_start = tokio::time::sleep(target.head_start);
-        tokio::pin!(head_start);
-        let expired = tokio::time::sleep_until(deadline);
-        tokio::pin!(expired);
-        let won = loop {
-            if quic.is_none()
-                && let Some(addr) = tcp_later.take()
-            {
-                tcp = Some(start_tcp(addr));
-            }
-            if quic.is_none() && tcp.is_none() {
-                break None;
-            }
-            tokio::select! {
-                // QUIC first: it wins when both are ready.
-                biased;
-                r = attempt(&mut quic) => {
-                    quic = None;
-                    match r {
-                        Ok(conn) => break Some(conn),
-                        Err(e) => quic_error = Some(e),
-                    }
-                }
-                r = attempt(&mut tcp) => {
-                    tcp = None;
-                    match r {
-                        Ok(conn) => break Some(conn),
-                        Err(e) => tcp_error = Some(e),
-                    }
-                }
-                () = &mut head_start, if tcp_later.is_some() => {
-                    if let Some(addr) = tcp_later.take() {
-                        tcp = Some(start_tcp(addr));
-                    }
-                }
-                () = &mut expired => {
-                    if quic.take().is_some() {
-                        quic_error = Some("timed out".to_owned());
-                    }
-                    if tcp.take().is_some() || tcp_later.take().is_some() {
-                        tcp_error = Some("timed out".to_owned());
-                    }
-                    break None;
-                }
+        let quic = match target.quic {
+            None => None,
+            Some(addr) => {
+                let endpoint = quic_endpoint(addr).map_err(|e| ClientError::Connect {
+                    addr: target.to_string(),
+                    detail: format!("QUIC: cannot bind a UDP socket: {e}"),
+                })?;
+                Some(QuicTarget {
+                    endpoint,
+                    addr,
+                    config: Some(client_config(&login_key, &LOGIN_SETTINGS)?),
+                })
             }
         };
-        let Some(conn) = won else {
-            return Err(Self::both_failed(target, quic_error, tcp_error));
+        let endpoint = quic.as_ref().map(|q| q.endpoint.clone());
+        let tcp = match target.tcp {
+            None => None,
+            Some(addr) => Some(TcpTarget {
+                addr,
+                config: tcp_client_config(&login_key)?,
+                settings: LOGIN_SETTINGS,
+            }),
         };
-        let remote = match &conn {
-            Conn::Quic { conn, .. } => conn.remote_address(),
-            Conn::Tcp(tcp) => tcp.handle.remote_address(),
+        let plan = DialPlan {
+            server_name: TLS_SERVER_NAME.to_owned(),
+            quic,
+            tcp,
+            head_start: target.head_start,
+            timeout: target.timeout,
+        };
+        let connected = natter_net::dial(plan)
+            .await
+            .map_err(|e| Self::both_failed(target, &e))?;
+        let remote = connected.remote_address();
+        let link = match connected {
+            Connected::Quic(conn) => match endpoint {
+                Some(endpoint) => Link::Quic { endpoint, conn },
+                // dial connects over QUIC only when given a QUIC target.
+                None => return Err(closed("QUIC connection without a QUIC target")),
+            },
+            connected @ Connected::Tls(_) => {
+                let (conn, send, recv) = connected.open_control().await.map_err(closed)?;
+                let (mux, _pushes) = Mux::start(
+                    conn,
+                    send,
+                    recv,
+                    MuxConfig {
+                        first_id: 1,
+                        max_pending: MAX_PENDING,
+                        // The login server sends no pushes: any is dropped
+                        // and counted.
+                        push_queue: 1,
+                    },
+                );
+                Link::Tls(mux)
+            }
         };
         Ok(Self {
-            conn,
+            link,
             remote,
             login_key,
             next_id: AtomicU64::new(1),
@@ -461,26 +350,9 @@ impl LoginClient {
         })
     }
 
-    fn both_failed(
-        target: &LoginTarget,
-        quic_error: Option<String>,
-        tcp_error: Option<String>,
-    ) -> ClientError {
-        let mut parts = Vec::new();
-        if target.quic.is_some() {
-            let e = quic_error.unwrap_or_else(|| "not tried".into());
-            parts.push(format!("QUIC: {e}"));
-        }
-        if let Some(tcp) = target.tcp {
-            let e = tcp_error.unwrap_or_else(|| "not tried".into());
-            if target.quic.is_none() || target.quic == Some(tcp) {
-                parts.push(format!("TLS over TCP: {e}"));
-            } else {
-                parts.push(format!("TLS over TCP to {tcp}: {e}"));
-            }
-        }
-        let mut detail = parts.join("; ");
-        if detail.contains("certificate") {
+    fn both_failed(target: &LoginTarget, e: &DialError) -> ClientError {
+        let mut detail = e.to_string();
+        if e.is_certificate() {
             detail.push_str(" (is --login-key the key of this login server?)");
         }
         ClientError::Connect {
@@ -507,9 +379,9 @@ impl LoginClient {
 
     /// The transport this client connected over.
     pub fn transport(&self) -> Transport {
-        match self.conn {
-            Conn::Quic { .. } => Transport::Quic,
-            Conn::Tcp(_) => Transport::Tls,
+        match self.link {
+            Link::Quic { .. } => Transport::Quic,
+            Link::Tls(_) => Transport::Tls,
         }
     }
 
@@ -525,73 +397,49 @@ impl LoginClient {
 
     /// The QUIC connection, when connected over QUIC (tests use it).
     pub fn quic_connection(&self) -> Option<&quinn::Connection> {
-        match &self.conn {
-            Conn::Quic { conn, .. } => Some(conn),
-            Conn::Tcp(_) => None,
+        match &self.link {
+            Link::Quic { conn, .. } => Some(conn),
+            Link::Tls(_) => None,
         }
     }
 
     /// On TLS over TCP: the close code and reason once the connection is
     /// closed (by either side). `None` while open, and on QUIC.
     pub fn tcp_close_reason(&self) -> Option<(u32, String)> {
-        match &self.conn {
-            Conn::Tcp(tcp) => tcp.handle.close_reason(),
-            Conn::Quic { .. } => None,
+        match &self.link {
+            Link::Tls(mux) => match mux.connection() {
+                ControlConn::Tls(handle) => handle.close_reason(),
+                ControlConn::Quic(_) => None,
+            },
+            Link::Quic { .. } => None,
         }
     }
 
-    /// Sends raw bytes on a new QUIC stream and returns everything the
-    /// server writes back. For tests and diagnostics; QUIC only (raw bytes
+    /// Sends raw bytes on a new QUIC stream, finishes it, and returns
+    /// everything the server writes back (what [`Self::exchange`] does with
+    /// one request frame). For tests and diagnostics; QUIC only (raw bytes
     /// on TLS over TCP need a raw TLS stream, see the login-server tests).
     pub async fn raw_exchange(&self, bytes: &[u8]) -> Result<Vec<u8>, ClientError> {
-        let Conn::Quic { conn, .. } = &self.conn else {
+        let Link::Quic { conn, .. } = &self.link else {
             return Err(ClientError::Usage(
                 "raw_exchange needs a QUIC connection; this one is TLS over TCP".into(),
             ));
         };
-        let (mut send, mut recv) = conn.open_bi().await.map_err(connection_error)?;
-        let exchange = async {
-            send.write_all(bytes).await.map_err(|e| match e {
-                quinn::WriteError::ConnectionLost(c) => connection_error(c),
-                other => closed(other),
-            })?;
-            let _ = send.finish();
-            recv.read_to_end(2 * frame::MAX_FRAME_LEN)
-                .await
-                .map_err(|e| match e {
-                    quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(c)) => {
-                        connection_error(c)
-                    }
-                    other => closed(other),
-                })
-        };
-        tokio::time::timeout(self.timeout, exchange)
+        tokio::time::timeout(self.timeout, stream_exchange(conn, bytes))
             .await
             .map_err(|_| ClientError::Timeout)?
     }
 
     /// Sends one request envelope as is (its `request_id` included) and
     /// returns the reply envelope, whose id must match. Several may be in
-    /// flight at once on either transport.
+    /// flight at once on either transport: on QUIC each on its own stream,
+    /// on TLS over TCP matched by id (which must then not be in flight).
     pub async fn exchange(&self, request: &Envelope) -> Result<Envelope, ClientError> {
         let id = request.request_id;
-        let envelope = match &self.conn {
-            Conn::Tcp(tcp) => tcp.exchange(request, self.timeout).await?,
-            Conn::Quic { .. } => {
-                let bytes = frame::to_frame(request)
-                    .map_err(|e| ClientError::Protocol(format!("request: {e}")))?;
-                let reply = self.raw_exchange(&bytes).await?;
-                let mut decoder = FrameDecoder::default();
-                decoder
-                    .handle_data(&reply)
-                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                match decoder.poll_frame() {
-                    Some(Ok(envelope)) => envelope,
-                    Some(Err(e)) => return Err(ClientError::Protocol(format!("reply: {e}"))),
-                    None => return Err(ClientError::Protocol("empty or truncated reply".into())),
-                }
-            }
-        };
+        let envelope =
+            tokio::time::timeout(self.timeout, self.link.exchange(request, self.timeout))
+                .await
+                .map_err(|_| ClientError::Timeout)??;
         if envelope.request_id != id {
             return Err(ClientError::Protocol(format!(
                 "reply to request {} for request {id}",
@@ -716,13 +564,13 @@ impl LoginClient {
     /// Closes the connection politely and waits (briefly) for the close to
     /// be sent.
     pub async fn close(self) {
-        match &self.conn {
-            Conn::Quic { endpoint, conn } => {
+        match &self.link {
+            Link::Quic { endpoint, conn } => {
                 conn.close(quinn::VarInt::from_u32(0), b"bye");
                 let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
             }
-            Conn::Tcp(tcp) => {
-                tcp.handle.close(0, "bye");
+            Link::Tls(mux) => {
+                mux.close(0, b"bye");
                 // The CLOSE record is written by a task; let it run.
                 tokio::task::yield_now().await;
             }

@@ -3,28 +3,29 @@
 //!
 //! [`SupernodeSession::join`] connects (QUIC, or TLS over TCP where UDP is
 //! blocked, see [`dial`]), opens the session stream and proves the user's
-//! certified key. Afterwards [`SupernodeSession::request`]
-//! sends a request and waits for the reply with the same request id, while a
-//! reader task hands every push (request id 0) to a bounded queue read with
-//! [`SupernodeSession::next_push`]. When the supernode goes away the push
-//! queue ends, which is how the overlay notices it must move on.
+//! certified key. Afterwards the stream belongs to a [`Mux`]:
+//! [`SupernodeSession::request`] sends a request and waits for the reply
+//! with the same request id, while every push (request id 0) goes to a
+//! bounded queue read with [`SupernodeSession::next_push`]. When the
+//! supernode goes away the push queue ends, which is how the overlay notices
+//! it must move on.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use natter_net::dial::{QuicTarget, TcpTarget};
 use natter_net::tcp::{self, RecordConn};
 use natter_net::{
-    ControlConn, EnvelopeRecv, EnvelopeSend, FramedRecv, FramedSend, NetError, Transport,
+    DialError, DialPlan, EnvelopeRecv, Mux, MuxConfig, MuxError, NetError, Pushes, Transport,
     TransportSettings,
 };
 use natter_proto::cert::{Identity, join_proof_message};
 use natter_proto::messages::{
     Envelope, ErrorCode, ErrorReply, HostCacheEntry, JoinHello, JoinProof, envelope,
 };
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::Mutex;
+
+pub use natter_net::Connected;
 
 /// Pushes buffered before the application reads them; beyond, the oldest
 /// reader is too slow and new pushes are dropped (and counted).
@@ -34,16 +35,11 @@ pub const MAX_PENDING: usize = 64;
 /// How long QUIC has to connect before TLS over TCP is tried too (the UDP
 /// attempt of a client behind a UDP-blocking firewall costs this much).
 pub const TCP_HEAD_START: Duration = Duration::from_millis(400);
+/// Time a dial has, both transports together.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// TLS server name presented to supernodes (they are not authenticated by
 /// TLS: see natter-net's security model).
 const SERVER_NAME: &str = "natter-supernode";
-
-/// A connection to a supernode, before the join.
-#[derive(Debug)]
-pub enum Connected {
-    Quic(quinn::Connection),
-    Tls(RecordConn),
-}
 
 /// Where a supernode listens and which transport to try first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +61,31 @@ impl Dial {
             prefer_tcp: false,
         }
     }
+
+    /// The [`natter_net::dial`] plan: QUIC from `endpoint` (its default,
+    /// insecure configuration), TLS over TCP after [`TCP_HEAD_START`], or at
+    /// once when `prefer_tcp`.
+    pub fn plan(self, endpoint: &quinn::Endpoint) -> Result<DialPlan, NetError> {
+        Ok(DialPlan {
+            server_name: SERVER_NAME.to_owned(),
+            quic: Some(QuicTarget {
+                endpoint: endpoint.clone(),
+                addr: self.addr,
+                config: None,
+            }),
+            tcp: Some(TcpTarget {
+                addr: self.tcp,
+                config: tcp::insecure_client_tls_config()?,
+                settings: TransportSettings::OVERLAY,
+            }),
+            head_start: if self.prefer_tcp {
+                Duration::ZERO
+            } else {
+                TCP_HEAD_START
+            },
+            timeout: DIAL_TIMEOUT,
+        })
+    }
 }
 
 /// A TLS-over-TCP connection to a supernode's listener at `addr` (session
@@ -83,53 +104,21 @@ pub(crate) async fn connect_tls(
     .await
 }
 
-/// Connects to a supernode, happy-eyeballs style: QUIC first; TLS over TCP
-/// when QUIC fails or has not connected after [`TCP_HEAD_START`] (at once
-/// when `dial.prefer_tcp`). The first to connect wins, QUIC on a tie.
+/// Connects to a supernode with [`natter_net::dial`], happy-eyeballs style:
+/// QUIC first; TLS over TCP when QUIC fails or has not connected after
+/// [`TCP_HEAD_START`] (at once when `dial.prefer_tcp`). The first to connect
+/// wins, QUIC on a tie.
 pub async fn dial(endpoint: &quinn::Endpoint, dial: Dial) -> Result<Connected, SessionError> {
     let addr = dial.addr;
-    let quic = SupernodeSession::connect(endpoint, addr);
-    let tls = async {
-        connect_tls(dial.tcp, Duration::from_secs(10))
-            .await
-            .map_err(|source| SessionError::Connect {
-                addr: dial.tcp,
-                source,
-            })
-    };
-    tokio::pin!(quic, tls);
-    let head_start = if dial.prefer_tcp {
-        Duration::ZERO
-    } else {
-        TCP_HEAD_START
-    };
-    let delay = tokio::time::sleep(head_start);
-    tokio::pin!(delay);
-    let mut quic_error = None;
-    let mut tls_error = None;
-    let mut tls_started = dial.prefer_tcp;
-    loop {
-        tokio::select! {
-            biased;
-            result = &mut quic, if quic_error.is_none() => match result {
-                Ok(c) => return Ok(Connected::Quic(c)),
-                Err(e) => {
-                    quic_error = Some(e);
-                    tls_started = true;
-                }
-            },
-            result = &mut tls, if tls_started && tls_error.is_none() => match result {
-                Ok(c) => return Ok(Connected::Tls(c)),
-                Err(e) => tls_error = Some(e),
-            },
-            () = &mut delay, if !tls_started => tls_started = true,
-        }
-        if quic_error.is_some()
-            && let Some(tls) = tls_error.take()
-        {
-            return Err(tls);
-        }
-    }
+    let plan = dial
+        .plan(endpoint)
+        .map_err(|source| SessionError::Connect { addr, source })?;
+    natter_net::dial(plan)
+        .await
+        .map_err(|source| SessionError::Dial {
+            addr,
+            source: Box::new(source),
+        })
 }
 
 /// What can go wrong talking to a supernode.
@@ -140,6 +129,12 @@ pub enum SessionError {
         addr: SocketAddr,
         #[source]
         source: NetError,
+    },
+    #[error("cannot reach supernode {addr}: {source}")]
+    Dial {
+        addr: SocketAddr,
+        #[source]
+        source: Box<DialError>,
     },
     #[error("supernode {addr} refused the join: {detail}")]
     Refused { addr: SocketAddr, detail: String },
@@ -164,18 +159,12 @@ impl SessionError {
     }
 }
 
-type Pending = Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<Envelope>>>>;
-
 /// A joined session.
 #[derive(Debug)]
 pub struct SupernodeSession {
     addr: SocketAddr,
-    connection: ControlConn,
-    send: Mutex<EnvelopeSend>,
-    pending: Pending,
-    next_id: AtomicU64,
-    pushes: Mutex<mpsc::Receiver<Envelope>>,
-    dropped_pushes: Arc<AtomicU64>,
+    mux: Mux,
+    pushes: Mutex<Pushes>,
     observed_addr: Option<SocketAddr>,
     reflector: Option<SocketAddr>,
     supernodes: Vec<HostCacheEntry>,
@@ -238,27 +227,7 @@ impl SupernodeSession {
         started: Instant,
     ) -> Result<Self, SessionError> {
         let connect = |source| SessionError::Connect { addr, source };
-        let (connection, mut send, mut recv) = match connected {
-            Connected::Quic(connection) => {
-                let (send, recv) = connection
-                    .open_bi()
-                    .await
-                    .map_err(|e| connect(NetError::from(e)))?;
-                (
-                    ControlConn::Quic(connection),
-                    EnvelopeSend::Quic(FramedSend::new(send)),
-                    EnvelopeRecv::Quic(FramedRecv::new(recv)),
-                )
-            }
-            Connected::Tls(conn) => {
-                let (reader, handle) = conn.split();
-                (
-                    ControlConn::Tls(handle.clone()),
-                    EnvelopeSend::Tls(handle),
-                    EnvelopeRecv::Tls(reader),
-                )
-            }
-        };
+        let (connection, mut send, mut recv) = connected.open_control().await.map_err(connect)?;
 
         let hello = Envelope::new(
             1,
@@ -282,23 +251,20 @@ impl SupernodeSession {
         };
         let rtt = started.elapsed();
 
-        let pending: Pending = Arc::default();
-        let dropped_pushes = Arc::new(AtomicU64::new(0));
-        let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE);
-        tokio::spawn(read_loop(
+        let (mux, pushes) = Mux::start(
+            connection,
+            send,
             recv,
-            pending.clone(),
-            push_tx,
-            dropped_pushes.clone(),
-        ));
+            MuxConfig {
+                first_id: 3,
+                max_pending: MAX_PENDING,
+                push_queue: PUSH_QUEUE,
+            },
+        );
         Ok(Self {
             addr,
-            connection,
-            send: Mutex::new(send),
-            pending,
-            next_id: AtomicU64::new(3),
-            pushes: Mutex::new(push_rx),
-            dropped_pushes,
+            mux,
+            pushes: Mutex::new(pushes),
             observed_addr: accepted
                 .observed_addr
                 .as_ref()
@@ -319,7 +285,7 @@ impl SupernodeSession {
 
     /// The transport of the session: TLS over TCP means UDP did not work.
     pub fn transport(&self) -> Transport {
-        self.connection.transport()
+        self.mux.connection().transport()
     }
 
     /// This client's address as the supernode saw it.
@@ -344,12 +310,12 @@ impl SupernodeSession {
 
     /// Pushes dropped because the application read them too slowly.
     pub fn dropped_pushes(&self) -> u64 {
-        self.dropped_pushes.load(Ordering::Relaxed)
+        self.mux.dropped_pushes()
     }
 
     /// Whether the connection is still up.
     pub fn is_alive(&self) -> bool {
-        !self.connection.is_closed()
+        !self.mux.connection().is_closed()
     }
 
     /// Sends `body` and waits up to `timeout` for its reply. An `ErrorReply`
@@ -359,45 +325,21 @@ impl SupernodeSession {
         body: envelope::Body,
         timeout: Duration,
     ) -> Result<envelope::Body, SessionError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut pending = self
-                .pending
-                .lock()
-                .map_err(|_| SessionError::Closed(self.addr))?;
-            if pending.len() >= MAX_PENDING {
-                return Err(SessionError::Busy);
-            }
-            pending.insert(id, tx);
+        let reply = self.mux.request(body, timeout).await.map_err(|e| match e {
+            MuxError::Busy => SessionError::Busy,
+            MuxError::Timeout(_) => SessionError::Timeout(self.addr),
+            _ => SessionError::Closed(self.addr),
+        })?;
+        match reply.body {
+            Some(envelope::Body::Error(e)) => Err(SessionError::remote(e)),
+            Some(body) => Ok(body),
+            None => Err(SessionError::Unexpected("empty reply")),
         }
-        let result = async {
-            self.send
-                .lock()
-                .await
-                .send(&Envelope::new(id, body))
-                .await
-                .map_err(|_| SessionError::Closed(self.addr))?;
-            match tokio::time::timeout(timeout, rx).await {
-                Err(_) => Err(SessionError::Timeout(self.addr)),
-                Ok(Err(_)) => Err(SessionError::Closed(self.addr)),
-                Ok(Ok(reply)) => match reply.body {
-                    Some(envelope::Body::Error(e)) => Err(SessionError::remote(e)),
-                    Some(body) => Ok(body),
-                    None => Err(SessionError::Unexpected("empty reply")),
-                },
-            }
-        }
-        .await;
-        if let Ok(mut pending) = self.pending.lock() {
-            pending.remove(&id);
-        }
-        result
     }
 
     /// The next push from the supernode; `None` once the session ended.
     pub async fn next_push(&self) -> Option<envelope::Body> {
-        self.pushes.lock().await.recv().await.and_then(|e| e.body)
+        self.pushes.lock().await.next().await.and_then(|e| e.body)
     }
 
     /// Leaves politely (best effort) and closes the connection.
@@ -408,12 +350,12 @@ impl SupernodeSession {
                 Duration::from_millis(500),
             )
             .await;
-        self.connection.close(0, b"leave");
+        self.mux.close(0, b"leave");
     }
 
     /// Closes the connection at once.
     pub fn close(&self) {
-        self.connection.close(0, b"bye");
+        self.mux.close(0, b"bye");
     }
 }
 
@@ -436,30 +378,35 @@ async fn next_body(
         .ok_or(SessionError::Closed(addr))
 }
 
-/// Routes replies to their waiting requests and pushes to the bounded queue.
-async fn read_loop(
-    mut recv: EnvelopeRecv,
-    pending: Pending,
-    pushes: mpsc::Sender<Envelope>,
-    dropped: Arc<AtomicU64>,
-) {
-    while let Ok(Some(envelope)) = recv.next().await {
-        if envelope.request_id != 0 {
-            let waiter = pending
-                .lock()
-                .ok()
-                .and_then(|mut p| p.remove(&envelope.request_id));
-            if let Some(waiter) = waiter {
-                let _ = waiter.send(envelope);
-            }
-            continue;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_supernode_that_worked_over_tcp_is_dialled_on_both_transports_at_once() {
+        let endpoint = natter_net::client_endpoint(
+            "127.0.0.1:0".parse().unwrap(),
+            &TransportSettings::OVERLAY,
+        )
+        .unwrap();
+        let addr: SocketAddr = "192.0.2.7:443".parse().unwrap();
+        let tcp: SocketAddr = "192.0.2.7:8443".parse().unwrap();
+
+        let fresh = Dial::quic_addr(addr).plan(&endpoint).unwrap();
+        assert_eq!(fresh.head_start, TCP_HEAD_START);
+        assert_eq!(fresh.quic.as_ref().map(|q| q.addr), Some(addr));
+        assert_eq!(fresh.tcp.as_ref().map(|t| t.addr), Some(addr));
+        assert_eq!(fresh.server_name, SERVER_NAME);
+
+        let tcp_last_time = Dial {
+            addr,
+            tcp,
+            prefer_tcp: true,
         }
-        if pushes.try_send(envelope).is_err() {
-            dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    // Dropping `pushes` ends `next_push`; dropping the waiters fails requests.
-    if let Ok(mut p) = pending.lock() {
-        p.clear();
+        .plan(&endpoint)
+        .unwrap();
+        assert_eq!(tcp_last_time.head_start, Duration::ZERO);
+        assert_eq!(tcp_last_time.tcp.as_ref().map(|t| t.addr), Some(tcp));
+        assert_eq!(tcp_last_time.quic.as_ref().map(|q| q.addr), Some(addr));
     }
 }

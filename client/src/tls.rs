@@ -19,8 +19,8 @@ use rustls::pki_types::{Der, TrustAnchor};
 
 use crate::ClientError;
 
-/// ALPN protocol id.
-pub const ALPN: &[u8] = b"natter/1";
+/// ALPN protocol id (natter-net's, defined once).
+pub use natter_net::ALPN;
 /// The name in the server's TLS certificate (sent as SNI).
 pub const TLS_SERVER_NAME: &str = "natter-login";
 /// Common name of the TLS certificate's issuer: the signing key.
@@ -104,7 +104,7 @@ pub fn trust_anchor(login_key: &RsaPublicKey) -> Result<TrustAnchor<'static>, Cl
 pub fn login_verifier(
     login_key: &RsaPublicKey,
 ) -> Result<Arc<dyn ServerCertVerifier>, ClientError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = natter_net::tls::provider();
     let mut roots = rustls::RootCertStore::empty();
     roots.roots.push(trust_anchor(login_key)?);
     let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
@@ -113,25 +113,14 @@ pub fn login_verifier(
     Ok(verifier)
 }
 
-/// A quinn client configuration that trusts only `login_key`.
-pub fn client_config(login_key: &RsaPublicKey) -> Result<quinn::ClientConfig, ClientError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| ClientError::Crypto(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(login_verifier(login_key)?)
-        .with_no_client_auth();
-    crypto.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
-        .map_err(|e| ClientError::Crypto(e.to_string()))?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
-        20_000,
-    ))));
-    config.transport_config(Arc::new(transport));
-    Ok(config)
+/// A quinn client configuration that trusts only `login_key`, with the
+/// transport `settings` of the login connection.
+pub fn client_config(
+    login_key: &RsaPublicKey,
+    settings: &natter_net::TransportSettings,
+) -> Result<quinn::ClientConfig, ClientError> {
+    natter_net::client_config(login_verifier(login_key)?, settings)
+        .map_err(|e| ClientError::Crypto(e.to_string()))
 }
 
 /// A TLS-over-TCP client configuration (TLS 1.3, ALPN `natter/1`) that
@@ -139,6 +128,6 @@ pub fn client_config(login_key: &RsaPublicKey) -> Result<quinn::ClientConfig, Cl
 pub fn tcp_client_config(
     login_key: &RsaPublicKey,
 ) -> Result<Arc<rustls::ClientConfig>, ClientError> {
-    natter_net::tcp::client_tls_config(login_verifier(login_key)?)
+    natter_net::tls::client_tls_config(login_verifier(login_key)?)
         .map_err(|e| ClientError::Crypto(e.to_string()))
 }

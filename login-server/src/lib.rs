@@ -16,8 +16,10 @@
 //! | [`hashing`] | argon2id hashing and RSA signing on a bounded blocking pool |
 //! | [`throttle`] | growing delays after failed password checks |
 //! | [`service`] | `handle(envelope, peer) -> envelope`: the whole protocol |
-//! | [`quic`] | the QUIC shell that feeds the service, and [`LoginServer`] running both shells |
-//! | [`tcp`] | the TLS-over-TCP shell (firewall fallback): the same requests as records on one connection |
+//! | [`session`] | the one session code path of both transports: requests multiplexed by `request_id` on a stream, fed to the service |
+//! | [`quic`] | accepting QUIC connections and their streams, each a session |
+//! | [`tcp`] | accepting TLS-over-TCP connections (firewall fallback), each a session |
+//! | [`server`] | [`LoginServer`]: the data directory, both listeners, shutdown |
 //! | [`admin`] | offline administration (`users list`, `users disable`) |
 //!
 //! See `docs/LOGIN.md` for the trust model.
@@ -28,13 +30,15 @@ pub mod datadir;
 pub mod hashing;
 pub mod names;
 pub mod quic;
+pub mod server;
 pub mod service;
+pub mod session;
 pub mod storage;
 pub mod tcp;
 pub mod throttle;
 
 pub use config::{Argon2Config, Config, ThrottleConfig};
-pub use quic::{LoginServer, ServeError};
+pub use server::{LoginServer, ServeError};
 pub use service::LoginService;
 
 /// The protocol version this component speaks.
@@ -43,7 +47,7 @@ pub fn protocol_version() -> u32 {
 }
 
 /// The ALPN protocol id of Natter control connections.
-pub const ALPN: &[u8] = b"natter/1";
+pub use natter_net::ALPN;
 
 /// Current wall-clock time in unix milliseconds.
 pub fn now_unix_ms() -> i64 {

@@ -1,7 +1,6 @@
 //! The login protocol, independent of the transport: [`LoginService::handle`]
-//! maps one request [`Envelope`] (and the peer's address) to one reply. The
-//! QUIC shell in [`crate::quic`] and the TLS-over-TCP shell in [`crate::tcp`]
-//! both feed it.
+//! maps one request [`Envelope`] (and the peer's address) to one reply.
+//! [`crate::session`] feeds it, for both transports.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -251,8 +251,8 @@ async fn malformed_records_close_only_that_tcp_connection() {
             Some(Record::Close { code, reason }) => {
                 assert_eq!(*code, natter_net::CLOSE_MALFORMED, "{what}: {reason}");
                 assert_eq!(
-                    u64::from(*code),
-                    natter_login::quic::CLOSE_MALFORMED.into_inner(),
+                    *code,
+                    natter_login::session::CLOSE_MALFORMED,
                     "same code as QUIC"
                 );
                 assert!(reason.contains("malformed"), "{what}: {reason}");
@@ -667,7 +667,7 @@ async fn a_client_that_does_not_read_its_replies_is_closed() {
         "all {replies} replies arrived: the connection was never stuck"
     );
     if let Some(Record::Close { code, reason }) = records.last() {
-        assert_eq!(*code, natter_login::tcp::CLOSE_SLOW_CLIENT, "{reason}");
+        assert_eq!(*code, natter_login::session::CLOSE_SLOW_CLIENT, "{reason}");
     }
     // Everyone else is served.
     c.request(Body::Ping(Ping { nonce: 9 }), "").await.unwrap();

@@ -72,6 +72,21 @@ impl ControlConn {
         }
     }
 
+    /// Why the connection closed (the peer's or our close reason, or the
+    /// failure), once it has; `None` while open.
+    pub fn close_reason(&self) -> Option<String> {
+        match self {
+            ControlConn::Quic(c) => c.close_reason().map(|e| match e {
+                quinn::ConnectionError::ApplicationClosed(close) => {
+                    String::from_utf8_lossy(&close.reason).into_owned()
+                }
+                quinn::ConnectionError::LocallyClosed => "closed".to_owned(),
+                other => other.to_string(),
+            }),
+            ControlConn::Tls(h) => h.close_reason().map(|(_, reason)| reason),
+        }
+    }
+
     /// Resolves when the connection is closed.
     pub async fn closed(&self) {
         match self {
@@ -103,6 +118,25 @@ impl EnvelopeRecv {
                     Some(_) => continue,
                     None => return Ok(None),
                 }
+            },
+        }
+    }
+
+    /// Like [`Self::next`], but a record other than an envelope on TLS is
+    /// an error ([`NetError::UnexpectedRecord`]), for connections that
+    /// carry envelopes only.
+    pub async fn next_strict(&mut self) -> Result<Option<Envelope>, NetError> {
+        match self {
+            EnvelopeRecv::Quic(r) => r.next().await,
+            EnvelopeRecv::Tls(r) => match r.next().await? {
+                Some(Record::Envelope(e)) => Ok(Some(e)),
+                Some(other) => Err(NetError::UnexpectedRecord(match other {
+                    Record::Datagram(_) => "datagram",
+                    Record::Close { .. } => "close",
+                    Record::Keepalive => "keepalive",
+                    Record::Envelope(_) => "envelope",
+                })),
+                None => Ok(None),
             },
         }
     }

@@ -1,5 +1,6 @@
-//! QUIC endpoints: TLS 1.3 (rustls with *ring*), ALPN `natter/1`, and the
-//! transport settings Natter uses on control connections.
+//! QUIC endpoints, built from the TLS configurations of [`crate::tls`]
+//! (TLS 1.3, ALPN `natter/1`), and the transport settings Natter uses on
+//! control connections (QUIC and TLS over TCP alike).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,21 +9,22 @@ use std::time::Duration;
 use natter_proto::messages::Envelope;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, VarInt};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::client::danger::ServerCertVerifier;
 
 use crate::framed::{FramedRecv, write_envelope};
+use crate::tls::{AcceptAnyServerCert, client_tls_config, provider, server_tls_config};
 use crate::{NetError, TlsIdentity};
 
-/// ALPN protocol id of every Natter control connection.
-pub const ALPN: &[u8] = b"natter/1";
+pub use crate::tls::ALPN;
 
 /// Transport settings of a control connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransportSettings {
-    /// How often to send a QUIC PING when nothing else is sent.
+    /// How often to send a QUIC PING (or a KEEPALIVE record on TLS over
+    /// TCP) when nothing else is sent. An interval not shorter than
+    /// `idle_timeout` means no QUIC PINGs at all (a server's PINGs would be
+    /// acknowledged, and the acknowledgements would keep an unused
+    /// connection from ever timing out).
     pub keep_alive: Duration,
     /// A connection silent this long is considered dead (the smaller of both
     /// sides' values applies).
@@ -45,7 +47,7 @@ impl TransportSettings {
         let mut transport = quinn::TransportConfig::default();
         let frame = natter_proto::frame::MAX_FRAME_LEN as u32;
         transport
-            .keep_alive_interval(Some(self.keep_alive))
+            .keep_alive_interval((self.keep_alive < self.idle_timeout).then_some(self.keep_alive))
             .max_idle_timeout(
                 quinn::IdleTimeout::try_from(self.idle_timeout)
                     .ok()
@@ -65,24 +67,13 @@ impl Default for TransportSettings {
     }
 }
 
-pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// A server configuration presenting `identity`, speaking ALPN `natter/1`.
 pub fn server_config(
     identity: &TlsIdentity,
     transport: &TransportSettings,
 ) -> Result<quinn::ServerConfig, NetError> {
-    let identity = identity.clone();
-    let mut crypto = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| NetError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(identity.cert_chain, identity.key)
+    let crypto = QuicServerConfig::try_from(server_tls_config(identity)?)
         .map_err(|e| NetError::Tls(e.to_string()))?;
-    crypto.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = QuicServerConfig::try_from(crypto).map_err(|e| NetError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(transport.to_quinn());
     Ok(server)
@@ -93,14 +84,8 @@ pub fn client_config(
     verifier: Arc<dyn ServerCertVerifier>,
     transport: &TransportSettings,
 ) -> Result<quinn::ClientConfig, NetError> {
-    let mut crypto = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| NetError::Tls(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    crypto.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = QuicClientConfig::try_from(crypto).map_err(|e| NetError::Tls(e.to_string()))?;
+    let crypto = QuicClientConfig::try_from(client_tls_config(verifier)?)
+        .map_err(|e| NetError::Tls(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(transport.to_quinn());
     Ok(client)
@@ -165,54 +150,4 @@ pub async fn request_once(
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| NetError::Timeout)?
-}
-
-/// Accepts any server certificate but still verifies the handshake
-/// signature made with it.
-#[derive(Debug)]
-pub(crate) struct AcceptAnyServerCert(pub(crate) Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

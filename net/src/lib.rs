@@ -5,11 +5,13 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`tls`] | a self-signed TLS identity (rcgen), persisted in a data directory when one is given |
-//! | [`endpoint`] | server and client configurations (quinn 0.11, rustls 0.23 with *ring*), ALPN `natter/1`, transport settings |
+//! | [`tls`] | ALPN `natter/1`, the one server and one client rustls configuration (TLS 1.3, *ring*) of both transports; a self-signed TLS identity (rcgen), persisted in a data directory when one is given |
+//! | [`endpoint`] | QUIC server and client configurations (quinn 0.11) built from [`tls`], transport settings |
 //! | [`framed`] | reading and writing [`natter_proto::messages::Envelope`] frames on QUIC streams |
 //! | [`tcp`] | TLS over TCP (tokio-rustls), the firewall fallback: typed records, keepalive, close codes |
 //! | [`control`] | a control connection over either transport (QUIC stream or TLS records) |
+//! | [`dial`] | one happy-eyeballs dial racing QUIC and TLS over TCP, with one error naming both attempts |
+//! | [`mux`] | requests and replies matched by `request_id` over a control connection; pushes to a bounded queue |
 //!
 //! ## Security model
 //!
@@ -28,20 +30,26 @@
 //! server's signing key) pass their own verifier to [`endpoint::client_config`].
 
 pub mod control;
+pub mod dial;
 pub mod endpoint;
 pub mod framed;
+pub mod mux;
 pub mod tcp;
 pub mod tls;
 
 pub use control::{ControlConn, EnvelopeRecv, EnvelopeSend, Transport};
+pub use dial::{Connected, DialError, DialPlan, dial};
+pub use mux::{Mux, MuxConfig, MuxError, Pushes};
 pub use tcp::{RecordConn, RecordReader, TlsHandle, TlsListener};
 
 /// Close code of a connection that sent a malformed frame or record (the
 /// same on QUIC and TLS).
 pub const CLOSE_MALFORMED: u32 = 1;
 
+pub use tls::ALPN;
+
 pub use endpoint::{
-    ALPN, TransportSettings, client_config, client_endpoint, insecure_client_config, request_once,
+    TransportSettings, client_config, client_endpoint, insecure_client_config, request_once,
     server_config, server_endpoint,
 };
 pub use framed::{FramedRecv, FramedSend, write_envelope};
@@ -78,6 +86,8 @@ pub enum NetError {
     Closed(String),
     #[error("stream ended in the middle of a frame")]
     Truncated,
+    #[error("unexpected {0} record")]
+    UnexpectedRecord(&'static str),
     #[error("stream ended before a reply")]
     NoReply,
     #[error("timed out")]

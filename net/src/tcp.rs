@@ -19,15 +19,17 @@ use std::time::{Duration, Instant};
 
 use natter_proto::messages::Envelope;
 use natter_proto::record::{self, Record, RecordDecoder};
-use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, watch};
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 
-use crate::endpoint::{ALPN, AcceptAnyServerCert, TransportSettings, provider};
+use crate::endpoint::TransportSettings;
+use crate::tls::server_tls_config;
 use crate::{NetError, TlsIdentity};
+
+pub use crate::tls::{client_tls_config, insecure_client_tls_config};
 
 /// Bytes read from the connection at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -71,17 +73,9 @@ impl TlsListener {
         identity: &TlsIdentity,
         settings: TransportSettings,
     ) -> Result<Self, NetError> {
-        let identity = identity.clone();
-        let mut config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| NetError::Tls(e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(identity.cert_chain, identity.key)
-            .map_err(|e| NetError::Tls(e.to_string()))?;
-        config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(Self {
             tcp,
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            acceptor: TlsAcceptor::from(server_tls_config(identity)?),
             settings,
         })
     }
@@ -153,27 +147,6 @@ impl Accepted {
     }
 }
 
-/// A TLS client configuration (ALPN `natter/1`, TLS 1.3) that checks the
-/// server with `verifier`.
-pub fn client_tls_config(
-    verifier: Arc<dyn ServerCertVerifier>,
-) -> Result<Arc<rustls::ClientConfig>, NetError> {
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| NetError::Tls(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// A TLS client configuration that accepts any server certificate, as
-/// [`crate::insecure_client_config`] does for QUIC (see the crate's security model).
-pub fn insecure_client_tls_config() -> Result<Arc<rustls::ClientConfig>, NetError> {
-    client_tls_config(Arc::new(AcceptAnyServerCert(provider())))
-}
-
 /// Connects to `addr` over TCP and runs the TLS handshake (server name
 /// `server_name`), all within `timeout`.
 pub async fn connect(
@@ -183,20 +156,57 @@ pub async fn connect(
     settings: TransportSettings,
     timeout: Duration,
 ) -> Result<RecordConn, NetError> {
-    let name = ServerName::try_from(server_name.to_owned())
-        .map_err(|e| NetError::Tls(format!("server name {server_name:?}: {e}")))?;
+    connect_staged(addr, server_name, config, settings, timeout)
+        .await
+        .map_err(|e| match e {
+            ConnectError::ServerName { .. } => NetError::Tls(e.to_string()),
+            ConnectError::Tcp(source) => NetError::io(format!("tcp connect to {addr}"), source),
+            ConnectError::Handshake(source) => {
+                NetError::io(format!("tls handshake with {addr}"), source)
+            }
+            ConnectError::Timeout => NetError::Timeout,
+        })
+}
+
+/// Why [`connect_staged`] failed, by stage (the address is the caller's).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("server name {name:?}: {source}")]
+    ServerName {
+        name: String,
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    #[error("tcp connect: {0}")]
+    Tcp(#[source] std::io::Error),
+    #[error("tls handshake: {0}")]
+    Handshake(#[source] std::io::Error),
+    #[error("timed out")]
+    Timeout,
+}
+
+/// [`connect`] with an error naming the stage that failed.
+pub async fn connect_staged(
+    addr: SocketAddr,
+    server_name: &str,
+    config: Arc<rustls::ClientConfig>,
+    settings: TransportSettings,
+    timeout: Duration,
+) -> Result<RecordConn, ConnectError> {
+    let name = ServerName::try_from(server_name.to_owned()).map_err(|source| {
+        ConnectError::ServerName {
+            name: server_name.to_owned(),
+            source,
+        }
+    })?;
     let connecting = async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| NetError::io(format!("tcp connect to {addr}"), e))?;
+        let tcp = TcpStream::connect(addr).await.map_err(ConnectError::Tcp)?;
         let _ = tcp.set_nodelay(true);
-        let local = tcp
-            .local_addr()
-            .map_err(|e| NetError::io("tcp local address", e))?;
+        let local = tcp.local_addr().map_err(ConnectError::Tcp)?;
         let stream = TlsConnector::from(config)
             .connect(name, tcp)
             .await
-            .map_err(|e| NetError::io(format!("tls handshake with {addr}"), e))?;
+            .map_err(ConnectError::Handshake)?;
         Ok(RecordConn::new(
             TlsStream::Client(stream),
             local,
@@ -206,7 +216,7 @@ pub async fn connect(
     };
     tokio::time::timeout(timeout, connecting)
         .await
-        .map_err(|_| NetError::Timeout)?
+        .map_err(|_| ConnectError::Timeout)?
 }
 
 /// One TLS connection carrying records: a reader and a cloneable handle

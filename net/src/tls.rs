@@ -1,14 +1,116 @@
-//! A self-signed TLS identity for a QUIC server.
+//! TLS for both transports, defined once: ALPN `natter/1`, the one server
+//! and the one client rustls configuration (TLS 1.3, *ring*) that QUIC
+//! ([`crate::endpoint`]) and TLS over TCP ([`crate::tcp`]) are built from,
+//! and a self-signed identity for servers.
 //!
-//! Generated with rcgen (ECDSA P-256). With a data directory the certificate
-//! and key are kept in `tls-cert.der` and `tls-key.der` (PKCS#8, mode 0600)
-//! so the server presents the same certificate across restarts.
+//! The identity is generated with rcgen (ECDSA P-256). With a data
+//! directory the certificate and key are kept in `tls-cert.der` and
+//! `tls-key.der` (PKCS#8, mode 0600) so the server presents the same
+//! certificate across restarts.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::NetError;
+
+/// ALPN protocol id of every Natter control connection (QUIC and TLS over
+/// TCP, login server and supernodes).
+pub const ALPN: &[u8] = b"natter/1";
+
+/// The crypto provider of every Natter TLS configuration.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The server configuration of both transports: TLS 1.3 only, ALPN
+/// `natter/1`, presenting `identity`, no client certificates.
+pub fn server_tls_config(identity: &TlsIdentity) -> Result<Arc<rustls::ServerConfig>, NetError> {
+    let identity = identity.clone();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(identity.cert_chain, identity.key)
+        .map_err(|e| NetError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The client configuration of both transports: TLS 1.3 only, ALPN
+/// `natter/1`, checking the server with `verifier`.
+pub fn client_tls_config(
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<Arc<rustls::ClientConfig>, NetError> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// [`client_tls_config`] accepting any server certificate (see the crate's
+/// security model: supernodes are not authenticated by TLS).
+pub fn insecure_client_tls_config() -> Result<Arc<rustls::ClientConfig>, NetError> {
+    client_tls_config(Arc::new(AcceptAnyServerCert(provider())))
+}
+
+/// Accepts any server certificate but still verifies the handshake
+/// signature made with it.
+#[derive(Debug)]
+pub(crate) struct AcceptAnyServerCert(pub(crate) Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
 
 /// File holding the DER certificate.
 pub const CERT_FILE: &str = "tls-cert.der";
