@@ -111,9 +111,9 @@ pub struct Config {
     /// Concurrent requests per connection (QUIC streams, or requests in
     /// flight on a TCP connection).
     pub max_streams_per_connection: u32,
-    /// Time a client has to send a complete request on a QUIC stream (and
-    /// to finish a TLS handshake); on TCP, time to write a reply before the
-    /// connection counts as stuck.
+    /// Time a client has to finish a TLS handshake over TCP, and time to
+    /// write a reply (on either transport) before the connection counts as
+    /// stuck.
     pub request_timeout: Duration,
     /// A connection with no traffic for this long is closed.
     pub idle_timeout: Duration,

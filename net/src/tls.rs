@@ -173,40 +173,20 @@ impl TlsIdentity {
         }
         let identity = Self::generate(subject)?;
         std::fs::create_dir_all(dir).map_err(|e| NetError::io(dir.display().to_string(), e))?;
-        write_private(&key_path, identity.key.secret_der())?;
+        natter_fsutil::write_private(&key_path, identity.key.secret_der()).map_err(file_error)?;
         let cert = identity
             .cert_chain
             .first()
             .map(|c| c.as_ref().to_vec())
             .unwrap_or_default();
-        std::fs::write(&cert_path, cert)
-            .map_err(|e| NetError::io(cert_path.display().to_string(), e))?;
+        natter_fsutil::write_atomic(&cert_path, &cert, natter_fsutil::PUBLIC)
+            .map_err(file_error)?;
         Ok(identity)
     }
 }
 
-/// Writes `bytes` to a new file readable by its owner only.
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), NetError> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .map_err(|e| NetError::io(path.display().to_string(), e))?;
-    #[cfg(unix)]
-    {
-        // The mode only applies when the file is created; tighten an old one too.
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| NetError::io(path.display().to_string(), e))?;
-    }
-    file.write_all(bytes)
-        .map_err(|e| NetError::io(path.display().to_string(), e))
+fn file_error(e: natter_fsutil::FileError) -> NetError {
+    NetError::io(e.path.display().to_string(), e.source)
 }
 
 #[cfg(test)]
