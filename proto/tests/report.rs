@@ -139,7 +139,10 @@ fn the_typed_report_writes_the_bytes_the_untyped_writer_did() {
         let r = report(end, secs, sent, received, packets);
         let json = r.to_json();
         assert_eq!(json, legacy_json(&r, sent, received, packets));
-        assert!(json.starts_with("{\"codec_bitrate\":16000,\"concealed_frames\":1,"), "{json}");
+        assert!(
+            json.starts_with("{\"codec_bitrate\":16000,\"concealed_frames\":1,"),
+            "{json}"
+        );
         assert!(!json.contains('\n'), "one line");
     }
 }
@@ -161,7 +164,9 @@ fn a_report_reads_back_as_written_up_to_the_rounding() {
     assert!(none.to_json().contains("\"path\":\"none\""));
     assert_eq!(CallReport::from_json(&none.to_json()).unwrap().path, None);
     // An unknown path name is an error, not a silent default.
-    let bad = r.to_json().replace("\"path\":\"tcp-relay\"", "\"path\":\"carrier-pigeon\"");
+    let bad = r
+        .to_json()
+        .replace("\"path\":\"tcp-relay\"", "\"path\":\"carrier-pigeon\"");
     assert!(CallReport::from_json(&bad).is_err());
 }
 

@@ -236,12 +236,20 @@ mod sessions {
     };
 
     const HOST: [SocketAddr; 2] = [
-        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 1)), 5000),
-        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 2)), 5000),
+        SocketAddr::new(
+            std::net::IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 1)),
+            5000,
+        ),
+        SocketAddr::new(
+            std::net::IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 2)),
+            5000,
+        ),
     ];
     /// The supernode: UDP relay and TLS listener on the same ip:port.
-    const SN: SocketAddr =
-        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 20)), 443);
+    const SN: SocketAddr = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 20)),
+        443,
+    );
     const TOKENS: [[u8; TOKEN_LEN]; 2] = [[0xA1; TOKEN_LEN], [0xB2; TOKEN_LEN]];
 
     /// A relay endpoint: a side's UDP address or its TLS leg.
@@ -419,7 +427,7 @@ mod sessions {
                 self.bound[side] = Some(from);
                 if let Peer::Udp(_) = from {
                     let reply = relay::encode_bind_reply(bytes, BindStatus::Bound);
-                    self.from_relay(from, &reply, now);
+                    self.relay_to(from, &reply, now);
                 } // a leg's bind reply is read by the leg task itself
                 return;
             }
@@ -427,11 +435,11 @@ mod sessions {
                 return; // unbound: dropped
             };
             if let Some(to) = self.bound[1 - side] {
-                self.from_relay(to, bytes, now);
+                self.relay_to(to, bytes, now);
             }
         }
 
-        fn from_relay(&mut self, to: Peer, bytes: &[u8], now: u64) {
+        fn relay_to(&mut self, to: Peer, bytes: &[u8], now: u64) {
             match to {
                 Peer::Udp(addr) => {
                     let j = HOST.iter().position(|h| *h == addr).unwrap();
@@ -482,17 +490,30 @@ mod sessions {
             "one leg, opened at the start"
         );
         assert!(
-            a.sent.iter().all(|(_, to, _)| matches!(to, Target::TcpLeg(_))),
+            a.sent
+                .iter()
+                .all(|(_, to, _)| matches!(to, Target::TcpLeg(_))),
             "a UDP-blocked side sends over its TLS leg only"
         );
-        assert_eq!(net.current(0), Some((Target::TcpLeg(SN), PathKind::TcpRelay)));
+        assert_eq!(
+            net.current(0),
+            Some((Target::TcpLeg(SN), PathKind::TcpRelay))
+        );
         // B reaches the relay over UDP: it stays on UDP and opens no leg.
         assert_eq!(net.current(1), Some((Target::Udp(SN), PathKind::Relayed)));
         assert!(net.log[1].legs_opened.is_empty());
         assert!(!net.sessions[1].tcp_active());
         // Voice flows both ways at 50 frames/s once both sides are bound.
-        assert!(net.voice_between(0, 1_000, 3_000) >= 95, "{}", net.voice_between(0, 1_000, 3_000));
-        assert!(net.voice_between(1, 1_000, 3_000) >= 95, "{}", net.voice_between(1, 1_000, 3_000));
+        assert!(
+            net.voice_between(0, 1_000, 3_000) >= 95,
+            "{}",
+            net.voice_between(0, 1_000, 3_000)
+        );
+        assert!(
+            net.voice_between(1, 1_000, 3_000) >= 95,
+            "{}",
+            net.voice_between(1, 1_000, 3_000)
+        );
     }
 
     #[test]
@@ -525,7 +546,10 @@ mod sessions {
             (UDP_SILENCE_FOR_TCP_MS - 30..=UDP_SILENCE_FOR_TCP_MS + 10).contains(&silence),
             "legs opened {silence} ms after UDP went silent"
         );
-        assert_eq!(net.current(0), Some((Target::TcpLeg(SN), PathKind::TcpRelay)));
+        assert_eq!(
+            net.current(0),
+            Some((Target::TcpLeg(SN), PathKind::TcpRelay))
+        );
         // B heard nothing over UDP either: it brings in its legs as well,
         // within the same window, and ends on a relay.
         let b_opened = net.log[1].legs_opened.first().expect("B's legs").0;
@@ -537,9 +561,20 @@ mod sessions {
         // B's leg took over its side of the allocation, so its UDP relay
         // target goes quiet; it is dropped once dead (2.5 s after it was
         // last heard), and media flows both ways over the legs.
-        assert_eq!(net.current(1), Some((Target::TcpLeg(SN), PathKind::TcpRelay)));
-        assert!(net.voice_between(1, 7_000, 8_000) >= 45, "{}", net.voice_between(1, 7_000, 8_000));
-        assert!(net.voice_between(0, 7_000, 8_000) >= 45, "{}", net.voice_between(0, 7_000, 8_000));
+        assert_eq!(
+            net.current(1),
+            Some((Target::TcpLeg(SN), PathKind::TcpRelay))
+        );
+        assert!(
+            net.voice_between(1, 7_000, 8_000) >= 45,
+            "{}",
+            net.voice_between(1, 7_000, 8_000)
+        );
+        assert!(
+            net.voice_between(0, 7_000, 8_000) >= 45,
+            "{}",
+            net.voice_between(0, 7_000, 8_000)
+        );
     }
 
     /// Like [`Net::pump`], but side `blocked`'s UDP datagrams vanish.
@@ -590,11 +625,20 @@ mod sessions {
             drop_udp_of(&mut net, 0, now);
         }
         assert_eq!(net.log[0].legs_opened.len(), 1, "legs opened after 1.5 s");
-        assert_eq!(net.current(0), Some((Target::TcpLeg(SN), PathKind::TcpRelay)));
+        assert_eq!(
+            net.current(0),
+            Some((Target::TcpLeg(SN), PathKind::TcpRelay))
+        );
         // The UDP relay and the TLS leg on the same ip:port are two targets.
         let targets = net.sessions[0].paths().targets();
-        let udp_relay = targets.iter().find(|t| t.target == Target::Udp(SN)).unwrap();
-        let tcp_relay = targets.iter().find(|t| t.target == Target::TcpLeg(SN)).unwrap();
+        let udp_relay = targets
+            .iter()
+            .find(|t| t.target == Target::Udp(SN))
+            .unwrap();
+        let tcp_relay = targets
+            .iter()
+            .find(|t| t.target == Target::TcpLeg(SN))
+            .unwrap();
         assert_eq!(udp_relay.kind, PathKind::Relayed);
         assert_eq!(tcp_relay.kind, PathKind::TcpRelay);
         assert!(tcp_relay.confirmed() && !udp_relay.confirmed());
@@ -610,7 +654,10 @@ mod sessions {
             .map(|(t, _, _)| *t)
             .expect("back on the UDP relay");
         assert!(back < 2_500, "back on UDP at {back} ms");
-        assert_eq!(net.voice_sent_to(0, Target::TcpLeg(SN), back + 10, 5_000), 0);
+        assert_eq!(
+            net.voice_sent_to(0, Target::TcpLeg(SN), back + 10, 5_000),
+            0
+        );
         assert!(net.voice_sent_to(0, Target::Udp(SN), back, 5_000) >= 100);
         assert!(net.voice_between(1, 3_000, 5_000) >= 95);
     }
@@ -675,12 +722,18 @@ mod sessions {
             addr: SN,
             token: TOKENS[0],
         };
-        assert!(net.sessions[0].binds().is_bound(&leg), "the UDP bind stands");
+        assert!(
+            net.sessions[0].binds().is_bound(&leg),
+            "the UDP bind stands"
+        );
         // Over UDP the same bytes are the relay's answer: the bind is refused.
         net.sessions[0]
             .handle_datagram(Target::Udp(SN), &reply, 500)
             .unwrap();
         assert!(!net.sessions[0].binds().is_bound(&leg));
-        assert_eq!(net.sessions[0].stats().received_packets, after.received_packets);
+        assert_eq!(
+            net.sessions[0].stats().received_packets,
+            after.received_packets
+        );
     }
 }
