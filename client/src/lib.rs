@@ -15,7 +15,7 @@
 //! | [`hostcache`] | the persisted list of supernodes |
 //! | [`supernode`] | one joined session with a supernode: requests, replies, pushes |
 //! | [`overlay`] | choosing a supernode, the alternate node table, failover |
-//! | [`gather`] | the candidates of a call (host, server-reflexive, relay) and relay binds |
+//! | [`gather`] | the candidates of a call (host, server-reflexive, relay) and its relay allocation |
 //! | [`netcheck`] | classifying this host's NAT with STUN reflectors |
 //! | [`call`] | placing and answering calls: signaling plus the SoM/UDP media loop |
 
