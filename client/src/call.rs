@@ -362,6 +362,36 @@ async fn run_media(
         own_relay,
         behind_nat,
     } = transport;
+    let mut rng = rand::thread_rng();
+    let mut call = CallSession::new(
+        &keys.send,
+        &keys.recv,
+        SessionSetup {
+            udp_blocked: udp_blocked(session),
+            behind_nat,
+            start_index: rng.next_u32() as u16,
+            seed: rng.next_u64(),
+        },
+        SessionConfig::default(),
+        0,
+    );
+    call.add_candidates(&remote_candidates, 0);
+    if let Some(own) = own_relay {
+        call.add_own_relay(own.udp, own.tcp, 0);
+    }
+    let mut media =
+        MediaSession::new(MediaConfig::default()).map_err(|e| CallError::Audio(e.to_string()))?;
+    let mut legs = TcpLegs::default();
+    let mut io = MediaIo {
+        socket: &socket,
+        legs: &mut legs,
+        media: &mut media,
+        peer_silent: false,
+    };
+    // Legs the session wants from the start (UDP blocked) connect while
+    // the audio is being set up.
+    io.drain(&mut call, 0).await;
+
     let input = match &options.audio_in {
         Some(path) => read_mono_48k(path).map_err(|e| CallError::Audio(e.to_string()))?,
         None => Vec::new(),
@@ -398,33 +428,6 @@ async fn run_media(
             }
         })
     });
-    let mut rng = rand::thread_rng();
-    let mut call = CallSession::new(
-        &keys.send,
-        &keys.recv,
-        SessionSetup {
-            udp_blocked: udp_blocked(session),
-            behind_nat,
-            start_index: rng.next_u32() as u16,
-            seed: rng.next_u64(),
-        },
-        SessionConfig::default(),
-        0,
-    );
-    call.add_candidates(&remote_candidates, 0);
-    if let Some(own) = own_relay {
-        call.add_own_relay(own.udp, own.tcp, 0);
-    }
-    let mut media =
-        MediaSession::new(MediaConfig::default()).map_err(|e| CallError::Audio(e.to_string()))?;
-    let mut legs = TcpLegs::default();
-    let mut io = MediaIo {
-        socket: &socket,
-        legs: &mut legs,
-        media: &mut media,
-        peer_silent: false,
-    };
-
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(u64::from(natter_media::FRAME_MS)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
