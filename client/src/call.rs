@@ -392,41 +392,10 @@ async fn run_media(
     // the audio is being set up.
     io.drain(&mut call, 0).await;
 
-    let input = match &options.audio_in {
-        Some(path) => read_mono_48k(path).map_err(|e| CallError::Audio(e.to_string()))?,
-        None => Vec::new(),
-    };
-    let device_name = |name: &String| {
-        (name != "default")
-            .then_some(name.as_str())
-            .map(str::to_owned)
-    };
-    let mut capture = match (&options.audio_in, &options.input_device) {
-        (None, Some(name)) => Some(
-            natter_media::devices::Capture::open(device_name(name).as_deref())
-                .map_err(|e| CallError::Audio(e.to_string()))?,
-        ),
-        _ => None,
-    };
-    let mut playback = match (&options.audio_out, &options.output_device) {
-        (None, Some(name)) => Some(
-            natter_media::devices::Playback::open(device_name(name).as_deref())
-                .map_err(|e| CallError::Audio(e.to_string()))?,
-        ),
-        _ => None,
-    };
-    let mut sink = match &options.audio_out {
-        Some(path) => Some(WavSink::create(path).map_err(|e| CallError::Audio(e.to_string()))?),
-        None => None,
-    };
+    let mut audio_ends = AudioEnds::open(options)?;
     let duration = options.duration.or_else(|| {
-        (setup.role() == natter_proto::handshake::Role::Caller).then(|| {
-            if input.is_empty() {
-                Duration::from_secs(10)
-            } else {
-                Duration::from_millis((input.len() / 48) as u64)
-            }
-        })
+        (setup.role() == natter_proto::handshake::Role::Caller)
+            .then(|| audio_ends.input_length().unwrap_or(Duration::from_secs(10)))
     });
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(u64::from(natter_media::FRAME_MS)));
@@ -434,7 +403,6 @@ async fn run_media(
     let mut buf = vec![0u8; 2048];
     let mut frame = vec![0i16; FRAME_SAMPLES];
     let mut pcm = vec![0i16; FRAME_SAMPLES];
-    let mut frame_index = 0usize;
     let mut first_audio_ms = None;
     let mut ended_by_peer = false;
     let show_status = options.live_status && std::io::stderr().is_terminal();
@@ -447,29 +415,15 @@ async fn run_media(
         tokio::select! {
             _ = tick.tick() => {
                 let now_ms = start.elapsed().as_millis() as u64;
-                // Send: one frame of the input (WAV or sound card), or silence.
-                let from = frame_index * FRAME_SAMPLES;
-                pcm.fill(0);
-                if let Some(capture) = capture.as_mut() {
-                    capture.next_frame(&mut pcm);
-                } else if from < input.len() {
-                    let n = (input.len() - from).min(FRAME_SAMPLES);
-                    pcm[..n].copy_from_slice(&input[from..from + n]);
-                }
-                frame_index += 1;
+                // Send one frame of the input, play one frame.
+                audio_ends.next_frame(&mut pcm);
                 call.handle_timeout(now_ms).map_err(sealing)?;
                 let payload = io.media.encode(&pcm).map_err(audio)?;
                 call.send_voice(payload, now_ms).map_err(sealing)?;
                 io.drain(&mut call, now_ms).await;
-                // Play: one frame.
                 if io.media.poll_audio(now_ms, &mut frame).map_err(audio)? {
                     first_audio_ms.get_or_insert(setup_ms + now_ms);
-                    if let Some(sink) = sink.as_mut() {
-                        sink.write(&frame).map_err(|e| CallError::Audio(e.to_string()))?;
-                    }
-                    if let Some(playback) = playback.as_mut() {
-                        playback.push_frame(&frame);
-                    }
+                    audio_ends.play(&frame)?;
                 }
                 if show_status && last_status.elapsed() >= Duration::from_secs(1) {
                     last_status = Instant::now();
@@ -543,9 +497,7 @@ async fn run_media(
     if show_status {
         eprintln!();
     }
-    if let Some(sink) = sink {
-        sink.finish().map_err(|e| CallError::Audio(e.to_string()))?;
-    }
+    audio_ends.finish()?;
     let tcp_stats = io.legs.stats();
     let done = CallDone {
         peer,
@@ -560,6 +512,93 @@ async fn run_media(
         tcp_dropped: tcp_stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
     };
     Ok(done.report(&call, io.media))
+}
+
+/// The audio ends of a call: what is sent (a WAV, else the sound card,
+/// else silence) and where what is heard goes (a WAV, the sound card).
+struct AudioEnds {
+    input: Vec<i16>,
+    capture: Option<natter_media::devices::Capture>,
+    playback: Option<natter_media::devices::Playback>,
+    sink: Option<WavSink>,
+    frame_index: usize,
+}
+
+impl AudioEnds {
+    fn open(options: &CallOptions) -> Result<Self, CallError> {
+        let input = match &options.audio_in {
+            Some(path) => read_mono_48k(path).map_err(|e| CallError::Audio(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let device_name = |name: &String| {
+            (name != "default")
+                .then_some(name.as_str())
+                .map(str::to_owned)
+        };
+        let capture = match (&options.audio_in, &options.input_device) {
+            (None, Some(name)) => Some(
+                natter_media::devices::Capture::open(device_name(name).as_deref())
+                    .map_err(|e| CallError::Audio(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        let playback = match (&options.audio_out, &options.output_device) {
+            (None, Some(name)) => Some(
+                natter_media::devices::Playback::open(device_name(name).as_deref())
+                    .map_err(|e| CallError::Audio(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        let sink = match &options.audio_out {
+            Some(path) => Some(WavSink::create(path).map_err(|e| CallError::Audio(e.to_string()))?),
+            None => None,
+        };
+        Ok(Self {
+            input,
+            capture,
+            playback,
+            sink,
+            frame_index: 0,
+        })
+    }
+
+    /// How long the WAV input lasts (`None` without one, or an empty one).
+    fn input_length(&self) -> Option<Duration> {
+        (!self.input.is_empty()).then(|| Duration::from_millis((self.input.len() / 48) as u64))
+    }
+
+    /// The next frame to send (silence after the input's end).
+    fn next_frame(&mut self, pcm: &mut [i16]) {
+        let from = self.frame_index * FRAME_SAMPLES;
+        pcm.fill(0);
+        if let Some(capture) = self.capture.as_mut() {
+            capture.next_frame(pcm);
+        } else if from < self.input.len() {
+            let n = (self.input.len() - from).min(FRAME_SAMPLES);
+            pcm[..n].copy_from_slice(&self.input[from..from + n]);
+        }
+        self.frame_index += 1;
+    }
+
+    /// Plays one frame heard from the peer.
+    fn play(&mut self, frame: &[i16]) -> Result<(), CallError> {
+        if let Some(sink) = self.sink.as_mut() {
+            sink.write(frame)
+                .map_err(|e| CallError::Audio(e.to_string()))?;
+        }
+        if let Some(playback) = self.playback.as_mut() {
+            playback.push_frame(frame);
+        }
+        Ok(())
+    }
+
+    /// Completes the WAV output.
+    fn finish(self) -> Result<(), CallError> {
+        if let Some(sink) = self.sink {
+            sink.finish().map_err(|e| CallError::Audio(e.to_string()))?;
+        }
+        Ok(())
+    }
 }
 
 /// Where the call session's output goes: the UDP socket, the TLS legs, the

@@ -736,4 +736,57 @@ mod sessions {
             after.received_packets
         );
     }
+
+    #[test]
+    fn a_silent_peer_is_reported_once_after_the_media_timeout() {
+        let mut net = Net::new([false, false]);
+        net.run(0, 2_000);
+        // B vanishes: nothing reaches A any more, over any transport.
+        net.udp_ok[1] = false;
+        net.relay_udp_up = false;
+        let mut silent = Vec::new();
+        for now in (2_000..14_000).step_by(10) {
+            net.sessions[0].handle_timeout(now).unwrap();
+            while let Some(e) = net.sessions[0].poll_event() {
+                if e == Event::PeerSilent {
+                    silent.push(now);
+                }
+            }
+            while net.sessions[0].poll_transmit().is_some() {}
+        }
+        assert_eq!(silent.len(), 1, "{silent:?}");
+        let timeout = SessionConfig::default().media_timeout_ms;
+        assert!(
+            (2_000 + timeout - 30..=2_000 + timeout).contains(&silent[0]),
+            "reported at {} ms",
+            silent[0]
+        );
+    }
+
+    #[test]
+    fn the_next_timeout_is_the_next_thing_due() {
+        let mut net = Net::new([false, false]);
+        // Before anything ran, every target and bind is due now.
+        assert_eq!(net.sessions[0].poll_timeout(), Some(0));
+        net.run(0, 10);
+        // Then the next fast probe (50 ms) or bind retry (200 ms): the probe.
+        assert_eq!(
+            net.sessions[0].poll_timeout(),
+            Some(SessionConfig::default().path.fast_probe_ms)
+        );
+        // A UDP-blocked side with nothing left to probe or bind waits for
+        // the media timeout.
+        let keys = KeySchedule::derive(&[1; 16], &[2; 32], &[3; 32], &[4; 32]);
+        let setup = SessionSetup {
+            udp_blocked: true,
+            behind_nat: false,
+            start_index: 0,
+            seed: 1,
+        };
+        let idle = CallSession::new(&keys.c2s, &keys.s2c, setup, SessionConfig::default(), 500);
+        assert_eq!(
+            idle.poll_timeout(),
+            Some(500 + SessionConfig::default().media_timeout_ms)
+        );
+    }
 }
