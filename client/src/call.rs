@@ -1,14 +1,16 @@
 //! Placing and answering calls: the tokio shell around
-//! [`natter_proto::call::CallSetup`] (signaling through the supernode) and
-//! [`natter_media::session::MediaSession`] (SoM/UDP media).
+//! [`natter_proto::call::CallSetup`] (signaling through the supernode),
+//! [`natter_proto::session::CallSession`] (where each datagram goes, relay
+//! binds, the TCP fallback, sealing and opening) and
+//! [`natter_media::session::MediaSession`] (codec and jitter buffer).
 //!
-//! Media runs on one UDP socket per call, driven by a 20 ms interval: each
-//! tick sends exactly one `Data` datagram (speech or silence, no suppression)
-//! and plays exactly one frame. Probes every second measure the RTT.
-//!
-//! Where UDP does not work (the supernode session runs over TLS on TCP, or
-//! every UDP path has gone silent mid-call) the same datagrams travel over
-//! TLS relay legs to the supernodes' relays ([`crate::tcp_relay`]).
+//! The media loop ([`run_media`]) only moves bytes and time: a 20 ms
+//! interval encodes one frame (speech or silence, no suppression), hands it
+//! to the call session and plays one frame; datagrams from the UDP socket
+//! and from the TLS relay legs ([`crate::tcp_relay`]) go to the call
+//! session; whatever the session queues goes out to the socket or the leg
+//! it names, and legs open when the session asks. Every path and fallback
+//! decision is the session's.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -16,31 +18,35 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use natter_media::FRAME_SAMPLES;
-use natter_media::session::{MediaConfig, MediaSession, MediaStats, Received};
+use natter_media::session::{MediaConfig, MediaSession};
 use natter_media::wav::{WavSink, read_mono_48k};
 use natter_proto::call::{CallEvent, CallSetup, EndReason, Phase};
 use natter_proto::cert::Identity;
 use natter_proto::handshake::CallKeys;
 use natter_proto::messages::{CallSignal, Candidate, ErrorCode, call_signal, envelope};
-use natter_proto::path::{PathConfig, PathKind, PathManager, Switch};
+use natter_proto::path::Target;
+pub use natter_proto::report::CallReport;
+use natter_proto::report::SwitchReport;
+use natter_proto::session::{CallSession, Event, SessionConfig, SessionSetup};
 use rand::RngCore;
 use rsa::RsaPublicKey;
 use tokio::net::UdpSocket;
 
-use crate::gather::{self, OwnRelay, RelayBinds};
+use crate::gather::{self, OwnRelay};
 use crate::now_unix_secs;
 use crate::supernode::{SessionError, SupernodeSession};
-use crate::tcp_relay::{TcpLeg, TcpLegs};
+use crate::tcp_relay::TcpLegs;
 
 /// Time the callee has to answer.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
-/// A call with no media from the peer for this long is over.
-pub const MEDIA_TIMEOUT: Duration = Duration::from_secs(10);
+/// A call with no media from the peer for this long is over (decided by
+/// the call session).
+pub const MEDIA_TIMEOUT: Duration = Duration::from_millis(natter_proto::session::MEDIA_TIMEOUT_MS);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// With UDP usable at the start, TCP relay legs open once no UDP datagram
-/// has been heard from the peer for this long (UDP blocked mid-call, or
-/// never working).
-pub const UDP_SILENCE_FOR_TCP: Duration = Duration::from_millis(1500);
+/// has been heard from the peer for this long (decided by the call session).
+pub const UDP_SILENCE_FOR_TCP: Duration =
+    Duration::from_millis(natter_proto::session::UDP_SILENCE_FOR_TCP_MS);
 
 /// Audio and reporting options of a call.
 #[derive(Debug, Clone, Default)]
@@ -84,136 +90,6 @@ pub enum CallError {
     Socket(#[from] std::io::Error),
     #[error("the supernode session ended during the call")]
     SessionLost,
-}
-
-/// The report of one call.
-#[derive(Debug, Clone)]
-pub struct CallReport {
-    pub peer: String,
-    /// The path of the first media frame and of the last.
-    pub path_start: Option<PathKind>,
-    pub path_end: Option<PathKind>,
-    /// Every change of path, in ms since media started.
-    pub switches: Vec<Switch>,
-    /// When a direct or hole-punched path was first confirmed.
-    pub time_to_direct_ms: Option<u64>,
-    pub remote_addr: Option<SocketAddr>,
-    pub duration_s: f64,
-    pub setup_ms: u64,
-    pub first_audio_ms: Option<u64>,
-    pub ended_by_peer: bool,
-    pub media: MediaStats,
-    pub codec_bitrate: i32,
-    /// Transport of the supernode session (`quic` or `tcp`).
-    pub signaling: &'static str,
-    /// RTT of the path media last went over (connectivity-check probes).
-    pub path_rtt_ms: Option<u64>,
-    /// TLS relay legs connected (reconnections included).
-    pub tcp_connects: u64,
-    /// Datagrams dropped on full TCP leg queues.
-    pub tcp_dropped: u64,
-}
-
-impl CallReport {
-    /// Mean UDP payload of what this side sent, in bytes.
-    pub fn mean_payload(&self) -> f64 {
-        if self.media.sent_packets == 0 {
-            0.0
-        } else {
-            self.media.sent_bytes as f64 / self.media.sent_packets as f64
-        }
-    }
-
-    /// The path at the end of the call (the one media last went over).
-    pub fn path(&self) -> &'static str {
-        self.path_end.map_or("none", PathKind::name)
-    }
-
-    /// The report as JSON (the `--stats-json` file).
-    pub fn to_json(&self) -> String {
-        let m = &self.media;
-        let secs = self.duration_s.max(0.001);
-        let switches: Vec<_> = self
-            .switches
-            .iter()
-            .map(|s| serde_json::json!({"at_ms": s.at_ms, "path": s.kind.name(), "addr": s.addr.to_string()}))
-            .collect();
-        serde_json::json!({
-            "peer": self.peer,
-            "path": self.path(),
-            "path_start": self.path_start.map(PathKind::name),
-            "path_end": self.path_end.map(PathKind::name),
-            "switches": switches,
-            "time_to_direct_ms": self.time_to_direct_ms,
-            "remote_addr": self.remote_addr.map(|a| a.to_string()),
-            "duration_s": (self.duration_s * 1000.0).round() / 1000.0,
-            "setup_ms": self.setup_ms,
-            "first_audio_ms": self.first_audio_ms,
-            "ended_by_peer": self.ended_by_peer,
-            "rtt_ms": m.last_rtt_ms,
-            "jitter_ms": (m.jitter_ms * 100.0).round() / 100.0,
-            "packets_sent": m.sent_packets,
-            "packets_received": m.received_packets,
-            "media_packets_sent": m.sent_media_packets,
-            "media_packets_received": m.received_media_packets,
-            "packets_lost": m.lost,
-            "packets_late": m.jitter.late,
-            "duplicates": m.jitter.duplicate,
-            "fec_recoveries": m.jitter.fec,
-            "concealed_frames": m.jitter.concealed,
-            "dropped_auth": m.dropped_auth,
-            "dropped_replay": m.dropped_replay,
-            "dropped_malformed": m.dropped_malformed,
-            "jitter_buffer_delay_ms": m.jitter_buffer_delay_ms,
-            "send_bytes_per_s": (m.sent_bytes as f64 / secs * 10.0).round() / 10.0,
-            "recv_bytes_per_s": (m.received_bytes as f64 / secs * 10.0).round() / 10.0,
-            "mean_udp_payload": (self.mean_payload() * 100.0).round() / 100.0,
-            "codec_bitrate": self.codec_bitrate,
-            "signaling": self.signaling,
-            "path_rtt_ms": self.path_rtt_ms,
-            "tcp_connects": self.tcp_connects,
-            "tcp_dropped": self.tcp_dropped,
-        })
-        .to_string()
-    }
-
-    /// A human-readable report.
-    pub fn to_text(&self) -> String {
-        let m = &self.media;
-        format!(
-            "call with {peer}: {dur:.1} s, path {path} ({remote}, RTT {prtt}), signaling over {sig}, setup {setup} ms, first audio {first}\n\
-             sent {sp} packets ({smp} media, mean UDP payload {mp:.1} B, {sbps:.0} B/s), received {rp} ({rmp} media)\n\
-             lost {lost} (FEC recovered {fec}, concealed {conc}), late {late}, dropped: auth {auth}, replay {rep}, malformed {mal}\n\
-             RTT {rtt}, jitter {jit:.1} ms, jitter-buffer delay {jbd} ms, codec Opus {br} b/s",
-            peer = self.peer,
-            dur = self.duration_s,
-            path = self.path(),
-            remote = self.remote_addr.map_or("-".into(), |a| a.to_string()),
-            prtt = self.path_rtt_ms.map_or("-".into(), |v| format!("{v} ms")),
-            sig = self.signaling,
-            setup = self.setup_ms,
-            first = self
-                .first_audio_ms
-                .map_or("-".into(), |v| format!("{v} ms")),
-            sp = m.sent_packets,
-            smp = m.sent_media_packets,
-            mp = self.mean_payload(),
-            sbps = m.sent_bytes as f64 / self.duration_s.max(0.001),
-            rp = m.received_packets,
-            rmp = m.received_media_packets,
-            lost = m.lost,
-            fec = m.jitter.fec,
-            conc = m.jitter.concealed,
-            late = m.jitter.late,
-            auth = m.dropped_auth,
-            rep = m.dropped_replay,
-            mal = m.dropped_malformed,
-            rtt = m.last_rtt_ms.map_or("-".into(), |v| format!("{v} ms")),
-            jit = m.jitter_ms,
-            jbd = m.jitter_buffer_delay_ms,
-            br = self.codec_bitrate,
-        )
-    }
 }
 
 /// Whether this side must do without UDP: its session fell back to TLS
@@ -470,97 +346,6 @@ struct MediaTransport {
     behind_nat: bool,
 }
 
-/// Where a call's datagrams can go: UDP targets with their relay binds, and
-/// TLS relay legs, opened when UDP is blocked or has gone silent.
-struct Paths {
-    path: PathManager,
-    binds: RelayBinds,
-    behind_nat: bool,
-    /// No UDP at all: only TCP relay legs are used.
-    udp_blocked: bool,
-    /// TCP relay legs known (own relay, peer's TCP relay candidates).
-    tcp_known: Vec<TcpLeg>,
-    /// Whether known TCP legs are opened.
-    tcp_active: bool,
-    tcp: TcpLegs,
-}
-
-impl Paths {
-    fn new(udp_blocked: bool, behind_nat: bool) -> Self {
-        Self {
-            path: PathManager::new(PathConfig::default(), 0),
-            binds: RelayBinds::default(),
-            behind_nat,
-            udp_blocked,
-            tcp_known: Vec::new(),
-            tcp_active: udp_blocked,
-            tcp: TcpLegs::default(),
-        }
-    }
-
-    /// This side's own relay: bound over UDP (unless UDP is blocked) and
-    /// over TCP once TCP legs are in use.
-    fn add_own_relay(&mut self, own: OwnRelay) {
-        if !self.udp_blocked {
-            // Our own relay forwards to the peer once the peer binds too.
-            self.path.add_target(own.udp.addr, PathKind::Relayed, 0);
-            self.binds.add(own.udp);
-        }
-        if let Some(leg) = own.tcp {
-            self.add_tcp(leg, 0);
-        }
-    }
-
-    /// Hands the peer's candidates to the path manager, the relay binder
-    /// and the TCP legs.
-    fn add_candidates(&mut self, candidates: &[Candidate], now_ms: u64) {
-        for c in candidates {
-            let Some((addr, kind, token)) = gather::target(c, self.behind_nat) else {
-                continue;
-            };
-            match (kind, token) {
-                (PathKind::TcpRelay, Some(token)) => self.add_tcp(TcpLeg { addr, token }, now_ms),
-                (PathKind::TcpRelay, None) => {}
-                _ if self.udp_blocked => {}
-                (_, token) => {
-                    self.path.add_target(addr, kind, now_ms);
-                    if let Some(token) = token {
-                        self.binds.add(gather::RelayLeg { addr, token });
-                    }
-                }
-            }
-        }
-    }
-
-    fn add_tcp(&mut self, leg: TcpLeg, now_ms: u64) {
-        if !self.tcp_known.contains(&leg) {
-            self.tcp_known.push(leg);
-        }
-        if self.tcp_active {
-            self.open_tcp(now_ms);
-        }
-    }
-
-    /// Opens every known TCP leg (from now on).
-    fn open_tcp(&mut self, now_ms: u64) {
-        self.tcp_active = true;
-        for leg in &self.tcp_known {
-            if self.tcp.open(*leg) {
-                self.path.add_target(leg.addr, PathKind::TcpRelay, now_ms);
-            }
-        }
-    }
-
-    /// Sends `datagram` to `to`, over the TCP leg when `to` is one.
-    async fn send(&self, socket: &UdpSocket, datagram: &[u8], to: SocketAddr) {
-        if self.tcp.contains(to) {
-            self.tcp.send(to, datagram);
-        } else if !self.udp_blocked {
-            let _ = socket.send_to(datagram, to).await;
-        }
-    }
-}
-
 /// Runs the media of a connected call until either side hangs up.
 async fn run_media(
     session: &SupernodeSession,
@@ -577,138 +362,84 @@ async fn run_media(
         own_relay,
         behind_nat,
     } = transport;
-    let mut paths = Paths::new(udp_blocked(session), behind_nat);
-    paths.add_candidates(&remote_candidates, 0);
-    if let Some(own) = own_relay {
-        paths.add_own_relay(own);
-    }
-    let mut path_start = None;
-    let mut remote = None;
-    let input = match &options.audio_in {
-        Some(path) => read_mono_48k(path).map_err(|e| CallError::Audio(e.to_string()))?,
-        None => Vec::new(),
-    };
-    let device_name = |name: &String| {
-        (name != "default")
-            .then_some(name.as_str())
-            .map(str::to_owned)
-    };
-    let mut capture = match (&options.audio_in, &options.input_device) {
-        (None, Some(name)) => Some(
-            natter_media::devices::Capture::open(device_name(name).as_deref())
-                .map_err(|e| CallError::Audio(e.to_string()))?,
-        ),
-        _ => None,
-    };
-    let mut playback = match (&options.audio_out, &options.output_device) {
-        (None, Some(name)) => Some(
-            natter_media::devices::Playback::open(device_name(name).as_deref())
-                .map_err(|e| CallError::Audio(e.to_string()))?,
-        ),
-        _ => None,
-    };
-    let mut sink = match &options.audio_out {
-        Some(path) => Some(WavSink::create(path).map_err(|e| CallError::Audio(e.to_string()))?),
-        None => None,
-    };
-    let duration = options.duration.or_else(|| {
-        (setup.role() == natter_proto::handshake::Role::Caller).then(|| {
-            if input.is_empty() {
-                Duration::from_secs(10)
-            } else {
-                Duration::from_millis((input.len() / 48) as u64)
-            }
-        })
-    });
     let mut rng = rand::thread_rng();
-    let mut media = MediaSession::new(
+    let mut call = CallSession::new(
         &keys.send,
         &keys.recv,
-        rng.next_u32() as u16,
-        rng.next_u64(),
-        MediaConfig::default(),
-    )
-    .map_err(|e| CallError::Audio(e.to_string()))?;
+        SessionSetup {
+            udp_blocked: udp_blocked(session),
+            behind_nat,
+            start_index: rng.next_u32() as u16,
+            seed: rng.next_u64(),
+        },
+        SessionConfig::default(),
+        0,
+    );
+    call.add_candidates(&remote_candidates, 0);
+    if let Some(own) = own_relay {
+        call.add_own_relay(own.udp, own.tcp, 0);
+    }
+    let mut media =
+        MediaSession::new(MediaConfig::default()).map_err(|e| CallError::Audio(e.to_string()))?;
+    let mut legs = TcpLegs::default();
+    let mut io = MediaIo {
+        socket: &socket,
+        legs: &mut legs,
+        media: &mut media,
+        peer_silent: false,
+    };
+    // Legs the session wants from the start (UDP blocked) connect while
+    // the audio is being set up.
+    io.drain(&mut call, 0).await;
 
+    let mut audio_ends = AudioEnds::open(options)?;
+    let duration = options.duration.or_else(|| {
+        (setup.role() == natter_proto::handshake::Role::Caller)
+            .then(|| audio_ends.input_length().unwrap_or(Duration::from_secs(10)))
+    });
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(u64::from(natter_media::FRAME_MS)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut datagram = Vec::with_capacity(128);
     let mut buf = vec![0u8; 2048];
     let mut frame = vec![0i16; FRAME_SAMPLES];
     let mut pcm = vec![0i16; FRAME_SAMPLES];
-    let mut frame_index = 0usize;
     let mut first_audio_ms = None;
-    let mut last_heard = Instant::now();
-    let mut last_udp_heard = Instant::now();
     let mut ended_by_peer = false;
     let show_status = options.live_status && std::io::stderr().is_terminal();
     let mut last_status = Instant::now();
     let mut session_alive = true;
+    let sealing = |e: natter_proto::media::SealError| CallError::Failed(e.to_string());
+    let audio = |e: natter_media::session::MediaError| CallError::Audio(e.to_string());
 
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 let now_ms = start.elapsed().as_millis() as u64;
-                // Send: one frame of the input (WAV or sound card), or silence.
-                let from = frame_index * FRAME_SAMPLES;
-                pcm.fill(0);
-                if let Some(capture) = capture.as_mut() {
-                    capture.next_frame(&mut pcm);
-                } else if from < input.len() {
-                    let n = (input.len() - from).min(FRAME_SAMPLES);
-                    pcm[..n].copy_from_slice(&input[from..from + n]);
-                }
-                frame_index += 1;
-                // UDP silent too long: bring in the TCP relay legs.
-                if !paths.tcp_active && last_udp_heard.elapsed() >= UDP_SILENCE_FOR_TCP {
-                    paths.open_tcp(now_ms);
-                }
-                // Relay binds, connectivity checks, then the frame on the chosen path.
-                if !paths.udp_blocked {
-                    for (relay, bind) in paths.binds.poll(now_ms) {
-                        let _ = socket.send_to(&bind, relay).await;
-                    }
-                }
-                for to in paths.path.poll_probes(now_ms) {
-                    media.probe(now_ms, &mut datagram).map_err(|e| CallError::Audio(e.to_string()))?;
-                    paths.send(&socket, &datagram, to).await;
-                }
-                remote = paths.path.current(now_ms);
-                if let Some((to, kind)) = remote {
-                    path_start.get_or_insert(kind);
-                    media.poll_transmit(&pcm, &mut datagram).map_err(|e| CallError::Audio(e.to_string()))?;
-                    paths.send(&socket, &datagram, to).await;
-                }
-                // Play: one frame.
-                if media.poll_audio(now_ms, &mut frame).map_err(|e| CallError::Audio(e.to_string()))? {
+                // Send one frame of the input, play one frame.
+                audio_ends.next_frame(&mut pcm);
+                call.handle_timeout(now_ms).map_err(sealing)?;
+                let payload = io.media.encode(&pcm).map_err(audio)?;
+                call.send_voice(payload, now_ms).map_err(sealing)?;
+                io.drain(&mut call, now_ms).await;
+                if io.media.poll_audio(now_ms, &mut frame).map_err(audio)? {
                     first_audio_ms.get_or_insert(setup_ms + now_ms);
-                    if let Some(sink) = sink.as_mut() {
-                        sink.write(&frame).map_err(|e| CallError::Audio(e.to_string()))?;
-                    }
-                    if let Some(playback) = playback.as_mut() {
-                        playback.push_frame(&frame);
-                    }
+                    audio_ends.play(&frame)?;
                 }
                 if show_status && last_status.elapsed() >= Duration::from_secs(1) {
                     last_status = Instant::now();
-                    let s = media.stats();
+                    let s = call.stats();
+                    let m = io.media.stats();
                     eprint!(
                         "\r{peer}: {:>5.1} s  sent {}  recv {}  lost {}  jitter {:.1} ms  rtt {}   ",
                         start.elapsed().as_secs_f64(),
                         s.sent_media_packets,
                         s.received_media_packets,
-                        s.lost,
-                        s.jitter_ms,
+                        m.lost,
+                        m.jitter_ms,
                         s.last_rtt_ms.map_or("-".into(), |v| format!("{v} ms")),
                     );
                 }
-                if duration.is_some_and(|d| start.elapsed() >= d) {
-                    setup.hangup();
-                    let _ = flush(setup, session).await;
-                    break;
-                }
-                if last_heard.elapsed() >= MEDIA_TIMEOUT {
+                if duration.is_some_and(|d| start.elapsed() >= d) || io.peer_silent {
                     setup.hangup();
                     let _ = flush(setup, session).await;
                     break;
@@ -717,23 +448,14 @@ async fn run_media(
             received = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = received else { continue };
                 let now_ms = start.elapsed().as_millis() as u64;
-                if paths.binds.is_relay(from) && paths.binds.handle(from, &buf[..n]) {
-                    continue;
-                }
-                if natter_proto::stun::looks_like_stun(&buf[..n]) {
-                    continue; // a late reflector answer
-                }
-                if handle_datagram(&mut media, &mut paths, &socket, &buf[..n], from, now_ms, &mut datagram).await? {
-                    last_heard = Instant::now();
-                    last_udp_heard = last_heard;
-                }
+                call.handle_datagram(Target::Udp(from), &buf[..n], now_ms).map_err(sealing)?;
+                io.drain(&mut call, now_ms).await;
             }
-            received = paths.tcp.recv() => {
+            received = io.legs.recv() => {
                 let Some((from, bytes)) = received else { continue };
                 let now_ms = start.elapsed().as_millis() as u64;
-                if handle_datagram(&mut media, &mut paths, &socket, &bytes, from, now_ms, &mut datagram).await? {
-                    last_heard = Instant::now();
-                }
+                call.handle_datagram(Target::TcpLeg(from), &bytes, now_ms).map_err(sealing)?;
+                io.drain(&mut call, now_ms).await;
             }
             _ = tokio::signal::ctrl_c() => {
                 setup.hangup();
@@ -746,7 +468,7 @@ async fn run_media(
                         setup.handle_signal(&signal, now_unix_secs());
                         while let Some(event) = setup.poll_event() {
                             if let CallEvent::Candidates(more) = event {
-                                paths.add_candidates(&more, start.elapsed().as_millis() as u64);
+                                call.add_candidates(&more, start.elapsed().as_millis() as u64);
                             }
                         }
                         if setup.phase() == Phase::Ended {
@@ -775,67 +497,207 @@ async fn run_media(
     if show_status {
         eprintln!();
     }
-    if let Some(sink) = sink {
-        sink.finish().map_err(|e| CallError::Audio(e.to_string()))?;
-    }
-    let path_end = remote.map(|(_, kind)| kind);
-    let path_rtt_ms = remote.and_then(|(addr, _)| {
-        paths
-            .path
-            .targets()
-            .iter()
-            .find(|t| t.addr == addr)
-            .and_then(|t| t.rtt_ms)
-    });
-    let tcp_stats = paths.tcp.stats();
-    Ok(CallReport {
+    audio_ends.finish()?;
+    let tcp_stats = io.legs.stats();
+    let done = CallDone {
         peer,
-        path_start,
-        path_end,
-        switches: paths.path.switches().to_vec(),
-        time_to_direct_ms: paths.path.time_to_direct_ms(),
-        remote_addr: remote.map(|(addr, _)| addr),
         duration_s: start.elapsed().as_secs_f64(),
         setup_ms,
         first_audio_ms,
         ended_by_peer,
-        media: media.stats(),
-        codec_bitrate: media.codec().bitrate,
         signaling: session.transport().name(),
-        path_rtt_ms,
         tcp_connects: tcp_stats
             .connects
             .load(std::sync::atomic::Ordering::Relaxed),
         tcp_dropped: tcp_stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
-    })
+    };
+    Ok(done.report(&call, io.media))
 }
 
-/// Handles one datagram from the peer's side (UDP or a TCP leg); returns
-/// whether it authenticated. Drops are counted in the media stats.
-async fn handle_datagram(
-    media: &mut MediaSession,
-    paths: &mut Paths,
-    socket: &UdpSocket,
-    bytes: &[u8],
-    from: SocketAddr,
-    now_ms: u64,
-    scratch: &mut Vec<u8>,
-) -> Result<bool, CallError> {
-    let Ok(received) = media.handle_datagram(bytes, now_ms) else {
-        return Ok(false);
-    };
-    paths.path.handle_authenticated(from, now_ms);
-    match received {
-        Received::Media => paths.path.handle_media(from, now_ms),
-        // Answer where the probe came from (peer-reflexive).
-        Received::Probe(payload) => {
-            media
-                .probe_reply(&payload, scratch)
-                .map_err(|e| CallError::Audio(e.to_string()))?;
-            paths.send(socket, scratch, from).await;
-        }
-        Received::ProbeReply { rtt_ms } => paths.path.handle_probe_reply(from, rtt_ms, now_ms),
-        _ => {}
+/// The audio ends of a call: what is sent (a WAV, else the sound card,
+/// else silence) and where what is heard goes (a WAV, the sound card).
+struct AudioEnds {
+    input: Vec<i16>,
+    capture: Option<natter_media::devices::Capture>,
+    playback: Option<natter_media::devices::Playback>,
+    sink: Option<WavSink>,
+    frame_index: usize,
+}
+
+impl AudioEnds {
+    fn open(options: &CallOptions) -> Result<Self, CallError> {
+        let input = match &options.audio_in {
+            Some(path) => read_mono_48k(path).map_err(|e| CallError::Audio(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let device_name = |name: &String| {
+            (name != "default")
+                .then_some(name.as_str())
+                .map(str::to_owned)
+        };
+        let capture = match (&options.audio_in, &options.input_device) {
+            (None, Some(name)) => Some(
+                natter_media::devices::Capture::open(device_name(name).as_deref())
+                    .map_err(|e| CallError::Audio(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        let playback = match (&options.audio_out, &options.output_device) {
+            (None, Some(name)) => Some(
+                natter_media::devices::Playback::open(device_name(name).as_deref())
+                    .map_err(|e| CallError::Audio(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        let sink = match &options.audio_out {
+            Some(path) => Some(WavSink::create(path).map_err(|e| CallError::Audio(e.to_string()))?),
+            None => None,
+        };
+        Ok(Self {
+            input,
+            capture,
+            playback,
+            sink,
+            frame_index: 0,
+        })
     }
-    Ok(true)
+
+    /// How long the WAV input lasts (`None` without one, or an empty one).
+    fn input_length(&self) -> Option<Duration> {
+        (!self.input.is_empty()).then(|| Duration::from_millis((self.input.len() / 48) as u64))
+    }
+
+    /// The next frame to send (silence after the input's end).
+    fn next_frame(&mut self, pcm: &mut [i16]) {
+        let from = self.frame_index * FRAME_SAMPLES;
+        pcm.fill(0);
+        if let Some(capture) = self.capture.as_mut() {
+            capture.next_frame(pcm);
+        } else if from < self.input.len() {
+            let n = (self.input.len() - from).min(FRAME_SAMPLES);
+            pcm[..n].copy_from_slice(&self.input[from..from + n]);
+        }
+        self.frame_index += 1;
+    }
+
+    /// Plays one frame heard from the peer.
+    fn play(&mut self, frame: &[i16]) -> Result<(), CallError> {
+        if let Some(sink) = self.sink.as_mut() {
+            sink.write(frame)
+                .map_err(|e| CallError::Audio(e.to_string()))?;
+        }
+        if let Some(playback) = self.playback.as_mut() {
+            playback.push_frame(frame);
+        }
+        Ok(())
+    }
+
+    /// Completes the WAV output.
+    fn finish(self) -> Result<(), CallError> {
+        if let Some(sink) = self.sink {
+            sink.finish().map_err(|e| CallError::Audio(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the call session's output goes: the UDP socket, the TLS legs, the
+/// media session.
+struct MediaIo<'a> {
+    socket: &'a UdpSocket,
+    legs: &'a mut TcpLegs,
+    media: &'a mut MediaSession,
+    /// The session reported the peer silent: hang up.
+    peer_silent: bool,
+}
+
+impl MediaIo<'_> {
+    /// Acts on the session's events (legs first, so that datagrams for a
+    /// new leg find it open), then sends what it queued.
+    async fn drain(&mut self, call: &mut CallSession, now_ms: u64) {
+        while let Some(event) = call.poll_event() {
+            match event {
+                Event::OpenTcpLeg(leg) => {
+                    self.legs.open(leg);
+                }
+                Event::Voice { number, payload } => {
+                    // Late and duplicate frames are counted by the jitter buffer.
+                    let _ = self.media.handle_frame(number, &payload, now_ms);
+                }
+                Event::PeerSilent => self.peer_silent = true,
+                Event::PathChanged { .. } => {}
+            }
+        }
+        while let Some(t) = call.poll_transmit() {
+            match t.to {
+                Target::Udp(to) => {
+                    let _ = self.socket.send_to(&t.bytes, to).await;
+                }
+                Target::TcpLeg(to) => {
+                    self.legs.send(to, &t.bytes);
+                }
+            }
+        }
+    }
+}
+
+/// What the shell knows of a finished call, besides the two sessions.
+struct CallDone {
+    peer: String,
+    duration_s: f64,
+    setup_ms: u64,
+    first_audio_ms: Option<u64>,
+    ended_by_peer: bool,
+    signaling: &'static str,
+    tcp_connects: u64,
+    tcp_dropped: u64,
+}
+
+impl CallDone {
+    fn report(self, call: &CallSession, media: &MediaSession) -> CallReport {
+        let s = call.stats();
+        let m = media.stats();
+        let secs = self.duration_s.max(0.001);
+        let current = call.current();
+        CallReport {
+            peer: self.peer,
+            path: current.map(|(_, kind)| kind),
+            path_start: call.path_start(),
+            path_end: current.map(|(_, kind)| kind),
+            switches: call.switches().iter().map(SwitchReport::from).collect(),
+            time_to_direct_ms: call.time_to_direct_ms(),
+            remote_addr: current.map(|(to, _)| to.addr()),
+            duration_s: self.duration_s,
+            setup_ms: self.setup_ms,
+            first_audio_ms: self.first_audio_ms,
+            ended_by_peer: self.ended_by_peer,
+            rtt_ms: s.last_rtt_ms,
+            jitter_ms: m.jitter_ms,
+            packets_sent: s.sent_packets,
+            packets_received: s.received_packets,
+            media_packets_sent: s.sent_media_packets,
+            media_packets_received: s.received_media_packets,
+            packets_lost: m.lost,
+            packets_late: m.jitter.late,
+            duplicates: m.jitter.duplicate,
+            fec_recoveries: m.jitter.fec,
+            concealed_frames: m.jitter.concealed,
+            dropped_auth: s.dropped_auth,
+            dropped_replay: s.dropped_replay,
+            dropped_malformed: s.dropped_malformed,
+            jitter_buffer_delay_ms: m.jitter_buffer_delay_ms,
+            send_bytes_per_s: s.sent_bytes as f64 / secs,
+            recv_bytes_per_s: s.received_bytes as f64 / secs,
+            mean_udp_payload: if s.sent_packets == 0 {
+                0.0
+            } else {
+                s.sent_bytes as f64 / s.sent_packets as f64
+            },
+            codec_bitrate: media.codec().bitrate,
+            signaling: self.signaling.to_owned(),
+            path_rtt_ms: call.path_rtt_ms(),
+            tcp_connects: self.tcp_connects,
+            tcp_dropped: self.tcp_dropped,
+        }
+    }
 }

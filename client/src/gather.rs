@@ -1,4 +1,5 @@
-//! Gathering a call's transport candidates and keeping relay legs bound.
+//! Gathering a call's transport candidates and allocating its relay (the
+//! call session, [`natter_proto::session`], keeps the relay legs bound).
 //!
 //! * **host**: the media socket's own address;
 //! * **server-reflexive**: that socket's public address, asked of the
@@ -13,20 +14,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use natter_proto::messages::{Candidate, CandidateKind, RelayAllocate, TransportKind, envelope};
-use natter_proto::path::PathKind;
-use natter_proto::relay::{self, BindStatus, TOKEN_LEN};
+pub use natter_proto::relay::RelayLeg;
+use natter_proto::relay::TOKEN_LEN;
 use tokio::net::UdpSocket;
 
 use crate::supernode::SupernodeSession;
 
 /// Time allowed to the reflector for one STUN answer.
 const STUN_WAIT: Duration = Duration::from_millis(250);
-/// Interval between bind attempts until the relay answers.
-const BIND_RETRY_MS: u64 = 200;
-/// Bind attempts before giving up on a relay leg.
-const BIND_TRIES: u32 = 25;
-/// Re-bind a bound leg this often (NAT mappings can change).
-const REBIND_MS: u64 = 15_000;
 
 /// The local IP this host uses to reach `peer` (no packet is sent).
 pub fn local_ip_towards(peer: SocketAddr) -> std::net::IpAddr {
@@ -48,42 +43,6 @@ pub fn candidate(kind: CandidateKind, addr: SocketAddr, priority: u32, token: &[
         priority,
         relay_token: token.to_vec(),
     }
-}
-
-/// What a received candidate means for the path manager: its address, the
-/// path it would make, and the token to bind with when it is a relay. When
-/// this side is behind a NAT (`behind_nat`), even the peer's own address is
-/// reached through a hole in that NAT: hole-punched, not direct. A TCP
-/// candidate is always a relay reached over TLS ([`PathKind::TcpRelay`]).
-pub fn target(
-    c: &Candidate,
-    behind_nat: bool,
-) -> Option<(SocketAddr, PathKind, Option<[u8; TOKEN_LEN]>)> {
-    let addr = SocketAddr::try_from(c.addr.as_ref()?).ok()?;
-    if c.transport == TransportKind::Tcp as i32 {
-        if c.kind != CandidateKind::Relay as i32 {
-            return None;
-        }
-        let token = c.relay_token.as_slice().try_into().ok()?;
-        return Some((addr, PathKind::TcpRelay, Some(token)));
-    }
-    if c.transport != TransportKind::Udp as i32 {
-        return None;
-    }
-    let kind = match CandidateKind::try_from(c.kind).ok()? {
-        CandidateKind::Host if behind_nat => PathKind::HolePunched,
-        CandidateKind::Host => PathKind::Direct,
-        CandidateKind::ServerReflexive
-        | CandidateKind::Predicted
-        | CandidateKind::PeerReflexive => PathKind::HolePunched,
-        CandidateKind::Relay => PathKind::Relayed,
-    };
-    let token = if kind == PathKind::Relayed {
-        Some(c.relay_token.as_slice().try_into().ok()?)
-    } else {
-        None
-    };
-    Some((addr, kind, token))
 }
 
 /// Predicted candidates taken per call (bounded, as Skype's sweep of a port range was).
@@ -161,19 +120,12 @@ pub async fn local_candidates(session: &SupernodeSession, socket: &UdpSocket) ->
     out
 }
 
-/// One side's leg on a relay: where, and the token it binds with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RelayLeg {
-    pub addr: SocketAddr,
-    pub token: [u8; TOKEN_LEN],
-}
-
 /// This side's own relay allocation: its UDP leg and, when the supernode
 /// listens on TCP, where to bind the same side over TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OwnRelay {
     pub udp: RelayLeg,
-    pub tcp: Option<crate::tcp_relay::TcpLeg>,
+    pub tcp: Option<RelayLeg>,
 }
 
 /// Allocates a relay for the call on the current supernode: returns the
@@ -210,7 +162,7 @@ pub async fn allocate_relay(
                 priority: 5,
                 ..candidate(CandidateKind::Relay, tcp, 5, &peer_token)
             });
-            crate::tcp_relay::TcpLeg { addr: tcp, token }
+            RelayLeg { addr: tcp, token }
         });
     Some((
         candidates,
@@ -219,75 +171,6 @@ pub async fn allocate_relay(
             tcp,
         },
     ))
-}
-
-#[derive(Debug)]
-struct Binding {
-    leg: RelayLeg,
-    bound: bool,
-    tries: u32,
-    last_ms: Option<u64>,
-}
-
-/// Keeps this side bound on every relay leg it knows.
-#[derive(Debug, Default)]
-pub struct RelayBinds {
-    legs: Vec<Binding>,
-    msg_id: u16,
-}
-
-impl RelayBinds {
-    /// Starts binding `leg` (ignored if known).
-    pub fn add(&mut self, leg: RelayLeg) {
-        if self.legs.iter().any(|b| b.leg == leg) || self.legs.len() >= 8 {
-            return;
-        }
-        self.legs.push(Binding {
-            leg,
-            bound: false,
-            tries: 0,
-            last_ms: None,
-        });
-    }
-
-    /// Bind datagrams due now, with their destination.
-    pub fn poll(&mut self, now_ms: u64) -> Vec<(SocketAddr, Vec<u8>)> {
-        let mut out = Vec::new();
-        for b in &mut self.legs {
-            let interval = if b.bound { REBIND_MS } else { BIND_RETRY_MS };
-            let due = b
-                .last_ms
-                .is_none_or(|t| now_ms.saturating_sub(t) >= interval);
-            if due && (b.bound || b.tries < BIND_TRIES) {
-                b.last_ms = Some(now_ms);
-                b.tries += 1;
-                self.msg_id = self.msg_id.wrapping_add(1);
-                out.push((b.leg.addr, relay::encode_bind(&b.leg.token, self.msg_id, 0)));
-            }
-        }
-        out
-    }
-
-    /// Handles a datagram from `from` if it is a bind reply; returns whether it was.
-    pub fn handle(&mut self, from: SocketAddr, datagram: &[u8]) -> bool {
-        let Ok((token, status)) = relay::decode_bind_reply(datagram) else {
-            return false;
-        };
-        for b in &mut self.legs {
-            if b.leg.addr == from && b.leg.token == token {
-                b.bound = status == BindStatus::Bound;
-                if !b.bound {
-                    b.tries = BIND_TRIES; // refused: stop asking
-                }
-            }
-        }
-        true
-    }
-
-    /// Whether `addr` is a relay this side binds to.
-    pub fn is_relay(&self, addr: SocketAddr) -> bool {
-        self.legs.iter().any(|b| b.leg.addr == addr)
-    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@
 //! | [`search`] | looking a user up in the directory; presence names |
 //! | [`chat`] | sending a chat message and waiting for its receipt |
 //! | [`online`] | staying online: presence, pushes, rejoining after a lost supernode |
-//! | [`gather`] | the candidates of a call (host, server-reflexive, relay) and relay binds |
+//! | [`gather`] | the candidates of a call (host, server-reflexive, relay) and its relay allocation |
 //! | [`netcheck`] | classifying this host's NAT with STUN reflectors |
 //! | [`call`] | placing and answering calls: signaling plus the SoM/UDP media loop |
 //!

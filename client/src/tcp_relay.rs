@@ -11,6 +11,9 @@
 //! Each leg runs in its own task and reconnects (and re-binds) when its
 //! connection drops. Queues are bounded both ways; a full queue drops the
 //! datagram (voice is useless late) and counts it.
+//!
+//! Which legs open, and what goes over them, is decided by the call session
+//! ([`natter_proto::session::CallSession`]); this module only carries bytes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use natter_proto::record::Record;
-use natter_proto::relay::{self, BindStatus, TOKEN_LEN};
+use natter_proto::relay::{self, BindStatus, RelayLeg};
+use natter_proto::session::MAX_TCP_LEGS;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -26,8 +30,6 @@ use tokio::task::JoinHandle;
 const OUT_QUEUE: usize = 64;
 /// Datagrams from all legs queued towards the call.
 const IN_QUEUE: usize = 256;
-/// Most legs per call.
-const MAX_LEGS: usize = 8;
 /// Time allowed to connect and complete TLS.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause between reconnection attempts.
@@ -35,17 +37,9 @@ const RETRY: Duration = Duration::from_millis(500);
 /// Connection attempts per leg before it gives up.
 const MAX_ATTEMPTS: u32 = 20;
 
-/// Where a TCP leg goes and the token it binds with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TcpLeg {
-    /// The supernode's TLS-over-TCP listener.
-    pub addr: SocketAddr,
-    pub token: [u8; TOKEN_LEN],
-}
-
 #[derive(Debug)]
 struct Open {
-    leg: TcpLeg,
+    leg: RelayLeg,
     out: mpsc::Sender<Vec<u8>>,
     task: JoinHandle<()>,
 }
@@ -89,10 +83,11 @@ impl Drop for TcpLegs {
 }
 
 impl TcpLegs {
-    /// Opens `leg` (ignored when a leg to the same address is open, or when
-    /// [`MAX_LEGS`] are). Returns whether it was opened.
-    pub fn open(&mut self, leg: TcpLeg) -> bool {
-        if self.contains(leg.addr) || self.open.len() >= MAX_LEGS {
+    /// Opens `leg` (to the supernode's TLS listener `leg.addr`; ignored when
+    /// a leg to the same address is open, or when [`MAX_TCP_LEGS`] are).
+    /// Returns whether it was opened.
+    pub fn open(&mut self, leg: RelayLeg) -> bool {
+        if self.contains(leg.addr) || self.open.len() >= MAX_TCP_LEGS {
             return false;
         }
         let (out, out_rx) = mpsc::channel(OUT_QUEUE);
@@ -139,7 +134,7 @@ impl TcpLegs {
 /// One leg: connect, bind, then carry datagrams both ways; reconnect when
 /// the connection drops, until the relay refuses or attempts run out.
 async fn run_leg(
-    leg: TcpLeg,
+    leg: RelayLeg,
     mut out: mpsc::Receiver<Vec<u8>>,
     to_call: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     stats: Arc<TcpStats>,

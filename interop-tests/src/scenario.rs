@@ -34,6 +34,8 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use natter_proto::path::PathKind;
+use natter_proto::report::CallReport;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -47,28 +49,24 @@ use crate::probe;
 /// behind `b` (see the crate docs for the reasoning).
 pub fn expected_path(a: NatType, b: NatType) -> &'static str {
     use NatType::*;
-    match (a, b) {
-        (UdpBlocked, _) | (_, UdpBlocked) => "tcp-relay",
-        (Open, Open) => "direct",
+    let kind = match (a, b) {
+        (UdpBlocked, _) | (_, UdpBlocked) => PathKind::TcpRelay,
+        (Open, Open) => PathKind::Direct,
         (PortRestricted, Symmetric) | (Symmetric, PortRestricted) | (Symmetric, Symmetric) => {
-            "relayed"
+            PathKind::Relayed
         }
-        _ => "hole-punched",
-    }
+        _ => PathKind::HolePunched,
+    };
+    kind.name()
 }
 
-/// How direct a path (a name in the client's call report) is: direct 0,
-/// hole-punched 1, relayed 2, tcp-relay 3. Anything else (`none`, a name
-/// this lab does not know) ranks 4, less direct than everything, so that it
-/// shows up as unexpected instead of hiding behind the other side's path.
+/// How direct a path (a name in the client's call report) is: its
+/// [`PathKind::rank`] (direct 0, hole-punched 1, relayed 2, tcp-relay 3).
+/// Anything else (`none`, a name this lab does not know) ranks 4, less
+/// direct than everything, so that it shows up as unexpected instead of
+/// hiding behind the other side's path.
 pub fn path_rank(path: &str) -> u8 {
-    match path {
-        "direct" => 0,
-        "hole-punched" => 1,
-        "relayed" => 2,
-        "tcp-relay" => 3,
-        _ => 4,
-    }
+    PathKind::from_name(path).map_or(4, PathKind::rank)
 }
 
 /// The path of a call from its two sides' paths: the less direct of the two
@@ -273,8 +271,8 @@ impl MatrixOptions {
         let mut p = expected_path(a, b);
         for (_, change) in self.mid_call() {
             let floor = match change {
-                MidCall::BreakDirect => "relayed",
-                MidCall::BlockUdp => "tcp-relay",
+                MidCall::BreakDirect => PathKind::Relayed.name(),
+                MidCall::BlockUdp => PathKind::TcpRelay.name(),
             };
             if path_rank(floor) > path_rank(p) {
                 p = floor;
@@ -412,21 +410,25 @@ pub struct SidePaths {
 }
 
 impl SidePaths {
-    /// From a call report (`--stats-json`).
-    pub fn of_report(v: &Value) -> Self {
+    /// From a call report (`path_start`, else `path`; `path_end`, else `path`).
+    pub fn of(r: &CallReport) -> Self {
+        let name = |p: Option<PathKind>| p.map(|p| p.name().to_owned());
         SidePaths {
-            start: stat_str(v, &["path_start", "initial_path", "path"]),
-            end: stat_str(v, &["path_end", "final_path", "path"]),
-            switches: v
-                .get("switches")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| Some(s.get("path")?.as_str()?.to_owned()))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            start: name(r.path_start.or(r.path)),
+            end: name(r.path_end.or(r.path)),
+            switches: r
+                .switches
+                .iter()
+                .map(|s| s.path.name().to_owned())
+                .collect(),
         }
+    }
+
+    /// From a call report as JSON; an unreadable one has no paths.
+    pub fn of_report(v: &Value) -> Self {
+        serde_json::from_value::<CallReport>(v.clone())
+            .map(|r| Self::of(&r))
+            .unwrap_or_default()
     }
 }
 
@@ -675,17 +677,9 @@ fn wait_tcp_listening(lab: &mut Lab, ns: &str, addr: &str, id: ProcId, what: &st
     }
 }
 
-fn stat_f64(v: &Value, keys: &[&str]) -> Option<f64> {
-    keys.iter().find_map(|k| v.get(*k).and_then(Value::as_f64))
-}
-
-fn stat_str(v: &Value, keys: &[&str]) -> Option<String> {
-    keys.iter()
-        .find_map(|k| v.get(*k).and_then(Value::as_str).map(str::to_owned))
-}
-
-fn read_json(p: &Path) -> Option<Value> {
-    serde_json::from_str(&fs::read_to_string(p).ok()?).ok()
+/// A call report the client wrote (`--stats-json`).
+fn read_report(p: &Path) -> Option<CallReport> {
+    CallReport::from_json(&fs::read_to_string(p).ok()?).ok()
 }
 
 struct TrialCtx<'a> {
@@ -915,22 +909,24 @@ fn trial_body(
         Duration::from_secs(u64::from(ctx.opts.call_secs) + 45),
     );
     let answer_status = lab.wait(answer, Duration::from_secs(20));
-    let sa = read_json(&a_stats);
-    let sb = read_json(&b_stats);
-    res.a = sa.as_ref().map(SidePaths::of_report).unwrap_or_default();
-    res.b = sb.as_ref().map(SidePaths::of_report).unwrap_or_default();
+    let sa = read_report(&a_stats);
+    let sb = read_report(&b_stats);
+    res.a = sa.as_ref().map(SidePaths::of).unwrap_or_default();
+    res.b = sb.as_ref().map(SidePaths::of).unwrap_or_default();
     res.path_start = call_path(res.a.start.as_deref(), res.b.start.as_deref());
     res.path_end = call_path(res.a.end.as_deref(), res.b.end.as_deref());
     res.switches = res.a.switches.clone();
-    res.call_duration_s = sa.as_ref().and_then(|v| stat_f64(v, &["duration_s"]));
-    res.b_duration_s = sb.as_ref().and_then(|v| stat_f64(v, &["duration_s"]));
-    res.b_ended_by_peer = sb.as_ref().and_then(|v| v.get("ended_by_peer")?.as_bool());
-    let from_b = |keys: &[&str]| sb.as_ref().and_then(|v| stat_f64(v, keys));
-    res.first_audio_ms = from_b(&["first_audio_ms"])
-        .or_else(|| sa.as_ref().and_then(|v| stat_f64(v, &["first_audio_ms"])));
-    res.packets_lost = from_b(&["packets_lost"]);
-    res.media_packets_received = from_b(&["media_packets_received"]);
-    res.jitter_ms = from_b(&["jitter_ms"]);
+    res.call_duration_s = sa.as_ref().map(|r| r.duration_s);
+    res.b_duration_s = sb.as_ref().map(|r| r.duration_s);
+    res.b_ended_by_peer = sb.as_ref().map(|r| r.ended_by_peer);
+    let first_audio = |r: &CallReport| r.first_audio_ms.map(|v| v as f64);
+    res.first_audio_ms = sb
+        .as_ref()
+        .and_then(first_audio)
+        .or_else(|| sa.as_ref().and_then(first_audio));
+    res.packets_lost = sb.as_ref().map(|r| r.packets_lost as f64);
+    res.media_packets_received = sb.as_ref().map(|r| r.media_packets_received as f64);
+    res.jitter_ms = sb.as_ref().map(|r| r.jitter_ms);
     if let Ok(heard) = natter_media::wav::read_mono_48k(&b_out) {
         let sc = natter_media::score::compare(ctx.speech_samples, &heard, 3000);
         res.audio_match = Some(sc.envelope);

@@ -5,7 +5,7 @@
 //! | module | concept |
 //! |---|---|
 //! | [`codec`] | Opus at 48 kHz mono, 20 ms frames, in-band FEC on, DTX off |
-//! | [`session`] | one call's media: encode + seal every 20 ms, open + jitter buffer + decode |
+//! | [`session`] | one call's voice: encode every 20 ms, jitter buffer + decode (sealing and paths: `natter_proto::session`) |
 //! | [`wav`] | WAV files in and out (headless audio I/O) |
 //! | [`devices`] | sound-card capture and playback (cpal), as 48 kHz mono frames |
 //! | [`resample`] | the one resampler, for files and streams (any rate to and from 48 kHz) |
@@ -13,8 +13,9 @@
 //! | [`score`] | how well received audio matches what was sent |
 //!
 //! The shell (the `natter` client) owns the UDP socket and the 20 ms timer and
-//! drives a [`session::MediaSession`] with `poll_transmit`, `handle_datagram`
-//! and `poll_audio`, passing the time in.
+//! drives a [`session::MediaSession`] with `encode`, `handle_frame` and
+//! `poll_audio`, next to the call's `natter_proto::session::CallSession`,
+//! passing the time in.
 
 pub mod codec;
 pub mod devices;

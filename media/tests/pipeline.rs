@@ -1,10 +1,15 @@
-//! Two media sessions wired back to back in memory, with a virtual 20 ms clock:
+//! Two call sides (proto call session + media session) wired back to back in memory, with a virtual 20 ms clock:
 //! audio quality, loss recovery, packet size and rate, and bad datagrams.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::{Ipv4Addr, SocketAddr};
+
 use natter_media::session::{MediaConfig, MediaSession, MediaStats};
 use natter_media::{FRAME_SAMPLES, score};
-use natter_proto::handshake::KeySchedule;
+use natter_proto::handshake::{DirectionKeys, KeySchedule};
+use natter_proto::messages::{Candidate, CandidateKind, TransportKind};
+use natter_proto::path::Target;
+use natter_proto::session::{CallSession, Event, SessionConfig, SessionSetup, SessionStats};
 use rand::{Rng, SeedableRng};
 
 /// A voiced, speech-like test signal: harmonic bursts with pauses (5 s).
@@ -29,30 +34,71 @@ fn speech_like(seed: u64) -> Vec<i16> {
     out
 }
 
-fn pair(wrong_key: bool) -> (MediaSession, MediaSession) {
+/// One side of the call: the proto session (seal, open, paths) and the
+/// media session (codec, jitter buffer).
+struct Side {
+    call: CallSession,
+    media: MediaSession,
+}
+
+const CALLER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 5000);
+const CALLEE: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), 5000);
+
+fn side(
+    send: &DirectionKeys,
+    recv: &DirectionKeys,
+    start: u16,
+    seed: u64,
+    peer: SocketAddr,
+) -> Side {
+    let setup = SessionSetup {
+        udp_blocked: false,
+        behind_nat: false,
+        start_index: start,
+        seed,
+    };
+    let mut call = CallSession::new(send, recv, setup, SessionConfig::default(), 0);
+    call.add_candidates(
+        &[Candidate {
+            kind: CandidateKind::Host as i32,
+            transport: TransportKind::Udp as i32,
+            addr: Some(peer.into()),
+            priority: 100,
+            relay_token: Vec::new(),
+        }],
+        0,
+    );
+    Side {
+        call,
+        media: MediaSession::new(MediaConfig::default()).unwrap(),
+    }
+}
+
+fn pair(wrong_key: bool) -> (Side, Side) {
     let s = KeySchedule::derive(&[1; 16], &[2; 32], &[3; 32], &[4; 32]);
     let other = KeySchedule::derive(&[9; 16], &[2; 32], &[3; 32], &[4; 32]);
-    let caller = MediaSession::new(&s.c2s, &s.s2c, 40_000, 1, MediaConfig::default()).unwrap();
+    let caller = side(&s.c2s, &s.s2c, 40_000, 1, CALLEE);
     let callee_recv = if wrong_key { &other.c2s } else { &s.c2s };
-    let callee = MediaSession::new(&s.s2c, callee_recv, 7, 2, MediaConfig::default()).unwrap();
+    let callee = side(&s.s2c, callee_recv, 7, 2, CALLER);
     (caller, callee)
 }
 
 struct Run {
     received: Vec<i16>,
-    sender: MediaStats,
-    receiver: MediaStats,
+    sender: SessionStats,
+    receiver: SessionStats,
+    receiver_media: MediaStats,
     max_datagram: usize,
     datagrams: usize,
 }
 
 /// Streams `input` from caller to callee; `loss` is the fraction dropped;
-/// `mangle` may alter each datagram in flight.
+/// `mangle` may alter each datagram in flight. Only voice flows (neither
+/// side's timeout is driven, so no connectivity checks are sent).
 fn run(input: &[i16], loss: f64, wrong_key: bool, mangle: impl Fn(usize, &mut Vec<u8>)) -> Run {
     let (mut caller, mut callee) = pair(wrong_key);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
     let mut received = Vec::new();
-    let mut datagram = Vec::new();
     let mut frame = vec![0i16; FRAME_SAMPLES];
     let (mut max_datagram, mut datagrams) = (0, 0);
     let frames = input.len() / FRAME_SAMPLES;
@@ -62,21 +108,39 @@ fn run(input: &[i16], loss: f64, wrong_key: bool, mangle: impl Fn(usize, &mut Ve
         let start = (tick * FRAME_SAMPLES).min(input.len());
         let mut pcm = input[start..(start + FRAME_SAMPLES).min(input.len())].to_vec();
         pcm.resize(FRAME_SAMPLES, 0);
-        caller.poll_transmit(&pcm, &mut datagram).unwrap();
-        max_datagram = max_datagram.max(datagram.len());
-        datagrams += 1;
-        mangle(tick, &mut datagram);
-        if rng.gen_bool(1.0 - loss) {
-            let _ = callee.handle_datagram(&datagram, now + 5);
+        let payload = caller.media.encode(&pcm).unwrap();
+        assert!(caller.call.send_voice(payload, now).unwrap(), "no path");
+        while let Some(t) = caller.call.poll_transmit() {
+            assert_eq!(t.to, Target::Udp(CALLEE));
+            let mut datagram = t.bytes;
+            max_datagram = max_datagram.max(datagram.len());
+            datagrams += 1;
+            mangle(tick, &mut datagram);
+            if rng.gen_bool(1.0 - loss) {
+                callee
+                    .call
+                    .handle_datagram(Target::Udp(CALLER), &datagram, now + 5)
+                    .unwrap();
+            }
         }
-        if callee.poll_audio(now + 10, &mut frame).unwrap() {
+        while let Some(event) = callee.call.poll_event() {
+            if let Event::Voice { number, payload } = event {
+                let _ = callee.media.handle_frame(number, &payload, now + 5);
+            }
+        }
+        if callee.media.poll_audio(now + 10, &mut frame).unwrap() {
             received.extend_from_slice(&frame);
         }
     }
+    assert!(
+        callee.call.poll_transmit().is_none(),
+        "the callee only listens"
+    );
     Run {
         received,
-        sender: caller.stats(),
-        receiver: callee.stats(),
+        sender: caller.call.stats(),
+        receiver: callee.call.stats(),
+        receiver_media: callee.media.stats(),
         max_datagram,
         datagrams,
     }
@@ -94,7 +158,7 @@ fn clean_channel_audio_matches_and_packets_fit_67_bytes() {
         "voice datagram of {} bytes",
         r.max_datagram
     );
-    assert_eq!(r.receiver.jitter.concealed, 0);
+    assert_eq!(r.receiver_media.jitter.concealed, 0);
     assert_eq!(
         r.receiver.received_media_packets,
         r.sender.sent_media_packets
@@ -107,11 +171,11 @@ fn five_percent_loss_is_recovered_by_fec_and_concealment() {
     let r = run(&input, 0.05, false, |_, _| {});
     let s = score::compare(&input, &r.received, 500);
     assert!(
-        r.receiver.jitter.fec > 0,
+        r.receiver_media.jitter.fec > 0,
         "no FEC recovery: {:?}",
-        r.receiver
+        r.receiver_media
     );
-    assert!(r.receiver.lost > 0);
+    assert!(r.receiver_media.lost > 0);
     assert!(s.envelope > 0.8, "{s:?}");
     assert!(s.waveform > 0.4, "{s:?}");
 }

@@ -11,8 +11,10 @@
 //! | [`frame`] | the length-delimited stream framing of [`messages::Envelope`]s |
 //! | [`som`] | the SoM datagram header (message id + function byte) |
 //! | [`stun`] | STUN binding (RFC 8489) and the RFC 5780 attributes, for reflection and netcheck |
-//! | [`relay`] | binding a UDP address to a relay allocation |
+//! | [`relay`] | binding a UDP address to a relay allocation; keeping relay legs bound |
 //! | [`path`] | choosing where media goes: connectivity checks, relay first, direct when it works |
+//! | [`session`] | one call's media transport: paths, relay binds, the TCP fallback, sealing and opening |
+//! | [`report`] | the typed call report (`--stats-json`), written by the client, read by the NAT lab |
 //! | [`replay`] | rebuilding the 64-bit packet index from the 16-bit message id; the replay window |
 //! | [`cert`] | user certificates issued by the login server |
 //! | [`call`] | call setup: invite / ringing / accept / reject / busy / hangup, timeouts |
@@ -37,6 +39,8 @@ pub mod path;
 pub mod record;
 pub mod relay;
 pub mod replay;
+pub mod report;
+pub mod session;
 pub mod som;
 pub mod stun;
 

@@ -18,10 +18,46 @@
 //! candidate. A target is alive while something authenticated arrived from it
 //! within `dead_after_ms`.
 
+use std::fmt;
 use std::net::SocketAddr;
 
-/// How media reaches the peer, for statistics and tests.
+/// Where a datagram of the call goes (or came from): the UDP socket towards
+/// an address, or the TLS relay leg to a supernode's TCP listener. A UDP
+/// relay and a TLS leg on the same ip:port ("everything on 443") are two
+/// different targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    /// Over the call's UDP socket to this address.
+    Udp(SocketAddr),
+    /// Over the TLS relay leg to this supernode listener.
+    TcpLeg(SocketAddr),
+}
+
+impl Target {
+    /// The address of the target (the peer, a relay or a supernode's TCP listener).
+    pub fn addr(self) -> SocketAddr {
+        match self {
+            Target::Udp(a) | Target::TcpLeg(a) => a,
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Udp(a) => write!(f, "udp {a}"),
+            Target::TcpLeg(a) => write!(f, "tcp {a}"),
+        }
+    }
+}
+
+/// How media reaches the peer, for statistics and tests. Ordered from the
+/// most direct to the least (`Ord`, [`PathKind::rank`]); serialized as its
+/// report name ([`PathKind::name`]).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum PathKind {
     /// To the peer's own address (both public, or same network).
     Direct,
@@ -44,12 +80,25 @@ impl PathKind {
         }
     }
 
+    /// The kind a report name stands for (the inverse of [`PathKind::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            PathKind::Direct,
+            PathKind::HolePunched,
+            PathKind::Relayed,
+            PathKind::TcpRelay,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
+    }
+
     /// Whether media on this path goes through a supernode's relay.
     pub fn is_relayed(self) -> bool {
         matches!(self, PathKind::Relayed | PathKind::TcpRelay)
     }
 
-    fn rank(self) -> u8 {
+    /// How direct the path is: direct 0, hole-punched 1, relayed 2, tcp-relay 3.
+    pub fn rank(self) -> u8 {
         match self {
             PathKind::Direct => 0,
             PathKind::HolePunched => 1,
@@ -97,10 +146,10 @@ impl Default for PathConfig {
     }
 }
 
-/// One address media could be sent to.
+/// One target media could be sent to, and what is known of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub addr: SocketAddr,
+pub struct TargetState {
+    pub target: Target,
     pub kind: PathKind,
     added_ms: u64,
     last_probe_ms: Option<u64>,
@@ -110,7 +159,7 @@ pub struct Target {
     pub rtt_ms: Option<u64>,
 }
 
-impl Target {
+impl TargetState {
     fn alive(&self, now_ms: u64, c: &PathConfig) -> bool {
         // While media flows on it, a short silence means the path broke;
         // otherwise only probes (one a second) are expected.
@@ -140,7 +189,7 @@ pub struct Switch {
     /// Milliseconds since the path manager started.
     pub at_ms: u64,
     pub kind: PathKind,
-    pub addr: SocketAddr,
+    pub to: Target,
 }
 
 /// The path state of one call.
@@ -148,8 +197,8 @@ pub struct Switch {
 pub struct PathManager {
     config: PathConfig,
     start_ms: u64,
-    targets: Vec<Target>,
-    current: Option<(SocketAddr, PathKind)>,
+    targets: Vec<TargetState>,
+    current: Option<(Target, PathKind)>,
     switches: Vec<Switch>,
     first_direct_ms: Option<u64>,
 }
@@ -168,14 +217,14 @@ impl PathManager {
     }
 
     /// Adds a peer candidate (ignored when already known or the table is full).
-    pub fn add_target(&mut self, addr: SocketAddr, kind: PathKind, now_ms: u64) {
-        if self.targets.iter().any(|t| t.addr == addr)
+    pub fn add_target(&mut self, target: Target, kind: PathKind, now_ms: u64) {
+        if self.targets.iter().any(|t| t.target == target)
             || self.targets.len() >= self.config.max_targets
         {
             return;
         }
-        self.targets.push(Target {
-            addr,
+        self.targets.push(TargetState {
+            target,
             kind,
             added_ms: now_ms,
             last_probe_ms: None,
@@ -186,36 +235,41 @@ impl PathManager {
         });
     }
 
-    /// Something authenticated arrived from `from`. Unknown addresses become
-    /// peer-reflexive targets.
-    pub fn handle_authenticated(&mut self, from: SocketAddr, now_ms: u64) {
-        if !self.targets.iter().any(|t| t.addr == from) {
-            self.add_target(from, PathKind::HolePunched, now_ms);
+    /// Something authenticated arrived from `from`. Unknown UDP addresses
+    /// become peer-reflexive targets (an unknown TLS leg, a relay reached
+    /// over TCP).
+    pub fn handle_authenticated(&mut self, from: Target, now_ms: u64) {
+        if !self.targets.iter().any(|t| t.target == from) {
+            let kind = match from {
+                Target::Udp(_) => PathKind::HolePunched,
+                Target::TcpLeg(_) => PathKind::TcpRelay,
+            };
+            self.add_target(from, kind, now_ms);
         }
-        if let Some(t) = self.targets.iter_mut().find(|t| t.addr == from) {
+        if let Some(t) = self.targets.iter_mut().find(|t| t.target == from) {
             t.last_heard_ms = Some(now_ms);
         }
     }
 
     /// A media datagram arrived from `from` (also counts as heard).
-    pub fn handle_media(&mut self, from: SocketAddr, now_ms: u64) {
+    pub fn handle_media(&mut self, from: Target, now_ms: u64) {
         self.handle_authenticated(from, now_ms);
-        if let Some(t) = self.targets.iter_mut().find(|t| t.addr == from) {
+        if let Some(t) = self.targets.iter_mut().find(|t| t.target == from) {
             t.last_media_ms = Some(now_ms);
         }
     }
 
     /// A probe reply from `from` measured `rtt_ms`: the path works both ways.
-    pub fn handle_probe_reply(&mut self, from: SocketAddr, rtt_ms: u64, now_ms: u64) {
+    pub fn handle_probe_reply(&mut self, from: Target, rtt_ms: u64, now_ms: u64) {
         self.handle_authenticated(from, now_ms);
-        if let Some(t) = self.targets.iter_mut().find(|t| t.addr == from) {
+        if let Some(t) = self.targets.iter_mut().find(|t| t.target == from) {
             t.confirmed_ms.get_or_insert(now_ms);
             t.rtt_ms = Some(rtt_ms);
         }
     }
 
     /// The targets to probe now (each is marked as probed).
-    pub fn poll_probes(&mut self, now_ms: u64) -> Vec<SocketAddr> {
+    pub fn poll_probes(&mut self, now_ms: u64) -> Vec<Target> {
         let c = self.config;
         let mut due = Vec::new();
         for t in &mut self.targets {
@@ -232,14 +286,38 @@ impl PathManager {
                 .is_none_or(|last| now_ms.saturating_sub(last) >= interval)
             {
                 t.last_probe_ms = Some(now_ms);
-                due.push(t.addr);
+                due.push(t.target);
             }
         }
         due
     }
 
+    /// When the next probe falls due (`None`: nothing left to probe).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let c = self.config;
+        self.targets
+            .iter()
+            .filter_map(|t| {
+                let Some(last) = t.last_probe_ms else {
+                    return Some(t.added_ms);
+                };
+                let interval = if t.confirmed_ms.is_none()
+                    && last.saturating_sub(t.added_ms) < c.fast_phase_ms
+                {
+                    c.fast_probe_ms
+                } else {
+                    c.slow_probe_ms
+                };
+                let due = last.saturating_add(interval);
+                let given_up =
+                    t.confirmed_ms.is_none() && due.saturating_sub(t.added_ms) > c.give_up_ms;
+                (!given_up).then_some(due)
+            })
+            .min()
+    }
+
     /// Where media goes now, re-evaluated at `now_ms`.
-    pub fn current(&mut self, now_ms: u64) -> Option<(SocketAddr, PathKind)> {
+    pub fn current(&mut self, now_ms: u64) -> Option<(Target, PathKind)> {
         let c = self.config;
         let best_direct = self
             .targets
@@ -255,12 +333,12 @@ impl PathManager {
             .targets
             .iter()
             .any(|t| t.kind == PathKind::Relayed && t.alive(now_ms, &c));
-        let current_relay = self.current.and_then(|(addr, kind)| {
+        let current_relay = self.current.and_then(|(target, kind)| {
             (kind == PathKind::Relayed || (kind == PathKind::TcpRelay && !udp_relay_alive))
                 .then(|| {
                     self.targets
                         .iter()
-                        .find(|t| t.addr == addr && t.alive(now_ms, &c))
+                        .find(|t| t.target == target && t.alive(now_ms, &c))
                 })
                 .flatten()
         });
@@ -289,9 +367,9 @@ impl PathManager {
         let chosen = best_direct
             .or_else(relay)
             .or_else(guess)
-            .map(|t| (t.addr, t.kind));
+            .map(|t| (t.target, t.kind));
         if chosen != self.current {
-            if let Some((addr, kind)) = chosen {
+            if let Some((to, kind)) = chosen {
                 if !kind.is_relayed() && best_direct.is_some() {
                     self.first_direct_ms
                         .get_or_insert(now_ms.saturating_sub(self.start_ms));
@@ -300,7 +378,7 @@ impl PathManager {
                     self.switches.push(Switch {
                         at_ms: now_ms.saturating_sub(self.start_ms),
                         kind,
-                        addr,
+                        to,
                     });
                 }
             }
@@ -320,8 +398,16 @@ impl PathManager {
     }
 
     /// The targets, for statistics.
-    pub fn targets(&self) -> &[Target] {
+    pub fn targets(&self) -> &[TargetState] {
         &self.targets
+    }
+
+    /// The RTT last measured to `target`.
+    pub fn rtt_ms(&self, target: Target) -> Option<u64> {
+        self.targets
+            .iter()
+            .find(|t| t.target == target)
+            .and_then(|t| t.rtt_ms)
     }
 }
 
@@ -329,8 +415,8 @@ impl PathManager {
 mod tests {
     use super::*;
 
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([192, 0, 2, 1], port))
+    fn addr(port: u16) -> Target {
+        Target::Udp(SocketAddr::from(([192, 0, 2, 1], port)))
     }
 
     #[test]
@@ -386,13 +472,14 @@ mod tests {
     #[test]
     fn a_tcp_relay_serves_only_when_no_udp_relay_is_alive() {
         let mut p = PathManager::new(PathConfig::default(), 0);
+        let tcp = |port| Target::TcpLeg(SocketAddr::from(([192, 0, 2, 1], port)));
         p.add_target(addr(9), PathKind::Relayed, 0);
-        p.add_target(addr(443), PathKind::TcpRelay, 0);
+        p.add_target(tcp(443), PathKind::TcpRelay, 0);
         // Nothing confirmed yet: the UDP relay is tried first.
         assert_eq!(p.current(0), Some((addr(9), PathKind::Relayed)));
         // Only the TCP relay answers (UDP blocked): it takes over.
-        p.handle_probe_reply(addr(443), 40, 100);
-        assert_eq!(p.current(100), Some((addr(443), PathKind::TcpRelay)));
+        p.handle_probe_reply(tcp(443), 40, 100);
+        assert_eq!(p.current(100), Some((tcp(443), PathKind::TcpRelay)));
         // UDP comes back: the UDP relay wins again.
         p.handle_probe_reply(addr(9), 60, 1_000);
         assert_eq!(p.current(1_000), Some((addr(9), PathKind::Relayed)));
@@ -400,15 +487,15 @@ mod tests {
         p.add_target(addr(1), PathKind::HolePunched, 1_000);
         p.handle_probe_reply(addr(1), 10, 1_100);
         assert_eq!(p.current(1_100), Some((addr(1), PathKind::HolePunched)));
-        p.add_target(addr(444), PathKind::TcpRelay, 1_100);
+        p.add_target(tcp(444), PathKind::TcpRelay, 1_100);
         for now in (1_100..3_000).step_by(500) {
-            p.handle_probe_reply(addr(443), 40, now);
-            p.handle_probe_reply(addr(444), 50, now);
+            p.handle_probe_reply(tcp(443), 40, now);
+            p.handle_probe_reply(tcp(444), 50, now);
         }
-        assert_eq!(p.current(4_000), Some((addr(443), PathKind::TcpRelay)));
+        assert_eq!(p.current(4_000), Some((tcp(443), PathKind::TcpRelay)));
         // Between live TCP relays, no flapping on RTT.
-        p.handle_probe_reply(addr(444), 5, 4_100);
-        assert_eq!(p.current(4_100), Some((addr(443), PathKind::TcpRelay)));
+        p.handle_probe_reply(tcp(444), 5, 4_100);
+        assert_eq!(p.current(4_100), Some((tcp(443), PathKind::TcpRelay)));
         assert_eq!(p.time_to_direct_ms(), Some(1_100));
     }
 

@@ -19,6 +19,8 @@
 //! someone who sniffs it can redirect that relay leg (denial of service) but
 //! can neither read nor forge media.
 
+use std::net::SocketAddr;
+
 use crate::som::{Function, HEADER_LEN, Header};
 
 /// Marks a relay bind (after the SoM header).
@@ -95,6 +97,111 @@ pub fn decode_bind_reply(datagram: &[u8]) -> Result<([u8; TOKEN_LEN], BindStatus
         other => return Err(RelayError::BadStatus(other)),
     };
     Ok((token, status))
+}
+
+/// One side's leg on a relay allocation: where (the relay's UDP address, or
+/// the supernode's TLS listener for a TCP leg) and the token it binds with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLeg {
+    pub addr: SocketAddr,
+    pub token: [u8; TOKEN_LEN],
+}
+
+/// Interval between bind attempts until the relay answers.
+pub const BIND_RETRY_MS: u64 = 200;
+/// Bind attempts before giving up on a relay leg.
+pub const BIND_TRIES: u32 = 25;
+/// Re-bind a bound leg this often (NAT mappings can change).
+pub const REBIND_MS: u64 = 15_000;
+/// Most legs bound at once.
+pub const MAX_BINDS: usize = 8;
+
+#[derive(Debug, Clone)]
+struct Binding {
+    leg: RelayLeg,
+    bound: bool,
+    tries: u32,
+    last_ms: Option<u64>,
+}
+
+/// Keeps one side bound on every UDP relay leg it knows (sans-IO): bind
+/// datagrams every [`BIND_RETRY_MS`] until the relay confirms (at most
+/// [`BIND_TRIES`]), then every [`REBIND_MS`]; a refusal stops the leg.
+#[derive(Debug, Clone, Default)]
+pub struct RelayBinds {
+    legs: Vec<Binding>,
+    msg_id: u16,
+}
+
+impl RelayBinds {
+    /// Starts binding `leg` (ignored if known, or when [`MAX_BINDS`] are).
+    pub fn add(&mut self, leg: RelayLeg) {
+        if self.legs.iter().any(|b| b.leg == leg) || self.legs.len() >= MAX_BINDS {
+            return;
+        }
+        self.legs.push(Binding {
+            leg,
+            bound: false,
+            tries: 0,
+            last_ms: None,
+        });
+    }
+
+    /// Bind datagrams due now, with their destination.
+    pub fn poll(&mut self, now_ms: u64) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut out = Vec::new();
+        for b in &mut self.legs {
+            let interval = if b.bound { REBIND_MS } else { BIND_RETRY_MS };
+            let due = b
+                .last_ms
+                .is_none_or(|t| now_ms.saturating_sub(t) >= interval);
+            if due && (b.bound || b.tries < BIND_TRIES) {
+                b.last_ms = Some(now_ms);
+                b.tries += 1;
+                self.msg_id = self.msg_id.wrapping_add(1);
+                out.push((b.leg.addr, encode_bind(&b.leg.token, self.msg_id, 0)));
+            }
+        }
+        out
+    }
+
+    /// When the next bind datagram falls due (`None`: none will).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.legs
+            .iter()
+            .filter(|b| b.bound || b.tries < BIND_TRIES)
+            .map(|b| {
+                let interval = if b.bound { REBIND_MS } else { BIND_RETRY_MS };
+                b.last_ms.map_or(0, |t| t.saturating_add(interval))
+            })
+            .min()
+    }
+
+    /// Handles a datagram from `from` if it is a bind reply; returns whether it was.
+    pub fn handle(&mut self, from: SocketAddr, datagram: &[u8]) -> bool {
+        let Ok((token, status)) = decode_bind_reply(datagram) else {
+            return false;
+        };
+        for b in &mut self.legs {
+            if b.leg.addr == from && b.leg.token == token {
+                b.bound = status == BindStatus::Bound;
+                if !b.bound {
+                    b.tries = BIND_TRIES; // refused: stop asking
+                }
+            }
+        }
+        true
+    }
+
+    /// Whether `addr` is a relay this side binds to.
+    pub fn is_relay(&self, addr: SocketAddr) -> bool {
+        self.legs.iter().any(|b| b.leg.addr == addr)
+    }
+
+    /// Whether the relay confirmed the bind of `leg`.
+    pub fn is_bound(&self, leg: &RelayLeg) -> bool {
+        self.legs.iter().any(|b| b.leg == *leg && b.bound)
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,197 @@
+//! The report of one call, as the client writes it (`--stats-json`) and the
+//! NAT lab reads it back: one typed definition for both.
+//!
+//! The JSON is one flat object with its keys in alphabetical order (what
+//! users and the lab have read since the first release); rates and means
+//! are rounded when written, the struct keeps the exact values.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::path::{PathKind, Switch};
+
+/// One change of path in a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchReport {
+    /// Milliseconds since media started.
+    pub at_ms: u64,
+    /// The path media moved to.
+    pub path: PathKind,
+    /// Where it goes (the peer, a relay, or a supernode's TLS listener;
+    /// `0.0.0.0:0` when a report does not say).
+    #[serde(default = "unspecified")]
+    pub addr: SocketAddr,
+}
+
+fn unspecified() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
+}
+
+impl From<&Switch> for SwitchReport {
+    fn from(s: &Switch) -> Self {
+        SwitchReport {
+            at_ms: s.at_ms,
+            path: s.kind,
+            addr: s.to.addr(),
+        }
+    }
+}
+
+/// The report of one call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CallReport {
+    pub peer: String,
+    /// The path media last went over (`"none"` in JSON when there was none).
+    #[serde(with = "path_or_none")]
+    pub path: Option<PathKind>,
+    /// The path of the first media frame.
+    pub path_start: Option<PathKind>,
+    /// The path of the last media frame.
+    pub path_end: Option<PathKind>,
+    /// Every change of path, in ms since media started.
+    pub switches: Vec<SwitchReport>,
+    /// When a direct or hole-punched path was first confirmed.
+    pub time_to_direct_ms: Option<u64>,
+    /// Where the last media frame went.
+    pub remote_addr: Option<SocketAddr>,
+    /// Seconds of media (written to the millisecond).
+    #[serde(serialize_with = "round3")]
+    pub duration_s: f64,
+    pub setup_ms: u64,
+    pub first_audio_ms: Option<u64>,
+    pub ended_by_peer: bool,
+    /// RTT of the last probe reply.
+    pub rtt_ms: Option<u64>,
+    /// Interarrival jitter (written to 0.01 ms).
+    #[serde(serialize_with = "round2")]
+    pub jitter_ms: f64,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub media_packets_sent: u64,
+    pub media_packets_received: u64,
+    pub packets_lost: u64,
+    pub packets_late: u64,
+    pub duplicates: u64,
+    pub fec_recoveries: u64,
+    pub concealed_frames: u64,
+    pub dropped_auth: u64,
+    pub dropped_replay: u64,
+    pub dropped_malformed: u64,
+    pub jitter_buffer_delay_ms: u32,
+    /// Written to 0.1 B/s.
+    #[serde(serialize_with = "round1")]
+    pub send_bytes_per_s: f64,
+    #[serde(serialize_with = "round1")]
+    pub recv_bytes_per_s: f64,
+    /// Mean UDP payload of what this side sent, in bytes (written to 0.01).
+    #[serde(serialize_with = "round2")]
+    pub mean_udp_payload: f64,
+    pub codec_bitrate: i32,
+    /// Transport of the supernode session (`quic` or `tcp`).
+    pub signaling: String,
+    /// RTT of the path media last went over (connectivity-check probes).
+    pub path_rtt_ms: Option<u64>,
+    /// TLS relay legs connected (reconnections included).
+    pub tcp_connects: u64,
+    /// Datagrams dropped on full TLS leg queues.
+    pub tcp_dropped: u64,
+}
+
+fn rounded<S: serde::Serializer>(v: f64, scale: f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((v * scale).round() / scale)
+}
+
+fn round1<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    rounded(*v, 10.0, s)
+}
+
+fn round2<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    rounded(*v, 100.0, s)
+}
+
+fn round3<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    rounded(*v, 1000.0, s)
+}
+
+/// A path written as its name, or `"none"`.
+mod path_or_none {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::path::PathKind;
+
+    pub fn serialize<S: Serializer>(p: &Option<PathKind>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(p.map_or("none", PathKind::name))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathKind>, D::Error> {
+        let name = String::deserialize(d)?;
+        if name == "none" {
+            return Ok(None);
+        }
+        PathKind::from_name(&name)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown path {name:?}")))
+    }
+}
+
+impl CallReport {
+    /// The name of the path at the end of the call (`none` without one).
+    pub fn path_name(&self) -> &'static str {
+        self.path.map_or("none", PathKind::name)
+    }
+
+    /// The report as JSON (the `--stats-json` file): one line, keys in
+    /// alphabetical order (serialized through a `serde_json::Value`, whose
+    /// map is ordered), rates and means rounded.
+    pub fn to_json(&self) -> String {
+        // Serializing this struct cannot fail: no maps, no fallible fields.
+        serde_json::to_value(self).map_or_else(|_| "{}".to_owned(), |v| v.to_string())
+    }
+
+    /// Reads a report back (missing keys take their defaults).
+    pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    /// A human-readable report.
+    pub fn to_text(&self) -> String {
+        let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} ms"));
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            "call with {peer}: {dur:.1} s, path {path} ({remote}, RTT {prtt}), signaling over {sig}, setup {setup} ms, first audio {first}\n\
+             sent {sp} packets ({smp} media, mean UDP payload {mp:.1} B, {sbps:.0} B/s), received {rp} ({rmp} media)\n\
+             lost {lost} (FEC recovered {fec}, concealed {conc}), late {late}, dropped: auth {auth}, replay {rep}, malformed {mal}\n\
+             RTT {rtt}, jitter {jit:.1} ms, jitter-buffer delay {jbd} ms, codec Opus {br} b/s",
+            peer = self.peer,
+            dur = self.duration_s,
+            path = self.path_name(),
+            remote = self.remote_addr.map_or("-".into(), |a| a.to_string()),
+            prtt = ms(self.path_rtt_ms),
+            sig = self.signaling,
+            setup = self.setup_ms,
+            first = ms(self.first_audio_ms),
+            sp = self.packets_sent,
+            smp = self.media_packets_sent,
+            mp = self.mean_udp_payload,
+            sbps = self.send_bytes_per_s,
+            rp = self.packets_received,
+            rmp = self.media_packets_received,
+            lost = self.packets_lost,
+            fec = self.fec_recoveries,
+            conc = self.concealed_frames,
+            late = self.packets_late,
+            auth = self.dropped_auth,
+            rep = self.dropped_replay,
+            mal = self.dropped_malformed,
+            rtt = ms(self.rtt_ms),
+            jit = self.jitter_ms,
+            jbd = self.jitter_buffer_delay_ms,
+            br = self.codec_bitrate,
+        );
+        s
+    }
+}
