@@ -74,17 +74,26 @@ pub(crate) async fn run(
             }
             () = tokio::time::sleep_until(wake) => node.handle_timeout(now()),
         }
+        // Published before the output leaves, so whoever sees a frame the
+        // round produced (a JoinAccepted, say) also sees the state behind
+        // it through `Handle`; and again after, for what carrying out the
+        // output changed (a slow session closed).
+        publish(&snapshot, &node);
         carry_out(&shell, &mut node, &mut conns);
-        let fresh = Snapshot::of(&node);
-        snapshot.send_if_modified(|s| {
-            if *s == fresh {
-                false
-            } else {
-                *s = fresh;
-                true
-            }
-        });
+        publish(&snapshot, &node);
     }
+}
+
+fn publish(snapshot: &watch::Sender<Snapshot>, node: &Node) {
+    let fresh = Snapshot::of(node);
+    snapshot.send_if_modified(|s| {
+        if *s == fresh {
+            false
+        } else {
+            *s = fresh;
+            true
+        }
+    });
 }
 
 fn handle(node: &mut Node, conns: &mut Conns, event: Event) {
