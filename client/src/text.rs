@@ -75,7 +75,12 @@ mod tests {
         for c in unsafe_chars {
             let text = format!("a{c}b");
             let got = for_terminal(&text);
-            assert_eq!(got, format!("a\\u{{{:x}}}b", u32::from(c)), "{:#x}", u32::from(c));
+            assert_eq!(
+                got,
+                format!("a\\u{{{:x}}}b", u32::from(c)),
+                "{:#x}",
+                u32::from(c)
+            );
             assert!(!got.chars().any(is_unsafe));
         }
         // Neighbours of the escaped ranges are kept.

@@ -276,6 +276,8 @@ fn a_peers_control_characters_never_reach_the_terminal_and_the_home_is_private()
     // A carriage return and "erase line" would overwrite "message from
     // alice:" with a line that seems to come from mallory.
     let faked = "\r\x1b[2Kmallory: hi";
+    // (A buddy list too, so that file is in the home when it is checked.)
+    assert_ok(&cluster.run("bob", &["buddies", "add", "alice"], LIMIT));
     let bob = Online::start(&cluster, "bob", &sn(&cluster, 0));
     let out = assert_ok(&cluster.run("alice", &["chat", "bob", faked], LIMIT));
     assert!(out.contains("delivered to bob"), "{out}");
@@ -290,14 +292,28 @@ fn a_peers_control_characters_never_reach_the_terminal_and_the_home_is_private()
     // The inbox file and `natter inbox` hold the escaped text only.
     let out = assert_ok(&cluster.run("bob", &["inbox"], LIMIT));
     assert!(!out.contains(['\r', '\x1b']), "{out:?}");
-    assert!(out.contains("alice: \\u{d}\\u{1b}[2Kmallory: hi"), "{out:?}");
+    assert!(
+        out.contains("alice: \\u{d}\\u{1b}[2Kmallory: hi"),
+        "{out:?}"
+    );
     let home = cluster.home("bob");
     let inbox = std::fs::read(home.join("inbox.txt")).unwrap();
     assert!(!inbox.contains(&0x1b) && !inbox.contains(&b'\r'));
 
     // Every file the client wrote in its home is readable by its user only.
     let files = files_under(&home);
-    assert!(files.iter().any(|f| f.ends_with("inbox.txt")), "{files:?}");
+    for name in [
+        natter_client::inbox::FILE_NAME,
+        natter_client::hostcache::FILE_NAME,
+        natter_client::buddy_list::LIST_FILE,
+        natter_client::home::KEY_FILE,
+        natter_client::home::CERT_FILE,
+    ] {
+        assert!(
+            files.iter().any(|f| f.ends_with(name)),
+            "no {name}: {files:?}"
+        );
+    }
     for file in files {
         let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{} has mode {mode:o}", file.display());

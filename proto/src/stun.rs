@@ -466,7 +466,14 @@ mod tests {
             fingerprint: false,
         });
         assert_eq!(bare.len(), HEADER_LEN);
-        let bytes = answer(&Message::decode(bare).unwrap(), bare.len(), v4, origin, other).unwrap();
+        let bytes = answer(
+            &Message::decode(bare).unwrap(),
+            bare.len(),
+            v4,
+            origin,
+            other,
+        )
+        .unwrap();
         assert!(bytes.len() <= answer_budget(HEADER_LEN), "{}", bytes.len());
         let got = Message::decode(&bytes).unwrap();
         assert_eq!(got, Message::response([3; 12], v4));
@@ -483,15 +490,19 @@ mod tests {
                 match answer(&request, len, from, origin, other) {
                     None => {
                         // Only when XOR-MAPPED-ADDRESS alone is too big.
-                        let alone = Message::response(request.transaction_id, from)
-                            .encode_with(Trailer {
+                        let alone =
+                            Message::response(request.transaction_id, from).encode_with(Trailer {
                                 software: false,
                                 fingerprint: false,
                             });
                         assert!(alone.len() > answer_budget(len), "{from} {len}");
                     }
                     Some(bytes) => {
-                        assert!(bytes.len() * 5 <= len * 8, "{from}: {len} -> {}", bytes.len());
+                        assert!(
+                            bytes.len() * 5 <= len * 8,
+                            "{from}: {len} -> {}",
+                            bytes.len()
+                        );
                         let got = Message::decode(&bytes).unwrap();
                         assert_eq!(got.kind, BINDING_SUCCESS);
                         assert_eq!(got.mapped, Some(from));

@@ -177,7 +177,14 @@ fn compute() -> Vec<(&'static str, String)> {
     v.push((
         "stun.answer_to_padded",
         // Received on `origin`, change-port: sent from `other`.
-        h(stun::answer(&stun::Message::decode(&padded).unwrap(), padded.len(), from, other, other).unwrap()),
+        h(stun::answer(
+            &stun::Message::decode(&padded).unwrap(),
+            padded.len(),
+            from,
+            other,
+            other,
+        )
+        .unwrap()),
     ));
     v
 }

@@ -37,8 +37,8 @@ mod udp;
 
 pub use config::Config;
 pub use server::{Handle, NODE_ID_FILE, SpawnError, Supernode};
-pub use tcp_stats::TcpStats;
 pub use stun_limit::StunLimits;
+pub use tcp_stats::TcpStats;
 pub use udp::UdpStats;
 
 /// The reflector (UDP service) address of a supernode known only by its QUIC

@@ -156,7 +156,10 @@ mod tests {
     fn prefixes_are_24_and_56_bits() {
         assert_eq!(Prefix::of(ip("192.0.2.1")), Prefix::of(ip("192.0.2.254")));
         assert_ne!(Prefix::of(ip("192.0.2.1")), Prefix::of(ip("192.0.3.1")));
-        assert_eq!(Prefix::of(ip("::ffff:192.0.2.9")), Prefix::of(ip("192.0.2.1")));
+        assert_eq!(
+            Prefix::of(ip("::ffff:192.0.2.9")),
+            Prefix::of(ip("192.0.2.1"))
+        );
         assert_eq!(
             Prefix::of(ip("2001:db8:0:1200::1")),
             Prefix::of(ip("2001:db8:0:12ff:ffff::2"))
@@ -204,6 +207,9 @@ mod tests {
         let later = t0 + Duration::from_secs_f64(limits.burst / limits.rate);
         assert_eq!(l.expire(later), 2);
         assert!(l.is_empty());
-        assert_eq!(allowed(&mut l, "10.0.50.1", 100, later), limits.burst as usize);
+        assert_eq!(
+            allowed(&mut l, "10.0.50.1", 100, later),
+            limits.burst as usize
+        );
     }
 }
