@@ -292,7 +292,10 @@ async fn run(cli: Cli) -> Result<()> {
                     serde_json::to_string_pretty(&report).map_err(|e| usage(&e.to_string()))?
                 );
             } else {
-                println!("{}", report.to_text());
+                // The report names the peer.
+    for line in report.to_text().lines() {
+        println!("{}", for_terminal(line));
+    }
             }
         }
         Command::Devices => {
@@ -494,7 +497,10 @@ fn call_options(audio: &AudioArgs, duration: Option<Duration>) -> CallOptions {
 }
 
 fn finish_report(report: &CallReport, audio: &AudioArgs) -> Result<()> {
-    println!("{}", report.to_text());
+    // The report names the peer.
+    for line in report.to_text().lines() {
+        println!("{}", for_terminal(line));
+    }
     if let Some(path) = &audio.stats_json {
         natter_fsutil::write_private(path, format!("{}\n", report.to_json()).as_bytes())?;
     }
