@@ -292,10 +292,7 @@ async fn run(cli: Cli) -> Result<()> {
                     serde_json::to_string_pretty(&report).map_err(|e| usage(&e.to_string()))?
                 );
             } else {
-                // The report names the peer.
-    for line in report.to_text().lines() {
-        println!("{}", for_terminal(line));
-    }
+                println!("{}", report.to_text());
             }
         }
         Command::Devices => {
