@@ -77,6 +77,50 @@ async fn a_minimal_request_gets_an_answer_no_larger_than_1_6_times_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_ipv6_a_request_too_small_for_any_answer_is_not_answered() {
+    let sns = cluster(1, |c| c.udp = Some("[::1]:0".parse().unwrap())).await;
+    let reflector = sns[0].reflector();
+    assert!(reflector.is_ipv6());
+    let client = udp("::1").await;
+    let me = client.local_addr().unwrap();
+    // XOR-MAPPED-ADDRESS alone is 44 bytes over IPv6: more than 1.6 x 20.
+    client
+        .send_to(&bare_request([1; 12]), reflector)
+        .await
+        .unwrap();
+    assert!(
+        recv_within(&client, Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+    // 28 bytes (a header and one short attribute, like the FINGERPRINT
+    // RFC 8489 clients send; here SOFTWARE "test") is answered.
+    let mut short = bare_request([2; 12]);
+    short[3] = 8;
+    short.extend_from_slice(&[0x80, 0x22, 0x00, 0x04]);
+    short.extend_from_slice(b"test");
+    assert_eq!(short.len(), 28);
+    let (bytes, _) = ask(&client, reflector, &short).await;
+    assert!(bytes.len() <= stun::answer_budget(short.len()));
+    assert_eq!(stun::Message::decode(&bytes).unwrap().mapped, Some(me));
+    // The padded request gets everything.
+    let mut padded = stun::Message::request([3; 12]);
+    padded.pad_to(stun::PADDED_REQUEST_LEN);
+    let sent = padded.encode();
+    let (bytes, _) = ask(&client, reflector, &sent).await;
+    assert!(bytes.len() <= stun::answer_budget(sent.len()));
+    let answer = stun::Message::decode(&bytes).unwrap();
+    assert_eq!(answer.mapped, Some(me));
+    assert_eq!(answer.other_address, Some(sns[0].udp_alternate()));
+    let stats = sns[0].udp_stats();
+    assert_eq!(
+        (stats.stun_too_small, stats.stun_answered),
+        (1, 2),
+        "{stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_padded_request_gets_the_rfc_5780_attributes() {
     let sns = cluster(1, |_| {}).await;
     let (primary, alternate) = (sns[0].reflector(), sns[0].udp_alternate());
