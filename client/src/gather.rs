@@ -18,6 +18,7 @@ pub use natter_proto::relay::RelayLeg;
 use natter_proto::relay::TOKEN_LEN;
 use tokio::net::UdpSocket;
 
+use crate::netcheck::Ask;
 use crate::supernode::SupernodeSession;
 
 /// Time allowed to the reflector for one STUN answer.
@@ -66,15 +67,19 @@ pub fn predict(first: SocketAddr, second: SocketAddr) -> Vec<SocketAddr> {
 /// The public address of `socket` as `reflector` sees it (STUN binding),
 /// or `None` when the reflector does not answer.
 pub async fn server_reflexive(socket: &UdpSocket, reflector: SocketAddr) -> Option<SocketAddr> {
-    binding(socket, reflector).await.map(|(mapped, _)| mapped)
+    binding(socket, reflector, Ask::Mapped)
+        .await
+        .map(|(mapped, _)| mapped)
 }
 
-/// A STUN binding: the mapped address and the server's OTHER-ADDRESS.
+/// A STUN binding: the mapped address and, when asked for with
+/// `Ask::Rfc5780` (a padded request), the server's OTHER-ADDRESS.
 async fn binding(
     socket: &UdpSocket,
     reflector: SocketAddr,
+    ask: Ask,
 ) -> Option<(SocketAddr, Option<SocketAddr>)> {
-    let (msg, from) = crate::netcheck::binding(socket, reflector, false, STUN_WAIT).await?;
+    let (msg, from) = crate::netcheck::binding(socket, reflector, ask, STUN_WAIT).await?;
     // Only the reflector itself answers a plain binding request.
     if from != reflector {
         return None;
@@ -100,7 +105,7 @@ pub async fn local_candidates(session: &SupernodeSession, socket: &UdpSocket) ->
     let Some(reflector) = session.reflector() else {
         return out;
     };
-    let Some((mapped, other)) = binding(socket, reflector).await else {
+    let Some((mapped, other)) = binding(socket, reflector, Ask::Rfc5780).await else {
         return out;
     };
     if mapped == local {
@@ -110,7 +115,7 @@ pub async fn local_candidates(session: &SupernodeSession, socket: &UdpSocket) ->
     // A second mapping, towards the reflector's other port, shows whether
     // the NAT maps per destination and, if so, whether predictably.
     if let Some(other) = other
-        && let Some((second, _)) = binding(socket, other).await
+        && let Some((second, _)) = binding(socket, other, Ask::Mapped).await
         && second != mapped
     {
         for addr in predict(mapped, second) {

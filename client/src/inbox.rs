@@ -10,6 +10,7 @@ use natter_proto::messages::{ChatMessage, envelope};
 
 use crate::ClientError;
 use crate::supernode::SupernodeSession;
+use crate::text::for_terminal;
 
 /// The inbox file in `--home`.
 pub const FILE_NAME: &str = "inbox.txt";
@@ -34,13 +35,15 @@ impl Inbox {
         &self.path
     }
 
-    /// The line `m` is stored as: its text on one line.
+    /// The line `m` is stored as: its text on one line, every other
+    /// control or bidi character escaped (`text::for_terminal`), so showing
+    /// the file cannot fake a sender either.
     pub fn line(m: &ChatMessage) -> String {
         format!(
             "{} {}: {}\n",
             m.sent_at / 1000,
-            m.from,
-            m.text.replace('\n', " ")
+            for_terminal(&m.from),
+            for_terminal(&m.text.replace('\n', " "))
         )
     }
 

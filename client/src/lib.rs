@@ -25,6 +25,7 @@
 //! | [`gather`] | the candidates of a call (host, server-reflexive, relay) and its relay allocation |
 //! | [`netcheck`] | classifying this host's NAT with STUN reflectors |
 //! | [`call`] | placing and answering calls: signaling plus the SoM/UDP media loop |
+//! | [`text`] | peer-written text made safe for a terminal (control and bidi characters escaped) |
 //!
 //! The `natter` binary only parses arguments, calls these and prints; files
 //! are written through [`natter_fsutil`] (atomic, mode 0600).
@@ -47,6 +48,7 @@ pub mod resolve;
 pub mod search;
 pub mod supernode;
 pub mod tcp_relay;
+pub mod text;
 pub mod tls;
 
 pub use error::ClientError;

@@ -13,6 +13,7 @@ use natter_client::chat::{self, Delivery};
 use natter_client::home::LoginStatus;
 use natter_client::online::{self, OnlineEvent};
 use natter_client::search::{self, presence_name};
+use natter_client::text::for_terminal;
 use natter_client::{ClientError, Home, LoginClient, inbox, now_unix_ms, now_unix_secs, tls};
 
 /// Natter client.
@@ -380,7 +381,7 @@ async fn overlay_command(cli: &Cli) -> Result<()> {
                     .map_or(String::new(), |a| format!(" via supernode {a}"));
                 println!(
                     "{}: {}, {}{via}, last seen {}",
-                    found.name,
+                    for_terminal(&found.name),
                     presence_name(found.status),
                     if found.reachable() {
                         "reachable"
@@ -409,7 +410,10 @@ async fn overlay_command(cli: &Cli) -> Result<()> {
             if text.is_empty() {
                 println!("no messages");
             } else {
-                print!("{text}");
+                // Lines stored by older releases may hold raw controls.
+                for line in text.lines() {
+                    println!("{}", for_terminal(line));
+                }
             }
             sn.leave().await;
         }
@@ -464,10 +468,14 @@ async fn overlay_command(cli: &Cli) -> Result<()> {
 fn print_event(event: OnlineEvent) {
     match event {
         OnlineEvent::Presence { name, status } => {
-            println!("presence {name} {}", presence_name(status));
+            println!("presence {} {}", for_terminal(&name), presence_name(status));
         }
-        OnlineEvent::Message(m) => println!("message from {}: {}", m.from, m.text),
-        OnlineEvent::Delivered { to } => println!("delivered to {to}"),
+        OnlineEvent::Message(m) => println!(
+            "message from {}: {}",
+            for_terminal(&m.from),
+            for_terminal(&m.text)
+        ),
+        OnlineEvent::Delivered { to } => println!("delivered to {}", for_terminal(&to)),
         OnlineEvent::Rejoined { lost, via } => {
             println!("supernode {lost} lost; rejoined via {via}");
         }
@@ -486,7 +494,10 @@ fn call_options(audio: &AudioArgs, duration: Option<Duration>) -> CallOptions {
 }
 
 fn finish_report(report: &CallReport, audio: &AudioArgs) -> Result<()> {
-    println!("{}", report.to_text());
+    // The report names the peer.
+    for line in report.to_text().lines() {
+        println!("{}", for_terminal(line));
+    }
     if let Some(path) = &audio.stats_json {
         natter_fsutil::write_private(path, format!("{}\n", report.to_json()).as_bytes())?;
     }

@@ -44,20 +44,40 @@ pub struct Report {
     pub behind_nat: Option<bool>,
 }
 
+/// What a binding asks the server for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// The mapped address only: a small unpadded request.
+    Mapped,
+    /// The mapped address and the RFC 5780 attributes (OTHER-ADDRESS,
+    /// RESPONSE-ORIGIN): a padded request, so a reflector that answers
+    /// within 1.6 times the request has room for them.
+    Rfc5780,
+    /// Like `Rfc5780`, answered from the server's other port.
+    ChangePort,
+}
+
 /// One STUN binding from `socket` to `server`, waiting `wait` for each of
-/// three tries; `change_port` asks for the answer from the server's other
-/// port. Returns the response and its source.
+/// three tries. Returns the response and its source.
+///
+/// `Ask::Rfc5780` and `Ask::ChangePort` pad the request to
+/// `stun::PADDED_REQUEST_LEN` with PADDING (RFC 5780). PADDING is
+/// comprehension-required: a server that does not know it answers 420
+/// (Unknown Attribute), and the remaining tries go without it.
 pub async fn binding(
     socket: &UdpSocket,
     server: SocketAddr,
-    change_port: bool,
+    ask: Ask,
     wait: Duration,
 ) -> Option<(stun::Message, SocketAddr)> {
     let mut tid = [0u8; 12];
     rand::thread_rng().fill_bytes(&mut tid);
     let mut request = stun::Message::request(tid);
-    request.change_port = change_port;
-    let bytes = request.encode();
+    request.change_port = ask == Ask::ChangePort;
+    if ask != Ask::Mapped {
+        request.pad_to(stun::PADDED_REQUEST_LEN);
+    }
+    let mut bytes = request.encode();
     let mut buf = [0u8; 512];
     for _ in 0..TRIES {
         socket.send_to(&bytes, server).await.ok()?;
@@ -65,11 +85,22 @@ pub async fn binding(
         while let Ok(Ok((n, from))) =
             tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await
         {
-            if let Ok(msg) = stun::Message::decode(&buf[..n])
-                && msg.transaction_id == tid
-                && msg.kind == stun::BINDING_SUCCESS
-            {
+            let Ok(msg) = stun::Message::decode(&buf[..n]) else {
+                continue;
+            };
+            if msg.transaction_id != tid {
+                continue;
+            }
+            if msg.kind == stun::BINDING_SUCCESS {
                 return Some((msg, from));
+            }
+            if msg.kind == stun::BINDING_ERROR
+                && msg.error_code == Some(stun::UNKNOWN_ATTRIBUTE)
+                && request.padding > 0
+            {
+                request.padding = 0;
+                bytes = request.encode();
+                break;
             }
         }
     }
@@ -95,7 +126,7 @@ pub async fn run(bind: SocketAddr, reflectors: &[SocketAddr]) -> std::io::Result
     // Filtering first, on a fresh socket, before anything opens the NAT
     // towards the reflector's other port.
     let fresh = UdpSocket::bind(bind).await?;
-    if let Some((_, from)) = binding(&fresh, first, true, WAIT).await {
+    if let Some((_, from)) = binding(&fresh, first, Ask::ChangePort, WAIT).await {
         report.udp = true;
         report.filtering = if from == first {
             // The server could not change port: no conclusion.
@@ -103,7 +134,7 @@ pub async fn run(bind: SocketAddr, reflectors: &[SocketAddr]) -> std::io::Result
         } else {
             "not-port-dependent".into()
         };
-    } else if binding(&fresh, first, false, WAIT).await.is_some() {
+    } else if binding(&fresh, first, Ask::Mapped, WAIT).await.is_some() {
         report.udp = true;
         report.filtering = "address-and-port-dependent".into();
     }
@@ -114,7 +145,13 @@ pub async fn run(bind: SocketAddr, reflectors: &[SocketAddr]) -> std::io::Result
     report.local = Some(local);
     let mut other_port = None;
     for &server in reflectors {
-        if let Some((msg, _)) = binding(&socket, server, false, WAIT).await
+        // Only the first reflector's OTHER-ADDRESS is used.
+        let ask = if server == first {
+            Ask::Rfc5780
+        } else {
+            Ask::Mapped
+        };
+        if let Some((msg, _)) = binding(&socket, server, ask, WAIT).await
             && let Some(mapped) = msg.mapped
         {
             report.udp = true;
@@ -127,7 +164,7 @@ pub async fn run(bind: SocketAddr, reflectors: &[SocketAddr]) -> std::io::Result
         }
     }
     let same_ip_other_port = match other_port {
-        Some(alt) => binding(&socket, alt, false, WAIT)
+        Some(alt) => binding(&socket, alt, Ask::Mapped, WAIT)
             .await
             .and_then(|(m, _)| m.mapped),
         None => None,
@@ -192,5 +229,57 @@ impl Report {
             yn(self.sequential_allocation),
         ));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// An RFC 8489 server that does not know PADDING: it answers a request
+    /// carrying it with 420 (Unknown Attribute), as RFC 8489 section 6.3.1
+    /// requires, and any other request with its mapped address. Returns the
+    /// requests it saw (padded or not).
+    async fn rfc8489_server(socket: UdpSocket, requests: usize) -> Vec<bool> {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 512];
+        while seen.len() < requests {
+            let (n, from) = socket.recv_from(&mut buf).await.unwrap();
+            let request = stun::Message::decode(&buf[..n]).unwrap();
+            let padded = request.padding > 0;
+            seen.push(padded);
+            let answer = if padded {
+                let mut error = stun::Message::request(request.transaction_id);
+                error.kind = stun::BINDING_ERROR;
+                error.error_code = Some(stun::UNKNOWN_ATTRIBUTE);
+                error
+            } else {
+                stun::Message::response(request.transaction_id, from)
+            };
+            socket.send_to(&answer.encode(), from).await.unwrap();
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn a_server_refusing_padding_is_asked_again_without_it() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server_addr = server.local_addr().unwrap();
+        let serving = tokio::spawn(rfc8489_server(server, 3));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let me = client.local_addr().unwrap();
+        let wait = Duration::from_secs(2);
+        // Padded first, refused, then unpadded and answered.
+        let (msg, from) = binding(&client, server_addr, Ask::Rfc5780, wait)
+            .await
+            .unwrap();
+        assert_eq!((msg.mapped, from), (Some(me), server_addr));
+        // A plain binding is never padded.
+        let (msg, _) = binding(&client, server_addr, Ask::Mapped, wait)
+            .await
+            .unwrap();
+        assert_eq!(msg.mapped, Some(me));
+        assert_eq!(serving.await.unwrap(), vec![true, false, false]);
     }
 }

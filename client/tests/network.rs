@@ -250,3 +250,72 @@ fn netcheck_reads_the_supernode_reflector() {
     let out = assert_ok(&cluster.run("nobody", &["netcheck", "--stun", "127.0.0.1:9"], LIMIT));
     assert!(out.contains("UDP: blocked"), "{out}");
 }
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_peers_control_characters_never_reach_the_terminal_and_the_home_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let cluster = Cluster::start(1, None);
+    for user in ["alice", "bob"] {
+        cluster.add_user(user);
+    }
+    // A carriage return and "erase line" would overwrite "message from
+    // alice:" with a line that seems to come from mallory.
+    let faked = "\r\x1b[2Kmallory: hi";
+    // (A buddy list too, so that file is in the home when it is checked.)
+    assert_ok(&cluster.run("bob", &["buddies", "add", "alice"], LIMIT));
+    let bob = Online::start(&cluster, "bob", &sn(&cluster, 0));
+    let out = assert_ok(&cluster.run("alice", &["chat", "bob", faked], LIMIT));
+    assert!(out.contains("delivered to bob"), "{out}");
+    let (line, _) = bob.expect("message from alice: ", LIMIT);
+    assert!(!line.contains(['\r', '\x1b']), "{line:?}");
+    assert!(
+        line.ends_with("message from alice: \\u{d}\\u{1b}[2Kmallory: hi"),
+        "{line:?}"
+    );
+    drop(bob);
+
+    // The inbox file and `natter inbox` hold the escaped text only.
+    let out = assert_ok(&cluster.run("bob", &["inbox"], LIMIT));
+    assert!(!out.contains(['\r', '\x1b']), "{out:?}");
+    assert!(
+        out.contains("alice: \\u{d}\\u{1b}[2Kmallory: hi"),
+        "{out:?}"
+    );
+    let home = cluster.home("bob");
+    let inbox = std::fs::read(home.join("inbox.txt")).unwrap();
+    assert!(!inbox.contains(&0x1b) && !inbox.contains(&b'\r'));
+
+    // Every file the client wrote in its home is readable by its user only.
+    let files = files_under(&home);
+    for name in [
+        natter_client::inbox::FILE_NAME,
+        natter_client::hostcache::FILE_NAME,
+        natter_client::buddy_list::LIST_FILE,
+        natter_client::home::KEY_FILE,
+        natter_client::home::CERT_FILE,
+    ] {
+        assert!(
+            files.iter().any(|f| f.ends_with(name)),
+            "no {name}: {files:?}"
+        );
+    }
+    for file in files {
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} has mode {mode:o}", file.display());
+    }
+}

@@ -15,6 +15,13 @@
 //! A SoM datagram and a STUN message can share one UDP port: [`looks_like_stun`]
 //! tells them apart by the two zero bits, the magic cookie and a length that
 //! matches the datagram.
+//!
+//! **No amplification.** A reflector answers a Binding request with
+//! [`answer`], which never returns more than [`answer_budget`] bytes (1.6
+//! times the request): a minimal 20-byte request gets XOR-MAPPED-ADDRESS
+//! alone (32 bytes over IPv4), and a client that wants the RFC 5780
+//! attributes pads its request with PADDING ([`Message::pad_to`],
+//! [`PADDED_REQUEST_LEN`]) to make room for them.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -28,9 +35,25 @@ pub const BINDING_REQUEST: u16 = 0x0001;
 pub const BINDING_SUCCESS: u16 = 0x0101;
 /// Binding error response.
 pub const BINDING_ERROR: u16 = 0x0111;
+/// The error code of a server that does not know a comprehension-required
+/// attribute (RFC 8489 section 14.8), such as PADDING.
+pub const UNKNOWN_ATTRIBUTE: u16 = 420;
+
+/// How much larger than its request an answer may be: 8/5 (1.6 times).
+pub const ANSWER_RATIO: (usize, usize) = (8, 5);
+/// The largest answer with every attribute a reflector can give (IPv6
+/// XOR-MAPPED-ADDRESS, RESPONSE-ORIGIN and OTHER-ADDRESS of 24 bytes each,
+/// SOFTWARE `natter` of 12, FINGERPRINT of 8).
+pub const FULL_ANSWER_MAX: usize = HEADER_LEN + 3 * (4 + 20) + (4 + 8) + 8;
+/// The request length whose budget holds [`FULL_ANSWER_MAX`]: what a client
+/// pads to when it needs the RFC 5780 attributes.
+pub const PADDED_REQUEST_LEN: usize =
+    (FULL_ANSWER_MAX * ANSWER_RATIO.1).div_ceil(ANSWER_RATIO.0 * 4) * 4;
 
 const ATTR_MAPPED_ADDRESS: u16 = 0x0001;
 const ATTR_CHANGE_REQUEST: u16 = 0x0003;
+const ATTR_ERROR_CODE: u16 = 0x0009;
+const ATTR_PADDING: u16 = 0x0026;
 const ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
 const ATTR_SOFTWARE: u16 = 0x8022;
 const ATTR_FINGERPRINT: u16 = 0x8028;
@@ -65,6 +88,17 @@ pub struct Message {
     pub other_address: Option<SocketAddr>,
     /// RFC 5780 RESPONSE-ORIGIN: where the response was sent from.
     pub response_origin: Option<SocketAddr>,
+    /// RFC 5780 PADDING: bytes of its value (0: no PADDING attribute).
+    pub padding: usize,
+    /// ERROR-CODE of an error response (class * 100 + number).
+    pub error_code: Option<u16>,
+}
+
+/// The optional trailer attributes [`Message::encode_with`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Trailer {
+    software: bool,
+    fingerprint: bool,
 }
 
 impl Message {
@@ -78,6 +112,20 @@ impl Message {
             change_port: false,
             other_address: None,
             response_origin: None,
+            padding: 0,
+            error_code: None,
+        }
+    }
+
+    /// Adds a PADDING attribute (zeros) so the encoded message is at least
+    /// `total` bytes; no attribute when it already is.
+    pub fn pad_to(&mut self, total: usize) {
+        self.padding = 0;
+        let len = self.encode().len();
+        if len < total {
+            // The attribute's own 4-byte header counts too; an empty value
+            // would mean no attribute, so it is at least 4 bytes.
+            self.padding = ((total - len).saturating_sub(4).div_ceil(4) * 4).max(4);
         }
     }
 
@@ -92,6 +140,13 @@ impl Message {
 
     /// Encodes the message, with SOFTWARE and FINGERPRINT.
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_with(Trailer {
+            software: true,
+            fingerprint: true,
+        })
+    }
+
+    fn encode_with(&self, trailer: Trailer) -> Vec<u8> {
         let mut out = Vec::with_capacity(96);
         out.extend_from_slice(&self.kind.to_be_bytes());
         out.extend_from_slice(&[0, 0]); // length, patched below
@@ -111,12 +166,23 @@ impl Message {
         if let Some(addr) = self.other_address {
             attribute(&mut out, ATTR_OTHER_ADDRESS, &plain_address(addr));
         }
-        attribute(&mut out, ATTR_SOFTWARE, b"natter");
-        // FINGERPRINT covers everything before it, with the length already
-        // counting the fingerprint attribute itself.
-        set_length(&mut out, 8);
-        let crc = crc32(&out) ^ FINGERPRINT_XOR;
-        attribute(&mut out, ATTR_FINGERPRINT, &crc.to_be_bytes());
+        if let Some(code) = self.error_code {
+            let value = [0, 0, (code / 100 % 8) as u8, (code % 100) as u8];
+            attribute(&mut out, ATTR_ERROR_CODE, &value);
+        }
+        if self.padding > 0 {
+            attribute(&mut out, ATTR_PADDING, &vec![0u8; self.padding]);
+        }
+        if trailer.software {
+            attribute(&mut out, ATTR_SOFTWARE, b"natter");
+        }
+        if trailer.fingerprint {
+            // FINGERPRINT covers everything before it, with the length
+            // already counting the fingerprint attribute itself.
+            set_length(&mut out, 8);
+            let crc = crc32(&out) ^ FINGERPRINT_XOR;
+            attribute(&mut out, ATTR_FINGERPRINT, &crc.to_be_bytes());
+        }
         set_length(&mut out, 0);
         out
     }
@@ -178,6 +244,11 @@ impl Message {
                     msg.response_origin =
                         Some(parse_address(value, None).ok_or(StunError::BadAttribute(attr))?);
                 }
+                ATTR_PADDING => msg.padding = len,
+                ATTR_ERROR_CODE => {
+                    let code = value.get(2..4).ok_or(StunError::BadAttribute(attr))?;
+                    msg.error_code = Some(u16::from(code[0] & 7) * 100 + u16::from(code[1]));
+                }
                 ATTR_FINGERPRINT => {
                     let got: [u8; 4] = value
                         .try_into()
@@ -192,6 +263,56 @@ impl Message {
         }
         Ok(msg)
     }
+}
+
+/// The most bytes an answer to a request of `request_len` bytes may have:
+/// 1.6 times the request, rounded down.
+pub fn answer_budget(request_len: usize) -> usize {
+    request_len.saturating_mul(ANSWER_RATIO.0) / ANSWER_RATIO.1
+}
+
+/// The Binding success response a reflector sends to `request` (which was
+/// `request_len` bytes on the wire) from `from`: XOR-MAPPED-ADDRESS always,
+/// then, while the answer stays within [`answer_budget`], FINGERPRINT,
+/// OTHER-ADDRESS (`other`), RESPONSE-ORIGIN (`origin`) and SOFTWARE, in that
+/// order. `None` when even XOR-MAPPED-ADDRESS alone would not fit (a
+/// request shorter than 28 bytes from an IPv6 source): such a request is
+/// not answered.
+pub fn answer(
+    request: &Message,
+    request_len: usize,
+    from: SocketAddr,
+    origin: SocketAddr,
+    other: SocketAddr,
+) -> Option<Vec<u8>> {
+    let budget = answer_budget(request_len);
+    let mut response = Message::response(request.transaction_id, from);
+    let mut trailer = Trailer {
+        software: false,
+        fingerprint: false,
+    };
+    let mut best = response.encode_with(trailer);
+    if best.len() > budget {
+        return None;
+    }
+    // Each step adds one attribute to what fitted so far; one that does not
+    // fit is left out and the next (smaller or equal) one is tried.
+    type Step = fn(&mut Message, &mut Trailer, SocketAddr, SocketAddr);
+    let steps: [Step; 4] = [
+        |_, t, _, _| t.fingerprint = true,
+        |m, _, _, other| m.other_address = Some(other),
+        |m, _, origin, _| m.response_origin = Some(origin),
+        |_, t, _, _| t.software = true,
+    ];
+    for step in steps {
+        let (mut m, mut t) = (response.clone(), trailer);
+        step(&mut m, &mut t, origin, other);
+        let bytes = m.encode_with(t);
+        if bytes.len() <= budget {
+            (response, trailer, best) = (m, t, bytes);
+        }
+    }
+    Some(best)
 }
 
 /// Whether a datagram is (most likely) STUN rather than SoM: top two bits
@@ -323,6 +444,119 @@ mod tests {
         let mut req = Message::request([9; 12]);
         req.change_port = true;
         assert_eq!(Message::decode(&req.encode()).unwrap(), req);
+    }
+
+    fn addrs() -> [SocketAddr; 4] {
+        [
+            "192.0.2.1:32853".parse().unwrap(),
+            "[2001:db8::1]:4242".parse().unwrap(),
+            "198.51.100.10:3478".parse().unwrap(),
+            "[2001:db8::10]:3478".parse().unwrap(),
+        ]
+    }
+
+    #[test]
+    fn a_minimal_request_gets_xor_mapped_address_alone() {
+        let [v4, _, origin, _] = addrs();
+        let other = SocketAddr::new(origin.ip(), origin.port() + 1);
+        let request = Message::request([3; 12]);
+        // A bare header, as the smallest clients send it.
+        let bare = &request.encode_with(Trailer {
+            software: false,
+            fingerprint: false,
+        });
+        assert_eq!(bare.len(), HEADER_LEN);
+        let bytes = answer(
+            &Message::decode(bare).unwrap(),
+            bare.len(),
+            v4,
+            origin,
+            other,
+        )
+        .unwrap();
+        assert!(bytes.len() <= answer_budget(HEADER_LEN), "{}", bytes.len());
+        let got = Message::decode(&bytes).unwrap();
+        assert_eq!(got, Message::response([3; 12], v4));
+    }
+
+    #[test]
+    fn no_answer_exceeds_the_budget_and_larger_requests_get_more() {
+        let [v4, v6, origin4, origin6] = addrs();
+        for (from, origin) in [(v4, origin4), (v6, origin6)] {
+            let other = SocketAddr::new(origin.ip(), origin.port() + 1);
+            let mut attributes_before = 0;
+            for len in (HEADER_LEN..=256).step_by(4) {
+                let request = Message::request([len as u8; 12]);
+                match answer(&request, len, from, origin, other) {
+                    None => {
+                        // Only when XOR-MAPPED-ADDRESS alone is too big.
+                        let alone =
+                            Message::response(request.transaction_id, from).encode_with(Trailer {
+                                software: false,
+                                fingerprint: false,
+                            });
+                        assert!(alone.len() > answer_budget(len), "{from} {len}");
+                    }
+                    Some(bytes) => {
+                        assert!(
+                            bytes.len() * 5 <= len * 8,
+                            "{from}: {len} -> {}",
+                            bytes.len()
+                        );
+                        let got = Message::decode(&bytes).unwrap();
+                        assert_eq!(got.kind, BINDING_SUCCESS);
+                        assert_eq!(got.mapped, Some(from));
+                        let attributes = usize::from(got.other_address.is_some())
+                            + usize::from(got.response_origin.is_some());
+                        assert!(attributes >= attributes_before, "{from} {len}");
+                        attributes_before = attributes;
+                    }
+                }
+            }
+        }
+        // A request with FINGERPRINT (28 bytes) is answered from IPv6 too.
+        assert!(answer(&Message::request([0; 12]), 28, v6, origin6, origin6).is_some());
+        assert!(answer(&Message::request([0; 12]), 24, v6, origin6, origin6).is_none());
+    }
+
+    #[test]
+    fn a_padded_request_gets_the_full_answer() {
+        let [v4, v6, origin4, origin6] = addrs();
+        let mut request = Message::request([8; 12]);
+        request.change_port = true;
+        request.pad_to(PADDED_REQUEST_LEN);
+        let bytes = request.encode();
+        assert!(bytes.len() >= PADDED_REQUEST_LEN && bytes.len() < PADDED_REQUEST_LEN + 8);
+        let decoded = Message::decode(&bytes).unwrap();
+        assert!(decoded.padding > 0);
+        assert!(decoded.change_port);
+        for (from, origin) in [(v4, origin4), (v6, origin6)] {
+            let other = SocketAddr::new(origin.ip(), origin.port() + 1);
+            let full = answer(&decoded, bytes.len(), from, origin, other).unwrap();
+            let got = Message::decode(&full).unwrap();
+            assert_eq!(got.other_address, Some(other));
+            assert_eq!(got.response_origin, Some(origin));
+            // SOFTWARE too: the same bytes as the unrestricted encoder.
+            let mut all = Message::response([8; 12], from);
+            all.other_address = Some(other);
+            all.response_origin = Some(origin);
+            assert_eq!(full, all.encode());
+            if from.is_ipv6() {
+                assert_eq!(full.len(), FULL_ANSWER_MAX);
+            }
+        }
+        // Already long enough: no padding added.
+        let mut long = Message::request([9; 12]);
+        long.pad_to(HEADER_LEN);
+        assert_eq!(long.padding, 0);
+    }
+
+    #[test]
+    fn error_codes_round_trip() {
+        let mut error = Message::request([4; 12]);
+        error.kind = BINDING_ERROR;
+        error.error_code = Some(UNKNOWN_ATTRIBUTE);
+        assert_eq!(Message::decode(&error.encode()).unwrap(), error);
     }
 
     #[test]

@@ -152,6 +152,40 @@ fn compute() -> Vec<(&'static str, String)> {
         .unwrap()),
     ));
     v.push(("record.keepalive", h(to_bytes(&Record::Keepalive).unwrap())));
+
+    // --- STUN answers within 1.6 times the request
+    use natter_proto::stun;
+    let tid: [u8; 12] = std::array::from_fn(|i| i as u8);
+    let from: std::net::SocketAddr = "192.0.2.1:32853".parse().unwrap();
+    let origin: std::net::SocketAddr = "198.51.100.10:3478".parse().unwrap();
+    let other: std::net::SocketAddr = "198.51.100.10:3479".parse().unwrap();
+    let mut padded = stun::Message::request(tid);
+    padded.change_port = true;
+    padded.pad_to(stun::PADDED_REQUEST_LEN);
+    let padded = padded.encode();
+    v.push(("stun.request_padded", h(&padded)));
+    let bare = stun::Message::request(tid);
+    v.push((
+        "stun.answer_to_20",
+        h(stun::answer(&bare, stun::HEADER_LEN, from, origin, other).unwrap()),
+    ));
+    let plain = stun::Message::request(tid).encode();
+    v.push((
+        "stun.answer_to_40",
+        h(stun::answer(&bare, plain.len(), from, origin, other).unwrap()),
+    ));
+    v.push((
+        "stun.answer_to_padded",
+        // Received on `origin`, change-port: sent from `other`.
+        h(stun::answer(
+            &stun::Message::decode(&padded).unwrap(),
+            padded.len(),
+            from,
+            other,
+            other,
+        )
+        .unwrap()),
+    ));
     v
 }
 

@@ -9,8 +9,8 @@
 //! argument: the node core [`core::Node`] (sessions, links, directory,
 //! presence, signaling and chat routing), built on [`hrw`] (replica
 //! placement), [`membership`] (failure detector), [`store`] (records and
-//! pending chat) and [`ratelimit`]; and [`relay`] (relay allocations and
-//! forwarding decisions). The tokio + quinn shell ([`Supernode::spawn`])
+//! pending chat) and [`ratelimit`]; [`relay`] (relay allocations and
+//! forwarding decisions) and [`stun_limit`] (STUN answers per source prefix). The tokio + quinn shell ([`Supernode::spawn`])
 //! runs one node task owning the core, fed by one reader task per
 //! connection through a bounded queue; the UDP service (STUN reflector and
 //! relay) is its own socket loop, and the optional TLS-over-TCP listener
@@ -23,6 +23,7 @@ pub mod membership;
 pub mod ratelimit;
 pub mod relay;
 pub mod store;
+pub mod stun_limit;
 
 mod legs;
 mod node_task;
@@ -36,6 +37,7 @@ mod udp;
 
 pub use config::Config;
 pub use server::{Handle, NODE_ID_FILE, SpawnError, Supernode};
+pub use stun_limit::StunLimits;
 pub use tcp_stats::TcpStats;
 pub use udp::UdpStats;
 

@@ -4,9 +4,11 @@
 //! `natter_proto::{stun, relay}`; this is the socket loop around them.
 //!
 //! What arrives on the primary socket:
-//! * a STUN message (`stun::looks_like_stun`): a Binding request is answered,
-//!   anything else STUN-shaped is dropped (counted as malformed unless it is
-//!   a Binding indication, a keepalive);
+//! * a STUN message (`stun::looks_like_stun`): a Binding request is answered
+//!   with `stun::answer` (never more than 1.6 times the request's bytes)
+//!   while the source's prefix has tokens ([`StunLimiter`]), anything else
+//!   STUN-shaped is dropped (counted as malformed unless it is a Binding
+//!   indication, a keepalive);
 //! * a relay bind (`relay::decode_bind`): answered with a bind reply;
 //! * anything else with a valid SoM header: forwarded if [`RelayTable::route`]
 //!   says so, otherwise dropped and counted; without a valid SoM header:
@@ -32,6 +34,7 @@ use tokio::net::UdpSocket;
 
 use crate::legs::{LegError, Legs};
 use crate::relay::{Decision, RelayLimits, RelayPeer, RelayTable};
+use crate::stun_limit::{StunLimiter, StunLimits};
 
 /// Binding indication: a STUN keepalive that needs no answer.
 const BINDING_INDICATION: u16 = 0x0011;
@@ -47,6 +50,12 @@ const LOG_EVERY: Duration = Duration::from_secs(30);
 pub struct UdpStats {
     /// STUN Binding requests answered (both sockets).
     pub stun_answered: u64,
+    /// STUN Binding requests not answered because the source's prefix
+    /// (/24, /56) used up its answers ([`StunLimits`]).
+    pub stun_limited: u64,
+    /// STUN Binding requests too short for any answer within 1.6 times
+    /// their size (under 28 bytes from an IPv6 source).
+    pub stun_too_small: u64,
     /// Datagrams dropped because they are not what the socket serves:
     /// undecodable STUN, STUN other than Binding request/indication, no SoM
     /// header (on the primary socket or a TCP relay leg), anything but STUN
@@ -74,6 +83,8 @@ pub struct UdpStats {
 #[derive(Debug, Default)]
 struct Counters {
     stun_answered: AtomicU64,
+    stun_limited: AtomicU64,
+    stun_too_small: AtomicU64,
     malformed: AtomicU64,
     binds: AtomicU64,
     binds_refused: AtomicU64,
@@ -216,6 +227,8 @@ impl UdpService {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         UdpStats {
             stun_answered: get(&c.stun_answered),
+            stun_limited: get(&c.stun_limited),
+            stun_too_small: get(&c.stun_too_small),
             malformed: get(&c.malformed),
             binds: get(&c.binds),
             binds_refused: get(&c.binds_refused),
@@ -236,18 +249,21 @@ impl UdpService {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_log = Instant::now();
         let mut last_logged = UdpStats::default();
+        // Only this loop answers STUN: the limiter is its own, no lock.
+        let mut limiter = StunLimiter::new(StunLimits::default(), Instant::now());
         loop {
             tokio::select! {
                 r = sockets.primary.recv_from(&mut buf_p) => match r {
-                    Ok((n, from)) => self.on_primary(&sockets, &buf_p[..n], from).await,
+                    Ok((n, from)) => self.on_primary(&sockets, &mut limiter, &buf_p[..n], from).await,
                     Err(e) => tracing::debug!(error = %e, "UDP receive failed (primary)"),
                 },
                 r = sockets.alternate.recv_from(&mut buf_a) => match r {
-                    Ok((n, from)) => self.on_alternate(&sockets, &buf_a[..n], from).await,
+                    Ok((n, from)) => self.on_alternate(&sockets, &mut limiter, &buf_a[..n], from).await,
                     Err(e) => tracing::debug!(error = %e, "UDP receive failed (alternate)"),
                 },
                 _ = sweep.tick() => {
                     let now = Instant::now();
+                    limiter.expire(now);
                     let ended = self.table().expire(now);
                     if ended > 0 {
                         tracing::debug!(ended, "relay allocations expired");
@@ -265,14 +281,20 @@ impl UdpService {
         }
     }
 
-    async fn on_primary(&self, sockets: &UdpSockets, datagram: &[u8], from: SocketAddr) {
+    async fn on_primary(
+        &self,
+        sockets: &UdpSockets,
+        limiter: &mut StunLimiter,
+        datagram: &[u8],
+        from: SocketAddr,
+    ) {
         if sockets.is_own(from) || from == self.primary_addr || from == self.alternate_addr {
             // Only a spoofed source says this; binding it would loop.
             bump(&self.counters.malformed);
             return;
         }
         if stun::looks_like_stun(datagram) {
-            self.on_stun(sockets, datagram, from, true).await;
+            self.on_stun(sockets, limiter, datagram, from, true).await;
             return;
         }
         match self.relay(datagram, RelayPeer::Udp(from), Instant::now()) {
@@ -345,9 +367,15 @@ impl UdpService {
         }
     }
 
-    async fn on_alternate(&self, sockets: &UdpSockets, datagram: &[u8], from: SocketAddr) {
+    async fn on_alternate(
+        &self,
+        sockets: &UdpSockets,
+        limiter: &mut StunLimiter,
+        datagram: &[u8],
+        from: SocketAddr,
+    ) {
         if stun::looks_like_stun(datagram) {
-            self.on_stun(sockets, datagram, from, false).await;
+            self.on_stun(sockets, limiter, datagram, from, false).await;
         } else {
             bump(&self.counters.malformed);
         }
@@ -355,10 +383,13 @@ impl UdpService {
 
     /// Answers a Binding request received on the primary socket (`on_primary`)
     /// or the alternate one: from the other socket when it asks for a change
-    /// of port (a change of IP is not possible on one IP and is ignored).
+    /// of port (a change of IP is not possible on one IP and is ignored),
+    /// with what fits in 1.6 times the request (`stun::answer`), if the
+    /// source's prefix has a token left.
     async fn on_stun(
         &self,
         sockets: &UdpSockets,
+        limiter: &mut StunLimiter,
         datagram: &[u8],
         from: SocketAddr,
         on_primary: bool,
@@ -384,11 +415,16 @@ impl UdpService {
         } else {
             (&sockets.alternate, self.alternate_addr)
         };
-        let mut response = stun::Message::response(request.transaction_id, from);
-        response.response_origin = Some(origin);
-        response.other_address = Some(other);
+        let Some(response) = stun::answer(&request, datagram.len(), from, origin, other) else {
+            bump(&self.counters.stun_too_small);
+            return;
+        };
+        if !limiter.allow(from.ip(), Instant::now()) {
+            bump(&self.counters.stun_limited);
+            return;
+        }
         bump(&self.counters.stun_answered);
-        send(socket, &response.encode(), from).await;
+        send(socket, &response, from).await;
     }
 }
 
