@@ -234,6 +234,11 @@ impl Node {
         self.membership.live_ids()
     }
 
+    /// Supernodes in this node's view (any state, itself included).
+    pub fn known_members(&self) -> usize {
+        self.membership.view().len()
+    }
+
     /// Users joined here.
     pub fn session_count(&self) -> usize {
         self.sessions.by_name.len()

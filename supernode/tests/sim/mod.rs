@@ -784,6 +784,45 @@ impl Sim {
         }
     }
 
+    /// Restarts crashed node `i` with an empty state and a higher
+    /// incarnation; it dials its peers on its first tick.
+    pub fn restart(&mut self, i: usize) {
+        assert!(!self.nodes[i].up, "node {i} is running");
+        let mut config = self.nodes[i].node.config().clone();
+        config.incarnation += 1;
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        seed[8..16].copy_from_slice(&config.incarnation.to_be_bytes());
+        let now = self.now();
+        self.nodes[i].node = Node::new(config, seed, now);
+        self.nodes[i].relay = RelayTable::new(RelayLimits::default());
+        self.nodes[i].up = true;
+        self.nodes[i].scheduled = None;
+        self.reschedule(i);
+    }
+
+    /// Delivers `envelope` to node `to` as if node `from` had sent it on
+    /// their link (a peer that lies, or a test shortcut); false without a
+    /// link between them.
+    pub fn inject_from_peer(&mut self, from: usize, to: usize, envelope: Envelope) -> bool {
+        let Some(end) = self
+            .links
+            .values()
+            .find(|e| e.node == from && e.peer == to && e.dialing.is_none())
+            .copied()
+        else {
+            return false;
+        };
+        self.at(
+            Duration::ZERO,
+            Event::LinkFrame {
+                link: end.peer_link,
+                envelope,
+            },
+        );
+        true
+    }
+
     /// Cuts nodes `a` and `b` apart (both ways).
     pub fn partition(&mut self, a: usize, b: usize) {
         self.net.partitions.insert(pair(a, b));
