@@ -141,7 +141,10 @@ fn compute() -> Vec<(&'static str, String)> {
             delivered_ids: vec![vec![0x11; 16]],
         }),
     );
-    v.push(("frame.directory_lookup_paged", h(to_frame(&lookup).unwrap())));
+    v.push((
+        "frame.directory_lookup_paged",
+        h(to_frame(&lookup).unwrap()),
+    ));
     let full = Envelope::new(
         3,
         envelope::Body::Error(natter_proto::messages::ErrorReply::new(

@@ -224,6 +224,8 @@ fn a_five_thousand_member_gossip_view_still_travels_in_frames_that_fit() {
 
 #[test]
 fn a_five_thousand_node_host_cache_still_fits_join_accepted_and_supernode_list() {
+    // 5,000 live supernodes: a host cache of about 350 KB, five frames.
+    const N: usize = 5000;
     let mut sim = Sim::new(1, &SimConfig::default());
     let now = sim.now();
     let peer = |i: usize, sim: &mut Sim| {
@@ -254,10 +256,10 @@ fn a_five_thousand_node_host_cache_still_fits_join_accepted_and_supernode_list()
         }
         outputs
     };
-    for i in 0..5000 {
+    for i in 0..N {
         peer(i, &mut sim);
     }
-    assert_eq!(sim.nodes[0].node.live_members().len(), 5001);
+    assert_eq!(sim.nodes[0].node.live_members().len(), N + 1);
     // A client joins: JoinAccepted fits and lists this node first.
     let c = join(&mut sim, "alice", 0);
     let accepted = sim.clients[c].accepted.clone().unwrap();
@@ -268,7 +270,7 @@ fn a_five_thousand_node_host_cache_still_fits_join_accepted_and_supernode_list()
     );
     assert_eq!(accepted.supernodes[0].node_id, sim_node_id(0).to_vec());
     // One more supernode: the SupernodeList pushed to the client fits.
-    assert!(peer(5000, &mut sim) > 0);
+    assert!(peer(N, &mut sim) > 0);
     assert_eq!(sim.oversize, 0);
 }
 
