@@ -354,3 +354,39 @@ fn caps_answer_mailbox_full_and_keep_what_is_stored() {
     assert_eq!(sim.nodes[erin_replica].node.held_chat("erin"), 0);
     assert_eq!(sim.oversize, 0);
 }
+
+#[test]
+fn an_older_home_taking_pending_chat_gets_one_page_and_the_rest_stays() {
+    let config = SimConfig {
+        replicas: 1,
+        ..SimConfig::default()
+    };
+    let mut sim = meshed(3, &config);
+    let everyone: Vec<usize> = (0..3).collect();
+    let replica = replica_indices("erin", &everyone, 1)[0];
+    let home = (0..3).find(|i| *i != replica).unwrap();
+    let dave = join(&mut sim, "dave", home);
+    let erin = join(&mut sim, "erin", home);
+    leave(&mut sim, erin);
+    for i in 0..4u8 {
+        let text = char::from(b'a' + i).to_string().repeat(MAX_CHAT_TEXT);
+        let m = message(&mut sim, "erin", text);
+        let reply = sim.request(dave, Body::ChatMessage(m), 10 * SECOND);
+        assert!(matches!(reply, Some(Body::Ack(_))), "{reply:?}");
+    }
+    assert_eq!(sim.nodes[replica].node.held_chat("erin"), 4);
+    // What an older supernode sends when erin joins it: take everything.
+    let lookup = Envelope::new(
+        77,
+        Body::DirectoryLookup(natter_proto::messages::DirectoryLookup {
+            name: "erin".into(),
+            take_pending_chat: true,
+            ..Default::default()
+        }),
+    );
+    assert!(sim.inject_from_peer(home, replica, lookup));
+    sim.run_for(SECOND);
+    // One page (three 16 KiB messages fit a frame) left; the rest stays.
+    assert_eq!(sim.nodes[replica].node.held_chat("erin"), 1);
+    assert_eq!(sim.oversize, 0, "the answer fit a frame");
+}
