@@ -132,6 +132,27 @@ fn compute() -> Vec<(&'static str, String)> {
         }),
     );
     v.push(("frame.login_request", h(to_frame(&login).unwrap())));
+    let lookup = Envelope::new(
+        9,
+        envelope::Body::DirectoryLookup(natter_proto::messages::DirectoryLookup {
+            name: "carol".into(),
+            take_pending_chat: true,
+            page_chat: true,
+            delivered_ids: vec![vec![0x11; 16]],
+        }),
+    );
+    v.push((
+        "frame.directory_lookup_paged",
+        h(to_frame(&lookup).unwrap()),
+    ));
+    let full = Envelope::new(
+        3,
+        envelope::Body::Error(natter_proto::messages::ErrorReply::new(
+            natter_proto::messages::ErrorCode::MailboxFull,
+            "full",
+        )),
+    );
+    v.push(("frame.error_mailbox_full", h(to_frame(&full).unwrap())));
 
     // --- TLS-over-TCP records (section 10)
     use natter_proto::record::{Record, to_bytes};

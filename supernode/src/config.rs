@@ -68,6 +68,8 @@ pub struct Config {
     /// Bounded queue of datagrams waiting to be written to one TCP relay
     /// leg; a datagram forwarded to a full queue is dropped.
     pub tcp_leg_queue: usize,
+    /// Byte caps on the chat stored for offline users.
+    pub chat_limits: crate::store::ChatLimits,
 }
 
 impl Config {
@@ -98,6 +100,7 @@ impl Config {
             relay: RelayLimits::default(),
             tcp_listen: None,
             tcp_leg_queue: 64,
+            chat_limits: crate::store::ChatLimits::default(),
         }
     }
 }

@@ -130,8 +130,13 @@ async fn run_link(
     let (tx, mut rx) = mpsc::channel::<Envelope>(shell.config.link_queue.max(1));
     let writer = tokio::spawn(async move {
         while let Some(envelope) = rx.recv().await {
-            if send.send(&envelope).await.is_err() {
-                break;
+            match send.send(&envelope).await {
+                Ok(()) => {}
+                // Refused before a byte was written: that message only.
+                Err(natter_net::NetError::Frame(e)) => {
+                    tracing::warn!(error = %e, "frame not sent on link");
+                }
+                Err(_) => break,
             }
         }
     });

@@ -72,11 +72,15 @@ pub(crate) async fn run(
 async fn write_loop(mut send: EnvelopeSend, mut rx: mpsc::Receiver<Out>, conn: ControlConn) {
     while let Some(out) = rx.recv().await {
         match out {
-            Out::Frame(envelope) => {
-                if send.send(&envelope).await.is_err() {
-                    break;
+            Out::Frame(envelope) => match send.send(&envelope).await {
+                Ok(()) => {}
+                // Refused before a byte was written (the core sends only
+                // what fits; this is the last guard): that message only.
+                Err(e @ (NetError::Frame(_) | NetError::Record(_))) => {
+                    tracing::warn!(error = %e, "frame not sent");
                 }
-            }
+                Err(_) => break,
+            },
             Out::Close(code, reason) => {
                 let _ = send.finish(Duration::from_secs(1)).await;
                 conn.close(code, reason.as_bytes());

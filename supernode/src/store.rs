@@ -4,12 +4,13 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use natter_proto::messages::{ChatMessage, PresenceStatus, UserRecord};
+use prost::Message;
 
 /// How long records of offline users are kept: 72 hours.
 pub const OFFLINE_RECORD_TTL_MS: i64 = 72 * 3600 * 1000;
 /// How long undelivered chat is kept: 30 days.
 pub const PENDING_CHAT_TTL_MS: i64 = 30 * 24 * 3600 * 1000;
-/// Most chat messages stored for one user; the oldest are dropped beyond it.
+/// Most chat messages stored for one user; more are refused.
 pub const MAX_PENDING_PER_USER: usize = 1000;
 
 /// The status of `record` once its home supernode's liveness is taken into
@@ -91,37 +92,147 @@ impl RecordStore {
     }
 }
 
+/// Byte caps on stored chat, counted as the messages' encoded length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatLimits {
+    /// Most bytes stored for one recipient.
+    pub per_recipient: usize,
+    /// Most bytes stored from one sender, over all recipients.
+    pub per_sender: usize,
+    /// Most bytes stored on this supernode.
+    pub total: usize,
+}
+
+impl Default for ChatLimits {
+    /// 1 MiB per recipient (64 messages of 16 KiB, or [`MAX_PENDING_PER_USER`]
+    /// short ones), 4 MiB per sender, 256 MiB per supernode.
+    fn default() -> Self {
+        Self {
+            per_recipient: 1024 * 1024,
+            per_sender: 4 * 1024 * 1024,
+            total: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why a message was not stored: a cap of [`ChatLimits`] (or
+/// [`MAX_PENDING_PER_USER`]) would be exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MailboxFull {
+    #[error("the recipient's mailbox is full")]
+    Recipient,
+    #[error("the sender has too much chat stored")]
+    Sender,
+    #[error("this supernode's chat storage is full")]
+    Node,
+}
+
+#[derive(Debug, Clone)]
+struct Stored {
+    message: ChatMessage,
+    at: i64,
+    bytes: usize,
+}
+
 /// Chat waiting for offline recipients, per recipient, deduplicated by
-/// message id and bounded by [`MAX_PENDING_PER_USER`].
+/// message id and bounded by [`ChatLimits`] and [`MAX_PENDING_PER_USER`].
+/// Nothing is dropped to make room: a message over a cap is refused.
+/// Messages leave only by [`ChatStore::remove_ids`] (delivered, or handed
+/// to another replica) or by expiry.
 #[derive(Debug, Default, Clone)]
 pub struct ChatStore {
-    per_user: HashMap<String, VecDeque<(ChatMessage, i64)>>,
+    limits: ChatLimits,
+    per_user: HashMap<String, VecDeque<Stored>>,
+    per_user_bytes: HashMap<String, usize>,
+    per_sender_bytes: HashMap<String, usize>,
+    total: usize,
+}
+
+fn sub(map: &mut HashMap<String, usize>, key: &str, bytes: usize) {
+    if let Some(held) = map.get_mut(key) {
+        *held = held.saturating_sub(bytes);
+        if *held == 0 {
+            map.remove(key);
+        }
+    }
 }
 
 impl ChatStore {
-    /// Stores `message` for `message.to` at `now_ms`. Returns false for a
-    /// duplicate message id.
-    pub fn add(&mut self, message: ChatMessage, now_ms: i64) -> bool {
-        let queue = self.per_user.entry(message.to.clone()).or_default();
-        if queue
-            .iter()
-            .any(|(m, _)| m.message_id == message.message_id)
-        {
-            return false;
+    /// An empty store with these caps.
+    pub fn new(limits: ChatLimits) -> Self {
+        Self {
+            limits,
+            ..Self::default()
         }
-        if queue.len() >= MAX_PENDING_PER_USER {
-            queue.pop_front();
-        }
-        queue.push_back((message, now_ms));
-        true
     }
 
-    /// Removes and returns everything stored for `name`, oldest first.
-    pub fn take(&mut self, name: &str) -> Vec<ChatMessage> {
+    /// Stores `message` for `message.to` at `now_ms`. Returns false for a
+    /// duplicate message id (already held), an error over a cap.
+    pub fn add(&mut self, message: ChatMessage, now_ms: i64) -> Result<bool, MailboxFull> {
+        let queue = self.per_user.get(&message.to);
+        if queue.is_some_and(|q| q.iter().any(|s| s.message.message_id == message.message_id)) {
+            return Ok(false);
+        }
+        let bytes = message.encoded_len();
+        let held = |map: &HashMap<String, usize>, key: &str| map.get(key).copied().unwrap_or(0);
+        if queue.map_or(0, VecDeque::len) >= MAX_PENDING_PER_USER
+            || held(&self.per_user_bytes, &message.to) + bytes > self.limits.per_recipient
+        {
+            return Err(MailboxFull::Recipient);
+        }
+        if held(&self.per_sender_bytes, &message.from) + bytes > self.limits.per_sender {
+            return Err(MailboxFull::Sender);
+        }
+        if self.total + bytes > self.limits.total {
+            return Err(MailboxFull::Node);
+        }
+        *self.per_user_bytes.entry(message.to.clone()).or_default() += bytes;
+        *self
+            .per_sender_bytes
+            .entry(message.from.clone())
+            .or_default() += bytes;
+        self.total += bytes;
         self.per_user
-            .remove(name)
-            .map(|q| q.into_iter().map(|(m, _)| m).collect())
-            .unwrap_or_default()
+            .entry(message.to.clone())
+            .or_default()
+            .push_back(Stored {
+                message,
+                at: now_ms,
+                bytes,
+            });
+        Ok(true)
+    }
+
+    /// The messages stored for `name`, oldest first (not removed).
+    pub fn messages(&self, name: &str) -> impl Iterator<Item = &ChatMessage> {
+        self.per_user
+            .get(name)
+            .into_iter()
+            .flat_map(|q| q.iter().map(|s| &s.message))
+    }
+
+    /// Removes the messages for `name` with these ids; returns how many.
+    pub fn remove_ids(&mut self, name: &str, ids: &[Vec<u8>]) -> usize {
+        let Some(queue) = self.per_user.get_mut(name) else {
+            return 0;
+        };
+        let mut removed = Vec::new();
+        queue.retain(|s| {
+            let gone = ids.contains(&s.message.message_id);
+            if gone {
+                removed.push((s.message.from.clone(), s.bytes));
+            }
+            !gone
+        });
+        if queue.is_empty() {
+            self.per_user.remove(name);
+        }
+        for (from, bytes) in &removed {
+            sub(&mut self.per_user_bytes, name, *bytes);
+            sub(&mut self.per_sender_bytes, from, *bytes);
+            self.total = self.total.saturating_sub(*bytes);
+        }
+        removed.len()
     }
 
     /// Recipients with stored chat.
@@ -134,12 +245,27 @@ impl ChatStore {
         self.per_user.get(name).map_or(0, VecDeque::len)
     }
 
+    /// Bytes stored on this node.
+    pub fn total_bytes(&self) -> usize {
+        self.total
+    }
+
     /// Drops messages older than [`PENDING_CHAT_TTL_MS`].
     pub fn expire(&mut self, now_ms: i64) {
-        for queue in self.per_user.values_mut() {
-            queue.retain(|(_, at)| now_ms.saturating_sub(*at) < PENDING_CHAT_TTL_MS);
+        let mut expired: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+        for (name, queue) in &self.per_user {
+            let ids: Vec<Vec<u8>> = queue
+                .iter()
+                .filter(|s| now_ms.saturating_sub(s.at) >= PENDING_CHAT_TTL_MS)
+                .map(|s| s.message.message_id.clone())
+                .collect();
+            if !ids.is_empty() {
+                expired.push((name.clone(), ids));
+            }
         }
-        self.per_user.retain(|_, q| !q.is_empty());
+        for (name, ids) in expired {
+            self.remove_ids(&name, &ids);
+        }
     }
 }
 
@@ -222,27 +348,68 @@ mod tests {
         assert_eq!(effective_status(&r, |_| false), PresenceStatus::Offline);
     }
 
-    #[test]
-    fn pending_chat_is_deduplicated_bounded_taken_and_expired() {
-        let mut c = ChatStore::default();
-        assert!(c.add(chat(1, "bob", 1), 0));
-        assert!(!c.add(chat(1, "bob", 1), 0), "duplicate id");
-        assert!(c.add(chat(2, "bob", 2), 0));
-        assert_eq!(c.count("bob"), 2);
-        let taken = c.take("bob");
-        assert_eq!(taken.len(), 2);
-        assert!(c.take("bob").is_empty());
+    fn ids(c: &ChatStore, name: &str) -> Vec<u8> {
+        c.messages(name).map(|m| m.message_id[0]).collect()
+    }
 
-        for i in 0..(MAX_PENDING_PER_USER + 5) {
-            let mut m = chat(0, "carol", i as i64);
-            m.message_id = (i as u32).to_be_bytes().to_vec();
-            c.add(m, 0);
-        }
-        assert_eq!(c.count("carol"), MAX_PENDING_PER_USER);
-        c.add(chat(7, "dave", 0), 31 * 24 * H);
+    #[test]
+    fn pending_chat_is_deduplicated_removed_by_id_and_expired() {
+        let mut c = ChatStore::default();
+        assert_eq!(c.add(chat(1, "bob", 1), 0), Ok(true));
+        assert_eq!(c.add(chat(1, "bob", 1), 0), Ok(false), "duplicate id");
+        assert_eq!(c.add(chat(2, "bob", 2), 0), Ok(true));
+        assert_eq!(ids(&c, "bob"), vec![1, 2], "reading does not remove");
+        assert_eq!(c.remove_ids("bob", &[vec![1; 16], vec![9; 16]]), 1);
+        assert_eq!(ids(&c, "bob"), vec![2]);
+        assert_eq!(c.remove_ids("bob", &[vec![2; 16]]), 1);
+        assert_eq!(c.total_bytes(), 0);
+        assert!(c.names().is_empty());
+
+        c.add(chat(3, "carol", 0), 0).unwrap();
+        c.add(chat(7, "dave", 0), 31 * 24 * H).unwrap();
         c.expire(31 * 24 * H);
         assert_eq!(c.count("carol"), 0);
         assert_eq!(c.count("dave"), 1);
+        assert_eq!(c.total_bytes(), chat(7, "dave", 0).encoded_len());
+    }
+
+    #[test]
+    fn each_cap_refuses_without_dropping_what_is_held() {
+        let one = chat(0, "bob", 0).encoded_len();
+        let limits = ChatLimits {
+            per_recipient: 3 * one,
+            per_sender: 5 * one,
+            total: 7 * one,
+        };
+        let mut c = ChatStore::new(limits);
+        for i in 1..=3 {
+            assert_eq!(c.add(chat(i, "bob", 0), 0), Ok(true));
+        }
+        assert_eq!(c.add(chat(4, "bob", 0), 0), Err(MailboxFull::Recipient));
+        assert_eq!(ids(&c, "bob"), vec![1, 2, 3], "nothing dropped");
+        for i in 4..=5 {
+            assert_eq!(c.add(chat(i, "cal", 0), 0), Ok(true));
+        }
+        assert_eq!(c.add(chat(6, "dan", 0), 0), Err(MailboxFull::Sender));
+        let mut other = chat(6, "dan", 0);
+        other.from = "mallo".into();
+        assert_eq!(c.add(other.clone(), 0), Ok(true));
+        other.message_id = vec![8; 16];
+        assert_eq!(c.add(other.clone(), 0), Ok(true));
+        other.message_id = vec![9; 16];
+        assert_eq!(c.add(other.clone(), 0), Err(MailboxFull::Node));
+        // Room comes back when messages leave.
+        c.remove_ids("bob", &[vec![1; 16]]);
+        assert_eq!(c.add(other, 0), Ok(true));
+
+        let mut c = ChatStore::default();
+        for i in 0..MAX_PENDING_PER_USER {
+            let mut m = chat(0, "carol", 0);
+            m.text.clear();
+            m.message_id = (i as u32).to_be_bytes().to_vec();
+            assert_eq!(c.add(m, 0), Ok(true));
+        }
+        assert_eq!(c.add(chat(1, "carol", 0), 0), Err(MailboxFull::Recipient));
     }
 
     #[test]

@@ -1,19 +1,17 @@
-//! The directory: user records and stored chat on their HRW replicas,
-//! presence updates, lookups across replicas (pending state with a
-//! timeout per replica), and re-homing when the live set changes.
-
-use std::collections::HashSet;
+//! The directory: user records on their HRW replicas, presence updates,
+//! lookups across replicas (pending state with a timeout per replica), and
+//! re-homing when the live set changes (stored chat: `mailbox`).
 
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{
-    ChatMessage, DirectoryLookup, DirectoryRecords, DirectoryStore, Envelope, PresenceStatus,
-    PresenceUpdate, SupernodeList, UserRecord,
+    DirectoryLookup, DirectoryRecords, DirectoryStore, Envelope, PresenceStatus, PresenceUpdate,
+    SupernodeList, UserRecord,
 };
 
 use super::interface::Output;
-use super::jobs::{Done, GatherFor, Job, JobId, Lookup, LookupFor};
+use super::jobs::{Done, Job, JobId, Lookup, LookupFor};
 use super::state::Node;
-use crate::{NodeId, close, hrw, store};
+use crate::{NodeId, close, hrw};
 
 impl Node {
     fn replicas_of(&self, name: &str) -> Vec<NodeId> {
@@ -80,21 +78,6 @@ impl Node {
         }
     }
 
-    /// Stores chat for an offline recipient on its replicas.
-    pub(crate) fn store_pending(&mut self, message: ChatMessage) {
-        for replica in self.replicas_of(&message.to) {
-            if replica == self.config.node_id {
-                self.chats.add(message.clone(), self.now.unix_ms);
-            } else {
-                let store = Body::DirectoryStore(DirectoryStore {
-                    records: Vec::new(),
-                    pending_chat: vec![message.clone()],
-                });
-                self.send_link(&replica, Envelope::new(0, store));
-            }
-        }
-    }
-
     /// Reacts to a change of the live set: tells the clients, moves the
     /// records and chat whose replica set changed, and re-publishes the
     /// records of local users to their (new) replicas.
@@ -108,11 +91,13 @@ impl Node {
         let mut joined: Vec<u64> = self.sessions.by_name.values().copied().collect();
         joined.sort_unstable();
         if !joined.is_empty() {
-            let list = SupernodeList {
-                entries: self.host_cache(),
-            };
+            let list = self.host_cache_envelope(|entries| {
+                Envelope::new(0, Body::SupernodeList(SupernodeList { entries }))
+            });
             for id in joined {
-                self.send_session(id, 0, Body::SupernodeList(list.clone()));
+                if let Some(body) = list.body.clone() {
+                    self.send_session(id, 0, body);
+                }
             }
         }
         let me = self.config.node_id;
@@ -139,28 +124,7 @@ impl Node {
                 self.records.remove(&name);
             }
         }
-        let mut names = self.chats.names();
-        names.sort();
-        for name in names {
-            let before = hrw::replicas(&name, &old, k);
-            let after = hrw::replicas(&name, &live, k);
-            if before == after {
-                continue;
-            }
-            let chat = self.chats.take(&name);
-            for replica in after.iter().filter(|r| **r != me) {
-                let store = Body::DirectoryStore(DirectoryStore {
-                    records: Vec::new(),
-                    pending_chat: chat.clone(),
-                });
-                self.send_link(replica, Envelope::new(0, store));
-            }
-            if after.contains(&me) {
-                for message in chat {
-                    self.chats.add(message, self.now.unix_ms);
-                }
-            }
-        }
+        self.chat_replicas_changed(&old, &live);
         let mut names: Vec<String> = self.sessions.by_name.keys().cloned().collect();
         names.sort();
         for name in names {
@@ -169,8 +133,9 @@ impl Node {
     }
 
     /// A `DirectoryStore` from a peer: records (a newer online record from
-    /// elsewhere replaces the local session) and chat to hold.
-    pub(crate) fn on_directory_store(&mut self, store: DirectoryStore) {
+    /// elsewhere replaces the local session) and chat to hold. Returns the
+    /// answer to a request: `Ack`, or `MailboxFull` when chat was refused.
+    pub(crate) fn on_directory_store(&mut self, store: DirectoryStore) -> Body {
         let me = self.config.node_id.to_vec();
         for record in store.records {
             if let Some((id, joined)) = self.sessions.of_name(&record.name)
@@ -189,9 +154,7 @@ impl Node {
             }
             self.records.put(record);
         }
-        for message in store.pending_chat {
-            self.chats.add(message, self.now.unix_ms);
-        }
+        self.store_from_peer(store.pending_chat)
     }
 
     /// A `DirectoryLookup` from a peer: the record held (or the live one of a
@@ -206,11 +169,7 @@ impl Node {
         if let Some((_, joined)) = self.sessions.of_name(&lookup.name) {
             records = vec![self.local_record(&lookup.name, joined)];
         }
-        let pending_chat = if lookup.take_pending_chat {
-            self.chats.take(&lookup.name)
-        } else {
-            Vec::new()
-        };
+        let pending_chat = self.chat_for_lookup(lookup);
         DirectoryRecords {
             records,
             pending_chat,
@@ -256,7 +215,7 @@ impl Node {
             }
             let ask = Body::DirectoryLookup(DirectoryLookup {
                 name: lookup.name.clone(),
-                take_pending_chat: false,
+                ..DirectoryLookup::default()
             });
             if self.request(replica, ask, job).is_some() {
                 self.jobs.insert(job, Job::Lookup { lookup, purpose });
@@ -281,78 +240,6 @@ impl Node {
             return;
         }
         self.advance_lookup(job);
-    }
-
-    /// For a user who joined here: asks every replica at once for its
-    /// record and hands over the chat stored for it.
-    pub(crate) fn start_gather(&mut self, name: &str, purpose: GatherFor) -> JobId {
-        let job = self.fresh_id();
-        let mut records = Vec::new();
-        let mut chat = Vec::new();
-        let mut waiting = HashSet::new();
-        for replica in self.replicas_of(name) {
-            if replica == self.config.node_id {
-                records.extend(self.records.get(name).cloned());
-                chat.extend(self.chats.take(name));
-                continue;
-            }
-            let ask = Body::DirectoryLookup(DirectoryLookup {
-                name: name.to_owned(),
-                take_pending_chat: true,
-            });
-            if let Some(rid) = self.request(replica, ask, job) {
-                waiting.insert(rid);
-            }
-        }
-        self.jobs.insert(
-            job,
-            Job::Gather {
-                name: name.to_owned(),
-                waiting,
-                records,
-                chat,
-                purpose,
-            },
-        );
-        self.gather_check(job);
-        job
-    }
-
-    /// A replica's answer to a gather (`None`: no answer in time).
-    pub(crate) fn gather_answer(&mut self, job: JobId, rid: u64, reply: Option<Body>) {
-        if let Some(Job::Gather {
-            name,
-            waiting,
-            records,
-            chat,
-            ..
-        }) = self.jobs.get_mut(&job)
-        {
-            waiting.remove(&rid);
-            if let Some(Body::DirectoryRecords(found)) = reply {
-                records.extend(found.records.into_iter().filter(|r| r.name == *name));
-                chat.extend(found.pending_chat.into_iter().filter(|m| m.to == *name));
-            }
-        }
-        self.gather_check(job);
-    }
-
-    fn gather_check(&mut self, job: JobId) {
-        if !matches!(self.jobs.get(&job), Some(Job::Gather { waiting, .. }) if waiting.is_empty()) {
-            return;
-        }
-        if let Some(Job::Gather {
-            name,
-            records,
-            chat,
-            purpose,
-            ..
-        }) = self.jobs.remove(&job)
-        {
-            let record = records.into_iter().max_by_key(|r| r.last_seen);
-            let chat = store::dedup_chat(chat);
-            self.finish(job, Done::Gathered(purpose, name, record, chat));
-        }
     }
 
     /// Drops expired records and chat (every 60 ticks).

@@ -80,16 +80,66 @@ pub(crate) enum GatherFor {
 pub(crate) enum Job {
     /// Asking replicas one by one.
     Lookup { lookup: Lookup, purpose: LookupFor },
-    /// Asking every replica at once; `waiting` holds the request ids.
-    Gather {
-        name: String,
-        waiting: HashSet<u64>,
-        records: Vec<UserRecord>,
-        chat: Vec<ChatMessage>,
-        purpose: GatherFor,
-    },
+    /// Asking every replica at once, in rounds; `waiting` holds the
+    /// request ids of this round.
+    Gather(Box<Gather>),
+    /// Storing a client's chat for an offline recipient on its replicas.
+    Store(Store),
+    /// Handing a page of stored chat to other replicas.
+    Handoff(Handoff),
     /// Waiting for the home supernode to take the message.
     Deliver(Box<Delivery>),
+}
+
+/// The record and stored chat of a user who joined here, gathered from
+/// every replica in rounds: each round delivers one page per replica and
+/// tells the replicas which ids the previous round delivered (they delete
+/// them), until a round brings nothing.
+#[derive(Debug)]
+pub(crate) struct Gather {
+    pub name: String,
+    pub purpose: GatherFor,
+    pub replicas: Vec<NodeId>,
+    pub round: u32,
+    pub waiting: HashSet<u64>,
+    pub records: Vec<UserRecord>,
+    /// Chat brought by this round.
+    pub chat: Vec<ChatMessage>,
+    /// Ids delivered to the session so far.
+    pub delivered: HashSet<Vec<u8>>,
+    /// Ids the previous round brought (all delivered): deleted next round.
+    pub last: Vec<Vec<u8>>,
+    /// The previous round brought only ids delivered before.
+    pub stale: bool,
+}
+
+/// A client's chat for an offline recipient, stored on its replicas; the
+/// client hears `Ack` once one replica holds it, `MailboxFull` when every
+/// replica that answered refused it.
+#[derive(Debug)]
+pub(crate) struct Store {
+    pub session: SessionId,
+    pub request_id: u64,
+    pub waiting: HashSet<u64>,
+    pub stored: bool,
+    /// Why a replica refused it.
+    pub full: Option<String>,
+    /// Replicas that did not answer (perhaps an older supernode that
+    /// stores without answering).
+    pub silent: usize,
+}
+
+/// A page of the chat stored here for `name`, sent to other replicas;
+/// when one acknowledges it and this node is no longer a replica of
+/// `name`, the page is deleted here.
+#[derive(Debug)]
+pub(crate) struct Handoff {
+    pub name: String,
+    pub ids: Vec<Vec<u8>>,
+    /// Messages before this page (pages of a copy follow one another).
+    pub skip: usize,
+    pub waiting: HashSet<u64>,
+    pub acked: bool,
 }
 
 /// Why a message could not be routed to a user.
@@ -105,6 +155,9 @@ pub(crate) enum RouteError {
 #[derive(Debug)]
 pub(crate) enum Done {
     Lookup(LookupFor, Option<UserRecord>),
-    Gathered(GatherFor, String, Option<UserRecord>, Vec<ChatMessage>),
+    /// A gather delivered everything the replicas held.
+    Gathered(GatherFor),
+    /// A store job answered its client.
+    Stored(SessionId),
     Delivered(Box<Delivery>, Result<(), RouteError>),
 }

@@ -14,21 +14,24 @@
 //! end of a join) is pending state here, ended by an answer or a timer.
 //!
 //! Files, from the bottom up: `interface` (what goes in and out),
-//! `jobs`, `sessions`, `links` (tables), `state` (the [`Node`] and its basic
-//! moves), `directory`, `routing`, `requests` (clients), `overlay` (peers),
+//! `fit` (envelopes that fit a frame), `jobs`, `sessions`, `links` (tables),
+//! `state` (the [`Node`] and its basic moves), `directory`, `routing`,
+//! `mailbox` (stored chat), `requests` (clients), `overlay` (peers),
 //! and this file (the entry points and the dispatcher of finished jobs).
 
 mod directory;
+mod fit;
 mod interface;
 mod jobs;
 mod links;
+mod mailbox;
 mod overlay;
 mod requests;
 mod routing;
 mod sessions;
 mod state;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -38,6 +41,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 pub use interface::{Carrier, LinkId, LinkOrigin, Now, Output, RelayCommand, SessionId};
+pub use mailbox::{MAX_HANDOFFS, MAX_PAGE};
 pub use requests::{MAX_CHAT_TEXT, MAX_ID_LEN};
 pub use state::{CoreStats, Node, NodeConfig};
 
@@ -67,7 +71,8 @@ impl Node {
             last_live: membership.live_ids(),
             membership,
             records: RecordStore::default(),
-            chats: ChatStore::default(),
+            chats: ChatStore::new(config.chat_limits),
+            handoffs: HashSet::new(),
             sessions: Sessions::default(),
             links: Links::default(),
             invites: HashMap::new(),
@@ -229,6 +234,11 @@ impl Node {
         self.membership.live_ids()
     }
 
+    /// Supernodes in this node's view (any state, itself included).
+    pub fn known_members(&self) -> usize {
+        self.membership.view().len()
+    }
+
     /// Users joined here.
     pub fn session_count(&self) -> usize {
         self.sessions.by_name.len()
@@ -249,6 +259,11 @@ impl Node {
         self.chats.count(name)
     }
 
+    /// Bytes of chat this node holds.
+    pub fn held_chat_bytes(&self) -> usize {
+        self.chats.total_bytes()
+    }
+
     /// What the core dropped or gave up on.
     pub fn stats(&self) -> CoreStats {
         self.stats
@@ -263,8 +278,10 @@ impl Node {
     fn answer(&mut self, rid: u64, pending: Pending, reply: Option<Body>) {
         match self.jobs.get(&pending.job) {
             Some(Job::Lookup { .. }) => self.lookup_answer(pending.job, reply),
-            Some(Job::Gather { .. }) => self.gather_answer(pending.job, rid, reply),
+            Some(Job::Gather(_)) => self.gather_answer(pending.job, rid, reply),
             Some(Job::Deliver(_)) => self.deliver_answer(pending.job, reply),
+            Some(Job::Store(_)) => self.store_answer(pending.job, rid, reply),
+            Some(Job::Handoff(_)) => self.handoff_answer(pending.job, rid, reply),
             None => {}
         }
     }
@@ -283,12 +300,17 @@ impl Node {
                         self.resume(session);
                     }
                 }
-                Done::Gathered(purpose, name, record, chat) => {
-                    self.gathered(&purpose, &name, record, chat);
-                    if let GatherFor::Inbox { session, .. } = purpose {
+                Done::Gathered(purpose) => {
+                    if let GatherFor::Inbox {
+                        session,
+                        request_id,
+                    } = purpose
+                    {
+                        self.send_session(session, request_id, Body::Ack(Default::default()));
                         self.resume(session);
                     }
                 }
+                Done::Stored(session) => self.resume(session),
                 Done::Delivered(delivery, result) => {
                     if let Some(session) = self.delivered(delivery, result) {
                         self.resume(session);

@@ -7,11 +7,16 @@ use std::net::SocketAddr;
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{Envelope, GossipMembership, Pong};
 
+use super::fit;
 use super::interface::{LinkId, LinkOrigin, Output};
 use super::links::{Link, Pending};
 use super::state::Node;
 use crate::membership::tcp_of;
 use crate::{NodeId, close};
+
+/// Every this many ticks, chat held for names this node is no longer a
+/// replica of is handed over (again).
+const HANDOFF_TICKS: u64 = 5;
 
 /// The addresses a gossip sender reports for itself.
 fn self_report(gossip: &GossipMembership) -> Option<(SocketAddr, Option<SocketAddr>, u64)> {
@@ -26,15 +31,29 @@ fn self_report(gossip: &GossipMembership) -> Option<(SocketAddr, Option<SocketAd
 }
 
 impl Node {
-    /// This node's gossip.
+    /// This node's gossip: itself first, then as many others as fit a
+    /// frame, starting at an offset that moves every tick so that a view
+    /// too large for one frame is gossiped over several.
     pub(crate) fn own_gossip(&self) -> Envelope {
-        Envelope::new(
-            0,
-            Body::GossipMembership(GossipMembership {
-                sender_id: self.config.node_id.to_vec(),
-                members: self.membership.view(),
-            }),
-        )
+        let mut view = self.membership.view();
+        let others = view.split_off(1.min(view.len()));
+        let make = |members| {
+            Envelope::new(
+                0,
+                Body::GossipMembership(GossipMembership {
+                    sender_id: self.config.node_id.to_vec(),
+                    members,
+                }),
+            )
+        };
+        let (_, per_frame) = fit::fitted(view.iter().chain(&others).cloned(), usize::MAX, make);
+        let mut others = others;
+        if per_frame <= others.len() && !others.is_empty() {
+            let page = per_frame.saturating_sub(1).max(1);
+            let start = (self.ticks as usize).wrapping_mul(page) % others.len();
+            others.rotate_left(start);
+        }
+        fit::fitted(view.into_iter().chain(others), usize::MAX, make).0
     }
 
     /// A link is up: `first` is the peer's gossip.
@@ -169,7 +188,12 @@ impl Node {
                 }
                 self.dial_new(fresh);
             }
-            Body::DirectoryStore(store) => self.on_directory_store(store),
+            Body::DirectoryStore(store) => {
+                let answer = self.on_directory_store(store);
+                if rid != 0 {
+                    self.emit(Output::ToLink(link, Envelope::new(rid, answer)));
+                }
+            }
             Body::DirectoryLookup(lookup) => {
                 let found = self.on_directory_lookup(&lookup);
                 self.emit(Output::ToLink(
@@ -250,6 +274,9 @@ impl Node {
         }
         if self.ticks.is_multiple_of(60) {
             self.expire_directory();
+        }
+        if self.ticks.is_multiple_of(HANDOFF_TICKS) {
+            self.handoffs_due();
         }
         failed
     }

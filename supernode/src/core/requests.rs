@@ -163,12 +163,20 @@ impl Node {
             return self.refuse(id, proof.request_id, body);
         }
         let name = name.clone();
-        let accepted = Body::JoinAccepted(JoinAccepted {
-            observed_addr: Some(session.remote.into()),
-            supernodes: self.host_cache(),
-            reflector: Some(self.config.reflector.into()),
+        let observed = session.remote;
+        let accepted = self.host_cache_envelope(|supernodes| {
+            Envelope::new(
+                proof.request_id,
+                Body::JoinAccepted(JoinAccepted {
+                    observed_addr: Some(observed.into()),
+                    supernodes,
+                    reflector: Some(self.config.reflector.into()),
+                }),
+            )
         });
-        self.send_session(id, proof.request_id, accepted);
+        if let Some(body) = accepted.body {
+            self.send_session(id, proof.request_id, body);
+        }
         let now_ms = self.now.unix_ms;
         let Some(session) = self.sessions.all.get_mut(&id) else {
             return;
@@ -508,53 +516,36 @@ impl Node {
         }
     }
 
-    /// The replicas of a user who joined here answered.
-    pub(crate) fn gathered(
+    /// The first round of a gather for `name` (session of `purpose`)
+    /// finished with the `previous` record: a join is published, and an
+    /// older home that still thinks the user is there is told.
+    pub(crate) fn gathered_record(
         &mut self,
         purpose: &GatherFor,
         name: &str,
         previous: Option<UserRecord>,
-        chat: Vec<ChatMessage>,
     ) {
-        let session = match purpose {
-            GatherFor::Join { session } | GatherFor::Inbox { session, .. } => *session,
+        let GatherFor::Join { session } = purpose else {
+            return;
         };
-        if !self.sessions.is_current(session, name) {
-            // Gone meanwhile: put the chat back.
-            for message in chat {
-                self.store_pending(message);
-            }
-            if let GatherFor::Inbox { request_id, .. } = purpose {
-                self.send_session(session, *request_id, Body::Ack(Ack {}));
-            }
+        if !self.sessions.is_current(*session, name) {
             return;
         }
-        if let GatherFor::Join { .. } = purpose
-            && let Some((_, joined)) = self.sessions.of_name(name)
+        let Some((_, joined)) = self.sessions.of_name(name) else {
+            return;
+        };
+        let record = self.local_record(name, joined);
+        self.publish(&record, true);
+        if let Some(previous) = previous
+            && previous.status != PresenceStatus::Offline as i32
+            && let Some(home) = crate::node_id(&previous.home_node_id)
+            && home != self.config.node_id
         {
-            let record = self.local_record(name, joined);
-            self.publish(&record, true);
-            if let Some(previous) = previous
-                && previous.status != PresenceStatus::Offline as i32
-                && let Some(home) = crate::node_id(&previous.home_node_id)
-                && home != self.config.node_id
-            {
-                let store = Body::DirectoryStore(DirectoryStore {
-                    records: vec![record],
-                    pending_chat: Vec::new(),
-                });
-                self.send_link(&home, Envelope::new(0, store));
-            }
-        }
-        for message in chat {
-            if self.push_to_name(name, Body::ChatMessage(message.clone())) {
-                self.send_receipt(&message);
-            } else {
-                self.store_pending(message);
-            }
-        }
-        if let GatherFor::Inbox { request_id, .. } = purpose {
-            self.send_session(session, *request_id, Body::Ack(Ack {}));
+            let store = Body::DirectoryStore(DirectoryStore {
+                records: vec![record],
+                pending_chat: Vec::new(),
+            });
+            self.send_link(&home, Envelope::new(0, store));
         }
     }
 }

@@ -141,8 +141,12 @@ impl Node {
                         error(ErrorCode::UserUnknown, format!("no user {to}"))
                     }
                     Err(RouteError::Offline) => {
-                        self.store_pending(message);
-                        Body::Ack(Ack {})
+                        // Answered once the replicas stored it.
+                        let job = self.store_chat(session, request_id, message);
+                        if let Some(joined) = self.sessions.joined_mut(session) {
+                            joined.busy = Some(job);
+                        }
+                        return None;
                     }
                 };
                 self.send_session(session, request_id, reply);

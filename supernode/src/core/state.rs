@@ -2,21 +2,22 @@
 //! over links, timers. Everything above this file decides; this file only
 //! carries out.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use natter_proto::messages::envelope::Body;
-use natter_proto::messages::{Envelope, HostCacheEntry, UserRecord};
+use natter_proto::messages::{Envelope, ErrorCode, ErrorReply, HostCacheEntry, UserRecord};
 use rand::rngs::StdRng;
 use rsa::RsaPublicKey;
 
+use super::fit;
 use super::interface::{LinkId, Now, Output, SessionId};
 use super::jobs::{Done, Job, JobId};
 use super::links::{Links, Pending};
 use super::sessions::{Joined, Sessions};
 use crate::membership::{Membership, Timeouts};
-use crate::store::{self, ChatStore, RecordStore};
+use crate::store::{self, ChatLimits, ChatStore, RecordStore};
 use crate::{Config, NodeId};
 
 /// What the node core needs to know about itself and its limits.
@@ -50,6 +51,8 @@ pub struct NodeConfig {
     pub max_backlog: usize,
     /// The relay allocation lifetime (told to clients).
     pub relay_lifetime: Duration,
+    /// Byte caps on stored chat.
+    pub chat_limits: ChatLimits,
 }
 
 impl NodeConfig {
@@ -84,9 +87,13 @@ impl NodeConfig {
             max_subscriptions: config.max_subscriptions,
             max_backlog: config.session_queue,
             relay_lifetime: config.relay.lifetime,
+            chat_limits: config.chat_limits,
         }
     }
 }
+
+/// Most supernodes one `JoinAccepted` or `SupernodeList` lists.
+pub const MAX_HOST_CACHE: usize = 200;
 
 /// Something that happens at a time.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -118,6 +125,13 @@ pub struct CoreStats {
     pub requests_timed_out: u64,
     /// Sessions closed because their backlog of requests was full.
     pub backlog_full: u64,
+    /// Envelopes that would not fit a frame, refused (a reply is replaced
+    /// by an `Internal` error, anything else dropped).
+    pub oversize_refused: u64,
+    /// Chat refused over a byte cap (`MailboxFull`).
+    pub mailbox_full: u64,
+    /// Hand-over pages no replica acknowledged (kept, retried).
+    pub handoffs_failed: u64,
 }
 
 /// The supernode node core. See [`crate::core`].
@@ -129,6 +143,8 @@ pub struct Node {
     pub(crate) last_live: Vec<NodeId>,
     pub(crate) records: RecordStore,
     pub(crate) chats: ChatStore,
+    /// Names whose stored chat is being handed over (one page at a time).
+    pub(crate) handoffs: HashSet<String>,
     pub(crate) sessions: Sessions,
     pub(crate) links: Links,
     pub(crate) invites: HashMap<Vec<u8>, Invite>,
@@ -152,7 +168,34 @@ impl Node {
         id
     }
 
+    /// Queues `output`. An envelope that would not fit a frame is refused
+    /// here, counted, never handed to a writer: a reply to a client
+    /// becomes an `Internal` error on that request, anything else is
+    /// dropped (a request over a link then times out).
     pub(crate) fn emit(&mut self, output: Output) {
+        let output = match output {
+            Output::ToSession(id, envelope) if !fit::fits(&envelope) => {
+                self.stats.oversize_refused += 1;
+                tracing::warn!(
+                    kind = envelope.type_name(),
+                    "reply too large for a frame, refused"
+                );
+                if envelope.request_id == 0 {
+                    return;
+                }
+                let reply = ErrorReply::new(ErrorCode::Internal, "reply too large for a frame");
+                Output::ToSession(id, Envelope::new(envelope.request_id, Body::Error(reply)))
+            }
+            Output::ToLink(_, envelope) if !fit::fits(&envelope) => {
+                self.stats.oversize_refused += 1;
+                tracing::warn!(
+                    kind = envelope.type_name(),
+                    "envelope too large for a frame, refused"
+                );
+                return;
+            }
+            other => other,
+        };
         self.out.push_back(output);
     }
 
@@ -209,8 +252,22 @@ impl Node {
     }
 
     /// The live supernodes for `JoinAccepted` and `SupernodeList`: this
-    /// node with its real reflector, the others with the conventional one.
-    pub(crate) fn host_cache(&self) -> Vec<HostCacheEntry> {
+    /// node with its real reflector, the others with the conventional one;
+    /// this node first, then the others in id order, as many as `make`
+    /// (the envelope they go in) fits in a frame.
+    pub(crate) fn host_cache_envelope(
+        &self,
+        make: impl Fn(Vec<HostCacheEntry>) -> Envelope,
+    ) -> Envelope {
+        let mut entries = self.host_cache();
+        let me = self.config.node_id.to_vec();
+        if let Some(at) = entries.iter().position(|e| e.node_id == me) {
+            entries[..=at].rotate_right(1);
+        }
+        fit::fitted(entries, MAX_HOST_CACHE, make).0
+    }
+
+    fn host_cache(&self) -> Vec<HostCacheEntry> {
         let me = self.config.node_id;
         self.membership
             .live()

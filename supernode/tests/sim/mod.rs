@@ -21,6 +21,7 @@ use natter_supernode::core::{
 };
 use natter_supernode::membership::Timeouts;
 use natter_supernode::relay::{RelayLimits, RelayTable};
+use natter_supernode::store::ChatLimits;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use rsa::RsaPrivateKey;
@@ -63,6 +64,7 @@ pub struct SimConfig {
     pub gossip_interval: Duration,
     pub timeouts: Timeouts,
     pub peer_timeout: Duration,
+    pub chat_limits: ChatLimits,
 }
 
 impl Default for SimConfig {
@@ -73,6 +75,7 @@ impl Default for SimConfig {
             gossip_interval: Duration::from_secs(1),
             timeouts: Timeouts::default(),
             peer_timeout: Duration::from_secs(1),
+            chat_limits: ChatLimits::default(),
         }
     }
 }
@@ -188,6 +191,9 @@ pub struct Sim {
     rng: StdRng,
     /// Events processed.
     pub steps: u64,
+    /// Envelopes a node emitted that do not fit a frame (the wire would
+    /// refuse them; the simulation drops them, as a writer would).
+    pub oversize: u64,
 }
 
 impl Sim {
@@ -227,6 +233,7 @@ impl Sim {
                 max_subscriptions: 1000,
                 max_backlog: 256,
                 relay_lifetime: RelayLimits::default().lifetime,
+                chat_limits: config.chat_limits,
             };
             let mut seed = [0u8; 32];
             seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
@@ -258,6 +265,7 @@ impl Sim {
             seq: 0,
             rng: StdRng::seed_from_u64(7),
             steps: 0,
+            oversize: 0,
         };
         for i in 0..n {
             sim.reschedule(i);
@@ -308,6 +316,18 @@ impl Sim {
     /// Carries out everything node `i` wants done.
     fn drain(&mut self, i: usize) {
         while let Some(output) = self.nodes[i].node.poll_output() {
+            // What is carried goes through the real framing first.
+            let envelope = match &output {
+                Output::ToSession(session, e) if self.client_of(*session).is_some() => Some(e),
+                Output::ToLink(link, e) if self.links.contains_key(link) => Some(e),
+                Output::Dial { hello: e, .. } => Some(e),
+                _ => None,
+            };
+            let fits = envelope.is_none_or(|e| natter_proto::frame::to_frame(e).is_ok());
+            if !fits {
+                self.oversize += 1;
+                continue;
+            }
             match output {
                 Output::ToSession(session, envelope) => {
                     if let Some(client) = self.client_of(session) {
@@ -763,6 +783,45 @@ impl Sim {
                 self.clients[c].closed = Some(u32::MAX);
             }
         }
+    }
+
+    /// Restarts crashed node `i` with an empty state and a higher
+    /// incarnation; it dials its peers on its first tick.
+    pub fn restart(&mut self, i: usize) {
+        assert!(!self.nodes[i].up, "node {i} is running");
+        let mut config = self.nodes[i].node.config().clone();
+        config.incarnation += 1;
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        seed[8..16].copy_from_slice(&config.incarnation.to_be_bytes());
+        let now = self.now();
+        self.nodes[i].node = Node::new(config, seed, now);
+        self.nodes[i].relay = RelayTable::new(RelayLimits::default());
+        self.nodes[i].up = true;
+        self.nodes[i].scheduled = None;
+        self.reschedule(i);
+    }
+
+    /// Delivers `envelope` to node `to` as if node `from` had sent it on
+    /// their link (a peer that lies, or a test shortcut); false without a
+    /// link between them.
+    pub fn inject_from_peer(&mut self, from: usize, to: usize, envelope: Envelope) -> bool {
+        let Some(end) = self
+            .links
+            .values()
+            .find(|e| e.node == from && e.peer == to && e.dialing.is_none())
+            .copied()
+        else {
+            return false;
+        };
+        self.at(
+            Duration::ZERO,
+            Event::LinkFrame {
+                link: end.peer_link,
+                envelope,
+            },
+        );
+        true
     }
 
     /// Cuts nodes `a` and `b` apart (both ways).

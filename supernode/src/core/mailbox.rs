@@ -1,0 +1,408 @@
+//! Chat store-and-forward: chat for an offline user is stored on the
+//! user's replicas (under the byte caps of [`crate::store::ChatLimits`],
+//! refused `MailboxFull` beyond them), moves between replicas in pages
+//! that fit a frame, and leaves a replica only once the next replica
+//! acknowledged it or the user's supernode delivered it. Nothing is taken
+//! out of a store before it reached its next holder.
+
+use std::collections::HashSet;
+
+use natter_proto::messages::envelope::Body;
+use natter_proto::messages::{
+    Ack, ChatMessage, DirectoryLookup, DirectoryRecords, DirectoryStore, Envelope, ErrorCode,
+    ErrorReply,
+};
+
+use super::fit;
+use super::interface::SessionId;
+use super::jobs::{Done, Gather, GatherFor, Handoff, Job, JobId, Store};
+use super::routing::error;
+use super::state::Node;
+use crate::{NodeId, hrw, store};
+
+/// Most messages in one page (also bounds what one round pushes to a
+/// session queue).
+pub const MAX_PAGE: usize = 16;
+/// Most hand-overs in flight at once; the rest wait for a later tick.
+pub const MAX_HANDOFFS: usize = 32;
+/// Rounds of one gather at most (each round deletes at least one message
+/// on every replica that follows the protocol).
+const MAX_ROUNDS: u32 = 2 * store::MAX_PENDING_PER_USER as u32;
+
+fn store_envelope(chat: Vec<ChatMessage>) -> Envelope {
+    Envelope::new(
+        u64::MAX,
+        Body::DirectoryStore(DirectoryStore {
+            records: Vec::new(),
+            pending_chat: chat,
+        }),
+    )
+}
+
+fn mailbox_full(detail: impl Into<String>) -> Body {
+    Body::Error(ErrorReply::new(ErrorCode::MailboxFull, detail))
+}
+
+impl Node {
+    /// Stores a client's chat for an offline recipient on its replicas and
+    /// answers the client when they did. Returns the job the session waits
+    /// for.
+    pub(crate) fn store_chat(
+        &mut self,
+        session: SessionId,
+        request_id: u64,
+        message: ChatMessage,
+    ) -> JobId {
+        let job = self.fresh_id();
+        let mut state = Store {
+            session,
+            request_id,
+            waiting: HashSet::new(),
+            stored: false,
+            full: None,
+            silent: 0,
+        };
+        let replicas = hrw::replicas(
+            &message.to,
+            &self.membership.live_ids(),
+            self.config.replicas,
+        );
+        for replica in replicas {
+            if replica == self.config.node_id {
+                match self.chats.add(message.clone(), self.now.unix_ms) {
+                    Ok(_) => state.stored = true,
+                    Err(e) => {
+                        self.stats.mailbox_full += 1;
+                        state.full = Some(e.to_string());
+                    }
+                }
+                continue;
+            }
+            let body = Body::DirectoryStore(DirectoryStore {
+                records: Vec::new(),
+                pending_chat: vec![message.clone()],
+            });
+            if let Some(rid) = self.request(replica, body, job) {
+                state.waiting.insert(rid);
+            }
+        }
+        self.jobs.insert(job, Job::Store(state));
+        self.store_check(job);
+        job
+    }
+
+    /// A replica's answer to a store (`None`: none in time).
+    pub(crate) fn store_answer(&mut self, job: JobId, rid: u64, reply: Option<Body>) {
+        if let Some(Job::Store(state)) = self.jobs.get_mut(&job) {
+            state.waiting.remove(&rid);
+            match reply {
+                Some(Body::Ack(_)) => state.stored = true,
+                Some(Body::Error(e)) if e.code == ErrorCode::MailboxFull as i32 => {
+                    state.full = Some(e.detail);
+                }
+                _ => state.silent += 1,
+            }
+        }
+        self.store_check(job);
+    }
+
+    fn store_check(&mut self, job: JobId) {
+        if !matches!(self.jobs.get(&job), Some(Job::Store(s)) if s.waiting.is_empty()) {
+            return;
+        }
+        let Some(Job::Store(state)) = self.jobs.remove(&job) else {
+            return;
+        };
+        let reply = if state.stored || state.silent > 0 {
+            Body::Ack(Ack {})
+        } else if let Some(detail) = state.full {
+            mailbox_full(detail)
+        } else {
+            error(
+                ErrorCode::UserOffline,
+                "offline, and no replica to store for",
+            )
+        };
+        self.send_session(state.session, state.request_id, reply);
+        self.finish(job, Done::Stored(state.session));
+    }
+
+    /// A `DirectoryStore`'s chat from a peer: stored; the answer for a
+    /// request (`Ack`, or `MailboxFull` when a message was refused).
+    pub(crate) fn store_from_peer(&mut self, chat: Vec<ChatMessage>) -> Body {
+        let mut refused = None;
+        for message in chat {
+            if let Err(e) = self.chats.add(message, self.now.unix_ms) {
+                self.stats.mailbox_full += 1;
+                refused = Some(e);
+            }
+        }
+        match refused {
+            Some(e) => mailbox_full(e.to_string()),
+            None => Body::Ack(Ack {}),
+        }
+    }
+
+    /// The chat part of a replica's answer to a `DirectoryLookup`: with
+    /// `page_chat`, deletes the delivered ids and answers the next page,
+    /// kept; an older supernode's `take_pending_chat` takes one page.
+    pub(crate) fn chat_for_lookup(&mut self, lookup: &DirectoryLookup) -> Vec<ChatMessage> {
+        if lookup.page_chat {
+            self.chats.remove_ids(&lookup.name, &lookup.delivered_ids);
+            self.chat_page(&lookup.name, 0)
+        } else if lookup.take_pending_chat {
+            let page = self.chat_page(&lookup.name, 0);
+            let ids: Vec<Vec<u8>> = page.iter().map(|m| m.message_id.clone()).collect();
+            self.chats.remove_ids(&lookup.name, &ids);
+            page
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The page of chat stored for `name` after the first `skip` messages
+    /// that fits a `DirectoryRecords` (or `DirectoryStore`) frame.
+    fn chat_page(&self, name: &str, skip: usize) -> Vec<ChatMessage> {
+        let empty = Envelope::new(
+            u64::MAX,
+            Body::DirectoryRecords(DirectoryRecords {
+                records: self.records.get(name).cloned().into_iter().collect(),
+                pending_chat: Vec::new(),
+            }),
+        );
+        let budget = fit::budget(&empty);
+        let messages = self.chats.messages(name).skip(skip).cloned();
+        fit::prefix(messages, budget, MAX_PAGE)
+    }
+
+    /// The live set changed from `old` to `live`: chat of names whose
+    /// replicas changed is copied to the new replicas, or handed over (and
+    /// deleted here once acknowledged) when this node is no longer one.
+    pub(crate) fn chat_replicas_changed(&mut self, old: &[NodeId], live: &[NodeId]) {
+        let me = self.config.node_id;
+        let k = self.config.replicas;
+        let mut names = self.chats.names();
+        names.sort();
+        for name in names {
+            let before = hrw::replicas(&name, old, k);
+            let after = hrw::replicas(&name, live, k);
+            if before == after {
+                continue;
+            }
+            let to: Vec<NodeId> = if after.contains(&me) {
+                after
+                    .iter()
+                    .filter(|r| **r != me && !before.contains(r))
+                    .copied()
+                    .collect()
+            } else {
+                after
+            };
+            self.hand_off(&name, to, 0);
+        }
+    }
+
+    /// Every few ticks: chat held for names this node is no longer a
+    /// replica of goes to their replicas (again, if a hand-over failed).
+    pub(crate) fn handoffs_due(&mut self) {
+        let me = self.config.node_id;
+        let live = self.membership.live_ids();
+        let mut names = self.chats.names();
+        names.sort();
+        for name in names {
+            let replicas = hrw::replicas(&name, &live, self.config.replicas);
+            if !replicas.contains(&me) {
+                self.hand_off(&name, replicas, 0);
+            }
+        }
+    }
+
+    /// Sends the page of `name`'s chat after `skip` to `to`, as requests.
+    fn hand_off(&mut self, name: &str, to: Vec<NodeId>, skip: usize) {
+        if to.is_empty() || self.handoffs.contains(name) || self.handoffs.len() >= MAX_HANDOFFS {
+            return;
+        }
+        let page = self.chat_page(name, skip);
+        if page.is_empty() {
+            return;
+        }
+        let ids: Vec<Vec<u8>> = page.iter().map(|m| m.message_id.clone()).collect();
+        let job = self.fresh_id();
+        let mut waiting = HashSet::new();
+        let body = store_envelope(page).body;
+        for replica in to {
+            if let Some(body) = body.clone()
+                && let Some(rid) = self.request(replica, body, job)
+            {
+                waiting.insert(rid);
+            }
+        }
+        if waiting.is_empty() {
+            return;
+        }
+        self.handoffs.insert(name.to_owned());
+        let handoff = Handoff {
+            name: name.to_owned(),
+            ids,
+            skip,
+            waiting,
+            acked: false,
+        };
+        self.jobs.insert(job, Job::Handoff(handoff));
+    }
+
+    /// A replica's answer to a hand-over page (`None`: none in time).
+    pub(crate) fn handoff_answer(&mut self, job: JobId, rid: u64, reply: Option<Body>) {
+        let Some(Job::Handoff(handoff)) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        handoff.waiting.remove(&rid);
+        if matches!(reply, Some(Body::Ack(_))) {
+            handoff.acked = true;
+        }
+        if !handoff.waiting.is_empty() {
+            return;
+        }
+        let Some(Job::Handoff(handoff)) = self.jobs.remove(&job) else {
+            return;
+        };
+        self.handoffs.remove(&handoff.name);
+        if !handoff.acked {
+            self.stats.handoffs_failed += 1;
+            return;
+        }
+        let me = self.config.node_id;
+        let replicas = hrw::replicas(
+            &handoff.name,
+            &self.membership.live_ids(),
+            self.config.replicas,
+        );
+        if replicas.contains(&me) {
+            // A copy: the next page to the new replicas.
+            let to: Vec<NodeId> = replicas.into_iter().filter(|r| *r != me).collect();
+            let skip = handoff.skip + handoff.ids.len();
+            self.hand_off(&handoff.name, to, skip);
+        } else {
+            self.chats.remove_ids(&handoff.name, &handoff.ids);
+            self.hand_off(&handoff.name, replicas, 0);
+        }
+    }
+
+    /// For a user who joined here: asks every replica for its record and
+    /// the chat stored for it, delivering the chat page by page.
+    pub(crate) fn start_gather(&mut self, name: &str, purpose: GatherFor) -> JobId {
+        let job = self.fresh_id();
+        let gather = Gather {
+            name: name.to_owned(),
+            purpose,
+            replicas: hrw::replicas(name, &self.membership.live_ids(), self.config.replicas),
+            round: 0,
+            waiting: HashSet::new(),
+            records: Vec::new(),
+            chat: Vec::new(),
+            delivered: HashSet::new(),
+            last: Vec::new(),
+            stale: false,
+        };
+        self.jobs.insert(job, Job::Gather(Box::new(gather)));
+        self.gather_round(job);
+        job
+    }
+
+    /// Asks every replica for the next page, telling it what was delivered.
+    fn gather_round(&mut self, job: JobId) {
+        let Some(Job::Gather(mut gather)) = self.jobs.remove(&job) else {
+            return;
+        };
+        gather.round += 1;
+        let last = std::mem::take(&mut gather.last);
+        for replica in gather.replicas.clone() {
+            if replica == self.config.node_id {
+                if gather.round == 1 {
+                    gather
+                        .records
+                        .extend(self.records.get(&gather.name).cloned());
+                }
+                self.chats.remove_ids(&gather.name, &last);
+                gather.chat.extend(self.chat_page(&gather.name, 0));
+                continue;
+            }
+            let ask = Body::DirectoryLookup(DirectoryLookup {
+                name: gather.name.clone(),
+                take_pending_chat: true,
+                page_chat: true,
+                delivered_ids: last.clone(),
+            });
+            if let Some(rid) = self.request(replica, ask, job) {
+                gather.waiting.insert(rid);
+            }
+        }
+        self.jobs.insert(job, Job::Gather(gather));
+        self.gather_check(job);
+    }
+
+    /// A replica's answer to a gather round (`None`: no answer in time).
+    pub(crate) fn gather_answer(&mut self, job: JobId, rid: u64, reply: Option<Body>) {
+        if let Some(Job::Gather(gather)) = self.jobs.get_mut(&job) {
+            gather.waiting.remove(&rid);
+            if let Some(Body::DirectoryRecords(found)) = reply {
+                if gather.round == 1 {
+                    let name = &gather.name;
+                    gather
+                        .records
+                        .extend(found.records.into_iter().filter(|r| r.name == *name));
+                }
+                let name = &gather.name;
+                gather
+                    .chat
+                    .extend(found.pending_chat.into_iter().filter(|m| m.to == *name));
+            }
+        }
+        self.gather_check(job);
+    }
+
+    /// Ends a round once every replica answered: the first one settles the
+    /// record; each one pushes the new chat to the session; a round that
+    /// brought nothing ends the gather.
+    fn gather_check(&mut self, job: JobId) {
+        if !matches!(self.jobs.get(&job), Some(Job::Gather(g)) if g.waiting.is_empty()) {
+            return;
+        }
+        let Some(Job::Gather(mut gather)) = self.jobs.remove(&job) else {
+            return;
+        };
+        let session = match gather.purpose {
+            GatherFor::Join { session } | GatherFor::Inbox { session, .. } => session,
+        };
+        if gather.round == 1 {
+            let previous = std::mem::take(&mut gather.records)
+                .into_iter()
+                .max_by_key(|r| r.last_seen);
+            self.gathered_record(&gather.purpose, &gather.name, previous);
+        }
+        let chat = store::dedup_chat(std::mem::take(&mut gather.chat));
+        let current = self.sessions.is_current(session, &gather.name);
+        let fresh = chat
+            .iter()
+            .any(|m| !gather.delivered.contains(&m.message_id));
+        // A round of only delivered ids gets one more round (which deletes
+        // them), not more.
+        let idle = !fresh && std::mem::replace(&mut gather.stale, !fresh);
+        gather.stale = !fresh;
+        if chat.is_empty() || idle || !current || gather.round >= MAX_ROUNDS {
+            // Gone meanwhile: what was not confirmed stays on the replicas.
+            self.finish(job, Done::Gathered(gather.purpose));
+            return;
+        }
+        for message in &chat {
+            gather.last.push(message.message_id.clone());
+            if gather.delivered.insert(message.message_id.clone())
+                && self.push_to_name(&gather.name, Body::ChatMessage(message.clone()))
+            {
+                self.send_receipt(message);
+            }
+        }
+        self.jobs.insert(job, Job::Gather(gather));
+        self.gather_round(job);
+    }
+}
