@@ -243,7 +243,16 @@ impl LoginService {
         let certificate = self
             .hasher
             .pool()
-            .run(move || issuer.issue(&name, &subject, serial, not_before, not_after))
+            .run(move || {
+                issuer.issue(
+                    &mut rand::rngs::OsRng,
+                    &name,
+                    &subject,
+                    serial,
+                    not_before,
+                    not_after,
+                )
+            })
             .await?;
         self.store
             .record_issuance(&user.name, serial, &fingerprint, now, not_after)
