@@ -60,11 +60,7 @@ where
 {
     let len = u32::from(len).min(width);
     let all = !T::from(0);
-    if len == 0 {
-        T::from(0)
-    } else {
-        !(all >> len)
-    }
+    if len == 0 { T::from(0) } else { !(all >> len) }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -386,7 +382,9 @@ mod tests {
         // Time passes: the block lifts; success clears the (name, prefix).
         let later = at + Duration::from_secs(9);
         t.begin("bob", ip("192.0.2.1"), later).unwrap().success();
-        t.begin("bob", ip("192.0.2.1"), later).unwrap().failure(later);
+        t.begin("bob", ip("192.0.2.1"), later)
+            .unwrap()
+            .failure(later);
         let key = ("bob".to_owned(), t.prefix(ip("192.0.2.1")));
         assert_eq!(lock(&t.names).entries[&key].failures, 1);
     }
@@ -455,7 +453,10 @@ mod tests {
             Err(Duration::from_secs(10))
         );
         assert!(t.register(ip("192.0.3.1"), now).is_ok());
-        assert!(t.register(ip("192.0.2.3"), now + Duration::from_secs(10)).is_ok());
+        assert!(
+            t.register(ip("192.0.2.3"), now + Duration::from_secs(10))
+                .is_ok()
+        );
     }
 
     #[test]

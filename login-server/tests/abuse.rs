@@ -20,9 +20,7 @@ use std::time::Duration;
 use common::{pinned_key, raw_tls_from, read_records, start, user_key, with_timeout};
 use natter_login::{Argon2Config, Config, LoginServer};
 use natter_proto::cert;
-use natter_proto::messages::{
-    Envelope, ErrorCode, LoginRequest, RegisterRequest, envelope::Body,
-};
+use natter_proto::messages::{Envelope, ErrorCode, LoginRequest, RegisterRequest, envelope::Body};
 use natter_proto::record::{self, Record};
 use tokio::io::AsyncWriteExt;
 
@@ -124,7 +122,12 @@ async fn concurrent_wrong_guesses_are_all_counted() {
     assert_eq!((wrong, throttled), (3, GUESSES - 3));
     // The next guess from that prefix is blocked.
     assert!(is_throttled(
-        &ask(&server, Ipv4Addr::new(127, 0, 1, 99), login("dave", "one more")).await
+        &ask(
+            &server,
+            Ipv4Addr::new(127, 0, 1, 99),
+            login("dave", "one more")
+        )
+        .await
     ));
     server.shutdown().await;
 }
@@ -149,7 +152,9 @@ async fn an_attacker_elsewhere_does_not_lock_the_user_out() {
     // password too...
     let body = ask(&server, attacker, login("erin", "correct horse battery")).await;
     assert!(is_throttled(&body), "{body:?}");
-    let Body::Error(e) = &body else { unreachable!() };
+    let Body::Error(e) = &body else {
+        unreachable!()
+    };
     assert!(e.retry_after_ms > 14 * 60 * 1000, "{e:?}");
     // ... while erin, from her own network, logs in and gets a certificate.
     let body = ask(&server, home, login("erin", "correct horse battery")).await;
@@ -164,7 +169,12 @@ async fn an_attacker_elsewhere_does_not_lock_the_user_out() {
     .unwrap();
     assert_eq!(verified.name, "erin");
     // Her success does not lift the attacker's block.
-    let body = ask(&server, Ipv4Addr::new(127, 0, 1, 67), login("erin", "guess 4")).await;
+    let body = ask(
+        &server,
+        Ipv4Addr::new(127, 0, 1, 67),
+        login("erin", "guess 4"),
+    )
+    .await;
     assert!(is_throttled(&body), "{body:?}");
     server.shutdown().await;
 }
@@ -226,8 +236,11 @@ async fn logins_are_served_while_registrations_flood_the_hash_pool() {
     let mut tasks = tokio::task::JoinSet::new();
     for p in 0..PREFIXES {
         for h in 1..=2u8 {
-            let (server, answered, first_tx) =
-                (Arc::clone(&server), Arc::clone(&answered), Arc::clone(&first_tx));
+            let (server, answered, first_tx) = (
+                Arc::clone(&server),
+                Arc::clone(&answered),
+                Arc::clone(&first_tx),
+            );
             tasks.spawn(async move {
                 let source = Ipv4Addr::new(127, 0, 10 + p, h);
                 let body = ask(&server, source, register(&format!("flood{p:02}x{h}"))).await;

@@ -12,10 +12,12 @@ use natter_client::LoginClient;
 use natter_login::{Argon2Config, Config, LoginServer, ThrottleConfig};
 use rsa::RsaPrivateKey;
 
-/// A config with a cheap argon2 cost and a lenient throttle.
+/// A config with a cheap argon2 cost, a lenient throttle and room for every
+/// registration a test sends at once.
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir);
     config.argon2 = Argon2Config::insecure_for_tests();
+    config.register_queue = 1000;
     config.throttle = ThrottleConfig {
         free_failures_per_name: 100,
         free_failures_per_addr: 1000,
