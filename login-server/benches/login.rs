@@ -1,7 +1,9 @@
 //! Login-server throughput, single core:
 //!
 //! - `cert_issue`: certificate issuances per second (RSA-2048 PKCS#1 v1.5
-//!   signing of a certificate body);
+//!   signing of a certificate body, blinded);
+//! - `cert_sign_unblinded_baseline`: the same signature without blinding, for
+//!   comparison under the same load;
 //! - `full_login`: complete logins per second through the service at the
 //!   default argon2 cost (19 MiB, t=2, p=1): name check, argon2id verify,
 //!   RSA signing, the issuance transaction in SQLite, the supernode query.
@@ -37,7 +39,7 @@ fn keys() -> (RsaPrivateKey, RsaPrivateKey) {
 
 fn cert_issue(c: &mut Criterion) {
     let (issuer_key, user_key) = keys();
-    let issuer = Issuer::new(issuer_key);
+    let issuer = Issuer::new(issuer_key.clone());
     let subject = user_key.to_public_key();
     let mut group = c.benchmark_group("login-server");
     group.throughput(Throughput::Elements(1));
@@ -55,6 +57,14 @@ fn cert_issue(c: &mut Criterion) {
                 1_700_086_400,
             ))
         });
+    });
+    // The same body signed without blinding (what `cert_issue` did before
+    // RUSTSEC-2023-0071 was addressed), measured alongside under the same load.
+    let body = issuer
+        .issue(&mut rng, "alice", &subject, 1, 1_700_000_000, 1_700_086_400)
+        .body;
+    group.bench_function("cert_sign_unblinded_baseline", |b| {
+        b.iter(|| black_box(cert::sign(&issuer_key, &body)));
     });
     group.finish();
 }
