@@ -233,26 +233,38 @@ async fn logins_are_served_while_registrations_flood_the_hash_pool() {
     let answered = Arc::new(AtomicUsize::new(0));
     let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
     let first_tx = Arc::new(std::sync::Mutex::new(Some(first_tx)));
-    let mut tasks = tokio::task::JoinSet::new();
+    // Every connection is up before any registration is sent, so the flood
+    // arrives at once.
+    let mut conns = Vec::new();
     for p in 0..PREFIXES {
         for h in 1..=2u8 {
-            let (server, answered, first_tx) = (
-                Arc::clone(&server),
-                Arc::clone(&answered),
-                Arc::clone(&first_tx),
-            );
-            tasks.spawn(async move {
-                let source = Ipv4Addr::new(127, 0, 10 + p, h);
-                let body = ask(&server, source, register(&format!("flood{p:02}x{h}"))).await;
-                if matches!(body, Body::RegisterReply(_)) {
-                    answered.fetch_add(1, Ordering::SeqCst);
-                    if let Some(tx) = first_tx.lock().unwrap().take() {
-                        let _ = tx.send(());
-                    }
-                }
-                body
-            });
+            let source = Ipv4Addr::new(127, 0, 10 + p, h);
+            conns.push((
+                format!("flood{p:02}x{h}"),
+                raw_tls_from(&server, source).await,
+            ));
         }
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(conns.len()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (name, mut tls) in conns {
+        let (answered, first_tx, barrier) = (
+            Arc::clone(&answered),
+            Arc::clone(&first_tx),
+            Arc::clone(&barrier),
+        );
+        tasks.spawn(async move {
+            barrier.wait().await;
+            send(&mut tls, register(&name)).await;
+            let body = reply(&mut tls).await;
+            if matches!(body, Body::RegisterReply(_)) {
+                answered.fetch_add(1, Ordering::SeqCst);
+                if let Some(tx) = first_tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+            }
+            body
+        });
     }
     // Once the flood is being hashed, frank logs in from his own network.
     with_timeout(first_rx).await.unwrap();
