@@ -41,18 +41,30 @@ impl Argon2Config {
     }
 }
 
-/// Throttling of failed password checks (login and buddy-blob requests).
+/// Throttling of password checks (login and buddy-blob requests) and of
+/// registrations, per source prefix (see [`crate::throttle`]).
 ///
-/// After `free_failures` failures of one key (a name, or a source address),
-/// each further failure blocks that key for `base_delay * 2^(n-1)`, capped
-/// at `max_delay`. A key's record is forgotten `forget_after` after its last
-/// failure; a successful login clears the name's record (not the address's).
+/// After `free_failures` failures of one key (a name from one source prefix,
+/// or a source prefix across names), each further failure blocks that key
+/// for `base_delay * 2^(n-1)`, capped at `max_delay`. Attempts in flight
+/// count at once. A key's record is forgotten `forget_after` after its last
+/// failure; a successful login clears the (name, prefix) record (not the
+/// prefix's). Registrations are a bucket of `registrations_per_prefix`
+/// refilled by one every `registration_interval`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThrottleConfig {
-    /// Failures per name allowed before delays start.
+    /// Failures per (name, source prefix) allowed before delays start.
     pub free_failures_per_name: u32,
-    /// Failures per source address (IPv4, or IPv6 /64) before delays start.
+    /// Failures per source prefix, across names, before delays start.
     pub free_failures_per_addr: u32,
+    /// Length of an IPv4 source prefix (24: a /24).
+    pub v4_prefix_len: u8,
+    /// Length of an IPv6 source prefix (56: a /56).
+    pub v6_prefix_len: u8,
+    /// Registrations a prefix may make at once (the bucket size).
+    pub registrations_per_prefix: u32,
+    /// One more registration per prefix is allowed every this long.
+    pub registration_interval: Duration,
     /// First delay.
     pub base_delay: Duration,
     /// Largest delay.
@@ -68,6 +80,10 @@ impl Default for ThrottleConfig {
         Self {
             free_failures_per_name: 3,
             free_failures_per_addr: 10,
+            v4_prefix_len: 24,
+            v6_prefix_len: 56,
+            registrations_per_prefix: 10,
+            registration_interval: Duration::from_secs(6 * 60),
             base_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(15 * 60),
             forget_after: Duration::from_secs(60 * 60),
@@ -106,6 +122,13 @@ pub struct Config {
     pub announce_requires_source_ip: bool,
     /// Concurrent argon2 / RSA jobs (defaults to the number of cores).
     pub cpu_workers: usize,
+    /// Of those, most running or waiting for a registration's hash at once
+    /// (default: one less than `cpu_workers`, at least 1), so logins always
+    /// find a worker while registrations flood.
+    pub register_workers: usize,
+    /// Registrations waiting for one of `register_workers` beyond which a
+    /// new one is answered `THROTTLED` at once.
+    pub register_queue: usize,
     /// Concurrent connections, QUIC and TLS over TCP together.
     pub max_connections: usize,
     /// Concurrent requests per connection (QUIC streams, or requests in
@@ -122,6 +145,7 @@ pub struct Config {
 impl Config {
     /// Defaults for a server on `listen` with its files in `data_dir`.
     pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        let cpu_workers = std::thread::available_parallelism().map_or(2, usize::from);
         Self {
             listen,
             tcp_listen: None,
@@ -134,7 +158,9 @@ impl Config {
             max_supernodes_returned: 32,
             max_supernodes_per_ip: 16,
             announce_requires_source_ip: true,
-            cpu_workers: std::thread::available_parallelism().map_or(2, usize::from),
+            cpu_workers,
+            register_workers: cpu_workers.saturating_sub(1).max(1),
+            register_queue: 16,
             max_connections: 4096,
             max_streams_per_connection: 8,
             request_timeout: Duration::from_secs(10),

@@ -1,6 +1,12 @@
 //! CPU-heavy work (argon2id, RSA signing) on tokio's blocking pool, with a
 //! semaphore bounding how many jobs run at once so a burst of logins queues
 //! instead of spawning hundreds of 19 MiB hashes.
+//!
+//! New hashes (registrations) go through a [`Lane`] first: at most
+//! `register_workers` of them hold or wait for a pool worker, and at most
+//! `register_queue` more wait for the lane; beyond that [`HashError::Busy`]
+//! at once. So a registration flood never has more than `register_workers`
+//! jobs ahead of a login in the pool, and its queue is bounded.
 
 use std::sync::Arc;
 
@@ -21,6 +27,48 @@ pub enum HashError {
     BadStoredHash(String),
     #[error("worker pool closed")]
     Closed,
+    #[error("too many registrations waiting for a worker")]
+    Busy,
+}
+
+/// A bounded share of the pool for one kind of job: `workers` may go to the
+/// pool at once, `queue` more wait their turn, the rest are refused.
+#[derive(Debug, Clone)]
+pub struct Lane {
+    admitted: Arc<Semaphore>,
+    running: Arc<Semaphore>,
+}
+
+impl Lane {
+    /// A lane of `workers` (at least 1) with `queue` waiting places.
+    pub fn new(workers: usize, queue: usize) -> Self {
+        let workers = workers.max(1);
+        Self {
+            admitted: Arc::new(Semaphore::new(workers.saturating_add(queue))),
+            running: Arc::new(Semaphore::new(workers)),
+        }
+    }
+
+    /// Runs `job` on `pool` in this lane, or [`HashError::Busy`] at once
+    /// when the lane's queue is full.
+    pub async fn run<T, F>(&self, pool: &CpuPool, job: F) -> Result<T, HashError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let _admitted = self
+            .admitted
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| HashError::Busy)?;
+        let _running = self
+            .running
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| HashError::Closed)?;
+        pool.run(job).await
+    }
 }
 
 /// A bounded pool for CPU-heavy jobs.
@@ -64,14 +112,20 @@ impl CpuPool {
 pub struct PasswordHasher {
     params: Params,
     pool: CpuPool,
+    new_hashes: Lane,
 }
 
 impl PasswordHasher {
-    /// A hasher making new hashes at `cost`, running on `pool`.
-    pub fn new(cost: Argon2Config, pool: CpuPool) -> Result<Self, HashError> {
+    /// A hasher making new hashes at `cost` in the lane `new_hashes`,
+    /// running every job on `pool`.
+    pub fn new(cost: Argon2Config, pool: CpuPool, new_hashes: Lane) -> Result<Self, HashError> {
         let params = Params::new(cost.m_kib, cost.t, cost.p, None)
             .map_err(|e| HashError::Params(e.to_string()))?;
-        Ok(Self { params, pool })
+        Ok(Self {
+            params,
+            pool,
+            new_hashes,
+        })
     }
 
     /// Hashes `password` into a PHC string (`$argon2id$v=19$m=..,t=..,p=..$salt$hash`).
@@ -94,10 +148,12 @@ impl PasswordHasher {
         }
     }
 
-    /// [`Self::hash_blocking`] on the pool.
+    /// [`Self::hash_blocking`] on the pool, in the new-hash lane.
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
         let this = self.clone();
-        self.pool.run(move || this.hash_blocking(&password)).await?
+        self.new_hashes
+            .run(&self.pool, move || this.hash_blocking(&password))
+            .await?
     }
 
     /// [`Self::verify_blocking`] on the pool.
@@ -119,8 +175,12 @@ mod tests {
 
     #[tokio::test]
     async fn hash_and_verify() {
-        let hasher =
-            PasswordHasher::new(Argon2Config::insecure_for_tests(), CpuPool::new(2)).unwrap();
+        let hasher = PasswordHasher::new(
+            Argon2Config::insecure_for_tests(),
+            CpuPool::new(2),
+            Lane::new(1, 4),
+        )
+        .unwrap();
         let hash = hasher.hash("correct horse".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{hash}");
         assert!(
@@ -141,5 +201,39 @@ mod tests {
             hasher.verify("x".into(), "not a hash".into()).await,
             Err(HashError::BadStoredHash(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_full_lane_refuses_at_once_and_leaves_the_pool_to_others() {
+        let pool = CpuPool::new(2);
+        let lane = Lane::new(1, 1);
+        let (release, gate) = std::sync::mpsc::sync_channel::<()>(0);
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        // One job runs (held on the gate), one waits in the lane's queue.
+        let running = tokio::spawn({
+            let (lane, pool) = (lane.clone(), pool.clone());
+            async move {
+                lane.run(&pool, move || {
+                    let _ = started_tx.send(());
+                    gate.recv().ok()
+                })
+                .await
+            }
+        });
+        started.await.unwrap();
+        let queued = tokio::spawn({
+            let (lane, pool) = (lane.clone(), pool.clone());
+            async move { lane.run(&pool, || 2).await }
+        });
+        while lane.admitted.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        // The lane is full: refused at once.
+        assert!(matches!(lane.run(&pool, || 3).await, Err(HashError::Busy)));
+        // The pool's other worker still serves other jobs.
+        assert_eq!(pool.run(|| 4).await.unwrap(), 4);
+        release.send(()).unwrap();
+        assert_eq!(running.await.unwrap().unwrap(), Some(()));
+        assert_eq!(queued.await.unwrap().unwrap(), 2);
     }
 }

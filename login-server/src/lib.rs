@@ -13,8 +13,8 @@
 //! | [`names`] | user-name and password rules |
 //! | [`datadir`] | the data directory: signing key, TLS identity, database file |
 //! | [`storage`] | the SQL storage layer (SQLite today, portable SQL) |
-//! | [`hashing`] | argon2id hashing and RSA signing on a bounded blocking pool |
-//! | [`throttle`] | growing delays after failed password checks |
+//! | [`hashing`] | argon2id hashing and RSA signing on a bounded blocking pool; registration hashes in a bounded lane of it |
+//! | [`throttle`] | password checks reserved before hashing, growing delays per (name, source prefix) and per prefix; registrations per prefix |
 //! | [`service`] | `handle(envelope, peer) -> envelope`: the whole protocol |
 //! | [`session`] | the one session code path of both transports: requests multiplexed by `request_id` on a stream, fed to the service |
 //! | [`quic`] | accepting QUIC connections and their streams, each a session |

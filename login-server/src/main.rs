@@ -61,6 +61,12 @@ struct ServeArgs {
     /// Concurrent connections (QUIC and TLS over TCP together).
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
+    /// Registrations one source prefix (IPv4 /24, IPv6 /56) may make at once.
+    #[arg(long, default_value_t = 10)]
+    registrations_per_prefix: u32,
+    /// One more registration per prefix is allowed every this many seconds.
+    #[arg(long, default_value_t = 360)]
+    registration_interval_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +101,9 @@ impl ServeArgs {
         config.supernode_ttl = Duration::from_secs(self.supernode_ttl_secs);
         config.announce_requires_source_ip = !self.allow_foreign_announce;
         config.max_connections = self.max_connections;
+        config.throttle.registrations_per_prefix = self.registrations_per_prefix;
+        config.throttle.registration_interval =
+            Duration::from_secs(self.registration_interval_secs.max(1));
         config
     }
 }

@@ -15,7 +15,7 @@ use natter_proto::messages::{
 use rand::RngCore;
 
 use crate::config::Config;
-use crate::hashing::{CpuPool, HashError, PasswordHasher};
+use crate::hashing::{CpuPool, HashError, Lane, PasswordHasher};
 use crate::names::{self, PasswordError};
 use crate::storage::{Store, StoreError, UserRecord};
 use crate::throttle::Throttle;
@@ -38,9 +38,26 @@ fn internal(context: &str, e: &dyn std::fmt::Display) -> ErrorReply {
     error(ErrorCode::Internal, "internal server error")
 }
 
+/// A `THROTTLED` reply asking the client to wait `wait`.
+fn throttled(wait: Duration, what: &str) -> ErrorReply {
+    let ms = u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX);
+    let mut e = error(
+        ErrorCode::Throttled,
+        format!("{what}; retry in {:.1} s", wait.as_secs_f64()),
+    );
+    e.retry_after_ms = ms;
+    e
+}
+
+/// How long a registration refused for a full queue is asked to wait.
+const BUSY_RETRY: Duration = Duration::from_secs(1);
+
 impl From<HashError> for ErrorReply {
     fn from(e: HashError) -> Self {
-        internal("password hashing failed", &e)
+        match e {
+            HashError::Busy => throttled(BUSY_RETRY, "too many registrations in progress"),
+            other => internal("password hashing failed", &other),
+        }
     }
 }
 
@@ -103,9 +120,15 @@ impl LoginService {
     /// A service over `store`, signing with `issuer`.
     pub fn new(store: Store, issuer: Issuer, config: &Config) -> Result<Self, HashError> {
         let pool = CpuPool::new(config.cpu_workers);
+        // Registrations never take every worker: logins always find one.
+        let register_workers = config
+            .register_workers
+            .min(config.cpu_workers.saturating_sub(1))
+            .max(1);
+        let lane = Lane::new(register_workers, config.register_queue);
         Ok(Self {
             store,
-            hasher: PasswordHasher::new(config.argon2, pool)?,
+            hasher: PasswordHasher::new(config.argon2, pool, lane)?,
             issuer: Arc::new(issuer),
             throttle: Throttle::new(config.throttle),
             settings: Settings {
@@ -135,7 +158,7 @@ impl LoginService {
         let id = request.request_id;
         let kind = request.type_name();
         let reply = match request.body {
-            Some(Body::RegisterRequest(r)) => self.register(r).await,
+            Some(Body::RegisterRequest(r)) => self.register(r, peer).await,
             Some(Body::LoginRequest(r)) => self.login(r, peer).await,
             Some(Body::BuddyBlobPut(r)) => self.buddy_put(r, peer).await,
             Some(Body::BuddyBlobGet(r)) => self.buddy_get(r, peer).await,
@@ -154,7 +177,7 @@ impl LoginService {
         Envelope::new(id, body)
     }
 
-    async fn register(&self, r: RegisterRequest) -> Reply {
+    async fn register(&self, r: RegisterRequest, peer: SocketAddr) -> Reply {
         let name =
             names::normalise_name(&r.name).map_err(|e| error(ErrorCode::BadName, e.to_string()))?;
         names::check_password(&r.password).map_err(|e| match e {
@@ -165,6 +188,10 @@ impl LoginService {
         if self.store.user_exists(&name).await? {
             return Err(StoreError::NameTaken.into());
         }
+        // Rate per source prefix, taken before the argon2 run.
+        self.throttle
+            .register(canonical_ip(peer.ip()), Instant::now())
+            .map_err(|wait| throttled(wait, "too many registrations from this network"))?;
         let hash = self.hasher.hash(r.password).await?;
         self.store
             .create_user(&name, &r.name, &hash, now_ms())
@@ -189,20 +216,14 @@ impl LoginService {
             ));
         }
         let ip = canonical_ip(peer.ip());
-        if let Some(wait) = self.throttle.check(&name, ip, Instant::now()) {
-            let ms = u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX);
-            let mut e = error(
-                ErrorCode::Throttled,
-                format!(
-                    "too many failed attempts; retry in {:.1} s",
-                    wait.as_secs_f64()
-                ),
-            );
-            e.retry_after_ms = ms;
-            return Err(e);
-        }
+        // Reserved before any hashing: attempts in flight count at once.
+        // Dropped on an early return (an internal error), it counts nothing.
+        let attempt = self
+            .throttle
+            .begin(&name, ip, Instant::now())
+            .map_err(|wait| throttled(wait, "too many failed attempts"))?;
         let Some(user) = self.store.user(&name).await? else {
-            self.throttle.failure(None, ip, Instant::now());
+            attempt.unknown_user(Instant::now());
             return Err(error(
                 ErrorCode::UnknownUser,
                 format!("no user named {name:?}"),
@@ -213,11 +234,11 @@ impl LoginService {
             .verify(password.to_owned(), user.password_hash.clone())
             .await?
         {
-            self.throttle.failure(Some(&name), ip, Instant::now());
+            attempt.failure(Instant::now());
             tracing::info!(%name, %peer, "wrong password");
             return Err(error(ErrorCode::WrongPassword, "wrong password"));
         }
-        self.throttle.success(&name);
+        attempt.success();
         if user.disabled {
             return Err(error(
                 ErrorCode::AccountDisabled,
@@ -243,7 +264,16 @@ impl LoginService {
         let certificate = self
             .hasher
             .pool()
-            .run(move || issuer.issue(&name, &subject, serial, not_before, not_after))
+            .run(move || {
+                issuer.issue(
+                    &mut rand::rngs::OsRng,
+                    &name,
+                    &subject,
+                    serial,
+                    not_before,
+                    not_after,
+                )
+            })
             .await?;
         self.store
             .record_issuance(&user.name, serial, &fingerprint, now, not_after)

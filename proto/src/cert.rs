@@ -6,11 +6,19 @@
 //! on re-encoding. Signatures are RSASSA-PKCS1-v1_5 with SHA-256: deterministic,
 //! which lets docs/PROTOCOL.md publish signature test vectors that any
 //! implementation can reproduce byte for byte.
+//!
+//! The issuer's private-key operation is blinded ([`sign_blinded`], used by
+//! [`Issuer::issue`]): an attacker triggers it at will with their own logins,
+//! and the `rsa` crate's unblinded operation leaks timing (RUSTSEC-2023-0071).
+//! Blinding changes only the computation, not the result: PKCS#1 v1.5 is
+//! deterministic, so blinded and unblinded signatures are the same bytes. The
+//! caller passes the randomness (this crate reads no OS RNG).
 
 use prost::Message;
+use rand_core::CryptoRngCore;
 use rsa::pkcs1::{DecodeRsaPublicKey, EncodeRsaPublicKey};
 use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
-use rsa::signature::{SignatureEncoding, Signer, Verifier};
+use rsa::signature::{RandomizedSigner, SignatureEncoding, Signer, Verifier};
 use rsa::traits::PublicKeyParts;
 use rsa::{RsaPrivateKey, RsaPublicKey};
 use sha2::{Digest, Sha256};
@@ -90,10 +98,22 @@ pub fn fingerprint(key: &RsaPublicKey) -> String {
         .collect()
 }
 
-/// Signs `message` with RSASSA-PKCS1-v1_5 / SHA-256.
+/// Signs `message` with RSASSA-PKCS1-v1_5 / SHA-256, without blinding.
+///
+/// For a user's own key (join proofs, signed shares); the login server's
+/// issuer signs with [`sign_blinded`].
 pub fn sign(key: &RsaPrivateKey, message: &[u8]) -> Vec<u8> {
     SigningKey::<Sha256>::new(key.clone())
         .sign(message)
+        .to_vec()
+}
+
+/// Signs `message` with RSASSA-PKCS1-v1_5 / SHA-256, the private-key
+/// operation blinded with fresh randomness from `rng` (drawn on every call).
+/// The signature is byte for byte the one [`sign`] makes.
+pub fn sign_blinded(key: &RsaPrivateKey, rng: &mut impl CryptoRngCore, message: &[u8]) -> Vec<u8> {
+    SigningKey::<Sha256>::new(key.clone())
+        .sign_with_rng(rng, message)
         .to_vec()
 }
 
@@ -129,9 +149,11 @@ impl Issuer {
     }
 
     /// Certifies that `name` owns `subject` from `not_before` to `not_after`
-    /// (unix seconds).
+    /// (unix seconds). The signature is blinded with randomness from `rng`
+    /// (the login server passes the OS RNG).
     pub fn issue(
         &self,
+        rng: &mut impl CryptoRngCore,
         name: &str,
         subject: &RsaPublicKey,
         serial: u64,
@@ -148,7 +170,7 @@ impl Issuer {
             issuer_key_id: self.key_id.to_vec(),
         }
         .encode_to_vec();
-        let signature = sign(&self.key, &body);
+        let signature = sign_blinded(&self.key, rng, &body);
         Certificate { body, signature }
     }
 }

@@ -64,7 +64,14 @@ fn expired_early_forged_and_foreign_certificates_get_distinct_errors() {
     );
     // Foreign: a real certificate from another login server.
     let other = natter_proto::cert::Issuer::new(key("bob"));
-    let foreign = other.issue("alice", &key("alice").to_public_key(), 1, NOW - 1, NOW + 60);
+    let foreign = other.issue(
+        &mut common::blinding_rng(),
+        "alice",
+        &key("alice").to_public_key(),
+        1,
+        NOW - 1,
+        NOW + 60,
+    );
     assert_eq!(
         cert::verify(&foreign, &login_key, NOW),
         Err(CertError::WrongIssuer)

@@ -109,6 +109,7 @@ fn compute() -> Vec<(&'static str, String)> {
     let issuer = Issuer::new(common::key("issuer"));
     v.push(("cert.issuer_key_id", h(cert::key_id(&issuer.public_key()))));
     let certificate = issuer.issue(
+        &mut common::blinding_rng(),
         "alice",
         &common::key("alice").to_public_key(),
         1,

@@ -174,9 +174,14 @@ impl Keys {
     /// A certificate for `name` (valid for an hour) on the shared key.
     fn identity(&self, name: &str, serial: u64) -> Identity {
         let now = unix_now();
-        let certificate = self
-            .issuer
-            .issue(name, &self.user_public, serial, now - 300, now + 3600);
+        let certificate = self.issuer.issue(
+            &mut StdRng::seed_from_u64(serial),
+            name,
+            &self.user_public,
+            serial,
+            now - 300,
+            now + 3600,
+        );
         Identity {
             key: self.user_key.clone(),
             certificate,

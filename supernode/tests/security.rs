@@ -34,7 +34,14 @@ async fn bad_certificates_and_proofs_are_refused() {
 
     // Issued by another "login server" (alice's own key).
     let rogue = Issuer::new(user_key("dave").clone());
-    let forged = rogue.issue("alice", &alice_key.to_public_key(), 9, now - 60, now + 3600);
+    let forged = rogue.issue(
+        &mut rand::rngs::OsRng,
+        "alice",
+        &alice_key.to_public_key(),
+        9,
+        now - 60,
+        now + 3600,
+    );
     let (code, detail, conn) = refused(try_join(addr, "alice", forged, alice_key).await.unwrap());
     assert_eq!(code, ErrorCode::CertificateRejected);
     assert!(detail.contains("another login server"), "{detail}");
@@ -53,6 +60,7 @@ async fn bad_certificates_and_proofs_are_refused() {
 
     // Expired.
     let expired = issuer().issue(
+        &mut rand::rngs::OsRng,
         "alice",
         &alice_key.to_public_key(),
         2,

@@ -12,13 +12,16 @@ use natter_client::LoginClient;
 use natter_login::{Argon2Config, Config, LoginServer, ThrottleConfig};
 use rsa::RsaPrivateKey;
 
-/// A config with a cheap argon2 cost and a lenient throttle.
+/// A config with a cheap argon2 cost, a lenient throttle and room for every
+/// registration a test sends at once.
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir);
     config.argon2 = Argon2Config::insecure_for_tests();
+    config.register_queue = 1000;
     config.throttle = ThrottleConfig {
         free_failures_per_name: 100,
         free_failures_per_addr: 1000,
+        registrations_per_prefix: 1000,
         ..ThrottleConfig::default()
     };
     config
@@ -77,10 +80,21 @@ pub async fn tcp_client(server: &LoginServer) -> LoginClient {
 pub async fn raw_tls(
     server: &LoginServer,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    raw_tls_from(server, std::net::Ipv4Addr::LOCALHOST).await
+}
+
+/// [`raw_tls`] from the loopback source address `source` (any 127.x.y.z:
+/// 127.0.1.x and 127.0.2.x are different /24 prefixes to the server).
+pub async fn raw_tls_from(
+    server: &LoginServer,
+    source: std::net::Ipv4Addr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let config = natter_client::tls::tcp_client_config(&pinned_key(server)).unwrap();
-    let tcp = tokio::net::TcpStream::connect(server.tcp_addr().unwrap())
-        .await
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from((source, 0)))
         .unwrap();
+    let tcp = socket.connect(server.tcp_addr().unwrap()).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from(natter_client::tls::TLS_SERVER_NAME)
         .unwrap()
         .to_owned();

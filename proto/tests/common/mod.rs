@@ -15,6 +15,11 @@ pub fn key(name: &str) -> RsaPrivateKey {
     RsaPrivateKey::from_pkcs8_pem(&pem).expect("test key parses")
 }
 
+/// A seeded generator for the issuer's blinding (signatures do not depend on it).
+pub fn blinding_rng() -> rand_chacha::ChaCha20Rng {
+    rand_core::SeedableRng::seed_from_u64(0x6e61_7474)
+}
+
 pub fn issuer() -> Issuer {
     Issuer::new(key("issuer"))
 }
@@ -22,6 +27,13 @@ pub fn issuer() -> Issuer {
 /// An identity for `name` with a fresh one-day certificate from the test issuer.
 pub fn identity(name: &str, key_name: &str) -> Identity {
     let key = key(key_name);
-    let certificate = issuer().issue(name, &key.to_public_key(), 7, NOW - 60, NOW + DAY);
+    let certificate = issuer().issue(
+        &mut blinding_rng(),
+        name,
+        &key.to_public_key(),
+        7,
+        NOW - 60,
+        NOW + DAY,
+    );
     Identity { key, certificate }
 }

@@ -68,7 +68,14 @@ pub fn user_key(name: &str) -> &'static RsaPrivateKey {
 pub fn identity(name: &str) -> Identity {
     let key = user_key(name).clone();
     let now = now_secs();
-    let certificate = issuer().issue(name, &key.to_public_key(), 1, now - 300, now + 3600);
+    let certificate = issuer().issue(
+        &mut rand::rngs::OsRng,
+        name,
+        &key.to_public_key(),
+        1,
+        now - 300,
+        now + 3600,
+    );
     Identity { key, certificate }
 }
 

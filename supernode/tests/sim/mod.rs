@@ -642,7 +642,14 @@ impl Sim {
         let index = self.clients.len();
         let key = key_for(index);
         let now = self.now().unix_secs();
-        let certificate = issuer().issue(name, &key.to_public_key(), 1, now - 300, now + 3600);
+        let certificate = issuer().issue(
+            &mut StdRng::seed_from_u64(index as u64),
+            name,
+            &key.to_public_key(),
+            1,
+            now - 300,
+            now + 3600,
+        );
         self.clients.push(SimClient {
             name: name.to_owned(),
             key,
