@@ -38,8 +38,10 @@ pub enum FrameError {
     BufferFull { buffered: usize },
 }
 
-/// Appends `envelope` as one frame to `out`.
-pub fn encode_frame(envelope: &Envelope, out: &mut Vec<u8>) -> Result<(), FrameError> {
+/// The length `envelope` would have in a frame (without the prefix), or
+/// why it cannot be framed: the check [`encode_frame`] makes, without
+/// encoding.
+pub fn frame_len(envelope: &Envelope) -> Result<usize, FrameError> {
     let len = envelope.encoded_len();
     if len > MAX_FRAME_LEN {
         return Err(FrameError::TooLarge {
@@ -50,6 +52,12 @@ pub fn encode_frame(envelope: &Envelope, out: &mut Vec<u8>) -> Result<(), FrameE
     if len == 0 {
         return Err(FrameError::Empty);
     }
+    Ok(len)
+}
+
+/// Appends `envelope` as one frame to `out`.
+pub fn encode_frame(envelope: &Envelope, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    let len = frame_len(envelope)?;
     out.reserve(LENGTH_PREFIX_LEN + len);
     // `len <= MAX_FRAME_LEN` so it fits in a u32.
     out.extend_from_slice(&(len as u32).to_be_bytes());

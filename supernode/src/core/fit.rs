@@ -11,9 +11,9 @@ use prost::Message;
 /// grow by a byte or two as a list grows.
 const SLACK: usize = 16;
 
-/// Whether `envelope` fits one frame.
+/// Whether `envelope` fits one frame (the framing's own check).
 pub(crate) fn fits(envelope: &Envelope) -> bool {
-    envelope.encoded_len() <= MAX_FRAME_LEN
+    natter_proto::frame::frame_len(envelope).is_ok()
 }
 
 /// The bytes one element adds to a repeated message field (numbers 1 to 15):

@@ -316,14 +316,14 @@ impl Sim {
     /// Carries out everything node `i` wants done.
     fn drain(&mut self, i: usize) {
         while let Some(output) = self.nodes[i].node.poll_output() {
-            // What is carried goes through the real framing first.
+            // What is carried passes the real framing's check first.
             let envelope = match &output {
                 Output::ToSession(session, e) if self.client_of(*session).is_some() => Some(e),
                 Output::ToLink(link, e) if self.links.contains_key(link) => Some(e),
                 Output::Dial { hello: e, .. } => Some(e),
                 _ => None,
             };
-            let fits = envelope.is_none_or(|e| natter_proto::frame::to_frame(e).is_ok());
+            let fits = envelope.is_none_or(|e| natter_proto::frame::frame_len(e).is_ok());
             if !fits {
                 self.oversize += 1;
                 continue;
