@@ -19,7 +19,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(invite) = CallSignal::decode_length_delimited(&mut data) else {
         return;
     };
-    let Some(mut setup) = CallSetup::incoming(&invite, "bob", ISSUER.public_key(), NOW_S, 0, 30_000)
+    let Some(mut setup) =
+        CallSetup::incoming(&invite, "bob", ISSUER.public_key(), NOW_S, 0, 30_000)
     else {
         assert!(!matches!(invite.kind, Some(Kind::Invite(_))) || invite.invite_id.len() != 16);
         return;
@@ -36,7 +37,10 @@ fuzz_target!(|data: &[u8]| {
             events += 1;
             assert!(events <= 64, "the event queue is not bounded");
             if let CallEvent::Incoming { caller } = event {
-                assert_eq!(caller.name, invite.from, "certificate name is not the sender's");
+                assert_eq!(
+                    caller.name, invite.from,
+                    "certificate name is not the sender's"
+                );
                 let Some(Kind::Invite(i)) = &invite.kind else {
                     panic!("Incoming without an invite");
                 };

@@ -18,7 +18,8 @@ fuzz_target!(|data: &[u8]| {
         match cert::verify(&certificate, &issuer, NOW_S) {
             Ok(verified) => {
                 // Only the issuer's own signature gets here: the body is its.
-                let body = CertificateBody::decode(certificate.body.as_slice()).expect("signed body");
+                let body =
+                    CertificateBody::decode(certificate.body.as_slice()).expect("signed body");
                 assert_eq!(verified.name, body.name);
                 assert!(verified.not_before <= NOW_S && NOW_S < verified.not_after);
             }
@@ -27,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if let Ok(body) = CertificateBody::decode(data) {
-        assert_eq!(CertificateBody::decode(body.encode_to_vec().as_slice()), Ok(body));
+        assert_eq!(
+            CertificateBody::decode(body.encode_to_vec().as_slice()),
+            Ok(body)
+        );
     }
     if let Ok(key) = parse_public_key(data) {
         assert_eq!(parse_public_key(&public_key_der(&key)), Ok(key));

@@ -4,7 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use natter_proto::frame::{FrameError, LENGTH_PREFIX_LEN, MAX_FRAME_LEN, decode_envelope, to_frame};
+use natter_proto::frame::{
+    FrameError, LENGTH_PREFIX_LEN, MAX_FRAME_LEN, decode_envelope, to_frame,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(envelope) = decode_envelope(data) else {

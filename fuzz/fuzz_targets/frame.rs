@@ -21,7 +21,10 @@ fn decode(stream: &[u8], read: usize) -> Vec<Result<Envelope, FrameError>> {
             let failed = frame.is_err();
             out.push(frame);
             if failed {
-                assert!(decoder.poll_frame().is_none(), "a failed stream stays failed");
+                assert!(
+                    decoder.poll_frame().is_none(),
+                    "a failed stream stays failed"
+                );
                 return out;
             }
         }

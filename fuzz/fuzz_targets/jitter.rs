@@ -36,6 +36,9 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
         }
-        assert!(buffer.depth() <= config.capacity, "jitter buffer over capacity");
+        assert!(
+            buffer.depth() <= config.capacity,
+            "jitter buffer over capacity"
+        );
     }
 });

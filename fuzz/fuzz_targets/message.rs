@@ -17,7 +17,9 @@ fuzz_target!(|envelope: Envelope| {
         Err(e) => panic!("encoding failed: {e}"),
     };
     let mut decoder = FrameDecoder::default();
-    decoder.handle_data(&frame).expect("one frame fits the decoder");
+    decoder
+        .handle_data(&frame)
+        .expect("one frame fits the decoder");
     match decoder.poll_frame() {
         Some(Ok(decoded)) => assert_eq!(decoded, envelope),
         Some(Err(FrameError::MissingBody)) => assert!(envelope.body.is_none()),

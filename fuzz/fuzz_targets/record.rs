@@ -20,7 +20,10 @@ fn decode(stream: &[u8], read: usize) -> Vec<Result<Record, RecordError>> {
             let failed = record.is_err();
             out.push(record);
             if failed {
-                assert!(decoder.poll_record().is_none(), "a failed stream stays failed");
+                assert!(
+                    decoder.poll_record().is_none(),
+                    "a failed stream stays failed"
+                );
                 return out;
             }
         }

@@ -22,7 +22,10 @@ fuzz_target!(|data: &[u8]| {
     }
     // The client side: a reply from its relay.
     let relay = "192.0.2.1:3478".parse().expect("address");
-    let token: [u8; 16] = data.get(7..23).and_then(|t| t.try_into().ok()).unwrap_or([0; 16]);
+    let token: [u8; 16] = data
+        .get(7..23)
+        .and_then(|t| t.try_into().ok())
+        .unwrap_or([0; 16]);
     let mut binds = RelayBinds::default();
     binds.add(RelayLeg { addr: relay, token });
     let _ = binds.poll(0);

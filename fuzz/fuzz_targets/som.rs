@@ -39,9 +39,13 @@ fuzz_target!(|data: &[u8]| {
     let function = Function::ALL[usize::from(f) % Function::ALL.len()];
     let mut sealer = Sealer::new(&keys, u16::from_be_bytes([hi, lo]) & 0x7FFF);
     let mut sealed = Vec::new();
-    let index = sealer.seal(function, f >> 4, plaintext, &mut sealed).expect("seals");
+    let index = sealer
+        .seal(function, f >> 4, plaintext, &mut sealed)
+        .expect("seals");
     let mut opener = Opener::new(&keys);
-    let opened = opener.open(&sealed, &mut plain).expect("a sealed datagram opens");
+    let opened = opener
+        .open(&sealed, &mut plain)
+        .expect("a sealed datagram opens");
     assert_eq!(opened.index, index);
     assert_eq!(opened.header.function, function);
     assert_eq!(plain, plaintext);
