@@ -218,6 +218,11 @@ impl JitterBuffer {
                 lowest
             }
         };
+        // Frames filed before playout started can lie beyond the window that
+        // later arrivals are held to: drop them, so the buffer holds at most
+        // `capacity` frames and they are not taken for excess delay.
+        let beyond = self.frames.split_off(&(next + self.config.capacity as u64));
+        self.stats.too_early += beyond.len() as u64;
         // Too much buffered for the current jitter: skip one old frame.
         let excess = self.frames.range(next..).count() as u32;
         let mut next = next;

@@ -1,0 +1,34 @@
+//! Relay bind datagrams: `proto::relay::decode_bind` (what a supernode's
+//! relay parses from any UDP source) and `decode_bind_reply` / the client's
+//! `RelayBinds::handle`. Total; a decoded bind or reply re-encodes to the
+//! same bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use natter_proto::relay::{
+    BIND_LEN, RelayBinds, RelayLeg, decode_bind, decode_bind_reply, encode_bind, encode_bind_reply,
+};
+use natter_proto::som::Header;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(token) = decode_bind(data) {
+        let (header, _) = Header::decode(data).expect("a bind has a SoM header");
+        assert_eq!(encode_bind(&token, header.msg_id, header.random), data);
+    }
+    if let Ok((token, status)) = decode_bind_reply(data) {
+        let bind = &data[..BIND_LEN];
+        assert_eq!(decode_bind(bind), Ok(token));
+        assert_eq!(encode_bind_reply(bind, status), data);
+    }
+    // The client side: a reply from its relay.
+    let relay = "192.0.2.1:3478".parse().expect("address");
+    let token: [u8; 16] = data
+        .get(7..23)
+        .and_then(|t| t.try_into().ok())
+        .unwrap_or([0; 16]);
+    let mut binds = RelayBinds::default();
+    binds.add(RelayLeg { addr: relay, token });
+    let _ = binds.poll(0);
+    let was_reply = binds.handle(relay, data);
+    assert_eq!(was_reply, decode_bind_reply(data).is_ok());
+});

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus fuzz/corpus/<target>/ from the test vectors of
+docs/PROTOCOL.md (checked against the code by proto/tests/vectors.rs) and
+the RFC 5769 STUN vector. Run from anywhere: python3 fuzz/seeds.py
+The files are committed; rerun after a deliberate change of the vectors."""
+
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parent
+DOC = ROOT.parent / "docs" / "PROTOCOL.md"
+
+
+def vectors():
+    out, inside = {}, False
+    for line in DOC.read_text().splitlines():
+        t = line.strip()
+        if t.startswith("```"):
+            inside = t == "```test-vectors"
+            continue
+        if inside and " = " in t:
+            k, v = t.split(" = ", 1)
+            out[k.strip()] = bytes.fromhex(v.strip())
+    return out
+
+
+def varint(n):
+    b = bytearray()
+    while True:
+        if n < 0x80:
+            b.append(n)
+            return bytes(b)
+        b.append((n & 0x7F) | 0x80)
+        n >>= 7
+
+
+def field(number, value):
+    """A length-delimited protobuf field."""
+    return varint(number << 3 | 2) + varint(len(value)) + value
+
+
+def write(target, name, data):
+    d = ROOT / "corpus" / target
+    d.mkdir(parents=True, exist_ok=True)
+    (d / name).write_bytes(data)
+
+
+v = vectors()
+frames = [v["frame.ping"], v["frame.login_request"]]
+# frame: first byte = read size, then the stream.
+write("frame", "ping", b"\x03" + frames[0])
+write("frame", "login_request", b"\x07" + frames[1])
+write("frame", "both", b"\x40" + frames[0] + frames[1])
+# envelope: one envelope, without its length prefix.
+write("envelope", "ping", frames[0][4:])
+write("envelope", "login_request", frames[1][4:])
+# record: first byte = read size, then the stream.
+records = ["record.envelope_ping", "record.datagram", "record.close", "record.keepalive"]
+for r in records:
+    write("record", r.split(".")[1], b"\x05" + v[r])
+write("record", "all", b"\x11" + b"".join(v[r] for r in records))
+# som: the sealed vector datagram opens with the fuzz target's key.
+write("som", "datagram", v["som.datagram"])
+# relay: a bind (SoM header, CONNECT, "NRLY", token) and its reply.
+bind = bytes([0x00, 0x01, 0x03]) + b"NRLY" + bytes(range(16))
+write("relay", "bind", bind)
+write("relay", "bind_reply", bind + b"\x00")
+# stun: RFC 5769 section 2.2 response, and a bare binding request.
+write("stun", "rfc5769_response", bytes.fromhex(
+    "0101003c2112a442b7e7a701bc34d686fa87dfae8022000b7465737420766563746f7220"
+    "002000080001a147e112a643000800142b91f599fd9e90c38c7489f92af9ba53f06be7d7"
+    "80280004c07d4c96"))
+write("stun", "request", bytes.fromhex("000100002112a442") + bytes(range(12)))
+# cert: the vector certificate (valid at the target's clock), its body.
+certificate = field(1, v["cert.body"]) + field(2, v["cert.signature"])
+write("cert", "certificate", certificate)
+write("cert", "body", v["cert.body"])
+# call: alice's invite from the vectors (her certificate, the share she
+# signed for invite 00..0f), then a hangup; length-delimited CallSignals.
+share = field(1, v["kdf.caller_public"]) + field(2, v["share.signature_alice"]) + field(3, certificate)
+invite = field(1, v["kdf.invite_id"]) + field(2, b"alice") + field(3, b"bob") + field(10, field(1, share))
+hangup = field(1, v["kdf.invite_id"]) + field(2, b"alice") + field(15, b"\x08\x01")
+write("call", "invite_hangup", varint(len(invite)) + invite + varint(len(hangup)) + hangup)
+# name and report: plain text.
+write("name", "alice", b"alice")
+write("name", "mixed", b"Alice.B_c-9")
+write("report", "minimal", b'{"peer":"bob","path":"direct","duration_s":1.5}')
+# Structured targets (inputs built with `arbitrary`): any bytes are an
+# input; the vectors' bytes give them a start.
+write("message", "vectors", frames[0] + frames[1])
+write("session", "vectors", v["som.datagram"] + v["record.datagram"] + certificate[:64])
+write("jitter", "vectors", v["som.datagram"] + v["som.plaintext"])
+write("node", "vectors", frames[0] + frames[1] + v["record.close"])

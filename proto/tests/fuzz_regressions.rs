@@ -1,0 +1,35 @@
+//! Inputs found by the fuzz targets of `fuzz/` (docs/SECURITY.md, "Fuzzing"),
+//! each kept as the smallest test that failed before its fix.
+
+#![allow(clippy::unwrap_used)]
+
+use natter_proto::jitter::{JitterBuffer, JitterConfig, Playout};
+
+/// fuzz target `jitter`: frames a peer sent before playout started, far
+/// ahead of the first one, stayed in the buffer beside the `capacity`
+/// frames of the playout window (up to twice the capacity), and counted as
+/// "too much buffered", so every frame that then arrived on time was skipped.
+#[test]
+fn frames_beyond_the_window_when_playout_starts_are_dropped() {
+    let config = JitterConfig::default();
+    let mut jb = JitterBuffer::new(config);
+    jb.handle_frame(0, vec![0], 0).unwrap();
+    // Before playout there is no window yet: these are accepted...
+    let far = config.capacity as u16 - 1;
+    for i in 0..far {
+        jb.handle_frame(1000 + i, vec![0xee], 0).unwrap();
+    }
+    assert_eq!(jb.depth(), config.capacity);
+    // ...and playout starts at frame 0: the window is 1..=capacity from here.
+    assert_eq!(jb.poll_playout(1_000), Some(Playout::Frame(vec![0])));
+    for n in 1..=(config.capacity as u16) {
+        jb.handle_frame(n, vec![n as u8], 1_000 + u64::from(n) * 20)
+            .unwrap();
+        assert!(jb.depth() <= config.capacity, "{} frames held", jb.depth());
+        assert_eq!(
+            jb.poll_playout(1_000 + u64::from(n) * 20),
+            Some(Playout::Frame(vec![n as u8])),
+            "frame {n} arrived in time and was not played"
+        );
+    }
+}
