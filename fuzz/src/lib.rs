@@ -40,7 +40,16 @@ pub static ISSUER: LazyLock<Issuer> =
 /// An identity with a certificate from [`ISSUER`], valid at [`NOW_S`].
 pub fn identity(name: &str, pem: &str) -> Identity {
     let key = key(pem);
-    let certificate = ISSUER.issue(name, &key.to_public_key(), 7, NOW_S - 100, NOW_S + 86_400);
+    // Blinding draws randomness but the signature bytes are the same as
+    // unblinded (PKCS#1 v1.5 is deterministic), so the seeds stay valid.
+    let certificate = ISSUER.issue(
+        &mut rsa::rand_core::OsRng,
+        name,
+        &key.to_public_key(),
+        7,
+        NOW_S - 100,
+        NOW_S + 86_400,
+    );
     Identity { key, certificate }
 }
 
