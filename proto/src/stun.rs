@@ -247,7 +247,14 @@ impl Message {
                 ATTR_PADDING => msg.padding = len,
                 ATTR_ERROR_CODE => {
                     let code = value.get(2..4).ok_or(StunError::BadAttribute(attr))?;
-                    msg.error_code = Some(u16::from(code[0] & 7) * 100 + u16::from(code[1]));
+                    // RFC 8489 14.8: class 3..=6, number 0..=99; anything
+                    // else has no code to stand for (and would not encode
+                    // back to the same bytes).
+                    let (class, number) = (code[0] & 7, code[1]);
+                    if !(3..=6).contains(&class) || number > 99 {
+                        return Err(StunError::BadAttribute(attr));
+                    }
+                    msg.error_code = Some(u16::from(class) * 100 + u16::from(number));
                 }
                 ATTR_FINGERPRINT => {
                     let got: [u8; 4] = value

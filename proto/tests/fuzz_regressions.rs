@@ -33,3 +33,24 @@ fn frames_beyond_the_window_when_playout_starts_are_dropped() {
         );
     }
 }
+
+/// Found by the `stun` fuzz target: an ERROR-CODE with number 250 decoded as
+/// code 850 and encoded back as 50, so decoding was not canonical. A class
+/// outside 3..=6 or a number over 99 is now a malformed attribute.
+#[test]
+fn an_error_code_out_of_range_is_malformed() {
+    use natter_proto::stun::{Message, StunError};
+    let data: &[u8] = &[
+        1, 1, 0, 60, 33, 18, 164, 66, 183, 231, 167, 1, 188, 52, 214, 134, 250, 135, 223, 174, 128,
+        34, 0, 11, 116, 101, 115, 116, 32, 118, 101, 99, 116, 111, 114, 32, 0, 32, 0, 8, 0, 1, 161,
+        71, 225, 18, 166, 67, 0, 9, 0, 20, 43, 145, 134, 250, 135, 223, 174, 128, 34, 0, 11, 116,
+        101, 115, 116, 32, 118, 101, 99, 215, 37, 40, 0, 4, 192, 125, 76, 150,
+    ];
+    assert_eq!(Message::decode(data), Err(StunError::BadAttribute(0x0009)));
+    // Every valid code still round-trips.
+    for code in [300, 420, 487, 500, 699] {
+        let mut m = Message::request([7; 12]);
+        m.error_code = Some(code);
+        assert_eq!(Message::decode(&m.encode()), Ok(m));
+    }
+}
