@@ -50,10 +50,7 @@ impl Netns {
     /// A namespace with only a loopback interface; `loss_percent` of the
     /// UDP packets on it are dropped (nftables numgen, no netem here): every
     /// (100 / `loss_percent`)-th packet, counted over all UDP in the
-    /// namespace. The loss is a fixed pattern, not random: random loss comes
-    /// in bursts now and then, so the audio score of the same call was a
-    /// random variable straddling the test's threshold (a flaky test);
-    /// spread loss is what the FEC assertions are about.
+    /// namespace, so the loss a call sees does not vary from run to run.
     pub fn new(tag: &str, loss_percent: u32) -> Self {
         let name = format!("natter-t{}-{tag}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
