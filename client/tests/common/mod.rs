@@ -48,9 +48,7 @@ fn sh(args: &[&str]) {
 
 impl Netns {
     /// A namespace with only a loopback interface; `loss_percent` of the
-    /// UDP packets on it are dropped (nftables numgen, no netem here): every
-    /// (100 / `loss_percent`)-th packet, counted over all UDP in the
-    /// namespace, so the loss a call sees does not vary from run to run.
+    /// packets on it are dropped at random (nftables numgen, no netem here).
     pub fn new(tag: &str, loss_percent: u32) -> Self {
         let name = format!("natter-t{}-{tag}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
@@ -60,14 +58,9 @@ impl Netns {
             "ip", "netns", "exec", &ns.name, "ip", "link", "set", "lo", "up",
         ]);
         if loss_percent > 0 {
-            assert!(
-                100 % loss_percent == 0,
-                "loss_percent must divide 100, got {loss_percent}"
-            );
-            let period = 100 / loss_percent;
             let rules = format!(
                 "table inet loss {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    \
-                 meta l4proto udp numgen inc mod {period} == 0 drop\n  }}\n}}\n"
+                 meta l4proto udp numgen random mod 100 < {loss_percent} drop\n  }}\n}}\n"
             );
             nft(&ns.name, &rules);
         }
