@@ -483,6 +483,7 @@ async fn run_media(
                             from: String::new(),
                             to: signal.from.clone(),
                             kind: Some(call_signal::Kind::Busy(Default::default())),
+                            mac: Vec::new(),
                         };
                         let _ = send_signal(session, busy).await;
                     }

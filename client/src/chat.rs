@@ -29,6 +29,7 @@ pub fn message(from: &str, to: &str, text: &str, now_ms: i64) -> ChatMessage {
         to: to.to_owned(),
         text: text.to_owned(),
         sent_at: now_ms,
+        sealed: Vec::new(),
     }
 }
 

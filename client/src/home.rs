@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `identity.key` | RSA-2048 private key, PKCS#8 PEM |
 //! | `identity.cert` | the certificate, an encoded `natter.v1.Certificate` |
+//! | `chat.key` | the X25519 chat secret (32 bytes), kept across logins so chat sent to an older certificate's key still opens |
 //! | `buddies.txt`, `buddies.version` | the buddy list, see [`crate::buddy_list`] |
 //! | `inbox.txt` | received chat, see [`crate::inbox`] |
 //! | `hostcache.txt` | the host cache, see [`crate::hostcache`] |
@@ -34,6 +35,8 @@ use crate::overlay::{Overlay, OverlayConfig};
 pub const KEY_FILE: &str = "identity.key";
 /// Certificate file.
 pub const CERT_FILE: &str = "identity.cert";
+/// X25519 chat secret file.
+pub const CHAT_KEY_FILE: &str = "chat.key";
 /// The home directory when `--home` is not given: `$HOME/.natter`.
 pub const DEFAULT_DIR: &str = ".natter";
 
@@ -170,6 +173,23 @@ impl Home {
         Ok(())
     }
 
+    /// The X25519 chat secret, generated (from the OS RNG) and stored
+    /// (mode 0600) on first use; the same across logins.
+    pub fn chat_secret(&self) -> Result<[u8; cert::CHAT_KEY_LEN], ClientError> {
+        let path = self.file(CHAT_KEY_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => <[u8; cert::CHAT_KEY_LEN]>::try_from(bytes.as_slice())
+                .map_err(|_| ClientError::file(&path, "is not a 32-byte chat key")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut secret = [0u8; cert::CHAT_KEY_LEN];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+                natter_fsutil::write_private(&path, &secret)?;
+                Ok(secret)
+            }
+            Err(e) => Err(ClientError::file(&path, e)),
+        }
+    }
+
     /// The name on the stored certificate, without verifying it.
     pub fn stored_name(&self) -> Option<String> {
         let bytes = fs::read(self.file(CERT_FILE)).ok()?;
@@ -215,8 +235,19 @@ impl Home {
                 "does not match the stored certificate",
             ));
         }
+        let chat_secret = self.chat_secret()?;
+        if cert::chat_public(&chat_secret) != verified.chat_key {
+            return Err(ClientError::file(
+                &self.file(CHAT_KEY_FILE),
+                "does not match the stored certificate's chat key",
+            ));
+        }
         Ok(Session {
-            identity: Identity { key, certificate },
+            identity: Identity {
+                key,
+                certificate,
+                chat_secret,
+            },
             verified,
         })
     }
@@ -247,9 +278,10 @@ impl Home {
             return Ok(LoginStatus::Reused(session));
         }
         let key = generate_key().await?;
+        let chat_secret = self.chat_secret()?;
         let client = LoginClient::connect_to(&target.into(), login_key.clone()).await?;
         let transport = client.transport();
-        let outcome = client.login(name, password, &key).await;
+        let outcome = client.login(name, password, &key, &chat_secret).await;
         client.close().await;
         let outcome = outcome?;
         self.save(&key, &outcome.certificate)?;
@@ -258,6 +290,7 @@ impl Home {
                 identity: Identity {
                     key,
                     certificate: outcome.certificate,
+                    chat_secret,
                 },
                 verified: outcome.verified,
             },

@@ -94,6 +94,7 @@ mod tests {
             to: "alice".to_owned(),
             text: text.to_owned(),
             sent_at,
+            ..Default::default()
         }
     }
 

@@ -477,19 +477,24 @@ impl LoginClient {
         }
     }
 
-    /// Logs in with `key`'s public half and checks the returned certificate:
-    /// it must verify against the pinned key, name this user and certify `key`.
+    /// Logs in with `key`'s public half and the chat key of `chat_secret`,
+    /// and checks the returned certificate: it must verify against the
+    /// pinned key, name this user and certify both keys.
     pub async fn login(
         &self,
         name: &str,
         password: &str,
         key: &RsaPrivateKey,
+        chat_secret: &[u8; cert::CHAT_KEY_LEN],
     ) -> Result<LoginOutcome, ClientError> {
         let public = key.to_public_key();
+        let chat_key = cert::chat_public(chat_secret);
         let body = Body::LoginRequest(LoginRequest {
             name: name.to_owned(),
             password: password.to_owned(),
             public_key: cert::public_key_der(&public),
+            chat_key: chat_key.to_vec(),
+            proof: Vec::new(),
         });
         let reply = match self.request(body, name).await? {
             Body::LoginReply(r) => r,
@@ -512,7 +517,7 @@ impl LoginClient {
                 verified.name
             )));
         }
-        if verified.public_key != public {
+        if verified.public_key != public || verified.chat_key != chat_key {
             return Err(ClientError::BadCertificate(
                 "certificate is for another key".into(),
             ));

@@ -82,6 +82,7 @@ mod tests {
             status: PresenceStatus::Away as i32,
             supernode: None,
             last_seen: 1_800_000_000_999,
+            ..Default::default()
         };
         let found = Found::from_reply(&reply).expect("found");
         assert_eq!(found.status, PresenceStatus::Away);

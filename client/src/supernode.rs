@@ -19,7 +19,7 @@ use natter_net::{
     DialError, DialPlan, EnvelopeRecv, Mux, MuxConfig, MuxError, NetError, Pushes, Transport,
     TransportSettings,
 };
-use natter_proto::cert::{Identity, join_proof_message};
+use natter_proto::cert::Identity;
 use natter_proto::messages::{
     Envelope, ErrorCode, ErrorReply, HostCacheEntry, JoinHello, JoinProof, envelope,
 };
@@ -241,8 +241,19 @@ impl SupernodeSession {
             envelope::Body::Error(e) => return Err(refused(addr, e)),
             other => return Err(SessionError::Unexpected(other.type_name())),
         };
-        let signature = identity.sign(&join_proof_message(&challenge.node_id, &challenge.nonce));
-        let proof = Envelope::new(2, envelope::Body::JoinProof(JoinProof { signature }));
+        let signature = identity.sign(&natter_proto::binding::join_proof_message(
+            &[0u8; 32],
+            &challenge.node_id,
+            &challenge.nonce,
+            &[],
+        ));
+        let proof = Envelope::new(
+            2,
+            envelope::Body::JoinProof(JoinProof {
+                signature,
+                ..JoinProof::default()
+            }),
+        );
         send.send(&proof).await.map_err(connect)?;
         let accepted = match next_body(&mut recv, addr).await? {
             envelope::Body::JoinAccepted(a) => a,

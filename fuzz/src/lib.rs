@@ -44,13 +44,20 @@ pub fn identity(name: &str, pem: &str) -> Identity {
     // unblinded (PKCS#1 v1.5 is deterministic), so the seeds stay valid.
     let certificate = ISSUER.issue(
         &mut rsa::rand_core::OsRng,
-        name,
-        &key.to_public_key(),
+        &natter_proto::cert::Subject::User {
+            name,
+            key: &key.to_public_key(),
+            chat_key: natter_proto::cert::chat_public(&[0x11; 32]),
+        },
         7,
         NOW_S - 100,
         NOW_S + 86_400,
     );
-    Identity { key, certificate }
+    Identity {
+        key,
+        certificate,
+        chat_secret: [0x11; 32],
+    }
 }
 
 /// Alice (`proto/tests/vectors/alice.pem`), the caller of the call target.

@@ -50,8 +50,11 @@ fn cert_issue(c: &mut Criterion) {
             serial += 1;
             black_box(issuer.issue(
                 &mut rng,
-                "alice",
-                &subject,
+                &natter_proto::cert::Subject::User {
+                    name: "alice",
+                    key: &subject,
+                    chat_key: natter_proto::cert::chat_public(&[0x11; 32]),
+                },
                 serial,
                 1_700_000_000,
                 1_700_086_400,
@@ -61,7 +64,17 @@ fn cert_issue(c: &mut Criterion) {
     // The same body signed without blinding (what `cert_issue` did before
     // RUSTSEC-2023-0071 was addressed), measured alongside under the same load.
     let body = issuer
-        .issue(&mut rng, "alice", &subject, 1, 1_700_000_000, 1_700_086_400)
+        .issue(
+            &mut rng,
+            &cert::Subject::User {
+                name: "alice",
+                key: &subject,
+                chat_key: natter_proto::cert::chat_public(&[0x11; 32]),
+            },
+            1,
+            1_700_000_000,
+            1_700_086_400,
+        )
         .body;
     group.bench_function("cert_sign_unblinded_baseline", |b| {
         b.iter(|| black_box(cert::sign(&issuer_key, &body)));
@@ -108,6 +121,8 @@ fn full_login(c: &mut Criterion) {
             name: "alice".into(),
             password: "correct horse battery".into(),
             public_key: cert::public_key_der(&user_key.to_public_key()),
+            chat_key: cert::chat_public(&[0x11; 32]).to_vec(),
+            ..Default::default()
         }),
     );
     let mut group = c.benchmark_group("login-server");
@@ -158,7 +173,12 @@ fn loopback_login(c: &mut Criterion) {
         group.bench_function(label, |b| {
             b.iter(|| {
                 let outcome = rt
-                    .block_on(client.login("alice", "correct horse battery", &user_key))
+                    .block_on(client.login(
+                        "alice",
+                        "correct horse battery",
+                        &user_key,
+                        &[0x11; 32],
+                    ))
                     .expect("login");
                 black_box(outcome)
             });

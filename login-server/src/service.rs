@@ -251,6 +251,8 @@ impl LoginService {
     async fn login(&self, r: LoginRequest, peer: SocketAddr) -> Reply {
         let subject = cert::parse_public_key(&r.public_key)
             .map_err(|e| error(ErrorCode::Malformed, format!("public key: {e}")))?;
+        let chat_key = <[u8; cert::CHAT_KEY_LEN]>::try_from(r.chat_key.as_slice())
+            .map_err(|_| error(ErrorCode::Malformed, "chat key is not 32 bytes"))?;
         let user = self.authenticate(&r.name, &r.password, peer).await?;
 
         let now = now_ms();
@@ -267,8 +269,11 @@ impl LoginService {
             .run(move || {
                 issuer.issue(
                     &mut rand::rngs::OsRng,
-                    &name,
-                    &subject,
+                    &cert::Subject::User {
+                        name: &name,
+                        key: &subject,
+                        chat_key,
+                    },
                     serial,
                     not_before,
                     not_after,
@@ -309,6 +314,7 @@ impl LoginService {
                     // they join.
                     reflector: None,
                     tcp: tcp.map(Into::into),
+                    ..Default::default()
                 })
             })
             .collect())

@@ -66,6 +66,8 @@ fn login(name: &str, password: &str) -> Body {
         name: name.into(),
         password: password.into(),
         public_key: cert::public_key_der(&user_key(0).to_public_key()),
+        chat_key: cert::chat_public(&[0x11; 32]).to_vec(),
+        ..Default::default()
     })
 }
 

@@ -22,7 +22,10 @@ async fn register_login_verify_and_restart() {
     assert_eq!(c.register("Alice", "correct horse").await.unwrap(), "alice");
 
     let key = user_key(0);
-    let outcome = c.login("alice", "correct horse", &key).await.unwrap();
+    let outcome = c
+        .login("alice", "correct horse", &key, &[0x11; 32])
+        .await
+        .unwrap();
     // Verify independently against the file the server wrote.
     let pinned = natter_client::tls::read_login_key(&dir.path().join("login-key.pub")).unwrap();
     let now = natter_client::now_unix_secs();
@@ -36,7 +39,9 @@ async fn register_login_verify_and_restart() {
     );
     assert!((outcome.server_time_ms / 1000 - now).abs() <= 5);
     // Mixed-case login works too.
-    c.login("ALICE", "correct horse", &key).await.unwrap();
+    c.login("ALICE", "correct horse", &key, &[0x11; 32])
+        .await
+        .unwrap();
     c.close().await;
     let first_fingerprint = cert::fingerprint(server.public_key());
     server.shutdown().await;
@@ -45,7 +50,10 @@ async fn register_login_verify_and_restart() {
     let server = start(test_config(dir.path())).await;
     assert_eq!(cert::fingerprint(server.public_key()), first_fingerprint);
     let c = client(&server).await;
-    let outcome = c.login("alice", "correct horse", &key).await.unwrap();
+    let outcome = c
+        .login("alice", "correct horse", &key, &[0x11; 32])
+        .await
+        .unwrap();
     cert::verify(
         &outcome.certificate,
         &pinned,
@@ -170,15 +178,24 @@ async fn every_bad_input_gets_its_own_error() {
     for bad in ["ab", "1bob", "bob smith", "b/ob", "émile", &"x".repeat(33)] {
         let e = c.register(bad, "password123").await.unwrap_err();
         assert!(matches!(e, ClientError::BadName(_)), "{bad:?}: {e}");
-        let e = c.login(bad, "password123", &key).await.unwrap_err();
+        let e = c
+            .login(bad, "password123", &key, &[0x11; 32])
+            .await
+            .unwrap_err();
         assert!(matches!(e, ClientError::BadName(_)), "{bad:?}: {e}");
     }
     let e = c.register("carol", "short").await.unwrap_err();
     assert!(matches!(e, ClientError::ShortPassword(_)), "{e}");
 
-    let e = c.login("nobody", "password123", &key).await.unwrap_err();
+    let e = c
+        .login("nobody", "password123", &key, &[0x11; 32])
+        .await
+        .unwrap_err();
     assert!(matches!(e, ClientError::UnknownUser(_)), "{e}");
-    let e = c.login("bob", "wrong password", &key).await.unwrap_err();
+    let e = c
+        .login("bob", "wrong password", &key, &[0x11; 32])
+        .await
+        .unwrap_err();
     assert!(matches!(e, ClientError::WrongPassword(_)), "{e}");
     assert_eq!(e.to_string(), "wrong password for \"bob\"");
 
@@ -189,6 +206,7 @@ async fn every_bad_input_gets_its_own_error() {
                 name: "bob".into(),
                 password: "password123".into(),
                 public_key: vec![1, 2, 3],
+                ..Default::default()
             }),
             "bob",
         )
@@ -213,12 +231,17 @@ async fn every_bad_input_gets_its_own_error() {
     natter_login::admin::set_disabled(dir.path(), "Bob", true)
         .await
         .unwrap();
-    let e = c.login("bob", "password123", &key).await.unwrap_err();
+    let e = c
+        .login("bob", "password123", &key, &[0x11; 32])
+        .await
+        .unwrap_err();
     assert!(matches!(e, ClientError::AccountDisabled(_)), "{e}");
     natter_login::admin::set_disabled(dir.path(), "bob", false)
         .await
         .unwrap();
-    c.login("bob", "password123", &key).await.unwrap();
+    c.login("bob", "password123", &key, &[0x11; 32])
+        .await
+        .unwrap();
 
     // The connection survived all of it.
     let pong = c.request(Body::Ping(Ping { nonce: 7 }), "").await.unwrap();
@@ -240,13 +263,22 @@ async fn wrong_passwords_are_throttled_with_growing_delays() {
     c.register("erin", "password123").await.unwrap();
 
     for _ in 0..2 {
-        let e = c.login("dave", "bad password", &key).await.unwrap_err();
+        let e = c
+            .login("dave", "bad password", &key, &[0x11; 32])
+            .await
+            .unwrap_err();
         assert!(matches!(e, ClientError::WrongPassword(_)), "{e}");
     }
     // Third failure starts a 400 ms block.
-    let e = c.login("dave", "bad password", &key).await.unwrap_err();
+    let e = c
+        .login("dave", "bad password", &key, &[0x11; 32])
+        .await
+        .unwrap_err();
     assert!(matches!(e, ClientError::WrongPassword(_)), "{e}");
-    let e = c.login("dave", "password123", &key).await.unwrap_err();
+    let e = c
+        .login("dave", "password123", &key, &[0x11; 32])
+        .await
+        .unwrap_err();
     let ClientError::Throttled {
         retry_after_ms: first,
     } = e
@@ -256,13 +288,21 @@ async fn wrong_passwords_are_throttled_with_growing_delays() {
     assert!((1..=400).contains(&first), "{first}");
     assert!(e.to_string().starts_with("too many failed attempts"));
     // Another name from the same address is not blocked by the per-name record.
-    c.login("erin", "password123", &key).await.unwrap();
+    c.login("erin", "password123", &key, &[0x11; 32])
+        .await
+        .unwrap();
 
     // After the block, the next failure doubles the delay.
     tokio::time::sleep(Duration::from_millis(u64::from(first) + 50)).await;
-    let e = c.login("dave", "bad password", &key).await.unwrap_err();
+    let e = c
+        .login("dave", "bad password", &key, &[0x11; 32])
+        .await
+        .unwrap_err();
     assert!(matches!(e, ClientError::WrongPassword(_)), "{e}");
-    let e = c.login("dave", "password123", &key).await.unwrap_err();
+    let e = c
+        .login("dave", "password123", &key, &[0x11; 32])
+        .await
+        .unwrap_err();
     let ClientError::Throttled {
         retry_after_ms: second,
     } = e
@@ -273,8 +313,13 @@ async fn wrong_passwords_are_throttled_with_growing_delays() {
 
     // Once it lifts, the right password works and clears the record.
     tokio::time::sleep(Duration::from_millis(u64::from(second) + 50)).await;
-    c.login("dave", "password123", &key).await.unwrap();
-    let e = c.login("dave", "bad password", &key).await.unwrap_err();
+    c.login("dave", "password123", &key, &[0x11; 32])
+        .await
+        .unwrap();
+    let e = c
+        .login("dave", "bad password", &key, &[0x11; 32])
+        .await
+        .unwrap_err();
     assert!(matches!(e, ClientError::WrongPassword(_)), "{e}");
     c.close().await;
     server.shutdown().await;
@@ -291,14 +336,20 @@ async fn guessing_across_names_is_throttled_per_address() {
     let key = user_key(0);
     for i in 0..3 {
         let e = c
-            .login(&format!("ghost{i}"), "password123", &key)
+            .login(&format!("ghost{i}"), "password123", &key, &[0x11; 32])
             .await
             .unwrap_err();
         assert!(matches!(e, ClientError::UnknownUser(_)), "{e}");
     }
-    let e = c.login("ghost3", "password123", &key).await.unwrap_err();
+    let e = c
+        .login("ghost3", "password123", &key, &[0x11; 32])
+        .await
+        .unwrap_err();
     assert!(matches!(e, ClientError::UnknownUser(_)), "{e}");
-    let e = c.login("ghost4", "password123", &key).await.unwrap_err();
+    let e = c
+        .login("ghost4", "password123", &key, &[0x11; 32])
+        .await
+        .unwrap_err();
     assert!(
         matches!(e, ClientError::Throttled { retry_after_ms } if retry_after_ms > 25_000),
         "{e}"
@@ -374,7 +425,7 @@ async fn malformed_or_oversized_frames_close_only_that_connection() {
     // New connections are served too.
     let fresh = client(&server).await;
     fresh
-        .login("frank", "password123", &user_key(0))
+        .login("frank", "password123", &user_key(0), &[0x11; 32])
         .await
         .unwrap();
     server.shutdown().await;
@@ -458,6 +509,7 @@ async fn supernode_announces_seed_login_replies() {
             addr: Some(std::net::SocketAddr::new(ip.parse().unwrap(), port).into()),
             node_id: vec![id; 16],
             tcp: None,
+            ..Default::default()
         })
     };
     let reply = c.request(announce("0.0.0.0", 7000, 1), "").await.unwrap();
@@ -487,6 +539,7 @@ async fn supernode_announces_seed_login_replies() {
                 ),
                 node_id: vec![],
                 tcp: None,
+                ..Default::default()
             }),
             "",
         )
@@ -494,7 +547,10 @@ async fn supernode_announces_seed_login_replies() {
         .unwrap_err();
     assert!(matches!(e, ClientError::Server { .. }), "{e}");
 
-    let outcome = c.login("kate", "password123", &user_key(0)).await.unwrap();
+    let outcome = c
+        .login("kate", "password123", &user_key(0), &[0x11; 32])
+        .await
+        .unwrap();
     let mut addrs: Vec<String> = outcome
         .supernodes
         .iter()

@@ -52,7 +52,10 @@ async fn register_login_and_buddy_blob_over_tls_tcp() {
 
     assert_eq!(c.register("Alice", "correct horse").await.unwrap(), "alice");
     let key = user_key(0);
-    let outcome = c.login("alice", "correct horse", &key).await.unwrap();
+    let outcome = c
+        .login("alice", "correct horse", &key, &[0x11; 32])
+        .await
+        .unwrap();
     // The certificate verifies against the key the server wrote, exactly as
     // over QUIC.
     let pinned = natter_client::tls::read_login_key(&dir.path().join("login-key.pub")).unwrap();
@@ -64,7 +67,10 @@ async fn register_login_and_buddy_blob_over_tls_tcp() {
     .unwrap();
     assert_eq!(verified.name, "alice");
     assert_eq!(verified.public_key, key.to_public_key());
-    let e = c.login("alice", "wrong password", &key).await.unwrap_err();
+    let e = c
+        .login("alice", "wrong password", &key, &[0x11; 32])
+        .await
+        .unwrap_err();
     assert!(matches!(e, ClientError::WrongPassword(_)), "{e}");
 
     // Buddy blob round trip; a QUIC client sees what the TCP client wrote.
@@ -119,7 +125,10 @@ async fn requests_in_flight_on_one_tcp_connection_get_their_own_replies() {
                     .await
                     .unwrap(),
                 _ => {
-                    let outcome = c.login("dora", "password123", &key).await.unwrap();
+                    let outcome = c
+                        .login("dora", "password123", &key, &[0x11; 32])
+                        .await
+                        .unwrap();
                     outcome.verified.name
                 }
             }
@@ -322,6 +331,7 @@ async fn announce_with_tcp_is_returned_in_login_reply() {
             addr: addr(quic),
             node_id: vec![id; 16],
             tcp: tcp.and_then(addr),
+            ..Default::default()
         })
     };
 
@@ -356,7 +366,10 @@ async fn announce_with_tcp_is_returned_in_login_reply() {
         );
     }
 
-    let outcome = c.login("kate", "password123", &user_key(0)).await.unwrap();
+    let outcome = c
+        .login("kate", "password123", &user_key(0), &[0x11; 32])
+        .await
+        .unwrap();
     let mut seen: Vec<(String, Option<String>)> = outcome
         .supernodes
         .iter()
@@ -387,7 +400,10 @@ async fn announce_with_tcp_is_returned_in_login_reply() {
     c.request(announce("127.0.0.1:7000", None, 1), "")
         .await
         .unwrap();
-    let outcome = c.login("kate", "password123", &user_key(0)).await.unwrap();
+    let outcome = c
+        .login("kate", "password123", &user_key(0), &[0x11; 32])
+        .await
+        .unwrap();
     assert!(outcome.supernodes.iter().all(|s| s.tcp.is_none()));
     server.shutdown().await;
 }
@@ -416,7 +432,9 @@ async fn the_client_falls_back_to_tcp_when_quic_gets_no_answer() {
         "{:?}",
         started.elapsed()
     );
-    c.login("nina", "password123", &user_key(0)).await.unwrap();
+    c.login("nina", "password123", &user_key(0), &[0x11; 32])
+        .await
+        .unwrap();
     c.close().await;
 
     // The same through the home directory, which reports the transport.

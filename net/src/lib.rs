@@ -92,6 +92,8 @@ pub enum NetError {
     NoReply,
     #[error("timed out")]
     Timeout,
+    #[error("the connection has no TLS exporter (handshake not complete)")]
+    NoExporter,
 }
 
 impl NetError {

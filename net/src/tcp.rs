@@ -234,11 +234,30 @@ impl RecordConn {
         remote: SocketAddr,
         settings: TransportSettings,
     ) -> Self {
+        let exporter = {
+            let mut out = [0u8; natter_proto::binding::EXPORTER_LEN];
+            let label = natter_proto::binding::EXPORTER_LABEL;
+            // Fails only before the handshake completes (it has here).
+            let exported = match &stream {
+                TlsStream::Client(s) => s
+                    .get_ref()
+                    .1
+                    .export_keying_material(&mut out[..], label, None)
+                    .is_ok(),
+                TlsStream::Server(s) => s
+                    .get_ref()
+                    .1
+                    .export_keying_material(&mut out[..], label, None)
+                    .is_ok(),
+            };
+            exported.then_some(out)
+        };
         let (read, write) = tokio::io::split(stream);
         let (closed, _) = watch::channel(None);
         let shared = Arc::new(Shared {
             local,
             remote,
+            exporter,
             writer: Mutex::new(Some(write)),
             closed,
             epoch: Instant::now(),
@@ -273,6 +292,9 @@ impl RecordConn {
 struct Shared {
     local: SocketAddr,
     remote: SocketAddr,
+    /// The TLS exporter value every Natter binding signs (see
+    /// [`natter_proto::binding`]).
+    exporter: Option<natter_proto::binding::Exporter>,
     /// `None` once the connection is shut down.
     writer: Mutex<Option<WriteHalf<Stream>>>,
     /// The close code and reason, once closed by either side.
@@ -295,6 +317,11 @@ impl std::fmt::Debug for TlsHandle {
 }
 
 impl TlsHandle {
+    /// This connection's TLS exporter value (see [`natter_proto::binding`]).
+    pub fn exporter(&self) -> Result<natter_proto::binding::Exporter, NetError> {
+        self.0.exporter.ok_or(NetError::NoExporter)
+    }
+
     /// The peer's address.
     pub fn remote_address(&self) -> SocketAddr {
         self.0.remote

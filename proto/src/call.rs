@@ -394,6 +394,7 @@ impl CallSetup {
             from: self.local_name.clone(),
             to: self.peer_name.clone(),
             kind: Some(kind),
+            mac: Vec::new(),
         });
     }
 

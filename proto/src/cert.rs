@@ -1,5 +1,10 @@
-//! User certificates: the login server's signed statement that a name owns an
-//! RSA public key for a limited time.
+//! Certificates: the login server's signed statement that a name owns an
+//! RSA public key (and an X25519 chat key) for a limited time, or that a
+//! supernode's RSA key is approved to serve at given addresses.
+//!
+//! [`verify`] accepts user certificates only and [`verify_supernode`]
+//! supernode certificates only: a supernode certificate can never pass as
+//! a user's, nor the other way round.
 //!
 //! On the wire a [`Certificate`] carries the exact encoded [`CertificateBody`]
 //! bytes and the issuer's signature over them, so verification never depends
@@ -23,10 +28,16 @@ use rsa::traits::PublicKeyParts;
 use rsa::{RsaPrivateKey, RsaPublicKey};
 use sha2::{Digest, Sha256};
 
-use crate::messages::{Certificate, CertificateBody};
+use crate::messages::{
+    Certificate, CertificateBody, CertificateKind, RevocationList, RevocationListBody,
+};
 
-/// Certificate format version.
-pub const CERT_VERSION: u32 = 1;
+/// Certificate format version (2: kinds, chat key, supernode addresses).
+pub const CERT_VERSION: u32 = 2;
+/// Bytes of an X25519 chat key.
+pub const CHAT_KEY_LEN: usize = 32;
+/// Bytes of a supernode id (the key id of its certified key).
+pub const NODE_ID_LEN: usize = KEY_ID_LEN;
 /// Smallest accepted RSA modulus, in bits.
 pub const MIN_KEY_BITS: usize = 2048;
 /// Largest accepted RSA modulus, in bits (bounds verification cost).
@@ -55,6 +66,54 @@ pub enum CertError {
     Expired { not_after: i64, now: i64 },
     #[error("certificate is for {got:?}, expected {expected:?}")]
     NameMismatch { expected: String, got: String },
+    #[error("certificate is a {got} certificate, expected a {expected} certificate")]
+    WrongKind {
+        expected: &'static str,
+        got: &'static str,
+    },
+    #[error("user certificate has no valid 32-byte chat key")]
+    BadChatKey,
+    #[error("supernode certificate's node id is not the key id of its key")]
+    BadNodeId,
+    #[error("supernode certificate has no valid address: {0}")]
+    BadAddress(#[from] crate::messages::AddrError),
+    #[error("supernode certificate names no address")]
+    MissingAddress,
+}
+
+/// What a certificate certifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject<'a> {
+    /// A user: a name, its RSA key and its X25519 chat key.
+    User {
+        name: &'a str,
+        key: &'a RsaPublicKey,
+        chat_key: [u8; CHAT_KEY_LEN],
+    },
+    /// A supernode: its RSA key (its node id is the key's id) and addresses.
+    Supernode {
+        key: &'a RsaPublicKey,
+        addrs: SupernodeAddrs,
+    },
+}
+
+/// Where a certified supernode serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SupernodeAddrs {
+    /// QUIC control (joins, links).
+    pub quic: std::net::SocketAddr,
+    /// UDP service: STUN reflector and media relay.
+    pub reflector: std::net::SocketAddr,
+    /// TLS-over-TCP listener, if any.
+    pub tcp: Option<std::net::SocketAddr>,
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    match CertificateKind::try_from(kind) {
+        Ok(CertificateKind::User) => "user",
+        Ok(CertificateKind::Supernode) => "supernode",
+        Err(_) => "unknown",
+    }
 }
 
 /// Why a signature could not be made or checked.
@@ -148,50 +207,172 @@ impl Issuer {
         self.key.to_public_key()
     }
 
-    /// Certifies that `name` owns `subject` from `not_before` to `not_after`
-    /// (unix seconds). The signature is blinded with randomness from `rng`
-    /// (the login server passes the OS RNG).
+    /// Certifies `subject` from `not_before` to `not_after` (unix seconds).
+    /// The signature is blinded with randomness from `rng` (the login
+    /// server passes the OS RNG).
     pub fn issue(
         &self,
         rng: &mut impl CryptoRngCore,
-        name: &str,
-        subject: &RsaPublicKey,
+        subject: &Subject<'_>,
         serial: u64,
         not_before: i64,
         not_after: i64,
     ) -> Certificate {
-        let body = CertificateBody {
+        let mut body = CertificateBody {
             version: CERT_VERSION,
-            name: name.to_owned(),
-            public_key: public_key_der(subject),
             serial,
             not_before,
             not_after,
             issuer_key_id: self.key_id.to_vec(),
+            ..CertificateBody::default()
+        };
+        match subject {
+            Subject::User {
+                name,
+                key,
+                chat_key,
+            } => {
+                body.kind = CertificateKind::User as i32;
+                body.name = (*name).to_owned();
+                body.public_key = public_key_der(key);
+                body.chat_key = chat_key.to_vec();
+            }
+            Subject::Supernode { key, addrs } => {
+                body.kind = CertificateKind::Supernode as i32;
+                body.public_key = public_key_der(key);
+                body.node_id = key_id(key).to_vec();
+                body.quic = Some(addrs.quic.into());
+                body.reflector = Some(addrs.reflector.into());
+                body.tcp = addrs.tcp.map(Into::into);
+            }
         }
-        .encode_to_vec();
+        let body = body.encode_to_vec();
         let signature = sign_blinded(&self.key, rng, &body);
         Certificate { body, signature }
     }
+
+    /// Signs the list of what is revoked now (blinded, like certificates).
+    pub fn revocations(
+        &self,
+        rng: &mut impl CryptoRngCore,
+        issued_at_ms: i64,
+        disabled_users: Vec<String>,
+        revoked_supernodes: Vec<[u8; NODE_ID_LEN]>,
+    ) -> RevocationList {
+        let body = RevocationListBody {
+            issued_at: issued_at_ms,
+            disabled_users,
+            revoked_supernodes: revoked_supernodes.iter().map(|id| id.to_vec()).collect(),
+            issuer_key_id: self.key_id.to_vec(),
+        }
+        .encode_to_vec();
+        let signature = sign_blinded(&self.key, rng, &body);
+        RevocationList { body, signature }
+    }
 }
 
-/// A certificate whose signature and validity were checked.
+/// Checks a revocation list's signature against the pinned login key and
+/// returns its body.
+pub fn verify_revocations(
+    list: &RevocationList,
+    issuer: &RsaPublicKey,
+) -> Result<RevocationListBody, CertError> {
+    verify_signature(issuer, &list.body, &list.signature).map_err(|_| CertError::BadSignature)?;
+    let body = RevocationListBody::decode(list.body.as_slice())?;
+    if body.issuer_key_id != key_id(issuer) {
+        return Err(CertError::WrongIssuer);
+    }
+    Ok(body)
+}
+
+/// A user certificate whose signature and validity were checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedCertificate {
     pub name: String,
     pub public_key: RsaPublicKey,
+    /// The X25519 key chat to this user is encrypted to.
+    pub chat_key: [u8; CHAT_KEY_LEN],
     pub serial: u64,
     pub not_before: i64,
     pub not_after: i64,
 }
 
-/// Checks `cert` offline against the pinned login-server key at time `now`
-/// (unix seconds): issuer, signature, format, key size, validity window.
+/// A supernode certificate whose signature and validity were checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedSupernode {
+    /// Always `key_id(public_key)`.
+    pub node_id: [u8; NODE_ID_LEN],
+    pub public_key: RsaPublicKey,
+    pub addrs: SupernodeAddrs,
+    pub serial: u64,
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+/// Checks a **user** certificate offline against the pinned login-server
+/// key at time `now` (unix seconds): issuer, signature, format, kind, key
+/// size, chat key, validity window.
 pub fn verify(
     cert: &Certificate,
     issuer: &RsaPublicKey,
     now: i64,
 ) -> Result<VerifiedCertificate, CertError> {
+    let (body, public_key) = verify_body(cert, issuer, now, CertificateKind::User)?;
+    let chat_key = <[u8; CHAT_KEY_LEN]>::try_from(body.chat_key.as_slice())
+        .map_err(|_| CertError::BadChatKey)?;
+    Ok(VerifiedCertificate {
+        name: body.name,
+        public_key,
+        chat_key,
+        serial: body.serial,
+        not_before: body.not_before,
+        not_after: body.not_after,
+    })
+}
+
+/// Checks a **supernode** certificate offline against the pinned
+/// login-server key at time `now` (unix seconds): as [`verify`], plus the
+/// node id (the key's id) and the addresses.
+pub fn verify_supernode(
+    cert: &Certificate,
+    issuer: &RsaPublicKey,
+    now: i64,
+) -> Result<VerifiedSupernode, CertError> {
+    let (body, public_key) = verify_body(cert, issuer, now, CertificateKind::Supernode)?;
+    let node_id = key_id(&public_key);
+    if body.node_id != node_id {
+        return Err(CertError::BadNodeId);
+    }
+    let addr = |a: &Option<crate::messages::SocketAddr>| -> Result<_, CertError> {
+        a.as_ref()
+            .map(std::net::SocketAddr::try_from)
+            .transpose()
+            .map_err(CertError::from)
+    };
+    let quic = addr(&body.quic)?.ok_or(CertError::MissingAddress)?;
+    let reflector = addr(&body.reflector)?.ok_or(CertError::MissingAddress)?;
+    let tcp = addr(&body.tcp)?;
+    Ok(VerifiedSupernode {
+        node_id,
+        public_key,
+        addrs: SupernodeAddrs {
+            quic,
+            reflector,
+            tcp,
+        },
+        serial: body.serial,
+        not_before: body.not_before,
+        not_after: body.not_after,
+    })
+}
+
+/// The checks every certificate kind shares.
+fn verify_body(
+    cert: &Certificate,
+    issuer: &RsaPublicKey,
+    now: i64,
+    expected: CertificateKind,
+) -> Result<(CertificateBody, RsaPublicKey), CertError> {
     // Signature first: nothing in an unsigned body is trusted.
     verify_signature(issuer, &cert.body, &cert.signature).map_err(|_| {
         // Distinguish "another issuer" from "forged" when the body parses.
@@ -207,6 +388,12 @@ pub fn verify(
     if body.issuer_key_id != key_id(issuer) {
         return Err(CertError::WrongIssuer);
     }
+    if body.kind != expected as i32 {
+        return Err(CertError::WrongKind {
+            expected: kind_name(expected as i32),
+            got: kind_name(body.kind),
+        });
+    }
     let public_key = parse_public_key(&body.public_key)?;
     if now < body.not_before {
         return Err(CertError::NotYetValid {
@@ -220,20 +407,21 @@ pub fn verify(
             now,
         });
     }
-    Ok(VerifiedCertificate {
-        name: body.name,
-        public_key,
-        serial: body.serial,
-        not_before: body.not_before,
-        not_after: body.not_after,
-    })
+    Ok((body, public_key))
 }
 
-/// A user's own identity: the private key and the certificate for it.
+/// A user's own identity: the private keys and the certificate for them.
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub key: RsaPrivateKey,
     pub certificate: Certificate,
+    /// The X25519 secret of the certified chat key ([`chat_public`]).
+    pub chat_secret: [u8; CHAT_KEY_LEN],
+}
+
+/// The X25519 public key of a chat secret (what a certificate carries).
+pub fn chat_public(secret: &[u8; CHAT_KEY_LEN]) -> [u8; CHAT_KEY_LEN] {
+    x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(*secret)).to_bytes()
 }
 
 impl Identity {
@@ -243,12 +431,11 @@ impl Identity {
     }
 }
 
-/// The bytes a client signs to prove to a supernode that it holds its
-/// certified key: `"NATTER-JOIN-V1" || node_id || nonce`.
-pub fn join_proof_message(node_id: &[u8], nonce: &[u8]) -> Vec<u8> {
-    let mut message = Vec::with_capacity(14 + node_id.len() + nonce.len());
-    message.extend_from_slice(b"NATTER-JOIN-V1");
-    message.extend_from_slice(node_id);
-    message.extend_from_slice(nonce);
-    message
+impl Identity {
+    /// Signs `message` with the certified key, the private-key operation
+    /// blinded with randomness from `rng`: for signatures a peer can
+    /// trigger at will (answers to calls, challenges).
+    pub fn sign_blinded(&self, rng: &mut impl CryptoRngCore, message: &[u8]) -> Vec<u8> {
+        sign_blinded(&self.key, rng, message)
+    }
 }

@@ -16,7 +16,8 @@
 //! | [`session`] | one call's media transport: paths, relay binds, the TCP fallback, sealing and opening |
 //! | [`report`] | the typed call report (`--stats-json`), written by the client, read by the NAT lab |
 //! | [`replay`] | rebuilding the 64-bit packet index from the 16-bit message id; the replay window |
-//! | [`cert`] | user certificates issued by the login server |
+//! | [`cert`] | user and supernode certificates issued by the login server; the revocation list |
+//! | [`binding`] | the bytes each proof-of-possession signature covers, bound to the TLS connection |
 //! | [`call`] | call setup: invite / ringing / accept / reject / busy / hangup, timeouts |
 //! | [`handshake`] | the call key agreement (signed X25519 shares, HKDF) |
 //! | [`media`] | sealing and opening SoM datagrams with AES-256-GCM; the DATA plaintext layout |
@@ -27,6 +28,7 @@
 //! The byte layouts are documented in `docs/PROTOCOL.md`, with test vectors
 //! that `tests/vectors.rs` checks against this code.
 
+pub mod binding;
 pub mod call;
 pub mod cert;
 pub mod frame;

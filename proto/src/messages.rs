@@ -13,7 +13,7 @@ mod generated {
 pub use generated::*;
 
 /// The protocol version this crate speaks, carried in every [`Envelope`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 impl Envelope {
     /// An envelope of the current protocol version.
@@ -48,12 +48,14 @@ impl envelope::Body {
             B::BuddyBlobGet(_) => "buddy_blob_get",
             B::BuddyBlob(_) => "buddy_blob",
             B::SupernodeAnnounce(_) => "supernode_announce",
+            B::SupernodeAnnounced(_) => "supernode_announced",
             B::JoinHello(_) => "join_hello",
             B::JoinChallenge(_) => "join_challenge",
             B::JoinProof(_) => "join_proof",
             B::JoinAccepted(_) => "join_accepted",
             B::Leave(_) => "leave",
             B::SupernodeList(_) => "supernode_list",
+            B::CertificateRenewal(_) => "certificate_renewal",
             B::SetPresence(_) => "set_presence",
             B::PresenceSubscribe(_) => "presence_subscribe",
             B::PresenceUpdate(_) => "presence_update",
@@ -69,6 +71,7 @@ impl envelope::Body {
             B::DirectoryStore(_) => "directory_store",
             B::DirectoryLookup(_) => "directory_lookup",
             B::DirectoryRecords(_) => "directory_records",
+            B::LinkHello(_) => "link_hello",
         }
     }
 }

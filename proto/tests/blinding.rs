@@ -56,8 +56,11 @@ fn blinded_and_unblinded_signatures_are_the_same_bytes_for_the_vector_keys() {
         let mut rng = CountingRng::new(u64::try_from(i).unwrap());
         let certificate = issuer.issue(
             &mut rng,
-            subject,
-            &key(subject).to_public_key(),
+            &natter_proto::cert::Subject::User {
+                name: subject,
+                key: &key(subject).to_public_key(),
+                chat_key: natter_proto::cert::chat_public(&[0x11; 32]),
+            },
             1,
             NOW,
             NOW + DAY,
@@ -91,7 +94,7 @@ fn every_issued_signature_draws_fresh_randomness() {
     let mut signatures = Vec::new();
     for serial in 0..4u64 {
         let before = rng.drawn.len();
-        let c = issuer.issue(&mut rng, "alice", &subject, serial, NOW, NOW + DAY);
+        let c = issuer.issue(&mut rng, &alice(&subject), serial, NOW, NOW + DAY);
         let drawn = rng.drawn[before..].to_vec();
         // A blinding factor is at least as long as the 2048-bit modulus.
         assert!(
@@ -109,6 +112,14 @@ fn every_issued_signature_draws_fresh_randomness() {
         }
     }
     // Same body (same serial) signed twice with different blinding: same bytes.
-    let again = issuer.issue(&mut rng, "alice", &subject, 0, NOW, NOW + DAY);
+    let again = issuer.issue(&mut rng, &alice(&subject), 0, NOW, NOW + DAY);
     assert_eq!(again.signature, signatures[0]);
+}
+
+fn alice(key: &rsa::RsaPublicKey) -> natter_proto::cert::Subject<'_> {
+    natter_proto::cert::Subject::User {
+        name: "alice",
+        key,
+        chat_key: natter_proto::cert::chat_public(&[0x11; 32]),
+    }
 }

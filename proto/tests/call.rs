@@ -156,6 +156,7 @@ fn signals_for_other_calls_are_ignored() {
         from: "bob".into(),
         to: "alice".into(),
         kind: Some(call_signal::Kind::Busy(Default::default())),
+        ..Default::default()
     };
     a.handle_signal(&stray, NOW);
     assert_eq!(a.phase(), Phase::Inviting);

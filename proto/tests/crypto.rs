@@ -66,8 +66,11 @@ fn expired_early_forged_and_foreign_certificates_get_distinct_errors() {
     let other = natter_proto::cert::Issuer::new(key("bob"));
     let foreign = other.issue(
         &mut common::blinding_rng(),
-        "alice",
-        &key("alice").to_public_key(),
+        &natter_proto::cert::Subject::User {
+            name: "alice",
+            key: &key("alice").to_public_key(),
+            chat_key: common::TEST_CHAT_KEY,
+        },
         1,
         NOW - 1,
         NOW + 60,

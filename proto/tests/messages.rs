@@ -149,12 +149,15 @@ fn the_decoder_buffer_is_bounded() {
 
 #[test]
 fn other_versions_and_empty_bodies_get_distinct_errors() {
-    let mut env = ping();
-    env.version = 2;
-    assert_eq!(
-        decode_envelope(&env.encode_to_vec()),
-        Err(FrameError::UnsupportedVersion(2))
-    );
+    // Version 1 (before the authenticated overlay) and a future version.
+    for version in [1, 3] {
+        let mut env = ping();
+        env.version = version;
+        assert_eq!(
+            decode_envelope(&env.encode_to_vec()),
+            Err(FrameError::UnsupportedVersion(version))
+        );
+    }
     let env = Envelope {
         version: PROTOCOL_VERSION,
         request_id: 9,

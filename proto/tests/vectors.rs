@@ -9,6 +9,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use natter_proto::binding;
 use natter_proto::cert::{self, Issuer};
 use natter_proto::frame::to_frame;
 use natter_proto::handshake::{KeySchedule, Role, share_signed_message};
@@ -110,16 +111,60 @@ fn compute() -> Vec<(&'static str, String)> {
     v.push(("cert.issuer_key_id", h(cert::key_id(&issuer.public_key()))));
     let certificate = issuer.issue(
         &mut common::blinding_rng(),
-        "alice",
-        &common::key("alice").to_public_key(),
+        &natter_proto::cert::Subject::User {
+            name: "alice",
+            key: &common::key("alice").to_public_key(),
+            chat_key: common::TEST_CHAT_KEY,
+        },
         1,
         1_800_000_000,
         1_800_086_400,
     );
     v.push(("cert.body", h(&certificate.body)));
     v.push(("cert.signature", h(&certificate.signature)));
-    let join = cert::join_proof_message(&[0x5a; 16], &[0xc3; 32]);
+    // --- proof-of-possession bindings (proto/src/binding.rs), with the
+    // exporter 0xe7 x 32, node id 0x5a x 16, nonce 0xc3 x 32.
+    let exporter = [0xe7u8; 32];
+    let join = binding::join_proof_message(&exporter, &[0x5a; 16], &[0xc3; 32], b"statement");
     v.push(("join.signed_message", h(&join)));
+    v.push((
+        "join.supernode_signed_message",
+        h(binding::supernode_join_message(&exporter, &[0xc3; 32])),
+    ));
+    v.push((
+        "join.statement_signed_message",
+        h(binding::statement_message(b"statement")),
+    ));
+    v.push((
+        "login.signed_message",
+        h(binding::login_message(
+            &exporter,
+            "alice",
+            &[0xaa, 0xbb, 0xcc, 0xdd],
+            &common::TEST_CHAT_KEY,
+        )),
+    ));
+    v.push((
+        "announce.signed_message",
+        h(binding::announce_message(&exporter, &[0x5a; 16])),
+    ));
+    v.push((
+        "link.signed_message",
+        h(binding::link_hello_message(
+            binding::LinkRole::Dialler,
+            &exporter,
+        )),
+    ));
+    v.push((
+        "chat.signed_message",
+        h(binding::chat_message(
+            &[0x11; 16],
+            "alice",
+            "bob",
+            1_800_000_000_123,
+            "hi",
+        )),
+    ));
 
     // --- envelopes as framed on a stream
     let ping = Envelope::new(0, envelope::Body::Ping(Ping { nonce: 0x0102_0304 }));
@@ -130,6 +175,7 @@ fn compute() -> Vec<(&'static str, String)> {
             name: "alice".into(),
             password: "correct horse".into(),
             public_key: vec![0xaa, 0xbb, 0xcc, 0xdd],
+            ..Default::default()
         }),
     );
     v.push(("frame.login_request", h(to_frame(&login).unwrap())));

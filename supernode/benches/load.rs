@@ -176,8 +176,11 @@ impl Keys {
         let now = unix_now();
         let certificate = self.issuer.issue(
             &mut StdRng::seed_from_u64(serial),
-            name,
-            &self.user_public,
+            &natter_proto::cert::Subject::User {
+                name,
+                key: &self.user_public,
+                chat_key: natter_proto::cert::chat_public(&[0x11; 32]),
+            },
             serial,
             now - 300,
             now + 3600,
@@ -185,6 +188,7 @@ impl Keys {
         Identity {
             key: self.user_key.clone(),
             certificate,
+            chat_secret: [0x11; 32],
         }
     }
 }

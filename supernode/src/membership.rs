@@ -328,6 +328,7 @@ impl Membership {
             incarnation: self.my_incarnation,
             state: MemberState::Alive as i32,
             tcp: self.my_tcp.map(Into::into),
+            ..Default::default()
         }];
         let mut others: Vec<&Member> = self.members.values().collect();
         others.sort_unstable_by_key(|m| m.id);
@@ -337,6 +338,7 @@ impl Membership {
             incarnation: m.incarnation,
             state: m.state.to_wire() as i32,
             tcp: m.tcp.map(Into::into),
+            ..Default::default()
         }));
         view
     }
@@ -365,6 +367,7 @@ mod tests {
             incarnation,
             state: state as i32,
             tcp: None,
+            ..Default::default()
         }
     }
 

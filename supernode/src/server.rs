@@ -356,6 +356,7 @@ async fn announce_loop(
                 addr: Some(addr.into()),
                 node_id: node_id.to_vec(),
                 tcp: tcp_addr.map(Into::into),
+                ..Default::default()
             }),
         );
         match natter_net::request_once(

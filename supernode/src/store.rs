@@ -294,6 +294,7 @@ mod tests {
             last_seen,
             home_node_id: vec![home; 16],
             home_addr: None,
+            ..Default::default()
         }
     }
 
@@ -304,6 +305,7 @@ mod tests {
             to: to.into(),
             text: format!("m{id}"),
             sent_at,
+            ..Default::default()
         }
     }
 

@@ -18,6 +18,7 @@ fn signal(invite: u8, to: &str, kind: Kind) -> Body {
         from: String::new(),
         to: to.into(),
         kind: Some(kind),
+        ..Default::default()
     })
 }
 

@@ -24,6 +24,7 @@ fn chat(id: u8, to: &str, text: String) -> ChatMessage {
         to: to.to_owned(),
         text,
         sent_at: 1,
+        ..Default::default()
     }
 }
 

@@ -48,6 +48,7 @@ fn message(sim: &mut Sim, to: &str, text: String) -> ChatMessage {
         to: to.to_owned(),
         text,
         sent_at: 1,
+        ..Default::default()
     }
 }
 
@@ -183,6 +184,7 @@ fn fake_member(i: usize) -> Member {
         incarnation: 1,
         state: MemberState::Alive as i32,
         tcp: Some(SocketAddr::from((ip, 443)).into()),
+        ..Default::default()
     }
 }
 
@@ -200,6 +202,7 @@ fn a_five_thousand_member_gossip_view_still_travels_in_frames_that_fit() {
             incarnation: 1,
             state: MemberState::Alive as i32,
             tcp: None,
+            ..Default::default()
         }];
         list.extend_from_slice(chunk);
         let gossip = Envelope::new(
@@ -282,6 +285,7 @@ fn caps_answer_mailbox_full_and_keep_what_is_stored() {
         to: "erin".into(),
         text: "x".repeat(1000),
         sent_at: 1,
+        ..Default::default()
     };
     let one = probe.encoded_len();
     let config = SimConfig {

@@ -88,6 +88,7 @@ async fn a_client_that_stops_reading_is_disconnected() {
             to: "alice".into(),
             text: "x".repeat(16 * 1024),
             sent_at: 0,
+            ..Default::default()
         }))
         .await;
     }

@@ -18,6 +18,7 @@ fn chat(id: u8, to: &str, text: &str) -> Body {
         to: to.into(),
         text: text.into(),
         sent_at: 1_700_000_000_000 + i64::from(id),
+        ..Default::default()
     })
 }
 

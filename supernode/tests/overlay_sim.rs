@@ -56,6 +56,7 @@ fn chat(sim: &mut Sim, from: usize, to: &str, text: &str) -> Option<Body> {
         to: to.to_owned(),
         text: text.to_owned(),
         sent_at: 1,
+        ..Default::default()
     };
     sim.request(from, Body::ChatMessage(message), 10 * SECOND)
 }
@@ -72,6 +73,7 @@ fn signal(
         from: String::new(),
         to: to.to_owned(),
         kind: Some(kind),
+        ..Default::default()
     };
     sim.request(from, Body::CallSignal(signal), 10 * SECOND)
 }

@@ -36,8 +36,11 @@ async fn bad_certificates_and_proofs_are_refused() {
     let rogue = Issuer::new(user_key("dave").clone());
     let forged = rogue.issue(
         &mut rand::rngs::OsRng,
-        "alice",
-        &alice_key.to_public_key(),
+        &natter_proto::cert::Subject::User {
+            name: "alice",
+            key: &alice_key.to_public_key(),
+            chat_key: natter_proto::cert::chat_public(&[0x11; 32]),
+        },
         9,
         now - 60,
         now + 3600,
@@ -61,8 +64,11 @@ async fn bad_certificates_and_proofs_are_refused() {
     // Expired.
     let expired = issuer().issue(
         &mut rand::rngs::OsRng,
-        "alice",
-        &alice_key.to_public_key(),
+        &natter_proto::cert::Subject::User {
+            name: "alice",
+            key: &alice_key.to_public_key(),
+            chat_key: natter_proto::cert::chat_public(&[0x11; 32]),
+        },
         2,
         now - 7200,
         now - 3600,
@@ -129,6 +135,7 @@ async fn nobody_can_send_as_another_user() {
             to: "bob".into(),
             text: "it's carol, honest".into(),
             sent_at: 1,
+            ..Default::default()
         }))
         .await;
     let from = bob
@@ -145,6 +152,7 @@ async fn nobody_can_send_as_another_user() {
             from: "carol".into(),
             to: "bob".into(),
             kind: Some(call_signal::Kind::Busy(CallBusy {})),
+            ..Default::default()
         }))
         .await;
     let from = bob

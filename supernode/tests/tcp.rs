@@ -32,6 +32,7 @@ fn signal(to: &str, kind: Kind) -> Body {
         from: String::new(),
         to: to.into(),
         kind: Some(kind),
+        ..Default::default()
     })
 }
 
@@ -125,6 +126,7 @@ async fn a_user_joined_over_tcp_talks_to_a_user_joined_over_quic() {
         to: "alice".into(),
         text: "over TCP?".into(),
         sent_at: 1,
+        ..Default::default()
     }))
     .await;
     let chat = alice

@@ -8,6 +8,12 @@ use rsa::pkcs8::DecodePrivateKey;
 
 pub const NOW: i64 = 1_800_000_000;
 pub const DAY: i64 = 86_400;
+/// The chat key every test certificate carries (the X25519 public key of
+/// the secret `[0x11; 32]`, see `vectors.rs`).
+pub const TEST_CHAT_KEY: [u8; 32] = [
+    0x7b, 0x4e, 0x90, 0x9b, 0xbe, 0x7f, 0xfe, 0x44, 0xc4, 0x65, 0xa2, 0x20, 0x03, 0x7d, 0x60, 0x8e,
+    0xe3, 0x58, 0x97, 0xd3, 0x1e, 0xf9, 0x72, 0xf0, 0x7f, 0x74, 0x89, 0x2c, 0xb0, 0xf7, 0x3f, 0x13,
+];
 
 pub fn key(name: &str) -> RsaPrivateKey {
     let path = format!("{}/tests/vectors/{name}.pem", env!("CARGO_MANIFEST_DIR"));
@@ -29,11 +35,18 @@ pub fn identity(name: &str, key_name: &str) -> Identity {
     let key = key(key_name);
     let certificate = issuer().issue(
         &mut blinding_rng(),
-        name,
-        &key.to_public_key(),
+        &natter_proto::cert::Subject::User {
+            name,
+            key: &key.to_public_key(),
+            chat_key: TEST_CHAT_KEY,
+        },
         7,
         NOW - 60,
         NOW + DAY,
     );
-    Identity { key, certificate }
+    Identity {
+        key,
+        certificate,
+        chat_secret: [0x11; 32],
+    }
 }

@@ -83,6 +83,7 @@ mod tests {
             to: "bob".into(),
             text: "x".repeat(len),
             sent_at: i as i64,
+            ..Default::default()
         }
     }
 

@@ -131,6 +131,7 @@ impl Node {
         let challenge = Body::JoinChallenge(JoinChallenge {
             nonce: nonce.to_vec(),
             node_id: self.config.node_id.to_vec(),
+            ..Default::default()
         });
         self.send_session(id, request_id, challenge);
     }
@@ -147,7 +148,10 @@ impl Node {
         else {
             return;
         };
-        let message = cert::join_proof_message(&self.config.node_id, nonce);
+        // Foundation placeholder: version 2 binds the proof to the connection's
+        // TLS exporter (issue 13, replaced by the join binding).
+        let message =
+            natter_proto::binding::join_proof_message(&[0u8; 32], &self.config.node_id, nonce, &[]);
         let valid = match &proof.body {
             Some(Body::JoinProof(p)) => {
                 cert::verify_signature(public_key, &message, &p.signature).is_ok()
@@ -494,6 +498,7 @@ impl Node {
                             status: record.status,
                             last_seen: record.last_seen,
                             supernode: if online { record.home_addr } else { None },
+                            ..Default::default()
                         }
                     }
                     None => not_found(name),
@@ -557,5 +562,6 @@ fn not_found(name: String) -> SearchReply {
         status: PresenceStatus::Offline as i32,
         last_seen: 0,
         supernode: None,
+        ..Default::default()
     }
 }

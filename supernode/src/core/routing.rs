@@ -261,6 +261,7 @@ impl Node {
             kind: Some(call_signal::Kind::Hangup(CallHangup {
                 reason: HangupReason::NoAnswer as i32,
             })),
+            ..Default::default()
         };
         let to_caller = hangup(&invite.callee, &invite.caller);
         let to_callee = hangup(&invite.caller, &invite.callee);

@@ -285,6 +285,7 @@ impl Node {
                     node_id: id.to_vec(),
                     reflector: reflector.map(Into::into),
                     tcp: self.membership.tcp_of(&id).map(Into::into),
+                    ..Default::default()
                 }
             })
             .collect()
@@ -298,6 +299,7 @@ impl Node {
             last_seen: joined.changed_at,
             home_node_id: self.config.node_id.to_vec(),
             home_addr: Some(self.config.addr.into()),
+            ..Default::default()
         }
     }
 

@@ -70,13 +70,20 @@ pub fn identity(name: &str) -> Identity {
     let now = now_secs();
     let certificate = issuer().issue(
         &mut rand::rngs::OsRng,
-        name,
-        &key.to_public_key(),
+        &natter_proto::cert::Subject::User {
+            name,
+            key: &key.to_public_key(),
+            chat_key: natter_proto::cert::chat_public(&[0x11; 32]),
+        },
         1,
         now - 300,
         now + 3600,
     );
-    Identity { key, certificate }
+    Identity {
+        key,
+        certificate,
+        chat_secret: [0x11; 32],
+    }
 }
 
 /// A supernode configuration on 127.0.0.1 trusting the test issuer.
@@ -255,9 +262,18 @@ pub async fn try_join_via(
     assert_eq!(challenge.request_id, 1);
     assert_eq!(nonce.len(), 32);
     assert_eq!(node_id.len(), 16);
-    let signature = cert::sign(signer, &cert::join_proof_message(&node_id, &nonce));
-    send.send(&Envelope::new(2, Body::JoinProof(JoinProof { signature })))
-        .await?;
+    let signature = cert::sign(
+        signer,
+        &natter_proto::binding::join_proof_message(&[0u8; 32], &node_id, &nonce, &[]),
+    );
+    send.send(&Envelope::new(
+        2,
+        Body::JoinProof(JoinProof {
+            signature,
+            ..Default::default()
+        }),
+    ))
+    .await?;
     let reply = read(&mut recv).await?;
     assert_eq!(reply.request_id, 2);
     match reply.body {

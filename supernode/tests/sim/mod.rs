@@ -576,9 +576,20 @@ impl Sim {
         }
         match envelope.body {
             Some(Body::JoinChallenge(challenge)) if c.answers_challenge => {
-                let message = cert::join_proof_message(&challenge.node_id, &challenge.nonce);
+                let message = natter_proto::binding::join_proof_message(
+                    &[0u8; 32],
+                    &challenge.node_id,
+                    &challenge.nonce,
+                    &[],
+                );
                 let signature = cert::sign(c.key, &message);
-                let proof = Envelope::new(2, Body::JoinProof(JoinProof { signature }));
+                let proof = Envelope::new(
+                    2,
+                    Body::JoinProof(JoinProof {
+                        signature,
+                        ..Default::default()
+                    }),
+                );
                 let node = c.node;
                 let d = self.net.client_delay;
                 self.at(
@@ -644,8 +655,11 @@ impl Sim {
         let now = self.now().unix_secs();
         let certificate = issuer().issue(
             &mut StdRng::seed_from_u64(index as u64),
-            name,
-            &key.to_public_key(),
+            &natter_proto::cert::Subject::User {
+                name,
+                key: &key.to_public_key(),
+                chat_key: natter_proto::cert::chat_public(&[0x11; 32]),
+            },
             1,
             now - 300,
             now + 3600,
