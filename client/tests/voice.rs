@@ -227,8 +227,11 @@ fn five_percent_loss_is_recovered_and_the_call_completes() {
     assert!(fec > 0.0, "no FEC recovery: {}", c.callee_json);
     let sent = read_mono_48k(&speech).unwrap();
     let heard = read_mono_48k(&c.heard).unwrap();
+    // A lost first frame starts playback a frame early: the scorer finds
+    // that negative delay (it failed this test about one run in four before
+    // it searched negative delays; 20 runs since scored 0.80..0.91).
     let s = score::compare(&sent, &heard, 1000);
-    assert!(s.waveform > 0.3 && s.envelope > 0.7, "{s:?}");
+    assert!(s.waveform > 0.6 && s.envelope > 0.8, "{s:?}");
 }
 
 /// Both users behind a firewall that blocks UDP: login, join and signaling
