@@ -320,7 +320,11 @@ pub async fn answer_calls(
             continue;
         };
         if options.live_status {
-            let invite: String = signal.invite_id.iter().map(|b| format!("{b:02x}")).collect();
+            let invite: String = signal
+                .invite_id
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
             eprintln!(
                 "call from {} (invite {invite})",
                 crate::text::for_terminal(setup.peer_name())

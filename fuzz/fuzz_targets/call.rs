@@ -80,8 +80,7 @@ fuzz_target!(|data: &[u8]| {
         if phase == Phase::Connected && setup.phase() == Phase::Ended {
             let key = signal_key.as_ref().expect("connected without keys");
             assert!(
-                natter_proto::name::normalise(&signal.from).as_deref()
-                    == Ok(setup.peer_name())
+                natter_proto::name::normalise(&signal.from).as_deref() == Ok(setup.peer_name())
                     && key.verify(&signal),
                 "a connected call ended on a signal not from the peer with its MAC"
             );

@@ -161,7 +161,14 @@ impl CallSetup {
             share: Some(agreement.share(identity, rng)),
             candidates,
         };
-        let mut setup = Self::new(Role::Caller, invite_id, names, login_key, now_ms, timeout_ms);
+        let mut setup = Self::new(
+            Role::Caller,
+            invite_id,
+            names,
+            login_key,
+            now_ms,
+            timeout_ms,
+        );
         setup.agreement = Some(agreement);
         setup.own_certificate = Some(identity.certificate.clone());
         setup.phase = Phase::Inviting;
@@ -215,7 +222,14 @@ impl CallSetup {
             return None;
         };
         let names = CallNames::new(&signal.from, local_name);
-        let mut setup = Self::new(Role::Callee, invite_id, names, login_key, now_ms, timeout_ms);
+        let mut setup = Self::new(
+            Role::Callee,
+            invite_id,
+            names,
+            login_key,
+            now_ms,
+            timeout_ms,
+        );
         setup.pending_invite = Some(invite.clone());
         let verified = invite
             .share

@@ -50,7 +50,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::binding::push16;
 use crate::cert::{self, CertError, Identity, VerifiedCertificate};
-use crate::messages::{Certificate, CallSignal, KeyShare};
+use crate::messages::{CallSignal, Certificate, KeyShare};
 
 /// Bytes of an invite id (chosen at random by the caller).
 pub const INVITE_ID_LEN: usize = 16;
@@ -132,9 +132,7 @@ pub enum HandshakeError {
     },
     #[error("key share public value has {0} bytes, expected 32")]
     ShareLength(usize),
-    #[error(
-        "key share is not signed by the certified key for this call, role and pair of names"
-    )]
+    #[error("key share is not signed by the certified key for this call, role and pair of names")]
     UncertifiedKey,
     #[error("key share gives a low-order point (all-zero shared secret)")]
     LowOrderShare,
@@ -352,12 +350,20 @@ impl KeyAgreement {
             return Err(HandshakeError::LowOrderShare);
         }
         let th = match self.role {
-            Role::Caller => {
-                transcript_hash(&self.public, &peer_public, own, peer_certificate, &self.names)
-            }
-            Role::Callee => {
-                transcript_hash(&peer_public, &self.public, peer_certificate, own, &self.names)
-            }
+            Role::Caller => transcript_hash(
+                &self.public,
+                &peer_public,
+                own,
+                peer_certificate,
+                &self.names,
+            ),
+            Role::Callee => transcript_hash(
+                &peer_public,
+                &self.public,
+                peer_certificate,
+                own,
+                &self.names,
+            ),
         };
         let schedule = KeySchedule::derive(&self.invite_id, shared.as_bytes(), &th);
         let (send, recv) = match self.role {

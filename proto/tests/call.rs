@@ -211,7 +211,13 @@ fn an_invite_with_a_swapped_certificate_is_refused_by_the_callee() {
         let err = bad_peer(&mut b);
         if want_wrong_name {
             assert!(
-                matches!(err, HandshakeError::WrongName { role: Role::Caller, .. }),
+                matches!(
+                    err,
+                    HandshakeError::WrongName {
+                        role: Role::Caller,
+                        ..
+                    }
+                ),
                 "{err:?}"
             );
         } else {
@@ -272,7 +278,10 @@ fn an_accept_with_a_swapped_certificate_is_refused_by_the_caller() {
         if stamped == "bob" {
             assert!(matches!(
                 bad_peer(&mut a),
-                HandshakeError::WrongName { role: Role::Callee, .. }
+                HandshakeError::WrongName {
+                    role: Role::Callee,
+                    ..
+                }
             ));
             let hangup = a.poll_signal().unwrap();
             assert!(matches!(

@@ -128,8 +128,8 @@ fn a_share_signed_by_an_uncertified_key_is_refused() {
     // Mallory presents Alice's certificate but signs with her own key.
     let mut impostor = identity("alice", "alice");
     impostor.key = key("bob");
-    let share =
-        KeyAgreement::new(Role::Caller, INVITE, names(), [1; 32]).share(&impostor, &mut blinding_rng());
+    let share = KeyAgreement::new(Role::Caller, INVITE, names(), [1; 32])
+        .share(&impostor, &mut blinding_rng());
     assert_eq!(
         at_bob(INVITE, names(), &share, NOW),
         Err(HandshakeError::UncertifiedKey)
@@ -148,7 +148,12 @@ fn a_share_is_bound_to_its_call_role_and_names() {
     );
     // Reflected back at the caller as if it came from a callee (alice
     // calling alice would need the callee's certificate to name her).
-    let caller = KeyAgreement::new(Role::Caller, INVITE, CallNames::new("bob", "alice"), [3; 32]);
+    let caller = KeyAgreement::new(
+        Role::Caller,
+        INVITE,
+        CallNames::new("bob", "alice"),
+        [3; 32],
+    );
     assert_eq!(
         caller.complete(&identity("bob", "bob").certificate, &share, &login_key, NOW),
         Err(HandshakeError::UncertifiedKey)
@@ -190,7 +195,13 @@ fn a_swapped_certificate_on_the_same_key_does_not_verify() {
         })
     );
     // Control: alice's own certificate verifies.
-    assert_eq!(at_bob(INVITE, names(), &alice_share(), NOW).unwrap().peer.name, "alice");
+    assert_eq!(
+        at_bob(INVITE, names(), &alice_share(), NOW)
+            .unwrap()
+            .peer
+            .name,
+        "alice"
+    );
 }
 
 #[test]
