@@ -127,7 +127,7 @@ fn compute() -> Vec<(&'static str, String)> {
     v.push(("kdf.c2s_iv", h(schedule.c2s.iv)));
     v.push(("kdf.s2c_iv", h(schedule.s2c.iv)));
     v.push(("kdf.call_id", h(schedule.call_id)));
-    v.push(("kdf.signal_key", h(&schedule.signal.0)));
+    v.push(("kdf.signal_key", h(schedule.signal.0)));
 
     // --- a MACed mid-call signal (bob hangs up) under that signal key
     let mut hangup = natter_proto::messages::CallSignal {
