@@ -81,6 +81,12 @@ share = field(1, v["kdf.caller_public"]) + field(2, v["share.signature_alice"]) 
 invite = field(1, v["kdf.invite_id"]) + field(2, b"alice") + field(3, b"bob") + field(10, field(1, share))
 hangup = field(1, v["kdf.invite_id"]) + field(2, b"alice") + field(15, b"\x08\x01")
 write("call", "invite_hangup", varint(len(invite)) + invite + varint(len(hangup)) + hangup)
+# The same, answered: a candidate update and a hangup that the target seals
+# with the call's real MAC (`mac` = "seal"), after one without a MAC.
+update = field(1, v["kdf.invite_id"]) + field(2, b"alice") + field(16, b"\x10\x01") + field(20, b"seal")
+sealed = hangup + field(20, b"seal")
+write("call", "invite_sealed", varint(len(invite)) + invite + varint(len(hangup)) + hangup
+      + varint(len(update)) + update + varint(len(sealed)) + sealed)
 # name and report: plain text.
 write("name", "alice", b"alice")
 write("name", "mixed", b"Alice.B_c-9")

@@ -139,6 +139,38 @@ async fn flush(setup: &mut CallSetup, session: &SupernodeSession) -> Result<(), 
     Ok(())
 }
 
+/// Feeds a pushed signal to the call setup; says so on stderr (with
+/// `live_status`) when the setup dropped it: not from the peer, or a
+/// mid-call signal without the call's MAC.
+fn handle_signal(setup: &mut CallSetup, signal: &CallSignal, live_status: bool) {
+    let before = setup.ignored();
+    setup.handle_signal(signal, now_unix_secs());
+    let after = setup.ignored();
+    if live_status && after != before {
+        let why = if after.wrong_sender != before.wrong_sender {
+            "not from the peer"
+        } else if after.bad_mac != before.bad_mac {
+            "no valid MAC"
+        } else {
+            "out of place"
+        };
+        let kind = match &signal.kind {
+            Some(call_signal::Kind::Invite(_)) => "invite",
+            Some(call_signal::Kind::Ringing(_)) => "ringing",
+            Some(call_signal::Kind::Accept(_)) => "accept",
+            Some(call_signal::Kind::Reject(_)) => "reject",
+            Some(call_signal::Kind::Busy(_)) => "busy",
+            Some(call_signal::Kind::Hangup(_)) => "hangup",
+            Some(call_signal::Kind::Candidates(_)) => "candidates",
+            None => "empty",
+        };
+        eprintln!(
+            "ignored a {kind} signal from {}: {why}",
+            crate::text::for_terminal(&signal.from)
+        );
+    }
+}
+
 fn end_error(reason: EndReason, peer: &str) -> CallError {
     match reason {
         EndReason::Rejected => CallError::Rejected(peer.to_owned()),
@@ -196,9 +228,11 @@ pub async fn place_call(
         login_key.clone(),
         0,
         SETUP_TIMEOUT.as_millis() as u64,
+        &mut rng,
     );
     flush(&mut setup, session).await?;
-    // The supernode knows the call now: allocate a relay and trickle it.
+    // The supernode knows the call now: allocate a relay and trickle it
+    // (held by the call setup until the keys are agreed, then sent MACed).
     let mut own_relay = None;
     if let Some((relay_candidates, own)) = gather::allocate_relay(session, &invite_id).await {
         setup.trickle(relay_candidates, true);
@@ -240,7 +274,9 @@ pub async fn place_call(
         let remaining = Duration::from_millis(deadline).saturating_sub(started.elapsed());
         tokio::select! {
             push = session.next_push() => match push {
-                Some(envelope::Body::CallSignal(signal)) => setup.handle_signal(&signal, now_unix_secs()),
+                Some(envelope::Body::CallSignal(signal)) => {
+                    handle_signal(&mut setup, &signal, options.live_status);
+                }
                 Some(_) => {}
                 None => return Err(CallError::SessionLost),
             },
@@ -283,6 +319,17 @@ pub async fn answer_calls(
         ) else {
             continue;
         };
+        if options.live_status {
+            let invite: String = signal
+                .invite_id
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            eprintln!(
+                "call from {} (invite {invite})",
+                crate::text::for_terminal(setup.peer_name())
+            );
+        }
         flush(&mut setup, session).await?;
         let caller = setup.peer_name().to_owned();
         let mut connected = None;
@@ -301,7 +348,13 @@ pub async fn answer_calls(
                     }
                     let mut secret = [0u8; 32];
                     rand::thread_rng().fill_bytes(&mut secret);
-                    setup.accept(identity, secret, candidates, now_unix_secs());
+                    setup.accept(
+                        identity,
+                        secret,
+                        candidates,
+                        now_unix_secs(),
+                        &mut rand::thread_rng(),
+                    );
                     flush(&mut setup, session).await?;
                     connected = Some(socket);
                 }
@@ -388,6 +441,14 @@ async fn run_media(
         media: &mut media,
         peer_silent: false,
     };
+    // What the setup queued on connecting: held candidates to send (MACed
+    // now), early signals from the peer it could check only now.
+    flush(setup, session).await?;
+    while let Some(event) = setup.poll_event() {
+        if let CallEvent::Candidates(more) = event {
+            call.add_candidates(&more, 0);
+        }
+    }
     // Legs the session wants from the start (UDP blocked) connect while
     // the audio is being set up.
     io.drain(&mut call, 0).await;
@@ -465,7 +526,7 @@ async fn run_media(
             push = session.next_push(), if session_alive => match push {
                 Some(envelope::Body::CallSignal(signal)) => {
                     if signal.invite_id == setup.invite_id() {
-                        setup.handle_signal(&signal, now_unix_secs());
+                        handle_signal(setup, &signal, options.live_status);
                         while let Some(event) = setup.poll_event() {
                             if let CallEvent::Candidates(more) = event {
                                 call.add_candidates(&more, start.elapsed().as_millis() as u64);
@@ -511,6 +572,7 @@ async fn run_media(
             .connects
             .load(std::sync::atomic::Ordering::Relaxed),
         tcp_dropped: tcp_stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        ignored_signals: setup.ignored().total(),
     };
     Ok(done.report(&call, io.media))
 }
@@ -652,6 +714,7 @@ struct CallDone {
     signaling: &'static str,
     tcp_connects: u64,
     tcp_dropped: u64,
+    ignored_signals: u64,
 }
 
 impl CallDone {
@@ -699,6 +762,7 @@ impl CallDone {
             path_rtt_ms: call.path_rtt_ms(),
             tcp_connects: self.tcp_connects,
             tcp_dropped: self.tcp_dropped,
+            ignored_signals: self.ignored_signals,
         }
     }
 }

@@ -63,7 +63,7 @@ fn frame(i: usize) -> Vec<i16> {
 }
 
 fn bench(c: &mut Criterion) {
-    let keys = KeySchedule::derive(&[1; 16], &[2; 32], &[3; 32], &[4; 32]);
+    let keys = KeySchedule::derive(&[1; 16], &[2; 32], &[3; 32]);
     let frames: Vec<Vec<i16>> = (0..50).map(frame).collect();
 
     let mut media = MediaSession::new(MediaConfig::default()).unwrap();

@@ -75,8 +75,8 @@ fn side(
 }
 
 fn pair(wrong_key: bool) -> (Side, Side) {
-    let s = KeySchedule::derive(&[1; 16], &[2; 32], &[3; 32], &[4; 32]);
-    let other = KeySchedule::derive(&[9; 16], &[2; 32], &[3; 32], &[4; 32]);
+    let s = KeySchedule::derive(&[1; 16], &[2; 32], &[3; 32]);
+    let other = KeySchedule::derive(&[9; 16], &[2; 32], &[3; 32]);
     let caller = side(&s.c2s, &s.s2c, 40_000, 1, CALLEE);
     let callee_recv = if wrong_key { &other.c2s } else { &s.c2s };
     let callee = side(&s.s2c, callee_recv, 7, 2, CALLER);

@@ -6,17 +6,31 @@
 //! ([`CallSetup::handle_timeout`]); take what to send with
 //! [`CallSetup::poll_signal`] and what happened with [`CallSetup::poll_event`].
 //! Nothing reaches `Connected` before the peer's certificate and signed share
-//! verified, so no media can flow to an unauthenticated peer.
+//! verified for this pair of names, so no media can flow to an
+//! unauthenticated peer.
+//!
+//! Signals are taken only `from` the peer. Once the keys are agreed, every
+//! hangup and candidate update carries a MAC under the call's signal key
+//! ([`crate::handshake::SignalKey`]), both ways: this side holds candidates
+//! trickled before the agreement and sends them MACed after it, and drops a
+//! mid-call signal that is not from the peer, lacks the MAC or has a wrong
+//! one (counted in [`CallSetup::ignored`]); the call goes on. Before the
+//! agreement no MAC is possible: a hangup, reject or busy from the peer's
+//! name ends the setup (what an on-path supernode can fake there is a
+//! refusal, a denial of service only).
 
 use std::collections::VecDeque;
 
+use rand_core::CryptoRngCore;
 use rsa::RsaPublicKey;
 
 use crate::cert::{Identity, VerifiedCertificate};
-use crate::handshake::{CallKeys, HandshakeError, INVITE_ID_LEN, KeyAgreement, Role};
+use crate::handshake::{
+    CallKeys, CallNames, HandshakeError, INVITE_ID_LEN, KeyAgreement, Role, SignalKey,
+};
 use crate::messages::{
     CallAccept, CallBusy, CallHangup, CallInvite, CallReject, CallRinging, CallSignal, Candidate,
-    CandidateUpdate, HangupReason, RejectReason, call_signal,
+    CandidateUpdate, Certificate, HangupReason, RejectReason, call_signal,
 };
 
 /// How a call ended, as the user sees it.
@@ -63,30 +77,71 @@ pub enum Phase {
     Ended,
 }
 
+/// Signals a call dropped, by why (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IgnoredSignals {
+    /// `from` was not the peer (another user, stamped by a supernode).
+    pub wrong_sender: u64,
+    /// A hangup or candidate update without the right MAC.
+    pub bad_mac: u64,
+    /// A setup signal (invite, accept, reject, busy) after the agreement.
+    pub out_of_place: u64,
+}
+
+impl IgnoredSignals {
+    /// All signals dropped.
+    pub fn total(&self) -> u64 {
+        self.wrong_sender + self.bad_mac + self.out_of_place
+    }
+}
+
 /// One side of one call.
 #[derive(Debug)]
 pub struct CallSetup {
     role: Role,
     invite_id: [u8; INVITE_ID_LEN],
-    local_name: String,
-    peer_name: String,
+    names: CallNames,
     agreement: Option<KeyAgreement>,
+    /// (Caller) the certificate sent in the invite, for the transcript.
+    own_certificate: Option<Certificate>,
     login_key: RsaPublicKey,
     phase: Phase,
     deadline_ms: u64,
     /// The caller's share, kept by the callee until it accepts.
     pending_invite: Option<CallInvite>,
+    /// The MAC key of mid-call signals, once the keys are agreed.
+    signal_key: Option<SignalKey>,
+    /// Candidates trickled before the agreement, sent MACed after it.
+    held_candidates: Vec<Candidate>,
+    held_end_of_candidates: bool,
+    /// MACed signals from the peer that arrived before the keys to check them.
+    early: VecDeque<CallSignal>,
+    ignored: IgnoredSignals,
     out: VecDeque<CallSignal>,
     events: VecDeque<CallEvent>,
 }
 
 /// Most signals or events queued before the shell drains them.
 const QUEUE_LIMIT: usize = 32;
+/// Most MACed signals kept until the keys exist to check them.
+const EARLY_LIMIT: usize = 8;
+/// Most candidates held until the agreement.
+const HELD_CANDIDATES_LIMIT: usize = 32;
+
+/// Whether a signal of this kind carries a MAC (all but the setup kinds,
+/// which travel before the keys exist).
+pub fn needs_mac(kind: &call_signal::Kind) -> bool {
+    use call_signal::Kind;
+    !matches!(
+        kind,
+        Kind::Invite(_) | Kind::Ringing(_) | Kind::Accept(_) | Kind::Reject(_) | Kind::Busy(_)
+    )
+}
 
 impl CallSetup {
     /// Starts an outgoing call to `callee` and queues the invite. `secret` is
-    /// 32 random bytes for the ephemeral key; `now_s` is unix seconds (for
-    /// certificate checks), `now_ms` the shell's monotonic clock.
+    /// 32 random bytes for the ephemeral key; `now_ms` is the shell's
+    /// monotonic clock; `rng` blinds the share's signature.
     #[allow(clippy::too_many_arguments)]
     pub fn invite(
         identity: &Identity,
@@ -98,31 +153,61 @@ impl CallSetup {
         login_key: RsaPublicKey,
         now_ms: u64,
         timeout_ms: u64,
+        rng: &mut impl CryptoRngCore,
     ) -> Self {
-        let agreement = KeyAgreement::new(Role::Caller, invite_id, secret);
+        let names = CallNames::new(local_name, callee);
+        let agreement = KeyAgreement::new(Role::Caller, invite_id, names.clone(), secret);
         let invite = CallInvite {
-            share: Some(agreement.share(identity)),
+            share: Some(agreement.share(identity, rng)),
             candidates,
         };
-        let mut setup = Self {
-            role: Role::Caller,
+        let mut setup = Self::new(
+            Role::Caller,
             invite_id,
-            local_name: local_name.to_owned(),
-            peer_name: callee.to_owned(),
-            agreement: Some(agreement),
+            names,
             login_key,
-            phase: Phase::Inviting,
-            deadline_ms: now_ms + timeout_ms,
-            pending_invite: None,
-            out: VecDeque::new(),
-            events: VecDeque::new(),
-        };
+            now_ms,
+            timeout_ms,
+        );
+        setup.agreement = Some(agreement);
+        setup.own_certificate = Some(identity.certificate.clone());
+        setup.phase = Phase::Inviting;
         setup.send(call_signal::Kind::Invite(invite));
         setup
     }
 
-    /// Receives an invite (already routed to this user). Verifies the caller's
-    /// certificate and share; on success queues `Ringing` and an
+    fn new(
+        role: Role,
+        invite_id: [u8; INVITE_ID_LEN],
+        names: CallNames,
+        login_key: RsaPublicKey,
+        now_ms: u64,
+        timeout_ms: u64,
+    ) -> Self {
+        Self {
+            role,
+            invite_id,
+            names,
+            agreement: None,
+            own_certificate: None,
+            login_key,
+            phase: Phase::Ringing,
+            deadline_ms: now_ms.saturating_add(timeout_ms),
+            pending_invite: None,
+            signal_key: None,
+            held_candidates: Vec::new(),
+            held_end_of_candidates: false,
+            early: VecDeque::new(),
+            ignored: IgnoredSignals::default(),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Receives an invite (already routed to this user; `from` stamped by
+    /// the supernode). Verifies the caller's certificate (it must name
+    /// `from`) and its share (signed for this call from `from` to
+    /// `local_name`); on success queues `Ringing` and an
     /// [`CallEvent::Incoming`], otherwise rejects and ends.
     pub fn incoming(
         signal: &CallSignal,
@@ -136,19 +221,16 @@ impl CallSetup {
         let Some(call_signal::Kind::Invite(invite)) = &signal.kind else {
             return None;
         };
-        let mut setup = Self {
-            role: Role::Callee,
+        let names = CallNames::new(&signal.from, local_name);
+        let mut setup = Self::new(
+            Role::Callee,
             invite_id,
-            local_name: local_name.to_owned(),
-            peer_name: signal.from.clone(),
-            agreement: None,
+            names,
             login_key,
-            phase: Phase::Ringing,
-            deadline_ms: now_ms + timeout_ms,
-            pending_invite: Some(invite.clone()),
-            out: VecDeque::new(),
-            events: VecDeque::new(),
-        };
+            now_ms,
+            timeout_ms,
+        );
+        setup.pending_invite = Some(invite.clone());
         let verified = invite
             .share
             .as_ref()
@@ -158,22 +240,10 @@ impl CallSetup {
                     share,
                     Role::Caller,
                     &invite_id,
+                    &setup.names,
                     &setup.login_key,
                     now_s,
                 )
-            })
-            .and_then(|cert| {
-                // The supernode stamped `from`; the certificate must agree.
-                if cert.name == signal.from {
-                    Ok(cert)
-                } else {
-                    Err(HandshakeError::Certificate(
-                        crate::cert::CertError::NameMismatch {
-                            expected: signal.from.clone(),
-                            got: cert.name.clone(),
-                        },
-                    ))
-                }
             });
         match verified {
             Ok(caller) => {
@@ -195,9 +265,14 @@ impl CallSetup {
         self.invite_id
     }
 
-    /// The other user's name.
+    /// This user's (normalised) name.
+    pub fn local_name(&self) -> &str {
+        self.names.of(self.role)
+    }
+
+    /// The other user's (normalised) name.
     pub fn peer_name(&self) -> &str {
-        &self.peer_name
+        self.names.of(self.role.peer())
     }
 
     /// Where the setup stands.
@@ -210,13 +285,20 @@ impl CallSetup {
         self.role
     }
 
-    /// (Callee) answers the call.
+    /// The signals dropped so far, by why.
+    pub fn ignored(&self) -> IgnoredSignals {
+        self.ignored
+    }
+
+    /// (Callee) answers the call; `rng` blinds the share's signature (any
+    /// caller can make the callee sign).
     pub fn accept(
         &mut self,
         identity: &Identity,
         secret: [u8; 32],
         candidates: Vec<Candidate>,
         now_s: i64,
+        rng: &mut impl CryptoRngCore,
     ) {
         if self.phase != Phase::Ringing || self.role != Role::Callee {
             return;
@@ -224,22 +306,18 @@ impl CallSetup {
         let Some(invite) = self.pending_invite.take() else {
             return;
         };
-        let agreement = KeyAgreement::new(Role::Callee, self.invite_id, secret);
-        let share = agreement.share(identity);
+        let agreement = KeyAgreement::new(Role::Callee, self.invite_id, self.names.clone(), secret);
+        let share = agreement.share(identity, rng);
         let Some(peer_share) = invite.share.as_ref() else {
             return;
         };
-        match agreement.complete(peer_share, &self.login_key, now_s) {
+        match agreement.complete(&identity.certificate, peer_share, &self.login_key, now_s) {
             Ok(keys) => {
                 self.send(call_signal::Kind::Accept(CallAccept {
                     share: Some(share),
                     candidates,
                 }));
-                self.phase = Phase::Connected;
-                self.event(CallEvent::Connected {
-                    keys: Box::new(keys),
-                    remote_candidates: invite.candidates,
-                });
+                self.connect(keys, invite.candidates, now_s);
             }
             Err(e) => {
                 self.send(call_signal::Kind::Reject(CallReject {
@@ -266,7 +344,7 @@ impl CallSetup {
         }
     }
 
-    /// Ends the call from this side.
+    /// Ends the call from this side (MACed once the keys are agreed).
     pub fn hangup(&mut self) {
         if self.phase == Phase::Ended {
             return;
@@ -277,9 +355,17 @@ impl CallSetup {
         self.end(EndReason::HungUp { by_peer: false });
     }
 
-    /// Sends late candidates to the peer.
+    /// Sends late candidates to the peer: at once (MACed) once the keys are
+    /// agreed, held until then.
     pub fn trickle(&mut self, candidates: Vec<Candidate>, end_of_candidates: bool) {
         if self.phase == Phase::Ended {
+            return;
+        }
+        if self.signal_key.is_none() {
+            let room = HELD_CANDIDATES_LIMIT.saturating_sub(self.held_candidates.len());
+            self.held_candidates
+                .extend(candidates.into_iter().take(room));
+            self.held_end_of_candidates |= end_of_candidates;
             return;
         }
         self.send(call_signal::Kind::Candidates(CandidateUpdate {
@@ -288,48 +374,67 @@ impl CallSetup {
         }));
     }
 
-    /// A signal for this call arrived from the peer (or its supernode).
+    /// A signal for this call arrived (pushed by this user's supernode).
     pub fn handle_signal(&mut self, signal: &CallSignal, now_s: i64) {
         if signal.invite_id.as_slice() != self.invite_id || self.phase == Phase::Ended {
             return;
         }
+        if crate::name::normalise(&signal.from).ok().as_deref() != Some(self.peer_name()) {
+            self.ignored.wrong_sender += 1;
+            return;
+        }
         use call_signal::Kind;
-        match &signal.kind {
-            Some(Kind::Ringing(_)) if self.phase == Phase::Inviting => {
+        let Some(kind) = &signal.kind else {
+            return;
+        };
+        if needs_mac(kind) {
+            match &self.signal_key {
+                Some(key) if !key.verify(signal) => {
+                    self.ignored.bad_mac += 1;
+                    return;
+                }
+                Some(_) => {}
+                // Before the agreement: keep a MACed signal until the keys
+                // exist (it may have overtaken the accept); an unMACed
+                // hangup is the peer (or its supernode) ending the setup.
+                None if !signal.mac.is_empty() => {
+                    if self.early.len() >= EARLY_LIMIT {
+                        self.ignored.bad_mac += 1;
+                    } else {
+                        self.early.push_back(signal.clone());
+                    }
+                    return;
+                }
+                None if matches!(kind, Kind::Hangup(_)) => {}
+                None => {
+                    self.ignored.bad_mac += 1;
+                    return;
+                }
+            }
+        } else if self.phase == Phase::Connected {
+            if !matches!(kind, Kind::Ringing(_)) {
+                self.ignored.out_of_place += 1;
+            }
+            return;
+        }
+        match kind {
+            Kind::Ringing(_) if self.phase == Phase::Inviting => {
                 self.phase = Phase::Ringing;
                 self.event(CallEvent::Ringing);
             }
-            Some(Kind::Accept(accept))
-                if self.role == Role::Caller && self.phase != Phase::Connected =>
-            {
-                let Some(agreement) = self.agreement.take() else {
+            Kind::Accept(accept) if self.role == Role::Caller => {
+                let (Some(agreement), Some(own)) =
+                    (self.agreement.take(), self.own_certificate.take())
+                else {
                     return;
                 };
                 let result = accept
                     .share
                     .as_ref()
                     .ok_or(HandshakeError::MissingCertificate)
-                    .and_then(|share| agreement.complete(share, &self.login_key, now_s))
-                    .and_then(|keys| {
-                        if keys.peer.name == self.peer_name {
-                            Ok(keys)
-                        } else {
-                            Err(HandshakeError::Certificate(
-                                crate::cert::CertError::NameMismatch {
-                                    expected: self.peer_name.clone(),
-                                    got: keys.peer.name.clone(),
-                                },
-                            ))
-                        }
-                    });
+                    .and_then(|share| agreement.complete(&own, share, &self.login_key, now_s));
                 match result {
-                    Ok(keys) => {
-                        self.phase = Phase::Connected;
-                        self.event(CallEvent::Connected {
-                            keys: Box::new(keys),
-                            remote_candidates: accept.candidates.clone(),
-                        });
-                    }
+                    Ok(keys) => self.connect(keys, accept.candidates.clone(), now_s),
                     Err(e) => {
                         self.send(Kind::Hangup(CallHangup {
                             reason: HangupReason::Error as i32,
@@ -338,9 +443,9 @@ impl CallSetup {
                     }
                 }
             }
-            Some(Kind::Reject(_)) => self.end(EndReason::Rejected),
-            Some(Kind::Busy(_)) => self.end(EndReason::Busy),
-            Some(Kind::Hangup(h)) => {
+            Kind::Reject(_) => self.end(EndReason::Rejected),
+            Kind::Busy(_) => self.end(EndReason::Busy),
+            Kind::Hangup(h) => {
                 let reason = HangupReason::try_from(h.reason).unwrap_or(HangupReason::Error);
                 let end = match reason {
                     HangupReason::Normal if self.phase == Phase::Connected => {
@@ -352,10 +457,29 @@ impl CallSetup {
                 };
                 self.end(end);
             }
-            Some(Kind::Candidates(update)) => {
+            Kind::Candidates(update) => {
                 self.event(CallEvent::Candidates(update.candidates.clone()));
             }
             _ => {}
+        }
+    }
+
+    /// The keys are agreed: connected; send what was held, check what
+    /// arrived early.
+    fn connect(&mut self, keys: CallKeys, remote_candidates: Vec<Candidate>, now_s: i64) {
+        self.signal_key = Some(keys.signal.clone());
+        self.phase = Phase::Connected;
+        self.event(CallEvent::Connected {
+            keys: Box::new(keys),
+            remote_candidates,
+        });
+        if !self.held_candidates.is_empty() || self.held_end_of_candidates {
+            let candidates = std::mem::take(&mut self.held_candidates);
+            let end = std::mem::take(&mut self.held_end_of_candidates);
+            self.trickle(candidates, end);
+        }
+        for signal in std::mem::take(&mut self.early) {
+            self.handle_signal(&signal, now_s);
         }
     }
 
@@ -389,13 +513,18 @@ impl CallSetup {
         if self.out.len() >= QUEUE_LIMIT {
             self.out.pop_front();
         }
-        self.out.push_back(CallSignal {
+        let mac = needs_mac(&kind);
+        let mut signal = CallSignal {
             invite_id: self.invite_id.to_vec(),
-            from: self.local_name.clone(),
-            to: self.peer_name.clone(),
+            from: self.local_name().to_owned(),
+            to: self.peer_name().to_owned(),
             kind: Some(kind),
             mac: Vec::new(),
-        });
+        };
+        if mac && let Some(key) = &self.signal_key {
+            key.seal(&mut signal);
+        }
+        self.out.push_back(signal);
     }
 
     fn event(&mut self, event: CallEvent) {
@@ -409,6 +538,8 @@ impl CallSetup {
         self.phase = Phase::Ended;
         self.agreement = None;
         self.pending_invite = None;
+        self.held_candidates.clear();
+        self.early.clear();
         self.event(CallEvent::Ended(reason));
     }
 }

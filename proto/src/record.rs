@@ -38,6 +38,9 @@ pub const KIND_KEEPALIVE: u8 = 0x04;
 
 /// One record.
 #[derive(Debug, Clone, PartialEq)]
+// Records are decoded one at a time and handed on at once; boxing the
+// envelope would only add an allocation per record.
+#[allow(clippy::large_enum_variant)]
 pub enum Record {
     /// A signaling message, as one frame on a QUIC stream would carry it.
     Envelope(Envelope),

@@ -98,6 +98,9 @@ pub struct CallReport {
     pub tcp_connects: u64,
     /// Datagrams dropped on full TLS leg queues.
     pub tcp_dropped: u64,
+    /// Call signals dropped: not from the peer, or mid-call without the
+    /// call's MAC (protocol section 3.2).
+    pub ignored_signals: u64,
 }
 
 fn rounded<S: serde::Serializer>(v: f64, scale: f64, s: S) -> Result<S::Ok, S::Error> {
@@ -164,7 +167,7 @@ impl CallReport {
             s,
             "call with {peer}: {dur:.1} s, path {path} ({remote}, RTT {prtt}), signaling over {sig}, setup {setup} ms, first audio {first}\n\
              sent {sp} packets ({smp} media, mean UDP payload {mp:.1} B, {sbps:.0} B/s), received {rp} ({rmp} media)\n\
-             lost {lost} (FEC recovered {fec}, concealed {conc}), late {late}, dropped: auth {auth}, replay {rep}, malformed {mal}\n\
+             lost {lost} (FEC recovered {fec}, concealed {conc}), late {late}, dropped: auth {auth}, replay {rep}, malformed {mal}, signals {sig_ign}\n\
              RTT {rtt}, jitter {jit:.1} ms, jitter-buffer delay {jbd} ms, codec Opus {br} b/s",
             peer = self.peer,
             dur = self.duration_s,
@@ -187,6 +190,7 @@ impl CallReport {
             auth = self.dropped_auth,
             rep = self.dropped_replay,
             mal = self.dropped_malformed,
+            sig_ign = self.ignored_signals,
             rtt = ms(self.rtt_ms),
             jit = self.jitter_ms,
             jbd = self.jitter_buffer_delay_ms,

@@ -4,9 +4,11 @@
 
 mod common;
 
-use common::{DAY, NOW, identity, issuer, key};
+use common::{DAY, NOW, blinding_rng, identity, issuer, key};
 use natter_proto::cert::{self, CertError};
-use natter_proto::handshake::{HandshakeError, KeyAgreement, Role};
+use natter_proto::handshake::{
+    CallNames, HandshakeError, KeyAgreement, KeySchedule, Role, transcript_hash,
+};
 use natter_proto::media::{OpenError, Opener, Sealer};
 use natter_proto::messages::CertificateBody;
 use natter_proto::replay::{ReplayError, WINDOW};
@@ -23,13 +25,42 @@ fn agree() -> (
     let alice = identity("alice", "alice");
     let bob = identity("bob", "bob");
     let login_key = issuer().public_key();
-    let caller = KeyAgreement::new(Role::Caller, INVITE, [1; 32]);
-    let callee = KeyAgreement::new(Role::Callee, INVITE, [2; 32]);
-    let invite_share = caller.share(&alice);
-    let accept_share = callee.share(&bob);
-    let at_callee = callee.complete(&invite_share, &login_key, NOW).unwrap();
-    let at_caller = caller.complete(&accept_share, &login_key, NOW).unwrap();
+    let caller = KeyAgreement::new(Role::Caller, INVITE, names(), [1; 32]);
+    let callee = KeyAgreement::new(Role::Callee, INVITE, names(), [2; 32]);
+    let invite_share = caller.share(&alice, &mut blinding_rng());
+    let accept_share = callee.share(&bob, &mut blinding_rng());
+    let at_callee = callee
+        .complete(&bob.certificate, &invite_share, &login_key, NOW)
+        .unwrap();
+    let at_caller = caller
+        .complete(&alice.certificate, &accept_share, &login_key, NOW)
+        .unwrap();
     (at_caller, at_callee)
+}
+
+/// alice calls bob.
+fn names() -> CallNames {
+    CallNames::new("alice", "bob")
+}
+
+fn alice_share() -> natter_proto::messages::KeyShare {
+    KeyAgreement::new(Role::Caller, INVITE, names(), [1; 32])
+        .share(&identity("alice", "alice"), &mut blinding_rng())
+}
+
+/// bob's side of the call, completing with `share`.
+fn at_bob(
+    invite: [u8; 16],
+    names: CallNames,
+    share: &natter_proto::messages::KeyShare,
+    now: i64,
+) -> Result<natter_proto::handshake::CallKeys, HandshakeError> {
+    KeyAgreement::new(Role::Callee, invite, names, [2; 32]).complete(
+        &identity("bob", "bob").certificate,
+        share,
+        &issuer().public_key(),
+        now,
+    )
 }
 
 #[test]
@@ -97,62 +128,145 @@ fn a_share_signed_by_an_uncertified_key_is_refused() {
     // Mallory presents Alice's certificate but signs with her own key.
     let mut impostor = identity("alice", "alice");
     impostor.key = key("bob");
-    let share = KeyAgreement::new(Role::Caller, INVITE, [1; 32]).share(&impostor);
-    let callee = KeyAgreement::new(Role::Callee, INVITE, [2; 32]);
+    let share = KeyAgreement::new(Role::Caller, INVITE, names(), [1; 32])
+        .share(&impostor, &mut blinding_rng());
     assert_eq!(
-        callee.complete(&share, &issuer().public_key(), NOW),
+        at_bob(INVITE, names(), &share, NOW),
         Err(HandshakeError::UncertifiedKey)
     );
 }
 
 #[test]
-fn a_share_is_bound_to_its_call_and_role() {
+fn a_share_is_bound_to_its_call_role_and_names() {
     let alice = identity("alice", "alice");
     let login_key = issuer().public_key();
-    let share = KeyAgreement::new(Role::Caller, INVITE, [1; 32]).share(&alice);
+    let share = alice_share();
     // Replayed into another call.
-    let other_call = KeyAgreement::new(Role::Callee, [0x22; 16], [2; 32]);
     assert_eq!(
-        other_call.complete(&share, &login_key, NOW),
+        at_bob([0x22; 16], names(), &share, NOW),
         Err(HandshakeError::UncertifiedKey)
     );
-    // Reflected back at the caller as if it came from a callee.
-    let caller = KeyAgreement::new(Role::Caller, INVITE, [3; 32]);
+    // Reflected back at the caller as if it came from a callee (alice
+    // calling alice would need the callee's certificate to name her).
+    let caller = KeyAgreement::new(
+        Role::Caller,
+        INVITE,
+        CallNames::new("bob", "alice"),
+        [3; 32],
+    );
     assert_eq!(
-        caller.complete(&share, &login_key, NOW),
+        caller.complete(&identity("bob", "bob").certificate, &share, &login_key, NOW),
         Err(HandshakeError::UncertifiedKey)
     );
+    // Made for a call to mallory, presented to bob.
+    let for_mallory = KeyAgreement::new(
+        Role::Caller,
+        INVITE,
+        CallNames::new("alice", "mallory"),
+        [1; 32],
+    )
+    .share(&alice, &mut blinding_rng());
+    assert_eq!(
+        at_bob(INVITE, names(), &for_mallory, NOW),
+        Err(HandshakeError::UncertifiedKey)
+    );
+    // The names are compared normalised.
+    assert!(at_bob(INVITE, CallNames::new("Alice", "BOB"), &share, NOW).is_ok());
+}
+
+#[test]
+fn a_swapped_certificate_on_the_same_key_does_not_verify() {
+    // mallory holds a certificate for her name on alice's key and swaps it
+    // into alice's share: the share names caller "alice", so a callee told
+    // the call comes from mallory refuses it, and one told it comes from
+    // alice refuses the certificate's name.
+    let mut swapped = alice_share();
+    swapped.certificate = Some(identity("mallory", "alice").certificate);
+    assert_eq!(
+        at_bob(INVITE, CallNames::new("mallory", "bob"), &swapped, NOW),
+        Err(HandshakeError::UncertifiedKey)
+    );
+    assert_eq!(
+        at_bob(INVITE, names(), &swapped, NOW),
+        Err(HandshakeError::WrongName {
+            role: Role::Caller,
+            expected: "alice".into(),
+            got: "mallory".into(),
+        })
+    );
+    // Control: alice's own certificate verifies.
+    assert_eq!(
+        at_bob(INVITE, names(), &alice_share(), NOW)
+            .unwrap()
+            .peer
+            .name,
+        "alice"
+    );
+}
+
+#[test]
+fn the_transcript_and_keys_change_with_any_name_or_certificate() {
+    let alice = identity("alice", "alice").certificate;
+    let bob = identity("bob", "bob").certificate;
+    let mallory = identity("mallory", "alice").certificate;
+    let (p1, p2) = ([1u8; 32], [2u8; 32]);
+    let base = transcript_hash(&p1, &p2, &alice, &bob, &names());
+    let variants = [
+        transcript_hash(&p1, &p2, &mallory, &bob, &names()),
+        transcript_hash(&p1, &p2, &alice, &mallory, &names()),
+        transcript_hash(&p1, &p2, &bob, &alice, &names()),
+        transcript_hash(&p1, &p2, &alice, &bob, &CallNames::new("mallory", "bob")),
+        transcript_hash(&p1, &p2, &alice, &bob, &CallNames::new("alice", "carol")),
+        transcript_hash(&p1, &p2, &alice, &bob, &CallNames::new("bob", "alice")),
+        // Length prefixes: moving a character across the boundary differs.
+        transcript_hash(&p1, &p2, &alice, &bob, &CallNames::new("alice.b", "ob")),
+        transcript_hash(&p2, &p1, &alice, &bob, &names()),
+    ];
+    for (i, v) in variants.iter().enumerate() {
+        assert_ne!(&base, v, "variant {i}");
+    }
+    let keys = KeySchedule::derive(&INVITE, &[9; 32], &base);
+    for v in &variants {
+        let other = KeySchedule::derive(&INVITE, &[9; 32], v);
+        assert_ne!(keys.c2s, other.c2s);
+        assert_ne!(keys.signal, other.signal);
+    }
+    // Both ends of a real agreement hash the same transcript.
+    let (caller, callee) = agree();
+    assert_eq!(caller.transcript, callee.transcript);
+    assert_eq!(caller.signal, callee.signal);
 }
 
 #[test]
 fn shares_with_bad_certificates_or_points_are_refused() {
     let login_key = issuer().public_key();
+    let _ = login_key;
     let alice = identity("alice", "alice");
-    let share = KeyAgreement::new(Role::Caller, INVITE, [1; 32]).share(&alice);
-    let callee = || KeyAgreement::new(Role::Callee, INVITE, [2; 32]);
+    let share = alice_share();
     assert!(matches!(
-        callee().complete(&share, &login_key, NOW + 2 * DAY),
+        at_bob(INVITE, names(), &share, NOW + 2 * DAY),
         Err(HandshakeError::Certificate(CertError::Expired { .. }))
     ));
     let mut no_cert = share.clone();
     no_cert.certificate = None;
     assert_eq!(
-        callee().complete(&no_cert, &login_key, NOW),
+        at_bob(INVITE, names(), &no_cert, NOW),
         Err(HandshakeError::MissingCertificate)
     );
     let mut short = share.clone();
     short.public.truncate(31);
     assert_eq!(
-        callee().complete(&short, &login_key, NOW),
+        at_bob(INVITE, names(), &short, NOW),
         Err(HandshakeError::ShareLength(31))
     );
     // A correctly signed low-order point (all zeros) is still refused.
-    let signed = natter_proto::handshake::share_signed_message(Role::Caller, &INVITE, &[0; 32]);
+    let signed =
+        natter_proto::handshake::share_signed_message(Role::Caller, &INVITE, &[0; 32], &names());
     let mut zero = share.clone();
     zero.public = vec![0; 32];
     zero.signature = alice.sign(&signed);
     assert_eq!(
-        callee().complete(&zero, &login_key, NOW),
+        at_bob(INVITE, names(), &zero, NOW),
         Err(HandshakeError::LowOrderShare)
     );
 }

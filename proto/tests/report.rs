@@ -56,6 +56,7 @@ fn legacy_json(r: &CallReport, sent_bytes: u64, received_bytes: u64, sent_packet
         "path_rtt_ms": r.path_rtt_ms,
         "tcp_connects": r.tcp_connects,
         "tcp_dropped": r.tcp_dropped,
+        "ignored_signals": r.ignored_signals,
     })
     .to_string()
 }
@@ -124,6 +125,7 @@ fn report(
         path_rtt_ms: end.map(|_| 31),
         tcp_connects: 1,
         tcp_dropped: 0,
+        ignored_signals: 1,
     }
 }
 

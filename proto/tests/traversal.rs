@@ -297,7 +297,7 @@ mod sessions {
         /// allocation (own relay, UDP and TLS), B gets A's relay candidates
         /// with the peer token.
         fn new(udp_blocked: [bool; 2]) -> Self {
-            let keys = KeySchedule::derive(&[1; 16], &[2; 32], &[3; 32], &[4; 32]);
+            let keys = KeySchedule::derive(&[1; 16], &[2; 32], &[3; 32]);
             let setup = |i: usize| SessionSetup {
                 udp_blocked: udp_blocked[i],
                 behind_nat: false,
@@ -776,7 +776,7 @@ mod sessions {
         );
         // A UDP-blocked side with nothing left to probe or bind waits for
         // the media timeout.
-        let keys = KeySchedule::derive(&[1; 16], &[2; 32], &[3; 32], &[4; 32]);
+        let keys = KeySchedule::derive(&[1; 16], &[2; 32], &[3; 32]);
         let setup = SessionSetup {
             udp_blocked: true,
             behind_nat: false,

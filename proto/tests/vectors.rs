@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use natter_proto::binding;
 use natter_proto::cert::{self, Issuer};
 use natter_proto::frame::to_frame;
-use natter_proto::handshake::{KeySchedule, Role, share_signed_message};
+use natter_proto::handshake::{
+    CallNames, KeySchedule, Role, share_signed_message, signal_mac_message, transcript_hash,
+};
 use natter_proto::media::{Sealer, nonce};
 use natter_proto::messages::{Envelope, LoginRequest, Ping, envelope};
 use natter_proto::replay::ReplayWindow;
@@ -87,27 +89,67 @@ fn compute() -> Vec<(&'static str, String)> {
     let shared = StaticSecret::from(caller_secret)
         .diffie_hellman(&PublicKey::from(callee_public))
         .to_bytes();
-    let schedule = KeySchedule::derive(&invite_id, &shared, &caller_public, &callee_public);
+    // The certificates in the transcript: the vector certificates below
+    // for alice (caller) and bob (callee).
+    let issuer = Issuer::new(common::key("issuer"));
+    let user_cert = |name: &str| {
+        issuer.issue(
+            &mut common::blinding_rng(),
+            &natter_proto::cert::Subject::User {
+                name,
+                key: &common::key(name).to_public_key(),
+                chat_key: common::TEST_CHAT_KEY,
+            },
+            1,
+            1_800_000_000,
+            1_800_086_400,
+        )
+    };
+    let names = CallNames::new("alice", "bob");
+    let th = transcript_hash(
+        &caller_public,
+        &callee_public,
+        &user_cert("alice"),
+        &user_cert("bob"),
+        &names,
+    );
+    let schedule = KeySchedule::derive(&invite_id, &shared, &th);
     v.push(("kdf.invite_id", h(invite_id)));
     v.push(("kdf.caller_secret", h(caller_secret)));
     v.push(("kdf.callee_secret", h(callee_secret)));
     v.push(("kdf.caller_public", h(caller_public)));
     v.push(("kdf.callee_public", h(callee_public)));
     v.push(("kdf.shared", h(shared)));
+    v.push(("kdf.bob_cert_body", h(&user_cert("bob").body)));
+    v.push(("kdf.transcript", h(th)));
     v.push(("kdf.c2s_key", h(schedule.c2s.key)));
     v.push(("kdf.s2c_key", h(schedule.s2c.key)));
     v.push(("kdf.c2s_iv", h(schedule.c2s.iv)));
     v.push(("kdf.s2c_iv", h(schedule.s2c.iv)));
     v.push(("kdf.call_id", h(schedule.call_id)));
+    v.push(("kdf.signal_key", h(schedule.signal.0)));
+
+    // --- a MACed mid-call signal (bob hangs up) under that signal key
+    let mut hangup = natter_proto::messages::CallSignal {
+        invite_id: invite_id.to_vec(),
+        from: "bob".into(),
+        to: "alice".into(),
+        kind: Some(natter_proto::messages::call_signal::Kind::Hangup(
+            natter_proto::messages::CallHangup { reason: 0 },
+        )),
+        mac: Vec::new(),
+    };
+    v.push(("signal.mac_message", h(signal_mac_message(&hangup))));
+    schedule.signal.seal(&mut hangup);
+    v.push(("signal.mac", h(&hangup.mac)));
 
     // --- signatures with the published test keys (tests/vectors/*.pem)
-    let signed = share_signed_message(Role::Caller, &invite_id, &caller_public);
+    let signed = share_signed_message(Role::Caller, &invite_id, &caller_public, &names);
     v.push(("share.signed_message", h(&signed)));
     v.push((
         "share.signature_alice",
         h(cert::sign(&common::key("alice"), &signed)),
     ));
-    let issuer = Issuer::new(common::key("issuer"));
     v.push(("cert.issuer_key_id", h(cert::key_id(&issuer.public_key()))));
     let certificate = issuer.issue(
         &mut common::blinding_rng(),
