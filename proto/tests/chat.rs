@@ -159,10 +159,7 @@ fn a_ciphertext_moved_to_another_envelope_does_not_open() {
     assert_eq!(open(&moved, &carol), Err(ChatError::Decrypt));
     // Re-addressed to bob's name but opened by carol's key (a supernode
     // giving it to the wrong user): refused before any decryption.
-    assert!(matches!(
-        open(&m, &carol),
-        Err(ChatError::NotForMe { .. })
-    ));
+    assert!(matches!(open(&m, &carol), Err(ChatError::NotForMe { .. })));
 }
 
 #[test]
