@@ -161,7 +161,10 @@ mod tests {
 
     fn message(from: &str, text: &str, sent_at: i64) -> OpenedChat {
         use rsa::pkcs8::DecodePrivateKey;
-        let pem = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto/tests/vectors/bob.pem");
+        let pem = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../proto/tests/vectors/bob.pem"
+        );
         let key = rsa::RsaPrivateKey::from_pkcs8_pem(&std::fs::read_to_string(pem).unwrap())
             .unwrap()
             .to_public_key();
