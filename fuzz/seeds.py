@@ -81,6 +81,11 @@ share = field(1, v["kdf.caller_public"]) + field(2, v["share.signature_alice"]) 
 invite = field(1, v["kdf.invite_id"]) + field(2, b"alice") + field(3, b"bob") + field(10, field(1, share))
 hangup = field(1, v["kdf.invite_id"]) + field(2, b"alice") + field(15, b"\x08\x01")
 write("call", "invite_hangup", varint(len(invite)) + invite + varint(len(hangup)) + hangup)
+# chat_message: the chat.* vector's message (alice -> bob, "hi"), which the
+# target's bob opens.
+chat = (field(1, bytes([0x11] * 16)) + field(2, b"alice") + field(3, b"bob")
+        + varint(5 << 3) + varint(1800000000123) + field(6, v["chat.sealed"]))
+write("chat_message", "alice_to_bob", chat)
 # name and report: plain text.
 write("name", "alice", b"alice")
 write("name", "mixed", b"Alice.B_c-9")
