@@ -87,6 +87,11 @@ update = field(1, v["kdf.invite_id"]) + field(2, b"alice") + field(16, b"\x10\x0
 sealed = hangup + field(20, b"seal")
 write("call", "invite_sealed", varint(len(invite)) + invite + varint(len(hangup)) + hangup
       + varint(len(update)) + update + varint(len(sealed)) + sealed)
+# chat_message: the chat.* vector's message (alice -> bob, "hi"), which the
+# target's bob opens.
+chat = (field(1, bytes([0x11] * 16)) + field(2, b"alice") + field(3, b"bob")
+        + varint(5 << 3) + varint(1800000000123) + field(6, v["chat.sealed"]))
+write("chat_message", "alice_to_bob", chat)
 # name and report: plain text.
 write("name", "alice", b"alice")
 write("name", "mixed", b"Alice.B_c-9")

@@ -1,8 +1,16 @@
-//! Sending one chat message through the joined supernode.
+//! Sending one chat message through the joined supernode, sealed end to
+//! end (`natter_proto::chat`): the recipient's certificate comes from the
+//! directory (`SearchReply.certificate`), is verified against the pinned
+//! login key and must name the recipient; the text is encrypted to its
+//! chat key and signed with this user's key. Supernodes see only the
+//! envelope.
 
 use std::time::Duration;
 
-use natter_proto::messages::{ChatMessage, envelope};
+use natter_proto::cert::{self, CertError, Identity, VerifiedCertificate};
+use natter_proto::messages::{ChatMessage, SearchReply, envelope};
+use natter_proto::name;
+use rsa::RsaPublicKey;
 
 use crate::ClientError;
 use crate::supernode::SupernodeSession;
@@ -19,18 +27,101 @@ pub enum Delivery {
     Stored,
 }
 
-/// A new message from `from` to `to`, with a random id, sent at `now_ms`.
-pub fn message(from: &str, to: &str, text: &str, now_ms: i64) -> ChatMessage {
-    let mut id = [0u8; 16];
-    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut id);
-    ChatMessage {
-        message_id: id.to_vec(),
-        from: from.to_owned(),
-        to: to.to_owned(),
-        text: text.to_owned(),
-        sent_at: now_ms,
-        sealed: Vec::new(),
+/// Why a message could not be sealed for its recipient.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("no user {0:?} in the directory")]
+    UnknownRecipient(String),
+    #[error("the directory has no certificate for {0:?}: cannot encrypt to them")]
+    NoCertificate(String),
+    #[error("the certificate the directory has for {name:?} does not verify: {source}")]
+    BadCertificate {
+        name: String,
+        #[source]
+        source: CertError,
+    },
+    #[error("asked for {wanted:?}'s certificate, the directory gave one for {got:?}")]
+    WrongCertificate { wanted: String, got: String },
+    #[error(transparent)]
+    Seal(#[from] natter_proto::chat::ChatError),
+}
+
+/// The certificate to seal chat to `to` with, from the directory's answer
+/// to a search for `to`: verified against `login_key` and naming `to`. A
+/// certificate that expired still serves (its chat key stays the user's:
+/// it lives in their home), once its signature and kind check out.
+pub fn recipient(
+    reply: &SearchReply,
+    to: &str,
+    login_key: &RsaPublicKey,
+    now_secs: i64,
+) -> Result<VerifiedCertificate, ChatError> {
+    let wanted = name::normalise(to).map_err(|_| ChatError::UnknownRecipient(to.to_owned()))?;
+    if !reply.found {
+        return Err(ChatError::UnknownRecipient(wanted));
     }
+    let certificate = reply
+        .certificate
+        .as_ref()
+        .ok_or_else(|| ChatError::NoCertificate(wanted.clone()))?;
+    let verified = match cert::verify(certificate, login_key, now_secs) {
+        Err(CertError::Expired { not_after, .. }) => {
+            cert::verify(certificate, login_key, not_after - 1)
+        }
+        other => other,
+    }
+    .map_err(|source| ChatError::BadCertificate {
+        name: wanted.clone(),
+        source,
+    })?;
+    if verified.name != wanted {
+        return Err(ChatError::WrongCertificate {
+            wanted,
+            got: verified.name,
+        });
+    }
+    Ok(verified)
+}
+
+/// A new message from `from` (this user) to `recipient`, with a random id,
+/// sent at `now_ms`, sealed to the recipient's chat key.
+pub fn message(
+    identity: &Identity,
+    from: &str,
+    recipient: &VerifiedCertificate,
+    text: &str,
+    now_ms: i64,
+) -> Result<ChatMessage, ChatError> {
+    let mut rng = rand::rngs::OsRng;
+    let mut id = [0u8; natter_proto::chat::MESSAGE_ID_LEN];
+    rand::RngCore::fill_bytes(&mut rng, &mut id);
+    Ok(natter_proto::chat::seal(
+        &mut rng,
+        identity,
+        recipient,
+        &id,
+        from,
+        &recipient.name,
+        now_ms,
+        text,
+    )?)
+}
+
+/// Looks `to` up, seals `text` to them and sends it ([`send`]).
+pub async fn send_text(
+    sn: &SupernodeSession,
+    identity: &Identity,
+    from: &str,
+    login_key: &RsaPublicKey,
+    to: &str,
+    text: &str,
+    request_timeout: Duration,
+) -> Result<Delivery, ClientError> {
+    let reply = crate::search::search_reply(sn, to, request_timeout).await?;
+    let now_ms = crate::now_unix_ms();
+    let recipient = recipient(&reply, to, login_key, now_ms / 1000)?;
+    let message = message(identity, from, &recipient, text, now_ms)?;
+    send(sn, message, request_timeout).await
 }
 
 /// Sends `message` and waits up to [`RECEIPT_WAIT`] for its receipt, which
@@ -63,18 +154,76 @@ pub async fn send(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use natter_proto::cert::{Issuer, Subject};
+    use rsa::RsaPrivateKey;
+    use rsa::pkcs8::DecodePrivateKey;
+
+    fn key(name: &str) -> RsaPrivateKey {
+        let path = format!(
+            "{}/../proto/tests/vectors/{name}.pem",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        RsaPrivateKey::from_pkcs8_pem(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn reply_for(issuer: &Issuer, name: &str, not_after: i64) -> SearchReply {
+        let certificate = issuer.issue(
+            &mut rand::rngs::OsRng,
+            &Subject::User {
+                name,
+                key: &key("bob").to_public_key(),
+                chat_key: cert::chat_public(&[0xb0; 32]),
+            },
+            1,
+            1_000,
+            not_after,
+        );
+        SearchReply {
+            name: name.to_owned(),
+            found: true,
+            certificate: Some(certificate),
+            ..Default::default()
+        }
+    }
 
     #[test]
-    fn messages_get_fresh_random_ids() {
-        let a = message("alice", "bob", "hi", 42);
-        let b = message("alice", "bob", "hi", 42);
-        assert_eq!(a.message_id.len(), 16);
-        assert_ne!(a.message_id, b.message_id);
-        assert_eq!(
-            (a.from.as_str(), a.to.as_str(), a.text.as_str(), a.sent_at),
-            ("alice", "bob", "hi", 42)
-        );
+    fn the_recipient_certificate_must_verify_and_name_the_recipient() {
+        let issuer = Issuer::new(key("issuer"));
+        let login = issuer.public_key();
+        let reply = reply_for(&issuer, "bob", 10_000);
+        let bob = recipient(&reply, "Bob", &login, 5_000).unwrap();
+        assert_eq!(bob.name, "bob");
+        assert_eq!(bob.chat_key, cert::chat_public(&[0xb0; 32]));
+        // Expired: its chat key still serves.
+        assert!(recipient(&reply, "bob", &login, 50_000).is_ok());
+        // Not yet valid, another name, another issuer, none, not found.
+        assert!(matches!(
+            recipient(&reply, "bob", &login, 10),
+            Err(ChatError::BadCertificate { .. })
+        ));
+        assert!(matches!(
+            recipient(&reply_for(&issuer, "mallory", 10_000), "bob", &login, 5_000),
+            Err(ChatError::WrongCertificate { .. })
+        ));
+        let rogue = Issuer::new(key("alice"));
+        assert!(matches!(
+            recipient(&reply_for(&rogue, "bob", 10_000), "bob", &login, 5_000),
+            Err(ChatError::BadCertificate { .. })
+        ));
+        let mut none = reply.clone();
+        none.certificate = None;
+        assert!(matches!(
+            recipient(&none, "bob", &login, 5_000),
+            Err(ChatError::NoCertificate(_))
+        ));
+        let mut missing = reply;
+        missing.found = false;
+        assert!(matches!(
+            recipient(&missing, "bob", &login, 5_000),
+            Err(ChatError::UnknownRecipient(_))
+        ));
     }
 }

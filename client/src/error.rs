@@ -55,6 +55,8 @@ pub enum ClientError {
     Session(#[from] crate::supernode::SessionError),
     #[error(transparent)]
     Call(#[from] crate::call::CallError),
+    #[error(transparent)]
+    Chat(#[from] crate::chat::ChatError),
 }
 
 impl ClientError {

@@ -1,12 +1,23 @@
 //! The inbox kept in `--home`: `inbox.txt`, one received chat message per
 //! line (`SENT_UNIX_SECS FROM: TEXT`), appended as messages arrive and
 //! created mode 0600 by [`natter_fsutil::append_private`].
+//!
+//! Chat arrives sealed (`natter_proto::chat`): [`receive`] opens it with
+//! this user's chat key and verifies the sender against the pinned login
+//! key. Only what opens and verifies is stored, as the plaintext under the
+//! certified sender's name; anything else is refused: counted, reported to
+//! the caller (the `natter` binary prints a warning) and never attributed
+//! to the name it claims. The supernode counts a pushed message as
+//! delivered, so a refused message does not stay in the mailbox either.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use natter_fsutil::FileError;
+use natter_proto::cert::Identity;
+use natter_proto::chat::{self, ChatError, OpenedChat};
 use natter_proto::messages::{ChatMessage, envelope};
+use rsa::RsaPublicKey;
 
 use crate::ClientError;
 use crate::supernode::SupernodeSession;
@@ -38,17 +49,17 @@ impl Inbox {
     /// The line `m` is stored as: its text on one line, every other
     /// control or bidi character escaped (`text::for_terminal`), so showing
     /// the file cannot fake a sender either.
-    pub fn line(m: &ChatMessage) -> String {
+    pub fn line(m: &OpenedChat) -> String {
         format!(
             "{} {}: {}\n",
-            m.sent_at / 1000,
+            m.sent_at.div_euclid(1000),
             for_terminal(&m.from),
             for_terminal(&m.text.replace('\n', " "))
         )
     }
 
     /// Appends `m`.
-    pub fn append(&self, m: &ChatMessage) -> Result<(), FileError> {
+    pub fn append(&self, m: &OpenedChat) -> Result<(), FileError> {
         natter_fsutil::append_private(&self.path, Self::line(m).as_bytes())
     }
 
@@ -58,28 +69,89 @@ impl Inbox {
     }
 }
 
+/// What this user's keys open chat with.
+#[derive(Debug, Clone)]
+pub struct Keys<'a> {
+    /// This user's identity (its chat secret decrypts).
+    pub identity: &'a Identity,
+    /// The pinned login key that senders' certificates must verify with.
+    pub login_key: &'a RsaPublicKey,
+}
+
+/// A received message that did not open or verify: dropped, never shown
+/// as from `claimed_from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The `from` of its envelope (what it claimed).
+    pub claimed_from: String,
+    pub error: ChatError,
+}
+
+impl Refused {
+    /// The warning a user sees.
+    pub fn warning(&self) -> String {
+        format!(
+            "warning: dropped a message claiming to be from {}: {}",
+            for_terminal(&self.claimed_from),
+            for_terminal(&self.error.to_string())
+        )
+    }
+}
+
+/// Opens `m` (received at `now_ms`) and, when it opens and verifies,
+/// appends it to `inbox`.
+pub fn receive(
+    inbox: &Inbox,
+    keys: &Keys<'_>,
+    m: &ChatMessage,
+    now_ms: i64,
+) -> Result<Result<OpenedChat, Refused>, FileError> {
+    match chat::open(m, keys.identity, keys.login_key, now_ms) {
+        Ok(opened) => {
+            inbox.append(&opened)?;
+            Ok(Ok(opened))
+        }
+        Err(error) => Ok(Err(Refused {
+            claimed_from: m.from.clone(),
+            error,
+        })),
+    }
+}
+
+/// What one [`fetch`] brought.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fetched {
+    /// Messages opened and appended to the inbox.
+    pub received: usize,
+    /// Messages refused (not stored).
+    pub refused: Vec<Refused>,
+}
+
 /// Asks the supernode for the chat stored while this user was offline and
-/// appends every message to `inbox`; returns how many arrived. Stored chat is
-/// pushed before the request's reply, and whatever was pushed at join is
-/// queued too; the wait ends after [`FETCH_QUIET`] without a push.
+/// appends every message that opens to `inbox`. Stored chat is pushed
+/// before the request's reply, and whatever was pushed at join is queued
+/// too; the wait ends after [`FETCH_QUIET`] without a push.
 pub async fn fetch(
     sn: &SupernodeSession,
     inbox: &Inbox,
+    keys: &Keys<'_>,
     request_timeout: Duration,
-) -> Result<usize, ClientError> {
+) -> Result<Fetched, ClientError> {
     sn.request(
         envelope::Body::InboxFetch(Default::default()),
         request_timeout,
     )
     .await?;
-    let mut received = 0;
+    let mut fetched = Fetched::default();
     while let Ok(Some(push)) = tokio::time::timeout(FETCH_QUIET, sn.next_push()).await {
         if let envelope::Body::ChatMessage(m) = push {
-            inbox.append(&m)?;
-            received += 1;
+            match receive(inbox, keys, &m, crate::now_unix_ms())? {
+                Ok(_) => fetched.received += 1,
+                Err(refused) => fetched.refused.push(refused),
+            }
         }
     }
-    Ok(received)
+    Ok(fetched)
 }
 
 #[cfg(test)]
@@ -87,14 +159,29 @@ pub async fn fetch(
 mod tests {
     use super::*;
 
-    fn message(from: &str, text: &str, sent_at: i64) -> ChatMessage {
-        ChatMessage {
+    fn message(from: &str, text: &str, sent_at: i64) -> OpenedChat {
+        use rsa::pkcs8::DecodePrivateKey;
+        let pem = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../proto/tests/vectors/bob.pem"
+        );
+        let key = rsa::RsaPrivateKey::from_pkcs8_pem(&std::fs::read_to_string(pem).unwrap())
+            .unwrap()
+            .to_public_key();
+        OpenedChat {
             message_id: vec![1; 16],
             from: from.to_owned(),
             to: "alice".to_owned(),
             text: text.to_owned(),
             sent_at,
-            ..Default::default()
+            sender: natter_proto::cert::VerifiedCertificate {
+                name: from.to_owned(),
+                public_key: key,
+                chat_key: [0; 32],
+                serial: 1,
+                not_before: 0,
+                not_after: 1,
+            },
         }
     }
 

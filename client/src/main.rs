@@ -14,7 +14,7 @@ use natter_client::home::LoginStatus;
 use natter_client::online::{self, OnlineEvent};
 use natter_client::search::{self, presence_name};
 use natter_client::text::for_terminal;
-use natter_client::{ClientError, Home, LoginClient, inbox, now_unix_ms, now_unix_secs, tls};
+use natter_client::{ClientError, Home, LoginClient, inbox, now_unix_secs, tls};
 
 /// Natter client.
 #[derive(Debug, Parser)]
@@ -393,8 +393,16 @@ async fn overlay_command(cli: &Cli) -> Result<()> {
             }
         },
         Command::Chat { name, text } => {
-            let message = chat::message(&me, name, text, now_unix_ms());
-            let delivery = chat::send(&sn, message, REQUEST_TIMEOUT).await?;
+            let delivery = chat::send_text(
+                &sn,
+                &session.identity,
+                &me,
+                &key,
+                name,
+                text,
+                REQUEST_TIMEOUT,
+            )
+            .await?;
             match delivery {
                 Delivery::Delivered => println!("delivered to {name}"),
                 Delivery::Stored => {
@@ -405,7 +413,14 @@ async fn overlay_command(cli: &Cli) -> Result<()> {
         }
         Command::Inbox => {
             let inbox = home.inbox();
-            inbox::fetch(&sn, &inbox, REQUEST_TIMEOUT).await?;
+            let keys = inbox::Keys {
+                identity: &session.identity,
+                login_key: &key,
+            };
+            let fetched = inbox::fetch(&sn, &inbox, &keys, REQUEST_TIMEOUT).await?;
+            for refused in &fetched.refused {
+                println!("{}", refused.warning());
+            }
             let text = inbox.read();
             if text.is_empty() {
                 println!("no messages");
@@ -427,6 +442,10 @@ async fn overlay_command(cli: &Cli) -> Result<()> {
                 &mut overlay,
                 buddies.names(),
                 &home.inbox(),
+                &inbox::Keys {
+                    identity: &session.identity,
+                    login_key: &key,
+                },
                 REQUEST_TIMEOUT,
                 stop,
                 print_event,
@@ -475,6 +494,7 @@ fn print_event(event: OnlineEvent) {
             for_terminal(&m.from),
             for_terminal(&m.text)
         ),
+        OnlineEvent::Refused(refused) => println!("{}", refused.warning()),
         OnlineEvent::Delivered { to } => println!("delivered to {}", for_terminal(&to)),
         OnlineEvent::Rejoined { lost, via } => {
             println!("supernode {lost} lost; rejoined via {via}");

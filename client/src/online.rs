@@ -13,12 +13,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use natter_proto::messages::{
-    ChatMessage, PresenceStatus, PresenceSubscribe, SetPresence, envelope,
-};
+use natter_proto::chat::OpenedChat;
+use natter_proto::messages::{PresenceStatus, PresenceSubscribe, SetPresence, envelope};
 
 use crate::ClientError;
-use crate::inbox::Inbox;
+use crate::inbox::{self, Inbox, Keys, Refused};
 use crate::overlay::Overlay;
 use crate::supernode::{SessionError, SupernodeSession};
 
@@ -30,8 +29,12 @@ pub enum OnlineEvent {
         name: String,
         status: PresenceStatus,
     },
-    /// A chat message arrived (it is appended to the inbox right after).
-    Message(ChatMessage),
+    /// A chat message arrived, opened and verified (it is already in the
+    /// inbox).
+    Message(OpenedChat),
+    /// A chat message arrived that did not open or verify: dropped, not
+    /// stored, never shown as from the name it claims.
+    Refused(Refused),
     /// A message sent earlier was delivered; `to` is the recipient.
     Delivered { to: String },
     /// The supernode `lost` went away; the overlay was rejoined via `via`.
@@ -52,12 +55,13 @@ pub async fn set_online(sn: &SupernodeSession, timeout: Duration) -> Result<(), 
 
 /// Stays online through `overlay` until `stop` completes (then leaves the
 /// supernode politely), calling `on_event` for every [`OnlineEvent`] and
-/// appending chat to `inbox`. Fails only when no supernode can be joined
+/// appending the chat that opens with `keys` to `inbox`. Fails only when no supernode can be joined
 /// any more, or on an error that rejoining cannot fix.
 pub async fn stay_online(
     overlay: &mut Overlay,
     buddies: &[String],
     inbox: &Inbox,
+    keys: &Keys<'_>,
     request_timeout: Duration,
     stop: impl Future<Output = ()>,
     mut on_event: impl FnMut(OnlineEvent),
@@ -94,8 +98,10 @@ pub async fn stay_online(
                         status: PresenceStatus::try_from(u.status).unwrap_or(PresenceStatus::Offline),
                     }),
                     Some(envelope::Body::ChatMessage(m)) => {
-                        on_event(OnlineEvent::Message(m.clone()));
-                        inbox.append(&m)?;
+                        match inbox::receive(inbox, keys, &m, crate::now_unix_ms())? {
+                            Ok(opened) => on_event(OnlineEvent::Message(opened)),
+                            Err(refused) => on_event(OnlineEvent::Refused(refused)),
+                        }
                     }
                     Some(envelope::Body::ChatReceipt(r)) => {
                         on_event(OnlineEvent::Delivered { to: r.from });

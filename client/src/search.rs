@@ -47,6 +47,18 @@ pub async fn search(
     name: &str,
     request_timeout: Duration,
 ) -> Result<Option<Found>, ClientError> {
+    Ok(Found::from_reply(
+        &search_reply(sn, name, request_timeout).await?,
+    ))
+}
+
+/// The directory's whole answer for `name` (with the user's certificate,
+/// which chat is sealed to).
+pub async fn search_reply(
+    sn: &SupernodeSession,
+    name: &str,
+    request_timeout: Duration,
+) -> Result<SearchReply, ClientError> {
     let reply = sn
         .request(
             envelope::Body::SearchRequest(SearchRequest {
@@ -58,7 +70,7 @@ pub async fn search(
     let envelope::Body::SearchReply(r) = reply else {
         return Err(ClientError::Usage("unexpected reply to search".to_owned()));
     };
-    Ok(Found::from_reply(&r))
+    Ok(r)
 }
 
 /// The word a user sees for a presence status.

@@ -41,6 +41,7 @@ pub enum LinkRole {
     Acceptor = 2,
 }
 
+/// Appends `bytes` prefixed with their length (`len16`).
 pub(crate) fn push16(out: &mut Vec<u8>, bytes: &[u8]) {
     let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
     out.extend_from_slice(&len.to_be_bytes());

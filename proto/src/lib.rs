@@ -18,6 +18,7 @@
 //! | [`replay`] | rebuilding the 64-bit packet index from the 16-bit message id; the replay window |
 //! | [`cert`] | user and supernode certificates issued by the login server; the revocation list |
 //! | [`binding`] | the bytes each proof-of-possession signature covers, bound to the TLS connection |
+//! | [`chat`] | end-to-end chat: sealing to the recipient's chat key, signed by the sender |
 //! | [`call`] | call setup: invite / ringing / accept / reject / busy / hangup, timeouts |
 //! | [`handshake`] | the call key agreement (signed X25519 shares, HKDF) |
 //! | [`media`] | sealing and opening SoM datagrams with AES-256-GCM; the DATA plaintext layout |
@@ -31,6 +32,7 @@
 pub mod binding;
 pub mod call;
 pub mod cert;
+pub mod chat;
 pub mod frame;
 pub mod handshake;
 pub mod jitter;

@@ -208,6 +208,94 @@ fn compute() -> Vec<(&'static str, String)> {
         )),
     ));
 
+    // --- end-to-end chat (section 8): alice -> bob, "hi", the message of
+    // chat.signed_message, alice's certificate of cert.body, a fixed
+    // ephemeral secret and bob's chat secret 0x22 x 32.
+    let eph_secret = [0x5eu8; 32];
+    let bob_chat_secret = [0x22u8; 32];
+    let bob_chat_key = cert::chat_public(&bob_chat_secret);
+    let eph_public = cert::chat_public(&eph_secret);
+    let chat_shared = StaticSecret::from(eph_secret)
+        .diffie_hellman(&PublicKey::from(bob_chat_key))
+        .to_bytes();
+    let (chat_key, chat_nonce) =
+        natter_proto::chat::derive(&chat_shared, &eph_public, &bob_chat_key);
+    v.push(("chat.ephemeral_secret", h(eph_secret)));
+    v.push(("chat.ephemeral_public", h(eph_public)));
+    v.push(("chat.recipient_chat_secret", h(bob_chat_secret)));
+    v.push(("chat.recipient_chat_key", h(bob_chat_key)));
+    v.push(("chat.shared", h(chat_shared)));
+    v.push(("chat.aead_key", h(chat_key)));
+    v.push(("chat.aead_nonce", h(chat_nonce)));
+    v.push((
+        "chat.aad",
+        h(natter_proto::chat::aad(
+            &[0x11; 16],
+            "alice",
+            "bob",
+            1_800_000_000_123,
+        )),
+    ));
+    let alice_identity = cert::Identity {
+        key: common::key("alice"),
+        certificate: certificate.clone(),
+        chat_secret: [0x11; 32],
+    };
+    let bob_verified = cert::VerifiedCertificate {
+        name: "bob".into(),
+        public_key: common::key("bob").to_public_key(),
+        chat_key: bob_chat_key,
+        serial: 2,
+        not_before: 1_800_000_000,
+        not_after: 1_800_086_400,
+    };
+    let sealed_chat = natter_proto::chat::seal_with_ephemeral(
+        &mut common::blinding_rng(),
+        eph_secret,
+        &alice_identity,
+        &bob_verified,
+        &[0x11; 16],
+        "alice",
+        "bob",
+        1_800_000_000_123,
+        "hi",
+    )
+    .unwrap();
+    let chat_body = natter_proto::messages::ChatBody {
+        text: "hi".into(),
+        sender_certificate: Some(certificate.clone()),
+        signature: cert::sign(
+            &common::key("alice"),
+            &binding::chat_message(&[0x11; 16], "alice", "bob", 1_800_000_000_123, "hi"),
+        ),
+    };
+    v.push(("chat.body", h(prost::Message::encode_to_vec(&chat_body))));
+    v.push(("chat.sealed", h(&sealed_chat.sealed)));
+    // And it opens as bob.
+    let bob_identity = cert::Identity {
+        key: common::key("bob"),
+        certificate: issuer.issue(
+            &mut common::blinding_rng(),
+            &natter_proto::cert::Subject::User {
+                name: "bob",
+                key: &common::key("bob").to_public_key(),
+                chat_key: bob_chat_key,
+            },
+            2,
+            1_800_000_000,
+            1_800_086_400,
+        ),
+        chat_secret: bob_chat_secret,
+    };
+    let opened = natter_proto::chat::open(
+        &sealed_chat,
+        &bob_identity,
+        &issuer.public_key(),
+        1_800_000_001_000,
+    )
+    .unwrap();
+    assert_eq!(opened.text, "hi");
+
     // --- envelopes as framed on a stream
     let ping = Envelope::new(0, envelope::Body::Ping(Ping { nonce: 0x0102_0304 }));
     v.push(("frame.ping", h(to_frame(&ping).unwrap())));

@@ -22,6 +22,8 @@ use crate::udp::UdpService;
 pub(crate) const EVENT_QUEUE: usize = 4096;
 
 /// Something queued for a client session's writer.
+// Version 2 grew `Envelope` and `UserRecord`; short-lived, not worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Out {
     Frame(Envelope),

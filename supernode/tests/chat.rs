@@ -22,7 +22,7 @@ fn chat(id: u8, to: &str, text: String) -> ChatMessage {
         message_id: vec![id; 16],
         from: String::new(),
         to: to.to_owned(),
-        text,
+        sealed: common::sealed(text.as_bytes()),
         sent_at: 1,
         ..Default::default()
     }
@@ -86,7 +86,10 @@ async fn four_largest_messages_survive_a_replica_move_and_arrive_once() {
                 _ => None,
             })
             .await;
-        assert_eq!((m.from.as_str(), m.text.len()), ("alice", MAX_CHAT_TEXT));
+        assert_eq!(
+            (m.from.as_str(), common::unsealed(&m).len()),
+            ("alice", MAX_CHAT_TEXT)
+        );
         got.push(m.message_id);
     }
     assert_eq!(got.iter().cloned().collect::<HashSet<_>>(), sent);
@@ -151,6 +154,74 @@ async fn a_full_mailbox_is_refused_with_mailbox_full_and_nothing_stored_is_lost(
     leave(carol).await;
     alice
         .ack(Body::ChatMessage(chat(5, "carol", "x".repeat(4000))))
+        .await;
+    for sn in sns {
+        sn.shutdown().await;
+    }
+}
+
+/// Version 2 chat is sealed end to end: a supernode refuses a message that
+/// carries plaintext (or no sealed body, or an oversize one) with
+/// `Malformed`, and neither stores nor forwards it; the search reply
+/// carries the recipient's certificate, whose chat key senders seal to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_chat_is_refused_and_never_stored_or_forwarded() {
+    let sns = common::cluster(2, |_| {}).await;
+    let mut bob = TestClient::join(sns[1].local_addr(), "bob").await;
+    leave(TestClient::join(sns[0].local_addr(), "carol").await).await;
+    let mut alice = TestClient::join(sns[0].local_addr(), "alice").await;
+    let found = alice.search_until("bob", |r| r.found).await;
+    let certificate = found
+        .certificate
+        .expect("the search reply has bob's certificate");
+    let verified = natter_proto::cert::verify(
+        &certificate,
+        &common::issuer().public_key(),
+        common::now_secs(),
+    )
+    .unwrap();
+    assert_eq!(verified.name, "bob");
+    assert_eq!(certificate, common::identity("bob").certificate);
+
+    let plaintext = |id: u8, to: &str| ChatMessage {
+        message_id: vec![id; 16],
+        to: to.to_owned(),
+        text: "the launch code is 0000".into(),
+        sent_at: 1,
+        ..Default::default()
+    };
+    let oversize = ChatMessage {
+        sealed: common::sealed(&vec![b'x'; natter_proto::chat::MAX_SEALED_LEN]),
+        ..chat(3, "bob", String::new())
+    };
+    let unsealed = ChatMessage {
+        sealed: Vec::new(),
+        ..chat(4, "carol", String::new())
+    };
+    for m in [
+        plaintext(1, "bob"),
+        plaintext(2, "carol"),
+        oversize,
+        unsealed,
+    ] {
+        let reply = alice.request(Body::ChatMessage(m)).await;
+        assert_eq!(
+            common::error_code(&reply),
+            Some(ErrorCode::Malformed),
+            "{reply:?}"
+        );
+    }
+    bob.expect_no_push(Duration::from_millis(500), |b| {
+        matches!(b, Body::ChatMessage(_))
+    })
+    .await;
+    // Carol (offline) had nothing stored for her.
+    let mut carol = TestClient::join(sns[0].local_addr(), "carol").await;
+    carol.ack(Body::InboxFetch(InboxFetch {})).await;
+    carol
+        .expect_no_push(Duration::from_millis(500), |b| {
+            matches!(b, Body::ChatMessage(_))
+        })
         .await;
     for sn in sns {
         sn.shutdown().await;

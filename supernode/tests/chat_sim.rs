@@ -46,7 +46,7 @@ fn message(sim: &mut Sim, to: &str, text: String) -> ChatMessage {
         message_id: sim.random_id(),
         from: String::new(),
         to: to.to_owned(),
-        text,
+        sealed: common::sealed(text.as_bytes()),
         sent_at: 1,
         ..Default::default()
     }
@@ -158,7 +158,7 @@ fn four_largest_messages_to_an_offline_user_survive_replica_moves_and_arrive_onc
     assert_eq!(ids, sent, "all four, once each, in order");
     assert!(
         got.iter()
-            .all(|m| m.text.len() == MAX_CHAT_TEXT && m.from == "dave")
+            .all(|m| common::unsealed(m).len() == MAX_CHAT_TEXT && m.from == "dave")
     );
     for i in 0..n {
         assert_eq!(
@@ -283,7 +283,7 @@ fn caps_answer_mailbox_full_and_keep_what_is_stored() {
         message_id: vec![0; 16],
         from: "dave".into(),
         to: "erin".into(),
-        text: "x".repeat(1000),
+        sealed: common::sealed("x".repeat(1000).as_bytes()),
         sent_at: 1,
         ..Default::default()
     };

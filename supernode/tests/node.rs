@@ -86,7 +86,7 @@ async fn a_client_that_stops_reading_is_disconnected() {
             message_id: vec![i; 16],
             from: String::new(),
             to: "alice".into(),
-            text: "x".repeat(16 * 1024),
+            sealed: common::sealed("x".repeat(16 * 1024).as_bytes()),
             sent_at: 0,
             ..Default::default()
         }))

@@ -16,7 +16,7 @@ fn chat(id: u8, to: &str, text: &str) -> Body {
         message_id: vec![id; 16],
         from: String::new(),
         to: to.into(),
-        text: text.into(),
+        sealed: common::sealed(text.as_bytes()),
         sent_at: 1_700_000_000_000 + i64::from(id),
         ..Default::default()
     })
@@ -92,7 +92,11 @@ async fn search_presence_and_chat_across_supernodes() {
         })
         .await;
     assert_eq!(
-        (got.from.as_str(), got.to.as_str(), got.text.as_str()),
+        (
+            got.from.as_str(),
+            got.to.as_str(),
+            common::unsealed(&got).as_str()
+        ),
         ("alice", "bob", "hi bob")
     );
     let receipt = alice
@@ -130,7 +134,7 @@ async fn search_presence_and_chat_across_supernodes() {
         texts.push(
             carol
                 .expect_push("stored chat", |b| match b {
-                    Body::ChatMessage(m) => Some((m.from.clone(), m.text.clone())),
+                    Body::ChatMessage(m) => Some((m.from.clone(), common::unsealed(m))),
                     _ => None,
                 })
                 .await,

@@ -54,7 +54,7 @@ fn chat(sim: &mut Sim, from: usize, to: &str, text: &str) -> Option<Body> {
         message_id: sim.random_id(),
         from: String::new(),
         to: to.to_owned(),
-        text: text.to_owned(),
+        sealed: common::sealed(text.as_bytes()),
         sent_at: 1,
         ..Default::default()
     };
@@ -175,7 +175,7 @@ fn join_search_presence_and_offline_chat_across_the_overlay() {
     sim.connect(carol, 4);
     assert!(sim.run_until(5 * SECOND, |s| s.joined(carol)));
     let text = sim.wait_push(carol, 5 * SECOND, |b| match b {
-        Body::ChatMessage(m) => Some(m.text.clone()),
+        Body::ChatMessage(m) => Some(common::unsealed(m)),
         _ => None,
     });
     assert_eq!(text.as_deref(), Some("while you were out"));
@@ -292,7 +292,7 @@ fn losing_three_replicas_rehomes_records_and_stored_chat() {
     sim.connect(erin, back);
     assert!(sim.run_until(5 * SECOND, |s| s.joined(erin)));
     let text = sim.wait_push(erin, 5 * SECOND, |b| match b {
-        Body::ChatMessage(m) => Some(m.text.clone()),
+        Body::ChatMessage(m) => Some(common::unsealed(m)),
         _ => None,
     });
     assert_eq!(text.as_deref(), Some("kept through three crashes"));

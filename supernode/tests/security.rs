@@ -133,7 +133,7 @@ async fn nobody_can_send_as_another_user() {
             message_id: vec![7; 16],
             from: "carol".into(),
             to: "bob".into(),
-            text: "it's carol, honest".into(),
+            sealed: common::sealed(b"it's carol, honest"),
             sent_at: 1,
             ..Default::default()
         }))

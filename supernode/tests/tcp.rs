@@ -124,7 +124,7 @@ async fn a_user_joined_over_tcp_talks_to_a_user_joined_over_quic() {
         message_id: vec![1; 16],
         from: "mallory".into(),
         to: "alice".into(),
-        text: "over TCP?".into(),
+        sealed: common::sealed(b"over TCP?"),
         sent_at: 1,
         ..Default::default()
     }))
@@ -136,7 +136,7 @@ async fn a_user_joined_over_tcp_talks_to_a_user_joined_over_quic() {
         })
         .await;
     assert_eq!(
-        (chat.from.as_str(), chat.text.as_str()),
+        (chat.from.as_str(), common::unsealed(&chat).as_str()),
         ("bob", "over TCP?")
     );
     bob.expect_push("receipt", |b| match b {

@@ -129,9 +129,15 @@ impl Node {
 
     /// A `DirectoryStore`'s chat from a peer: stored; the answer for a
     /// request (`Ack`, or `MailboxFull` when a message was refused).
+    /// A message that is not sealed (`chat::check_envelope`) is dropped and
+    /// counted.
     pub(crate) fn store_from_peer(&mut self, chat: Vec<ChatMessage>) -> Body {
         let mut refused = None;
         for message in chat {
+            if natter_proto::chat::check_envelope(&message).is_err() {
+                self.stats.chat_malformed += 1;
+                continue;
+            }
             if let Err(e) = self.chats.add(message, self.now.unix_ms) {
                 self.stats.mailbox_full += 1;
                 refused = Some(e);
@@ -343,6 +349,7 @@ impl Node {
 
     /// A replica's answer to a gather round (`None`: no answer in time).
     pub(crate) fn gather_answer(&mut self, job: JobId, rid: u64, reply: Option<Body>) {
+        let mut malformed = 0;
         if let Some(Job::Gather(gather)) = self.jobs.get_mut(&job) {
             gather.waiting.remove(&rid);
             if let Some(Body::DirectoryRecords(found)) = reply {
@@ -353,11 +360,19 @@ impl Node {
                         .extend(found.records.into_iter().filter(|r| r.name == *name));
                 }
                 let name = &gather.name;
-                gather
-                    .chat
-                    .extend(found.pending_chat.into_iter().filter(|m| m.to == *name));
+                for message in found.pending_chat {
+                    if message.to != *name {
+                        continue;
+                    }
+                    if natter_proto::chat::check_envelope(&message).is_err() {
+                        malformed += 1;
+                        continue;
+                    }
+                    gather.chat.push(message);
+                }
             }
         }
+        self.stats.chat_malformed += malformed;
         self.gather_check(job);
     }
 

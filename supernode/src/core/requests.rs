@@ -24,8 +24,9 @@ use crate::close;
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::relay::{AllocError, Allocated};
 
-/// Longest chat text accepted, in bytes.
-pub const MAX_CHAT_TEXT: usize = 16 * 1024;
+/// Longest chat text a client may seal, in bytes (the supernode sees only
+/// the sealed body, at most [`natter_proto::chat::MAX_SEALED_LEN`]).
+pub const MAX_CHAT_TEXT: usize = natter_proto::chat::MAX_TEXT_LEN;
 /// Longest message or invite id accepted, in bytes.
 pub const MAX_ID_LEN: usize = 64;
 
@@ -126,6 +127,7 @@ impl Node {
                 name,
                 public_key: Box::new(verified.public_key),
                 nonce,
+                certificate: Box::new(certificate),
             };
         }
         let challenge = Body::JoinChallenge(JoinChallenge {
@@ -144,6 +146,7 @@ impl Node {
             name,
             public_key,
             nonce,
+            certificate,
         } = &session.phase
         else {
             return;
@@ -167,6 +170,7 @@ impl Node {
             return self.refuse(id, proof.request_id, body);
         }
         let name = name.clone();
+        let certificate = (**certificate).clone();
         let observed = session.remote;
         let accepted = self.host_cache_envelope(|supernodes| {
             Envelope::new(
@@ -188,6 +192,7 @@ impl Node {
         session.deadline = None;
         session.phase = Phase::Joined(Joined {
             name: name.clone(),
+            certificate,
             status: PresenceStatus::Online,
             joined_at: now_ms,
             changed_at: now_ms,
@@ -380,12 +385,11 @@ impl Node {
             return;
         };
         message.to.clone_from(&to);
-        if message.message_id.is_empty()
-            || message.message_id.len() > MAX_ID_LEN
-            || message.text.len() > MAX_CHAT_TEXT
-        {
-            let body = error(ErrorCode::Malformed, "bad message id or text too long");
-            self.send_session(id, rid, body);
+        // Version 2 chat is sealed end to end: plaintext, a bad id or an
+        // oversize body is refused, never stored or forwarded.
+        if let Err(e) = natter_proto::chat::check_envelope(&message) {
+            self.stats.chat_malformed += 1;
+            self.send_session(id, rid, error(ErrorCode::Malformed, e.to_string()));
             return;
         }
         let then = AfterDelivery::Chat {
@@ -498,7 +502,7 @@ impl Node {
                             status: record.status,
                             last_seen: record.last_seen,
                             supernode: if online { record.home_addr } else { None },
-                            ..Default::default()
+                            certificate: record.certificate,
                         }
                     }
                     None => not_found(name),

@@ -279,7 +279,19 @@ impl Node {
 
     /// A message routed to this node by a peer: delivered to the local
     /// session, answered `Ack` or `UserOffline` when asked (`request_id`).
+    /// Chat that is not sealed (`chat::check_envelope`) is refused
+    /// `Malformed` and counted, never pushed to the user.
     pub(crate) fn routed_from_peer(&mut self, peer: &crate::NodeId, request_id: u64, body: Body) {
+        if let Body::ChatMessage(message) = &body
+            && let Err(e) = natter_proto::chat::check_envelope(message)
+        {
+            self.stats.chat_malformed += 1;
+            if request_id != 0 {
+                let reply = error(ErrorCode::Malformed, e.to_string());
+                self.send_link(peer, Envelope::new(request_id, reply));
+            }
+            return;
+        }
         let delivered = self.deliver_local(body);
         if request_id != 0 {
             let reply = if delivered {

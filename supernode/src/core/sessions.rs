@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use natter_proto::messages::{Envelope, PresenceStatus};
+use natter_proto::messages::{Certificate, Envelope, PresenceStatus};
 use rsa::RsaPublicKey;
 
 use super::interface::{Carrier, SessionId};
@@ -23,6 +23,8 @@ pub(crate) enum Phase {
         name: String,
         public_key: Box<RsaPublicKey>,
         nonce: [u8; 32],
+        /// The certificate it joins with (for its directory record).
+        certificate: Box<Certificate>,
     },
     /// Joined under `name`.
     Joined(Joined),
@@ -32,6 +34,8 @@ pub(crate) enum Phase {
 #[derive(Debug)]
 pub(crate) struct Joined {
     pub name: String,
+    /// The user's certificate: its chat key is what chat to it is sealed to.
+    pub certificate: Certificate,
     pub status: PresenceStatus,
     pub joined_at: i64,
     pub changed_at: i64,

@@ -132,6 +132,9 @@ pub struct CoreStats {
     pub mailbox_full: u64,
     /// Hand-over pages no replica acknowledged (kept, retried).
     pub handoffs_failed: u64,
+    /// Chat refused because it was not sealed or not well formed
+    /// (`natter_proto::chat::check_envelope`), from a client or a peer.
+    pub chat_malformed: u64,
 }
 
 /// The supernode node core. See [`crate::core`].
@@ -299,6 +302,7 @@ impl Node {
             last_seen: joined.changed_at,
             home_node_id: self.config.node_id.to_vec(),
             home_addr: Some(self.config.addr.into()),
+            certificate: Some(joined.certificate.clone()),
             ..Default::default()
         }
     }

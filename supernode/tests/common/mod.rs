@@ -481,3 +481,24 @@ pub fn error_code(body: &Body) -> Option<ErrorCode> {
         _ => None,
     }
 }
+
+/// A version-2 `ChatMessage.sealed` standing in for an end-to-end sealed
+/// message: a supernode checks only its shape
+/// (`natter_proto::chat::check_envelope`), so the "ciphertext" here is
+/// `payload` itself, read back with [`unsealed`].
+pub fn sealed(payload: &[u8]) -> Vec<u8> {
+    use prost::Message as _;
+    natter_proto::messages::SealedChat {
+        ephemeral: vec![9; 32],
+        ciphertext: payload.to_vec(),
+    }
+    .encode_to_vec()
+}
+
+/// The payload of a message made with [`sealed`].
+pub fn unsealed(message: &natter_proto::messages::ChatMessage) -> String {
+    use prost::Message as _;
+    let sealed = natter_proto::messages::SealedChat::decode(message.sealed.as_slice())
+        .expect("a sealed test message");
+    String::from_utf8(sealed.ciphertext).expect("a text payload")
+}

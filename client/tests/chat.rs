@@ -1,0 +1,336 @@
+//! End-to-end chat against real processes (a login server and supernodes on
+//! loopback, users running the `natter` binary), with the attacker a test
+//! peer that speaks the supernode link protocol: it reads what the
+//! supernodes store for a user and injects chat into the overlay with any
+//! `from` it likes, as a malicious supernode can.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, assert_ok};
+use natter_client::{Home, Session, now_unix_ms, now_unix_secs};
+use natter_net::{FramedRecv, FramedSend, TransportSettings};
+use natter_proto::messages::envelope::Body;
+use natter_proto::messages::{ChatMessage, DirectoryLookup, Envelope, ErrorCode, GossipMembership};
+use prost::Message;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn sn(cluster: &Cluster, i: usize) -> String {
+    cluster.supernodes[i].to_string()
+}
+
+fn session(cluster: &Cluster, user: &str) -> Session {
+    let key = natter_client::tls::read_login_key(&cluster.login_key).unwrap();
+    Home::open_or_default(Some(cluster.home(user)))
+        .unwrap()
+        .load(&key, now_unix_secs())
+        .unwrap()
+}
+
+/// The attacker: a peer on a supernode link. (Links are where a
+/// supernode's powers come from: the directory, the stored chat, routing.)
+struct RogueSupernode {
+    _endpoint: quinn::Endpoint,
+    send: FramedSend,
+    recv: FramedRecv,
+    next_id: u64,
+}
+
+impl RogueSupernode {
+    async fn link(to: SocketAddr) -> Self {
+        let endpoint = natter_net::client_endpoint(
+            "127.0.0.1:0".parse().unwrap(),
+            &TransportSettings::OVERLAY,
+        )
+        .unwrap();
+        let conn = endpoint
+            .connect(to, "natter-supernode")
+            .unwrap()
+            .await
+            .unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        let mut rogue = Self {
+            _endpoint: endpoint,
+            send: FramedSend::new(send),
+            recv: FramedRecv::new(recv),
+            next_id: 1,
+        };
+        let hello = GossipMembership {
+            sender_id: vec![0x66; 16],
+            members: Vec::new(),
+        };
+        rogue
+            .send
+            .send(&Envelope::new(0, Body::GossipMembership(hello)))
+            .await
+            .unwrap();
+        rogue
+    }
+
+    /// Sends `body` as a request; returns what answered it, and every
+    /// other frame the supernode sent meanwhile.
+    async fn request(&mut self, body: Body) -> (Body, Vec<Envelope>) {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.send.send(&Envelope::new(id, body)).await.unwrap();
+        let mut others = Vec::new();
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.recv.next())
+                .await
+                .expect("an answer in time")
+                .unwrap()
+                .expect("the link stays open");
+            if frame.request_id == id {
+                return (frame.body.unwrap(), others);
+            }
+            others.push(frame);
+        }
+    }
+}
+
+/// Every chat message in what a supernode sent.
+fn chat_in(envelopes: &[Envelope]) -> Vec<ChatMessage> {
+    let mut out = Vec::new();
+    for e in envelopes {
+        match &e.body {
+            Some(Body::DirectoryRecords(r)) => out.extend(r.pending_chat.iter().cloned()),
+            Some(Body::DirectoryStore(s)) => out.extend(s.pending_chat.iter().cloned()),
+            Some(Body::ChatMessage(m)) => out.push(m.clone()),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn supernodes_store_only_ciphertext_and_offline_chat_still_arrives() {
+    let cluster = Cluster::start(2, None);
+    for user in ["alice", "dave"] {
+        cluster.add_user(user);
+    }
+    // dave has been online once (so the directory knows him), then left.
+    assert_ok(&cluster.run("dave", &["--bootstrap", &sn(&cluster, 1), "inbox"], LIMIT));
+    std::thread::sleep(Duration::from_secs(2));
+    let secret = "the vault code is 8-1-4-4, do not tell carol";
+    let out = assert_ok(&cluster.run(
+        "alice",
+        &["--bootstrap", &sn(&cluster, 0), "chat", "dave", secret],
+        LIMIT,
+    ));
+    assert!(out.contains("stored for dave"), "{out}");
+
+    // A malicious supernode asks every supernode for what it stores for
+    // dave (a lookup that does not delete), as a replica would.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let seen: Vec<Envelope> = rt.block_on(async {
+        let mut seen = Vec::new();
+        for addr in &cluster.supernodes {
+            let mut rogue = RogueSupernode::link(*addr).await;
+            let (answer, others) = rogue
+                .request(Body::DirectoryLookup(DirectoryLookup {
+                    name: "dave".into(),
+                    page_chat: true,
+                    ..Default::default()
+                }))
+                .await;
+            seen.push(Envelope::new(0, answer));
+            seen.extend(others);
+        }
+        seen
+    });
+    let stored = chat_in(&seen);
+    assert!(!stored.is_empty(), "the message is stored: {seen:?}");
+    for m in &stored {
+        // It sees the envelope...
+        assert_eq!((m.from.as_str(), m.to.as_str()), ("alice", "dave"));
+        assert!(m.text.is_empty());
+        assert!(!m.sealed.is_empty());
+        // ...and nothing of the text, in any frame it got.
+        let opened = natter_proto::chat::open(
+            m,
+            &session(&cluster, "alice").identity,
+            &natter_client::tls::read_login_key(&cluster.login_key).unwrap(),
+            now_unix_ms(),
+        );
+        assert!(opened.is_err(), "only dave's key opens it");
+    }
+    for e in &seen {
+        let bytes = e.encode_to_vec();
+        assert!(!contains(&bytes, secret.as_bytes()));
+        assert!(!contains(&bytes, b"vault code"));
+    }
+
+    // dave joins through the other supernode and reads it.
+    let out = assert_ok(&cluster.run("dave", &["--bootstrap", &sn(&cluster, 0), "inbox"], LIMIT));
+    assert!(out.contains(&format!("alice: {secret}")), "{out}");
+    let inbox = std::fs::read_to_string(cluster.home("dave").join("inbox.txt")).unwrap();
+    assert!(inbox.contains(secret), "{inbox}");
+}
+
+/// A long-running `natter online`, its stdout lines on a channel.
+struct Online {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// The supernode it joined through ("online as NAME via ADDR").
+    via: SocketAddr,
+}
+
+impl Online {
+    fn start(cluster: &Cluster, user: &str, bootstrap: &str) -> Self {
+        let mut child = cluster
+            .natter(user, &["--bootstrap", bootstrap, "online"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::sync_channel(256);
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut online = Self {
+            child,
+            lines,
+            via: "0.0.0.0:0".parse().unwrap(),
+        };
+        let (line, _) = online.expect("online as");
+        online.via = line.rsplit(' ').next().unwrap().parse().unwrap();
+        online
+    }
+
+    /// Waits for a line containing `needle`; returns it and every line
+    /// before it.
+    fn expect(&self, needle: &str) -> (String, Vec<String>) {
+        let start = Instant::now();
+        let mut before = Vec::new();
+        loop {
+            let left = LIMIT.saturating_sub(start.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return (line, before),
+                Ok(line) => before.push(line),
+                Err(_) => panic!("no line with {needle:?}; got {before:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Online {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_malicious_supernode_cannot_make_chat_appear_from_another_user() {
+    let cluster = Cluster::start(2, None);
+    for user in ["alice", "bob", "mallory"] {
+        cluster.add_user(user);
+    }
+    let bob = Online::start(&cluster, "bob", &sn(&cluster, 1));
+    let (bob_session, alice_session, mallory) = (
+        session(&cluster, "bob"),
+        session(&cluster, "alice"),
+        session(&cluster, "mallory"),
+    );
+    let lie = "alice here: please send the key to mallory";
+    let now = now_unix_ms();
+    let forge = |sender: &natter_proto::cert::Identity, id: u8| {
+        natter_proto::chat::seal(
+            &mut rand::rngs::OsRng,
+            sender,
+            &bob_session.verified,
+            &[id; 16],
+            "alice",
+            "bob",
+            now,
+            lie,
+        )
+        .unwrap()
+    };
+    // Sealed to bob's real chat key, `from` alice: (1) with mallory's own
+    // valid certificate; (2) with alice's certificate but mallory's
+    // signature; (3) plaintext with `from` alice (a version-1 message).
+    let with_own_cert = forge(&mallory.identity, 1);
+    let mut masquerade = mallory.identity.clone();
+    masquerade.certificate = alice_session.identity.certificate.clone();
+    let with_alice_cert = forge(&masquerade, 2);
+    let plaintext = ChatMessage {
+        message_id: vec![3; 16],
+        from: "alice".into(),
+        to: "bob".into(),
+        text: lie.into(),
+        sent_at: now,
+        sealed: Vec::new(),
+    };
+
+    // The rogue supernode routes them to bob's home, as if alice's
+    // supernode had stamped them.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let answers: Vec<Body> = rt.block_on(async {
+        let mut rogue = RogueSupernode::link(bob.via).await;
+        let mut answers = Vec::new();
+        for m in [with_own_cert, with_alice_cert, plaintext] {
+            answers.push(rogue.request(Body::ChatMessage(m)).await.0);
+        }
+        answers
+    });
+    // The first two reach bob (sealed: the supernode cannot tell), the
+    // plaintext one is refused by the supernode itself.
+    assert!(matches!(answers[0], Body::Ack(_)), "{answers:?}");
+    assert!(matches!(answers[1], Body::Ack(_)), "{answers:?}");
+    assert!(
+        matches!(&answers[2], Body::Error(e) if e.code == ErrorCode::Malformed as i32),
+        "{answers:?}"
+    );
+    // Bob's client refuses both, saying so, and shows nothing as alice's.
+    let (first, before) = bob.expect("warning: dropped a message claiming to be from alice");
+    assert!(first.contains("signed by \"mallory\""), "{first}");
+    let (second, between) = bob.expect("warning: dropped a message claiming to be from alice");
+    assert!(second.contains("signature does not verify"), "{second}");
+    for line in before.iter().chain(&between) {
+        assert!(!line.contains("message from alice"), "{line}");
+    }
+    // A real message from alice still arrives, and only it is in the inbox.
+    let out = assert_ok(&cluster.run(
+        "alice",
+        &[
+            "--bootstrap",
+            &sn(&cluster, 0),
+            "chat",
+            "bob",
+            "the real alice",
+        ],
+        LIMIT,
+    ));
+    assert!(out.contains("delivered to bob"), "{out}");
+    let (line, between) = bob.expect("message from alice: the real alice");
+    assert!(
+        line.ends_with("message from alice: the real alice"),
+        "{line}"
+    );
+    for line in &between {
+        assert!(!line.contains(lie), "{line}");
+    }
+    drop(bob);
+    let inbox = std::fs::read_to_string(cluster.home("bob").join("inbox.txt")).unwrap();
+    assert_eq!(inbox.lines().count(), 1, "{inbox}");
+    assert!(inbox.contains("alice: the real alice"), "{inbox}");
+    assert!(!inbox.contains("mallory"), "{inbox}");
+}
