@@ -13,12 +13,14 @@ use natter_proto::messages::{
     RelayAllocated, SearchReply, UserRecord,
 };
 use natter_proto::name as names;
+use natter_proto::statement::StatementError;
 use rand::RngCore;
 
 use super::interface::{Carrier, Output, RelayCommand, SessionId};
 use super::jobs::{AfterDelivery, GatherFor, JobId, LookupFor};
 use super::routing::error;
 use super::sessions::{Joined, Phase, Session};
+use super::statements::{self, Certified, VerifiedRecord};
 use super::state::{Node, Timer};
 use crate::close;
 use crate::ratelimit::{RateLimiter, Verdict};
@@ -122,9 +124,15 @@ impl Node {
         let mut nonce = [0u8; 32];
         self.rng.fill_bytes(&mut nonce);
         if let Some(session) = self.sessions.all.get_mut(&id) {
+            let certified = Certified {
+                certificate,
+                name: name.clone(),
+                public_key: verified.public_key,
+                not_after: verified.not_after,
+            };
             session.phase = Phase::Challenged {
                 name,
-                public_key: Box::new(verified.public_key),
+                certified: Box::new(certified),
                 nonce,
             };
         }
@@ -142,7 +150,7 @@ impl Node {
         };
         let Phase::Challenged {
             name,
-            public_key,
+            certified,
             nonce,
         } = &session.phase
         else {
@@ -150,13 +158,27 @@ impl Node {
         };
         // Foundation placeholder: version 2 binds the proof to the connection's
         // TLS exporter (issue 13, replaced by the join binding).
-        let message =
-            natter_proto::binding::join_proof_message(&[0u8; 32], &self.config.node_id, nonce, &[]);
-        let valid = match &proof.body {
+        let (valid, signed) = match &proof.body {
             Some(Body::JoinProof(p)) => {
-                cert::verify_signature(public_key, &message, &p.signature).is_ok()
+                let message = natter_proto::binding::join_proof_message(
+                    &[0u8; 32],
+                    &self.config.node_id,
+                    nonce,
+                    &p.statement,
+                );
+                let valid =
+                    cert::verify_signature(&certified.public_key, &message, &p.signature).is_ok();
+                let signed = statements::verify_join(
+                    &p.statement,
+                    &p.statement_signature,
+                    certified,
+                    &self.config.node_id,
+                    nonce,
+                    self.now.unix_ms,
+                );
+                (valid, signed)
             }
-            _ => false,
+            _ => (false, Err(StatementError::Missing.into())),
         };
         if !valid {
             tracing::debug!(user = %name, "join proof failed");
@@ -166,6 +188,14 @@ impl Node {
             );
             return self.refuse(id, proof.request_id, body);
         }
+        let signed = match signed {
+            Ok(signed) => signed,
+            Err(e) => {
+                tracing::debug!(user = %name, error = %e, "join statement refused");
+                let body = error(ErrorCode::ChallengeFailed, e.to_string());
+                return self.refuse(id, proof.request_id, body);
+            }
+        };
         let name = name.clone();
         let observed = session.remote;
         let accepted = self.host_cache_envelope(|supernodes| {
@@ -189,7 +219,7 @@ impl Node {
         session.phase = Phase::Joined(Joined {
             name: name.clone(),
             status: PresenceStatus::Online,
-            joined_at: now_ms,
+            signed,
             changed_at: now_ms,
             subscriptions: HashSet::new(),
             busy: None,
@@ -221,7 +251,7 @@ impl Node {
             joined.status = PresenceStatus::Offline;
             joined.changed_at = self.now.unix_ms.max(joined.changed_at);
             let record = self.local_record(&joined.name, &joined);
-            self.publish(&record, true);
+            self.publish(&record, joined.signed.meta, true);
             tracing::info!(user = %joined.name, "user left");
         }
     }
@@ -498,7 +528,7 @@ impl Node {
                             status: record.status,
                             last_seen: record.last_seen,
                             supernode: if online { record.home_addr } else { None },
-                            ..Default::default()
+                            certificate: record.certificate,
                         }
                     }
                     None => not_found(name),
@@ -528,7 +558,7 @@ impl Node {
         &mut self,
         purpose: &GatherFor,
         name: &str,
-        previous: Option<UserRecord>,
+        previous: Option<VerifiedRecord>,
     ) {
         let GatherFor::Join { session } = purpose else {
             return;
@@ -540,12 +570,13 @@ impl Node {
             return;
         };
         let record = self.local_record(name, joined);
-        self.publish(&record, true);
+        let meta = joined.signed.meta;
+        self.publish(&record, meta, true);
         if let Some(previous) = previous
-            && previous.status != PresenceStatus::Offline as i32
-            && let Some(home) = crate::node_id(&previous.home_node_id)
-            && home != self.config.node_id
+            && previous.online()
+            && previous.home() != self.config.node_id
         {
+            let home = previous.home();
             let store = Body::DirectoryStore(DirectoryStore {
                 records: vec![record],
                 pending_chat: Vec::new(),

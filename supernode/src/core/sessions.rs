@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use natter_proto::messages::{Envelope, PresenceStatus};
-use rsa::RsaPublicKey;
 
 use super::interface::{Carrier, SessionId};
 use super::jobs::JobId;
+use super::statements::{Certified, SignedJoin};
 use crate::ratelimit::RateLimiter;
 
 /// Where a session is in its life.
@@ -21,7 +21,8 @@ pub(crate) enum Phase {
     /// Challenged; waiting for the proof.
     Challenged {
         name: String,
-        public_key: Box<RsaPublicKey>,
+        /// The certificate of the hello and what it certifies.
+        certified: Box<Certified>,
         nonce: [u8; 32],
     },
     /// Joined under `name`.
@@ -33,7 +34,9 @@ pub(crate) enum Phase {
 pub(crate) struct Joined {
     pub name: String,
     pub status: PresenceStatus,
-    pub joined_at: i64,
+    /// The user's verified join statement and certificate, carried by
+    /// every record of this session.
+    pub signed: SignedJoin,
     pub changed_at: i64,
     pub subscriptions: HashSet<String>,
     /// The request being served (the others wait, in order, as they did
