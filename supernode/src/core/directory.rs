@@ -197,18 +197,23 @@ impl Node {
         }
     }
 
-    /// A `DirectoryLookup` from a peer: the record held (or the live one of a
-    /// local session), and the chat stored when asked to hand it over.
+    /// A `DirectoryLookup` from a peer: the record held, or the live one of
+    /// a local session unless the record held has a later statement (the
+    /// user joined elsewhere since), and the chat stored when asked to hand
+    /// it over.
     pub(crate) fn on_directory_lookup(&mut self, lookup: &DirectoryLookup) -> DirectoryRecords {
-        let mut records: Vec<UserRecord> = self
-            .records
-            .get(&lookup.name)
-            .cloned()
-            .into_iter()
-            .collect();
-        if let Some((_, joined)) = self.sessions.of_name(&lookup.name) {
-            records = vec![self.local_record(&lookup.name, joined)];
-        }
+        let held = self.records.entry(&lookup.name);
+        let local = self.sessions.of_name(&lookup.name);
+        let record = match (held, local) {
+            (Some((record, meta)), Some((_, joined)))
+                if meta.joined_at > joined.signed.meta.joined_at =>
+            {
+                Some(record.clone())
+            }
+            (_, Some((_, joined))) => Some(self.local_record(&lookup.name, joined)),
+            (held, None) => held.map(|(record, _)| record.clone()),
+        };
+        let records: Vec<UserRecord> = record.into_iter().collect();
         let pending_chat = self.chat_for_lookup(lookup);
         DirectoryRecords {
             records,
