@@ -380,7 +380,11 @@ mod tests {
     fn later_statements_win_and_only_the_home_changes_a_statement_record() {
         let mut s = RecordStore::default();
         assert_eq!(
-            s.put(record("bob", PresenceStatus::Online, 100, 1), meta(10), true),
+            s.put(
+                record("bob", PresenceStatus::Online, 100, 1),
+                meta(10),
+                true
+            ),
             Ok(())
         );
         let away = record("bob", PresenceStatus::Away, 50, 1);
@@ -398,17 +402,29 @@ mod tests {
         assert_eq!(s.put(away, meta(10), true), Ok(()));
         // Bob joined node 2 later: any peer may bring that statement.
         assert_eq!(
-            s.put(record("bob", PresenceStatus::Online, 200, 2), meta(20), false),
+            s.put(
+                record("bob", PresenceStatus::Online, 200, 2),
+                meta(20),
+                false
+            ),
             Ok(())
         );
         // Node 1 noticed his old session end, with a far later last_seen.
         assert_eq!(
-            s.put(record("bob", PresenceStatus::Offline, 9000, 1), meta(10), true),
+            s.put(
+                record("bob", PresenceStatus::Offline, 9000, 1),
+                meta(10),
+                true
+            ),
             Err(Refused::OlderStatement)
         );
         // Another statement claiming the same time does not replace it.
         assert_eq!(
-            s.put(record("bob", PresenceStatus::Offline, 300, 3), meta(20), true),
+            s.put(
+                record("bob", PresenceStatus::Offline, 300, 3),
+                meta(20),
+                true
+            ),
             Err(Refused::OtherStatement)
         );
         assert_eq!(
@@ -417,11 +433,19 @@ mod tests {
         );
         // Node 2 reports him offline; then he joins node 1 again.
         assert_eq!(
-            s.put(record("bob", PresenceStatus::Offline, 400, 2), meta(20), true),
+            s.put(
+                record("bob", PresenceStatus::Offline, 400, 2),
+                meta(20),
+                true
+            ),
             Ok(())
         );
         assert_eq!(
-            s.put(record("bob", PresenceStatus::Online, 500, 1), meta(30), false),
+            s.put(
+                record("bob", PresenceStatus::Online, 500, 1),
+                meta(30),
+                false
+            ),
             Ok(())
         );
         assert_eq!(s.entry("bob").map(|(_, m)| m.joined_at), Some(30));
@@ -470,7 +494,10 @@ mod tests {
         let mut late = record("erin", PresenceStatus::Offline, 31 * 24 * H, 1);
         late.last_seen = 10 * H + RECORD_OUTLIVES_CERTIFICATE_MS - 1;
         s.put(late, expires, true).unwrap();
-        assert_eq!(s.expire(10 * H + RECORD_OUTLIVES_CERTIFICATE_MS - 1, live), 0);
+        assert_eq!(
+            s.expire(10 * H + RECORD_OUTLIVES_CERTIFICATE_MS - 1, live),
+            0
+        );
         assert_eq!(s.expire(10 * H + RECORD_OUTLIVES_CERTIFICATE_MS, live), 1);
     }
 

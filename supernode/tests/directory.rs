@@ -22,8 +22,7 @@ use natter_proto::cert::{self, Identity, Subject, SupernodeAddrs};
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{
     Certificate, ChatMessage, DirectoryLookup, DirectoryStore, Envelope, GossipMembership, Member,
-    MemberState,
-    Ping, PresenceStatus, UserRecord,
+    MemberState, Ping, PresenceStatus, UserRecord,
 };
 use natter_supernode::{Handle, NodeId, hrw};
 use rsa::RsaPrivateKey;
@@ -217,7 +216,10 @@ async fn a_certified_malicious_supernode_cannot_move_a_victims_home() {
     }
     // What it learns as a peer: the victim's record (statement and
     // certificate) and the observer's.
-    let current = links[replica].lookup(&victim).await.expect("victim's record");
+    let current = links[replica]
+        .lookup(&victim)
+        .await
+        .expect("victim's record");
     assert_eq!(current.home_node_id, ids[home].to_vec());
     let observer_replica = index(hrw::replicas(&observer, &ids, 1)[0]);
     let others = links[observer_replica]
@@ -245,10 +247,17 @@ async fn a_certified_malicious_supernode_cannot_move_a_victims_home() {
     assert_eq!(refused - before.0, invalid, "refused at the replica");
     assert_eq!(future - before.1, forge::count(&forged, Expect::Future));
     assert_eq!(stale - before.2, forge::count(&forged, Expect::Stale));
-    assert_eq!(stats(&sns[home]).0 - home_before.0, invalid, "refused at the home");
+    assert_eq!(
+        stats(&sns[home]).0 - home_before.0,
+        invalid,
+        "refused at the home"
+    );
 
     // Her record is unchanged, her session open, her home where it was.
-    let after = links[replica].lookup(&victim).await.expect("victim's record");
+    let after = links[replica]
+        .lookup(&victim)
+        .await
+        .expect("victim's record");
     assert_eq!(after, current, "the replica's record changed");
     assert_eq!(sns[home].session_count(), 1);
     let pong = alice.request(Body::Ping(Ping { nonce: 5 })).await;

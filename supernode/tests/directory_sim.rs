@@ -127,7 +127,8 @@ fn forged_records_from_a_supernode_are_refused_and_the_victim_keeps_her_home() {
             "replica {r} changed alice's record"
         );
         let (refused, future, stale) = diff(sim.nodes[*r].node.stats(), stats_before[*r]);
-        let invalid = forge::count(&forged, Expect::Refused) + forge::count(&forged, Expect::Future);
+        let invalid =
+            forge::count(&forged, Expect::Refused) + forge::count(&forged, Expect::Future);
         assert_eq!(refused, invalid, "replica {r}: refused");
         assert_eq!(future, forge::count(&forged, Expect::Future), "replica {r}");
         assert_eq!(stale, forge::count(&forged, Expect::Stale), "replica {r}");
@@ -141,9 +142,15 @@ fn forged_records_from_a_supernode_are_refused_and_the_victim_keeps_her_home() {
     // Search finds her at her real home, and chat reaches her there.
     let found = search(&mut sim, bob, "alice");
     assert!(found.found);
-    assert_eq!(found.status, natter_proto::messages::PresenceStatus::Online as i32);
+    assert_eq!(
+        found.status,
+        natter_proto::messages::PresenceStatus::Online as i32
+    );
     assert_eq!(home_of(&found), Some(sim_addr(home)));
-    assert_eq!(found.certificate, current.certificate, "SearchReply carries her certificate");
+    assert_eq!(
+        found.certificate, current.certificate,
+        "SearchReply carries her certificate"
+    );
     let message = ChatMessage {
         message_id: vec![9; 16],
         to: "alice".into(),

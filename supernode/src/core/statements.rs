@@ -126,7 +126,9 @@ pub enum RecordError {
     Outlived { not_after: i64 },
     #[error("record statement refused: {0}")]
     Statement(#[source] StatementError),
-    #[error("record of {record:?} carries the statement of {statement:?} and certificate of {certificate:?}")]
+    #[error(
+        "record of {record:?} carries the statement of {statement:?} and certificate of {certificate:?}"
+    )]
     Name {
         record: String,
         statement: String,
@@ -137,7 +139,11 @@ pub enum RecordError {
     #[error("record statement dated after its certificate expired")]
     StatementAfterExpiry,
     #[error("record {what} {at} is in the future (now {now})")]
-    Future { what: &'static str, at: i64, now: i64 },
+    Future {
+        what: &'static str,
+        at: i64,
+        now: i64,
+    },
 }
 
 impl RecordError {
@@ -272,4 +278,215 @@ pub fn verify_record(
         },
         home,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use natter_proto::cert::{Issuer, Subject};
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+    use rsa::RsaPrivateKey;
+    use rsa::pkcs8::DecodePrivateKey;
+
+    use super::*;
+
+    const NOW_MS: i64 = 1_800_000_000_000;
+    const NOW_S: i64 = NOW_MS / 1000;
+    const HOME: NodeId = [5; 16];
+    const NONCE: [u8; 32] = [9; 32];
+
+    fn key(pem: &str) -> RsaPrivateKey {
+        RsaPrivateKey::from_pkcs8_pem(pem).unwrap()
+    }
+
+    fn issuer() -> Issuer {
+        Issuer::new(key(include_str!("../../../proto/tests/vectors/issuer.pem")))
+    }
+
+    fn alice() -> RsaPrivateKey {
+        key(include_str!("../../../proto/tests/vectors/alice.pem"))
+    }
+
+    fn certificate(name: &str, user: &RsaPrivateKey, from: i64, to: i64) -> Certificate {
+        issuer().issue(
+            &mut StdRng::seed_from_u64(1),
+            &Subject::User {
+                name,
+                key: &user.to_public_key(),
+                chat_key: cert::chat_public(&[0x11; 32]),
+            },
+            1,
+            from,
+            to,
+        )
+    }
+
+    fn signed(name: &str, user: &RsaPrivateKey, home: &[u8], joined_at: i64) -> (Vec<u8>, Vec<u8>) {
+        let s = statement::sign(
+            user,
+            &mut StdRng::seed_from_u64(2),
+            &JoinStatement {
+                name: name.into(),
+                home_node_id: home.to_vec(),
+                joined_at,
+                nonce: NONCE.to_vec(),
+            },
+        );
+        (s.statement, s.signature)
+    }
+
+    fn record(status: PresenceStatus, joined_at: i64, certificate: Certificate) -> UserRecord {
+        let (statement, statement_signature) = signed("alice", &alice(), &HOME, joined_at);
+        UserRecord {
+            name: "alice".into(),
+            status: status as i32,
+            last_seen: joined_at,
+            home_node_id: HOME.to_vec(),
+            home_addr: None,
+            statement,
+            statement_signature,
+            certificate: Some(certificate),
+        }
+    }
+
+    fn valid() -> Certificate {
+        certificate("alice", &alice(), NOW_S - 3600, NOW_S + 3600)
+    }
+
+    #[test]
+    fn a_genuine_record_verifies_with_the_meta_of_its_statement() {
+        let login = issuer().public_key();
+        let r = record(PresenceStatus::Online, NOW_MS - 10, valid());
+        let v = verify_record(&r, &login, NOW_MS).unwrap();
+        assert_eq!(v.home(), HOME);
+        assert_eq!(v.meta().joined_at, NOW_MS - 10);
+        assert_eq!(v.meta().not_after_ms, (NOW_S + 3600) * 1000);
+        assert!(v.online());
+        assert_eq!(v.record(), &r);
+    }
+
+    #[test]
+    fn an_expired_certificate_keeps_a_record_only_offline_and_only_30_days() {
+        let login = issuer().public_key();
+        let expired = certificate("alice", &alice(), NOW_S - 7200, NOW_S - 3600);
+        let joined = (NOW_S - 5000) * 1000;
+        let offline = record(PresenceStatus::Offline, joined, expired.clone());
+        assert!(verify_record(&offline, &login, NOW_MS).is_ok());
+        let online = record(PresenceStatus::Online, joined, expired.clone());
+        assert!(matches!(
+            verify_record(&online, &login, NOW_MS),
+            Err(RecordError::ExpiredOnline { .. })
+        ));
+        let later = NOW_MS - 3600 * 1000 + RECORD_OUTLIVES_CERTIFICATE_MS;
+        assert!(matches!(
+            verify_record(&offline, &login, later),
+            Err(RecordError::Outlived { .. })
+        ));
+        // A statement signed after the certificate expired.
+        let after = record(PresenceStatus::Offline, NOW_MS - 1000, expired);
+        assert_eq!(
+            verify_record(&after, &login, NOW_MS),
+            Err(RecordError::StatementAfterExpiry)
+        );
+    }
+
+    #[test]
+    fn future_times_names_and_homes_are_refused() {
+        let login = issuer().public_key();
+        let ahead = record(PresenceStatus::Online, NOW_MS + RECORD_SKEW_MS + 1, valid());
+        let e = verify_record(&ahead, &login, NOW_MS).unwrap_err();
+        assert!(e.is_future(), "{e}");
+        let mut seen = record(PresenceStatus::Online, NOW_MS, valid());
+        seen.last_seen = NOW_MS + RECORD_SKEW_MS + 1;
+        assert!(
+            verify_record(&seen, &login, NOW_MS)
+                .unwrap_err()
+                .is_future()
+        );
+        seen.last_seen = NOW_MS + RECORD_SKEW_MS;
+        assert!(
+            verify_record(&seen, &login, NOW_MS).is_ok(),
+            "within the skew"
+        );
+
+        let mut renamed = record(PresenceStatus::Online, NOW_MS, valid());
+        renamed.name = "bob".into();
+        assert!(matches!(
+            verify_record(&renamed, &login, NOW_MS),
+            Err(RecordError::Name { .. })
+        ));
+        let mut moved = record(PresenceStatus::Online, NOW_MS, valid());
+        moved.home_node_id = vec![6; 16];
+        assert_eq!(
+            verify_record(&moved, &login, NOW_MS),
+            Err(RecordError::Home)
+        );
+        let mut unsigned = record(PresenceStatus::Online, NOW_MS, valid());
+        unsigned.statement_signature[0] ^= 1;
+        assert_eq!(
+            verify_record(&unsigned, &login, NOW_MS),
+            Err(RecordError::Statement(StatementError::BadSignature))
+        );
+        let mut bare = record(PresenceStatus::Online, NOW_MS, valid());
+        bare.certificate = None;
+        assert_eq!(
+            verify_record(&bare, &login, NOW_MS),
+            Err(RecordError::NoCertificate)
+        );
+    }
+
+    #[test]
+    fn a_join_statement_must_name_the_user_this_home_this_nonce_and_now() {
+        let certified = Certified {
+            certificate: valid(),
+            name: "alice".into(),
+            public_key: alice().to_public_key(),
+            not_after: NOW_S + 3600,
+        };
+        let check = |name: &str, home: &[u8], nonce: &[u8], at: i64| {
+            let s = statement::sign(
+                &alice(),
+                &mut StdRng::seed_from_u64(3),
+                &JoinStatement {
+                    name: name.into(),
+                    home_node_id: home.to_vec(),
+                    joined_at: at,
+                    nonce: nonce.to_vec(),
+                },
+            );
+            verify_join(
+                &s.statement,
+                &s.signature,
+                &certified,
+                &HOME,
+                &NONCE,
+                NOW_MS,
+            )
+        };
+        let ok = check("alice", &HOME, &NONCE, NOW_MS - JOIN_SKEW_MS).unwrap();
+        assert_eq!(ok.meta.joined_at, NOW_MS - JOIN_SKEW_MS);
+        assert_eq!(ok.certificate, certified.certificate);
+        assert!(matches!(
+            check("bob", &HOME, &NONCE, NOW_MS),
+            Err(JoinError::Name { .. })
+        ));
+        assert_eq!(
+            check("alice", &[6; 16], &NONCE, NOW_MS),
+            Err(JoinError::Home)
+        );
+        assert_eq!(
+            check("alice", &HOME, &[8; 32], NOW_MS),
+            Err(JoinError::Nonce)
+        );
+        assert!(matches!(
+            check("alice", &HOME, &NONCE, NOW_MS + JOIN_SKEW_MS + 1),
+            Err(JoinError::Clock { .. })
+        ));
+        assert_eq!(
+            verify_join(b"", b"", &certified, &HOME, &NONCE, NOW_MS),
+            Err(JoinError::Statement(StatementError::Missing))
+        );
+    }
 }

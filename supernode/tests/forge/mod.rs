@@ -150,11 +150,7 @@ pub fn forgeries(
         Expect::Refused,
     ));
 
-    let older = statement::sign(
-        victim_key,
-        &mut rng,
-        &claim(joined_at(current) - 60_000),
-    );
+    let older = statement::sign(victim_key, &mut rng, &claim(joined_at(current) - 60_000));
     let mut replayed = base.clone();
     replayed.certificate.clone_from(&current.certificate);
     replayed.statement = older.statement;
