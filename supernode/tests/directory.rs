@@ -24,6 +24,7 @@ use natter_proto::messages::{
     Certificate, ChatMessage, DirectoryLookup, DirectoryStore, Envelope, GossipMembership, Member,
     MemberState, Ping, PresenceStatus, UserRecord,
 };
+use natter_proto::statement::SignedStatement;
 use natter_supernode::{Handle, NodeId, hrw};
 use rsa::RsaPrivateKey;
 
@@ -295,6 +296,107 @@ async fn a_certified_malicious_supernode_cannot_move_a_victims_home() {
     .await;
     drop(links);
     tokio::time::sleep(Duration::from_millis(50)).await;
+    for sn in sns {
+        sn.shutdown().await;
+    }
+}
+
+/// Joins `addr` as `id`, answering the challenge with the statement
+/// `make` builds from the challenge's node id and nonce (the join proof
+/// itself is genuine and covers that statement). Returns the reply.
+async fn join_stating(
+    addr: SocketAddr,
+    id: &Identity,
+    make: impl FnOnce(&[u8], &[u8]) -> SignedStatement,
+) -> Body {
+    let (_endpoint, _conn, mut send, mut recv) = common::connect(addr).await.unwrap();
+    let hello = Body::JoinHello(natter_proto::messages::JoinHello {
+        certificate: Some(id.certificate.clone()),
+    });
+    send.send(&Envelope::new(1, hello)).await.unwrap();
+    let challenge = match tokio::time::timeout(WAIT, recv.next()).await {
+        Ok(Ok(Some(Envelope {
+            body: Some(Body::JoinChallenge(c)),
+            ..
+        }))) => c,
+        other => panic!("expected a challenge, got {other:?}"),
+    };
+    let signed = make(&challenge.node_id, &challenge.nonce);
+    let signature = cert::sign(
+        &id.key,
+        &natter_proto::binding::join_proof_message(
+            &[0u8; 32],
+            &challenge.node_id,
+            &challenge.nonce,
+            &signed.statement,
+        ),
+    );
+    let proof = Body::JoinProof(natter_proto::messages::JoinProof {
+        signature,
+        statement: signed.statement,
+        statement_signature: signed.signature,
+    });
+    send.send(&Envelope::new(2, proof)).await.unwrap();
+    match tokio::time::timeout(WAIT, recv.next()).await {
+        Ok(Ok(Some(reply))) => reply.body.unwrap(),
+        other => panic!("no answer to the proof: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_is_refused_unless_its_statement_names_the_user_this_node_this_nonce_and_now() {
+    let sns = cluster(1, |_| {}).await;
+    let addr = sns[0].local_addr();
+    let alice = common::identity("alice");
+    let key = &alice.key;
+    let statement = common::statement;
+    let refused = |reply: &Body| {
+        common::error_code(reply) == Some(natter_proto::messages::ErrorCode::ChallengeFailed)
+    };
+
+    type Make<'a> = Box<dyn FnOnce(&[u8], &[u8]) -> SignedStatement + 'a>;
+    let cases: Vec<(&str, Make)> = vec![
+        (
+            "another supernode as home",
+            Box::new(|_: &[u8], nonce: &[u8]| {
+                statement(key, "alice", &[0x5a; 16], now_ms(), nonce)
+            }),
+        ),
+        (
+            "another challenge's nonce",
+            Box::new(|node: &[u8], _: &[u8]| statement(key, "alice", node, now_ms(), &[1; 32])),
+        ),
+        (
+            "another user's name",
+            Box::new(|node: &[u8], nonce: &[u8]| statement(key, "bob", node, now_ms(), nonce)),
+        ),
+        (
+            "ten minutes ago",
+            Box::new(|node: &[u8], nonce: &[u8]| {
+                statement(key, "alice", node, now_ms() - 600_000, nonce)
+            }),
+        ),
+        (
+            "signed by another key",
+            Box::new(|node: &[u8], nonce: &[u8]| {
+                statement(common::user_key("dave"), "alice", node, now_ms(), nonce)
+            }),
+        ),
+        (
+            "no statement",
+            Box::new(|_: &[u8], _: &[u8]| SignedStatement::default()),
+        ),
+    ];
+    for (what, make) in cases {
+        let reply = join_stating(addr, &alice, make).await;
+        assert!(refused(&reply), "{what}: {reply:?}");
+    }
+    assert_eq!(sns[0].session_count(), 0);
+    let reply = join_stating(addr, &alice, |node, nonce| {
+        statement(key, "alice", node, now_ms(), nonce)
+    })
+    .await;
+    assert!(matches!(reply, Body::JoinAccepted(_)), "{reply:?}");
     for sn in sns {
         sn.shutdown().await;
     }

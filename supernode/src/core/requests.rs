@@ -158,28 +158,19 @@ impl Node {
         };
         // Foundation placeholder: version 2 binds the proof to the connection's
         // TLS exporter (issue 13, replaced by the join binding).
-        let (valid, signed) = match &proof.body {
-            Some(Body::JoinProof(p)) => {
-                let message = natter_proto::binding::join_proof_message(
-                    &[0u8; 32],
-                    &self.config.node_id,
-                    nonce,
-                    &p.statement,
-                );
-                let valid =
-                    cert::verify_signature(&certified.public_key, &message, &p.signature).is_ok();
-                let signed = statements::verify_join(
-                    &p.statement,
-                    &p.statement_signature,
-                    certified,
-                    &self.config.node_id,
-                    nonce,
-                    self.now.unix_ms,
-                );
-                (valid, signed)
-            }
-            _ => (false, Err(StatementError::Missing.into())),
+        let proof_body = match &proof.body {
+            Some(Body::JoinProof(p)) => Some(p),
+            _ => None,
         };
+        let valid = proof_body.is_some_and(|p| {
+            let message = natter_proto::binding::join_proof_message(
+                &[0u8; 32],
+                &self.config.node_id,
+                nonce,
+                &p.statement,
+            );
+            cert::verify_signature(&certified.public_key, &message, &p.signature).is_ok()
+        });
         if !valid {
             tracing::debug!(user = %name, "join proof failed");
             let body = error(
@@ -188,6 +179,20 @@ impl Node {
             );
             return self.refuse(id, proof.request_id, body);
         }
+        // The statement the user's records will carry (only after the
+        // proof verified: no second RSA operation for a bad proof).
+        let signed = proof_body
+            .ok_or_else(|| StatementError::Missing.into())
+            .and_then(|p| {
+                statements::verify_join(
+                    &p.statement,
+                    &p.statement_signature,
+                    certified,
+                    &self.config.node_id,
+                    nonce,
+                    self.now.unix_ms,
+                )
+            });
         let signed = match signed {
             Ok(signed) => signed,
             Err(e) => {
