@@ -92,6 +92,13 @@ write("call", "invite_sealed", varint(len(invite)) + invite + varint(len(hangup)
 chat = (field(1, bytes([0x11] * 16)) + field(2, b"alice") + field(3, b"bob")
         + varint(5 << 3) + varint(1800000000123) + field(6, v["chat.sealed"]))
 write("chat_message", "alice_to_bob", chat)
+# join_statement: alice's record at node 5a.. with the vector statement
+# and certificate (verifies at the target's clock); the statement alone.
+record = (field(1, b"alice") + b"\x10\x01" + b"\x18" + varint(1800000000123)
+          + field(4, b"\x5a" * 16) + field(6, v["statement.encoded"])
+          + field(7, v["statement.signature_alice"]) + field(8, certificate))
+write("join_statement", "record", record)
+write("join_statement", "statement", v["statement.encoded"])
 # name and report: plain text.
 write("name", "alice", b"alice")
 write("name", "mixed", b"Alice.B_c-9")

@@ -11,7 +11,7 @@
 //! it must move on.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use natter_net::dial::{QuicTarget, TcpTarget};
 use natter_net::tcp::{self, RecordConn};
@@ -21,8 +21,11 @@ use natter_net::{
 };
 use natter_proto::cert::Identity;
 use natter_proto::messages::{
-    Envelope, ErrorCode, ErrorReply, HostCacheEntry, JoinHello, JoinProof, envelope,
+    CertificateBody, Envelope, ErrorCode, ErrorReply, HostCacheEntry, JoinHello, JoinProof,
+    JoinStatement, envelope,
 };
+use natter_proto::statement::SignedStatement;
+use prost::Message;
 use tokio::sync::Mutex;
 
 pub use natter_net::Connected;
@@ -159,6 +162,34 @@ impl SessionError {
     }
 }
 
+/// The user's signed join statement for the supernode `node_id` that
+/// challenged with `nonce`: "I, the name my certificate names, am joined
+/// there since now" (docs/PROTOCOL.md, section 5.1). It travels with the
+/// user's directory record, so that no other supernode can claim to be
+/// the user's home.
+pub fn join_statement(
+    identity: &Identity,
+    node_id: &[u8],
+    nonce: &[u8],
+) -> Result<SignedStatement, SessionError> {
+    let body = CertificateBody::decode(identity.certificate.body.as_slice())
+        .map_err(|_| SessionError::Unexpected("an unreadable own certificate"))?;
+    let joined_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let statement = JoinStatement {
+        name: body.name,
+        home_node_id: node_id.to_vec(),
+        joined_at,
+        nonce: nonce.to_vec(),
+    };
+    Ok(natter_proto::statement::sign(
+        &identity.key,
+        &mut rand::rngs::OsRng,
+        &statement,
+    ))
+}
+
 /// A joined session.
 #[derive(Debug)]
 pub struct SupernodeSession {
@@ -241,17 +272,19 @@ impl SupernodeSession {
             envelope::Body::Error(e) => return Err(refused(addr, e)),
             other => return Err(SessionError::Unexpected(other.type_name())),
         };
+        let signed = join_statement(identity, &challenge.node_id, &challenge.nonce)?;
         let signature = identity.sign(&natter_proto::binding::join_proof_message(
             &[0u8; 32],
             &challenge.node_id,
             &challenge.nonce,
-            &[],
+            &signed.statement,
         ));
         let proof = Envelope::new(
             2,
             envelope::Body::JoinProof(JoinProof {
                 signature,
-                ..JoinProof::default()
+                statement: signed.statement,
+                statement_signature: signed.signature,
             }),
         );
         send.send(&proof).await.map_err(connect)?;

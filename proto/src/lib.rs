@@ -19,6 +19,7 @@
 //! | [`cert`] | user and supernode certificates issued by the login server; the revocation list |
 //! | [`binding`] | the bytes each proof-of-possession signature covers, bound to the TLS connection |
 //! | [`chat`] | end-to-end chat: sealing to the recipient's chat key, signed by the sender |
+//! | [`statement`] | a user's signed join statement (the home supernode and join time its directory record claims) |
 //! | [`call`] | call setup: invite / ringing / accept / reject / busy / hangup, timeouts |
 //! | [`handshake`] | the call key agreement (signed X25519 shares, HKDF) |
 //! | [`media`] | sealing and opening SoM datagrams with AES-256-GCM; the DATA plaintext layout |
@@ -46,6 +47,7 @@ pub mod replay;
 pub mod report;
 pub mod session;
 pub mod som;
+pub mod statement;
 pub mod stun;
 
 pub use messages::PROTOCOL_VERSION;

@@ -295,6 +295,27 @@ fn compute() -> Vec<(&'static str, String)> {
     )
     .unwrap();
     assert_eq!(opened.text, "hi");
+    // --- a join statement (section 5.1.1), signed with alice.pem
+    let statement = natter_proto::statement::sign(
+        &common::key("alice"),
+        &mut common::blinding_rng(),
+        &natter_proto::messages::JoinStatement {
+            name: "alice".into(),
+            home_node_id: vec![0x5a; 16],
+            joined_at: 1_800_000_000_123,
+            nonce: vec![0xc3; 32],
+        },
+    );
+    v.push(("statement.encoded", h(&statement.statement)));
+    v.push(("statement.signature_alice", h(&statement.signature)));
+    assert_eq!(
+        statement.signature,
+        cert::sign(
+            &common::key("alice"),
+            &binding::statement_message(&statement.statement)
+        ),
+        "blinded statement signatures are the unblinded bytes"
+    );
 
     // --- envelopes as framed on a stream
     let ping = Envelope::new(0, envelope::Body::Ping(Ping { nonce: 0x0102_0304 }));

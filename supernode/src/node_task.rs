@@ -14,7 +14,7 @@ use natter_proto::messages::Envelope;
 use quinn::{Connection, VarInt};
 use tokio::sync::{mpsc, watch};
 
-use crate::core::{LinkId, Node, Output, RelayCommand, SessionId};
+use crate::core::{CoreStats, LinkId, Node, Output, RelayCommand, SessionId};
 use crate::shell::{Event, Out, Shell, now};
 use crate::{NodeId, close};
 
@@ -25,6 +25,8 @@ pub(crate) struct Snapshot {
     pub session_count: usize,
     /// Sessions joined over TCP, now and since start.
     pub tcp_sessions: (usize, u64),
+    /// What the core dropped or refused.
+    pub core: CoreStats,
 }
 
 impl Snapshot {
@@ -33,6 +35,7 @@ impl Snapshot {
             live_members: node.live_members(),
             session_count: node.session_count(),
             tcp_sessions: node.tcp_sessions(),
+            core: node.stats(),
         }
     }
 }

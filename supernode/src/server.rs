@@ -281,6 +281,11 @@ impl Handle {
         self.snapshot.borrow().session_count
     }
 
+    /// What the node core dropped or refused (records from peers among it).
+    pub fn core_stats(&self) -> crate::core::CoreStats {
+        self.snapshot.borrow().core
+    }
+
     /// The UDP service's primary address (STUN reflector and relay), as
     /// advertised in `JoinAccepted.reflector`.
     pub fn reflector(&self) -> SocketAddr {

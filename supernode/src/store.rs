@@ -13,56 +13,108 @@ pub const PENDING_CHAT_TTL_MS: i64 = 30 * 24 * 3600 * 1000;
 /// Most chat messages stored for one user; more are refused.
 pub const MAX_PENDING_PER_USER: usize = 1000;
 
-/// The status of `record` once its home supernode's liveness is taken into
-/// account: a user whose home is not live is offline.
+/// How long a record outlives its user's certificate, as last-seen
+/// information only (never online, never a home to route to): 30 days.
+/// Offline records go after [`OFFLINE_RECORD_TTL_MS`] anyway.
+pub const RECORD_OUTLIVES_CERTIFICATE_MS: i64 = 30 * 24 * 3600 * 1000;
+
+/// What a verified record is ordered and aged by, taken from its signed
+/// parts (the join statement and the certificate), never from its
+/// unsigned fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordMeta {
+    /// The statement's `joined_at` (unix ms, the user's clock).
+    pub joined_at: i64,
+    /// The certificate's `not_after`, in unix ms.
+    pub not_after_ms: i64,
+}
+
+/// Why [`RecordStore::put`] kept the record it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("the record held has a newer join statement")]
+    OlderStatement,
+    #[error("another join statement of the same time is held")]
+    OtherStatement,
+    #[error("a presence change comes only from the record's home supernode")]
+    NotFromHome,
+    #[error("the record held was seen later")]
+    OlderLastSeen,
+}
+
+/// The status of `record` at `now_ms` once its home supernode's liveness
+/// and its certificate are taken into account: a user whose home is not
+/// live, or whose certificate expired, is offline.
 pub fn effective_status(
     record: &UserRecord,
+    meta: &RecordMeta,
+    now_ms: i64,
     home_is_live: impl Fn(&[u8]) -> bool,
 ) -> PresenceStatus {
     let status = PresenceStatus::try_from(record.status).unwrap_or(PresenceStatus::Offline);
-    if status != PresenceStatus::Offline && !home_is_live(&record.home_node_id) {
+    if status != PresenceStatus::Offline
+        && (!home_is_live(&record.home_node_id) || now_ms >= meta.not_after_ms)
+    {
         PresenceStatus::Offline
     } else {
         status
     }
 }
 
-fn is_online(record: &UserRecord) -> bool {
-    record.status != PresenceStatus::Offline as i32
-}
-
-/// User records held by this replica.
+/// User records held by this replica, each with its [`RecordMeta`].
 #[derive(Debug, Default, Clone)]
 pub struct RecordStore {
-    records: HashMap<String, UserRecord>,
+    records: HashMap<String, (UserRecord, RecordMeta)>,
 }
 
 impl RecordStore {
-    /// Stores `record` unless the one held is newer. Newer means a later
-    /// `last_seen`, except that an *offline* record from one home never
-    /// replaces an *online* record from another: that is the end of an old
-    /// session after the user joined elsewhere. Returns whether it was stored.
-    pub fn put(&mut self, record: UserRecord) -> bool {
-        if let Some(held) = self.records.get(&record.name) {
-            if record.last_seen < held.last_seen {
-                return false;
+    /// Stores `record` (verified, with the `meta` of its signed parts)
+    /// unless the one held is newer. A later join statement always wins and
+    /// an earlier one never does; with the same statement (a presence change
+    /// or the end of the session) the record must come `from_home` (from the
+    /// supernode the statement names, or this node for its own users) and
+    /// be seen no earlier than the one held. So the end of an old session
+    /// never overwrites a join elsewhere, and no peer but the home changes
+    /// what a statement's record says.
+    pub fn put(
+        &mut self,
+        record: UserRecord,
+        meta: RecordMeta,
+        from_home: bool,
+    ) -> Result<(), Refused> {
+        if let Some((held, held_meta)) = self.records.get(&record.name) {
+            if meta.joined_at < held_meta.joined_at {
+                return Err(Refused::OlderStatement);
             }
-            if !is_online(&record) && is_online(held) && record.home_node_id != held.home_node_id {
-                return false;
+            if meta.joined_at == held_meta.joined_at {
+                if record.statement != held.statement {
+                    return Err(Refused::OtherStatement);
+                }
+                if !from_home {
+                    return Err(Refused::NotFromHome);
+                }
+                if record.last_seen < held.last_seen {
+                    return Err(Refused::OlderLastSeen);
+                }
             }
         }
-        self.records.insert(record.name.clone(), record);
-        true
+        self.records.insert(record.name.clone(), (record, meta));
+        Ok(())
     }
 
     /// The record of `name`.
     pub fn get(&self, name: &str) -> Option<&UserRecord> {
-        self.records.get(name)
+        self.records.get(name).map(|(r, _)| r)
+    }
+
+    /// The record of `name` with its meta.
+    pub fn entry(&self, name: &str) -> Option<(&UserRecord, &RecordMeta)> {
+        self.records.get(name).map(|(r, m)| (r, m))
     }
 
     /// Removes and returns the record of `name`.
     pub fn remove(&mut self, name: &str) -> Option<UserRecord> {
-        self.records.remove(name)
+        self.records.remove(name).map(|(r, _)| r)
     }
 
     /// Names of all records held.
@@ -81,12 +133,17 @@ impl RecordStore {
     }
 
     /// Drops records of users offline (by [`effective_status`]) and not seen
-    /// for [`OFFLINE_RECORD_TTL_MS`]. Returns how many were dropped.
+    /// for [`OFFLINE_RECORD_TTL_MS`], and records whose certificate expired
+    /// more than [`RECORD_OUTLIVES_CERTIFICATE_MS`] ago. Returns how many
+    /// were dropped.
     pub fn expire(&mut self, now_ms: i64, home_is_live: impl Fn(&[u8]) -> bool) -> usize {
         let before = self.records.len();
-        self.records.retain(|_, r| {
-            effective_status(r, &home_is_live) != PresenceStatus::Offline
-                || now_ms.saturating_sub(r.last_seen) < OFFLINE_RECORD_TTL_MS
+        self.records.retain(|_, (r, meta)| {
+            let offline =
+                effective_status(r, meta, now_ms, &home_is_live) == PresenceStatus::Offline;
+            let outlived =
+                now_ms.saturating_sub(meta.not_after_ms) >= RECORD_OUTLIVES_CERTIFICATE_MS;
+            !outlived && (!offline || now_ms.saturating_sub(r.last_seen) < OFFLINE_RECORD_TTL_MS)
         });
         before - self.records.len()
     }
@@ -294,6 +351,8 @@ mod tests {
             last_seen,
             home_node_id: vec![home; 16],
             home_addr: None,
+            // Stands for the statement of a join at `home`.
+            statement: vec![home],
             ..Default::default()
         }
     }
@@ -309,30 +368,97 @@ mod tests {
         }
     }
 
+    /// Meta of a statement made at `joined_at`, certificate valid for ever.
+    fn meta(joined_at: i64) -> RecordMeta {
+        RecordMeta {
+            joined_at,
+            not_after_ms: i64::MAX,
+        }
+    }
+
     #[test]
-    fn newer_records_win_but_stale_session_ends_do_not() {
+    fn later_statements_win_and_only_the_home_changes_a_statement_record() {
         let mut s = RecordStore::default();
-        assert!(s.put(record("bob", PresenceStatus::Online, 100, 1)));
-        assert!(!s.put(record("bob", PresenceStatus::Away, 50, 1)), "older");
-        // Bob moved to node 2, then node 1 noticed his old session end.
-        assert!(s.put(record("bob", PresenceStatus::Online, 200, 2)));
-        assert!(!s.put(record("bob", PresenceStatus::Offline, 300, 1)));
         assert_eq!(
-            s.get("bob").map(|r| r.status),
-            Some(PresenceStatus::Online as i32)
+            s.put(
+                record("bob", PresenceStatus::Online, 100, 1),
+                meta(10),
+                true
+            ),
+            Ok(())
         );
-        // Node 2 reports him offline.
-        assert!(s.put(record("bob", PresenceStatus::Offline, 400, 2)));
-        assert!(s.put(record("bob", PresenceStatus::Online, 500, 1)));
+        let away = record("bob", PresenceStatus::Away, 50, 1);
+        assert_eq!(
+            s.put(away.clone(), meta(10), true),
+            Err(Refused::OlderLastSeen)
+        );
+        let mut away = away;
+        away.last_seen = 150;
+        assert_eq!(
+            s.put(away.clone(), meta(10), false),
+            Err(Refused::NotFromHome),
+            "a presence change from a peer that is not the home"
+        );
+        assert_eq!(s.put(away, meta(10), true), Ok(()));
+        // Bob joined node 2 later: any peer may bring that statement.
+        assert_eq!(
+            s.put(
+                record("bob", PresenceStatus::Online, 200, 2),
+                meta(20),
+                false
+            ),
+            Ok(())
+        );
+        // Node 1 noticed his old session end, with a far later last_seen.
+        assert_eq!(
+            s.put(
+                record("bob", PresenceStatus::Offline, 9000, 1),
+                meta(10),
+                true
+            ),
+            Err(Refused::OlderStatement)
+        );
+        // Another statement claiming the same time does not replace it.
+        assert_eq!(
+            s.put(
+                record("bob", PresenceStatus::Offline, 300, 3),
+                meta(20),
+                true
+            ),
+            Err(Refused::OtherStatement)
+        );
+        assert_eq!(
+            s.get("bob").map(|r| (r.status, r.home_node_id[0])),
+            Some((PresenceStatus::Online as i32, 2))
+        );
+        // Node 2 reports him offline; then he joins node 1 again.
+        assert_eq!(
+            s.put(
+                record("bob", PresenceStatus::Offline, 400, 2),
+                meta(20),
+                true
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            s.put(
+                record("bob", PresenceStatus::Online, 500, 1),
+                meta(30),
+                false
+            ),
+            Ok(())
+        );
+        assert_eq!(s.entry("bob").map(|(_, m)| m.joined_at), Some(30));
     }
 
     #[test]
     fn offline_records_expire_after_72_hours() {
         let mut s = RecordStore::default();
-        s.put(record("old", PresenceStatus::Offline, 0, 1));
-        s.put(record("recent", PresenceStatus::Offline, 10 * H, 1));
-        s.put(record("online", PresenceStatus::Online, 0, 1));
-        s.put(record("orphan", PresenceStatus::Online, 0, 9));
+        let put = |s: &mut RecordStore, r| s.put(r, meta(0), true).unwrap();
+        put(&mut s, record("old", PresenceStatus::Offline, 0, 1));
+        put(&mut s, record("recent", PresenceStatus::Offline, 10 * H, 1));
+        put(&mut s, record("online", PresenceStatus::Online, 0, 1));
+        put(&mut s, record("orphan", PresenceStatus::Online, 0, 9));
         let live = |id: &[u8]| id == [1u8; 16];
         assert_eq!(s.expire(71 * H, live), 0);
         // At 73 h "old" and "orphan" (home node 9 is gone) go, the online user stays.
@@ -344,10 +470,48 @@ mod tests {
     }
 
     #[test]
+    fn an_expired_certificate_makes_a_record_offline_then_drops_it() {
+        let mut s = RecordStore::default();
+        let expires = RecordMeta {
+            joined_at: 0,
+            not_after_ms: 10 * H,
+        };
+        let r = record("erin", PresenceStatus::Online, 0, 1);
+        s.put(r.clone(), expires, true).unwrap();
+        let live = |_: &[u8]| true;
+        assert_eq!(
+            effective_status(&r, &expires, 10 * H - 1, live),
+            PresenceStatus::Online
+        );
+        assert_eq!(
+            effective_status(&r, &expires, 10 * H, live),
+            PresenceStatus::Offline
+        );
+        // Offline since its certificate expired, it goes 72 h after last seen.
+        assert_eq!(s.expire(71 * H, live), 0);
+        assert_eq!(s.expire(72 * H, live), 1);
+        // An offline record seen late still goes 30 days after the expiry.
+        let mut late = record("erin", PresenceStatus::Offline, 31 * 24 * H, 1);
+        late.last_seen = 10 * H + RECORD_OUTLIVES_CERTIFICATE_MS - 1;
+        s.put(late, expires, true).unwrap();
+        assert_eq!(
+            s.expire(10 * H + RECORD_OUTLIVES_CERTIFICATE_MS - 1, live),
+            0
+        );
+        assert_eq!(s.expire(10 * H + RECORD_OUTLIVES_CERTIFICATE_MS, live), 1);
+    }
+
+    #[test]
     fn effective_status_follows_home_liveness() {
         let r = record("bob", PresenceStatus::Away, 0, 3);
-        assert_eq!(effective_status(&r, |_| true), PresenceStatus::Away);
-        assert_eq!(effective_status(&r, |_| false), PresenceStatus::Offline);
+        assert_eq!(
+            effective_status(&r, &meta(0), 0, |_| true),
+            PresenceStatus::Away
+        );
+        assert_eq!(
+            effective_status(&r, &meta(0), 0, |_| false),
+            PresenceStatus::Offline
+        );
     }
 
     fn ids(c: &ChatStore, name: &str) -> Vec<u8> {

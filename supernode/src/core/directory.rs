@@ -4,13 +4,15 @@
 
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{
-    DirectoryLookup, DirectoryRecords, DirectoryStore, Envelope, PresenceStatus, PresenceUpdate,
-    SupernodeList, UserRecord,
+    DirectoryLookup, DirectoryRecords, DirectoryStore, Envelope, PresenceUpdate, SupernodeList,
+    UserRecord,
 };
 
 use super::interface::Output;
 use super::jobs::{Done, Job, JobId, Lookup, LookupFor};
 use super::state::Node;
+use super::statements::{self, VerifiedRecord};
+use crate::store::RecordMeta;
 use crate::{NodeId, close, hrw};
 
 impl Node {
@@ -18,13 +20,17 @@ impl Node {
         hrw::replicas(name, &self.membership.live_ids(), self.config.replicas)
     }
 
-    /// Stores `record` on its replicas (locally when this node is one).
-    /// With `broadcast`, also announces the status to every linked
-    /// supernode and to local subscribers.
-    pub(crate) fn publish(&mut self, record: &UserRecord, broadcast: bool) {
+    /// Stores the `record` of a user joined here (`meta` from its session's
+    /// statement) on its replicas (locally when this node is one). With
+    /// `broadcast`, also announces the status to every linked supernode and
+    /// to local subscribers.
+    pub(crate) fn publish(&mut self, record: &UserRecord, meta: RecordMeta, broadcast: bool) {
         for replica in self.replicas_of(&record.name) {
             if replica == self.config.node_id {
-                self.records.put(record.clone());
+                if let Err(e) = self.records.put(record.clone(), meta, true) {
+                    self.stats.records_stale += 1;
+                    tracing::debug!(user = %record.name, error = %e, "own record not stored");
+                }
             } else {
                 let store = Body::DirectoryStore(DirectoryStore {
                     records: vec![record.clone()],
@@ -74,7 +80,8 @@ impl Node {
     pub(crate) fn publish_session(&mut self, name: &str, broadcast: bool) {
         if let Some((_, joined)) = self.sessions.of_name(name) {
             let record = self.local_record(name, joined);
-            self.publish(&record, broadcast);
+            let meta = joined.signed.meta;
+            self.publish(&record, meta, broadcast);
         }
     }
 
@@ -132,43 +139,81 @@ impl Node {
         }
     }
 
-    /// A `DirectoryStore` from a peer: records (a newer online record from
-    /// elsewhere replaces the local session) and chat to hold. Returns the
-    /// answer to a request: `Ack`, or `MailboxFull` when chat was refused.
-    pub(crate) fn on_directory_store(&mut self, store: DirectoryStore) -> Body {
-        let me = self.config.node_id.to_vec();
+    /// A `DirectoryStore` from `peer`: records (each verified, stored when
+    /// newer; a newer statement from elsewhere replaces the local session)
+    /// and chat to hold. Returns the answer to a request: `Ack`, or
+    /// `MailboxFull` when chat was refused.
+    pub(crate) fn on_directory_store(&mut self, peer: &NodeId, store: DirectoryStore) -> Body {
         for record in store.records {
-            if let Some((id, joined)) = self.sessions.of_name(&record.name)
-                && record.home_node_id != me
-                && record.status != PresenceStatus::Offline as i32
-                && record.last_seen >= joined.joined_at
-            {
-                tracing::info!(user = %record.name, "session replaced by a join elsewhere");
-                self.sessions.by_name.remove(&record.name);
-                self.sessions.all.remove(&id);
-                self.emit(Output::CloseSession(
-                    id,
-                    close::REPLACED,
-                    "joined elsewhere",
-                ));
+            if let Some(verified) = self.verify_from_peer(&record) {
+                self.accept_record(verified, peer);
             }
-            self.records.put(record);
         }
         self.store_from_peer(store.pending_chat)
     }
 
-    /// A `DirectoryLookup` from a peer: the record held (or the live one of a
-    /// local session), and the chat stored when asked to hand it over.
-    pub(crate) fn on_directory_lookup(&mut self, lookup: &DirectoryLookup) -> DirectoryRecords {
-        let mut records: Vec<UserRecord> = self
-            .records
-            .get(&lookup.name)
-            .cloned()
-            .into_iter()
-            .collect();
-        if let Some((_, joined)) = self.sessions.of_name(&lookup.name) {
-            records = vec![self.local_record(&lookup.name, joined)];
+    /// Verifies a record a peer sent; a refusal is counted and dropped.
+    pub(crate) fn verify_from_peer(&mut self, record: &UserRecord) -> Option<VerifiedRecord> {
+        match statements::verify_record(record, &self.config.login_key, self.now.unix_ms) {
+            Ok(verified) => Some(verified),
+            Err(e) => {
+                self.stats.records_refused += 1;
+                if e.is_future() {
+                    self.stats.records_from_future += 1;
+                }
+                tracing::debug!(user = %record.name, error = %e, "record refused");
+                None
+            }
         }
+    }
+
+    /// A verified record from `peer`: a local session of the user ends when
+    /// the record's statement, naming another home, is newer than the
+    /// session's own (the user joined elsewhere since); the record is
+    /// stored when newer than the one held (a presence change only from
+    /// its home, see [`crate::store::RecordStore::put`]).
+    fn accept_record(&mut self, verified: VerifiedRecord, peer: &NodeId) {
+        let me = self.config.node_id;
+        let name = verified.record().name.clone();
+        if let Some((id, joined)) = self.sessions.of_name(&name)
+            && verified.home() != me
+            && verified.online()
+            && verified.meta().joined_at > joined.signed.meta.joined_at
+        {
+            tracing::info!(user = %name, "session replaced by a join elsewhere");
+            self.sessions.by_name.remove(&name);
+            self.sessions.all.remove(&id);
+            self.emit(Output::CloseSession(
+                id,
+                close::REPLACED,
+                "joined elsewhere",
+            ));
+        }
+        let from_home = verified.home() == *peer;
+        let (record, meta) = verified.into_parts();
+        if let Err(e) = self.records.put(record, meta, from_home) {
+            self.stats.records_stale += 1;
+            tracing::debug!(user = %name, error = %e, "record not newer, kept the held one");
+        }
+    }
+
+    /// A `DirectoryLookup` from a peer: the record held, or the live one of
+    /// a local session unless the record held has a later statement (the
+    /// user joined elsewhere since), and the chat stored when asked to hand
+    /// it over.
+    pub(crate) fn on_directory_lookup(&mut self, lookup: &DirectoryLookup) -> DirectoryRecords {
+        let held = self.records.entry(&lookup.name);
+        let local = self.sessions.of_name(&lookup.name);
+        let record = match (held, local) {
+            (Some((record, meta)), Some((_, joined)))
+                if meta.joined_at > joined.signed.meta.joined_at =>
+            {
+                Some(record.clone())
+            }
+            (_, Some((_, joined))) => Some(self.local_record(&lookup.name, joined)),
+            (held, None) => held.map(|(record, _)| record.clone()),
+        };
+        let records: Vec<UserRecord> = record.into_iter().collect();
         let pending_chat = self.chat_for_lookup(lookup);
         DirectoryRecords {
             records,
@@ -206,8 +251,9 @@ impl Node {
         };
         while let Some(replica) = lookup.replicas.pop_front() {
             if replica == self.config.node_id {
-                if let Some(record) = self.records.get(&lookup.name).cloned() {
-                    let record = self.effective(record);
+                if let Some((record, meta)) = self.records.entry(&lookup.name) {
+                    let (record, meta) = (record.clone(), *meta);
+                    let record = self.effective(record, &meta);
                     self.finish(job, Done::Lookup(purpose, Some(record)));
                     return;
                 }
@@ -231,15 +277,34 @@ impl Node {
             Some(Job::Lookup { lookup, .. }) => lookup.name.clone(),
             _ => return,
         };
-        if let Some(Body::DirectoryRecords(found)) = reply
-            && let Some(record) = found.records.into_iter().find(|r| r.name == name)
+        // Only a record that verifies counts; a replica answering with
+        // anything else is as good as one that holds nothing.
+        let found = match reply {
+            Some(Body::DirectoryRecords(found)) => self.newest_verified(&name, found.records),
+            _ => None,
+        };
+        if let Some(verified) = found
             && let Some(Job::Lookup { purpose, .. }) = self.jobs.remove(&job)
         {
-            let record = self.effective(record);
+            let (record, meta) = verified.into_parts();
+            let record = self.effective(record, &meta);
             self.finish(job, Done::Lookup(purpose, Some(record)));
             return;
         }
         self.advance_lookup(job);
+    }
+
+    /// The newest of the records of `name` a peer sent that verify.
+    pub(crate) fn newest_verified(
+        &mut self,
+        name: &str,
+        records: Vec<UserRecord>,
+    ) -> Option<VerifiedRecord> {
+        records
+            .into_iter()
+            .filter(|r| r.name == name)
+            .filter_map(|r| self.verify_from_peer(&r))
+            .max_by_key(VerifiedRecord::order)
     }
 
     /// Drops expired records and chat (every 60 ticks).

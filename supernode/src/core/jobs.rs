@@ -9,6 +9,7 @@ use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{CallSignal, ChatMessage, UserRecord};
 
 use super::interface::SessionId;
+use super::statements::VerifiedRecord;
 use crate::NodeId;
 
 /// A job's id.
@@ -102,7 +103,8 @@ pub(crate) struct Gather {
     pub replicas: Vec<NodeId>,
     pub round: u32,
     pub waiting: HashSet<u64>,
-    pub records: Vec<UserRecord>,
+    /// The verified records the replicas hold (first round).
+    pub records: Vec<VerifiedRecord>,
     /// Chat brought by this round.
     pub chat: Vec<ChatMessage>,
     /// Ids delivered to the session so far.

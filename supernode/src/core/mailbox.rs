@@ -18,6 +18,7 @@ use super::interface::SessionId;
 use super::jobs::{Done, Gather, GatherFor, Handoff, Job, JobId, Store};
 use super::routing::error;
 use super::state::Node;
+use super::statements::VerifiedRecord;
 use crate::{NodeId, hrw, store};
 
 /// Most messages in one page (also bounds what one round pushes to a
@@ -324,10 +325,11 @@ impl Node {
         let last = std::mem::take(&mut gather.last);
         for replica in gather.replicas.clone() {
             if replica == self.config.node_id {
-                if gather.round == 1 {
-                    gather
-                        .records
-                        .extend(self.records.get(&gather.name).cloned());
+                if gather.round == 1
+                    && let Some((record, meta)) = self.records.entry(&gather.name)
+                {
+                    let held = VerifiedRecord::held(record.clone(), *meta);
+                    gather.records.extend(held);
                 }
                 self.chats.remove_ids(&gather.name, &last);
                 gather.chat.extend(self.chat_page(&gather.name, 0));
@@ -350,15 +352,21 @@ impl Node {
     /// A replica's answer to a gather round (`None`: no answer in time).
     pub(crate) fn gather_answer(&mut self, job: JobId, rid: u64, reply: Option<Body>) {
         let mut malformed = 0;
+        let (first_round, name) = match self.jobs.get(&job) {
+            Some(Job::Gather(gather)) => (gather.round == 1, gather.name.clone()),
+            _ => return,
+        };
+        let mut reply = reply;
+        let newest = match &mut reply {
+            Some(Body::DirectoryRecords(found)) if first_round => {
+                self.newest_verified(&name, std::mem::take(&mut found.records))
+            }
+            _ => None,
+        };
         if let Some(Job::Gather(gather)) = self.jobs.get_mut(&job) {
             gather.waiting.remove(&rid);
+            gather.records.extend(newest);
             if let Some(Body::DirectoryRecords(found)) = reply {
-                if gather.round == 1 {
-                    let name = &gather.name;
-                    gather
-                        .records
-                        .extend(found.records.into_iter().filter(|r| r.name == *name));
-                }
                 let name = &gather.name;
                 for message in found.pending_chat {
                     if message.to != *name {
@@ -392,7 +400,7 @@ impl Node {
         if gather.round == 1 {
             let previous = std::mem::take(&mut gather.records)
                 .into_iter()
-                .max_by_key(|r| r.last_seen);
+                .max_by_key(VerifiedRecord::order);
             self.gathered_record(&gather.purpose, &gather.name, previous);
         }
         let chat = store::dedup_chat(std::mem::take(&mut gather.chat));

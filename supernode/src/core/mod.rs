@@ -16,7 +16,7 @@
 //! Files, from the bottom up: `interface` (what goes in and out),
 //! `fit` (envelopes that fit a frame), `jobs`, `sessions`, `links` (tables),
 //! `state` (the [`Node`] and its basic moves), `directory`, `routing`,
-//! `mailbox` (stored chat), `requests` (clients), `overlay` (peers),
+//! `statements` (join statements and record verification), `mailbox` (stored chat), `requests` (clients), `overlay` (peers),
 //! and this file (the entry points and the dispatcher of finished jobs).
 
 mod directory;
@@ -30,6 +30,7 @@ mod requests;
 mod routing;
 mod sessions;
 mod state;
+pub mod statements;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;

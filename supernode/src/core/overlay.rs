@@ -189,7 +189,7 @@ impl Node {
                 self.dial_new(fresh);
             }
             Body::DirectoryStore(store) => {
-                let answer = self.on_directory_store(store);
+                let answer = self.on_directory_store(&peer, store);
                 if rid != 0 {
                     self.emit(Output::ToLink(link, Envelope::new(rid, answer)));
                 }

@@ -13,6 +13,7 @@ use natter_proto::messages::{
     RelayAllocated, SearchReply, UserRecord,
 };
 use natter_proto::name as names;
+use natter_proto::statement::StatementError;
 use rand::RngCore;
 
 use super::interface::{Carrier, Output, RelayCommand, SessionId};
@@ -20,6 +21,7 @@ use super::jobs::{AfterDelivery, GatherFor, JobId, LookupFor};
 use super::routing::error;
 use super::sessions::{Joined, Phase, Session};
 use super::state::{Node, Timer};
+use super::statements::{self, Certified, VerifiedRecord};
 use crate::close;
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::relay::{AllocError, Allocated};
@@ -123,11 +125,16 @@ impl Node {
         let mut nonce = [0u8; 32];
         self.rng.fill_bytes(&mut nonce);
         if let Some(session) = self.sessions.all.get_mut(&id) {
+            let certified = Certified {
+                certificate,
+                name: name.clone(),
+                public_key: verified.public_key,
+                not_after: verified.not_after,
+            };
             session.phase = Phase::Challenged {
                 name,
-                public_key: Box::new(verified.public_key),
+                certified: Box::new(certified),
                 nonce,
-                certificate: Box::new(certificate),
             };
         }
         let challenge = Body::JoinChallenge(JoinChallenge {
@@ -144,23 +151,27 @@ impl Node {
         };
         let Phase::Challenged {
             name,
-            public_key,
+            certified,
             nonce,
-            certificate,
         } = &session.phase
         else {
             return;
         };
         // Foundation placeholder: version 2 binds the proof to the connection's
         // TLS exporter (issue 13, replaced by the join binding).
-        let message =
-            natter_proto::binding::join_proof_message(&[0u8; 32], &self.config.node_id, nonce, &[]);
-        let valid = match &proof.body {
-            Some(Body::JoinProof(p)) => {
-                cert::verify_signature(public_key, &message, &p.signature).is_ok()
-            }
-            _ => false,
+        let proof_body = match &proof.body {
+            Some(Body::JoinProof(p)) => Some(p),
+            _ => None,
         };
+        let valid = proof_body.is_some_and(|p| {
+            let message = natter_proto::binding::join_proof_message(
+                &[0u8; 32],
+                &self.config.node_id,
+                nonce,
+                &p.statement,
+            );
+            cert::verify_signature(&certified.public_key, &message, &p.signature).is_ok()
+        });
         if !valid {
             tracing::debug!(user = %name, "join proof failed");
             let body = error(
@@ -169,8 +180,29 @@ impl Node {
             );
             return self.refuse(id, proof.request_id, body);
         }
+        // The statement the user's records will carry (only after the
+        // proof verified: no second RSA operation for a bad proof).
+        let signed = proof_body
+            .ok_or_else(|| StatementError::Missing.into())
+            .and_then(|p| {
+                statements::verify_join(
+                    &p.statement,
+                    &p.statement_signature,
+                    certified,
+                    &self.config.node_id,
+                    nonce,
+                    self.now.unix_ms,
+                )
+            });
+        let signed = match signed {
+            Ok(signed) => signed,
+            Err(e) => {
+                tracing::debug!(user = %name, error = %e, "join statement refused");
+                let body = error(ErrorCode::ChallengeFailed, e.to_string());
+                return self.refuse(id, proof.request_id, body);
+            }
+        };
         let name = name.clone();
-        let certificate = (**certificate).clone();
         let observed = session.remote;
         let accepted = self.host_cache_envelope(|supernodes| {
             Envelope::new(
@@ -192,9 +224,8 @@ impl Node {
         session.deadline = None;
         session.phase = Phase::Joined(Joined {
             name: name.clone(),
-            certificate,
             status: PresenceStatus::Online,
-            joined_at: now_ms,
+            signed,
             changed_at: now_ms,
             subscriptions: HashSet::new(),
             busy: None,
@@ -226,7 +257,7 @@ impl Node {
             joined.status = PresenceStatus::Offline;
             joined.changed_at = self.now.unix_ms.max(joined.changed_at);
             let record = self.local_record(&joined.name, &joined);
-            self.publish(&record, true);
+            self.publish(&record, joined.signed.meta, true);
             tracing::info!(user = %joined.name, "user left");
         }
     }
@@ -532,7 +563,7 @@ impl Node {
         &mut self,
         purpose: &GatherFor,
         name: &str,
-        previous: Option<UserRecord>,
+        previous: Option<VerifiedRecord>,
     ) {
         let GatherFor::Join { session } = purpose else {
             return;
@@ -544,12 +575,13 @@ impl Node {
             return;
         };
         let record = self.local_record(name, joined);
-        self.publish(&record, true);
+        let meta = joined.signed.meta;
+        self.publish(&record, meta, true);
         if let Some(previous) = previous
-            && previous.status != PresenceStatus::Offline as i32
-            && let Some(home) = crate::node_id(&previous.home_node_id)
-            && home != self.config.node_id
+            && previous.online()
+            && previous.home() != self.config.node_id
         {
+            let home = previous.home();
             let store = Body::DirectoryStore(DirectoryStore {
                 records: vec![record],
                 pending_chat: Vec::new(),

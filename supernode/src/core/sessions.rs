@@ -6,11 +6,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use natter_proto::messages::{Certificate, Envelope, PresenceStatus};
-use rsa::RsaPublicKey;
+use natter_proto::messages::{Envelope, PresenceStatus};
 
 use super::interface::{Carrier, SessionId};
 use super::jobs::JobId;
+use super::statements::{Certified, SignedJoin};
 use crate::ratelimit::RateLimiter;
 
 /// Where a session is in its life.
@@ -21,10 +21,9 @@ pub(crate) enum Phase {
     /// Challenged; waiting for the proof.
     Challenged {
         name: String,
-        public_key: Box<RsaPublicKey>,
+        /// The certificate of the hello and what it certifies.
+        certified: Box<Certified>,
         nonce: [u8; 32],
-        /// The certificate it joins with (for its directory record).
-        certificate: Box<Certificate>,
     },
     /// Joined under `name`.
     Joined(Joined),
@@ -34,10 +33,10 @@ pub(crate) enum Phase {
 #[derive(Debug)]
 pub(crate) struct Joined {
     pub name: String,
-    /// The user's certificate: its chat key is what chat to it is sealed to.
-    pub certificate: Certificate,
     pub status: PresenceStatus,
-    pub joined_at: i64,
+    /// The user's verified join statement and certificate, carried by
+    /// every record of this session.
+    pub signed: SignedJoin,
     pub changed_at: i64,
     pub subscriptions: HashSet<String>,
     /// The request being served (the others wait, in order, as they did

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use natter_proto::messages::envelope::Body;
-use natter_proto::messages::{Envelope, ErrorCode, ErrorReply, HostCacheEntry, UserRecord};
+use natter_proto::messages::{
+    Envelope, ErrorCode, ErrorReply, HostCacheEntry, PresenceStatus, UserRecord,
+};
 use rand::rngs::StdRng;
 use rsa::RsaPublicKey;
 
@@ -17,7 +19,7 @@ use super::jobs::{Done, Job, JobId};
 use super::links::{Links, Pending};
 use super::sessions::{Joined, Sessions};
 use crate::membership::{Membership, Timeouts};
-use crate::store::{self, ChatLimits, ChatStore, RecordStore};
+use crate::store::{self, ChatLimits, ChatStore, RecordMeta, RecordStore};
 use crate::{Config, NodeId};
 
 /// What the node core needs to know about itself and its limits.
@@ -135,6 +137,14 @@ pub struct CoreStats {
     /// Chat refused because it was not sealed or not well formed
     /// (`natter_proto::chat::check_envelope`), from a client or a peer.
     pub chat_malformed: u64,
+    /// Records from peers that did not verify (certificate, join
+    /// statement, name or home), the future ones included.
+    pub records_refused: u64,
+    /// Of those, records with a `last_seen` or `joined_at` in the future.
+    pub records_from_future: u64,
+    /// Verified records not newer than the one held (an older statement,
+    /// or a presence change not from the record's home).
+    pub records_stale: u64,
 }
 
 /// The supernode node core. See [`crate::core`].
@@ -294,7 +304,8 @@ impl Node {
             .collect()
     }
 
-    /// The record of a user joined here.
+    /// The record of a user joined here, with the user's signed join
+    /// statement and certificate.
     pub(crate) fn local_record(&self, name: &str, joined: &Joined) -> UserRecord {
         UserRecord {
             name: name.to_owned(),
@@ -302,17 +313,30 @@ impl Node {
             last_seen: joined.changed_at,
             home_node_id: self.config.node_id.to_vec(),
             home_addr: Some(self.config.addr.into()),
-            certificate: Some(joined.certificate.clone()),
-            ..Default::default()
+            statement: joined.signed.statement.clone(),
+            statement_signature: joined.signed.signature.clone(),
+            certificate: Some(joined.signed.certificate.clone()),
         }
     }
 
-    /// `record` with its status offline when its home is not live.
-    pub(crate) fn effective(&self, mut record: UserRecord) -> UserRecord {
-        let status = store::effective_status(&record, |id| {
+    /// A verified `record` as this node reports it: offline when its home
+    /// is not live or its certificate expired; when online, the home's
+    /// address as this node knows the home (never the record's word).
+    pub(crate) fn effective(&self, mut record: UserRecord, meta: &RecordMeta) -> UserRecord {
+        let status = store::effective_status(&record, meta, self.now.unix_ms, |id| {
             crate::node_id(id).is_some_and(|id| self.membership.is_live(&id))
         });
         record.status = status as i32;
+        if status != PresenceStatus::Offline
+            && let Some(home) = crate::node_id(&record.home_node_id)
+        {
+            record.home_addr = self
+                .membership
+                .live()
+                .into_iter()
+                .find(|(id, _)| *id == home)
+                .map(|(_, addr)| addr.into());
+        }
         record
     }
 }

@@ -46,6 +46,30 @@ pub fn issuer() -> &'static Issuer {
     ISSUER.get_or_init(|| Issuer::new(read_key("../proto/tests/vectors/issuer.pem")))
 }
 
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A join statement of `name` for the supernode `home`, signed with `key`.
+pub fn statement(
+    key: &RsaPrivateKey,
+    name: &str,
+    home: &[u8],
+    joined_at: i64,
+    nonce: &[u8],
+) -> natter_proto::statement::SignedStatement {
+    let statement = natter_proto::messages::JoinStatement {
+        name: name.to_owned(),
+        home_node_id: home.to_vec(),
+        joined_at,
+        nonce: nonce.to_vec(),
+    };
+    natter_proto::statement::sign(key, &mut rand::rngs::OsRng, &statement)
+}
+
 /// A user's RSA key: the published test keys, one per user.
 pub fn user_key(name: &str) -> &'static RsaPrivateKey {
     static KEYS: OnceLock<Vec<(&'static str, RsaPrivateKey)>> = OnceLock::new();
@@ -262,15 +286,17 @@ pub async fn try_join_via(
     assert_eq!(challenge.request_id, 1);
     assert_eq!(nonce.len(), 32);
     assert_eq!(node_id.len(), 16);
+    let signed = statement(signer, name, &node_id, now_ms(), &nonce);
     let signature = cert::sign(
         signer,
-        &natter_proto::binding::join_proof_message(&[0u8; 32], &node_id, &nonce, &[]),
+        &natter_proto::binding::join_proof_message(&[0u8; 32], &node_id, &nonce, &signed.statement),
     );
     send.send(&Envelope::new(
         2,
         Body::JoinProof(JoinProof {
             signature,
-            ..Default::default()
+            statement: signed.statement,
+            statement_signature: signed.signature,
         }),
     ))
     .await?;

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use natter_proto::cert;
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{
-    Certificate, Envelope, JoinAccepted, JoinHello, JoinProof, PresenceStatus,
+    Certificate, Envelope, JoinAccepted, JoinHello, JoinProof, JoinStatement, PresenceStatus,
 };
+use natter_proto::statement::SignedStatement;
 use natter_supernode::NodeId;
 use natter_supernode::core::{
     Carrier, LinkId, LinkOrigin, Node, NodeConfig, Now, Output, RelayCommand, SessionId,
@@ -107,6 +108,10 @@ pub struct SimClient {
     /// Whether it answers the join challenge (a silent client tests the
     /// handshake timeout).
     pub answers_challenge: bool,
+    /// Added to the virtual clock when it dates a join statement.
+    pub clock_offset_ms: i64,
+    /// The join statement it sent last.
+    pub signed: Option<SignedStatement>,
     next_rid: u64,
 }
 
@@ -570,24 +575,34 @@ impl Sim {
     }
 
     fn client_receives(&mut self, client: usize, session: SessionId, envelope: Envelope) {
-        let c = &mut self.clients[client];
+        let c = &self.clients[client];
         if c.session != session || c.closed.is_some() {
             return;
         }
+        let now_ms = self.now().unix_ms;
         match envelope.body {
-            Some(Body::JoinChallenge(challenge)) if c.answers_challenge => {
+            Some(Body::JoinChallenge(challenge)) if self.clients[client].answers_challenge => {
+                let signed = self.sign_statement(
+                    client,
+                    &challenge.node_id,
+                    now_ms + self.clients[client].clock_offset_ms,
+                    &challenge.nonce,
+                );
+                let c = &mut self.clients[client];
                 let message = natter_proto::binding::join_proof_message(
                     &[0u8; 32],
                     &challenge.node_id,
                     &challenge.nonce,
-                    &[],
+                    &signed.statement,
                 );
                 let signature = cert::sign(c.key, &message);
+                c.signed = Some(signed.clone());
                 let proof = Envelope::new(
                     2,
                     Body::JoinProof(JoinProof {
                         signature,
-                        ..Default::default()
+                        statement: signed.statement,
+                        statement_signature: signed.signature,
                     }),
                 );
                 let node = c.node;
@@ -601,8 +616,8 @@ impl Sim {
                     },
                 );
             }
-            Some(Body::JoinAccepted(accepted)) => c.accepted = Some(accepted),
-            _ => c.inbox.push_back(envelope),
+            Some(Body::JoinAccepted(accepted)) => self.clients[client].accepted = Some(accepted),
+            _ => self.clients[client].inbox.push_back(envelope),
         }
     }
 
@@ -674,6 +689,8 @@ impl Sim {
             inbox: VecDeque::new(),
             closed: None,
             answers_challenge: true,
+            clock_offset_ms: 0,
+            signed: None,
             next_rid: 10,
         });
         self.connect(index, node);
@@ -861,6 +878,29 @@ impl Sim {
             Body::PresenceUpdate(u) if u.name == name => PresenceStatus::try_from(u.status).ok(),
             _ => None,
         }
+    }
+
+    /// Client `c`'s certificate.
+    pub fn certificate(&self, c: usize) -> Certificate {
+        self.clients[c].certificate.clone()
+    }
+
+    /// A join statement signed by client `c`'s key (what it sends when
+    /// joining, or what an attacker replays or forges with a test key).
+    pub fn sign_statement(
+        &mut self,
+        c: usize,
+        home: &[u8],
+        joined_at: i64,
+        nonce: &[u8],
+    ) -> SignedStatement {
+        let statement = JoinStatement {
+            name: self.clients[c].name.clone(),
+            home_node_id: home.to_vec(),
+            joined_at,
+            nonce: nonce.to_vec(),
+        };
+        natter_proto::statement::sign(self.clients[c].key, &mut self.rng, &statement)
     }
 
     /// A random-looking id for messages and invites.
