@@ -363,7 +363,7 @@ mod sessions {
                                 assert_eq!(leg.addr, SN);
                                 self.log[i].legs_opened.push((now, leg));
                                 // The leg task binds as soon as it connects.
-                                let bind = relay::encode_bind(&leg.token, 1, 0);
+                                let bind = relay::encode_bind(&leg.token, &[0; relay::COOKIE_LEN], 1, 0);
                                 self.at_relay(Peer::Tcp(i), &bind, now);
                             }
                             Event::Voice { payload, .. } => {
@@ -420,13 +420,15 @@ mod sessions {
         /// The supernode's relay (latest bind of a side wins, whatever its
         /// transport, as in supernode/src/relay.rs).
         fn at_relay(&mut self, from: Peer, bytes: &[u8], now: u64) {
-            if let Ok(token) = relay::decode_bind(bytes) {
-                let Some(side) = TOKENS.iter().position(|t| *t == token) else {
+            if let Ok(bind) = relay::decode_bind(bytes) {
+                let Some(side) = TOKENS.iter().position(|t| *t == bind.token) else {
                     return;
                 };
                 self.bound[side] = Some(from);
                 if let Peer::Udp(_) = from {
-                    let reply = relay::encode_bind_reply(bytes, BindStatus::Bound);
+                    // (This model relay takes any cookie; the real one's
+                    // round trip is tested in supernode/tests/relay.rs.)
+                    let reply = relay::encode_bind_reply(bytes, BindStatus::Bound, &bind.cookie);
                     self.relay_to(from, &reply, now);
                 } // a leg's bind reply is read by the leg task itself
                 return;
@@ -587,7 +589,7 @@ mod sessions {
                     match e {
                         Event::OpenTcpLeg(leg) => {
                             net.log[i].legs_opened.push((now, leg));
-                            let bind = relay::encode_bind(&leg.token, 1, 0);
+                            let bind = relay::encode_bind(&leg.token, &[0; relay::COOKIE_LEN], 1, 0);
                             net.at_relay(Peer::Tcp(i), &bind, now);
                         }
                         Event::Voice { .. } => net.log[i].voice.push(now),
@@ -701,8 +703,9 @@ mod sessions {
         let mut net = Net::new([false, false]);
         net.run(0, 500);
         let reply = relay::encode_bind_reply(
-            &relay::encode_bind(&TOKENS[0], 9, 0),
+            &relay::encode_bind(&TOKENS[0], &[0; relay::COOKIE_LEN], 9, 0),
             BindStatus::UnknownToken,
+            &[0; relay::COOKIE_LEN],
         );
         let before = net.sessions[0].stats();
         net.sessions[0]
