@@ -363,7 +363,8 @@ mod sessions {
                                 assert_eq!(leg.addr, SN);
                                 self.log[i].legs_opened.push((now, leg));
                                 // The leg task binds as soon as it connects.
-                                let bind = relay::encode_bind(&leg.token, &[0; relay::COOKIE_LEN], 1, 0);
+                                let bind =
+                                    relay::encode_bind(&leg.token, &[0; relay::COOKIE_LEN], 1, 0);
                                 self.at_relay(Peer::Tcp(i), &bind, now);
                             }
                             Event::Voice { payload, .. } => {
@@ -589,7 +590,8 @@ mod sessions {
                     match e {
                         Event::OpenTcpLeg(leg) => {
                             net.log[i].legs_opened.push((now, leg));
-                            let bind = relay::encode_bind(&leg.token, &[0; relay::COOKIE_LEN], 1, 0);
+                            let bind =
+                                relay::encode_bind(&leg.token, &[0; relay::COOKIE_LEN], 1, 0);
                             net.at_relay(Peer::Tcp(i), &bind, now);
                         }
                         Event::Voice { .. } => net.log[i].voice.push(now),

@@ -424,20 +424,24 @@ impl Sim {
                 invite_id,
                 from,
                 to,
-                ended,
+                kind,
             } => self.nodes[i]
                 .relay
-                .note_signal(&invite_id, &from, &to, ended, now.mono),
+                .note_signal(&invite_id, &from, &to, kind, now.mono),
             RelayCommand::Allocate {
                 session,
                 request_id,
                 user,
+                source,
                 invite_id,
             } => {
-                let result =
-                    self.nodes[i]
-                        .relay
-                        .allocate(&user, &invite_id, &mut self.rng, now.mono);
+                let result = self.nodes[i].relay.allocate(
+                    &user,
+                    source,
+                    &invite_id,
+                    &mut self.rng,
+                    now.mono,
+                );
                 self.nodes[i]
                     .node
                     .handle_relay_allocated(session, request_id, invite_id, result, now);
