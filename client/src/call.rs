@@ -198,8 +198,13 @@ pub async fn place_call(
         SETUP_TIMEOUT.as_millis() as u64,
     );
     flush(&mut setup, session).await?;
-    // Relay sides the peer's supernode pushes before the call is connected.
-    let mut own_relays = Vec::new();
+    // The supernode routed the invite: it grants the caller a relay now (a
+    // call starts on the relay), and pushes the callee's side to the callee.
+    // The callee's supernode pushes this side of its relay before the accept.
+    let mut own_relays: Vec<OwnRelay> = gather::allocate_relay(session, &invite_id)
+        .await
+        .into_iter()
+        .collect();
     let mut trickled = Vec::new();
     loop {
         while let Some(event) = setup.poll_event() {
@@ -213,10 +218,6 @@ pub async fn place_call(
                     keys,
                     mut remote_candidates,
                 } => {
-                    // The supernode routed the accept: it grants a relay now.
-                    if let Some(own) = gather::allocate_relay(session, &invite_id).await {
-                        own_relays.push(own);
-                    }
                     let setup_ms = started.elapsed().as_millis() as u64;
                     remote_candidates.append(&mut trickled);
                     let transport = MediaTransport {
@@ -295,12 +296,14 @@ pub async fn answer_calls(
                 CallEvent::Incoming { .. } => {
                     let (socket, candidates) = media_socket(session).await?;
                     behind_nat = gather::behind_nat(&candidates);
+                    // The supernode routed this side's ringing: it grants a
+                    // relay now, before the accept, so that the caller holds
+                    // its side (pushed) when the call starts.
+                    own_relays.extend(gather::allocate_relay(session, &setup.invite_id()).await);
                     let mut secret = [0u8; 32];
                     rand::thread_rng().fill_bytes(&mut secret);
                     setup.accept(identity, secret, candidates, now_unix_secs());
                     flush(&mut setup, session).await?;
-                    // The supernode routed the accept: it grants a relay now.
-                    own_relays.extend(gather::allocate_relay(session, &setup.invite_id()).await);
                     connected = Some(socket);
                 }
                 CallEvent::Connected {

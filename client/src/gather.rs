@@ -4,8 +4,8 @@
 //! * **host**: the media socket's own address;
 //! * **server-reflexive**: that socket's public address, asked of the
 //!   supernode's STUN reflector from the same socket;
-//! * **relay**: once the call is accepted, an allocation on the supernode's
-//!   relay for this call. This side gets only its own side's token (and, from
+//! * **relay**: an allocation on the supernode's relay for this call (the
+//!   caller's once its invite is routed, the callee's once its ringing is). This side gets only its own side's token (and, from
 //!   the peer's supernode, a pushed `RelayAllocated` for its side of the
 //!   peer's allocation); the peer's token never passes through this side, so
 //!   no relay candidate goes to the peer: each side binds its own side of
@@ -156,7 +156,7 @@ impl OwnRelay {
     }
 }
 
-/// Allocates a relay for the (accepted) call on the current supernode:
+/// Allocates a relay for the call on the current supernode:
 /// this side's legs. The supernode hands the other side to the peer itself.
 /// `None` when the supernode has no relay or refuses.
 pub async fn allocate_relay(session: &SupernodeSession, invite_id: &[u8]) -> Option<OwnRelay> {

@@ -309,6 +309,11 @@ impl RelayBinds {
         self.legs.iter().any(|b| b.leg.addr == addr)
     }
 
+    /// Whether a relay at `addr` confirmed a bind.
+    pub fn is_bound_at(&self, addr: SocketAddr) -> bool {
+        self.legs.iter().any(|b| b.leg.addr == addr && b.bound)
+    }
+
     /// Whether the relay confirmed the bind of `leg`.
     pub fn is_bound(&self, leg: &RelayLeg) -> bool {
         self.legs.iter().any(|b| b.leg == *leg && b.bound)

@@ -7,8 +7,10 @@
 //! [`crate::tcp`] from the TCP relay legs.
 //!
 //! An allocation belongs to one call (`invite_id`) that this supernode routed
-//! an invite (caller to callee) **and** an accept (callee to caller) for, and
-//! has two sides, one per user of the call: side 0 binds with the token
+//! an invite for (caller to callee), and is granted to the caller once the
+//! invite was routed and to the callee once its ringing or accept (callee to
+//! caller) was: relay-first calls need the relay before the accept (see
+//! [`RelayTable::allocate`]). It has two sides, one per user of the call: side 0 binds with the token
 //! handed to the requester, side 1 with the token handed to the other user
 //! only (in that user's own `RelayAllocated`, pushed by the supernode or
 //! asked for by that user). Nobody learns the other side's token.
@@ -83,10 +85,10 @@ impl Default for RelayLimits {
 /// Why an allocation was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AllocError {
-    /// No call with this id involving the requester, invited and accepted,
-    /// passed through here (the same answer whether the call is unknown,
-    /// not accepted yet or belongs to others).
-    #[error("no accepted call with this invite id involving you was routed through this supernode")]
+    /// No call with this id involving the requester passed through here,
+    /// or the requester is its callee and did not answer it (ringing or
+    /// accept) yet; the same answer in every case.
+    #[error("no call with this invite id involving you was routed through this supernode")]
     NotInCall,
     /// The requester already has `per_user` live allocations.
     #[error("too many relay allocations for this user")]
@@ -116,6 +118,8 @@ pub struct Allocated {
 pub enum SignalKind {
     /// An invite: the caller (`from`) and the callee (`to`) of a new call.
     Invite,
+    /// The callee rings.
+    Ringing,
     /// The callee accepted.
     Accept,
     /// A hangup, reject or busy: the call is over.
@@ -162,8 +166,8 @@ pub enum Decision {
 struct Invite {
     caller: String,
     callee: String,
-    /// An accept from the callee to the caller was routed.
-    accepted: bool,
+    /// A ringing or an accept from the callee to the caller was routed.
+    answered: bool,
     seen_at: Instant,
 }
 
@@ -312,8 +316,9 @@ impl RelayTable {
 
     /// Records that a call signal of `kind` for `invite_id` from `from` to
     /// `to` was routed through this supernode. Only an invite makes a call
-    /// known (the caller is its `from`); an accept counts only from its
-    /// callee to its caller; any signal between the two users refreshes it;
+    /// known (the caller is its `from`); a ringing or an accept counts only
+    /// from its callee to its caller; any signal between the two users
+    /// refreshes it;
     /// an `End` between them forgets it and releases its allocations. A
     /// signal with the same id between other users changes nothing.
     pub fn note_signal(
@@ -342,7 +347,9 @@ impl RelayTable {
                     }
                     return;
                 }
-                SignalKind::Accept if from == invite.callee => invite.accepted = true,
+                SignalKind::Ringing | SignalKind::Accept if from == invite.callee => {
+                    invite.answered = true;
+                }
                 _ => {}
             }
             invite.seen_at = now;
@@ -368,17 +375,21 @@ impl RelayTable {
             Invite {
                 caller: from.to_owned(),
                 callee: to.to_owned(),
-                accepted: false,
+                answered: false,
                 seen_at: now,
             },
         );
     }
 
     /// Allocates a relay for `user` (whose session comes from `source`) in
-    /// the call `invite_id`, with fresh random tokens from `rng`. The first
-    /// request of a call creates the allocation and returns the other
-    /// user's token in `for_peer`; a request of either user later returns
-    /// that user's own side.
+    /// the call `invite_id`, with fresh random tokens from `rng`: for its
+    /// caller once the invite was routed here, for its callee once the
+    /// callee's ringing or accept was. (A call starts on the relay, before
+    /// any connectivity check: both sides must hold their tokens when the
+    /// accept arrives, so waiting for the accept would lose the call's first
+    /// frames.) The first request of a call creates the allocation and
+    /// returns the other user's token in `for_peer`; a request of either
+    /// user later returns that user's own side.
     pub fn allocate(
         &mut self,
         user: &str,
@@ -412,7 +423,7 @@ impl RelayTable {
         let peer = self
             .invites
             .get(invite_id)
-            .filter(|i| i.accepted)
+            .filter(|i| user == i.caller || i.answered)
             .and_then(|i| i.other(user))
             .ok_or(AllocError::NotInCall)?
             .to_owned();
@@ -666,10 +677,10 @@ mod tests {
         RelayPeer::Tcp(id)
     }
 
-    /// The invite from `caller` to `callee` and the accept back, routed.
+    /// The invite from `caller` to `callee` and the ringing back, routed.
     fn routed(t: &mut RelayTable, id: &[u8], caller: &str, callee: &str, now: Instant) {
         t.note_signal(id, caller, callee, SignalKind::Invite, now);
-        t.note_signal(id, callee, caller, SignalKind::Accept, now);
+        t.note_signal(id, callee, caller, SignalKind::Ringing, now);
     }
 
     /// The other side's token of a new allocation.
@@ -716,28 +727,33 @@ mod tests {
     }
 
     #[test]
-    fn only_parties_of_an_invited_and_accepted_call_get_an_allocation() {
+    fn only_the_caller_of_a_routed_invite_and_its_answering_callee_get_an_allocation() {
         let (mut t, mut rng, now) = table();
         assert_eq!(
             t.allocate("alice", None, b"call-1", &mut rng, now),
             Err(AllocError::NotInCall)
         );
-        // A ringing alone (the old way in) makes no call known.
-        t.note_signal(b"call-1", "bob", "alice", SignalKind::Other, now);
+        // A ringing or an accept alone (the old way in) makes no call known.
+        t.note_signal(b"call-1", "bob", "alice", SignalKind::Ringing, now);
+        t.note_signal(b"call-1", "bob", "alice", SignalKind::Accept, now);
+        assert_eq!(
+            t.allocate("bob", None, b"call-1", &mut rng, now),
+            Err(AllocError::NotInCall)
+        );
         t.note_signal(b"call-1", "alice", "bob", SignalKind::Invite, now);
         assert_eq!(
-            t.allocate("alice", None, b"call-1", &mut rng, now),
+            t.allocate("bob", None, b"call-1", &mut rng, now),
             Err(AllocError::NotInCall),
-            "invited, not accepted"
+            "invited, not answered: not the callee yet"
         );
-        // An accept from the caller, or from a stranger, does not count.
-        t.note_signal(b"call-1", "alice", "bob", SignalKind::Accept, now);
+        // A ringing from the caller, or from a stranger, does not count.
+        t.note_signal(b"call-1", "alice", "bob", SignalKind::Ringing, now);
         t.note_signal(b"call-1", "carol", "alice", SignalKind::Accept, now);
         assert_eq!(
             t.allocate("bob", None, b"call-1", &mut rng, now),
             Err(AllocError::NotInCall)
         );
-        t.note_signal(b"call-1", "bob", "alice", SignalKind::Accept, now);
+        t.note_signal(b"call-1", "bob", "alice", SignalKind::Ringing, now);
         // A third user, or a stranger reusing the id, gets nothing.
         assert_eq!(
             t.allocate("carol", None, b"call-1", &mut rng, now),
@@ -751,7 +767,10 @@ mod tests {
         assert_eq!(b.peer, "bob");
         assert_eq!(b.token, peer(&a));
         assert_eq!(b.for_peer, None);
-        assert_eq!(t.refusals().not_in_call, 4);
+        assert_eq!(t.refusals().not_in_call, 5);
+        // The caller may allocate as soon as its invite is routed.
+        t.note_signal(b"call-2", "alice", "bob", SignalKind::Invite, now);
+        assert!(t.allocate("alice", None, b"call-2", &mut rng, now).is_ok());
     }
 
     #[test]

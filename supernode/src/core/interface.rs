@@ -49,8 +49,9 @@ pub enum LinkOrigin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayCommand {
     /// A call signal of `kind` for `invite_id` from `from` to `to` was
-    /// routed here (an invite makes the call known, the callee's accept
-    /// opens it to allocations, an end releases its allocations).
+    /// routed here (an invite makes the call known and opens it to the
+    /// caller's allocations, the callee's ringing or accept to the callee's,
+    /// an end releases its allocations).
     NoteSignal {
         invite_id: Vec<u8>,
         from: String,

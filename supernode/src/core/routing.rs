@@ -216,14 +216,15 @@ impl Node {
     }
 
     /// Tells the relay that `signal` was routed through this supernode:
-    /// once it routed the invite and the callee's accept, the two users may
-    /// allocate a relay for the call; a hangup, reject or busy releases the
-    /// call's allocations.
+    /// once it routed the invite the caller may allocate a relay for the
+    /// call, once it routed the callee's ringing or accept the callee may; a
+    /// hangup, reject or busy releases the call's allocations.
     pub(crate) fn note_routed(&mut self, signal: &CallSignal) {
         use crate::relay::SignalKind;
         use call_signal::Kind;
         let kind = match signal.kind {
             Some(Kind::Invite(_)) => SignalKind::Invite,
+            Some(Kind::Ringing(_)) => SignalKind::Ringing,
             Some(Kind::Accept(_)) => SignalKind::Accept,
             Some(Kind::Reject(_) | Kind::Busy(_) | Kind::Hangup(_)) => SignalKind::End,
             _ => SignalKind::Other,
