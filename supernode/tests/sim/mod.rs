@@ -240,7 +240,7 @@ impl Sim {
             by_addr.insert(addr, i);
             nodes.push(SimNode {
                 node: Node::new(cfg, seed, now),
-                relay: RelayTable::new(RelayLimits::default()),
+                relay: RelayTable::new(RelayLimits::default(), seed, now.mono),
                 addr,
                 up: true,
                 scheduled: None,
@@ -821,7 +821,7 @@ impl Sim {
         seed[8..16].copy_from_slice(&config.incarnation.to_be_bytes());
         let now = self.now();
         self.nodes[i].node = Node::new(config, seed, now);
-        self.nodes[i].relay = RelayTable::new(RelayLimits::default());
+        self.nodes[i].relay = RelayTable::new(RelayLimits::default(), seed, now.mono);
         self.nodes[i].up = true;
         self.nodes[i].scheduled = None;
         self.reschedule(i);
