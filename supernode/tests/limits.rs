@@ -10,8 +10,11 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{TestClient, WAIT, cluster, connect, connect_tcp, eventually, identity, with_tcp};
-use natter_net::{FramedRecv, FramedSend, TransportSettings};
+use common::{
+    JoinOutcome, TestClient, WAIT, cluster, connect, connect_tcp, eventually, identity,
+    try_join_via, with_tcp,
+};
+use natter_net::{FramedRecv, FramedSend, Transport, TransportSettings};
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{
     CallInvite, CallSignal, Envelope, JoinHello, KeyShare, call_signal::Kind,
@@ -121,11 +124,17 @@ async fn clients_that_never_authenticate_lose_their_slot() {
     assert!(closed.is_ok(), "an unproven join kept its connection");
 
     // With the only slot of 127.0.0.1 free again, a real user joins.
-    eventually("the slot is free", || async {
-        connect_tcp(tcp).await.ok().map(|_| ())
+    let alice = identity("alice");
+    eventually("the slot is free and alice joins", || {
+        let (certificate, key) = (alice.certificate.clone(), alice.key.clone());
+        async move {
+            match try_join_via(Transport::Tls, tcp, "alice", certificate, &key).await {
+                Ok(JoinOutcome::Joined(client)) => Some(client),
+                _ => None,
+            }
+        }
     })
     .await;
-    TestClient::join_tcp(tcp, "alice").await;
 }
 
 /// The state of the TCP connection `local` -> `remote` (IPv4) in
