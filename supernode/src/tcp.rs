@@ -11,7 +11,9 @@
 //!   ([`crate::udp::UdpService::relay`]), with the leg in place of a UDP
 //!   address ([`RelayPeer::Tcp`]); bind replies and datagrams forwarded to
 //!   the leg go out as DATAGRAM records through a bounded queue drained by
-//!   the leg's own writer, so the UDP loop never waits for a TCP peer;
+//!   the leg's own writer, so the UDP loop never waits for a TCP peer (a
+//!   write stuck for `write_timeout` closes the leg). A first bind that does
+//!   not bind ends the leg once its reply is written;
 //! * anything else (gossip: supernode links are QUIC only; another request;
 //!   a non-bind datagram): `ErrorReply{NOT_JOINED}` and close `REFUSED`; a
 //!   malformed record closes `MALFORMED`.
