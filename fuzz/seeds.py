@@ -61,10 +61,10 @@ for r in records:
 write("record", "all", b"\x11" + b"".join(v[r] for r in records))
 # som: the sealed vector datagram opens with the fuzz target's key.
 write("som", "datagram", v["som.datagram"])
-# relay: a bind (SoM header, CONNECT, "NRLY", token) and its reply.
-bind = bytes([0x00, 0x01, 0x03]) + b"NRLY" + bytes(range(16))
-write("relay", "bind", bind)
-write("relay", "bind_reply", bind + b"\x00")
+# relay: binds (SoM header, CONNECT, "NRLY", 0x80, token, cookie) and replies.
+write("relay", "bind", v["relay.bind_first"])
+write("relay", "bind_reply", v["relay.reply_bound"])
+write("relay", "cookie_reply", v["relay.reply_cookie"])
 # stun: RFC 5769 section 2.2 response, and a bare binding request.
 write("stun", "rfc5769_response", bytes.fromhex(
     "0101003c2112a442b7e7a701bc34d686fa87dfae8022000b7465737420766563746f7220"

@@ -231,14 +231,13 @@ pub async fn place_call(
         &mut rng,
     );
     flush(&mut setup, session).await?;
-    // The supernode knows the call now: allocate a relay and trickle it
-    // (held by the call setup until the keys are agreed, then sent MACed).
-    let mut own_relay = None;
-    if let Some((relay_candidates, own)) = gather::allocate_relay(session, &invite_id).await {
-        setup.trickle(relay_candidates, true);
-        flush(&mut setup, session).await?;
-        own_relay = Some(own);
-    }
+    // The supernode routed the invite: it grants the caller a relay now (a
+    // call starts on the relay), and pushes the callee's side to the callee.
+    // The callee's supernode pushes this side of its relay before the accept.
+    let mut own_relays: Vec<OwnRelay> = gather::allocate_relay(session, &invite_id)
+        .await
+        .into_iter()
+        .collect();
     let mut trickled = Vec::new();
     loop {
         while let Some(event) = setup.poll_event() {
@@ -257,7 +256,7 @@ pub async fn place_call(
                     let transport = MediaTransport {
                         socket,
                         remote_candidates,
-                        own_relay,
+                        own_relays,
                         behind_nat,
                     };
                     return run_media(session, &mut setup, transport, *keys, options, setup_ms)
@@ -276,6 +275,9 @@ pub async fn place_call(
             push = session.next_push() => match push {
                 Some(envelope::Body::CallSignal(signal)) => {
                     handle_signal(&mut setup, &signal, options.live_status);
+                }
+                Some(envelope::Body::RelayAllocated(r)) if r.invite_id == invite_id => {
+                    own_relays.extend(gather::OwnRelay::of(&r));
                 }
                 Some(_) => {}
                 None => return Err(CallError::SessionLost),
@@ -333,19 +335,17 @@ pub async fn answer_calls(
         flush(&mut setup, session).await?;
         let caller = setup.peer_name().to_owned();
         let mut connected = None;
-        let mut own_relay = None;
+        let mut own_relays = Vec::new();
         let mut behind_nat = false;
         while let Some(event) = setup.poll_event() {
             match event {
                 CallEvent::Incoming { .. } => {
-                    let (socket, mut candidates) = media_socket(session).await?;
+                    let (socket, candidates) = media_socket(session).await?;
                     behind_nat = gather::behind_nat(&candidates);
-                    if let Some((relay_candidates, own)) =
-                        gather::allocate_relay(session, &setup.invite_id()).await
-                    {
-                        candidates.extend(relay_candidates);
-                        own_relay = Some(own);
-                    }
+                    // The supernode routed this side's ringing: it grants a
+                    // relay now, before the accept, so that the caller holds
+                    // its side (pushed) when the call starts.
+                    own_relays.extend(gather::allocate_relay(session, &setup.invite_id()).await);
                     let mut secret = [0u8; 32];
                     rand::thread_rng().fill_bytes(&mut secret);
                     setup.accept(
@@ -369,7 +369,7 @@ pub async fn answer_calls(
                     let transport = MediaTransport {
                         socket,
                         remote_candidates,
-                        own_relay,
+                        own_relays: std::mem::take(&mut own_relays),
                         behind_nat,
                     };
                     let report =
@@ -394,7 +394,9 @@ pub async fn answer_calls(
 struct MediaTransport {
     socket: UdpSocket,
     remote_candidates: Vec<Candidate>,
-    own_relay: Option<OwnRelay>,
+    /// This side's sides of relay allocations (its own supernode's, and any
+    /// the peer's supernode pushed).
+    own_relays: Vec<OwnRelay>,
     /// This side's own NAT, if gathering found one.
     behind_nat: bool,
 }
@@ -412,7 +414,7 @@ async fn run_media(
     let MediaTransport {
         socket,
         remote_candidates,
-        own_relay,
+        own_relays,
         behind_nat,
     } = transport;
     let mut rng = rand::thread_rng();
@@ -429,7 +431,7 @@ async fn run_media(
         0,
     );
     call.add_candidates(&remote_candidates, 0);
-    if let Some(own) = own_relay {
+    for own in own_relays {
         call.add_own_relay(own.udp, own.tcp, 0);
     }
     let mut media =
@@ -547,6 +549,14 @@ async fn run_media(
                             mac: Vec::new(),
                         };
                         let _ = send_signal(session, busy).await;
+                    }
+                }
+                // The peer's supernode granted this side of its relay.
+                Some(envelope::Body::RelayAllocated(r)) if r.invite_id == setup.invite_id() => {
+                    if let Some(own) = gather::OwnRelay::of(&r) {
+                        let now_ms = start.elapsed().as_millis() as u64;
+                        call.add_own_relay(own.udp, own.tcp, now_ms);
+                        io.drain(&mut call, now_ms).await;
                     }
                 }
                 Some(_) => {}

@@ -4,16 +4,21 @@
 //! * **host**: the media socket's own address;
 //! * **server-reflexive**: that socket's public address, asked of the
 //!   supernode's STUN reflector from the same socket;
-//! * **relay**: an allocation on the supernode's relay for this call; the
-//!   peer gets the relay address with the peer's token, and this side binds
-//!   with its own token. When the supernode also listens on TCP, the peer
-//!   gets a second relay candidate (transport TCP) for the same allocation:
-//!   the way in for a UDP-blocked side ([`crate::tcp_relay`]).
+//! * **relay**: an allocation on the supernode's relay for this call (the
+//!   caller's once its invite is routed, the callee's once its ringing is). This side gets only its own side's token (and, from
+//!   the peer's supernode, a pushed `RelayAllocated` for its side of the
+//!   peer's allocation); the peer's token never passes through this side, so
+//!   no relay candidate goes to the peer: each side binds its own side of
+//!   every allocation it is told of, over UDP and, when the supernode also
+//!   listens on TCP, over TLS (the way in for a UDP-blocked side,
+//!   [`crate::tcp_relay`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use natter_proto::messages::{Candidate, CandidateKind, RelayAllocate, TransportKind, envelope};
+use natter_proto::messages::{
+    Candidate, CandidateKind, RelayAllocate, RelayAllocated, TransportKind, envelope,
+};
 pub use natter_proto::relay::RelayLeg;
 use natter_proto::relay::TOKEN_LEN;
 use tokio::net::UdpSocket;
@@ -125,22 +130,36 @@ pub async fn local_candidates(session: &SupernodeSession, socket: &UdpSocket) ->
     out
 }
 
-/// This side's own relay allocation: its UDP leg and, when the supernode
-/// listens on TCP, where to bind the same side over TLS.
+/// This side's side of a relay allocation: its UDP leg and, when the
+/// supernode listens on TCP, where to bind the same side over TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OwnRelay {
     pub udp: RelayLeg,
     pub tcp: Option<RelayLeg>,
 }
 
-/// Allocates a relay for the call on the current supernode: returns the
-/// candidates for the peer (UDP, and TCP when the supernode listens on
-/// TCP) and this side's own legs. `None` when the supernode has no relay or
-/// refuses.
-pub async fn allocate_relay(
-    session: &SupernodeSession,
-    invite_id: &[u8],
-) -> Option<(Vec<Candidate>, OwnRelay)> {
+impl OwnRelay {
+    /// The legs of a `RelayAllocated` (the answer to this side's request,
+    /// or one the peer's supernode pushed); `None` if it is unusable.
+    pub fn of(r: &RelayAllocated) -> Option<Self> {
+        let addr = SocketAddr::try_from(r.relay.as_ref()?).ok()?;
+        let token: [u8; TOKEN_LEN] = r.token.as_slice().try_into().ok()?;
+        let tcp = r
+            .tcp
+            .as_ref()
+            .and_then(|a| SocketAddr::try_from(a).ok())
+            .map(|tcp| RelayLeg { addr: tcp, token });
+        Some(Self {
+            udp: RelayLeg { addr, token },
+            tcp,
+        })
+    }
+}
+
+/// Allocates a relay for the call on the current supernode:
+/// this side's legs. The supernode hands the other side to the peer itself.
+/// `None` when the supernode has no relay or refuses.
+pub async fn allocate_relay(session: &SupernodeSession, invite_id: &[u8]) -> Option<OwnRelay> {
     let reply = session
         .request(
             envelope::Body::RelayAllocate(RelayAllocate {
@@ -153,29 +172,7 @@ pub async fn allocate_relay(
     let envelope::Body::RelayAllocated(r) = reply else {
         return None;
     };
-    let addr = SocketAddr::try_from(r.relay.as_ref()?).ok()?;
-    let token: [u8; TOKEN_LEN] = r.token.as_slice().try_into().ok()?;
-    let peer_token: [u8; TOKEN_LEN] = r.peer_token.as_slice().try_into().ok()?;
-    let mut candidates = vec![candidate(CandidateKind::Relay, addr, 10, &peer_token)];
-    let tcp = r
-        .tcp
-        .as_ref()
-        .and_then(|a| SocketAddr::try_from(a).ok())
-        .map(|tcp| {
-            candidates.push(Candidate {
-                transport: TransportKind::Tcp as i32,
-                priority: 5,
-                ..candidate(CandidateKind::Relay, tcp, 5, &peer_token)
-            });
-            RelayLeg { addr: tcp, token }
-        });
-    Some((
-        candidates,
-        OwnRelay {
-            udp: RelayLeg { addr, token },
-            tcp,
-        },
-    ))
+    OwnRelay::of(&r)
 }
 
 #[cfg(test)]

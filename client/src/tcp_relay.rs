@@ -151,7 +151,13 @@ async fn run_leg(
         let (mut reader, handle) = conn.split();
         msg_id = msg_id.wrapping_add(1);
         if handle
-            .send_datagram(&relay::encode_bind(&leg.token, msg_id, 0))
+            // The TLS connection proves the address: no cookie needed.
+            .send_datagram(&relay::encode_bind(
+                &leg.token,
+                &[0; relay::COOKIE_LEN],
+                msg_id,
+                0,
+            ))
             .await
             .is_err()
         {
@@ -172,8 +178,8 @@ async fn run_leg(
                 }
                 record = reader.next() => match record {
                     Ok(Some(Record::Datagram(d))) => {
-                        if let Ok((_, status)) = relay::decode_bind_reply(&d) {
-                            if status != BindStatus::Bound {
+                        if let Ok(reply) = relay::decode_bind_reply(&d) {
+                            if reply.status != BindStatus::Bound {
                                 handle.close(0, "bind refused");
                                 return;
                             }

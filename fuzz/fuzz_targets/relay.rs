@@ -11,19 +11,24 @@ use natter_proto::relay::{
 use natter_proto::som::Header;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(token) = decode_bind(data) {
+    if let Ok(bind) = decode_bind(data) {
         let (header, _) = Header::decode(data).expect("a bind has a SoM header");
-        assert_eq!(encode_bind(&token, header.msg_id, header.random), data);
+        assert_eq!(
+            encode_bind(&bind.token, &bind.cookie, header.msg_id, header.random),
+            data
+        );
     }
-    if let Ok((token, status)) = decode_bind_reply(data) {
-        let bind = &data[..BIND_LEN];
-        assert_eq!(decode_bind(bind), Ok(token));
-        assert_eq!(encode_bind_reply(bind, status), data);
+    if let Ok(reply) = decode_bind_reply(data) {
+        // Replies are exactly as long as binds (amplification 1.0).
+        assert_eq!(data.len(), BIND_LEN);
+        let bind = encode_bind(&reply.token, &[0; 16], 1, 0);
+        let again = encode_bind_reply(&bind, reply.status, &reply.cookie);
+        assert_eq!(again[3..], data[3..]);
     }
     // The client side: a reply from its relay.
     let relay = "192.0.2.1:3478".parse().expect("address");
     let token: [u8; 16] = data
-        .get(7..23)
+        .get(8..24)
         .and_then(|t| t.try_into().ok())
         .unwrap_or([0; 16]);
     let mut binds = RelayBinds::default();

@@ -162,12 +162,17 @@ fuzz_target!(|input: Input| {
                 } else {
                     [0xee; 16]
                 };
-                let status = match status % 3 {
+                let status = match status % 4 {
                     0 => BindStatus::Bound,
                     1 => BindStatus::UnknownToken,
-                    _ => BindStatus::OverQuota,
+                    2 => BindStatus::OverQuota,
+                    _ => BindStatus::Cookie,
                 };
-                let reply = encode_bind_reply(&encode_bind(&token, 1, 0), status);
+                let reply = encode_bind_reply(
+                    &encode_bind(&token, &[0; 16], 1, 0),
+                    status,
+                    &[0x5c; 16],
+                );
                 session
                     .handle_datagram(Target::Udp(addr(relay)), &reply, now)
                     .expect("no seal error");

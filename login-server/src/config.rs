@@ -131,6 +131,8 @@ pub struct Config {
     pub register_queue: usize,
     /// Concurrent connections, QUIC and TLS over TCP together.
     pub max_connections: usize,
+    /// Of those, most from one IP address: one host cannot take every slot.
+    pub max_connections_per_ip: usize,
     /// Concurrent requests per connection (QUIC streams, or requests in
     /// flight on a TCP connection).
     pub max_streams_per_connection: u32,
@@ -162,6 +164,7 @@ impl Config {
             register_workers: cpu_workers.saturating_sub(1).max(1),
             register_queue: 16,
             max_connections: 4096,
+            max_connections_per_ip: 64,
             max_streams_per_connection: 8,
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),

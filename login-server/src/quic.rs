@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use natter_net::PerIp;
 use natter_net::{ControlConn, EnvelopeRecv, EnvelopeSend, FramedRecv, FramedSend};
 use quinn::{Endpoint, Incoming};
 use tokio::sync::{Semaphore, watch};
@@ -18,15 +19,21 @@ pub(crate) async fn accept_loop(
     endpoint: Endpoint,
     service: Arc<LoginService>,
     limits: Limits,
-    slots: Arc<Semaphore>,
+    (slots, per_ip): (Arc<Semaphore>, Arc<PerIp>),
     shutdown: watch::Receiver<bool>,
 ) {
     while let Some(incoming) = endpoint.accept().await {
+        let Some(ip_slot) = per_ip.try_acquire(incoming.remote_address().ip()) else {
+            tracing::warn!(peer = %incoming.remote_address(), "per-address connection limit reached; refusing");
+            incoming.refuse();
+            continue;
+        };
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             tracing::warn!(peer = %incoming.remote_address(), "connection limit reached; refusing");
             incoming.refuse();
             continue;
         };
+        let permit = (permit, ip_slot);
         let served = Served {
             service: Arc::clone(&service),
             limits,

@@ -123,12 +123,14 @@ impl LoginServer {
         );
         // One budget of connections for both transports.
         let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+        // And one cap per IP address, over both transports too.
+        let per_ip = natter_net::PerIp::new(config.max_connections_per_ip);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let accept = tokio::spawn(crate::quic::accept_loop(
             endpoint.clone(),
             Arc::clone(&service),
             limits,
-            Arc::clone(&slots),
+            (Arc::clone(&slots), Arc::clone(&per_ip)),
             shutdown_rx.clone(),
         ));
         let tcp = tcp_listener.map(|(listener, addr)| {
@@ -136,7 +138,7 @@ impl LoginServer {
                 listener,
                 Arc::clone(&service),
                 limits,
-                slots,
+                (slots, per_ip),
                 shutdown_rx,
             ));
             (addr, task)

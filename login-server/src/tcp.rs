@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use natter_net::tcp::{Accepted, TlsListener};
-use natter_net::{ControlConn, EnvelopeRecv, EnvelopeSend, TransportSettings};
+use natter_net::{ControlConn, EnvelopeRecv, EnvelopeSend, PerIp, PerIpPermit, TransportSettings};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -38,7 +38,7 @@ pub(crate) async fn accept_loop(
     listener: TlsListener,
     service: Arc<LoginService>,
     limits: Limits,
-    slots: Arc<Semaphore>,
+    (slots, per_ip): (Arc<Semaphore>, Arc<PerIp>),
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
@@ -56,11 +56,17 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
+        let Some(ip_slot) = per_ip.try_acquire(accepted.remote_addr().ip()) else {
+            tracing::warn!(peer = %accepted.remote_addr(), "per-address connection limit reached; refusing tcp");
+            drop(accepted);
+            continue;
+        };
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             tracing::warn!(peer = %accepted.remote_addr(), "connection limit reached; refusing tcp");
             drop(accepted);
             continue;
         };
+        let permit = (permit, ip_slot);
         let served = Served {
             service: Arc::clone(&service),
             limits,
@@ -79,7 +85,11 @@ pub(crate) async fn accept_loop(
     connections.abort_all();
 }
 
-async fn serve_connection(accepted: Accepted, mut served: Served, _slot: OwnedSemaphorePermit) {
+async fn serve_connection(
+    accepted: Accepted,
+    mut served: Served,
+    _slot: (OwnedSemaphorePermit, PerIpPermit),
+) {
     let peer = accepted.remote_addr();
     let handshake = tokio::select! {
         conn = accepted.handshake(served.limits.request_timeout) => conn,

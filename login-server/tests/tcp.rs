@@ -691,3 +691,38 @@ async fn a_client_that_does_not_read_its_replies_is_closed() {
     c.request(Body::Ping(Ping { nonce: 9 }), "").await.unwrap();
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn one_address_cannot_take_every_connection_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tcp_config(dir.path());
+    config.max_connections_per_ip = 2;
+    let server = start(config).await;
+    // 127.0.0.1 holds two connections, one per transport.
+    let quic = client(&server).await;
+    let tcp = tcp_client(&server).await;
+    for c in [&quic, &tcp] {
+        c.request(Body::Ping(Ping { nonce: 1 }), "").await.unwrap();
+    }
+    // A third from the same address is refused, over either transport.
+    let refused = LoginClient::connect_tcp(server.tcp_addr().unwrap(), pinned_key(&server)).await;
+    assert!(
+        matches!(refused, Err(ClientError::Connect { .. })),
+        "{refused:?}"
+    );
+    let refused = LoginClient::connect(server.local_addr(), pinned_key(&server)).await;
+    assert!(refused.is_err(), "a third QUIC connection from one address");
+    // Another address is still served.
+    let mut other = common::raw_tls_from(&server, std::net::Ipv4Addr::new(127, 0, 0, 2)).await;
+    let mut bytes = Vec::new();
+    record::encode_envelope(&ping(11), &mut bytes).unwrap();
+    other.write_all(&bytes).await.unwrap();
+    other.flush().await.unwrap();
+    let records = read_records(&mut other, 1).await;
+    assert!(
+        matches!(&records[..], [Record::Envelope(e)] if e.request_id == 11
+            && matches!(e.body, Some(Body::Pong(_)))),
+        "{records:?}"
+    );
+    server.shutdown().await;
+}

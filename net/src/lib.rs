@@ -12,6 +12,7 @@
 //! | [`control`] | a control connection over either transport (QUIC stream or TLS records) |
 //! | [`dial`] | one happy-eyeballs dial racing QUIC and TLS over TCP, with one error naming both attempts |
 //! | [`mux`] | requests and replies matched by `request_id` over a control connection; pushes to a bounded queue |
+//! | [`per_ip`] | a cap on the connections one IP address holds at once on a listener |
 //!
 //! ## Security model
 //!
@@ -34,12 +35,14 @@ pub mod dial;
 pub mod endpoint;
 pub mod framed;
 pub mod mux;
+pub mod per_ip;
 pub mod tcp;
 pub mod tls;
 
 pub use control::{ControlConn, EnvelopeRecv, EnvelopeSend, Transport};
 pub use dial::{Connected, DialError, DialPlan, dial};
 pub use mux::{Mux, MuxConfig, MuxError, Pushes};
+pub use per_ip::{PerIp, PerIpPermit};
 pub use tcp::{RecordConn, RecordReader, TlsHandle, TlsListener};
 
 /// Close code of a connection that sent a malformed frame or record (the

@@ -43,7 +43,7 @@ use crate::media::{
 };
 use crate::messages::{Candidate, CandidateKind, TransportKind};
 use crate::path::{PathConfig, PathKind, PathManager, Switch, Target};
-use crate::relay::{RelayBinds, RelayLeg, TOKEN_LEN};
+use crate::relay::{MAX_BINDS, RelayBinds, RelayLeg, TOKEN_LEN};
 use crate::som::Function;
 
 /// With UDP usable at the start, TLS relay legs open once nothing
@@ -179,6 +179,8 @@ pub struct CallSession {
     setup: SessionSetup,
     path: PathManager,
     binds: RelayBinds,
+    /// UDP relays being bound, not yet targets of the path manager.
+    relays_pending: Vec<SocketAddr>,
     /// TLS relay legs learned (own allocation, peer's TCP candidates).
     tcp_known: Vec<RelayLeg>,
     /// Whether known legs are opened (from the start when UDP is blocked).
@@ -217,6 +219,7 @@ impl CallSession {
             setup,
             path: PathManager::new(config.path, now_ms),
             binds: RelayBinds::default(),
+            relays_pending: Vec::new(),
             tcp_known: Vec::new(),
             tcp_active: setup.udp_blocked,
             tcp_open: Vec::new(),
@@ -248,12 +251,8 @@ impl CallSession {
                 (PathKind::TcpRelay, Some(token)) => self.add_tcp(RelayLeg { addr, token }, now_ms),
                 (PathKind::TcpRelay, None) => {}
                 _ if self.setup.udp_blocked => {}
-                (_, token) => {
-                    self.path.add_target(Target::Udp(addr), kind, now_ms);
-                    if let Some(token) = token {
-                        self.binds.add(RelayLeg { addr, token });
-                    }
-                }
+                (_, Some(token)) => self.add_udp_relay(RelayLeg { addr, token }),
+                (_, None) => self.path.add_target(Target::Udp(addr), kind, now_ms),
             }
         }
     }
@@ -263,12 +262,35 @@ impl CallSession {
     /// over TLS once TLS legs are in use.
     pub fn add_own_relay(&mut self, udp: RelayLeg, tcp: Option<RelayLeg>, now_ms: u64) {
         if !self.setup.udp_blocked {
-            self.path
-                .add_target(Target::Udp(udp.addr), PathKind::Relayed, now_ms);
-            self.binds.add(udp);
+            self.add_udp_relay(udp);
         }
         if let Some(leg) = tcp {
             self.add_tcp(leg, now_ms);
+        }
+    }
+
+    /// Starts binding a UDP relay leg. The relay becomes a target of the
+    /// path manager only once it confirmed the bind: before that (the
+    /// cookie round trip of docs/PROTOCOL.md 7.5) it forwards nothing, and
+    /// media sent there would be lost.
+    fn add_udp_relay(&mut self, leg: RelayLeg) {
+        self.binds.add(leg);
+        if !self.relays_pending.contains(&leg.addr) && self.relays_pending.len() < MAX_BINDS {
+            self.relays_pending.push(leg.addr);
+        }
+    }
+
+    /// Makes the relays whose bind was confirmed targets.
+    fn promote_bound_relays(&mut self, now_ms: u64) {
+        let binds = &self.binds;
+        let (bound, pending): (Vec<SocketAddr>, Vec<SocketAddr>) = self
+            .relays_pending
+            .iter()
+            .partition(|addr| binds.is_bound_at(**addr));
+        self.relays_pending = pending;
+        for addr in bound {
+            self.path
+                .add_target(Target::Udp(addr), PathKind::Relayed, now_ms);
         }
     }
 
@@ -306,12 +328,7 @@ impl CallSession {
         {
             self.open_tcp(now_ms);
         }
-        if !self.setup.udp_blocked {
-            for (relay, bind) in self.binds.poll(now_ms) {
-                self.stats.binds_sent += 1;
-                self.queue(Target::Udp(relay), bind);
-            }
-        }
+        self.poll_binds(now_ms);
         for to in self.path.poll_probes(now_ms) {
             self.plain.clear();
             self.plain.extend_from_slice(&now_ms.to_be_bytes());
@@ -325,6 +342,16 @@ impl CallSession {
             self.event(Event::PeerSilent);
         }
         Ok(())
+    }
+
+    /// Queues the relay binds due now.
+    fn poll_binds(&mut self, now_ms: u64) {
+        if !self.setup.udp_blocked {
+            for (relay, bind) in self.binds.poll(now_ms) {
+                self.stats.binds_sent += 1;
+                self.queue(Target::Udp(relay), bind);
+            }
+        }
     }
 
     /// When [`CallSession::handle_timeout`] is due next. The shell also
@@ -376,6 +403,10 @@ impl CallSession {
     ) -> Result<(), SealError> {
         if let Target::Udp(addr) = from {
             if self.binds.is_relay(addr) && self.binds.handle(addr, datagram) {
+                // A cookie reply makes a bind due at once: send it now, not
+                // on the next tick (the relay forwards only once bound).
+                self.poll_binds(now_ms);
+                self.promote_bound_relays(now_ms);
                 return Ok(());
             }
             if crate::stun::looks_like_stun(datagram) {

@@ -48,8 +48,9 @@ proptest! {
 proptest! {
     #[test]
     fn arbitrary_bytes_never_panic_the_relay_bind_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
-        if let Ok(token) = natter_proto::relay::decode_bind(&bytes) {
-            prop_assert_eq!(&bytes[7..], token.as_slice());
+        if let Ok(bind) = natter_proto::relay::decode_bind(&bytes) {
+            prop_assert_eq!(&bytes[8..24], bind.token.as_slice());
+            prop_assert_eq!(&bytes[24..], bind.cookie.as_slice());
         }
         let _ = natter_proto::relay::decode_bind_reply(&bytes);
     }

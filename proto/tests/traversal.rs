@@ -363,7 +363,8 @@ mod sessions {
                                 assert_eq!(leg.addr, SN);
                                 self.log[i].legs_opened.push((now, leg));
                                 // The leg task binds as soon as it connects.
-                                let bind = relay::encode_bind(&leg.token, 1, 0);
+                                let bind =
+                                    relay::encode_bind(&leg.token, &[0; relay::COOKIE_LEN], 1, 0);
                                 self.at_relay(Peer::Tcp(i), &bind, now);
                             }
                             Event::Voice { payload, .. } => {
@@ -420,13 +421,15 @@ mod sessions {
         /// The supernode's relay (latest bind of a side wins, whatever its
         /// transport, as in supernode/src/relay.rs).
         fn at_relay(&mut self, from: Peer, bytes: &[u8], now: u64) {
-            if let Ok(token) = relay::decode_bind(bytes) {
-                let Some(side) = TOKENS.iter().position(|t| *t == token) else {
+            if let Ok(bind) = relay::decode_bind(bytes) {
+                let Some(side) = TOKENS.iter().position(|t| *t == bind.token) else {
                     return;
                 };
                 self.bound[side] = Some(from);
                 if let Peer::Udp(_) = from {
-                    let reply = relay::encode_bind_reply(bytes, BindStatus::Bound);
+                    // (This model relay takes any cookie; the real one's
+                    // round trip is tested in supernode/tests/relay.rs.)
+                    let reply = relay::encode_bind_reply(bytes, BindStatus::Bound, &bind.cookie);
                     self.relay_to(from, &reply, now);
                 } // a leg's bind reply is read by the leg task itself
                 return;
@@ -587,7 +590,8 @@ mod sessions {
                     match e {
                         Event::OpenTcpLeg(leg) => {
                             net.log[i].legs_opened.push((now, leg));
-                            let bind = relay::encode_bind(&leg.token, 1, 0);
+                            let bind =
+                                relay::encode_bind(&leg.token, &[0; relay::COOKIE_LEN], 1, 0);
                             net.at_relay(Peer::Tcp(i), &bind, now);
                         }
                         Event::Voice { .. } => net.log[i].voice.push(now),
@@ -629,19 +633,16 @@ mod sessions {
             net.current(0),
             Some((Target::TcpLeg(SN), PathKind::TcpRelay))
         );
-        // The UDP relay and the TLS leg on the same ip:port are two targets.
+        // The UDP relay never confirmed A's bind: it is no target (media
+        // sent there would be lost); the TLS leg is.
         let targets = net.sessions[0].paths().targets();
-        let udp_relay = targets
-            .iter()
-            .find(|t| t.target == Target::Udp(SN))
-            .unwrap();
+        assert!(targets.iter().all(|t| t.target != Target::Udp(SN)));
         let tcp_relay = targets
             .iter()
             .find(|t| t.target == Target::TcpLeg(SN))
             .unwrap();
-        assert_eq!(udp_relay.kind, PathKind::Relayed);
         assert_eq!(tcp_relay.kind, PathKind::TcpRelay);
-        assert!(tcp_relay.confirmed() && !udp_relay.confirmed());
+        assert!(tcp_relay.confirmed());
         // UDP comes back: A's relay bind (retried every 200 ms) gets through,
         // the UDP relay answers, and media leaves the TLS leg.
         net.udp_ok[0] = true;
@@ -654,6 +655,13 @@ mod sessions {
             .map(|(t, _, _)| *t)
             .expect("back on the UDP relay");
         assert!(back < 2_500, "back on UDP at {back} ms");
+        // The UDP relay and the TLS leg on the same ip:port are two targets.
+        let targets = net.sessions[0].paths().targets();
+        let udp_relay = targets
+            .iter()
+            .find(|t| t.target == Target::Udp(SN))
+            .unwrap();
+        assert_eq!(udp_relay.kind, PathKind::Relayed);
         assert_eq!(
             net.voice_sent_to(0, Target::TcpLeg(SN), back + 10, 5_000),
             0
@@ -701,8 +709,9 @@ mod sessions {
         let mut net = Net::new([false, false]);
         net.run(0, 500);
         let reply = relay::encode_bind_reply(
-            &relay::encode_bind(&TOKENS[0], 9, 0),
+            &relay::encode_bind(&TOKENS[0], &[0; relay::COOKIE_LEN], 9, 0),
             BindStatus::UnknownToken,
+            &[0; relay::COOKIE_LEN],
         );
         let before = net.sessions[0].stats();
         net.sessions[0]
@@ -769,6 +778,11 @@ mod sessions {
         // Before anything ran, every target and bind is due now.
         assert_eq!(net.sessions[0].poll_timeout(), Some(0));
         net.run(0, 10);
+        // The relay confirmed the binds during that step: it is a target
+        // now, due for its first probe at once ...
+        assert_eq!(net.sessions[0].poll_timeout(), Some(0));
+        net.sessions[0].handle_timeout(0).unwrap();
+        while net.sessions[0].poll_transmit().is_some() {}
         // Then the next fast probe (50 ms) or bind retry (200 ms): the probe.
         assert_eq!(
             net.sessions[0].poll_timeout(),

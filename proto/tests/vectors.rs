@@ -405,6 +405,32 @@ fn compute() -> Vec<(&'static str, String)> {
         )
         .unwrap()),
     ));
+
+    // --- Relay binds with a cookie (section 7.5)
+    use natter_proto::relay;
+    let token = [0x5a; relay::TOKEN_LEN];
+    let cookie = relay::cookie(&[0x42; 32], 3, &token, from);
+    v.push(("relay.cookie", h(cookie)));
+    let first = relay::encode_bind(&token, &[0; relay::COOKIE_LEN], 0x1234, 0);
+    v.push(("relay.bind_first", h(&first)));
+    v.push((
+        "relay.reply_cookie",
+        h(relay::encode_bind_reply(
+            &first,
+            relay::BindStatus::Cookie,
+            &cookie,
+        )),
+    ));
+    let second = relay::encode_bind(&token, &cookie, 0x1235, 0);
+    v.push(("relay.bind_with_cookie", h(&second)));
+    v.push((
+        "relay.reply_bound",
+        h(relay::encode_bind_reply(
+            &second,
+            relay::BindStatus::Bound,
+            &cookie,
+        )),
+    ));
     v
 }
 

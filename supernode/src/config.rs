@@ -49,6 +49,12 @@ pub struct Config {
     pub rate_burst: f64,
     /// Most simultaneous connections (clients and supernodes).
     pub max_connections: usize,
+    /// Most simultaneous connections from one IP address (QUIC and TCP
+    /// together, clients and supernodes): one host cannot take every slot.
+    pub max_connections_per_ip: usize,
+    /// A write to a client session or TCP relay leg that takes longer than
+    /// this (a peer that stopped reading) closes the connection.
+    pub write_timeout: Duration,
     /// Most names one session may subscribe to.
     pub max_subscriptions: usize,
     /// Primary address of the UDP service (STUN reflector and media relay).
@@ -95,6 +101,8 @@ impl Config {
             rate_per_sec: 50.0,
             rate_burst: 100.0,
             max_connections: 10_000,
+            max_connections_per_ip: 64,
+            write_timeout: Duration::from_secs(10),
             max_subscriptions: 1000,
             udp: None,
             relay: RelayLimits::default(),

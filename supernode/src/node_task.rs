@@ -195,22 +195,23 @@ fn relay(shell: &Shell, node: &mut Node, command: RelayCommand) {
             invite_id,
             from,
             to,
-            ended,
+            kind,
         } => shell
             .udp
             .table()
-            .note_signal(&invite_id, &from, &to, ended, mono),
+            .note_signal(&invite_id, &from, &to, kind, mono),
         RelayCommand::Allocate {
             session,
             request_id,
             user,
+            source,
             invite_id,
         } => {
             let result =
                 shell
                     .udp
                     .table()
-                    .allocate(&user, &invite_id, &mut rand::rngs::OsRng, mono);
+                    .allocate(&user, source, &invite_id, &mut rand::rngs::OsRng, mono);
             if let Ok(allocated) = &result {
                 tracing::debug!(%user, peer = %allocated.peer, "relay allocated");
             }

@@ -18,15 +18,23 @@ use crate::core::LinkOrigin;
 use crate::shell::{Event, Shell};
 
 /// Accepts connections until the endpoint closes.
+/// A connection needs a slot of the global limit and one of its IP address
+/// ([`crate::Config::max_connections_per_ip`]); without either it is refused
+/// before any handshake work.
 pub(crate) async fn accept_loop(shell: Arc<Shell>) {
     while let Some(incoming) = shell.endpoint.accept().await {
+        let Some(per_ip) = shell.per_ip.try_acquire(incoming.remote_address().ip()) else {
+            tracing::debug!(remote = %incoming.remote_address(), "per-address connection limit reached, QUIC connection refused");
+            incoming.refuse();
+            continue;
+        };
         let Ok(permit) = Arc::clone(&shell.connections).try_acquire_owned() else {
             incoming.refuse();
             continue;
         };
         let shell = Arc::clone(&shell);
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, per_ip);
             if let Err(e) = serve_incoming(shell, incoming).await {
                 tracing::debug!(error = %e, "incoming connection ended");
             }

@@ -6,20 +6,34 @@
 //! argument; [`crate::udp`] drives this from the UDP sockets and
 //! [`crate::tcp`] from the TCP relay legs.
 //!
-//! An allocation belongs to one call (`invite_id`) and has two sides: side 0
-//! binds with `token` (handed to the requester), side 1 with `peer_token`
-//! (which the requester passes to the other party in a relay candidate). A
-//! datagram is forwarded only from an endpoint bound to one side, only to the
-//! endpoint bound to the other side, and only within the allocation's rate
-//! limit; the two sides may be on different transports. An allocation
-//! without traffic (binds or forwarded datagrams) for its lifetime is gone.
+//! An allocation belongs to one call (`invite_id`) that this supernode routed
+//! an invite for (caller to callee), and is granted to the caller once the
+//! invite was routed and to the callee once its ringing or accept (callee to
+//! caller) was: relay-first calls need the relay before the accept (see
+//! [`RelayTable::allocate`]). It has two sides, one per user of the call: side 0 binds with the token
+//! handed to the requester, side 1 with the token handed to the other user
+//! only (in that user's own `RelayAllocated`, pushed by the supernode or
+//! asked for by that user). Nobody learns the other side's token.
+//!
+//! A UDP address binds a side only with a **cookie** proving that it receives
+//! at that address ([`natter_proto::relay::cookie`], stateless: an HMAC under
+//! this table's secret); a TCP relay leg (the TLS connection proves its
+//! address) needs none. So nothing is ever forwarded toward an address that
+//! did not answer the relay. A datagram is forwarded only from an endpoint
+//! bound to one side, only to the endpoint bound to the other side, and only
+//! within the allocation's rate limit; the two sides may be on different
+//! transports. An allocation without traffic (binds or forwarded datagrams)
+//! for its lifetime is gone. Allocations are capped per user, per source
+//! prefix of the requester (/24, /56) and in total; refusals are counted.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use natter_proto::relay::{BindStatus, TOKEN_LEN};
+use natter_proto::relay::{BindStatus, COOKIE_BUCKET_SECS, COOKIE_LEN, Cookie, TOKEN_LEN};
 use rand::RngCore;
+
+use crate::stun_limit::Prefix;
 
 /// A relay token.
 pub type Token = [u8; TOKEN_LEN];
@@ -33,6 +47,9 @@ pub struct RelayLimits {
     pub max_allocations: usize,
     /// Most allocations alive at once requested by one user.
     pub per_user: usize,
+    /// Most allocations alive at once requested from one source prefix
+    /// (/24 for IPv4, /56 for IPv6) of the requesters' sessions.
+    pub per_prefix: usize,
     /// A call may get allocations until this long after the last call
     /// signal for it passed through this supernode (or while it has a live
     /// allocation).
@@ -47,14 +64,16 @@ pub struct RelayLimits {
 }
 
 impl Default for RelayLimits {
-    /// Lifetime 30 s, 10 000 allocations, 4 per user, calls remembered for
-    /// 10 min (at most 20 000), 200 datagrams/s and 100 kB/s per allocation
-    /// (a voice call needs 2 x 50 datagrams/s of about 61 bytes).
+    /// Lifetime 30 s, 10 000 allocations, 4 per user, 64 per source prefix,
+    /// calls remembered for 10 min (at most 20 000), 200 datagrams/s and
+    /// 100 kB/s per allocation (a voice call needs 2 x 50 datagrams/s of
+    /// about 61 bytes).
     fn default() -> Self {
         Self {
             lifetime: Duration::from_secs(30),
             max_allocations: 10_000,
             per_user: 4,
+            per_prefix: 64,
             invite_ttl: Duration::from_secs(600),
             max_invites: 20_000,
             packets_per_sec: 200,
@@ -66,27 +85,58 @@ impl Default for RelayLimits {
 /// Why an allocation was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AllocError {
-    /// No call with this id involving the requester passed through here
-    /// (the same answer whether the call is unknown or belongs to others).
+    /// No call with this id involving the requester passed through here,
+    /// or the requester is its callee and did not answer it (ringing or
+    /// accept) yet; the same answer in every case.
     #[error("no call with this invite id involving you was routed through this supernode")]
     NotInCall,
     /// The requester already has `per_user` live allocations.
     #[error("too many relay allocations for this user")]
     UserQuota,
+    /// The requester's source prefix already has `per_prefix` live allocations.
+    #[error("too many relay allocations from this network")]
+    PrefixQuota,
     /// The supernode holds `max_allocations`.
     #[error("this relay is full")]
     Full,
 }
 
-/// A granted allocation.
+/// A granted allocation, as the requester sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocated {
-    /// The requester binds with this one (side 0).
+    /// The requester's own side binds with this one.
     pub token: Token,
-    /// The other party binds with this one (side 1).
-    pub peer_token: Token,
     /// The user the requester is in the call with.
     pub peer: String,
+    /// A new allocation: the token of the other user's side, for the
+    /// supernode to hand to that user (never to the requester).
+    pub for_peer: Option<Token>,
+}
+
+/// What a routed call signal means for the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalKind {
+    /// An invite: the caller (`from`) and the callee (`to`) of a new call.
+    Invite,
+    /// The callee rings.
+    Ringing,
+    /// The callee accepted.
+    Accept,
+    /// A hangup, reject or busy: the call is over.
+    End,
+    /// Anything else between the two users (ringing, candidates).
+    Other,
+}
+
+/// Allocation requests refused, by reason, and binds answered with a cookie.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refusals {
+    pub not_in_call: u64,
+    pub user_quota: u64,
+    pub prefix_quota: u64,
+    pub full: u64,
+    /// UDP binds without a valid cookie for their source (answered with one).
+    pub cookie: u64,
 }
 
 /// Where one side of an allocation is bound.
@@ -116,6 +166,8 @@ pub enum Decision {
 struct Invite {
     caller: String,
     callee: String,
+    /// A ringing or an accept from the callee to the caller was routed.
+    answered: bool,
     seen_at: Instant,
 }
 
@@ -162,8 +214,10 @@ impl Bucket {
 #[derive(Debug)]
 struct Allocation {
     invite_id: Vec<u8>,
-    requester: String,
-    peer: String,
+    /// The user of each side: the requester (side 0), the other user (side 1).
+    users: [String; 2],
+    /// The requester's source prefix (for the per-prefix quota).
+    prefix: Option<Prefix>,
     tokens: [Token; 2],
     bound: [Option<RelayPeer>; 2],
     last_activity: Instant,
@@ -195,11 +249,16 @@ pub struct RelayTable {
     tokens: HashMap<Token, (u64, usize)>,
     bound: HashMap<RelayPeer, (u64, usize)>,
     next_id: u64,
+    /// The cookie key, and the start of cookie time bucket 0.
+    secret: [u8; 32],
+    epoch: Instant,
+    refusals: Refusals,
 }
 
 impl RelayTable {
-    /// An empty table.
-    pub fn new(limits: RelayLimits) -> Self {
+    /// An empty table whose bind cookies are keyed with `secret` (random,
+    /// from the shell) and counted in time buckets from `now`.
+    pub fn new(limits: RelayLimits, secret: [u8; 32], now: Instant) -> Self {
         Self {
             limits,
             invites: HashMap::new(),
@@ -207,7 +266,37 @@ impl RelayTable {
             tokens: HashMap::new(),
             bound: HashMap::new(),
             next_id: 1,
+            secret,
+            epoch: now,
+            refusals: Refusals::default(),
         }
+    }
+
+    /// Refused allocations and cookie answers since start.
+    pub fn refusals(&self) -> Refusals {
+        self.refusals
+    }
+
+    fn bucket(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_secs() / COOKIE_BUCKET_SECS
+    }
+
+    /// The cookie a UDP bind from `source` with `token` must echo now (the
+    /// one of the previous time bucket is still taken).
+    pub fn cookie(&self, token: &Token, source: SocketAddr, now: Instant) -> Cookie {
+        natter_proto::relay::cookie(&self.secret, self.bucket(now), token, source)
+    }
+
+    fn cookie_valid(
+        &self,
+        token: &Token,
+        source: SocketAddr,
+        cookie: &Cookie,
+        now: Instant,
+    ) -> bool {
+        let bucket = self.bucket(now);
+        let ok = |b: u64| natter_proto::relay::cookie(&self.secret, b, token, source) == *cookie;
+        ok(bucket) || (bucket > 0 && ok(bucket - 1))
     }
 
     /// The limits in force.
@@ -225,40 +314,48 @@ impl RelayTable {
         self.invites.len()
     }
 
-    /// Records that a call signal for `invite_id` between `from` and `to`
-    /// was routed through this supernode. The first signal of an id fixes
-    /// its two users; a later signal with the same id but other users does
-    /// not change them (nor refresh the call). With `ended` (hangup, reject,
-    /// busy) the call is forgotten and its allocations released.
+    /// Records that a call signal of `kind` for `invite_id` from `from` to
+    /// `to` was routed through this supernode. Only an invite makes a call
+    /// known (the caller is its `from`); a ringing or an accept counts only
+    /// from its callee to its caller; any signal between the two users
+    /// refreshes it;
+    /// an `End` between them forgets it and releases its allocations. A
+    /// signal with the same id between other users changes nothing.
     pub fn note_signal(
         &mut self,
         invite_id: &[u8],
         from: &str,
         to: &str,
-        ended: bool,
+        kind: SignalKind,
         now: Instant,
     ) {
         if let Some(invite) = self.invites.get_mut(invite_id) {
             if !invite.is_pair(from, to) {
                 return;
             }
-            if ended {
-                self.invites.remove(invite_id);
-                let ids: Vec<u64> = self
-                    .allocations
-                    .iter()
-                    .filter(|(_, a)| a.invite_id == invite_id)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in ids {
-                    self.remove(id);
+            match kind {
+                SignalKind::End => {
+                    self.invites.remove(invite_id);
+                    let ids: Vec<u64> = self
+                        .allocations
+                        .iter()
+                        .filter(|(_, a)| a.invite_id == invite_id)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in ids {
+                        self.remove(id);
+                    }
+                    return;
                 }
-            } else {
-                invite.seen_at = now;
+                SignalKind::Ringing | SignalKind::Accept if from == invite.callee => {
+                    invite.answered = true;
+                }
+                _ => {}
             }
+            invite.seen_at = now;
             return;
         }
-        if ended || from == to {
+        if kind != SignalKind::Invite || from == to {
             return;
         }
         if self.invites.len() >= self.limits.max_invites {
@@ -278,16 +375,46 @@ impl RelayTable {
             Invite {
                 caller: from.to_owned(),
                 callee: to.to_owned(),
+                answered: false,
                 seen_at: now,
             },
         );
     }
 
-    /// Allocates a relay for `user` in the call `invite_id`, with fresh
-    /// random tokens from `rng`.
+    /// Allocates a relay for `user` (whose session comes from `source`) in
+    /// the call `invite_id`, with fresh random tokens from `rng`: for its
+    /// caller once the invite was routed here, for its callee once the
+    /// callee's ringing or accept was. (A call starts on the relay, before
+    /// any connectivity check: both sides must hold their tokens when the
+    /// accept arrives, so waiting for the accept would lose the call's first
+    /// frames.) The first request of a call creates the allocation and
+    /// returns the other user's token in `for_peer`; a request of either
+    /// user later returns that user's own side.
     pub fn allocate(
         &mut self,
         user: &str,
+        source: Option<IpAddr>,
+        invite_id: &[u8],
+        rng: &mut impl RngCore,
+        now: Instant,
+    ) -> Result<Allocated, AllocError> {
+        let result = self.try_allocate(user, source, invite_id, rng, now);
+        if let Err(e) = result {
+            let r = &mut self.refusals;
+            match e {
+                AllocError::NotInCall => r.not_in_call += 1,
+                AllocError::UserQuota => r.user_quota += 1,
+                AllocError::PrefixQuota => r.prefix_quota += 1,
+                AllocError::Full => r.full += 1,
+            }
+        }
+        result
+    }
+
+    fn try_allocate(
+        &mut self,
+        user: &str,
+        source: Option<IpAddr>,
         invite_id: &[u8],
         rng: &mut impl RngCore,
         now: Instant,
@@ -296,37 +423,45 @@ impl RelayTable {
         let peer = self
             .invites
             .get(invite_id)
+            .filter(|i| user == i.caller || i.answered)
             .and_then(|i| i.other(user))
             .ok_or(AllocError::NotInCall)?
             .to_owned();
         // One allocation per call on this relay: when both parties joined
-        // through this supernode, the second request gets the first one's
-        // allocation, seen from the other side. Two allocations would bind
-        // each party's one address to two allocations, and an address
-        // belongs to one side at a time.
+        // through this supernode, the second request gets the same
+        // allocation, its own side. Two allocations would bind each party's
+        // one address to two allocations, and an address belongs to one
+        // side at a time.
         let existing = self
             .allocations
             .iter()
             .find(|(id, a)| a.invite_id == invite_id && !self.expired(**id, now));
         if let Some((_, a)) = existing {
-            let (token, peer_token) = if a.requester == user {
-                (a.tokens[0], a.tokens[1])
-            } else {
-                (a.tokens[1], a.tokens[0])
-            };
+            let side = usize::from(a.users[0] != user);
             return Ok(Allocated {
-                token,
-                peer_token,
+                token: a.tokens[side],
                 peer,
+                for_peer: None,
             });
         }
         let mine = self
             .allocations
             .values()
-            .filter(|a| a.requester == user)
+            .filter(|a| a.users[0] == user)
             .count();
         if mine >= self.limits.per_user {
             return Err(AllocError::UserQuota);
+        }
+        let prefix = source.map(Prefix::of);
+        if prefix.is_some()
+            && self
+                .allocations
+                .values()
+                .filter(|a| a.prefix == prefix)
+                .count()
+                >= self.limits.per_prefix
+        {
+            return Err(AllocError::PrefixQuota);
         }
         if self.allocations.len() >= self.limits.max_allocations {
             return Err(AllocError::Full);
@@ -351,8 +486,8 @@ impl RelayTable {
             id,
             Allocation {
                 invite_id: invite_id.to_vec(),
-                requester: user.to_owned(),
-                peer: peer.clone(),
+                users: [user.to_owned(), peer.clone()],
+                prefix,
                 tokens: [token, peer_token],
                 bound: [None, None],
                 last_activity: now,
@@ -362,15 +497,47 @@ impl RelayTable {
         );
         Ok(Allocated {
             token,
-            peer_token,
             peer,
+            for_peer: Some(peer_token),
         })
     }
 
-    /// A bind datagram with `token` from `from`: binds `from` to that side
-    /// (replacing its previous endpoint, whatever its transport, and taking
-    /// `from` away from any other side it was bound to).
-    pub fn bind(&mut self, token: &Token, from: RelayPeer, len: usize, now: Instant) -> BindStatus {
+    /// A bind datagram with `token` and `cookie` from `from`. From a UDP
+    /// address it needs the cookie of that address (else nothing changes
+    /// and the answer is [`BindStatus::Cookie`]); a TCP leg needs none.
+    /// Binds `from` to that side (replacing its previous endpoint, whatever
+    /// its transport, and taking `from` away from any other side it was
+    /// bound to). Returns the status and the cookie to put in the reply
+    /// (the one for `from` now; zeros for a TCP leg).
+    pub fn bind(
+        &mut self,
+        token: &Token,
+        cookie: &Cookie,
+        from: RelayPeer,
+        len: usize,
+        now: Instant,
+    ) -> (BindStatus, Cookie) {
+        let reply_cookie = match from {
+            RelayPeer::Udp(addr) => {
+                let fresh = self.cookie(token, addr, now);
+                if !self.cookie_valid(token, addr, cookie, now) {
+                    self.refusals.cookie += 1;
+                    return (BindStatus::Cookie, fresh);
+                }
+                fresh
+            }
+            RelayPeer::Tcp(_) => [0; COOKIE_LEN],
+        };
+        (self.bind_confirmed(token, from, len, now), reply_cookie)
+    }
+
+    fn bind_confirmed(
+        &mut self,
+        token: &Token,
+        from: RelayPeer,
+        len: usize,
+        now: Instant,
+    ) -> BindStatus {
         let Some(&(id, side)) = self.tokens.get(token) else {
             return BindStatus::UnknownToken;
         };
@@ -489,8 +656,8 @@ impl RelayTable {
                 }
             }
             tracing::debug!(
-                requester = %allocation.requester,
-                peer = %allocation.peer,
+                requester = %allocation.users[0],
+                peer = %allocation.users[1],
                 "relay allocation ended"
             );
         }
@@ -510,64 +677,193 @@ mod tests {
         RelayPeer::Tcp(id)
     }
 
+    /// The invite from `caller` to `callee` and the ringing back, routed.
+    fn routed(t: &mut RelayTable, id: &[u8], caller: &str, callee: &str, now: Instant) {
+        t.note_signal(id, caller, callee, SignalKind::Invite, now);
+        t.note_signal(id, callee, caller, SignalKind::Ringing, now);
+    }
+
+    /// The other side's token of a new allocation.
+    fn peer(a: &Allocated) -> Token {
+        a.for_peer.expect("a new allocation")
+    }
+
+    /// A bind from `from` as a client makes it: a UDP address first gets
+    /// its cookie, then binds echoing it.
+    fn bind(
+        t: &mut RelayTable,
+        token: &Token,
+        from: RelayPeer,
+        len: usize,
+        now: Instant,
+    ) -> BindStatus {
+        let (status, cookie) = t.bind(token, &[0; COOKIE_LEN], from, len, now);
+        match from {
+            RelayPeer::Udp(_) => {
+                assert_eq!(status, BindStatus::Cookie);
+                t.bind(token, &cookie, from, len, now).0
+            }
+            RelayPeer::Tcp(_) => status,
+        }
+    }
+
     fn table() -> (RelayTable, rand::rngs::StdRng, Instant) {
+        let now = Instant::now();
         let limits = RelayLimits {
             lifetime: Duration::from_secs(30),
             max_allocations: 3,
             per_user: 2,
+            per_prefix: 3,
             invite_ttl: Duration::from_secs(600),
             max_invites: 4,
             packets_per_sec: 10,
             bytes_per_sec: 1000,
         };
         (
-            RelayTable::new(limits),
+            RelayTable::new(limits, [9; 32], now),
             rand::rngs::StdRng::seed_from_u64(7),
-            Instant::now(),
+            now,
         )
     }
 
     #[test]
-    fn only_parties_of_a_routed_call_get_an_allocation() {
+    fn only_the_caller_of_a_routed_invite_and_its_answering_callee_get_an_allocation() {
         let (mut t, mut rng, now) = table();
         assert_eq!(
-            t.allocate("alice", b"call-1", &mut rng, now),
+            t.allocate("alice", None, b"call-1", &mut rng, now),
             Err(AllocError::NotInCall)
         );
-        t.note_signal(b"call-1", "alice", "bob", false, now);
+        // A ringing or an accept alone (the old way in) makes no call known.
+        t.note_signal(b"call-1", "bob", "alice", SignalKind::Ringing, now);
+        t.note_signal(b"call-1", "bob", "alice", SignalKind::Accept, now);
+        assert_eq!(
+            t.allocate("bob", None, b"call-1", &mut rng, now),
+            Err(AllocError::NotInCall)
+        );
+        t.note_signal(b"call-1", "alice", "bob", SignalKind::Invite, now);
+        assert_eq!(
+            t.allocate("bob", None, b"call-1", &mut rng, now),
+            Err(AllocError::NotInCall),
+            "invited, not answered: not the callee yet"
+        );
+        // A ringing from the caller, or from a stranger, does not count.
+        t.note_signal(b"call-1", "alice", "bob", SignalKind::Ringing, now);
+        t.note_signal(b"call-1", "carol", "alice", SignalKind::Accept, now);
+        assert_eq!(
+            t.allocate("bob", None, b"call-1", &mut rng, now),
+            Err(AllocError::NotInCall)
+        );
+        t.note_signal(b"call-1", "bob", "alice", SignalKind::Ringing, now);
         // A third user, or a stranger reusing the id, gets nothing.
         assert_eq!(
-            t.allocate("carol", b"call-1", &mut rng, now),
+            t.allocate("carol", None, b"call-1", &mut rng, now),
             Err(AllocError::NotInCall)
         );
-        t.note_signal(b"call-1", "carol", "bob", false, now);
-        assert_eq!(
-            t.allocate("carol", b"call-1", &mut rng, now),
-            Err(AllocError::NotInCall)
-        );
-        let a = t.allocate("bob", b"call-1", &mut rng, now).unwrap();
+        let a = t.allocate("bob", None, b"call-1", &mut rng, now).unwrap();
         assert_eq!(a.peer, "alice");
-        assert_ne!(a.token, a.peer_token);
-        let b = t.allocate("alice", b"call-1", &mut rng, now).unwrap();
+        assert_ne!(a.token, peer(&a));
+        // Alice gets her own side (the token bob never saw), nothing else.
+        let b = t.allocate("alice", None, b"call-1", &mut rng, now).unwrap();
         assert_eq!(b.peer, "bob");
-        assert_ne!(a.token, b.token);
+        assert_eq!(b.token, peer(&a));
+        assert_eq!(b.for_peer, None);
+        assert_eq!(t.refusals().not_in_call, 5);
+        // The caller may allocate as soon as its invite is routed.
+        t.note_signal(b"call-2", "alice", "bob", SignalKind::Invite, now);
+        assert!(t.allocate("alice", None, b"call-2", &mut rng, now).is_ok());
+    }
+
+    #[test]
+    fn a_udp_bind_needs_the_cookie_of_its_own_address() {
+        let (mut t, mut rng, now) = table();
+        routed(&mut t, b"c", "alice", "bob", now);
+        let a = t.allocate("alice", None, b"c", &mut rng, now).unwrap();
+        let (status, cookie) = t.bind(&a.token, &[0; COOKIE_LEN], addr(1), 40, now);
+        assert_eq!(status, BindStatus::Cookie);
+        // The cookie of address 1 does not bind address 2 (a spoofer who
+        // got a cookie at its own address).
+        assert_eq!(
+            t.bind(&a.token, &cookie, addr(2), 40, now).0,
+            BindStatus::Cookie
+        );
+        assert_eq!(t.route(addr(2), 61, now), Decision::Unbound);
+        // Nor another token's side.
+        assert_eq!(
+            t.bind(&peer(&a), &cookie, addr(1), 40, now).0,
+            BindStatus::Cookie
+        );
+        assert_eq!(
+            t.bind(&a.token, &cookie, addr(1), 40, now).0,
+            BindStatus::Bound
+        );
+        // Valid in its bucket and the next, not after.
+        let secs = |s: u64| now + Duration::from_secs(s);
+        for at in [25, COOKIE_BUCKET_SECS + 20] {
+            assert_eq!(
+                t.bind(&a.token, &cookie, addr(1), 40, secs(at)).0,
+                BindStatus::Bound
+            );
+        }
+        let (status, fresh) = t.bind(
+            &a.token,
+            &cookie,
+            addr(1),
+            40,
+            secs(2 * COOKIE_BUCKET_SECS + 5),
+        );
+        assert_eq!(status, BindStatus::Cookie);
+        assert_ne!(fresh, cookie);
+        // A TCP leg needs none.
+        assert_eq!(
+            t.bind(&peer(&a), &[0; COOKIE_LEN], leg(3), 40, now).0,
+            BindStatus::Bound
+        );
+        assert!(t.refusals().cookie >= 4);
+    }
+
+    #[test]
+    fn allocations_are_capped_per_source_prefix() {
+        let (mut t, mut rng, now) = table();
+        let net = |last: u8| Some(IpAddr::from([198, 51, 100, last]));
+        for (i, user) in ["u1", "u2", "u3", "u4"].iter().enumerate() {
+            routed(&mut t, &[i as u8], user, "bob", now);
+        }
+        t.limits.per_prefix = 2;
+        t.allocate("u1", net(1), &[0], &mut rng, now).unwrap();
+        t.allocate("u2", net(2), &[1], &mut rng, now).unwrap();
+        assert_eq!(
+            t.allocate("u3", net(3), &[2], &mut rng, now),
+            Err(AllocError::PrefixQuota)
+        );
+        t.allocate(
+            "u4",
+            Some(IpAddr::from([203, 0, 113, 1])),
+            &[3],
+            &mut rng,
+            now,
+        )
+        .unwrap();
+        assert_eq!(t.refusals().prefix_quota, 1);
     }
 
     #[test]
     fn binds_and_forwards_both_ways_only_between_bound_sides() {
         let (mut t, mut rng, now) = table();
-        t.note_signal(b"c", "alice", "bob", false, now);
-        let a = t.allocate("alice", b"c", &mut rng, now).unwrap();
+        routed(&mut t, b"c", "alice", "bob", now);
+        let a = t.allocate("alice", None, b"c", &mut rng, now).unwrap();
         assert_eq!(t.route(addr(1), 61, now), Decision::Unbound);
-        assert_eq!(t.bind(&a.token, addr(1), 23, now), BindStatus::Bound);
+        assert_eq!(bind(&mut t, &a.token, addr(1), 23, now), BindStatus::Bound);
         assert_eq!(t.route(addr(1), 61, now), Decision::PeerUnbound);
-        assert_eq!(t.bind(&[0; 16], addr(2), 23, now), BindStatus::UnknownToken);
-        assert_eq!(t.bind(&a.peer_token, addr(2), 23, now), BindStatus::Bound);
+        assert_eq!(
+            bind(&mut t, &[0; 16], addr(2), 23, now),
+            BindStatus::UnknownToken
+        );
+        assert_eq!(bind(&mut t, &peer(&a), addr(2), 23, now), BindStatus::Bound);
         assert_eq!(t.route(addr(1), 61, now), Decision::Forward(addr(2)));
         assert_eq!(t.route(addr(2), 61, now), Decision::Forward(addr(1)));
         assert_eq!(t.route(addr(3), 61, now), Decision::Unbound);
         // A new NAT mapping: re-binding moves the side, the old address is out.
-        assert_eq!(t.bind(&a.peer_token, addr(4), 23, now), BindStatus::Bound);
+        assert_eq!(bind(&mut t, &peer(&a), addr(4), 23, now), BindStatus::Bound);
         assert_eq!(t.route(addr(2), 61, now), Decision::Unbound);
         assert_eq!(t.route(addr(1), 61, now), Decision::Forward(addr(4)));
     }
@@ -575,52 +871,50 @@ mod tests {
     #[test]
     fn an_address_belongs_to_one_side_at_a_time() {
         let (mut t, mut rng, now) = table();
-        t.note_signal(b"c", "alice", "bob", false, now);
-        let a = t.allocate("alice", b"c", &mut rng, now).unwrap();
-        t.bind(&a.token, addr(1), 23, now);
-        t.bind(&a.peer_token, addr(1), 23, now);
+        routed(&mut t, b"c", "alice", "bob", now);
+        let a = t.allocate("alice", None, b"c", &mut rng, now).unwrap();
+        bind(&mut t, &a.token, addr(1), 23, now);
+        bind(&mut t, &peer(&a), addr(1), 23, now);
         // Side 0 lost its address to side 1.
         assert_eq!(t.route(addr(1), 61, now), Decision::PeerUnbound);
-        t.bind(&a.token, addr(2), 23, now);
+        bind(&mut t, &a.token, addr(2), 23, now);
         assert_eq!(t.route(addr(1), 61, now), Decision::Forward(addr(2)));
     }
 
     #[test]
     fn both_parties_on_one_relay_share_one_allocation() {
         let (mut t, mut rng, now) = table();
-        t.note_signal(b"inv1", "alice", "bob", false, now);
-        let first = t.allocate("alice", b"inv1", &mut rng, now).unwrap();
-        let second = t.allocate("bob", b"inv1", &mut rng, now).unwrap();
+        routed(&mut t, b"inv1", "alice", "bob", now);
+        let first = t.allocate("alice", None, b"inv1", &mut rng, now).unwrap();
+        let second = t.allocate("bob", None, b"inv1", &mut rng, now).unwrap();
         assert_eq!(t.allocation_count(), 1);
-        assert_eq!(
-            (second.token, second.peer_token),
-            (first.peer_token, first.token),
-            "bob binds the side alice gave him"
-        );
+        assert_eq!(second.token, peer(&first), "bob gets the side made for him");
+        assert_eq!(second.for_peer, None, "and not alice's token");
         assert_eq!(second.peer, "alice");
-        let again = t.allocate("alice", b"inv1", &mut rng, now).unwrap();
-        assert_eq!(again, first);
+        let again = t.allocate("alice", None, b"inv1", &mut rng, now).unwrap();
+        assert_eq!(again.token, first.token);
+        assert_eq!(again.for_peer, None);
     }
 
     #[test]
     fn quotas_per_user_and_in_total() {
         let (mut t, mut rng, now) = table();
-        t.note_signal(b"c1", "alice", "bob", false, now);
-        t.note_signal(b"c2", "alice", "carol", false, now);
-        t.note_signal(b"c3", "alice", "dave", false, now);
-        t.note_signal(b"c4", "bob", "carol", false, now);
-        t.allocate("alice", b"c1", &mut rng, now).unwrap();
-        t.allocate("alice", b"c2", &mut rng, now).unwrap();
+        routed(&mut t, b"c1", "alice", "bob", now);
+        routed(&mut t, b"c2", "alice", "carol", now);
+        routed(&mut t, b"c3", "alice", "dave", now);
+        routed(&mut t, b"c4", "bob", "carol", now);
+        t.allocate("alice", None, b"c1", &mut rng, now).unwrap();
+        t.allocate("alice", None, b"c2", &mut rng, now).unwrap();
         assert_eq!(
-            t.allocate("alice", b"c3", &mut rng, now),
+            t.allocate("alice", None, b"c3", &mut rng, now),
             Err(AllocError::UserQuota)
         );
-        t.allocate("bob", b"c4", &mut rng, now).unwrap();
+        t.allocate("bob", None, b"c4", &mut rng, now).unwrap();
         // Shared, not new: no quota needed.
-        t.allocate("carol", b"c4", &mut rng, now).unwrap();
+        t.allocate("carol", None, b"c4", &mut rng, now).unwrap();
         assert_eq!(t.allocation_count(), 3);
         assert_eq!(
-            t.allocate("dave", b"c3", &mut rng, now),
+            t.allocate("dave", None, b"c3", &mut rng, now),
             Err(AllocError::Full)
         );
     }
@@ -628,16 +922,19 @@ mod tests {
     #[test]
     fn rate_limit_drops_the_excess_and_refills() {
         let (mut t, mut rng, now) = table();
-        t.note_signal(b"c", "alice", "bob", false, now);
-        let a = t.allocate("alice", b"c", &mut rng, now).unwrap();
-        t.bind(&a.token, addr(1), 23, now);
-        t.bind(&a.peer_token, addr(2), 23, now);
+        routed(&mut t, b"c", "alice", "bob", now);
+        let a = t.allocate("alice", None, b"c", &mut rng, now).unwrap();
+        bind(&mut t, &a.token, addr(1), 23, now);
+        bind(&mut t, &peer(&a), addr(2), 23, now);
         // 10 datagrams/s, binds included: 8 left.
         for _ in 0..8 {
             assert_eq!(t.route(addr(1), 10, now), Decision::Forward(addr(2)));
         }
         assert_eq!(t.route(addr(1), 10, now), Decision::OverQuota);
-        assert_eq!(t.bind(&a.token, addr(1), 23, now), BindStatus::OverQuota);
+        assert_eq!(
+            bind(&mut t, &a.token, addr(1), 23, now),
+            BindStatus::OverQuota
+        );
         let later = now + Duration::from_millis(500);
         assert_eq!(t.route(addr(2), 10, later), Decision::Forward(addr(1)));
         // 1000 bytes/s: a 2000-byte datagram never fits.
@@ -647,26 +944,35 @@ mod tests {
     #[test]
     fn idle_allocations_expire_and_traffic_keeps_them() {
         let (mut t, mut rng, now) = table();
-        t.note_signal(b"c", "alice", "bob", false, now);
-        let a = t.allocate("alice", b"c", &mut rng, now).unwrap();
-        t.bind(&a.token, addr(1), 23, now);
-        t.bind(&a.peer_token, addr(2), 23, now);
+        routed(&mut t, b"c", "alice", "bob", now);
+        let a = t.allocate("alice", None, b"c", &mut rng, now).unwrap();
+        bind(&mut t, &a.token, addr(1), 23, now);
+        bind(&mut t, &peer(&a), addr(2), 23, now);
         let t20 = now + Duration::from_secs(20);
         assert_eq!(t.route(addr(1), 61, t20), Decision::Forward(addr(2)));
         let t45 = now + Duration::from_secs(45);
         assert_eq!(t.route(addr(2), 61, t45), Decision::Forward(addr(1)));
         let t80 = now + Duration::from_secs(80);
         assert_eq!(t.route(addr(1), 61, t80), Decision::Unbound);
-        assert_eq!(t.bind(&a.token, addr(1), 23, t80), BindStatus::UnknownToken);
+        assert_eq!(
+            bind(&mut t, &a.token, addr(1), 23, t80),
+            BindStatus::UnknownToken
+        );
         assert_eq!(t.allocation_count(), 0);
         // The call is still remembered (ttl 10 min): a new allocation works.
-        t.allocate("alice", b"c", &mut rng, t80).unwrap();
+        t.allocate("alice", None, b"c", &mut rng, t80).unwrap();
         assert_eq!(t.expire(t80 + Duration::from_secs(30)), 1);
         assert_eq!(t.invite_count(), 1);
         t.expire(now + Duration::from_secs(700));
         assert_eq!(t.invite_count(), 0);
         assert_eq!(
-            t.allocate("alice", b"c", &mut rng, now + Duration::from_secs(700)),
+            t.allocate(
+                "alice",
+                None,
+                b"c",
+                &mut rng,
+                now + Duration::from_secs(700)
+            ),
             Err(AllocError::NotInCall)
         );
     }
@@ -674,18 +980,18 @@ mod tests {
     #[test]
     fn a_hangup_by_the_parties_releases_the_call() {
         let (mut t, mut rng, now) = table();
-        t.note_signal(b"c", "alice", "bob", false, now);
-        let a = t.allocate("alice", b"c", &mut rng, now).unwrap();
-        t.bind(&a.token, addr(1), 23, now);
-        t.bind(&a.peer_token, addr(2), 23, now);
+        routed(&mut t, b"c", "alice", "bob", now);
+        let a = t.allocate("alice", None, b"c", &mut rng, now).unwrap();
+        bind(&mut t, &a.token, addr(1), 23, now);
+        bind(&mut t, &peer(&a), addr(2), 23, now);
         // Someone else's hangup with the same id changes nothing.
-        t.note_signal(b"c", "mallory", "alice", true, now);
+        t.note_signal(b"c", "mallory", "alice", SignalKind::End, now);
         assert_eq!(t.route(addr(1), 61, now), Decision::Forward(addr(2)));
-        t.note_signal(b"c", "bob", "alice", true, now);
+        t.note_signal(b"c", "bob", "alice", SignalKind::End, now);
         assert_eq!(t.route(addr(1), 61, now), Decision::Unbound);
         assert_eq!(t.allocation_count(), 0);
         assert_eq!(
-            t.allocate("alice", b"c", &mut rng, now),
+            t.allocate("alice", None, b"c", &mut rng, now),
             Err(AllocError::NotInCall)
         );
     }
@@ -693,17 +999,17 @@ mod tests {
     #[test]
     fn a_side_binds_to_a_tcp_leg_and_forwards_across_transports() {
         let (mut t, mut rng, now) = table();
-        t.note_signal(b"c", "alice", "bob", false, now);
-        let a = t.allocate("alice", b"c", &mut rng, now).unwrap();
-        assert_eq!(t.bind(&a.token, leg(7), 23, now), BindStatus::Bound);
+        routed(&mut t, b"c", "alice", "bob", now);
+        let a = t.allocate("alice", None, b"c", &mut rng, now).unwrap();
+        assert_eq!(bind(&mut t, &a.token, leg(7), 23, now), BindStatus::Bound);
         assert!(t.is_bound(leg(7), now));
         assert_eq!(t.route(leg(7), 61, now), Decision::PeerUnbound);
-        assert_eq!(t.bind(&a.peer_token, addr(2), 23, now), BindStatus::Bound);
+        assert_eq!(bind(&mut t, &peer(&a), addr(2), 23, now), BindStatus::Bound);
         // UDP -> TCP and TCP -> UDP.
         assert_eq!(t.route(addr(2), 61, now), Decision::Forward(leg(7)));
         assert_eq!(t.route(leg(7), 61, now), Decision::Forward(addr(2)));
         // Both sides on TCP legs.
-        assert_eq!(t.bind(&a.peer_token, leg(8), 23, now), BindStatus::Bound);
+        assert_eq!(bind(&mut t, &peer(&a), leg(8), 23, now), BindStatus::Bound);
         assert_eq!(t.route(leg(7), 61, now), Decision::Forward(leg(8)));
         assert_eq!(t.route(leg(8), 61, now), Decision::Forward(leg(7)));
         assert_eq!(t.route(addr(2), 61, now), Decision::Unbound);
@@ -715,13 +1021,13 @@ mod tests {
     #[test]
     fn a_side_rebinds_from_udp_to_a_tcp_leg_and_back() {
         let (mut t, mut rng, now) = table();
-        t.note_signal(b"c", "alice", "bob", false, now);
-        let a = t.allocate("alice", b"c", &mut rng, now).unwrap();
-        t.bind(&a.token, addr(1), 23, now);
-        t.bind(&a.peer_token, addr(2), 23, now);
+        routed(&mut t, b"c", "alice", "bob", now);
+        let a = t.allocate("alice", None, b"c", &mut rng, now).unwrap();
+        bind(&mut t, &a.token, addr(1), 23, now);
+        bind(&mut t, &peer(&a), addr(2), 23, now);
         assert_eq!(t.route(addr(1), 61, now), Decision::Forward(addr(2)));
         // Bob's UDP gets blocked mid-call: he re-binds the same token over TCP.
-        assert_eq!(t.bind(&a.peer_token, leg(5), 23, now), BindStatus::Bound);
+        assert_eq!(bind(&mut t, &peer(&a), leg(5), 23, now), BindStatus::Bound);
         assert_eq!(t.route(addr(1), 61, now), Decision::Forward(leg(5)));
         assert_eq!(
             t.route(addr(2), 61, now),
@@ -730,7 +1036,7 @@ mod tests {
         );
         assert_eq!(t.route(leg(5), 61, now), Decision::Forward(addr(1)));
         // ... and back to UDP: the leg is out.
-        assert_eq!(t.bind(&a.peer_token, addr(3), 23, now), BindStatus::Bound);
+        assert_eq!(bind(&mut t, &peer(&a), addr(3), 23, now), BindStatus::Bound);
         assert!(!t.is_bound(leg(5), now));
         assert_eq!(t.route(leg(5), 61, now), Decision::Unbound);
         assert_eq!(t.route(addr(1), 61, now), Decision::Forward(addr(3)));
@@ -740,16 +1046,16 @@ mod tests {
     #[test]
     fn an_ended_leg_is_unbound_and_receives_nothing() {
         let (mut t, mut rng, now) = table();
-        t.note_signal(b"c", "alice", "bob", false, now);
-        let a = t.allocate("alice", b"c", &mut rng, now).unwrap();
-        t.bind(&a.token, addr(1), 23, now);
-        t.bind(&a.peer_token, leg(5), 23, now);
+        routed(&mut t, b"c", "alice", "bob", now);
+        let a = t.allocate("alice", None, b"c", &mut rng, now).unwrap();
+        bind(&mut t, &a.token, addr(1), 23, now);
+        bind(&mut t, &peer(&a), leg(5), 23, now);
         assert_eq!(t.route(addr(1), 61, now), Decision::Forward(leg(5)));
         assert!(t.unbind(leg(5)));
         assert_eq!(t.route(addr(1), 61, now), Decision::PeerUnbound);
         assert_eq!(t.route(leg(5), 61, now), Decision::Unbound);
         // The allocation lives on: the side can bind again.
-        assert_eq!(t.bind(&a.peer_token, leg(6), 23, now), BindStatus::Bound);
+        assert_eq!(bind(&mut t, &peer(&a), leg(6), 23, now), BindStatus::Bound);
         assert_eq!(t.route(addr(1), 61, now), Decision::Forward(leg(6)));
         // An expired allocation does not count as bound.
         assert!(!t.is_bound(leg(6), now + Duration::from_secs(31)));
@@ -763,7 +1069,7 @@ mod tests {
                 &[i],
                 "alice",
                 "bob",
-                false,
+                SignalKind::Invite,
                 now + Duration::from_secs(u64::from(i)),
             );
         }

@@ -32,7 +32,12 @@ pub(crate) async fn run(
 ) {
     let id = shell.next_id();
     let (tx, rx) = mpsc::channel(shell.config.session_queue.max(1));
-    let writer = tokio::spawn(write_loop(send, rx, conn.clone()));
+    let mut writer = tokio::spawn(write_loop(
+        send,
+        rx,
+        conn.clone(),
+        shell.config.write_timeout,
+    ));
     let carrier = match conn.transport() {
         Transport::Quic => Carrier::Quic,
         Transport::Tls => Carrier::Tcp,
@@ -64,23 +69,44 @@ pub(crate) async fn run(
         shell.tell(Event::SessionClosed { id }).await;
     }
     // The writer ends once the node task dropped its queue and what was
-    // queued (perhaps a close) is written.
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    // queued (perhaps a close) is written; one stuck on a peer that does
+    // not read is aborted, never left behind holding the connection.
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
     conn.close(close::NORMAL, b"bye");
 }
 
-async fn write_loop(mut send: EnvelopeSend, mut rx: mpsc::Receiver<Out>, conn: ControlConn) {
+/// Drains the session's queue onto its connection. A frame not written
+/// within `write_timeout` (the peer stopped reading and its windows are
+/// full) closes the connection `SLOW`, which ends the reader too.
+async fn write_loop(
+    mut send: EnvelopeSend,
+    mut rx: mpsc::Receiver<Out>,
+    conn: ControlConn,
+    write_timeout: Duration,
+) {
     while let Some(out) = rx.recv().await {
         match out {
-            Out::Frame(envelope) => match send.send(&envelope).await {
-                Ok(()) => {}
-                // Refused before a byte was written (the core sends only
-                // what fits; this is the last guard): that message only.
-                Err(e @ (NetError::Frame(_) | NetError::Record(_))) => {
-                    tracing::warn!(error = %e, "frame not sent");
+            Out::Frame(envelope) => {
+                match tokio::time::timeout(write_timeout, send.send(&envelope)).await {
+                    Ok(Ok(())) => {}
+                    // Refused before a byte was written (the core sends only
+                    // what fits; this is the last guard): that message only.
+                    Ok(Err(e @ (NetError::Frame(_) | NetError::Record(_)))) => {
+                        tracing::warn!(error = %e, "frame not sent");
+                    }
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        tracing::debug!(remote = %conn.remote_address(), "write timed out, closing");
+                        conn.close(close::SLOW, b"write timeout");
+                        break;
+                    }
                 }
-                Err(_) => break,
-            },
+            }
             Out::Close(code, reason) => {
                 let _ = send.finish(Duration::from_secs(1)).await;
                 conn.close(code, reason.as_bytes());

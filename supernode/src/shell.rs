@@ -76,6 +76,8 @@ pub(crate) struct Shell {
     pub endpoint: Endpoint,
     /// Shared by QUIC and TCP connections.
     pub connections: Arc<Semaphore>,
+    /// Connections per IP address, QUIC and TCP together.
+    pub per_ip: Arc<natter_net::PerIp>,
     /// STUN reflector and media relay.
     pub udp: Arc<UdpService>,
     /// The TLS-over-TCP listener's counters.
@@ -93,6 +95,7 @@ impl Shell {
     ) -> Self {
         Self {
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            per_ip: natter_net::PerIp::new(config.max_connections_per_ip),
             config,
             endpoint,
             udp,

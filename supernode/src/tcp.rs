@@ -11,12 +11,15 @@
 //!   ([`crate::udp::UdpService::relay`]), with the leg in place of a UDP
 //!   address ([`RelayPeer::Tcp`]); bind replies and datagrams forwarded to
 //!   the leg go out as DATAGRAM records through a bounded queue drained by
-//!   the leg's own writer, so the UDP loop never waits for a TCP peer;
+//!   the leg's own writer, so the UDP loop never waits for a TCP peer (a
+//!   write stuck for `write_timeout` closes the leg). A first bind that does
+//!   not bind ends the leg once its reply is written;
 //! * anything else (gossip: supernode links are QUIC only; another request;
 //!   a non-bind datagram): `ErrorReply{NOT_JOINED}` and close `REFUSED`; a
 //!   malformed record closes `MALFORMED`.
 //!
-//! TCP connections share the QUIC endpoint's connection limit.
+//! TCP connections share the QUIC endpoint's connection limit and its cap
+//! per IP address ([`crate::Config::max_connections_per_ip`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,6 +86,11 @@ pub(crate) async fn accept_loop(
 }
 
 fn admit(shell: &Arc<Shell>, accepted: Accepted) {
+    let Some(per_ip) = shell.per_ip.try_acquire(accepted.remote_addr().ip()) else {
+        bump(&shell.tcp.over_ip_limit);
+        tracing::debug!(remote = %accepted.remote_addr(), "per-address connection limit reached, TCP connection dropped");
+        return;
+    };
     let Ok(permit) = Arc::clone(&shell.connections).try_acquire_owned() else {
         bump(&shell.tcp.over_limit);
         tracing::debug!(remote = %accepted.remote_addr(), "connection limit reached, TCP connection dropped");
@@ -90,7 +98,7 @@ fn admit(shell: &Arc<Shell>, accepted: Accepted) {
     };
     let shell = Arc::clone(shell);
     tokio::spawn(async move {
-        let _permit = permit;
+        let _permits = (permit, per_ip);
         serve(shell, accepted).await;
     });
 }
@@ -182,13 +190,30 @@ async fn run_leg(
     let peer = RelayPeer::Tcp(id);
     let udp = &shell.udp;
     let rx = udp.legs.open(id);
-    let writer = tokio::spawn(write_leg(handle.clone(), rx));
+    let mut writer = tokio::spawn(write_leg(handle.clone(), rx, shell.config.write_timeout));
     tracing::debug!(remote = %handle.remote_address(), leg = id, "TCP relay leg opened");
+    // A first bind that does not bind (unknown token, over quota) ends the
+    // leg once its reply is written: no slot is held for a leg that serves
+    // no allocation.
+    on_leg_datagram(shell, id, &bind).await;
+    if !udp.table().is_bound(peer, Instant::now()) {
+        bump(&shell.tcp.refused);
+        udp.legs.close(id);
+        if tokio::time::timeout(REFUSAL_WRITE, &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+        handle.close(close::REFUSED, "relay bind refused");
+        tracing::debug!(leg = id, "TCP relay leg refused: first bind did not bind");
+        return;
+    }
     let lifetime = udp.table().limits().lifetime;
     let mut check = tokio::time::interval(LEG_CHECK.min(lifetime));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut bound_at = Instant::now();
-    let mut next = Some(bind);
+    let mut next: Option<Vec<u8>> = None;
     let end = loop {
         if let Some(datagram) = next.take() {
             on_leg_datagram(shell, id, &datagram).await;
@@ -253,12 +278,20 @@ async fn on_leg_datagram(shell: &Shell, id: u64, datagram: &[u8]) {
     }
 }
 
-/// Drains a relay leg's queue onto its connection.
-async fn write_leg(handle: TlsHandle, mut rx: mpsc::Receiver<Vec<u8>>) {
+/// Drains a relay leg's queue onto its connection; a write that takes
+/// longer than `write_timeout` (a peer that stopped reading) closes it.
+async fn write_leg(handle: TlsHandle, mut rx: mpsc::Receiver<Vec<u8>>, write_timeout: Duration) {
     while let Some(datagram) = rx.recv().await {
-        if let Err(e) = handle.send_datagram(&datagram).await {
-            tracing::debug!(error = %e, "TCP relay leg write failed");
-            break;
+        match tokio::time::timeout(write_timeout, handle.send_datagram(&datagram)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TCP relay leg write failed");
+                break;
+            }
+            Err(_) => {
+                handle.close(close::SLOW, "write timeout");
+                break;
+            }
         }
     }
 }

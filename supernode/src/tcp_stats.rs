@@ -22,9 +22,13 @@ pub struct TcpStats {
     /// Connections dropped at once because the supernode holds its
     /// maximum of connections (QUIC and TCP together).
     pub over_limit: u64,
+    /// Connections dropped at once because their IP address holds
+    /// `max_connections_per_ip` connections (QUIC and TCP together).
+    pub over_ip_limit: u64,
     /// Connections refused after the handshake: no record within the
     /// handshake timeout, a first record that is neither a `JoinHello`
-    /// envelope nor a relay bind, or an envelope on a relay leg.
+    /// envelope nor a relay bind, a relay leg whose first bind did not
+    /// bind, or an envelope on a relay leg.
     pub refused: u64,
     /// Connections closed for a malformed record as their first record or
     /// on a relay leg (a malformed record in a session closes it
@@ -58,6 +62,7 @@ pub(crate) struct TcpCounters {
     pub accepted: AtomicU64,
     pub handshake_failed: AtomicU64,
     pub over_limit: AtomicU64,
+    pub over_ip_limit: AtomicU64,
     pub refused: AtomicU64,
     pub malformed: AtomicU64,
     pub relay_legs_unbound: AtomicU64,
@@ -120,6 +125,7 @@ impl TcpCounters {
             accepted: get(&self.accepted),
             handshake_failed: get(&self.handshake_failed),
             over_limit: get(&self.over_limit),
+            over_ip_limit: get(&self.over_ip_limit),
             refused: get(&self.refused),
             malformed: get(&self.malformed),
             sessions: sessions.0 as u64,

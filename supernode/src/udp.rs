@@ -9,7 +9,9 @@
 //!   while the source's prefix has tokens ([`StunLimiter`]), anything else
 //!   STUN-shaped is dropped (counted as malformed unless it is a Binding
 //!   indication, a keepalive);
-//! * a relay bind (`relay::decode_bind`): answered with a bind reply;
+//! * a relay bind (`relay::decode_bind`): answered with a bind reply of the
+//!   same length carrying the source's cookie; it binds only when it echoed
+//!   that cookie (the source proved it receives there);
 //! * anything else with a valid SoM header: forwarded if [`RelayTable::route`]
 //!   says so, otherwise dropped and counted; without a valid SoM header:
 //!   dropped as malformed.
@@ -66,6 +68,12 @@ pub struct UdpStats {
     pub binds: u64,
     /// Relay binds refused (`UnknownToken` or `OverQuota`).
     pub binds_refused: u64,
+    /// UDP relay binds without a valid cookie for their source: answered
+    /// with the cookie (a reply as long as the bind), nothing bound.
+    pub binds_cookie: u64,
+    /// Relay allocations refused (not an accepted call of the requester's,
+    /// or over a quota: per user, per source prefix, in total).
+    pub allocations_refused: u64,
     /// Datagrams relayed (sent to a UDP address or queued for a TCP leg).
     pub forwarded: u64,
     /// Bytes relayed.
@@ -207,7 +215,11 @@ impl UdpService {
             primary_addr: advertised(local, advertise_ip),
             alternate_addr: advertised(alt_local, advertise_ip),
             primary_socket: Arc::downgrade(&sockets.primary),
-            table: Mutex::new(RelayTable::new(limits)),
+            table: Mutex::new(RelayTable::new(
+                limits,
+                rand::Rng::r#gen(&mut rand::rngs::OsRng),
+                Instant::now(),
+            )),
             counters: Counters::default(),
             legs: Legs::new(leg_queue),
         };
@@ -225,6 +237,7 @@ impl UdpService {
     pub fn stats(&self) -> UdpStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let refusals = self.table().refusals();
         UdpStats {
             stun_answered: get(&c.stun_answered),
             stun_limited: get(&c.stun_limited),
@@ -232,6 +245,11 @@ impl UdpService {
             malformed: get(&c.malformed),
             binds: get(&c.binds),
             binds_refused: get(&c.binds_refused),
+            binds_cookie: refusals.cookie,
+            allocations_refused: refusals.not_in_call
+                + refusals.user_quota
+                + refusals.prefix_quota
+                + refusals.full,
             forwarded: get(&c.forwarded),
             forwarded_bytes: get(&c.forwarded_bytes),
             dropped_unbound: get(&c.dropped_unbound),
@@ -314,14 +332,17 @@ impl UdpService {
     /// is answered (the reply goes back to `from`), anything else with a SoM
     /// header is routed through the relay table; everything is counted.
     pub fn relay(&self, datagram: &[u8], from: RelayPeer, now: Instant) -> Relayed {
-        if let Ok(token) = wire::decode_bind(datagram) {
-            let status = self.table().bind(&token, from, datagram.len(), now);
-            if status == wire::BindStatus::Bound {
-                bump(&self.counters.binds);
-            } else {
-                bump(&self.counters.binds_refused);
+        if let Ok(bind) = wire::decode_bind(datagram) {
+            let (status, cookie) =
+                self.table()
+                    .bind(&bind.token, &bind.cookie, from, datagram.len(), now);
+            match status {
+                wire::BindStatus::Bound => bump(&self.counters.binds),
+                wire::BindStatus::Cookie => {}
+                _ => bump(&self.counters.binds_refused),
             }
-            return Relayed::Reply(wire::encode_bind_reply(datagram, status));
+            // As long as the bind: amplification 1.0 toward its source.
+            return Relayed::Reply(wire::encode_bind_reply(datagram, status, &cookie));
         }
         if som::Header::decode(datagram).is_err() {
             bump(&self.counters.malformed);

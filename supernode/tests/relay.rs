@@ -11,8 +11,7 @@ use common::{TestClient, cluster, connect_tcp, error_code, eventually, with_tcp}
 use natter_net::{RecordReader, TlsHandle};
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{
-    CallAccept, CallInvite, CallSignal, Candidate, CandidateKind, ErrorCode, RelayAllocate,
-    RelayAllocated, call_signal::Kind,
+    CallAccept, CallInvite, CallSignal, ErrorCode, RelayAllocate, RelayAllocated, call_signal::Kind,
 };
 use natter_proto::record::Record;
 use natter_proto::relay::{self, BindStatus};
@@ -188,15 +187,49 @@ fn token(bytes: &[u8]) -> [u8; 16] {
     bytes.try_into().expect("16-byte token")
 }
 
-/// Binds `socket` with `token` and returns the status.
-async fn bind(socket: &UdpSocket, relay: SocketAddr, token: &[u8; 16]) -> BindStatus {
-    let bind = relay::encode_bind(token, 7, 2);
+/// Sends one bind from `socket` and returns the reply (which must be
+/// exactly as long as the bind: amplification 1.0).
+async fn bind_once(
+    socket: &UdpSocket,
+    relay: SocketAddr,
+    token: &[u8; 16],
+    cookie: &[u8; 16],
+) -> relay::BindReply {
+    let bind = relay::encode_bind(token, cookie, 7, 2);
     socket.send_to(&bind, relay).await.unwrap();
     let (reply, from) = recv(socket).await;
     assert_eq!(from, relay);
-    let (echoed, status) = relay::decode_bind_reply(&reply).unwrap();
-    assert_eq!(&echoed, token);
-    status
+    assert_eq!(
+        reply.len(),
+        bind.len(),
+        "a bind reply is as long as the bind"
+    );
+    let reply = relay::decode_bind_reply(&reply).unwrap();
+    assert_eq!(&reply.token, token);
+    reply
+}
+
+/// Binds `socket` with `token` as a client does (a first bind gets the
+/// cookie of the socket's address, the second echoes it) and returns the
+/// status.
+async fn bind(socket: &UdpSocket, relay: SocketAddr, token: &[u8; 16]) -> BindStatus {
+    let first = bind_once(socket, relay, token, &[0; 16]).await;
+    assert_eq!(first.status, BindStatus::Cookie, "no cookie, no bind");
+    bind_once(socket, relay, token, &first.cookie).await.status
+}
+
+/// The `RelayAllocated` for `invite` the supernode pushes to `client` (its
+/// side of an allocation the other user of the call made).
+async fn pushed_side(client: &mut TestClient, invite: u8) -> RelayAllocated {
+    let name = client.name.clone();
+    let side = client
+        .expect_push("a pushed relay side", |b| match b {
+            Body::RelayAllocated(r) if r.invite_id == vec![invite; 16] => Some(r.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(side.to, name);
+    side
 }
 
 /// A SoM `Data` datagram (the relay does not open it).
@@ -218,6 +251,22 @@ async fn invite(alice: &mut TestClient, bob: &mut TestClient, id: u8) {
     .await;
 }
 
+/// Bob accepts alice's call `id`.
+async fn accept(bob: &mut TestClient, alice: &mut TestClient, id: u8) {
+    bob.ack(signal(id, "alice", Kind::Accept(CallAccept::default())))
+        .await;
+    alice
+        .expect_push("accept", |b| match b {
+            Body::CallSignal(CallSignal {
+                kind: Some(Kind::Accept(_)),
+                invite_id,
+                ..
+            }) if *invite_id == vec![id; 16] => Some(()),
+            _ => None,
+        })
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_only_authenticated_calls() {
     let sns = cluster(2, |_| {}).await;
@@ -231,45 +280,51 @@ async fn relays_only_authenticated_calls() {
         error_code(&bob.request(allocate(1)).await),
         Some(ErrorCode::NotJoined)
     );
-    invite(&mut alice, &mut bob, 1).await;
-
-    // The callee allocates on its own supernode, which routed the invite,
-    // and hands the peer token to the caller in a relay candidate.
-    let a = allocated(&mut bob, 1).await;
-    assert_eq!(a.invite_id, vec![1; 16]);
-    let relay_addr = SocketAddr::try_from(a.relay.as_ref().unwrap()).unwrap();
-    assert_eq!(relay_addr, sns[1].reflector());
-    assert_eq!(a.lifetime_s, 30);
-    assert_ne!(a.token, a.peer_token);
-    let accept = CallAccept {
-        share: None,
-        candidates: vec![Candidate {
-            kind: CandidateKind::Relay as i32,
-            transport: 0,
-            addr: a.relay.clone(),
-            priority: 1,
-            relay_token: a.peer_token.clone(),
-        }],
-    };
-    bob.ack(signal(1, "alice", Kind::Accept(accept))).await;
-    let candidate = alice
-        .expect_push("accept", |b| match b {
-            Body::CallSignal(CallSignal {
-                kind: Some(Kind::Accept(accept)),
-                ..
-            }) => accept.candidates.first().cloned(),
-            _ => None,
-        })
+    // The old way in: a no-op ringing to anyone makes no call.
+    bob.ack(signal(1, "alice", Kind::Ringing(Default::default())))
         .await;
+    assert_eq!(
+        error_code(&bob.request(allocate(1)).await),
+        Some(ErrorCode::NotJoined)
+    );
+    // Invited: the callee gets nothing before it answers.
+    invite(&mut alice, &mut bob, 1).await;
+    assert_eq!(
+        error_code(&bob.request(allocate(1)).await),
+        Some(ErrorCode::NotJoined)
+    );
+    // Its ringing (as its client sends on every invite) opens the call to
+    // it: the relay must be there when the call starts (relay first).
+    bob.ack(signal(1, "alice", Kind::Ringing(Default::default())))
+        .await;
+    accept(&mut bob, &mut alice, 1).await;
+
+    // The callee allocates on its own supernode, which routed the invite
+    // and its answer: bob gets his side's token only, and the supernode
+    // hands alice hers (through the link to her supernode).
+    let b = allocated(&mut bob, 1).await;
+    assert_eq!(b.invite_id, vec![1; 16]);
+    let relay_addr = SocketAddr::try_from(b.relay.as_ref().unwrap()).unwrap();
+    assert_eq!(relay_addr, sns[1].reflector());
+    assert_eq!(b.lifetime_s, 30);
+    assert!(b.peer_token.is_empty(), "never the other side's token");
+    assert!(b.to.is_empty());
+    let a = pushed_side(&mut alice, 1).await;
+    assert_eq!(
+        SocketAddr::try_from(a.relay.as_ref().unwrap()).unwrap(),
+        relay_addr
+    );
+    assert!(a.peer_token.is_empty());
+    assert_ne!(a.token, b.token);
 
     // Both bind from their own UDP sockets.
     let (a_sock, b_sock, stranger) = (udp().await, udp().await, udp().await);
     assert_eq!(
-        bind(&b_sock, relay_addr, &token(&a.token)).await,
+        bind(&b_sock, relay_addr, &token(&b.token)).await,
         BindStatus::Bound
     );
     assert_eq!(
-        bind(&a_sock, relay_addr, &token(&candidate.relay_token)).await,
+        bind(&a_sock, relay_addr, &token(&a.token)).await,
         BindStatus::Bound
     );
     assert_eq!(
@@ -288,10 +343,16 @@ async fn relays_only_authenticated_calls() {
     }
     let stats = sns[1].udp_stats();
     assert_eq!(
-        (stats.forwarded, stats.binds, stats.binds_refused),
-        (10, 2, 1)
+        (
+            stats.forwarded,
+            stats.binds,
+            stats.binds_refused,
+            stats.binds_cookie
+        ),
+        (10, 2, 1, 3)
     );
     assert_eq!(stats.allocations, 1);
+    assert_eq!(stats.allocations_refused, 3, "{stats:?}");
 
     // A datagram from an unbound socket goes nowhere and is counted.
     stranger
@@ -314,7 +375,7 @@ async fn relays_only_authenticated_calls() {
     // A new NAT mapping: alice re-binds from another socket.
     let a_sock2 = udp().await;
     assert_eq!(
-        bind(&a_sock2, relay_addr, &token(&candidate.relay_token)).await,
+        bind(&a_sock2, relay_addr, &token(&a.token)).await,
         BindStatus::Bound
     );
     let d = datagram(77, 40);
@@ -327,12 +388,15 @@ async fn relays_only_authenticated_calls() {
             .is_none()
     );
 
-    // The caller's supernode routed the invite too: alice may allocate there.
+    // The caller's supernode routed the invite too: alice may allocate
+    // there, and bob is handed his side of it.
     let mine = allocated(&mut alice, 1).await;
     assert_eq!(
         SocketAddr::try_from(mine.relay.as_ref().unwrap()).unwrap(),
         sns[0].reflector()
     );
+    let his = pushed_side(&mut bob, 1).await;
+    assert_ne!(his.token, mine.token);
     // A third user cannot allocate for someone else's call.
     assert_eq!(
         error_code(&carol.request(allocate(1)).await),
@@ -351,20 +415,30 @@ async fn relays_only_authenticated_calls() {
 
     // One allocation per call on a relay: asking again for the same call
     // (per-user quotas are covered by the relay table's unit tests) gets
-    // the same allocation, not a new one.
+    // the same side of the same allocation, not a new one.
     let before = sns[1].udp_stats().allocations;
     let again = allocated(&mut bob, 1).await;
-    let again2 = allocated(&mut bob, 1).await;
-    assert_eq!(again.token, again2.token);
+    assert_eq!(again.token, b.token);
+    let hers = allocated(&mut alice, 1).await;
+    assert_eq!(hers.token, mine.token, "her own side on her own supernode");
     assert_eq!(sns[1].udp_stats().allocations, before);
 }
 
-async fn pair_on(sn: &Handle, invite_id: u8) -> (TestClient, TestClient, RelayAllocated) {
+/// Alice calls bob, both on `sn`; bob accepts; alice allocates. Returns
+/// both clients and each one's side: `(alice, bob, alice's, bob's)`.
+async fn pair_on(
+    sn: &Handle,
+    invite_id: u8,
+) -> (TestClient, TestClient, RelayAllocated, RelayAllocated) {
     let mut alice = TestClient::join(sn.local_addr(), "alice").await;
     let mut bob = TestClient::join(sn.local_addr(), "bob").await;
     invite(&mut alice, &mut bob, invite_id).await;
+    accept(&mut bob, &mut alice, invite_id).await;
     let a = allocated(&mut alice, invite_id).await;
-    (alice, bob, a)
+    let b = pushed_side(&mut bob, invite_id).await;
+    // Bob asking for himself gets the same side.
+    assert_eq!(allocated(&mut bob, invite_id).await.token, b.token);
+    (alice, bob, a, b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,7 +449,7 @@ async fn allocations_expire_when_idle_and_are_rate_limited() {
     })
     .await;
     let sn = &sns[0];
-    let (_alice, _bob, a) = pair_on(sn, 3).await;
+    let (_alice, _bob, a, b) = pair_on(sn, 3).await;
     assert_eq!(a.lifetime_s, 1);
     let relay_addr = sn.reflector();
     let (a_sock, b_sock) = (udp().await, udp().await);
@@ -384,7 +458,7 @@ async fn allocations_expire_when_idle_and_are_rate_limited() {
         BindStatus::Bound
     );
     assert_eq!(
-        bind(&b_sock, relay_addr, &token(&a.peer_token)).await,
+        bind(&b_sock, relay_addr, &token(&b.token)).await,
         BindStatus::Bound
     );
 
@@ -444,11 +518,12 @@ impl Leg {
     }
 
     async fn bind(&mut self, token: &[u8; 16]) -> BindStatus {
-        self.send(&relay::encode_bind(token, 9, 1)).await;
+        // The TLS connection proves the address: no cookie.
+        self.send(&relay::encode_bind(token, &[0; 16], 9, 1)).await;
         let reply = self.recv().await;
-        let (echoed, status) = relay::decode_bind_reply(&reply).unwrap();
-        assert_eq!(&echoed, token);
-        status
+        let reply = relay::decode_bind_reply(&reply).unwrap();
+        assert_eq!(&reply.token, token);
+        reply.status
     }
 
     async fn send(&self, datagram: &[u8]) {
@@ -481,7 +556,9 @@ async fn relays_between_udp_and_tcp_legs() {
     let mut alice = TestClient::join_tcp(tcp, "alice").await;
     let mut bob = TestClient::join(sn.local_addr(), "bob").await;
     invite(&mut alice, &mut bob, 5).await;
+    accept(&mut bob, &mut alice, 5).await;
     let a = allocated(&mut alice, 5).await;
+    let b = pushed_side(&mut bob, 5).await;
     assert_eq!(
         SocketAddr::try_from(a.relay.as_ref().unwrap()).unwrap(),
         relay_addr
@@ -493,7 +570,7 @@ async fn relays_between_udp_and_tcp_legs() {
     assert_eq!(status, BindStatus::Bound);
     let b_sock = udp().await;
     assert_eq!(
-        bind(&b_sock, relay_addr, &token(&a.peer_token)).await,
+        bind(&b_sock, relay_addr, &token(&b.token)).await,
         BindStatus::Bound
     );
     for i in 0..5u16 {
@@ -509,7 +586,7 @@ async fn relays_between_udp_and_tcp_legs() {
     assert_eq!(sn.tcp_stats().relay_legs, 1);
 
     // Bob's UDP gets blocked mid-call: he re-binds the same token over TCP.
-    let (mut b_leg, status) = Leg::open(tcp, &token(&a.peer_token)).await;
+    let (mut b_leg, status) = Leg::open(tcp, &token(&b.token)).await;
     assert_eq!(status, BindStatus::Bound);
     for i in 0..3u16 {
         let d = datagram(200 + i, 58);
@@ -566,7 +643,7 @@ async fn relays_between_udp_and_tcp_legs() {
     let (mut a_leg, status) = Leg::open(tcp, &token(&a.token)).await;
     assert_eq!(status, BindStatus::Bound);
     assert_eq!(
-        bind(&b_sock, relay_addr, &token(&a.peer_token)).await,
+        bind(&b_sock, relay_addr, &token(&b.token)).await,
         BindStatus::Bound
     );
     let d = datagram(400, 58);
@@ -588,4 +665,118 @@ async fn relays_between_udp_and_tcp_legs() {
         (3, 0),
         "{stats:?}"
     );
+}
+
+/// The attack of issue 14: a user who holds a relay token (here mallory,
+/// in a call with her accomplice) sends binds with the victim's address as
+/// their source, to aim the relay's traffic at the victim. Spoofing a source
+/// is not possible on loopback, so the victim's own socket sends exactly
+/// what the spoofer would put on the wire under its address; the victim
+/// then gets only the replies to those binds, each as long as its bind (no
+/// amplification), and not one byte of the stream mallory pushes into the
+/// relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoofed_bind_sends_nothing_toward_its_victim() {
+    let sns = cluster(1, |_| {}).await;
+    let sn = &sns[0];
+    let relay_addr = sn.reflector();
+    let mut mallory = TestClient::join(sn.local_addr(), "alice").await;
+    let mut accomplice = TestClient::join(sn.local_addr(), "bob").await;
+    invite(&mut mallory, &mut accomplice, 9).await;
+    accept(&mut accomplice, &mut mallory, 9).await;
+    let mine = allocated(&mut mallory, 9).await;
+    let theirs = pushed_side(&mut accomplice, 9).await;
+    assert!(mine.peer_token.is_empty());
+
+    // Mallory binds her side from her own socket (she receives there).
+    let m_sock = udp().await;
+    assert_eq!(
+        bind(&m_sock, relay_addr, &token(&mine.token)).await,
+        BindStatus::Bound
+    );
+    // She also collects a valid cookie for the other side's token at her
+    // own address, to replay it under the victim's.
+    let her_cookie = bind_once(&m_sock, relay_addr, &token(&theirs.token), &[0; 16])
+        .await
+        .cookie;
+
+    // The spoofed binds, "from" the victim: no cookie, a guessed one, and
+    // mallory's own cookie. Each is answered once, to its source, with a
+    // cookie reply of its own length; none binds.
+    let victim = udp().await;
+    let mut sent = 0;
+    for cookie in [[0u8; 16], [0x5a; 16], her_cookie] {
+        let bind = relay::encode_bind(&token(&theirs.token), &cookie, 1, 0);
+        victim.send_to(&bind, relay_addr).await.unwrap();
+        sent += bind.len();
+    }
+    let mut received = 0;
+    for _ in 0..3 {
+        let (reply, from) = recv(&victim).await;
+        assert_eq!(from, relay_addr);
+        let reply = relay::decode_bind_reply(&reply).expect("only bind replies");
+        assert_eq!(reply.status, BindStatus::Cookie);
+        received += relay::REPLY_LEN;
+    }
+    assert!(received <= sent, "amplification at most 1.0");
+
+    // Mallory now floods the relay: none of it reaches the victim.
+    for i in 0..100u16 {
+        m_sock.send_to(&datagram(i, 160), relay_addr).await.unwrap();
+    }
+    assert!(
+        recv_within(&victim, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "the victim got relayed traffic"
+    );
+    let stats = sn.udp_stats();
+    assert_eq!(stats.forwarded, 0, "{stats:?}");
+    assert!(
+        stats.dropped_unbound + stats.dropped_quota >= 100,
+        "{stats:?}"
+    );
+    assert_eq!(stats.binds, 1, "only mallory's own side is bound");
+    assert_eq!(stats.binds_cookie, 5, "{stats:?}");
+
+    // Whereas the accomplice, binding from where it receives, gets the
+    // stream: the relay works, for addresses that answered it.
+    let accomplice_sock = udp().await;
+    assert_eq!(
+        bind(&accomplice_sock, relay_addr, &token(&theirs.token)).await,
+        BindStatus::Bound
+    );
+    let d = datagram(500, 60);
+    m_sock.send_to(&d, relay_addr).await.unwrap();
+    assert_eq!(recv(&accomplice_sock).await, (d, relay_addr));
+    assert!(
+        recv_within(&victim, Duration::from_millis(200))
+            .await
+            .is_none()
+    );
+}
+
+/// Many accounts from one network cannot fill the relay table: allocations
+/// are capped per source prefix of the requesters' sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocations_are_capped_per_source_prefix() {
+    let sns = cluster(1, |c| c.relay.per_prefix = 1).await;
+    let sn = &sns[0];
+    let (mut alice, mut bob, _, _) = pair_on(sn, 11).await;
+    // A second call between two other accounts of the same network (every
+    // test client is on 127.0.0.1): accepted, yet refused a relay.
+    let mut carol = TestClient::join(sn.local_addr(), "carol").await;
+    let mut dave = TestClient::join(sn.local_addr(), "dave").await;
+    carol
+        .ack(signal(12, "dave", Kind::Invite(CallInvite::default())))
+        .await;
+    dave.ack(signal(12, "carol", Kind::Accept(CallAccept::default())))
+        .await;
+    let refused = carol.request(allocate(12)).await;
+    assert_eq!(error_code(&refused), Some(ErrorCode::RateLimited));
+    assert_eq!(sn.udp_stats().allocations_refused, 1);
+    assert_eq!(sn.udp_stats().allocations, 1);
+    // The parties of the first call still get their sides.
+    allocated(&mut alice, 11).await;
+    allocated(&mut bob, 11).await;
 }

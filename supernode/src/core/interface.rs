@@ -48,21 +48,24 @@ pub enum LinkOrigin {
 /// A decision for the relay service (the UDP loop's allocation table).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayCommand {
-    /// A call signal for `invite_id` between `from` and `to` was routed
-    /// here; `ended` (hangup, reject, busy) releases the call's allocations.
+    /// A call signal of `kind` for `invite_id` from `from` to `to` was
+    /// routed here (an invite makes the call known and opens it to the
+    /// caller's allocations, the callee's ringing or accept to the callee's,
+    /// an end releases its allocations).
     NoteSignal {
         invite_id: Vec<u8>,
         from: String,
         to: String,
-        ended: bool,
+        kind: crate::relay::SignalKind,
     },
-    /// `user` (session `session`) asks for a relay for `invite_id`: the
-    /// shell asks the relay table and hands the result to
-    /// [`crate::core::Node::handle_relay_allocated`].
+    /// `user` (session `session`, connected from `source`) asks for a relay
+    /// for `invite_id`: the shell asks the relay table and hands the result
+    /// to [`crate::core::Node::handle_relay_allocated`].
     Allocate {
         session: SessionId,
         request_id: u64,
         user: String,
+        source: Option<std::net::IpAddr>,
         invite_id: Vec<u8>,
     },
 }

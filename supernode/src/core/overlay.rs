@@ -202,7 +202,10 @@ impl Node {
                 ));
             }
             Body::PresenceUpdate(update) => self.notify_subscribers(&update),
-            body @ (Body::CallSignal(_) | Body::ChatMessage(_) | Body::ChatReceipt(_)) => {
+            body @ (Body::CallSignal(_)
+            | Body::ChatMessage(_)
+            | Body::ChatReceipt(_)
+            | Body::RelayAllocated(_)) => {
                 self.routed_from_peer(&peer, rid, body);
             }
             Body::Ping(ping) => {

@@ -24,7 +24,7 @@ use super::state::{Node, Timer};
 use super::statements::{self, Certified, VerifiedRecord};
 use crate::close;
 use crate::ratelimit::{RateLimiter, Verdict};
-use crate::relay::{AllocError, Allocated};
+use crate::relay::{AllocError, Allocated, Token};
 
 /// Longest chat text a client may seal, in bytes (the supernode sees only
 /// the sealed body, at most [`natter_proto::chat::MAX_SEALED_LEN`]).
@@ -480,15 +480,20 @@ impl Node {
             self.send_session(id, rid, error(ErrorCode::Malformed, "bad invite id"));
             return;
         }
+        let source = self.sessions.all.get(&id).map(|s| s.remote.ip());
         self.emit(Output::Relay(RelayCommand::Allocate {
             session: id,
             request_id: rid,
             user: name.to_owned(),
+            source,
             invite_id: request.invite_id,
         }));
     }
 
-    /// The relay table's answer to an allocation request.
+    /// The relay table's answer to an allocation request. The requester
+    /// gets its own side's token only; a new allocation's other side goes to
+    /// the other user of the call, routed to it like a call signal (a
+    /// `RelayAllocated` with `to` and request id 0).
     pub(crate) fn relay_allocated(
         &mut self,
         id: SessionId,
@@ -497,23 +502,34 @@ impl Node {
         result: Result<Allocated, AllocError>,
     ) {
         let lifetime = self.config.relay_lifetime;
-        let body = match result {
-            Ok(allocated) => Body::RelayAllocated(RelayAllocated {
-                invite_id,
-                relay: Some(self.config.reflector.into()),
-                token: allocated.token.to_vec(),
-                lifetime_s: u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX).max(1),
-                peer_token: allocated.peer_token.to_vec(),
-                tcp: self.config.tcp_addr.map(Into::into),
-            }),
-            Err(e @ AllocError::NotInCall) => error(ErrorCode::NotJoined, e.to_string()),
-            Err(e @ (AllocError::UserQuota | AllocError::Full)) => {
+        let grant = |token: Token, to: String| RelayAllocated {
+            invite_id: invite_id.clone(),
+            relay: Some(self.config.reflector.into()),
+            token: token.to_vec(),
+            lifetime_s: u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX).max(1),
+            peer_token: Vec::new(),
+            tcp: self.config.tcp_addr.map(Into::into),
+            to,
+        };
+        let (body, push) = match result {
+            Ok(allocated) => (
+                Body::RelayAllocated(grant(allocated.token, String::new())),
+                allocated
+                    .for_peer
+                    .map(|token| grant(token, allocated.peer.clone())),
+            ),
+            Err(e @ AllocError::NotInCall) => (error(ErrorCode::NotJoined, e.to_string()), None),
+            Err(e @ (AllocError::UserQuota | AllocError::PrefixQuota | AllocError::Full)) => {
                 let mut reply = ErrorReply::new(ErrorCode::RateLimited, e.to_string());
                 reply.retry_after_ms = u32::try_from(lifetime.as_millis()).unwrap_or(u32::MAX);
-                Body::Error(reply)
+                (Body::Error(reply), None)
             }
         };
         self.send_session(id, rid, body);
+        if let Some(push) = push {
+            let to = push.to.clone();
+            self.deliver(&to, Body::RelayAllocated(push), AfterDelivery::Quiet);
+        }
     }
 
     /// A search or subscription lookup finished.

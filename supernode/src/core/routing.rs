@@ -30,6 +30,8 @@ fn recipient(body: &Body) -> Option<&str> {
         Body::CallSignal(signal) => Some(&signal.to),
         Body::ChatMessage(message) => Some(&message.to),
         Body::ChatReceipt(receipt) => Some(&receipt.to),
+        // A relay side granted to the other user of a call (section 7.5).
+        Body::RelayAllocated(granted) if !granted.to.is_empty() => Some(&granted.to),
         _ => None,
     }
 }
@@ -213,20 +215,25 @@ impl Node {
         }
     }
 
-    /// Tells the relay that `signal` was routed through this supernode (so
-    /// that its users may allocate a relay for the call); a hangup, reject
-    /// or busy releases the call's allocations.
+    /// Tells the relay that `signal` was routed through this supernode:
+    /// once it routed the invite the caller may allocate a relay for the
+    /// call, once it routed the callee's ringing or accept the callee may; a
+    /// hangup, reject or busy releases the call's allocations.
     pub(crate) fn note_routed(&mut self, signal: &CallSignal) {
+        use crate::relay::SignalKind;
         use call_signal::Kind;
-        let ended = matches!(
-            signal.kind,
-            Some(Kind::Reject(_) | Kind::Busy(_) | Kind::Hangup(_))
-        );
+        let kind = match signal.kind {
+            Some(Kind::Invite(_)) => SignalKind::Invite,
+            Some(Kind::Ringing(_)) => SignalKind::Ringing,
+            Some(Kind::Accept(_)) => SignalKind::Accept,
+            Some(Kind::Reject(_) | Kind::Busy(_) | Kind::Hangup(_)) => SignalKind::End,
+            _ => SignalKind::Other,
+        };
         self.emit(Output::Relay(RelayCommand::NoteSignal {
             invite_id: signal.invite_id.clone(),
             from: signal.from.clone(),
             to: signal.to.clone(),
-            ended,
+            kind,
         }));
     }
 

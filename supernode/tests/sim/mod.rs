@@ -245,7 +245,7 @@ impl Sim {
             by_addr.insert(addr, i);
             nodes.push(SimNode {
                 node: Node::new(cfg, seed, now),
-                relay: RelayTable::new(RelayLimits::default()),
+                relay: RelayTable::new(RelayLimits::default(), seed, now.mono),
                 addr,
                 up: true,
                 scheduled: None,
@@ -429,20 +429,24 @@ impl Sim {
                 invite_id,
                 from,
                 to,
-                ended,
+                kind,
             } => self.nodes[i]
                 .relay
-                .note_signal(&invite_id, &from, &to, ended, now.mono),
+                .note_signal(&invite_id, &from, &to, kind, now.mono),
             RelayCommand::Allocate {
                 session,
                 request_id,
                 user,
+                source,
                 invite_id,
             } => {
-                let result =
-                    self.nodes[i]
-                        .relay
-                        .allocate(&user, &invite_id, &mut self.rng, now.mono);
+                let result = self.nodes[i].relay.allocate(
+                    &user,
+                    source,
+                    &invite_id,
+                    &mut self.rng,
+                    now.mono,
+                );
                 self.nodes[i]
                     .node
                     .handle_relay_allocated(session, request_id, invite_id, result, now);
@@ -834,7 +838,7 @@ impl Sim {
         seed[8..16].copy_from_slice(&config.incarnation.to_be_bytes());
         let now = self.now();
         self.nodes[i].node = Node::new(config, seed, now);
-        self.nodes[i].relay = RelayTable::new(RelayLimits::default());
+        self.nodes[i].relay = RelayTable::new(RelayLimits::default(), seed, now.mono);
         self.nodes[i].up = true;
         self.nodes[i].scheduled = None;
         self.reschedule(i);
