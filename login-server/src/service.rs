@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use natter_proto::binding::{self, Exporter};
 use natter_proto::cert::{self, Issuer};
 use natter_proto::messages::{
     BuddyBlob, BuddyBlobGet, BuddyBlobPut, Envelope, ErrorCode, ErrorReply, HostCacheEntry,
@@ -152,14 +153,20 @@ impl LoginService {
         &self.issuer
     }
 
-    /// Answers one request from `peer`. Never fails: every problem becomes
-    /// an [`ErrorReply`] carrying the request's id.
-    pub async fn handle(&self, request: Envelope, peer: SocketAddr) -> Envelope {
+    /// Answers one request from `peer` on the connection whose TLS exporter
+    /// is `exporter` (what proofs of possession are bound to). Never fails:
+    /// every problem becomes an [`ErrorReply`] carrying the request's id.
+    pub async fn handle(
+        &self,
+        request: Envelope,
+        peer: SocketAddr,
+        exporter: &Exporter,
+    ) -> Envelope {
         let id = request.request_id;
         let kind = request.type_name();
         let reply = match request.body {
             Some(Body::RegisterRequest(r)) => self.register(r, peer).await,
-            Some(Body::LoginRequest(r)) => self.login(r, peer).await,
+            Some(Body::LoginRequest(r)) => self.login(r, peer, exporter).await,
             Some(Body::BuddyBlobPut(r)) => self.buddy_put(r, peer).await,
             Some(Body::BuddyBlobGet(r)) => self.buddy_get(r, peer).await,
             Some(Body::SupernodeAnnounce(r)) => self.announce(r, peer).await,
@@ -248,11 +255,22 @@ impl LoginService {
         Ok(user)
     }
 
-    async fn login(&self, r: LoginRequest, peer: SocketAddr) -> Reply {
+    async fn login(&self, r: LoginRequest, peer: SocketAddr, exporter: &Exporter) -> Reply {
         let subject = cert::parse_public_key(&r.public_key)
             .map_err(|e| error(ErrorCode::Malformed, format!("public key: {e}")))?;
         let chat_key = <[u8; cert::CHAT_KEY_LEN]>::try_from(r.chat_key.as_slice())
             .map_err(|_| error(ErrorCode::Malformed, "chat key is not 32 bytes"))?;
+        // Proof of possession first: it costs one RSA public operation, so a
+        // request for someone else's key is refused before argon2 runs and
+        // before the throttle counts a password attempt (docs/LOGIN.md).
+        let message = binding::login_message(exporter, &r.name, &r.public_key, &r.chat_key);
+        if cert::verify_signature(&subject, &message, &r.proof).is_err() {
+            tracing::info!(%peer, name = %r.name, "login refused: proof of possession failed");
+            return Err(error(
+                ErrorCode::CertificateRejected,
+                "proof of possession failed: the request is not signed by the key to certify on this connection",
+            ));
+        }
         let user = self.authenticate(&r.name, &r.password, peer).await?;
 
         let now = now_ms();

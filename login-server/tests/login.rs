@@ -634,3 +634,92 @@ async fn identity_is_kept_reused_and_expires() {
     );
     assert!(e.to_string().starts_with("session expired"), "{e}");
 }
+
+/// Proof of possession (issue 13 item 4): an attacker who knows Bob's
+/// password (or is Bob) asks for a certificate binding a key they do not
+/// hold. Every variant is refused with CERTIFICATE_REJECTED before the
+/// password is looked at, and no certificate is issued; the honest login
+/// on the same connection still works.
+#[tokio::test]
+async fn login_for_someone_elses_key_is_refused() {
+    use natter_proto::binding;
+    use natter_proto::messages::LoginRequest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(test_config(dir.path())).await;
+    let c = client(&server).await;
+    c.register("bob", "password123").await.unwrap();
+    let victim = user_key(0);
+    let attacker = user_key(1);
+    let chat_key = cert::chat_public(&[0x11; 32]);
+    let victim_der = cert::public_key_der(&victim.to_public_key());
+    let exporter =
+        natter_net::control::quic_exporter(c.quic_connection().expect("QUIC client")).unwrap();
+    let request = |proof: Vec<u8>| {
+        Body::LoginRequest(LoginRequest {
+            name: "bob".into(),
+            password: "password123".into(),
+            public_key: victim_der.clone(),
+            chat_key: chat_key.to_vec(),
+            proof,
+        })
+    };
+    let refused = |e: &ClientError| {
+        matches!(e, ClientError::Server { code, detail }
+            if code == "ERROR_CODE_CERTIFICATE_REJECTED" && detail.contains("proof of possession"))
+    };
+
+    // 1. No proof at all.
+    let e = c.request(request(Vec::new()), "bob").await.unwrap_err();
+    assert!(refused(&e), "{e}");
+    // 2. Signed with the attacker's own key over the right message.
+    let message = binding::login_message(&exporter, "bob", &victim_der, &chat_key);
+    let e = c
+        .request(request(cert::sign(&attacker, &message)), "bob")
+        .await
+        .unwrap_err();
+    assert!(refused(&e), "{e}");
+    // 3. A genuine proof by the victim's key, captured from another
+    //    connection (another exporter), replayed here.
+    let other = client(&server).await;
+    let other_exporter =
+        natter_net::control::quic_exporter(other.quic_connection().unwrap()).unwrap();
+    assert_ne!(other_exporter, exporter);
+    let captured = cert::sign(
+        &victim,
+        &binding::login_message(&other_exporter, "bob", &victim_der, &chat_key),
+    );
+    let e = c.request(request(captured), "bob").await.unwrap_err();
+    assert!(refused(&e), "{e}");
+    // 4. A victim proof for another chat key (the attacker's) is refused.
+    let e = c
+        .request(
+            Body::LoginRequest(LoginRequest {
+                chat_key: cert::chat_public(&[0x22; 32]).to_vec(),
+                ..match request(cert::sign(&victim, &message)) {
+                    Body::LoginRequest(r) => r,
+                    _ => unreachable!(),
+                }
+            }),
+            "bob",
+        )
+        .await
+        .unwrap_err();
+    assert!(refused(&e), "{e}");
+    // No certificate was issued for any of them.
+    let users = server.service().store().list_users().await.unwrap();
+    assert!(
+        users[0].last_login.is_none(),
+        "a refused login issued a certificate"
+    );
+
+    // The holder of the key logs in on the same connection.
+    let outcome = c
+        .login("bob", "password123", &victim, &[0x11; 32])
+        .await
+        .unwrap();
+    assert_eq!(outcome.verified.public_key, victim.to_public_key());
+    other.close().await;
+    c.close().await;
+    server.shutdown().await;
+}
