@@ -65,6 +65,11 @@ pub(crate) enum Event {
     DialFailed {
         addr: SocketAddr,
     },
+    /// The node key's (new or renewed) certificate.
+    Certified {
+        key: Box<rsa::RsaPrivateKey>,
+        certificate: natter_proto::messages::Certificate,
+    },
 }
 
 /// The context of every connection task.

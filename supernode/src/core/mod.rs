@@ -43,7 +43,7 @@ use rand::rngs::StdRng;
 pub use interface::{Carrier, LinkId, LinkOrigin, Now, Output, RelayCommand, SessionId};
 pub use mailbox::{MAX_HANDOFFS, MAX_PAGE};
 pub use requests::{MAX_CHAT_TEXT, MAX_ID_LEN};
-pub use state::{CoreStats, Node, NodeConfig};
+pub use state::{CoreStats, Node, NodeConfig, NodeCredentials};
 
 use jobs::{Done, GatherFor, Job, LookupFor};
 use links::{Links, Pending};
@@ -99,16 +99,48 @@ impl Node {
     }
 
     /// A client connection whose first frame is a `JoinHello`; that frame
-    /// follows with [`Self::handle_session`].
+    /// follows with [`Self::handle_session`]. `exporter` is the
+    /// connection's TLS exporter (the join is bound to it both ways).
     pub fn handle_session_open(
         &mut self,
         id: SessionId,
         remote: SocketAddr,
         carrier: Carrier,
+        exporter: natter_proto::binding::Exporter,
         now: Now,
     ) {
         self.at(now);
-        self.open_session(id, remote, carrier);
+        self.open_session(id, remote, carrier, exporter);
+    }
+
+    /// A (new or renewed) certificate for this node's key from the login
+    /// server. One for another key, or that is not a valid SUPERNODE
+    /// certificate now, is ignored (and `false` returned).
+    pub fn handle_certificate(
+        &mut self,
+        key: rsa::RsaPrivateKey,
+        certificate: natter_proto::messages::Certificate,
+        now: Now,
+    ) -> bool {
+        self.at(now);
+        match natter_proto::cert::verify_supernode(
+            &certificate,
+            &self.config.login_key,
+            self.now.unix_secs(),
+        ) {
+            Ok(v) if v.node_id == self.config.node_id && v.public_key == key.to_public_key() => {
+                self.config.credentials = Some(NodeCredentials { key, certificate });
+                true
+            }
+            Ok(_) => {
+                tracing::warn!("certificate for another key ignored");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "invalid supernode certificate ignored");
+                false
+            }
+        }
     }
 
     /// A frame on session `id`.

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use natter_proto::binding::Exporter;
 use natter_proto::messages::{Envelope, PresenceStatus};
 use rsa::RsaPublicKey;
 
@@ -46,6 +47,9 @@ pub(crate) struct Joined {
 #[derive(Debug)]
 pub(crate) struct Session {
     pub remote: SocketAddr,
+    /// The connection's TLS exporter: the supernode's challenge signature
+    /// and the client's join proof are bound to it.
+    pub exporter: Exporter,
     pub carrier: Carrier,
     pub phase: Phase,
     pub limiter: RateLimiter,

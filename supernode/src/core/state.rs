@@ -7,9 +7,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use natter_proto::messages::envelope::Body;
-use natter_proto::messages::{Envelope, ErrorCode, ErrorReply, HostCacheEntry, UserRecord};
+use natter_proto::messages::{
+    Certificate, Envelope, ErrorCode, ErrorReply, HostCacheEntry, UserRecord,
+};
 use rand::rngs::StdRng;
-use rsa::RsaPublicKey;
+use rsa::{RsaPrivateKey, RsaPublicKey};
 
 use super::fit;
 use super::interface::{LinkId, Now, Output, SessionId};
@@ -20,10 +22,23 @@ use crate::membership::{Membership, Timeouts};
 use crate::store::{self, ChatLimits, ChatStore, RecordStore};
 use crate::{Config, NodeId};
 
+/// This supernode's certified identity: its RSA key and the login
+/// server's SUPERNODE certificate for it (the node id is the key's id).
+#[derive(Debug, Clone)]
+pub struct NodeCredentials {
+    pub key: RsaPrivateKey,
+    pub certificate: Certificate,
+}
+
 /// What the node core needs to know about itself and its limits.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
+    /// `cert::key_id` of the certified key (the shell derives it).
     pub node_id: NodeId,
+    /// The key and certificate clients and peers are shown. `None` until
+    /// the login server certified this node: joins are refused meanwhile;
+    /// [`crate::core::Node::handle_certificate`] sets (and renews) it.
+    pub credentials: Option<NodeCredentials>,
     /// The advertised QUIC address.
     pub addr: SocketAddr,
     /// The bound QUIC address (a configured peer at this address is me).
@@ -58,9 +73,11 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// The core's part of a supernode [`Config`], with what the shell
     /// learned when binding.
+    #[allow(clippy::too_many_arguments)]
     pub fn from_config(
         config: &Config,
         node_id: NodeId,
+        credentials: Option<NodeCredentials>,
         addr: SocketAddr,
         local_addr: SocketAddr,
         tcp_addr: Option<SocketAddr>,
@@ -69,6 +86,7 @@ impl NodeConfig {
     ) -> Self {
         Self {
             node_id,
+            credentials,
             addr,
             local_addr,
             tcp_addr,
