@@ -28,9 +28,16 @@ struct Cli {
     /// Another supernode to connect to (repeatable).
     #[arg(long = "peer")]
     peers: Vec<SocketAddr>,
-    /// Directory keeping the node id and TLS identity across restarts.
+    /// Directory keeping the node key (hence the node id) and TLS identity
+    /// across restarts.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// A one-time enrolment token from `natter-login supernodes token`: the
+    /// first announce approves this node's key. Without one, the operator
+    /// runs `natter-login supernodes approve FINGERPRINT` (the fingerprint
+    /// is logged while the node waits).
+    #[arg(long, env = "NATTER_SUPERNODE_ENROL", value_name = "TOKEN")]
+    enrol: Option<String>,
     /// Directory replicas per user record.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
     replicas: u16,
@@ -85,6 +92,9 @@ async fn main() -> anyhow::Result<()> {
     config.login = Some(cli.login);
     config.peers = cli.peers;
     config.data_dir = cli.data_dir;
+    config.certification = natter_supernode::Certification::LoginServer {
+        enrol_token: cli.enrol,
+    };
     config.replicas = usize::from(cli.replicas);
     config.no_answer_timeout = Duration::from_secs(cli.no_answer_timeout);
     config.udp = cli.udp;
