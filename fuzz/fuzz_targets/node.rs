@@ -81,7 +81,7 @@ fuzz_target!(|ops: Vec<Op>| {
     let addr: SocketAddr = "192.0.2.10:7000".parse().expect("address");
     let config = Config::new(addr, ISSUER.public_key());
     let reflector = natter_supernode::reflector_of(addr).expect("reflector");
-    let config = NodeConfig::from_config(&config, [0x11; 16], addr, addr, None, reflector, 1);
+    let config = NodeConfig::from_config(&config, [0x11; 16], None, addr, addr, None, reflector, 1);
     let base = Instant::now();
     let mut t = Duration::ZERO;
     let now = |t: Duration| Now {
@@ -113,7 +113,7 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::DialFailed { link } => node.handle_dial_failed(remote(link), now(t)),
             Op::SessionOpen { session, tcp } => {
                 let carrier = if tcp { Carrier::Tcp } else { Carrier::Quic };
-                node.handle_session_open(u64::from(session), remote(session), carrier, now(t));
+                node.handle_session_open(u64::from(session), remote(session), carrier, [session; 32], now(t));
             }
             Op::Session { session, envelope } => {
                 if let Some(envelope) = decoded(envelope) {

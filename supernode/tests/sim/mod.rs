@@ -17,7 +17,7 @@ use natter_proto::messages::{
 };
 use natter_supernode::NodeId;
 use natter_supernode::core::{
-    Carrier, LinkId, LinkOrigin, Node, NodeConfig, Now, Output, RelayCommand, SessionId,
+    Carrier, LinkId, LinkOrigin, Node, NodeConfig, NodeCredentials, Now, Output, RelayCommand, SessionId,
 };
 use natter_supernode::membership::Timeouts;
 use natter_supernode::relay::{RelayLimits, RelayTable};
@@ -42,6 +42,37 @@ pub fn sim_node_id(i: usize) -> NodeId {
     id[..8].copy_from_slice(&mixed.to_be_bytes());
     id[8..].copy_from_slice(&(i as u64).to_be_bytes());
     id
+}
+
+/// A simulated node's credentials: every simulated node shares one key
+/// (key generation is slow) with a certificate for its own addresses. The
+/// simulated clients do not check the challenge (the real client's check is
+/// tested over real sockets); the node ids stay [`sim_node_id`].
+fn sim_credentials(addr: SocketAddr) -> NodeCredentials {
+    let key = user_key("carol").clone();
+    let now = now_secs();
+    let certificate = issuer().issue(
+        &mut rand::rngs::OsRng,
+        &cert::Subject::Supernode {
+            key: &key.to_public_key(),
+            addrs: cert::SupernodeAddrs {
+                quic: addr,
+                reflector: natter_supernode::reflector_of(addr).unwrap(),
+                tcp: None,
+            },
+        },
+        1,
+        now - 300,
+        now + 24 * 3600,
+    );
+    NodeCredentials { key, certificate }
+}
+
+/// The exporter of simulated client `c`'s connection (unique per client).
+fn sim_exporter(c: usize) -> natter_proto::binding::Exporter {
+    let mut e = [0x5a; 32];
+    e[..8].copy_from_slice(&(c as u64).to_be_bytes());
+    e
 }
 
 /// The QUIC address of node `i`.
@@ -211,6 +242,7 @@ impl Sim {
             let addr = sim_addr(i);
             let cfg = NodeConfig {
                 node_id: sim_node_id(i),
+                credentials: Some(sim_credentials(addr)),
                 addr,
                 local_addr: addr,
                 tcp_addr: None,
@@ -577,7 +609,7 @@ impl Sim {
         match envelope.body {
             Some(Body::JoinChallenge(challenge)) if c.answers_challenge => {
                 let message = natter_proto::binding::join_proof_message(
-                    &[0u8; 32],
+                    &sim_exporter(client),
                     &challenge.node_id,
                     &challenge.nonce,
                     &[],
@@ -704,7 +736,7 @@ impl Sim {
         }
         self.nodes[node]
             .node
-            .handle_session_open(session, client_addr(c), Carrier::Quic, now);
+            .handle_session_open(session, client_addr(c), Carrier::Quic, sim_exporter(c), now);
         let d = self.net.client_delay;
         self.at(
             d,
