@@ -102,7 +102,8 @@ fuzz_target!(|ops: Vec<Op>| {
                 } else {
                     LinkOrigin::Accepted
                 };
-                node.handle_link_up(u64::from(link), remote(link), &first, origin, now(t));
+                let peer = natter_supernode::node_id(&first.sender_id).unwrap_or_default();
+                node.handle_link_up(u64::from(link), remote(link), peer, &first, origin, now(t));
             }
             Op::Link { link, envelope } => {
                 if let Some(envelope) = decoded(envelope) {

@@ -125,6 +125,7 @@ fn handle(node: &mut Node, conns: &mut Conns, event: Event) {
         }
         Event::LinkUp {
             id,
+            peer,
             conn,
             tx,
             first,
@@ -132,7 +133,7 @@ fn handle(node: &mut Node, conns: &mut Conns, event: Event) {
         } => {
             let remote = conn.remote_address();
             conns.links.insert(id, (tx, conn));
-            node.handle_link_up(id, remote, &first, origin, now);
+            node.handle_link_up(id, remote, peer, &first, origin, now);
         }
         Event::LinkFrame { id, envelope } => node.handle_link(id, envelope, now),
         Event::LinkDown { id } => {
@@ -140,6 +141,11 @@ fn handle(node: &mut Node, conns: &mut Conns, event: Event) {
             node.handle_link_down(id, now);
         }
         Event::DialFailed { addr } => node.handle_dial_failed(addr, now),
+        Event::Revocations(list) => {
+            if node.handle_revocations(&list, now) {
+                tracing::debug!("revocation list taken");
+            }
+        }
         Event::Certified { key, certificate } => {
             if node.handle_certificate(*key, certificate, now) {
                 tracing::info!("supernode certificate installed");

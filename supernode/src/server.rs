@@ -193,7 +193,12 @@ impl Supernode {
         let node = Node::new(core_config, seed, start);
         let (snapshot_tx, snapshot) = watch::channel(Snapshot::of(&node));
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let initial = node.config().credentials.clone();
         let shell = Arc::new(Shell::new(config, endpoint, Arc::clone(&udp), events_tx));
+        if let Some(credentials) = initial {
+            // The core has them already (NodeConfig); links need them too.
+            shell.set_credentials(credentials);
+        }
         tracing::info!(
             listen = %local_addr,
             advertise = %addr,
@@ -376,11 +381,11 @@ async fn local_renew_loop(
     loop {
         tokio::time::sleep(period).await;
         let certificate = local_certificate(&issuer, &key, addrs, validity, now().unix_secs());
-        let event = Event::Certified {
-            key: Box::new(key.clone()),
+        let credentials = NodeCredentials {
+            key: key.clone(),
             certificate,
         };
-        if !shell.tell(event).await {
+        if !shell.certified(credentials).await {
             return;
         }
     }
@@ -471,13 +476,18 @@ async fn announce_loop(
                 backoff = Duration::from_millis(500).min(interval);
                 tracing::debug!(%login, "announced to the login server");
                 if let Some(certificate) = announced.certificate {
-                    let event = Event::Certified {
-                        key: Box::new(key.clone()),
+                    let credentials = NodeCredentials {
+                        key: key.clone(),
                         certificate,
                     };
-                    if !shell.tell(event).await {
+                    if !shell.certified(credentials).await {
                         return;
                     }
+                }
+                if let Some(list) = announced.revocations
+                    && !shell.tell(Event::Revocations(list)).await
+                {
+                    return;
                 }
                 interval
             }

@@ -47,6 +47,7 @@ pub use state::{CoreStats, Node, NodeConfig, NodeCredentials};
 
 use jobs::{Done, GatherFor, Job, LookupFor};
 use links::{Links, Pending};
+pub use links::{LinkHelloError, verify_link_hello};
 use sessions::Sessions;
 use state::Timer;
 
@@ -67,6 +68,7 @@ impl Node {
             config.timeouts,
         );
         let mut node = Self {
+            revoked: state::Revoked::default(),
             rng: StdRng::from_seed(seed),
             last_live: membership.live_ids(),
             membership,
@@ -158,20 +160,39 @@ impl Node {
         self.settle();
     }
 
-    /// A link to another supernode is up; `first` is the gossip the peer
-    /// sent first. For an accepted link the node answers with its own
-    /// gossip before anything else.
+    /// A link to another supernode is up: the shell checked its
+    /// `LinkHello` ([`verify_link_hello`]) and `peer` is the certified node
+    /// id; `first` is the peer's gossip. A revoked peer, or gossip sent in
+    /// another node's name, closes the link. For an accepted link the node
+    /// answers with its own gossip before anything else.
     pub fn handle_link_up(
         &mut self,
         link: LinkId,
         remote: SocketAddr,
+        peer: NodeId,
         first: &GossipMembership,
         origin: LinkOrigin,
         now: Now,
     ) {
         self.at(now);
-        self.link_up(link, remote, first, origin);
+        self.link_up(link, remote, peer, first, origin);
         self.settle();
+    }
+
+    /// The login server's signed revocation list (from an announce answer,
+    /// or passed along): checked against the pinned login key, ignored if
+    /// older than the one held. Sessions of disabled users and links to
+    /// revoked supernodes are closed now, and both are refused from now on.
+    /// Returns whether the list was taken.
+    pub fn handle_revocations(
+        &mut self,
+        list: &natter_proto::messages::RevocationList,
+        now: Now,
+    ) -> bool {
+        self.at(now);
+        let taken = self.revocations(list);
+        self.settle();
+        taken
     }
 
     /// A frame on a link.

@@ -134,6 +134,11 @@ impl Node {
             );
             return self.refuse(id, request_id, body);
         };
+        if self.revoked.users.contains(&name) {
+            self.stats.sessions_revoked += 1;
+            let body = error(ErrorCode::Revoked, format!("{name:?} is revoked"));
+            return self.refuse(id, request_id, body);
+        }
         let mut nonce = [0u8; 32];
         self.rng.fill_bytes(&mut nonce);
         let Some(challenge) = self.signed_challenge(id, nonce) else {

@@ -150,12 +150,28 @@ pub struct CoreStats {
     pub mailbox_full: u64,
     /// Hand-over pages no replica acknowledged (kept, retried).
     pub handoffs_failed: u64,
+    /// Links refused by the core: a revoked peer, or gossip in another
+    /// node's name. (Links without a valid `LinkHello` never reach the
+    /// core: the shell counts those.)
+    pub links_refused: u64,
+    /// Sessions ended or joins refused because the user is revoked.
+    pub sessions_revoked: u64,
+}
+
+/// What the latest revocation list revokes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Revoked {
+    /// `issued_at` of the list held (unix ms); older lists are ignored.
+    pub issued_at: i64,
+    pub users: HashSet<String>,
+    pub nodes: HashSet<NodeId>,
 }
 
 /// The supernode node core. See [`crate::core`].
 #[derive(Debug)]
 pub struct Node {
     pub(crate) config: NodeConfig,
+    pub(crate) revoked: Revoked,
     pub(crate) rng: StdRng,
     pub(crate) membership: Membership,
     pub(crate) last_live: Vec<NodeId>,

@@ -510,9 +510,11 @@ impl Sim {
                 }
                 let remote = self.nodes[end.peer].addr;
                 if let Some(Body::GossipMembership(gossip)) = hello.body {
+                    let peer = natter_supernode::node_id(&gossip.sender_id).unwrap_or_default();
                     self.nodes[end.node].node.handle_link_up(
                         link,
                         remote,
+                        peer,
                         &gossip,
                         LinkOrigin::Accepted,
                         now,
@@ -534,9 +536,12 @@ impl Sim {
                             e.dialing = None;
                         }
                         let remote = self.nodes[end.peer].addr;
+                        let peer =
+                            natter_supernode::node_id(&gossip.sender_id).unwrap_or_default();
                         self.nodes[end.node].node.handle_link_up(
                             link,
                             remote,
+                            peer,
                             &gossip,
                             LinkOrigin::Dialed(addr),
                             now,
