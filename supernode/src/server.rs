@@ -301,6 +301,14 @@ impl Handle {
         self.shell.udp.alternate_addr
     }
 
+    /// Link attempts refused for a missing or invalid `LinkHello` (no
+    /// supernode certificate of the pinned login key on that connection).
+    pub fn links_refused(&self) -> u64 {
+        self.shell
+            .links_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The UDP service's counters.
     pub fn udp_stats(&self) -> UdpStats {
         self.shell.udp.stats()
