@@ -321,3 +321,84 @@ async fn announces_from_uncertified_hosts_never_reach_a_host_cache() {
     }
     with_timeout(server.shutdown()).await;
 }
+
+/// Revocation within a minute (issue 13 item 6): supernodes re-announce
+/// every 300 ms here (15 s by default) and each answer carries the signed
+/// revocation list. A disabled user's session is closed and its rejoin
+/// refused; a revoked supernode's link is closed and it is refused by its
+/// peer and by the login server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_user_and_a_revoked_supernode_are_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(test_config(dir.path())).await;
+    let token = |ttl| natter_login::admin::new_enrol_token(dir.path(), Duration::from_secs(ttl));
+    let a = Supernode::spawn(supernode_config(&server, Some(token(60).await.unwrap()))).unwrap();
+    let mut b_config = supernode_config(&server, Some(token(60).await.unwrap()));
+    b_config.node_key = None; // its own fresh key
+    b_config.peers = vec![a.addr()];
+    let b = Supernode::spawn(b_config).unwrap();
+    eventually("the two certified supernodes mesh", || async {
+        (a.live_members().len() == 2 && b.live_members().len() == 2).then_some(())
+    })
+    .await;
+
+    let identity = client_identity(&server).await;
+    let endpoint = natter_net::client_endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        &natter_net::TransportSettings::OVERLAY,
+    )
+    .unwrap();
+    let join = || {
+        natter_client::supernode::SupernodeSession::join(
+            &endpoint,
+            a.addr(),
+            &identity,
+            server.public_key(),
+            Duration::from_secs(5),
+        )
+    };
+    let session = join().await.unwrap();
+    assert!(session.is_alive());
+
+    // The operator disables the user: the session ends, rejoining fails.
+    natter_login::admin::set_disabled(dir.path(), "joiner", true)
+        .await
+        .unwrap();
+    eventually("the disabled user's session is closed", || async {
+        (!session.is_alive()).then_some(())
+    })
+    .await;
+    let e = join().await.unwrap_err();
+    assert!(
+        matches!(&e, natter_client::supernode::SessionError::Refused { detail, .. } if detail.contains("revoked")),
+        "{e}"
+    );
+
+    // The operator revokes supernode B: A drops it and does not take it back.
+    let b_fingerprint = natter_login::admin::list_supernodes(dir.path())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.node_id == Some(hex::encode(b.node_id())))
+        .unwrap()
+        .fingerprint;
+    natter_login::admin::set_supernode_state(dir.path(), &b_fingerprint, KeyState::Revoked)
+        .await
+        .unwrap();
+    eventually("A no longer counts B as live", || async {
+        (a.live_members() == vec![a.node_id()]).then_some(())
+    })
+    .await;
+    // B keeps dialling A (it is A's --peer) and is refused every time.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(a.live_members(), vec![a.node_id()]);
+    assert!(
+        listed(&server)
+            .await
+            .iter()
+            .all(|e| e.node_id != b.node_id().to_vec())
+    );
+    b.shutdown().await;
+    a.shutdown().await;
+    server.shutdown().await;
+}
