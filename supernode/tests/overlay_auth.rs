@@ -368,3 +368,69 @@ async fn a_client_refuses_a_supernode_certified_by_another_issuer() {
         "{e}"
     );
 }
+
+/// A certificate for `name` on its test key valid until `not_after`.
+fn certificate_until(name: &str, not_after: i64) -> natter_proto::messages::Certificate {
+    issuer().issue(
+        &mut rand::rngs::OsRng,
+        &cert::Subject::User {
+            name,
+            key: &user_key(name).to_public_key(),
+            chat_key: cert::chat_public(&[0x11; 32]),
+        },
+        3,
+        now_secs() - 60,
+        not_after,
+    )
+}
+
+/// Sessions end when their certificate expires (issue 13 item 6) unless
+/// renewed in place with `CertificateRenewal`; a renewal for another key
+/// is refused and moves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_end_at_certificate_expiry_unless_renewed() {
+    use natter_proto::messages::{CertificateRenewal, Ping};
+    let nodes = cluster(1, |_| {}).await;
+    let sn = &nodes[0];
+    let soon = now_secs() + 3;
+    let join = |name: &'static str| async move {
+        match common::try_join(sn.addr(), name, certificate_until(name, soon), user_key(name))
+            .await
+            .unwrap()
+        {
+            common::JoinOutcome::Joined(c) => *c,
+            common::JoinOutcome::Refused(e, _) => panic!("{name} refused: {e:?}"),
+        }
+    };
+    let alice = join("alice").await;
+    let mut bob = join("bob").await;
+    let mut carol = join("carol").await;
+
+    // Bob renews with a fresh certificate for his name and keys.
+    let renewal = |c| Body::CertificateRenewal(CertificateRenewal { certificate: Some(c) });
+    bob.ack(renewal(certificate_until("bob", now_secs() + 3600)))
+        .await;
+    // Carol tries to renew with a certificate for another name (and key).
+    let reply = carol
+        .request(renewal(certificate_until("dave", now_secs() + 3600)))
+        .await;
+    assert_eq!(common::error_code(&reply), Some(ErrorCode::CertificateRejected));
+
+    // Alice and carol are closed at expiry; bob goes on.
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), alice.wait_closed())
+            .await
+            .unwrap(),
+        Some(u64::from(close::REFUSED))
+    );
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), carol.wait_closed())
+            .await
+            .unwrap(),
+        Some(u64::from(close::REFUSED))
+    );
+    assert!(
+        matches!(bob.request(Body::Ping(Ping { nonce: 5 })).await, Body::Pong(p) if p.nonce == 5)
+    );
+    assert_eq!(sn.session_count(), 1);
+}

@@ -257,6 +257,7 @@ impl Node {
                 }
                 Timer::Handshake(id) => self.handshake_overdue(id),
                 Timer::NoAnswer(invite_id) => self.no_answer(invite_id),
+                Timer::CertificateExpiry(id) => self.certificate_due(id),
             }
             self.settle();
         }

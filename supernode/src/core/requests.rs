@@ -19,7 +19,7 @@ use rand::RngCore;
 use super::interface::{Carrier, Output, RelayCommand, SessionId};
 use super::jobs::{AfterDelivery, GatherFor, JobId, LookupFor};
 use super::routing::error;
-use super::sessions::{Joined, Phase, Session};
+use super::sessions::{Certified, Joined, Phase, Session};
 use super::state::{Node, Timer};
 use crate::close;
 use crate::ratelimit::{RateLimiter, Verdict};
@@ -48,6 +48,7 @@ impl Node {
         self.sessions.all.insert(
             id,
             Session {
+                certified: None,
                 remote,
                 exporter,
                 carrier,
@@ -145,12 +146,18 @@ impl Node {
             return;
         };
         if let Some(session) = self.sessions.all.get_mut(&id) {
+            session.certified = Some(Certified {
+                public_key: verified.public_key.clone(),
+                chat_key: verified.chat_key,
+                not_after: verified.not_after,
+            });
             session.phase = Phase::Challenged {
                 name,
                 public_key: Box::new(verified.public_key),
                 nonce,
             };
         }
+        self.arm_expiry(id, verified.not_after);
         self.send_session(id, request_id, Body::JoinChallenge(challenge));
     }
 
@@ -349,6 +356,7 @@ impl Node {
                 let pong = Body::Pong(natter_proto::messages::Pong { nonce: ping.nonce });
                 self.send_session(id, rid, pong);
             }
+            Body::CertificateRenewal(renewal) => self.renew_certificate(id, rid, renewal),
             Body::SetPresence(presence) => {
                 let status =
                     PresenceStatus::try_from(presence.status).unwrap_or(PresenceStatus::Online);

@@ -124,6 +124,8 @@ pub(crate) enum Timer {
     Handshake(SessionId),
     /// An invite got no answer (the id and when it was due).
     NoAnswer(Vec<u8>),
+    /// A session's certificate expires.
+    CertificateExpiry(SessionId),
 }
 
 /// A call invite from a local caller waiting for an answer.
@@ -156,6 +158,8 @@ pub struct CoreStats {
     pub links_refused: u64,
     /// Sessions ended or joins refused because the user is revoked.
     pub sessions_revoked: u64,
+    /// Sessions ended because their certificate expired (not renewed).
+    pub sessions_expired: u64,
 }
 
 /// What the latest revocation list revokes.
