@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use natter_proto::cert::{self, Identity};
-use rsa::RsaPublicKey;
 use natter_proto::messages::HostCacheEntry;
+use rsa::RsaPublicKey;
 use tokio::task::JoinSet;
 
 use crate::hostcache::{HostCache, HostCacheError};
@@ -266,14 +266,8 @@ async fn join_first(
         };
         let joined = match connected {
             Ok(connected) => {
-                SupernodeSession::join_on(
-                    connected,
-                    addr,
-                    identity,
-                    login_key,
-                    config.join_timeout,
-                )
-                .await
+                SupernodeSession::join_on(connected, addr, identity, login_key, config.join_timeout)
+                    .await
             }
             Err(e) => Err(e),
         };

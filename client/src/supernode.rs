@@ -22,8 +22,7 @@ use natter_net::{
 use natter_proto::binding;
 use natter_proto::cert::{self, Identity};
 use natter_proto::messages::{
-    Envelope, ErrorCode, ErrorReply, HostCacheEntry, JoinChallenge, JoinHello, JoinProof,
-    envelope,
+    Envelope, ErrorCode, ErrorReply, HostCacheEntry, JoinChallenge, JoinHello, JoinProof, envelope,
 };
 use rsa::RsaPublicKey;
 use tokio::sync::Mutex;
@@ -286,7 +285,13 @@ impl SupernodeSession {
             envelope::Body::Error(e) => return Err(refused(addr, e)),
             other => return Err(SessionError::Unexpected(other.type_name())),
         };
-        check_challenge(&challenge, &exporter, addr, login_key, crate::now_unix_secs())?;
+        check_challenge(
+            &challenge,
+            &exporter,
+            addr,
+            login_key,
+            crate::now_unix_secs(),
+        )?;
         // H2's join statement goes here; until then the statement is empty.
         let statement = Vec::new();
         let signature = identity.sign(&binding::join_proof_message(

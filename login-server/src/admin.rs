@@ -112,8 +112,8 @@ pub async fn new_enrol_token(
     let mut bytes = [0u8; 24];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let token = hex::encode(bytes);
-    let expires = crate::now_unix_ms()
-        .saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+    let expires =
+        crate::now_unix_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
     let store = open(data_dir).await?;
     let result = store
         .add_enrol_token(&crate::service::token_hash(&token), expires)

@@ -207,8 +207,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir,
                 fingerprint,
             } => {
-                let key = admin::set_supernode_state(&data_dir, &fingerprint, KeyState::Approved)
-                    .await?;
+                let key =
+                    admin::set_supernode_state(&data_dir, &fingerprint, KeyState::Approved).await?;
                 println!("approved {}", key.fingerprint);
             }
             SupernodesCommand::Revoke {

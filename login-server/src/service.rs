@@ -10,12 +10,12 @@ use natter_proto::binding::{self, Exporter};
 use natter_proto::cert::{self, Issuer};
 use natter_proto::messages::{
     BuddyBlob, BuddyBlobGet, BuddyBlobPut, Certificate, Envelope, ErrorCode, ErrorReply,
-    HostCacheEntry, LoginReply, LoginRequest, Pong, RegisterReply, RegisterRequest,
-    RevocationList, SupernodeAnnounce, SupernodeAnnounced, envelope::Body,
+    HostCacheEntry, LoginReply, LoginRequest, Pong, RegisterReply, RegisterRequest, RevocationList,
+    SupernodeAnnounce, SupernodeAnnounced, envelope::Body,
 };
 use prost::Message;
-use sha2::{Digest, Sha256};
 use rand::RngCore;
+use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::hashing::{CpuPool, HashError, Lane, PasswordHasher};

@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use common::{pinned_key, raw_tls_from, read_records, start, user_key, with_timeout};
 use natter_login::{Argon2Config, Config, LoginServer};
-use natter_proto::{binding, cert};
 use natter_proto::messages::{Envelope, ErrorCode, LoginRequest, RegisterRequest, envelope::Body};
 use natter_proto::record::{self, Record};
+use natter_proto::{binding, cert};
 use tokio::io::AsyncWriteExt;
 
 /// The real server with TLS over TCP, the default argon2 cost (so a hash

@@ -194,7 +194,10 @@ async fn an_unapproved_supernode_serves_nobody_until_the_operator_approves_it() 
         .await
         .unwrap();
     assert!(listed(&server).await.is_empty());
-    let body = announce(&server, |e| signed_announce(&user_key(1), e, sn.addr().port())).await;
+    let body = announce(&server, |e| {
+        signed_announce(&user_key(1), e, sn.addr().port())
+    })
+    .await;
     assert_eq!(code(&body), Some(ErrorCode::Revoked), "{body:?}");
     sn.shutdown().await;
     server.shutdown().await;
@@ -268,7 +271,11 @@ async fn announces_from_uncertified_hosts_never_reach_a_host_cache() {
         a
     })
     .await;
-    assert_eq!(code(&body), Some(ErrorCode::CertificateRejected), "{body:?}");
+    assert_eq!(
+        code(&body),
+        Some(ErrorCode::CertificateRejected),
+        "{body:?}"
+    );
     // 3. A genuine announce by the approved key, replayed on another
     //    connection (its signature is bound to the first connection).
     let mut captured = None;
@@ -278,21 +285,26 @@ async fn announces_from_uncertified_hosts_never_reach_a_host_cache() {
         a
     })
     .await;
-    assert!(
-        matches!(first, Body::SupernodeAnnounced(_)),
-        "{first:?}"
-    );
+    assert!(matches!(first, Body::SupernodeAnnounced(_)), "{first:?}");
     let mut replayed = captured.unwrap();
     replayed.addr = Some(SocketAddr::from(([127, 0, 0, 1], 41030)).into());
     let body = announce(&server, move |_| replayed).await;
-    assert_eq!(code(&body), Some(ErrorCode::CertificateRejected), "{body:?}");
+    assert_eq!(
+        code(&body),
+        Some(ErrorCode::CertificateRejected),
+        "{body:?}"
+    );
     // 4. No signature at all.
     let body = announce(&server, |e| SupernodeAnnounce {
         signature: Vec::new(),
         ..signed_announce(&honest, e, 41040)
     })
     .await;
-    assert_eq!(code(&body), Some(ErrorCode::CertificateRejected), "{body:?}");
+    assert_eq!(
+        code(&body),
+        Some(ErrorCode::CertificateRejected),
+        "{body:?}"
+    );
 
     // Only the honest announce is listed, and only it reaches the client's
     // host cache file.
@@ -313,7 +325,8 @@ async fn announces_from_uncertified_hosts_never_reach_a_host_cache() {
     let mut forged = entries[0].clone();
     forged.addr = Some(SocketAddr::from(([127, 0, 0, 1], 41050)).into());
     tampered.push(forged);
-    home.seed_host_cache(&tampered, server.public_key()).unwrap();
+    home.seed_host_cache(&tampered, server.public_key())
+        .unwrap();
     let text = std::fs::read_to_string(home.host_cache_path()).unwrap();
     assert!(text.contains(":41020"), "{text}");
     for port in [41000, 41010, 41030, 41040, 41050] {

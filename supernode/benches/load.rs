@@ -441,7 +441,10 @@ async fn capacity(settings: &Settings, keys: Arc<Keys>) {
 
     // The login server is unreachable: the supernode certifies itself with
     // the test issuer's key (the single-box mode).
-    let issuer_path = format!("{}/../proto/tests/vectors/issuer.pem", env!("CARGO_MANIFEST_DIR"));
+    let issuer_path = format!(
+        "{}/../proto/tests/vectors/issuer.pem",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let mut sn = start_supernode(login, &key_path, std::path::Path::new(&issuer_path)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base = proc_stats(&sn.pid);

@@ -24,7 +24,10 @@ pub enum Certification {
     /// An issuer in this process (tests, single-box setups): the same
     /// [`Issuer::issue`] the login server calls, with this login key's
     /// private half, certifying for `validity`.
-    Local { issuer: Arc<Issuer>, validity: Duration },
+    Local {
+        issuer: Arc<Issuer>,
+        validity: Duration,
+    },
 }
 
 /// Everything a supernode needs to run. [`Config::new`] fills in defaults.

@@ -72,7 +72,8 @@ async fn serve_incoming(
             Ok(())
         }
         Some(Body::LinkHello(hello)) => {
-            let Some((peer, gossip)) = accept_link(&shell, &conn, &mut send, &mut recv, &hello).await?
+            let Some((peer, gossip)) =
+                accept_link(&shell, &conn, &mut send, &mut recv, &hello).await?
             else {
                 return Ok(());
             };
@@ -233,7 +234,16 @@ pub(crate) async fn dial(shell: Arc<Shell>, addr: SocketAddr, hello: Envelope) {
     .await;
     match result {
         Ok((conn, send, recv, peer, gossip)) => {
-            run_link(shell, conn, send, recv, peer, gossip, LinkOrigin::Dialed(addr)).await;
+            run_link(
+                shell,
+                conn,
+                send,
+                recv,
+                peer,
+                gossip,
+                LinkOrigin::Dialed(addr),
+            )
+            .await;
         }
         Err(e) => {
             tracing::debug!(%addr, error = %e, "cannot reach supernode");

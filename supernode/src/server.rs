@@ -173,7 +173,13 @@ impl Supernode {
         };
         let credentials = match &config.certification {
             Certification::Local { issuer, validity } => Some(NodeCredentials {
-                certificate: local_certificate(issuer, &node_key, addrs, *validity, start.unix_secs()),
+                certificate: local_certificate(
+                    issuer,
+                    &node_key,
+                    addrs,
+                    *validity,
+                    start.unix_secs(),
+                ),
                 key: node_key.clone(),
             }),
             Certification::LoginServer { .. } => None,

@@ -17,9 +17,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{
-    TestClient, WAIT, cluster, config, identity, issuer, now_secs, user_key,
-};
+use common::{TestClient, WAIT, cluster, config, identity, issuer, now_secs, user_key};
 use natter_net::{FramedRecv, FramedSend, TlsIdentity, TransportSettings};
 use natter_proto::binding::{self, LinkRole};
 use natter_proto::cert::{self, Issuer};
@@ -134,7 +132,10 @@ fn link_hello(
 ) -> Body {
     Body::LinkHello(LinkHello {
         certificate: Some(certificate),
-        signature: cert::sign(key, &binding::link_hello_message(LinkRole::Dialler, exporter)),
+        signature: cert::sign(
+            key,
+            &binding::link_hello_message(LinkRole::Dialler, exporter),
+        ),
         role: LinkRole::Dialler as u32,
     })
 }
@@ -169,8 +170,10 @@ async fn uncertified_peers_cannot_join_the_overlay() {
     let (a, b) = (&nodes[0], &nodes[1]);
     let mut alice = TestClient::join(a.addr(), "alice").await;
     let mut bob = TestClient::join(b.addr(), "bob").await;
-    bob.search_until("alice", |r| r.found && r.status == PresenceStatus::Online as i32)
-        .await;
+    bob.search_until("alice", |r| {
+        r.found && r.status == PresenceStatus::Online as i32
+    })
+    .await;
 
     let carol = identity("carol");
     let foreign = Issuer::new(user_key("dave").clone());
@@ -201,8 +204,10 @@ async fn uncertified_peers_cannot_join_the_overlay() {
     .await;
     assert_eq!((code, answered), (Some(u64::from(close::REFUSED)), 0));
     // 3. A supernode certificate of another issuer, properly signed.
-    let (code, answered) =
-        attack(a.addr(), |e| Some(link_hello(foreign_cert.clone(), &carol.key, e))).await;
+    let (code, answered) = attack(a.addr(), |e| {
+        Some(link_hello(foreign_cert.clone(), &carol.key, e))
+    })
+    .await;
     assert_eq!((code, answered), (Some(u64::from(close::REFUSED)), 0));
     // 4. A genuine LinkHello of a certified supernode, replayed from the
     //    connection it was made for.
@@ -225,7 +230,10 @@ async fn uncertified_peers_cannot_join_the_overlay() {
     assert!(reply.found);
     assert_eq!(reply.status, PresenceStatus::Online as i32);
     assert_eq!(
-        reply.supernode.as_ref().map(|s| SocketAddr::try_from(s).unwrap()),
+        reply
+            .supernode
+            .as_ref()
+            .map(|s| SocketAddr::try_from(s).unwrap()),
         Some(a.addr()),
         "alice's record points at her real supernode"
     );
@@ -312,7 +320,10 @@ async fn a_rogue_supernode_cannot_relay_a_join() {
         )
         .unwrap_err();
         assert!(
-            matches!(e, natter_client::supernode::SessionError::NotCertified { .. }),
+            matches!(
+                e,
+                natter_client::supernode::SessionError::NotCertified { .. }
+            ),
             "{e}"
         );
     }
@@ -349,11 +360,9 @@ async fn a_client_refuses_a_supernode_certified_by_another_issuer() {
         validity: Duration::from_secs(3600),
     };
     let sn = Supernode::spawn(c).unwrap();
-    let endpoint = natter_net::client_endpoint(
-        "127.0.0.1:0".parse().unwrap(),
-        &TransportSettings::OVERLAY,
-    )
-    .unwrap();
+    let endpoint =
+        natter_net::client_endpoint("127.0.0.1:0".parse().unwrap(), &TransportSettings::OVERLAY)
+            .unwrap();
     let e = natter_client::supernode::SupernodeSession::join(
         &endpoint,
         sn.addr(),
@@ -394,9 +403,14 @@ async fn sessions_end_at_certificate_expiry_unless_renewed() {
     let sn = &nodes[0];
     let soon = now_secs() + 3;
     let join = |name: &'static str| async move {
-        match common::try_join(sn.addr(), name, certificate_until(name, soon), user_key(name))
-            .await
-            .unwrap()
+        match common::try_join(
+            sn.addr(),
+            name,
+            certificate_until(name, soon),
+            user_key(name),
+        )
+        .await
+        .unwrap()
         {
             common::JoinOutcome::Joined(c) => *c,
             common::JoinOutcome::Refused(e, _) => panic!("{name} refused: {e:?}"),
@@ -407,14 +421,21 @@ async fn sessions_end_at_certificate_expiry_unless_renewed() {
     let mut carol = join("carol").await;
 
     // Bob renews with a fresh certificate for his name and keys.
-    let renewal = |c| Body::CertificateRenewal(CertificateRenewal { certificate: Some(c) });
+    let renewal = |c| {
+        Body::CertificateRenewal(CertificateRenewal {
+            certificate: Some(c),
+        })
+    };
     bob.ack(renewal(certificate_until("bob", now_secs() + 3600)))
         .await;
     // Carol tries to renew with a certificate for another name (and key).
     let reply = carol
         .request(renewal(certificate_until("dave", now_secs() + 3600)))
         .await;
-    assert_eq!(common::error_code(&reply), Some(ErrorCode::CertificateRejected));
+    assert_eq!(
+        common::error_code(&reply),
+        Some(ErrorCode::CertificateRejected)
+    );
 
     // Alice and carol are closed at expiry; bob goes on.
     assert_eq!(

@@ -147,7 +147,10 @@ impl Cluster {
             .unwrap();
         cluster.children.push(Some(child));
         wait_for(|| cluster.login_key.exists(), "login-key.pub");
-        wait_for(|| login_dir.join("natter-login.db").exists(), "the login database");
+        wait_for(
+            || login_dir.join("natter-login.db").exists(),
+            "the login database",
+        );
         for i in 0..supernodes {
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             // Each supernode enrols with a one-time token, as an operator

@@ -46,8 +46,8 @@ pub use requests::{MAX_CHAT_TEXT, MAX_ID_LEN};
 pub use state::{CoreStats, Node, NodeConfig, NodeCredentials};
 
 use jobs::{Done, GatherFor, Job, LookupFor};
-use links::{Links, Pending};
 pub use links::{LinkHelloError, verify_link_hello};
+use links::{Links, Pending};
 use sessions::Sessions;
 use state::Timer;
 

@@ -78,7 +78,11 @@ impl Node {
         // Gossip speaks only for the certified peer.
         if first.sender_id != peer {
             self.stats.links_refused += 1;
-            self.emit(Output::CloseLink(link, close::REFUSED, "gossip for another node"));
+            self.emit(Output::CloseLink(
+                link,
+                close::REFUSED,
+                "gossip for another node",
+            ));
             return;
         }
         let dialed = match origin {

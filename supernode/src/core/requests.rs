@@ -10,8 +10,8 @@ use natter_proto::cert;
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{
     Ack, CallSignal, ChatMessage, ChatReceipt, DirectoryStore, Envelope, ErrorCode, ErrorReply,
-    JoinAccepted, JoinChallenge, JoinHello, JoinProof, PresenceStatus, PresenceUpdate, RelayAllocate,
-    RelayAllocated, SearchReply, UserRecord,
+    JoinAccepted, JoinChallenge, JoinHello, JoinProof, PresenceStatus, PresenceUpdate,
+    RelayAllocate, RelayAllocated, SearchReply, UserRecord,
 };
 use natter_proto::name as names;
 use rand::RngCore;

@@ -11,8 +11,8 @@ use natter_proto::messages::{Envelope, PresenceStatus};
 use rsa::RsaPublicKey;
 
 use super::interface::{Carrier, SessionId};
-use super::state::{Node, Timer};
 use super::jobs::JobId;
+use super::state::{Node, Timer};
 use crate::ratelimit::RateLimiter;
 
 /// Where a session is in its life.
@@ -186,7 +186,8 @@ impl Node {
         let joined_as = session.joined().map(|j| j.name.clone());
         let result = match (verified, session.certified.as_mut(), joined_as) {
             (Ok(v), Some(held), Some(name))
-                if natter_proto::name::normalise(&v.name).ok().as_deref() == Some(name.as_str())
+                if natter_proto::name::normalise(&v.name).ok().as_deref()
+                    == Some(name.as_str())
                     && v.public_key == held.public_key
                     && v.chat_key == held.chat_key =>
             {

@@ -267,11 +267,17 @@ pub async fn try_join_via(
         Some(Body::JoinChallenge(c)) => {
             // Every supernode proves itself on this very connection.
             let sn = cert::verify_supernode(
-                c.certificate.as_ref().context("challenge without certificate")?,
+                c.certificate
+                    .as_ref()
+                    .context("challenge without certificate")?,
                 &issuer().public_key(),
                 now_secs(),
             )?;
-            assert_eq!(sn.node_id.to_vec(), c.node_id, "certificate for another node");
+            assert_eq!(
+                sn.node_id.to_vec(),
+                c.node_id,
+                "certificate for another node"
+            );
             cert::verify_signature(
                 &sn.public_key,
                 &natter_proto::binding::supernode_join_message(&exporter, &c.nonce),

@@ -17,7 +17,8 @@ use natter_proto::messages::{
 };
 use natter_supernode::NodeId;
 use natter_supernode::core::{
-    Carrier, LinkId, LinkOrigin, Node, NodeConfig, NodeCredentials, Now, Output, RelayCommand, SessionId,
+    Carrier, LinkId, LinkOrigin, Node, NodeConfig, NodeCredentials, Now, Output, RelayCommand,
+    SessionId,
 };
 use natter_supernode::membership::Timeouts;
 use natter_supernode::relay::{RelayLimits, RelayTable};
@@ -536,8 +537,7 @@ impl Sim {
                             e.dialing = None;
                         }
                         let remote = self.nodes[end.peer].addr;
-                        let peer =
-                            natter_supernode::node_id(&gossip.sender_id).unwrap_or_default();
+                        let peer = natter_supernode::node_id(&gossip.sender_id).unwrap_or_default();
                         self.nodes[end.node].node.handle_link_up(
                             link,
                             remote,
@@ -739,9 +739,13 @@ impl Sim {
             self.clients[c].closed = Some(u32::MAX);
             return;
         }
-        self.nodes[node]
-            .node
-            .handle_session_open(session, client_addr(c), Carrier::Quic, sim_exporter(c), now);
+        self.nodes[node].node.handle_session_open(
+            session,
+            client_addr(c),
+            Carrier::Quic,
+            sim_exporter(c),
+            now,
+        );
         let d = self.net.client_delay;
         self.at(
             d,
