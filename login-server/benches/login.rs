@@ -136,7 +136,6 @@ fn full_login(c: &mut Criterion) {
                     &cert::chat_public(&[0x11; 32]),
                 ),
             ),
-            ..Default::default()
         }),
     );
     let mut group = c.benchmark_group("login-server");

@@ -12,6 +12,8 @@
 //!   client answers, by the honest supernode (proof bound to another
 //!   connection). A supernode certified by another issuer is refused.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::net::SocketAddr;
