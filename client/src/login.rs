@@ -399,6 +399,11 @@ impl LoginClient {
         self.remote
     }
 
+    /// This connection's TLS exporter (what the login proof is bound to).
+    pub fn exporter(&self) -> Result<natter_proto::binding::Exporter, ClientError> {
+        self.link.exporter()
+    }
+
     /// The pinned signing key.
     pub fn login_key(&self) -> &RsaPublicKey {
         &self.login_key
