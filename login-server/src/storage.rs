@@ -611,7 +611,8 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Supernodes seen since `since_ms`, most recent first.
+    /// Supernodes seen since `since_ms`, most recent first; never a revoked
+    /// one (even if an announce in flight when it was revoked re-added it).
     pub async fn recent_supernodes(
         &self,
         since_ms: i64,
@@ -619,7 +620,9 @@ impl Store {
     ) -> Result<Vec<SupernodeRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT node_id, addr, tcp_addr, last_seen, reflector, certificate FROM supernodes
-             WHERE last_seen >= $1 ORDER BY last_seen DESC LIMIT $2",
+             WHERE last_seen >= $1 AND node_id NOT IN
+                 (SELECT node_id FROM supernode_keys WHERE state = 'revoked' AND node_id IS NOT NULL)
+             ORDER BY last_seen DESC LIMIT $2",
         )
         .bind(since_ms)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
