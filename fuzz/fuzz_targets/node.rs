@@ -139,7 +139,15 @@ fuzz_target!(|ops: Vec<Op>| {
                     LinkOrigin::Accepted
                 };
                 let peer = natter_supernode::node_id(&first.sender_id).unwrap_or_default();
-                node.handle_link_up(u64::from(link), remote(link), peer, &first, origin, now(t));
+                node.handle_link_up(
+                    u64::from(link),
+                    remote(link),
+                    peer,
+                    None,
+                    &first,
+                    origin,
+                    now(t),
+                );
             }
             Op::Link { link, envelope } => {
                 if let Some(envelope) = decoded(envelope) {

@@ -126,6 +126,7 @@ fn handle(node: &mut Node, conns: &mut Conns, event: Event) {
         Event::LinkUp {
             id,
             peer,
+            certificate,
             conn,
             tx,
             first,
@@ -133,7 +134,7 @@ fn handle(node: &mut Node, conns: &mut Conns, event: Event) {
         } => {
             let remote = conn.remote_address();
             conns.links.insert(id, (tx, conn));
-            node.handle_link_up(id, remote, peer, &first, origin, now);
+            node.handle_link_up(id, remote, peer, certificate, &first, origin, now);
         }
         Event::LinkFrame { id, envelope } => node.handle_link(id, envelope, now),
         Event::LinkDown { id } => {

@@ -130,13 +130,17 @@ fn own_link_hello(shell: &Shell, conn: &Connection, role: LinkRole) -> Option<En
     ))
 }
 
-/// Checks a peer's `LinkHello` in `role` on `conn`; the certified node id.
+/// A linked peer: its certified node id and the certificate it proved.
+type Peer = (NodeId, Option<natter_proto::messages::Certificate>);
+
+/// Checks a peer's `LinkHello` in `role` on `conn`; the certified node id
+/// and its certificate.
 fn check_link_hello(
     shell: &Shell,
     conn: &Connection,
     hello: &LinkHello,
     role: LinkRole,
-) -> Result<NodeId, String> {
+) -> Result<Peer, String> {
     let exporter = natter_net::control::quic_exporter(conn).map_err(|e| e.to_string())?;
     let own = shell
         .credentials()
@@ -150,6 +154,7 @@ fn check_link_hello(
         &own_id,
         now().unix_secs(),
     )
+    .map(|id| (id, hello.certificate.clone()))
     .map_err(|e| e.to_string())
 }
 
@@ -162,7 +167,7 @@ async fn accept_link(
     send: &mut FramedSend,
     recv: &mut FramedRecv,
     hello: &LinkHello,
-) -> Result<Option<(NodeId, GossipMembership)>, natter_net::NetError> {
+) -> Result<Option<(Peer, GossipMembership)>, natter_net::NetError> {
     let peer = match check_link_hello(shell, conn, hello, LinkRole::Dialler) {
         Ok(peer) => peer,
         Err(why) => {
@@ -259,7 +264,7 @@ async fn run_link(
     conn: Connection,
     mut send: FramedSend,
     mut recv: FramedRecv,
-    peer: NodeId,
+    peer: Peer,
     first: GossipMembership,
     origin: LinkOrigin,
 ) {
@@ -279,7 +284,8 @@ async fn run_link(
     });
     let up = Event::LinkUp {
         id,
-        peer,
+        peer: peer.0,
+        certificate: peer.1,
         conn: conn.clone(),
         tx,
         first,

@@ -52,6 +52,7 @@ pub(crate) enum Event {
     LinkUp {
         id: LinkId,
         peer: crate::NodeId,
+        certificate: Option<natter_proto::messages::Certificate>,
         conn: Connection,
         tx: mpsc::Sender<Envelope>,
         first: GossipMembership,

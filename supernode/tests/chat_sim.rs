@@ -244,6 +244,7 @@ fn a_five_thousand_node_host_cache_still_fits_join_accepted_and_supernode_list()
             1_000_000 + i as u64,
             addr,
             peer_id,
+            None,
             &first,
             LinkOrigin::Dialed(addr),
             now,

@@ -172,6 +172,17 @@ async fn uncertified_peers_cannot_join_the_overlay() {
     let (a, b) = (&nodes[0], &nodes[1]);
     let mut alice = TestClient::join(a.addr(), "alice").await;
     let mut bob = TestClient::join(b.addr(), "bob").await;
+    // The host cache a supernode hands out carries each node's certificate
+    // (its own, and what its peer proved on the link): clients keep both.
+    let mut listed = natter_client::overlay::certified_nodes(
+        &bob.accepted.supernodes,
+        &issuer().public_key(),
+        now_secs(),
+    );
+    listed.sort();
+    let mut expected = vec![(a.addr(), None), (b.addr(), None)];
+    expected.sort();
+    assert_eq!(listed, expected);
     bob.search_until("alice", |r| {
         r.found && r.status == PresenceStatus::Online as i32
     })

@@ -69,6 +69,7 @@ impl Node {
         );
         let mut node = Self {
             revoked: state::Revoked::default(),
+            peer_certificates: HashMap::new(),
             rng: StdRng::from_seed(seed),
             last_live: membership.live_ids(),
             membership,
@@ -162,7 +163,8 @@ impl Node {
 
     /// A link to another supernode is up: the shell checked its
     /// `LinkHello` ([`verify_link_hello`]) and `peer` is the certified node
-    /// id; `first` is the peer's gossip. A revoked peer, or gossip sent in
+    /// id and `certificate` its certificate (handed to clients in host
+    /// cache entries); `first` is the peer's gossip. A revoked peer, or gossip sent in
     /// another node's name, closes the link. For an accepted link the node
     /// answers with its own gossip before anything else.
     pub fn handle_link_up(
@@ -170,12 +172,13 @@ impl Node {
         link: LinkId,
         remote: SocketAddr,
         peer: NodeId,
+        certificate: Option<natter_proto::messages::Certificate>,
         first: &GossipMembership,
         origin: LinkOrigin,
         now: Now,
     ) {
         self.at(now);
-        self.link_up(link, remote, peer, first, origin);
+        self.link_up(link, remote, peer, certificate, first, origin);
         self.settle();
     }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use natter_proto::cert;
 use natter_proto::messages::envelope::Body;
-use natter_proto::messages::{Envelope, GossipMembership, Pong, RevocationList};
+use natter_proto::messages::{Certificate, Envelope, GossipMembership, Pong, RevocationList};
 use natter_proto::name as names;
 
 use super::fit;
@@ -64,6 +64,7 @@ impl Node {
         link: LinkId,
         remote: SocketAddr,
         peer: NodeId,
+        certificate: Option<Certificate>,
         first: &GossipMembership,
         origin: LinkOrigin,
     ) {
@@ -84,6 +85,19 @@ impl Node {
                 "gossip for another node",
             ));
             return;
+        }
+        if let Some(certificate) = certificate {
+            match cert::verify_supernode(&certificate, &self.config.login_key, self.now.unix_secs())
+            {
+                Ok(v) if v.node_id == peer => {
+                    self.peer_certificates.insert(peer, (certificate, v.addrs));
+                }
+                _ => {
+                    self.stats.links_refused += 1;
+                    self.emit(Output::CloseLink(link, close::REFUSED, "certificate"));
+                    return;
+                }
+            }
         }
         let dialed = match origin {
             LinkOrigin::Dialed(addr) => {
@@ -151,6 +165,7 @@ impl Node {
             return Vec::new();
         }
         self.links.by_peer.remove(&peer);
+        self.peer_certificates.remove(&peer);
         let failed = self.links.take_pending_of(&peer);
         if self.membership.link_lost(&peer, self.now.mono) {
             tracing::info!(peer = %short(&peer), "supernode link lost: dead");
@@ -252,6 +267,7 @@ impl Node {
         let mut failed = Vec::new();
         let died = self.membership.tick(now);
         for id in &died {
+            self.peer_certificates.remove(id);
             if let Some(link) = self.links.by_peer.remove(id) {
                 tracing::info!(peer = %short(id), "supernode silent: dead");
                 self.links.peer_of.remove(&link.id);

@@ -176,6 +176,10 @@ pub(crate) struct Revoked {
 pub struct Node {
     pub(crate) config: NodeConfig,
     pub(crate) revoked: Revoked,
+    /// The certificates linked peers proved (their certified addresses),
+    /// for host cache entries; dropped when the link goes.
+    pub(crate) peer_certificates:
+        HashMap<NodeId, (Certificate, natter_proto::cert::SupernodeAddrs)>,
     pub(crate) rng: StdRng,
     pub(crate) membership: Membership,
     pub(crate) last_live: Vec<NodeId>,
@@ -311,6 +315,33 @@ impl Node {
             .live()
             .into_iter()
             .map(|(id, addr)| {
+                // Each entry carries the certificate that names it (clients
+                // keep only such entries): ours, or what the peer proved on
+                // its link, with the certified addresses.
+                if id == me
+                    && let Some(credentials) = &self.config.credentials
+                {
+                    return HostCacheEntry {
+                        addr: Some(self.config.addr.into()),
+                        last_seen: self.now.unix_ms,
+                        rtt_ms: 0,
+                        node_id: id.to_vec(),
+                        reflector: Some(self.config.reflector.into()),
+                        tcp: self.config.tcp_addr.map(Into::into),
+                        certificate: Some(credentials.certificate.clone()),
+                    };
+                }
+                if let Some((certificate, addrs)) = self.peer_certificates.get(&id) {
+                    return HostCacheEntry {
+                        addr: Some(addrs.quic.into()),
+                        last_seen: self.now.unix_ms,
+                        rtt_ms: 0,
+                        node_id: id.to_vec(),
+                        reflector: Some(addrs.reflector.into()),
+                        tcp: addrs.tcp.map(Into::into),
+                        certificate: Some(certificate.clone()),
+                    };
+                }
                 let reflector = if id == me {
                     Some(self.config.reflector)
                 } else {
