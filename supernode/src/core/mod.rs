@@ -167,6 +167,7 @@ impl Node {
     /// cache entries); `first` is the peer's gossip. A revoked peer, or gossip sent in
     /// another node's name, closes the link. For an accepted link the node
     /// answers with its own gossip before anything else.
+    #[allow(clippy::too_many_arguments)] // one input, as the shell learned it
     pub fn handle_link_up(
         &mut self,
         link: LinkId,
