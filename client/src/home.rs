@@ -45,6 +45,9 @@ pub const DEFAULT_DIR: &str = ".natter";
 pub struct Session {
     pub identity: Identity,
     pub verified: VerifiedCertificate,
+    /// The pinned login-server key the certificate was checked against
+    /// (supernode certificates are checked against it too).
+    pub login_key: RsaPublicKey,
 }
 
 impl Session {
@@ -137,11 +140,20 @@ impl Home {
         HostCache::load(&self.host_cache_path()).map_err(|e| ClientError::Usage(e.to_string()))
     }
 
-    /// Seeds the host cache with the supernodes a login returned.
-    pub fn seed_host_cache(&self, supernodes: &[HostCacheEntry]) -> Result<(), ClientError> {
+    /// Seeds the host cache with the supernodes a login returned: only
+    /// those whose supernode certificate verifies against `login_key` and
+    /// names the listed addresses.
+    pub fn seed_host_cache(
+        &self,
+        supernodes: &[HostCacheEntry],
+        login_key: &RsaPublicKey,
+    ) -> Result<(), ClientError> {
         let path = self.host_cache_path();
         let mut cache = self.host_cache()?;
-        cache.learn_with_tcp(crate::overlay::nodes(supernodes), crate::now_unix_ms());
+        cache.learn_with_tcp(
+            crate::overlay::certified_nodes(supernodes, login_key, crate::now_unix_secs()),
+            crate::now_unix_ms(),
+        );
         cache
             .save(&path)
             .map_err(|e| ClientError::Usage(e.to_string()))
@@ -160,7 +172,13 @@ impl Home {
         )
         .map_err(|e| ClientError::Usage(format!("cannot open a QUIC endpoint: {e}")))?;
         let config = OverlayConfig::new(self.host_cache_path(), bootstrap);
-        Ok(Overlay::join(config, endpoint, session.identity.clone()).await?)
+        Ok(Overlay::join(
+            config,
+            endpoint,
+            session.identity.clone(),
+            session.login_key.clone(),
+        )
+        .await?)
     }
 
     /// Stores a key pair and its certificate (mode 0600).
@@ -249,6 +267,7 @@ impl Home {
                 chat_secret,
             },
             verified,
+            login_key: login_key.clone(),
         })
     }
 
@@ -293,6 +312,7 @@ impl Home {
                     chat_secret,
                 },
                 verified: outcome.verified,
+                login_key: login_key.clone(),
             },
             supernodes: outcome.supernodes,
             transport,

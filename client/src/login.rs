@@ -178,6 +178,15 @@ impl Link {
             Link::Tls(mux) => Ok(mux.exchange(request.clone(), timeout).await?),
         }
     }
+
+    /// The connection's TLS exporter, which the login proof is bound to.
+    fn exporter(&self) -> Result<natter_proto::binding::Exporter, ClientError> {
+        let exporter = match self {
+            Link::Quic { conn, .. } => natter_net::control::quic_exporter(conn),
+            Link::Tls(mux) => mux.connection().exporter(),
+        };
+        exporter.map_err(|e| ClientError::Protocol(format!("TLS exporter: {e}")))
+    }
 }
 
 /// Writes `bytes` on a new QUIC stream, finishes it, and returns everything
@@ -390,6 +399,11 @@ impl LoginClient {
         self.remote
     }
 
+    /// This connection's TLS exporter (what the login proof is bound to).
+    pub fn exporter(&self) -> Result<natter_proto::binding::Exporter, ClientError> {
+        self.link.exporter()
+    }
+
     /// The pinned signing key.
     pub fn login_key(&self) -> &RsaPublicKey {
         &self.login_key
@@ -489,12 +503,23 @@ impl LoginClient {
     ) -> Result<LoginOutcome, ClientError> {
         let public = key.to_public_key();
         let chat_key = cert::chat_public(chat_secret);
+        let public_key = cert::public_key_der(&public);
+        // Proof of possession, bound to this connection (docs/LOGIN.md).
+        let proof = cert::sign(
+            key,
+            &natter_proto::binding::login_message(
+                &self.link.exporter()?,
+                name,
+                &public_key,
+                &chat_key,
+            ),
+        );
         let body = Body::LoginRequest(LoginRequest {
             name: name.to_owned(),
             password: password.to_owned(),
-            public_key: cert::public_key_der(&public),
+            public_key,
             chat_key: chat_key.to_vec(),
-            proof: Vec::new(),
+            proof,
         });
         let reply = match self.request(body, name).await? {
             Body::LoginReply(r) => r,

@@ -223,7 +223,7 @@ async fn run(cli: Cli) -> Result<()> {
                     supernodes,
                     transport,
                 } => {
-                    home.seed_host_cache(&supernodes)?;
+                    home.seed_host_cache(&supernodes, &key)?;
                     println!(
                         "logged in as {}; {}; {} supernode(s) known; login server reached over {}",
                         session.name(),

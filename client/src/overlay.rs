@@ -12,8 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use natter_proto::cert::Identity;
+use natter_proto::cert::{self, Identity};
 use natter_proto::messages::HostCacheEntry;
+use rsa::RsaPublicKey;
 use tokio::task::JoinSet;
 
 use crate::hostcache::{HostCache, HostCacheError};
@@ -65,6 +66,9 @@ pub struct Overlay {
     config: OverlayConfig,
     endpoint: quinn::Endpoint,
     identity: Identity,
+    /// Supernode certificates (joins, host cache entries) are checked
+    /// against this pinned key.
+    login_key: RsaPublicKey,
     cache: HostCache,
     session: Arc<SupernodeSession>,
     alternates: Vec<SocketAddr>,
@@ -76,18 +80,27 @@ impl Overlay {
         config: OverlayConfig,
         endpoint: quinn::Endpoint,
         identity: Identity,
+        login_key: RsaPublicKey,
     ) -> Result<Self, OverlayError> {
         let mut cache = HostCache::load(&config.cache_path)?;
         if cache.is_empty() {
             cache.learn(config.bootstrap.iter().copied(), now_unix_ms());
         }
         let candidates = cache.candidates(crate::hostcache::MAX_ENTRIES);
-        let (session, alternates) =
-            join_first(&config, &endpoint, &identity, &mut cache, &candidates).await?;
+        let (session, alternates) = join_first(
+            &config,
+            &endpoint,
+            &identity,
+            &login_key,
+            &mut cache,
+            &candidates,
+        )
+        .await?;
         let mut overlay = Self {
             config,
             endpoint,
             identity,
+            login_key,
             cache,
             session,
             alternates,
@@ -133,6 +146,7 @@ impl Overlay {
             &self.config,
             &self.endpoint,
             &self.identity,
+            &self.login_key,
             &mut self.cache,
             &candidates,
         )
@@ -142,9 +156,12 @@ impl Overlay {
         self.after_join()
     }
 
-    /// Adds supernodes from a `SupernodeList` push (or any list) to the cache.
+    /// Adds supernodes from a `SupernodeList` push (or any list) to the
+    /// cache: only those whose certificate verifies and names the entry's
+    /// addresses ([`certified_nodes`]).
     pub fn learn(&mut self, entries: &[HostCacheEntry]) -> Result<(), OverlayError> {
-        self.cache.learn_with_tcp(nodes(entries), now_unix_ms());
+        let nodes = certified_nodes(entries, &self.login_key, crate::now_unix_secs());
+        self.cache.learn_with_tcp(nodes, now_unix_ms());
         self.cache.save(&self.config.cache_path)?;
         Ok(())
     }
@@ -166,14 +183,36 @@ impl Overlay {
     }
 }
 
-/// The QUIC and (when announced) TLS-over-TCP addresses of `entries`.
-pub fn nodes(entries: &[HostCacheEntry]) -> Vec<(SocketAddr, Option<SocketAddr>)> {
+/// The QUIC and (when announced) TLS-over-TCP addresses of the `entries`
+/// that a certified supernode serves: the entry's certificate is a valid
+/// SUPERNODE certificate of `login_key` at `now` (unix seconds) for the
+/// entry's node id, and certifies exactly the entry's QUIC address and its
+/// reflector and TCP addresses where the entry names them. Anything else
+/// (no certificate, another issuer, a user certificate, addresses the
+/// certificate does not name) is dropped: it never reaches the host cache.
+pub fn certified_nodes(
+    entries: &[HostCacheEntry],
+    login_key: &RsaPublicKey,
+    now: i64,
+) -> Vec<(SocketAddr, Option<SocketAddr>)> {
     entries
         .iter()
         .filter_map(|e| {
             let addr = SocketAddr::try_from(e.addr.as_ref()?).ok()?;
-            let tcp = e.tcp.as_ref().and_then(|a| SocketAddr::try_from(a).ok());
-            Some((addr, tcp))
+            let tcp = match e.tcp.as_ref() {
+                Some(a) => Some(SocketAddr::try_from(a).ok()?),
+                None => None,
+            };
+            let reflector = match e.reflector.as_ref() {
+                Some(a) => Some(SocketAddr::try_from(a).ok()?),
+                None => None,
+            };
+            let certified = cert::verify_supernode(e.certificate.as_ref()?, login_key, now).ok()?;
+            let names_it = certified.addrs.quic == addr
+                && e.node_id == certified.node_id
+                && tcp.is_none_or(|t| certified.addrs.tcp == Some(t))
+                && reflector.is_none_or(|r| certified.addrs.reflector == r);
+            names_it.then_some((addr, tcp))
         })
         .collect()
 }
@@ -195,6 +234,7 @@ async fn join_first(
     config: &OverlayConfig,
     endpoint: &quinn::Endpoint,
     identity: &Identity,
+    login_key: &RsaPublicKey,
     cache: &mut HostCache,
     candidates: &[SocketAddr],
 ) -> Result<(Arc<SupernodeSession>, Vec<SocketAddr>), OverlayError> {
@@ -226,7 +266,8 @@ async fn join_first(
         };
         let joined = match connected {
             Ok(connected) => {
-                SupernodeSession::join_on(connected, addr, identity, config.join_timeout).await
+                SupernodeSession::join_on(connected, addr, identity, login_key, config.join_timeout)
+                    .await
             }
             Err(e) => Err(e),
         };

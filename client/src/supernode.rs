@@ -19,13 +19,15 @@ use natter_net::{
     DialError, DialPlan, EnvelopeRecv, Mux, MuxConfig, MuxError, NetError, Pushes, Transport,
     TransportSettings,
 };
-use natter_proto::cert::Identity;
+use natter_proto::binding;
+use natter_proto::cert::{self, Identity};
 use natter_proto::messages::{
-    CertificateBody, Envelope, ErrorCode, ErrorReply, HostCacheEntry, JoinHello, JoinProof,
-    JoinStatement, envelope,
+    CertificateBody, Envelope, ErrorCode, ErrorReply, HostCacheEntry, JoinChallenge, JoinHello,
+    JoinProof, JoinStatement, envelope,
 };
 use natter_proto::statement::SignedStatement;
 use prost::Message;
+use rsa::RsaPublicKey;
 use tokio::sync::Mutex;
 
 pub use natter_net::Connected;
@@ -141,6 +143,8 @@ pub enum SessionError {
     },
     #[error("supernode {addr} refused the join: {detail}")]
     Refused { addr: SocketAddr, detail: String },
+    #[error("supernode {addr} is not a certified supernode on this connection: {detail}")]
+    NotCertified { addr: SocketAddr, detail: String },
     #[error("supernode answered {code:?}: {detail}")]
     Remote { code: ErrorCode, detail: String },
     #[error("supernode {0} did not answer in time")]
@@ -190,6 +194,42 @@ pub fn join_statement(
     ))
 }
 
+/// Checks a supernode's `JoinChallenge` before the client answers it: a
+/// SUPERNODE certificate of the pinned `login_key`, valid at `now`, for
+/// the challenge's node id and the QUIC address `addr` being joined, and
+/// the certified key's signature over the nonce bound to this connection's
+/// `exporter`. A rogue relaying an honest supernode's challenge (another
+/// connection, another exporter) fails here, and so does anyone without a
+/// certificate.
+pub fn check_challenge(
+    challenge: &JoinChallenge,
+    exporter: &binding::Exporter,
+    addr: SocketAddr,
+    login_key: &RsaPublicKey,
+    now: i64,
+) -> Result<cert::VerifiedSupernode, SessionError> {
+    let refuse = |detail: String| SessionError::NotCertified { addr, detail };
+    let certificate = challenge
+        .certificate
+        .as_ref()
+        .ok_or_else(|| refuse("the challenge carries no certificate".into()))?;
+    let verified = cert::verify_supernode(certificate, login_key, now)
+        .map_err(|e| refuse(format!("certificate: {e}")))?;
+    if challenge.node_id != verified.node_id {
+        return Err(refuse("the certificate is for another node id".into()));
+    }
+    if verified.addrs.quic != addr {
+        return Err(refuse(format!(
+            "the certificate is for {}, not {addr}",
+            verified.addrs.quic
+        )));
+    }
+    let message = binding::supernode_join_message(exporter, &challenge.nonce);
+    cert::verify_signature(&verified.public_key, &message, &challenge.signature)
+        .map_err(|_| refuse("the challenge signature is not for this connection".into()))?;
+    Ok(verified)
+}
+
 /// A joined session.
 #[derive(Debug)]
 pub struct SupernodeSession {
@@ -209,12 +249,13 @@ impl SupernodeSession {
         endpoint: &quinn::Endpoint,
         addr: SocketAddr,
         identity: &Identity,
+        login_key: &RsaPublicKey,
         timeout: Duration,
     ) -> Result<Self, SessionError> {
         let started = Instant::now();
         tokio::time::timeout(timeout, async {
             let connected = dial(endpoint, Dial::quic_addr(addr)).await?;
-            Self::join_inner(connected, addr, identity, started).await
+            Self::join_inner(connected, addr, identity, login_key, started).await
         })
         .await
         .map_err(|_| SessionError::Timeout(addr))?
@@ -240,12 +281,13 @@ impl SupernodeSession {
         connected: Connected,
         addr: SocketAddr,
         identity: &Identity,
+        login_key: &RsaPublicKey,
         timeout: Duration,
     ) -> Result<Self, SessionError> {
         let started = Instant::now();
         tokio::time::timeout(
             timeout,
-            Self::join_inner(connected, addr, identity, started),
+            Self::join_inner(connected, addr, identity, login_key, started),
         )
         .await
         .map_err(|_| SessionError::Timeout(addr))?
@@ -255,10 +297,12 @@ impl SupernodeSession {
         connected: Connected,
         addr: SocketAddr,
         identity: &Identity,
+        login_key: &RsaPublicKey,
         started: Instant,
     ) -> Result<Self, SessionError> {
         let connect = |source| SessionError::Connect { addr, source };
         let (connection, mut send, mut recv) = connected.open_control().await.map_err(connect)?;
+        let exporter = connection.exporter().map_err(connect)?;
 
         let hello = Envelope::new(
             1,
@@ -272,9 +316,16 @@ impl SupernodeSession {
             envelope::Body::Error(e) => return Err(refused(addr, e)),
             other => return Err(SessionError::Unexpected(other.type_name())),
         };
+        check_challenge(
+            &challenge,
+            &exporter,
+            addr,
+            login_key,
+            crate::now_unix_secs(),
+        )?;
         let signed = join_statement(identity, &challenge.node_id, &challenge.nonce)?;
-        let signature = identity.sign(&natter_proto::binding::join_proof_message(
-            &[0u8; 32],
+        let signature = identity.sign(&binding::join_proof_message(
+            &exporter,
             &challenge.node_id,
             &challenge.nonce,
             &signed.statement,

@@ -18,7 +18,7 @@ use natter_fuzz::{ISSUER, NOW_S};
 use natter_proto::PROTOCOL_VERSION;
 use natter_proto::messages::{Envelope, GossipMembership};
 use natter_supernode::Config;
-use natter_supernode::core::{Carrier, LinkOrigin, Node, NodeConfig, Now, Output};
+use natter_supernode::core::{Carrier, LinkOrigin, Node, NodeConfig, NodeCredentials, Now, Output};
 
 #[derive(Debug, Arbitrary)]
 enum Op {
@@ -77,11 +77,47 @@ fn drain(node: &mut Node) {
     }
 }
 
+/// The fuzzed node's key and supernode certificate.
+static SN_CREDENTIALS: std::sync::LazyLock<NodeCredentials> = std::sync::LazyLock::new(|| {
+    let key = <rsa::RsaPrivateKey as rsa::pkcs8::DecodePrivateKey>::from_pkcs8_pem(include_str!(
+        "../../proto/tests/vectors/issuer.pem"
+    ))
+    .expect("the published test key parses");
+    let addr: SocketAddr = "192.0.2.10:7000".parse().expect("address");
+    let certificate = ISSUER.issue(
+        &mut rsa::rand_core::OsRng,
+        &natter_proto::cert::Subject::Supernode {
+            key: &key.to_public_key(),
+            addrs: natter_proto::cert::SupernodeAddrs {
+                quic: addr,
+                reflector: natter_supernode::reflector_of(addr).expect("reflector"),
+                tcp: None,
+            },
+        },
+        8,
+        NOW_S - 100,
+        NOW_S + 86_400,
+    );
+    NodeCredentials { key, certificate }
+});
+
 fuzz_target!(|ops: Vec<Op>| {
     let addr: SocketAddr = "192.0.2.10:7000".parse().expect("address");
     let config = Config::new(addr, ISSUER.public_key());
     let reflector = natter_supernode::reflector_of(addr).expect("reflector");
-    let config = NodeConfig::from_config(&config, [0x11; 16], addr, addr, None, reflector, 1);
+    // Certified (by the test issuer, for its own key: no key generation
+    // per run), so joins get past the challenge.
+    let credentials = SN_CREDENTIALS.clone();
+    let config = NodeConfig::from_config(
+        &config,
+        [0x11; 16],
+        Some(credentials),
+        addr,
+        addr,
+        None,
+        reflector,
+        1,
+    );
     let base = Instant::now();
     let mut t = Duration::ZERO;
     let now = |t: Duration| Now {
@@ -102,7 +138,16 @@ fuzz_target!(|ops: Vec<Op>| {
                 } else {
                     LinkOrigin::Accepted
                 };
-                node.handle_link_up(u64::from(link), remote(link), &first, origin, now(t));
+                let peer = natter_supernode::node_id(&first.sender_id).unwrap_or_default();
+                node.handle_link_up(
+                    u64::from(link),
+                    remote(link),
+                    peer,
+                    None,
+                    &first,
+                    origin,
+                    now(t),
+                );
             }
             Op::Link { link, envelope } => {
                 if let Some(envelope) = decoded(envelope) {
@@ -113,7 +158,13 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::DialFailed { link } => node.handle_dial_failed(remote(link), now(t)),
             Op::SessionOpen { session, tcp } => {
                 let carrier = if tcp { Carrier::Tcp } else { Carrier::Quic };
-                node.handle_session_open(u64::from(session), remote(session), carrier, now(t));
+                node.handle_session_open(
+                    u64::from(session),
+                    remote(session),
+                    carrier,
+                    [session; 32],
+                    now(t),
+                );
             }
             Op::Session { session, envelope } => {
                 if let Some(envelope) = decoded(envelope) {

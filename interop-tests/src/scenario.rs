@@ -598,6 +598,35 @@ fn start_servers(lab: &mut Lab, bins: &Binaries, work: &Path) -> Result<Servers>
         thread::sleep(Duration::from_millis(50));
     }
     let key_s = login_key.display().to_string();
+    // The lab's operator enrols each supernode with a one-time token
+    // (`natter-login supernodes token`, offline on the data directory):
+    // only certified supernodes serve clients and join the overlay.
+    let db = login_dir.join("natter-login.db");
+    while !db.is_file() {
+        if Instant::now() > deadline {
+            return Err(LabError::Other(format!(
+                "natter-login did not create {} within 30 s",
+                db.display()
+            )));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let out = io(
+            "natter-login supernodes token",
+            std::process::Command::new(&bins.login)
+                .args(["supernodes", "token", "--data-dir", &login_dir_s])
+                .output(),
+        )?;
+        if !out.status.success() {
+            return Err(LabError::Other(format!(
+                "natter-login supernodes token failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        tokens.push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    }
     let sn = [
         format!("{}:443", lab::SN1[0]),
         format!("{}:443", lab::SN2[0]),
@@ -624,6 +653,8 @@ fn start_servers(lab: &mut Lab, bins: &Binaries, work: &Path) -> Result<Servers>
                 &sn[1 - i],
                 "--data-dir",
                 &dir_s,
+                "--enrol",
+                &tokens[i],
             ],
             &[],
         )?;

@@ -82,6 +82,10 @@ fn cert_issue(c: &mut Criterion) {
     group.finish();
 }
 
+/// The connection exporter the bench's login proof is bound to (the
+/// service is called directly, without a TLS connection).
+const EXPORTER: natter_proto::binding::Exporter = [0x5a; natter_proto::binding::EXPORTER_LEN];
+
 fn full_login(c: &mut Criterion) {
     let (issuer_key, user_key) = keys();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -107,6 +111,7 @@ fn full_login(c: &mut Criterion) {
                     }),
                 ),
                 peer,
+                &EXPORTER,
             )
             .await;
         assert!(
@@ -122,7 +127,15 @@ fn full_login(c: &mut Criterion) {
             password: "correct horse battery".into(),
             public_key: cert::public_key_der(&user_key.to_public_key()),
             chat_key: cert::chat_public(&[0x11; 32]).to_vec(),
-            ..Default::default()
+            proof: cert::sign(
+                &user_key,
+                &natter_proto::binding::login_message(
+                    &EXPORTER,
+                    "alice",
+                    &cert::public_key_der(&user_key.to_public_key()),
+                    &cert::chat_public(&[0x11; 32]),
+                ),
+            ),
         }),
     );
     let mut group = c.benchmark_group("login-server");
@@ -130,7 +143,7 @@ fn full_login(c: &mut Criterion) {
     group.sample_size(10);
     group.bench_function("full_login_default_argon2", |b| {
         b.iter(|| {
-            let reply = rt.block_on(service.handle(request.clone(), peer));
+            let reply = rt.block_on(service.handle(request.clone(), peer, &EXPORTER));
             assert!(matches!(reply.body, Some(Body::LoginReply(_))));
             black_box(reply)
         });

@@ -1,12 +1,13 @@
-//! Offline administration on a data directory: `natter-login users list`
-//! and `natter-login users disable NAME`. Safe to run while the server is
+//! Offline administration on a data directory: `natter-login users
+//! list|disable|enable` and `natter-login supernodes
+//! list|approve|revoke|token`. Safe to run while the server is
 //! up (SQLite WAL lets both write; each change is one statement).
 
 use std::path::Path;
 
 use crate::datadir::{DataDir, DataDirError};
 use crate::names::{self, NameError};
-use crate::storage::{Store, StoreError, UserRecord};
+use crate::storage::{KeyState, Store, StoreError, SupernodeKeyRecord, UserRecord};
 
 /// An administration failure.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +20,8 @@ pub enum AdminError {
     BadName(#[from] NameError),
     #[error("no user named {0:?}")]
     UnknownUser(String),
+    #[error("{0:?} is not a key fingerprint (64 hex digits)")]
+    BadFingerprint(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -39,8 +42,9 @@ pub async fn list_users(data_dir: &Path) -> Result<Vec<UserRecord>, AdminError> 
     Ok(users?)
 }
 
-/// Disables (or, with `disabled = false`, re-enables) an account. Certificates
-/// already issued stay valid until they expire.
+/// Disables (or, with `disabled = false`, re-enables) an account. A
+/// disabled name is in the revocation list every supernode fetches with its
+/// announces, which ends its sessions and refuses its joins.
 pub async fn set_disabled(
     data_dir: &Path,
     name: &str,
@@ -66,6 +70,68 @@ pub fn format_user(user: &UserRecord) -> String {
         if user.disabled { "disabled" } else { "active" },
         user.created_at,
         user.last_login
+            .map_or_else(|| "never".to_owned(), |t| t.to_string()),
+    )
+}
+
+/// Approves (`approve`) or revokes a supernode key by its fingerprint (the
+/// SHA-256 hex a pending supernode logs and `supernodes list` shows).
+pub async fn set_supernode_state(
+    data_dir: &Path,
+    fingerprint: &str,
+    state: KeyState,
+) -> Result<SupernodeKeyRecord, AdminError> {
+    let fingerprint = fingerprint.trim().to_ascii_lowercase();
+    if fingerprint.len() != 64 || hex::decode(&fingerprint).is_err() {
+        return Err(AdminError::BadFingerprint(fingerprint));
+    }
+    let store = open(data_dir).await?;
+    let result = store
+        .set_supernode_key_state(&fingerprint, state, crate::now_unix_ms())
+        .await;
+    store.close().await;
+    Ok(result?)
+}
+
+/// Every supernode key the login server knows (pending, approved, revoked).
+pub async fn list_supernodes(data_dir: &Path) -> Result<Vec<SupernodeKeyRecord>, AdminError> {
+    let store = open(data_dir).await?;
+    let keys = store.supernode_keys().await;
+    store.close().await;
+    Ok(keys?)
+}
+
+/// A new one-time enrolment token valid for `ttl`: printed once, only its
+/// hash stored. A supernode started with `--enrol TOKEN` is approved by its
+/// first announce.
+pub async fn new_enrol_token(
+    data_dir: &Path,
+    ttl: std::time::Duration,
+) -> Result<String, AdminError> {
+    use rand::RngCore;
+    let mut bytes = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let token = hex::encode(bytes);
+    let expires =
+        crate::now_unix_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+    let store = open(data_dir).await?;
+    let result = store
+        .add_enrol_token(&crate::service::token_hash(&token), expires)
+        .await;
+    store.close().await;
+    result?;
+    Ok(token)
+}
+
+/// One line per supernode key, for `supernodes list`.
+pub fn format_supernode(key: &SupernodeKeyRecord) -> String {
+    format!(
+        "{}\t{}\tnode={}\taddr={}\tlast_seen={}",
+        key.fingerprint,
+        key.state.as_str(),
+        key.node_id.as_deref().unwrap_or("-"),
+        key.addr.as_deref().unwrap_or("-"),
+        key.last_seen
             .map_or_else(|| "never".to_owned(), |t| t.to_string()),
     )
 }

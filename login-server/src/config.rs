@@ -117,6 +117,12 @@ pub struct Config {
     pub max_supernodes_returned: usize,
     /// Most distinct supernodes announced from one IP address.
     pub max_supernodes_per_ip: usize,
+    /// Validity of issued supernode certificates (renewed on every
+    /// announce, so this only bounds how long a certificate outlives a
+    /// supernode that stopped announcing).
+    pub supernode_cert_validity: Duration,
+    /// Most unapproved supernode keys remembered as pending.
+    pub max_pending_supernodes: usize,
     /// When true, a `SupernodeAnnounce` must carry the IP it was sent from
     /// (or an unspecified IP, which is replaced by the source IP).
     pub announce_requires_source_ip: bool,
@@ -159,6 +165,8 @@ impl Config {
             supernode_ttl: Duration::from_secs(10 * 60),
             max_supernodes_returned: 32,
             max_supernodes_per_ip: 16,
+            supernode_cert_validity: Duration::from_secs(24 * 60 * 60),
+            max_pending_supernodes: 64,
             announce_requires_source_ip: true,
             cpu_workers,
             register_workers: cpu_workers.saturating_sub(1).max(1),

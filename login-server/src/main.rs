@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use natter_login::storage::KeyState;
 use natter_login::{Config, LoginServer, admin};
 
 /// Natter login server: accounts, user certificates, supernode seed list.
@@ -24,6 +25,42 @@ enum Command {
     Users {
         #[command(subcommand)]
         command: UsersCommand,
+    },
+    /// Approve, revoke and list supernode keys; make enrolment tokens.
+    Supernodes {
+        #[command(subcommand)]
+        command: SupernodesCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SupernodesCommand {
+    /// List supernode keys: fingerprint, state, node id, address, last seen.
+    List {
+        #[arg(long, env = "NATTER_LOGIN_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Approve the supernode key with this fingerprint (it is certified on
+    /// its next announce).
+    Approve {
+        #[arg(long, env = "NATTER_LOGIN_DATA_DIR")]
+        data_dir: PathBuf,
+        fingerprint: String,
+    },
+    /// Revoke the supernode key with this fingerprint: no more
+    /// certificates, and every supernode drops its links within a minute.
+    Revoke {
+        #[arg(long, env = "NATTER_LOGIN_DATA_DIR")]
+        data_dir: PathBuf,
+        fingerprint: String,
+    },
+    /// Print a one-time enrolment token (`natter-supernode --enrol TOKEN`).
+    Token {
+        #[arg(long, env = "NATTER_LOGIN_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Seconds the token stays valid.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
     },
 }
 
@@ -76,7 +113,8 @@ enum UsersCommand {
         #[arg(long, env = "NATTER_LOGIN_DATA_DIR")]
         data_dir: PathBuf,
     },
-    /// Disable an account (its current certificate stays valid until it expires).
+    /// Disable an account: refused at login, and revoked on the overlay
+    /// (its sessions end) within a minute.
     Disable {
         #[arg(long, env = "NATTER_LOGIN_DATA_DIR")]
         data_dir: PathBuf,
@@ -157,6 +195,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             UsersCommand::Enable { data_dir, name } => {
                 let name = admin::set_disabled(&data_dir, &name, false).await?;
                 println!("enabled {name}");
+            }
+        },
+        Command::Supernodes { command } => match command {
+            SupernodesCommand::List { data_dir } => {
+                for key in admin::list_supernodes(&data_dir).await? {
+                    println!("{}", admin::format_supernode(&key));
+                }
+            }
+            SupernodesCommand::Approve {
+                data_dir,
+                fingerprint,
+            } => {
+                let key =
+                    admin::set_supernode_state(&data_dir, &fingerprint, KeyState::Approved).await?;
+                println!("approved {}", key.fingerprint);
+            }
+            SupernodesCommand::Revoke {
+                data_dir,
+                fingerprint,
+            } => {
+                let key =
+                    admin::set_supernode_state(&data_dir, &fingerprint, KeyState::Revoked).await?;
+                println!("revoked {}", key.fingerprint);
+            }
+            SupernodesCommand::Token { data_dir, ttl } => {
+                println!(
+                    "{}",
+                    admin::new_enrol_token(&data_dir, Duration::from_secs(ttl)).await?
+                );
             }
         },
     }

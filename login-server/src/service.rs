@@ -6,18 +6,21 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use natter_proto::binding::{self, Exporter};
 use natter_proto::cert::{self, Issuer};
 use natter_proto::messages::{
-    BuddyBlob, BuddyBlobGet, BuddyBlobPut, Envelope, ErrorCode, ErrorReply, HostCacheEntry,
-    LoginReply, LoginRequest, Pong, RegisterReply, RegisterRequest, SupernodeAnnounce,
-    SupernodeList, envelope::Body,
+    BuddyBlob, BuddyBlobGet, BuddyBlobPut, Certificate, Envelope, ErrorCode, ErrorReply,
+    HostCacheEntry, LoginReply, LoginRequest, Pong, RegisterReply, RegisterRequest, RevocationList,
+    SupernodeAnnounce, SupernodeAnnounced, envelope::Body,
 };
+use prost::Message;
 use rand::RngCore;
+use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::hashing::{CpuPool, HashError, Lane, PasswordHasher};
 use crate::names::{self, PasswordError};
-use crate::storage::{Store, StoreError, UserRecord};
+use crate::storage::{KeyState, Store, StoreError, UserRecord};
 use crate::throttle::Throttle;
 
 /// Largest accepted buddy blob.
@@ -74,6 +77,10 @@ impl From<StoreError> for ErrorReply {
                 ErrorCode::RateLimited,
                 "too many supernodes announced from this address",
             ),
+            StoreError::TooManyPending => error(
+                ErrorCode::RateLimited,
+                "too many supernode keys wait for approval",
+            ),
             other => internal("database error", &other),
         }
     }
@@ -88,6 +95,8 @@ struct Settings {
     max_supernodes_returned: usize,
     max_supernodes_per_ip: usize,
     announce_requires_source_ip: bool,
+    supernode_cert_validity: Duration,
+    max_pending_supernodes: usize,
 }
 
 /// The login server's request handler.
@@ -138,6 +147,8 @@ impl LoginService {
                 max_supernodes_returned: config.max_supernodes_returned,
                 max_supernodes_per_ip: config.max_supernodes_per_ip,
                 announce_requires_source_ip: config.announce_requires_source_ip,
+                supernode_cert_validity: config.supernode_cert_validity,
+                max_pending_supernodes: config.max_pending_supernodes,
             },
         })
     }
@@ -152,17 +163,23 @@ impl LoginService {
         &self.issuer
     }
 
-    /// Answers one request from `peer`. Never fails: every problem becomes
-    /// an [`ErrorReply`] carrying the request's id.
-    pub async fn handle(&self, request: Envelope, peer: SocketAddr) -> Envelope {
+    /// Answers one request from `peer` on the connection whose TLS exporter
+    /// is `exporter` (what proofs of possession are bound to). Never fails:
+    /// every problem becomes an [`ErrorReply`] carrying the request's id.
+    pub async fn handle(
+        &self,
+        request: Envelope,
+        peer: SocketAddr,
+        exporter: &Exporter,
+    ) -> Envelope {
         let id = request.request_id;
         let kind = request.type_name();
         let reply = match request.body {
             Some(Body::RegisterRequest(r)) => self.register(r, peer).await,
-            Some(Body::LoginRequest(r)) => self.login(r, peer).await,
+            Some(Body::LoginRequest(r)) => self.login(r, peer, exporter).await,
             Some(Body::BuddyBlobPut(r)) => self.buddy_put(r, peer).await,
             Some(Body::BuddyBlobGet(r)) => self.buddy_get(r, peer).await,
-            Some(Body::SupernodeAnnounce(r)) => self.announce(r, peer).await,
+            Some(Body::SupernodeAnnounce(r)) => self.announce(r, peer, exporter).await,
             Some(Body::Ping(p)) => Ok(Body::Pong(Pong { nonce: p.nonce })),
             Some(other) => Err(error(
                 ErrorCode::Malformed,
@@ -248,11 +265,22 @@ impl LoginService {
         Ok(user)
     }
 
-    async fn login(&self, r: LoginRequest, peer: SocketAddr) -> Reply {
+    async fn login(&self, r: LoginRequest, peer: SocketAddr, exporter: &Exporter) -> Reply {
         let subject = cert::parse_public_key(&r.public_key)
             .map_err(|e| error(ErrorCode::Malformed, format!("public key: {e}")))?;
         let chat_key = <[u8; cert::CHAT_KEY_LEN]>::try_from(r.chat_key.as_slice())
             .map_err(|_| error(ErrorCode::Malformed, "chat key is not 32 bytes"))?;
+        // Proof of possession first: it costs one RSA public operation, so a
+        // request for someone else's key is refused before argon2 runs and
+        // before the throttle counts a password attempt (docs/LOGIN.md).
+        let message = binding::login_message(exporter, &r.name, &r.public_key, &r.chat_key);
+        if cert::verify_signature(&subject, &message, &r.proof).is_err() {
+            tracing::info!(%peer, name = %r.name, "login refused: proof of possession failed");
+            return Err(error(
+                ErrorCode::CertificateRejected,
+                "proof of possession failed: the request is not signed by the key to certify on this connection",
+            ));
+        }
         let user = self.authenticate(&r.name, &r.password, peer).await?;
 
         let now = now_ms();
@@ -305,16 +333,18 @@ impl LoginService {
             .filter_map(|r| {
                 let addr: SocketAddr = r.addr.parse().ok()?;
                 let tcp = r.tcp.as_deref().and_then(|t| t.parse::<SocketAddr>().ok());
+                let reflector = r.reflector.as_deref()?.parse::<SocketAddr>().ok()?;
+                // Only certified supernodes are listed: an entry without a
+                // certificate (announced before version 2) is left out.
+                let certificate = Certificate::decode(r.certificate.as_deref()?).ok()?;
                 Some(HostCacheEntry {
                     addr: Some(addr.into()),
                     last_seen: r.last_seen,
                     rtt_ms: 0,
                     node_id: hex::decode(&r.node_id).ok()?,
-                    // Announces carry no reflector; clients learn it when
-                    // they join.
-                    reflector: None,
+                    reflector: Some(reflector.into()),
                     tcp: tcp.map(Into::into),
-                    ..Default::default()
+                    certificate: Some(certificate),
                 })
             })
             .collect())
@@ -378,11 +408,26 @@ impl LoginService {
         Ok(addr)
     }
 
-    async fn announce(&self, r: SupernodeAnnounce, peer: SocketAddr) -> Reply {
-        if r.node_id.is_empty() || r.node_id.len() > MAX_NODE_ID {
+    /// A supernode's announce: signed by the key it wants certified,
+    /// bound to this connection; the key must be approved (or bring a valid
+    /// one-time enrolment token), not revoked; the addresses must be the
+    /// sender's. Answered with a fresh certificate and the revocation list.
+    async fn announce(&self, r: SupernodeAnnounce, peer: SocketAddr, exporter: &Exporter) -> Reply {
+        let key = cert::parse_public_key(&r.public_key)
+            .map_err(|e| error(ErrorCode::Malformed, format!("public key: {e}")))?;
+        let node_id = cert::key_id(&key);
+        if r.node_id != node_id {
             return Err(error(
                 ErrorCode::Malformed,
-                format!("node id must be 1 to {MAX_NODE_ID} bytes"),
+                "node id is not the key id of the announced key",
+            ));
+        }
+        let message = binding::announce_message(exporter, &node_id);
+        if cert::verify_signature(&key, &message, &r.signature).is_err() {
+            tracing::info!(%peer, "announce refused: signature does not verify");
+            return Err(error(
+                ErrorCode::CertificateRejected,
+                "announce signature does not verify with the announced key on this connection",
             ));
         }
         let wire = r
@@ -396,10 +441,78 @@ impl LoginService {
             .as_ref()
             .map(|wire| self.announced_addr(wire, source, "tcp address"))
             .transpose()?;
+        let reflector = r
+            .reflector
+            .as_ref()
+            .ok_or_else(|| error(ErrorCode::Malformed, "announce has no reflector address"))
+            .and_then(|wire| self.announced_addr(wire, source, "reflector address"))?;
         let now = now_ms();
+        let fingerprint = cert::fingerprint(&key);
+        let node_hex = hex::encode(node_id);
+        let state = match self.store.supernode_key_state(&fingerprint).await? {
+            Some(KeyState::Revoked) => {
+                return Err(error(
+                    ErrorCode::Revoked,
+                    format!("supernode key {fingerprint} is revoked"),
+                ));
+            }
+            Some(KeyState::Approved) => KeyState::Approved,
+            _ if !r.enrol_token.is_empty()
+                && self
+                    .store
+                    .consume_enrol_token(&token_hash(&r.enrol_token), now)
+                    .await? =>
+            {
+                tracing::info!(%addr, key = %fingerprint, "supernode enrolled with a token");
+                KeyState::Approved
+            }
+            _ => KeyState::Pending,
+        };
+        self.store
+            .note_supernode_key(
+                &fingerprint,
+                &node_hex,
+                &addr.to_string(),
+                state,
+                now,
+                self.settings.max_pending_supernodes,
+            )
+            .await?;
+        if state != KeyState::Approved {
+            tracing::info!(%addr, key = %fingerprint, "supernode not approved; pending");
+            return Err(error(
+                ErrorCode::NotApproved,
+                format!(
+                    "supernode key {fingerprint} is not approved: run `natter-login supernodes approve {fingerprint}`"
+                ),
+            ));
+        }
+        let addrs = cert::SupernodeAddrs {
+            quic: addr,
+            reflector,
+            tcp,
+        };
+        let now_s = now.div_euclid(1000);
+        let not_before = now_s.saturating_sub(secs(self.settings.cert_backdate));
+        let not_after = now_s.saturating_add(secs(self.settings.supernode_cert_validity));
+        let serial = rand::rngs::OsRng.next_u64() >> 1;
+        let issuer = Arc::clone(&self.issuer);
+        let certificate = self
+            .hasher
+            .pool()
+            .run(move || {
+                issuer.issue(
+                    &mut rand::rngs::OsRng,
+                    &cert::Subject::Supernode { key: &key, addrs },
+                    serial,
+                    not_before,
+                    not_after,
+                )
+            })
+            .await?;
         self.store
             .upsert_supernode(
-                &hex::encode(&r.node_id),
+                &node_hex,
                 &addr.ip().to_string(),
                 &addr.to_string(),
                 tcp.map(|t| t.to_string()).as_deref(),
@@ -407,13 +520,44 @@ impl LoginService {
                 self.settings.max_supernodes_per_ip,
             )
             .await?;
+        self.store
+            .set_supernode_certificate(
+                &node_hex,
+                &reflector.to_string(),
+                &certificate.encode_to_vec(),
+            )
+            .await?;
         let forget = i64::try_from(SUPERNODE_FORGET.as_millis()).unwrap_or(i64::MAX);
         self.store
             .prune_supernodes(now.saturating_sub(forget))
             .await?;
-        tracing::debug!(%addr, ?tcp, node = %hex::encode(&r.node_id), "supernode announced");
-        Ok(Body::SupernodeList(SupernodeList {
-            entries: self.recent_supernodes(now).await?,
+        tracing::debug!(%addr, ?tcp, node = %node_hex, "supernode announced");
+        Ok(Body::SupernodeAnnounced(SupernodeAnnounced {
+            certificate: Some(certificate),
+            revocations: Some(self.revocations(now).await?),
         }))
     }
+
+    /// The signed list of what is revoked now.
+    pub async fn revocations(&self, now: i64) -> Result<RevocationList, ErrorReply> {
+        let users = self.store.disabled_users().await?;
+        let nodes = self
+            .store
+            .revoked_supernodes()
+            .await?
+            .iter()
+            .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
+            .collect();
+        let issuer = Arc::clone(&self.issuer);
+        Ok(self
+            .hasher
+            .pool()
+            .run(move || issuer.revocations(&mut rand::rngs::OsRng, now, users, nodes))
+            .await?)
+    }
+}
+
+/// What is stored of an enrolment token: its SHA-256, hex.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.trim().as_bytes()))
 }

@@ -132,6 +132,16 @@ pub(crate) async fn session(
         mut shutdown,
     } = served;
     let peer = conn.remote_address();
+    // What proofs of possession on this connection are bound to. Sessions
+    // start after the handshake, so every connection has one.
+    let exporter = match conn.exporter() {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            tracing::info!(%peer, %e, "no TLS exporter; closing the connection");
+            conn.close(CLOSE_MALFORMED, b"no TLS exporter");
+            return;
+        }
+    };
     let send = Arc::new(Mutex::new(send));
     let mut requests = JoinSet::new();
     let finished = loop {
@@ -154,7 +164,7 @@ pub(crate) async fn session(
             Ok(Some(request)) => {
                 let (service, send, conn) = (Arc::clone(&service), Arc::clone(&send), conn.clone());
                 requests.spawn(async move {
-                    let reply = service.handle(request, peer).await;
+                    let reply = service.handle(request, peer, &exporter).await;
                     let written = tokio::time::timeout(limits.request_timeout, async {
                         send.lock().await.send(&reply).await
                     })

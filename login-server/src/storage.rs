@@ -21,7 +21,7 @@ use sqlx::sqlite::{
 
 /// Schema version written to the `meta` table: [`SCHEMA`] is version 1,
 /// each entry of [`MIGRATIONS`] one more.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The version-1 DDL, applied (idempotently) in the opening transaction.
 /// Later changes are [`MIGRATIONS`], never edits here, so a database made
@@ -68,7 +68,68 @@ pub const SCHEMA: &[&str] = &[
 pub const MIGRATIONS: &[&[&str]] = &[
     // 2: the supernode's TLS-over-TCP listener (NULL when it has none).
     &["ALTER TABLE supernodes ADD COLUMN tcp_addr TEXT"],
+    // 3: supernode certificates (issue 13): the keys the operator approved
+    // (or that announced and wait: pending; or revoked), one-time enrolment
+    // tokens (their SHA-256 only), and each listed supernode's reflector and
+    // latest certificate (handed to clients in host cache entries).
+    &[
+        "CREATE TABLE IF NOT EXISTS supernode_keys (
+            fingerprint TEXT PRIMARY KEY,
+            node_id TEXT,
+            state TEXT NOT NULL,
+            addr TEXT,
+            first_seen BIGINT NOT NULL,
+            last_seen BIGINT
+        )",
+        "CREATE TABLE IF NOT EXISTS enrol_tokens (
+            hash TEXT PRIMARY KEY,
+            expires_at BIGINT NOT NULL
+        )",
+        "ALTER TABLE supernodes ADD COLUMN reflector TEXT",
+        "ALTER TABLE supernodes ADD COLUMN certificate BLOB",
+    ],
 ];
+
+/// What the operator decided about a supernode key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// Announced, waiting for `supernodes approve`.
+    Pending,
+    Approved,
+    Revoked,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Pending => "pending",
+            KeyState::Approved => "approved",
+            KeyState::Revoked => "revoked",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "approved" => KeyState::Approved,
+            "revoked" => KeyState::Revoked,
+            _ => KeyState::Pending,
+        }
+    }
+}
+
+/// A supernode key the login server knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SupernodeKeyRecord {
+    /// SHA-256 of the PKCS#1 public key, hex.
+    pub fingerprint: String,
+    /// Hex node id (unknown for a key approved before it announced).
+    pub node_id: Option<String>,
+    pub state: KeyState,
+    /// The QUIC address of its latest announce.
+    pub addr: Option<String>,
+    pub first_seen: i64,
+    pub last_seen: Option<i64>,
+}
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +142,10 @@ pub enum StoreError {
     StaleVersion { current: u64 },
     #[error("too many supernodes announced from this address")]
     TooManySupernodes,
+    #[error("too many supernode keys wait for approval")]
+    TooManyPending,
+    #[error("no supernode key with fingerprint {0}")]
+    UnknownSupernode(String),
     #[error("database schema version {0} is newer than this server ({SCHEMA_VERSION})")]
     SchemaTooNew(i64),
     #[error("database schema version {0:?} is not a number")]
@@ -111,6 +176,10 @@ pub struct SupernodeRecord {
     pub tcp: Option<String>,
     /// Unix milliseconds.
     pub last_seen: i64,
+    /// `ip:port` of its UDP service, if announced.
+    pub reflector: Option<String>,
+    /// Its latest supernode certificate (encoded `Certificate`).
+    pub certificate: Option<Vec<u8>>,
 }
 
 /// A buddy-list blob.
@@ -348,6 +417,191 @@ impl Store {
         Ok(())
     }
 
+    /// Stores the reflector and certificate of a listed supernode (after
+    /// [`Self::upsert_supernode`]).
+    pub async fn set_supernode_certificate(
+        &self,
+        node_id: &str,
+        reflector: &str,
+        certificate: &[u8],
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE supernodes SET reflector = $1, certificate = $2 WHERE node_id = $3")
+            .bind(reflector)
+            .bind(certificate)
+            .bind(node_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// What the operator decided about the key with `fingerprint`.
+    pub async fn supernode_key_state(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<KeyState>, StoreError> {
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM supernode_keys WHERE fingerprint = $1")
+                .bind(fingerprint)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(state.as_deref().map(KeyState::parse))
+    }
+
+    /// Records an announce of a key: inserted as `state` when new (a new
+    /// pending key only while fewer than `max_pending` wait), else its node
+    /// id, address and time refreshed (the state is kept unless `state` is
+    /// `Approved`, which a consumed token decides).
+    pub async fn note_supernode_key(
+        &self,
+        fingerprint: &str,
+        node_id: &str,
+        addr: &str,
+        state: KeyState,
+        now_ms: i64,
+        max_pending: usize,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let known: Option<String> =
+            sqlx::query_scalar("SELECT state FROM supernode_keys WHERE fingerprint = $1")
+                .bind(fingerprint)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if known.is_none() && state == KeyState::Pending {
+            let pending: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM supernode_keys WHERE state = 'pending'")
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if usize::try_from(pending).unwrap_or(usize::MAX) >= max_pending {
+                return Err(StoreError::TooManyPending);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO supernode_keys (fingerprint, node_id, state, addr, first_seen, last_seen)
+             VALUES ($1, $2, $3, $4, $5, $5)
+             ON CONFLICT (fingerprint) DO UPDATE
+             SET node_id = excluded.node_id, addr = excluded.addr, last_seen = excluded.last_seen,
+                 state = CASE WHEN excluded.state = 'approved' AND supernode_keys.state <> 'revoked'
+                              THEN 'approved' ELSE supernode_keys.state END",
+        )
+        .bind(fingerprint)
+        .bind(node_id)
+        .bind(state.as_str())
+        .bind(addr)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The operator approves (or revokes) the key with `fingerprint`. A key
+    /// never seen can be approved ahead of its first announce; revoking
+    /// needs a key that announced (its node id goes in the revocation
+    /// list). A revoked key is also taken off the host cache at once.
+    pub async fn set_supernode_key_state(
+        &self,
+        fingerprint: &str,
+        state: KeyState,
+        now_ms: i64,
+    ) -> Result<SupernodeKeyRecord, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("UPDATE supernode_keys SET state = $1 WHERE fingerprint = $2")
+            .bind(state.as_str())
+            .bind(fingerprint)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            if state != KeyState::Approved {
+                return Err(StoreError::UnknownSupernode(fingerprint.to_owned()));
+            }
+            sqlx::query(
+                "INSERT INTO supernode_keys (fingerprint, state, first_seen) VALUES ($1, $2, $3)",
+            )
+            .bind(fingerprint)
+            .bind(state.as_str())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if state == KeyState::Revoked {
+            sqlx::query(
+                "DELETE FROM supernodes WHERE node_id IN
+                 (SELECT node_id FROM supernode_keys WHERE fingerprint = $1)",
+            )
+            .bind(fingerprint)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        self.supernode_keys()
+            .await?
+            .into_iter()
+            .find(|k| k.fingerprint == fingerprint)
+            .ok_or_else(|| StoreError::UnknownSupernode(fingerprint.to_owned()))
+    }
+
+    /// Every supernode key known, pending first.
+    pub async fn supernode_keys(&self) -> Result<Vec<SupernodeKeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT fingerprint, node_id, state, addr, first_seen, last_seen FROM supernode_keys
+             ORDER BY state DESC, first_seen",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                Ok(SupernodeKeyRecord {
+                    fingerprint: row.try_get("fingerprint")?,
+                    node_id: row.try_get("node_id")?,
+                    state: KeyState::parse(&state),
+                    addr: row.try_get("addr")?,
+                    first_seen: row.try_get("first_seen")?,
+                    last_seen: row.try_get("last_seen")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Node ids (hex) of revoked supernode keys.
+    pub async fn revoked_supernodes(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT node_id FROM supernode_keys WHERE state = 'revoked' AND node_id IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Names of disabled accounts.
+    pub async fn disabled_users(&self) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT name_norm FROM users WHERE disabled <> 0")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Stores a one-time enrolment token's hash, valid until `expires_at_ms`.
+    pub async fn add_enrol_token(&self, hash: &str, expires_at_ms: i64) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO enrol_tokens (hash, expires_at) VALUES ($1, $2)")
+            .bind(hash)
+            .bind(expires_at_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Consumes the enrolment token with `hash` if it exists and has not
+    /// expired: true at most once per token.
+    pub async fn consume_enrol_token(&self, hash: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM enrol_tokens WHERE hash = $1 AND expires_at > $2")
+            .bind(hash)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Forgets supernodes not seen since `before_ms`.
     pub async fn prune_supernodes(&self, before_ms: i64) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM supernodes WHERE last_seen < $1")
@@ -357,15 +611,18 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Supernodes seen since `since_ms`, most recent first.
+    /// Supernodes seen since `since_ms`, most recent first; never a revoked
+    /// one (even if an announce in flight when it was revoked re-added it).
     pub async fn recent_supernodes(
         &self,
         since_ms: i64,
         limit: usize,
     ) -> Result<Vec<SupernodeRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT node_id, addr, tcp_addr, last_seen FROM supernodes
-             WHERE last_seen >= $1 ORDER BY last_seen DESC LIMIT $2",
+            "SELECT node_id, addr, tcp_addr, last_seen, reflector, certificate FROM supernodes
+             WHERE last_seen >= $1 AND node_id NOT IN
+                 (SELECT node_id FROM supernode_keys WHERE state = 'revoked' AND node_id IS NOT NULL)
+             ORDER BY last_seen DESC LIMIT $2",
         )
         .bind(since_ms)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -378,6 +635,8 @@ impl Store {
                     addr: row.try_get("addr")?,
                     tcp: row.try_get("tcp_addr")?,
                     last_seen: row.try_get("last_seen")?,
+                    reflector: row.try_get("reflector")?,
+                    certificate: row.try_get("certificate")?,
                 })
             })
             .collect()

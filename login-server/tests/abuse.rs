@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use common::{pinned_key, raw_tls_from, read_records, start, user_key, with_timeout};
 use natter_login::{Argon2Config, Config, LoginServer};
-use natter_proto::cert;
 use natter_proto::messages::{Envelope, ErrorCode, LoginRequest, RegisterRequest, envelope::Body};
 use natter_proto::record::{self, Record};
+use natter_proto::{binding, cert};
 use tokio::io::AsyncWriteExt;
 
 /// The real server with TLS over TCP, the default argon2 cost (so a hash
@@ -41,7 +41,20 @@ async fn ask(server: &LoginServer, source: Ipv4Addr, body: Body) -> Body {
     reply(&mut tls).await
 }
 
-async fn send(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>, body: Body) {
+/// Sends `body`; a login is first signed with `user_key(0)` over this
+/// connection's exporter (the proof of possession an honest client sends).
+async fn send(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>, mut body: Body) {
+    if let Body::LoginRequest(r) = &mut body {
+        let mut exporter = [0u8; binding::EXPORTER_LEN];
+        tls.get_ref()
+            .1
+            .export_keying_material(&mut exporter, binding::EXPORTER_LABEL, None)
+            .unwrap();
+        r.proof = cert::sign(
+            &user_key(0),
+            &binding::login_message(&exporter, &r.name, &r.public_key, &r.chat_key),
+        );
+    }
     let mut bytes = Vec::new();
     record::encode_envelope(&Envelope::new(1, body), &mut bytes).unwrap();
     tls.write_all(&bytes).await.unwrap();

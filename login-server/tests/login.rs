@@ -498,54 +498,83 @@ async fn buddy_blob_sync_between_machines_and_stale_writes() {
 
 #[tokio::test]
 async fn supernode_announces_seed_login_replies() {
+    use natter_proto::binding;
     use natter_proto::messages::SupernodeAnnounce;
     let dir = tempfile::tempdir().unwrap();
     let server = start(test_config(dir.path())).await;
     let c = client(&server).await;
     c.register("kate", "password123").await.unwrap();
+    for i in 0..2 {
+        natter_login::admin::set_supernode_state(
+            dir.path(),
+            &cert::fingerprint(&user_key(i).to_public_key()),
+            natter_login::storage::KeyState::Approved,
+        )
+        .await
+        .unwrap();
+    }
+    let exporter =
+        natter_net::control::quic_exporter(c.quic_connection().expect("QUIC client")).unwrap();
 
-    let announce = |ip: &str, port: u16, id: u8| {
+    // Signed by `key` over this connection's exporter (PROTOCOL.md 8.1).
+    let announce = |ip: &str, port: u16, key: usize| {
+        let key = user_key(key);
+        let public = key.to_public_key();
+        let node_id = cert::key_id(&public);
+        let addr = std::net::SocketAddr::new(ip.parse().unwrap(), port);
         Body::SupernodeAnnounce(SupernodeAnnounce {
-            addr: Some(std::net::SocketAddr::new(ip.parse().unwrap(), port).into()),
-            node_id: vec![id; 16],
+            addr: Some(addr.into()),
+            node_id: node_id.to_vec(),
             tcp: None,
+            public_key: cert::public_key_der(&public),
+            reflector: Some(std::net::SocketAddr::new(addr.ip(), port + 1).into()),
+            signature: cert::sign(&key, &binding::announce_message(&exporter, &node_id)),
             ..Default::default()
         })
     };
-    let reply = c.request(announce("0.0.0.0", 7000, 1), "").await.unwrap();
-    let Body::SupernodeList(list) = reply else {
-        panic!("expected a supernode list");
+    let reply = c.request(announce("0.0.0.0", 7000, 0), "").await.unwrap();
+    let Body::SupernodeAnnounced(announced) = reply else {
+        panic!("expected SupernodeAnnounced");
     };
-    assert_eq!(list.entries.len(), 1);
-    c.request(announce("127.0.0.1", 7001, 2), "").await.unwrap();
+    let certified = cert::verify_supernode(
+        announced.certificate.as_ref().unwrap(),
+        server.public_key(),
+        natter_client::now_unix_secs(),
+    )
+    .unwrap();
+    // The unspecified IP became the source address.
+    assert_eq!(certified.addrs.quic, "127.0.0.1:7000".parse().unwrap());
+    assert_eq!(
+        certified.node_id,
+        cert::key_id(&user_key(0).to_public_key())
+    );
+    let revocations =
+        cert::verify_revocations(announced.revocations.as_ref().unwrap(), server.public_key())
+            .unwrap();
+    assert!(revocations.disabled_users.is_empty() && revocations.revoked_supernodes.is_empty());
+    c.request(announce("127.0.0.1", 7001, 1), "").await.unwrap();
     // Another host's address is refused.
     let e = c
-        .request(announce("192.0.2.1", 7002, 3), "")
+        .request(announce("192.0.2.1", 7002, 0), "")
         .await
         .unwrap_err();
     assert!(
         matches!(&e, ClientError::Server { code, .. } if code == "ERROR_CODE_MALFORMED"),
         "{e}"
     );
-    // No node id.
+    // A node id that is not the key's id.
+    let Body::SupernodeAnnounce(mut wrong) = announce("127.0.0.1", 7003, 1) else {
+        unreachable!()
+    };
+    wrong.node_id = vec![];
     let e = c
-        .request(
-            Body::SupernodeAnnounce(SupernodeAnnounce {
-                addr: Some(
-                    "127.0.0.1:7003"
-                        .parse::<std::net::SocketAddr>()
-                        .unwrap()
-                        .into(),
-                ),
-                node_id: vec![],
-                tcp: None,
-                ..Default::default()
-            }),
-            "",
-        )
+        .request(Body::SupernodeAnnounce(wrong), "")
         .await
         .unwrap_err();
-    assert!(matches!(e, ClientError::Server { .. }), "{e}");
+    assert!(
+        matches!(&e, ClientError::Server { code, .. } if code == "ERROR_CODE_MALFORMED"),
+        "{e}"
+    );
 
     let outcome = c
         .login("kate", "password123", &user_key(0), &[0x11; 32])
@@ -562,12 +591,10 @@ async fn supernode_announces_seed_login_replies() {
         .collect();
     addrs.sort();
     assert_eq!(addrs, ["127.0.0.1:7000", "127.0.0.1:7001"]);
-    assert!(
-        outcome
-            .supernodes
-            .iter()
-            .all(|s| s.node_id.len() == 16 && s.last_seen > 0)
-    );
+    assert!(outcome.supernodes.iter().all(|s| s.node_id.len() == 16
+        && s.last_seen > 0
+        && s.certificate.is_some()
+        && s.reflector.is_some()));
     server.shutdown().await;
 }
 
@@ -633,4 +660,93 @@ async fn identity_is_kept_reused_and_expires() {
         "{e}"
     );
     assert!(e.to_string().starts_with("session expired"), "{e}");
+}
+
+/// Proof of possession (issue 13 item 4): an attacker who knows Bob's
+/// password (or is Bob) asks for a certificate binding a key they do not
+/// hold. Every variant is refused with CERTIFICATE_REJECTED before the
+/// password is looked at, and no certificate is issued; the honest login
+/// on the same connection still works.
+#[tokio::test]
+async fn login_for_someone_elses_key_is_refused() {
+    use natter_proto::binding;
+    use natter_proto::messages::LoginRequest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(test_config(dir.path())).await;
+    let c = client(&server).await;
+    c.register("bob", "password123").await.unwrap();
+    let victim = user_key(0);
+    let attacker = user_key(1);
+    let chat_key = cert::chat_public(&[0x11; 32]);
+    let victim_der = cert::public_key_der(&victim.to_public_key());
+    let exporter =
+        natter_net::control::quic_exporter(c.quic_connection().expect("QUIC client")).unwrap();
+    let request = |proof: Vec<u8>| {
+        Body::LoginRequest(LoginRequest {
+            name: "bob".into(),
+            password: "password123".into(),
+            public_key: victim_der.clone(),
+            chat_key: chat_key.to_vec(),
+            proof,
+        })
+    };
+    let refused = |e: &ClientError| {
+        matches!(e, ClientError::Server { code, detail }
+            if code == "ERROR_CODE_CERTIFICATE_REJECTED" && detail.contains("proof of possession"))
+    };
+
+    // 1. No proof at all.
+    let e = c.request(request(Vec::new()), "bob").await.unwrap_err();
+    assert!(refused(&e), "{e}");
+    // 2. Signed with the attacker's own key over the right message.
+    let message = binding::login_message(&exporter, "bob", &victim_der, &chat_key);
+    let e = c
+        .request(request(cert::sign(&attacker, &message)), "bob")
+        .await
+        .unwrap_err();
+    assert!(refused(&e), "{e}");
+    // 3. A genuine proof by the victim's key, captured from another
+    //    connection (another exporter), replayed here.
+    let other = client(&server).await;
+    let other_exporter =
+        natter_net::control::quic_exporter(other.quic_connection().unwrap()).unwrap();
+    assert_ne!(other_exporter, exporter);
+    let captured = cert::sign(
+        &victim,
+        &binding::login_message(&other_exporter, "bob", &victim_der, &chat_key),
+    );
+    let e = c.request(request(captured), "bob").await.unwrap_err();
+    assert!(refused(&e), "{e}");
+    // 4. A victim proof for another chat key (the attacker's) is refused.
+    let e = c
+        .request(
+            Body::LoginRequest(LoginRequest {
+                chat_key: cert::chat_public(&[0x22; 32]).to_vec(),
+                ..match request(cert::sign(&victim, &message)) {
+                    Body::LoginRequest(r) => r,
+                    _ => unreachable!(),
+                }
+            }),
+            "bob",
+        )
+        .await
+        .unwrap_err();
+    assert!(refused(&e), "{e}");
+    // No certificate was issued for any of them.
+    let users = server.service().store().list_users().await.unwrap();
+    assert!(
+        users[0].last_login.is_none(),
+        "a refused login issued a certificate"
+    );
+
+    // The holder of the key logs in on the same connection.
+    let outcome = c
+        .login("bob", "password123", &victim, &[0x11; 32])
+        .await
+        .unwrap();
+    assert_eq!(outcome.verified.public_key, victim.to_public_key());
+    other.close().await;
+    c.close().await;
+    server.shutdown().await;
 }

@@ -325,39 +325,63 @@ async fn announce_with_tcp_is_returned_in_login_reply() {
     let server = start(tcp_config(dir.path())).await;
     let c = tcp_client(&server).await;
     c.register("kate", "password123").await.unwrap();
+    for i in 0..2 {
+        natter_login::admin::set_supernode_state(
+            dir.path(),
+            &natter_proto::cert::fingerprint(&user_key(i).to_public_key()),
+            natter_login::storage::KeyState::Approved,
+        )
+        .await
+        .unwrap();
+    }
     let addr = |s: &str| Some(s.parse::<SocketAddr>().unwrap().into());
-    let announce = |quic: &str, tcp: Option<&str>, id: u8| {
-        Body::SupernodeAnnounce(SupernodeAnnounce {
-            addr: addr(quic),
-            node_id: vec![id; 16],
-            tcp: tcp.and_then(addr),
-            ..Default::default()
-        })
-    };
+    // Signed by approved key `key` over `client`'s connection (PROTOCOL.md 8.1).
+    let signed =
+        |client: &natter_client::LoginClient, quic: &str, tcp: Option<&str>, key: usize| {
+            use natter_proto::{binding, cert};
+            let key = user_key(key);
+            let public = key.to_public_key();
+            let node_id = cert::key_id(&public);
+            let exporter = client.exporter().unwrap();
+            let mut reflector = quic.parse::<SocketAddr>().unwrap();
+            reflector.set_port(reflector.port() + 1);
+            Body::SupernodeAnnounce(SupernodeAnnounce {
+                addr: addr(quic),
+                node_id: node_id.to_vec(),
+                tcp: tcp.and_then(addr),
+                public_key: cert::public_key_der(&public),
+                reflector: Some(reflector.into()),
+                signature: cert::sign(&key, &binding::announce_message(&exporter, &node_id)),
+                ..Default::default()
+            })
+        };
+    let announce = |quic: &str, tcp: Option<&str>, key: usize| signed(&c, quic, tcp, key);
 
     // Over TCP the source address is the TCP peer's: the unspecified IP
     // becomes 127.0.0.1 in both addresses.
     let reply = c
-        .request(announce("0.0.0.0:7000", Some("0.0.0.0:7443"), 1), "")
+        .request(announce("0.0.0.0:7000", Some("0.0.0.0:7443"), 0), "")
         .await
         .unwrap();
-    let Body::SupernodeList(list) = reply else {
-        panic!("expected a supernode list");
+    let Body::SupernodeAnnounced(announced) = reply else {
+        panic!("expected SupernodeAnnounced");
     };
-    let tcp = list.entries[0].tcp.as_ref().unwrap();
-    assert_eq!(
-        SocketAddr::try_from(tcp).unwrap().to_string(),
-        "127.0.0.1:7443"
-    );
+    let certified = natter_proto::cert::verify_supernode(
+        announced.certificate.as_ref().unwrap(),
+        server.public_key(),
+        natter_client::now_unix_secs(),
+    )
+    .unwrap();
+    assert_eq!(certified.addrs.tcp.unwrap().to_string(), "127.0.0.1:7443");
     // One without a TCP listener, over QUIC.
     let quic = client(&server).await;
-    quic.request(announce("127.0.0.1:7001", None, 2), "")
+    quic.request(signed(&quic, "127.0.0.1:7001", None, 1), "")
         .await
         .unwrap();
     // A TCP address on another host, or port 0, is refused.
     for bad in ["192.0.2.1:443", "127.0.0.1:0"] {
         let e = c
-            .request(announce("127.0.0.1:7002", Some(bad), 3), "")
+            .request(announce("127.0.0.1:7002", Some(bad), 0), "")
             .await
             .unwrap_err();
         assert!(
@@ -397,7 +421,7 @@ async fn announce_with_tcp_is_returned_in_login_reply() {
     );
 
     // A later announce without the listener clears it.
-    c.request(announce("127.0.0.1:7000", None, 1), "")
+    c.request(announce("127.0.0.1:7000", None, 0), "")
         .await
         .unwrap();
     let outcome = c

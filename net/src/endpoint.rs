@@ -135,11 +135,25 @@ pub async fn request_once(
     request: &Envelope,
     timeout: Duration,
 ) -> Result<Envelope, NetError> {
+    request_once_bound(endpoint, addr, server_name, |_| request.clone(), timeout).await
+}
+
+/// As [`request_once`], the request made by `make` from the new
+/// connection's TLS exporter (for requests carrying a signature bound to
+/// the connection, see `natter_proto::binding`).
+pub async fn request_once_bound(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    server_name: &str,
+    make: impl FnOnce(&natter_proto::binding::Exporter) -> Envelope,
+    timeout: Duration,
+) -> Result<Envelope, NetError> {
     let exchange = async {
         let connection = endpoint.connect(addr, server_name)?.await?;
         let result = async {
+            let request = make(&crate::control::quic_exporter(&connection)?);
             let (mut send, recv) = connection.open_bi().await?;
-            write_envelope(&mut send, request).await?;
+            write_envelope(&mut send, &request).await?;
             send.finish()?;
             FramedRecv::new(recv).next().await?.ok_or(NetError::NoReply)
         }

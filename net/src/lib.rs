@@ -53,7 +53,7 @@ pub use tls::ALPN;
 
 pub use endpoint::{
     TransportSettings, client_config, client_endpoint, insecure_client_config, request_once,
-    server_config, server_endpoint,
+    request_once_bound, server_config, server_endpoint,
 };
 pub use framed::{FramedRecv, FramedSend, write_envelope};
 pub use tls::TlsIdentity;

@@ -244,6 +244,7 @@ async fn join_all(
                     &endpoints[job.endpoint],
                     job.addr,
                     &identity,
+                    &keys.issuer.public_key(),
                     JOIN_TIMEOUT,
                 )
                 .await
@@ -378,13 +379,19 @@ struct SupernodeProcess {
     addr: SocketAddr,
 }
 
-async fn start_supernode(login: SocketAddr, login_key: &std::path::Path) -> SupernodeProcess {
+async fn start_supernode(
+    login: SocketAddr,
+    login_key: &std::path::Path,
+    issuer_key: &std::path::Path,
+) -> SupernodeProcess {
     let binary = env!("CARGO_BIN_EXE_natter-supernode");
     let mut child = Command::new(binary)
         .args(["--listen", "127.0.0.1:0", "--login"])
         .arg(login.to_string())
         .arg("--login-key")
         .arg(login_key)
+        .arg("--issuer-key")
+        .arg(issuer_key)
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -432,7 +439,13 @@ async fn capacity(settings: &Settings, keys: Arc<Keys>) {
         .unwrap();
     std::fs::write(&key_path, pem).unwrap();
 
-    let mut sn = start_supernode(login, &key_path).await;
+    // The login server is unreachable: the supernode certifies itself with
+    // the test issuer's key (the single-box mode).
+    let issuer_path = format!(
+        "{}/../proto/tests/vectors/issuer.pem",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut sn = start_supernode(login, &key_path, std::path::Path::new(&issuer_path)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base = proc_stats(&sn.pid);
     let n_endpoints = max.div_ceil(settings.conns_per_endpoint);
@@ -941,6 +954,10 @@ fn main() {
             let config = |peers: Vec<SocketAddr>| {
                 // No login server: `login` stays None.
                 let mut c = Config::new("127.0.0.1:0".parse().unwrap(), keys.issuer.public_key());
+                c.certification = natter_supernode::Certification::Local {
+                    issuer: Arc::new(keys.issuer.clone()),
+                    validity: Duration::from_secs(3600),
+                };
                 c.peers = peers;
                 c.replicas = settings.replicas;
                 c

@@ -4,10 +4,31 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rsa::RsaPublicKey;
+use std::sync::Arc;
+
+use natter_proto::cert::Issuer;
+use rsa::{RsaPrivateKey, RsaPublicKey};
 
 use crate::membership::Timeouts;
 use crate::relay::RelayLimits;
+
+/// Who certifies this supernode's key.
+#[derive(Debug, Clone)]
+pub enum Certification {
+    /// The login server at [`Config::login`]: the node announces (signed,
+    /// bound to the connection) and serves once the answer carries a
+    /// certificate. `enrol_token` is a one-time token from `natter-login
+    /// supernodes token`; without one, the operator approves the key's
+    /// fingerprint (`natter-login supernodes approve`).
+    LoginServer { enrol_token: Option<String> },
+    /// An issuer in this process (tests, single-box setups): the same
+    /// [`Issuer::issue`] the login server calls, with this login key's
+    /// private half, certifying for `validity`.
+    Local {
+        issuer: Arc<Issuer>,
+        validity: Duration,
+    },
+}
 
 /// Everything a supernode needs to run. [`Config::new`] fills in defaults.
 #[derive(Debug, Clone)]
@@ -23,8 +44,14 @@ pub struct Config {
     pub login_key: RsaPublicKey,
     /// Supernodes to connect to at start (and to keep reconnecting to).
     pub peers: Vec<SocketAddr>,
-    /// Keeps the node id and TLS identity across restarts.
+    /// Keeps the node key (hence the node id) and TLS identity across restarts.
     pub data_dir: Option<PathBuf>,
+    /// The node key to use instead of the data directory's (tests).
+    pub node_key: Option<RsaPrivateKey>,
+    /// Who certifies the node key.
+    pub certification: Certification,
+    /// Renew the certificate when less than this much of it is left.
+    pub renew_before: Duration,
     /// Directory replicas per user record (K).
     pub replicas: usize,
     /// An unanswered call invite is hung up after this long.
@@ -33,7 +60,9 @@ pub struct Config {
     pub gossip_interval: Duration,
     /// Failure detector timeouts.
     pub timeouts: Timeouts,
-    /// Period of the announcement to the login server.
+    /// Period of the announcement to the login server (each answer brings
+    /// the current revocation list, so this bounds how late a revocation
+    /// reaches this node).
     pub announce_interval: Duration,
     /// How long to wait for one replica (or peer) to answer.
     pub peer_timeout: Duration,
@@ -89,11 +118,14 @@ impl Config {
             login_key,
             peers: Vec::new(),
             data_dir: None,
+            node_key: None,
+            certification: Certification::LoginServer { enrol_token: None },
+            renew_before: Duration::from_secs(3600),
             replicas: 3,
             no_answer_timeout: Duration::from_secs(30),
             gossip_interval: Duration::from_secs(1),
             timeouts: Timeouts::default(),
-            announce_interval: Duration::from_secs(30),
+            announce_interval: Duration::from_secs(15),
             peer_timeout: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(10),
             session_queue: 256,

@@ -19,6 +19,7 @@
 pub mod config;
 pub mod core;
 pub mod hrw;
+pub mod identity;
 pub mod membership;
 pub mod ratelimit;
 pub mod relay;
@@ -35,8 +36,8 @@ mod tcp;
 mod tcp_stats;
 mod udp;
 
-pub use config::Config;
-pub use server::{Handle, NODE_ID_FILE, SpawnError, Supernode};
+pub use config::{Certification, Config};
+pub use server::{Handle, SpawnError, Supernode};
 pub use stun_limit::StunLimits;
 pub use tcp_stats::TcpStats;
 pub use udp::UdpStats;

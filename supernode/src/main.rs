@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use natter_supernode::{Config, Supernode};
 use rsa::RsaPublicKey;
-use rsa::pkcs8::DecodePublicKey;
+use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
 
 /// natter-supernode: a Natter supernode (overlay, directory, presence,
 /// call signaling and chat routing).
@@ -28,9 +28,21 @@ struct Cli {
     /// Another supernode to connect to (repeatable).
     #[arg(long = "peer")]
     peers: Vec<SocketAddr>,
-    /// Directory keeping the node id and TLS identity across restarts.
+    /// Directory keeping the node key (hence the node id) and TLS identity
+    /// across restarts.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// A one-time enrolment token from `natter-login supernodes token`: the
+    /// first announce approves this node's key. Without one, the operator
+    /// runs `natter-login supernodes approve FINGERPRINT` (the fingerprint
+    /// is logged while the node waits).
+    #[arg(long, env = "NATTER_SUPERNODE_ENROL", value_name = "TOKEN")]
+    enrol: Option<String>,
+    /// Single-box setups and benches: certify this node locally with the
+    /// login server's signing key (`login-key.pem`, PKCS#8 PEM) instead of
+    /// asking the login server. Whoever holds this key can certify anyone.
+    #[arg(long, value_name = "PATH", conflicts_with = "enrol")]
+    issuer_key: Option<PathBuf>,
     /// Directory replicas per user record.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
     replicas: u16,
@@ -85,6 +97,27 @@ async fn main() -> anyhow::Result<()> {
     config.login = Some(cli.login);
     config.peers = cli.peers;
     config.data_dir = cli.data_dir;
+    config.certification = match &cli.issuer_key {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let key = rsa::RsaPrivateKey::from_pkcs8_pem(&pem)
+                .with_context(|| format!("{} is not a PKCS#8 PEM RSA key", path.display()))?;
+            let issuer = natter_proto::cert::Issuer::new(key);
+            anyhow::ensure!(
+                issuer.public_key() == config.login_key,
+                "{} is not the signing key of --login-key",
+                path.display()
+            );
+            natter_supernode::Certification::Local {
+                issuer: std::sync::Arc::new(issuer),
+                validity: Duration::from_secs(24 * 3600),
+            }
+        }
+        None => natter_supernode::Certification::LoginServer {
+            enrol_token: cli.enrol,
+        },
+    };
     config.replicas = usize::from(cli.replicas);
     config.no_answer_timeout = Duration::from_secs(cli.no_answer_timeout);
     config.udp = cli.udp;

@@ -110,8 +110,15 @@ fn handle(node: &mut Node, conns: &mut Conns, event: Event) {
             hello,
         } => {
             let remote = conn.remote_address();
+            // The join is bound to the connection's exporter both ways; a
+            // connection without one (cannot happen after a handshake) is
+            // not served.
+            let Ok(exporter) = conn.exporter() else {
+                conn.close(close::REFUSED, b"no TLS exporter");
+                return;
+            };
             conns.sessions.insert(id, (tx, conn));
-            node.handle_session_open(id, remote, carrier, now);
+            node.handle_session_open(id, remote, carrier, exporter, now);
             node.handle_session(id, hello, now);
         }
         Event::SessionFrame { id, envelope } => node.handle_session(id, envelope, now),
@@ -121,6 +128,8 @@ fn handle(node: &mut Node, conns: &mut Conns, event: Event) {
         }
         Event::LinkUp {
             id,
+            peer,
+            certificate,
             conn,
             tx,
             first,
@@ -128,7 +137,7 @@ fn handle(node: &mut Node, conns: &mut Conns, event: Event) {
         } => {
             let remote = conn.remote_address();
             conns.links.insert(id, (tx, conn));
-            node.handle_link_up(id, remote, &first, origin, now);
+            node.handle_link_up(id, remote, peer, certificate, &first, origin, now);
         }
         Event::LinkFrame { id, envelope } => node.handle_link(id, envelope, now),
         Event::LinkDown { id } => {
@@ -136,6 +145,16 @@ fn handle(node: &mut Node, conns: &mut Conns, event: Event) {
             node.handle_link_down(id, now);
         }
         Event::DialFailed { addr } => node.handle_dial_failed(addr, now),
+        Event::Revocations(list) => {
+            if node.handle_revocations(&list, now) {
+                tracing::debug!("revocation list taken");
+            }
+        }
+        Event::Certified { key, certificate } => {
+            if node.handle_certificate(*key, certificate, now) {
+                tracing::info!("supernode certificate installed");
+            }
+        }
     }
 }
 

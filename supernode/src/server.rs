@@ -4,27 +4,29 @@
 //! publishes and from the services' own counters.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use natter_net::{TlsIdentity, TlsListener, TransportSettings};
+use natter_proto::binding;
+use natter_proto::cert::{self, Issuer, SupernodeAddrs};
 use natter_proto::messages::envelope::Body;
-use natter_proto::messages::{Envelope, SupernodeAnnounce};
+use natter_proto::messages::{
+    Certificate, Envelope, ErrorCode, SupernodeAnnounce, SupernodeAnnounced,
+};
 use quinn::VarInt;
 use rand::RngCore;
+use rsa::RsaPrivateKey;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::core::{Node, NodeConfig};
+use crate::config::Certification;
+use crate::core::{Node, NodeConfig, NodeCredentials};
 use crate::node_task::Snapshot;
-use crate::shell::{EVENT_QUEUE, Shell, now};
+use crate::shell::{EVENT_QUEUE, Event, Shell, now};
 use crate::tcp_stats::TcpStats;
 use crate::udp::{UdpService, UdpStats};
 use crate::{Config, NodeId, close};
-
-/// File in the data directory holding the node id (hex).
-pub const NODE_ID_FILE: &str = "node-id";
 
 /// Why a supernode could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +39,10 @@ pub enum SpawnError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0} holds no valid node id")]
-    BadNodeId(String),
+    #[error("node key: {0}")]
+    NodeKey(#[from] crate::identity::IdentityError),
+    #[error("no certification: a supernode needs a login server (--login) or a local issuer")]
+    NoCertification,
     #[error("cannot advertise the unspecified address {0}: pass an advertise address")]
     Unspecified(SocketAddr),
     #[error(transparent)]
@@ -83,38 +87,6 @@ fn advertised_tcp(bound: SocketAddr, quic: SocketAddr, explicit: bool) -> Socket
     }
 }
 
-fn load_node_id(dir: Option<&Path>) -> Result<NodeId, SpawnError> {
-    let mut fresh = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut fresh);
-    let Some(dir) = dir else {
-        return Ok(fresh);
-    };
-    let path = dir.join(NODE_ID_FILE);
-    let io = |source| SpawnError::DataDir {
-        path: path.display().to_string(),
-        source,
-    };
-    if path.exists() {
-        let text = std::fs::read_to_string(&path).map_err(io)?;
-        return hex::decode(text.trim())
-            .ok()
-            .and_then(|b| crate::node_id(&b))
-            .ok_or_else(|| SpawnError::BadNodeId(path.display().to_string()));
-    }
-    std::fs::create_dir_all(dir).map_err(|source| SpawnError::DataDir {
-        path: dir.display().to_string(),
-        source,
-    })?;
-    // Atomic (temporary sibling, fsync, rename): a crash while writing
-    // leaves no half-written id that would stop the next start.
-    natter_fsutil::write_atomic(&path, hex::encode(fresh).as_bytes(), natter_fsutil::PUBLIC)
-        .map_err(|e| SpawnError::DataDir {
-            path: e.path.display().to_string(),
-            source: e.source,
-        })?;
-    Ok(fresh)
-}
-
 /// Starts supernodes.
 #[derive(Debug)]
 pub struct Supernode;
@@ -138,7 +110,18 @@ impl Supernode {
     /// called inside a tokio runtime.
     pub fn spawn(config: Config) -> Result<Handle, SpawnError> {
         let data_dir = config.data_dir.as_deref();
-        let node_id = load_node_id(data_dir)?;
+        let node_key = match &config.node_key {
+            Some(key) => key.clone(),
+            None => crate::identity::load_or_generate(data_dir)?,
+        };
+        // The node id is the certified key's id: nobody can claim it
+        // without the key.
+        let node_id: NodeId = cert::key_id(&node_key.to_public_key());
+        if matches!(config.certification, Certification::LoginServer { .. })
+            && config.login.is_none()
+        {
+            return Err(SpawnError::NoCertification);
+        }
         let identity = TlsIdentity::load_or_generate(data_dir, "natter-supernode")?;
         let endpoint =
             natter_net::server_endpoint(config.listen, &identity, &TransportSettings::OVERLAY)?;
@@ -183,9 +166,28 @@ impl Supernode {
         let start = now();
         // A restarted node (same id from the data dir) gets a higher incarnation.
         let incarnation = u64::try_from(start.unix_ms).unwrap_or(0);
+        let addrs = SupernodeAddrs {
+            quic: addr,
+            reflector: udp.primary_addr,
+            tcp: tcp_addr,
+        };
+        let credentials = match &config.certification {
+            Certification::Local { issuer, validity } => Some(NodeCredentials {
+                certificate: local_certificate(
+                    issuer,
+                    &node_key,
+                    addrs,
+                    *validity,
+                    start.unix_secs(),
+                ),
+                key: node_key.clone(),
+            }),
+            Certification::LoginServer { .. } => None,
+        };
         let core_config = NodeConfig::from_config(
             &config,
             node_id,
+            credentials,
             addr,
             local_addr,
             tcp_addr,
@@ -197,7 +199,12 @@ impl Supernode {
         let node = Node::new(core_config, seed, start);
         let (snapshot_tx, snapshot) = watch::channel(Snapshot::of(&node));
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let initial = node.config().credentials.clone();
         let shell = Arc::new(Shell::new(config, endpoint, Arc::clone(&udp), events_tx));
+        if let Some(credentials) = initial {
+            // The core has them already (NodeConfig); links need them too.
+            shell.set_credentials(credentials);
+        }
         tracing::info!(
             listen = %local_addr,
             advertise = %addr,
@@ -233,13 +240,21 @@ impl Supernode {
                 snapshot.clone(),
             )));
         }
+        if let Certification::Local { issuer, validity } = &shell.config.certification {
+            tasks.push(tokio::spawn(local_renew_loop(
+                Arc::clone(&shell),
+                Arc::clone(issuer),
+                *validity,
+                node_key.clone(),
+                addrs,
+            )));
+        }
         if let Some(login) = shell.config.login {
             tasks.push(tokio::spawn(announce_loop(
                 Arc::clone(&shell),
                 login,
-                addr,
-                node_id,
-                tcp_addr,
+                node_key,
+                addrs,
             )));
         }
         Ok(Handle {
@@ -297,6 +312,14 @@ impl Handle {
         self.shell.udp.alternate_addr
     }
 
+    /// Link attempts refused for a missing or invalid `LinkHello` (no
+    /// supernode certificate of the pinned login key on that connection).
+    pub fn links_refused(&self) -> u64 {
+        self.shell
+            .links_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The UDP service's counters.
     pub fn udp_stats(&self) -> UdpStats {
         self.shell.udp.stats()
@@ -343,43 +366,162 @@ impl Drop for Handle {
     }
 }
 
-/// Announces this supernode to the login server now and every
-/// `announce_interval`; failures are only logged.
+/// A certificate for `key` at `addrs` from an in-process issuer: the same
+/// [`Issuer::issue`] the login server calls.
+fn local_certificate(
+    issuer: &Issuer,
+    key: &RsaPrivateKey,
+    addrs: SupernodeAddrs,
+    validity: Duration,
+    now_secs: i64,
+) -> Certificate {
+    let validity = i64::try_from(validity.as_secs()).unwrap_or(i64::MAX);
+    issuer.issue(
+        &mut rand::rngs::OsRng,
+        &cert::Subject::Supernode {
+            key: &key.to_public_key(),
+            addrs,
+        },
+        rand::rngs::OsRng.next_u64() >> 1,
+        now_secs.saturating_sub(300),
+        now_secs.saturating_add(validity),
+    )
+}
+
+/// Renews a locally issued certificate when half its validity is gone.
+async fn local_renew_loop(
+    shell: Arc<Shell>,
+    issuer: Arc<Issuer>,
+    validity: Duration,
+    key: RsaPrivateKey,
+    addrs: SupernodeAddrs,
+) {
+    let period = (validity / 2).max(Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(period).await;
+        let certificate = local_certificate(&issuer, &key, addrs, validity, now().unix_secs());
+        let credentials = NodeCredentials {
+            key: key.clone(),
+            certificate,
+        };
+        if !shell.certified(credentials).await {
+            return;
+        }
+    }
+}
+
+/// Why one announce did not bring a certificate.
+#[derive(Debug, thiserror::Error)]
+enum AnnounceError {
+    #[error(transparent)]
+    Net(#[from] natter_net::NetError),
+    #[error("not approved: run `natter-login supernodes approve {0}` on the login server")]
+    NotApproved(String),
+    #[error("revoked by the login server: {0}")]
+    Revoked(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("unexpected answer {0}")]
+    Unexpected(&'static str),
+}
+
+/// One signed announce; the certificate the login server answers with.
+async fn announce_once(
+    shell: &Shell,
+    login: SocketAddr,
+    key: &RsaPrivateKey,
+    addrs: SupernodeAddrs,
+    enrol_token: &str,
+) -> Result<SupernodeAnnounced, AnnounceError> {
+    let public = key.to_public_key();
+    let node_id = cert::key_id(&public);
+    let reply = natter_net::request_once_bound(
+        &shell.endpoint,
+        login,
+        "natter-login",
+        |exporter| {
+            Envelope::new(
+                1,
+                Body::SupernodeAnnounce(SupernodeAnnounce {
+                    addr: Some(addrs.quic.into()),
+                    node_id: node_id.to_vec(),
+                    tcp: addrs.tcp.map(Into::into),
+                    public_key: cert::public_key_der(&public),
+                    reflector: Some(addrs.reflector.into()),
+                    enrol_token: enrol_token.to_owned(),
+                    signature: cert::sign(key, &binding::announce_message(exporter, &node_id)),
+                }),
+            )
+        },
+        Duration::from_secs(5),
+    )
+    .await?;
+    match reply.body {
+        Some(Body::SupernodeAnnounced(a)) => Ok(a),
+        Some(Body::Error(e)) if e.code == ErrorCode::NotApproved as i32 => {
+            Err(AnnounceError::NotApproved(cert::fingerprint(&public)))
+        }
+        Some(Body::Error(e)) if e.code == ErrorCode::Revoked as i32 => {
+            Err(AnnounceError::Revoked(e.detail))
+        }
+        Some(Body::Error(e)) => Err(AnnounceError::Refused(e.detail)),
+        Some(other) => Err(AnnounceError::Unexpected(other.type_name())),
+        None => Err(AnnounceError::Unexpected("empty envelope")),
+    }
+}
+
+/// Announces this supernode to the login server (signed with the node key,
+/// bound to the connection) now and every `announce_interval`; each answer
+/// brings a fresh certificate (so it is renewed long before it expires),
+/// which the node task installs. Until the key is approved, retries with
+/// backoff and says what the operator must do.
 async fn announce_loop(
     shell: Arc<Shell>,
     login: SocketAddr,
-    addr: SocketAddr,
-    node_id: NodeId,
-    tcp_addr: Option<SocketAddr>,
+    key: RsaPrivateKey,
+    addrs: SupernodeAddrs,
 ) {
-    let mut interval = tokio::time::interval(shell.config.announce_interval);
+    let mut token = match &shell.config.certification {
+        Certification::LoginServer { enrol_token } => enrol_token.clone().unwrap_or_default(),
+        Certification::Local { .. } => String::new(),
+    };
+    let interval = shell.config.announce_interval;
+    let mut backoff = Duration::from_millis(500).min(interval);
     loop {
-        interval.tick().await;
-        let announce = Envelope::new(
-            1,
-            Body::SupernodeAnnounce(SupernodeAnnounce {
-                addr: Some(addr.into()),
-                node_id: node_id.to_vec(),
-                tcp: tcp_addr.map(Into::into),
-                ..Default::default()
-            }),
-        );
-        match natter_net::request_once(
-            &shell.endpoint,
-            login,
-            "natter-login",
-            &announce,
-            Duration::from_secs(5),
-        )
-        .await
-        {
-            Ok(reply) => {
-                tracing::debug!(%login, reply = reply.type_name(), "announced to the login server")
+        let wait = match announce_once(&shell, login, &key, addrs, &token).await {
+            Ok(announced) => {
+                // A token is good once: the key is approved now.
+                token.clear();
+                backoff = Duration::from_millis(500).min(interval);
+                tracing::debug!(%login, "announced to the login server");
+                if let Some(certificate) = announced.certificate {
+                    let credentials = NodeCredentials {
+                        key: key.clone(),
+                        certificate,
+                    };
+                    if !shell.certified(credentials).await {
+                        return;
+                    }
+                }
+                if let Some(list) = announced.revocations
+                    && !shell.tell(Event::Revocations(list)).await
+                {
+                    return;
+                }
+                interval
+            }
+            Err(e @ (AnnounceError::NotApproved(_) | AnnounceError::Revoked(_))) => {
+                tracing::warn!(%login, "{e}");
+                backoff = (backoff * 2).min(interval);
+                backoff
             }
             Err(e) => {
-                tracing::debug!(%login, error = %e, "announcement to the login server failed")
+                tracing::info!(%login, error = %e, "announcement to the login server failed");
+                backoff = (backoff * 2).min(interval);
+                backoff
             }
-        }
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 

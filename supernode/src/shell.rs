@@ -4,8 +4,8 @@
 //! core). No node state lives here.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use natter_net::ControlConn;
@@ -14,7 +14,7 @@ use quinn::{Connection, Endpoint};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::Config;
-use crate::core::{Carrier, LinkId, LinkOrigin, Now, SessionId};
+use crate::core::{Carrier, LinkId, LinkOrigin, NodeCredentials, Now, SessionId};
 use crate::tcp_stats::TcpCounters;
 use crate::udp::UdpService;
 
@@ -49,9 +49,12 @@ pub(crate) enum Event {
     SessionClosed {
         id: SessionId,
     },
-    /// A supernode link is up; `first` is the peer's gossip.
+    /// A supernode link is up: `peer` is the node id its `LinkHello`
+    /// proved; `first` is the peer's gossip.
     LinkUp {
         id: LinkId,
+        peer: crate::NodeId,
+        certificate: Option<natter_proto::messages::Certificate>,
         conn: Connection,
         tx: mpsc::Sender<Envelope>,
         first: GossipMembership,
@@ -66,6 +69,13 @@ pub(crate) enum Event {
     },
     DialFailed {
         addr: SocketAddr,
+    },
+    /// The login server's signed revocation list.
+    Revocations(natter_proto::messages::RevocationList),
+    /// The node key's (new or renewed) certificate.
+    Certified {
+        key: Box<rsa::RsaPrivateKey>,
+        certificate: natter_proto::messages::Certificate,
     },
 }
 
@@ -83,6 +93,11 @@ pub(crate) struct Shell {
     /// The TLS-over-TCP listener's counters.
     pub tcp: TcpCounters,
     pub events: mpsc::Sender<Event>,
+    /// The node key and certificate links are opened with (`None` until
+    /// certified); the node task's core holds the same for joins.
+    credentials: RwLock<Option<NodeCredentials>>,
+    /// Link attempts refused for a missing or invalid `LinkHello`.
+    pub links_refused: AtomicU64,
     next_id: AtomicU64,
 }
 
@@ -101,8 +116,34 @@ impl Shell {
             udp,
             tcp: TcpCounters::default(),
             events,
+            credentials: RwLock::new(None),
+            links_refused: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// The credentials links are opened with.
+    pub fn credentials(&self) -> Option<NodeCredentials> {
+        self.credentials.read().ok().and_then(|c| c.clone())
+    }
+
+    /// Sets the credentials links are opened with (the node task is told
+    /// separately).
+    pub fn set_credentials(&self, credentials: NodeCredentials) {
+        if let Ok(mut held) = self.credentials.write() {
+            *held = Some(credentials);
+        }
+    }
+
+    /// Installs (new or renewed) credentials, for links and, through the
+    /// node task, for joins.
+    pub async fn certified(&self, credentials: NodeCredentials) -> bool {
+        self.set_credentials(credentials.clone());
+        self.tell(Event::Certified {
+            key: Box::new(credentials.key),
+            certificate: credentials.certificate,
+        })
+        .await
     }
 
     /// A fresh connection id.

@@ -233,6 +233,7 @@ fn a_five_thousand_node_host_cache_still_fits_join_accepted_and_supernode_list()
     let now = sim.now();
     let peer = |i: usize, sim: &mut Sim| {
         let member = fake_member(i);
+        let peer_id = natter_supernode::node_id(&member.node_id).unwrap();
         let addr = SocketAddr::try_from(member.addr.as_ref().unwrap()).unwrap();
         let first = GossipMembership {
             sender_id: member.node_id.clone(),
@@ -242,6 +243,8 @@ fn a_five_thousand_node_host_cache_still_fits_join_accepted_and_supernode_list()
         node.handle_link_up(
             1_000_000 + i as u64,
             addr,
+            peer_id,
+            None,
             &first,
             LinkOrigin::Dialed(addr),
             now,

@@ -147,9 +147,23 @@ impl Cluster {
             .unwrap();
         cluster.children.push(Some(child));
         wait_for(|| cluster.login_key.exists(), "login-key.pub");
+        wait_for(
+            || login_dir.join("natter-login.db").exists(),
+            "the login database",
+        );
         for i in 0..supernodes {
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            // Each supernode enrols with a one-time token, as an operator
+            // would hand out (`natter-login supernodes token`).
+            let token = Command::new(workspace_bin("natter-login"))
+                .args(["supernodes", "token", "--data-dir"])
+                .arg(&login_dir)
+                .output()
+                .unwrap();
+            assert!(token.status.success(), "{token:?}");
+            let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
             let mut cmd = cluster.command(&workspace_bin("natter-supernode"));
+            cmd.args(["--enrol", &token]);
             cmd.args([
                 "--listen",
                 &addr.to_string(),

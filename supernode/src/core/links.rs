@@ -5,9 +5,66 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
+use natter_proto::binding::{self, Exporter, LinkRole};
+use natter_proto::cert;
+use natter_proto::messages::LinkHello;
+use rsa::RsaPublicKey;
+
 use super::interface::LinkId;
 use super::jobs::JobId;
 use crate::NodeId;
+
+/// Why a peer's `LinkHello` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkHelloError {
+    #[error("no certificate")]
+    NoCertificate,
+    #[error("certificate: {0}")]
+    Certificate(#[from] cert::CertError),
+    #[error("role {got} where {expected:?} was due")]
+    WrongRole { expected: LinkRole, got: u32 },
+    #[error("signature is not for this connection")]
+    BadSignature,
+    #[error("the peer claims this node's own id")]
+    OwnId,
+}
+
+/// Checks the `LinkHello` a peer sent as the first frame of a link: a
+/// SUPERNODE certificate of `login_key` valid at `now` (unix seconds), not
+/// this node's own id, in the `expected` role, signed by the certified key
+/// over this connection's `exporter` (a hello relayed from another link
+/// fails). Returns the peer's certified node id. Revocation is the node
+/// core's check ([`crate::core::Node::handle_link_up`]).
+pub fn verify_link_hello(
+    hello: &LinkHello,
+    expected: LinkRole,
+    exporter: &Exporter,
+    login_key: &RsaPublicKey,
+    own_id: &NodeId,
+    now: i64,
+) -> Result<NodeId, LinkHelloError> {
+    let certificate = hello
+        .certificate
+        .as_ref()
+        .ok_or(LinkHelloError::NoCertificate)?;
+    let peer = cert::verify_supernode(certificate, login_key, now)?;
+    if hello.role != expected as u32 {
+        return Err(LinkHelloError::WrongRole {
+            expected,
+            got: hello.role,
+        });
+    }
+    cert::verify_signature(
+        &peer.public_key,
+        &binding::link_hello_message(expected, exporter),
+        &hello.signature,
+    )
+    .map_err(|_| LinkHelloError::BadSignature)?;
+    if &peer.node_id == own_id {
+        return Err(LinkHelloError::OwnId);
+    }
+    Ok(peer.node_id)
+}
 
 /// A link to another supernode.
 #[derive(Debug, Clone, Copy)]

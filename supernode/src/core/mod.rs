@@ -44,9 +44,10 @@ use rand::rngs::StdRng;
 pub use interface::{Carrier, LinkId, LinkOrigin, Now, Output, RelayCommand, SessionId};
 pub use mailbox::{MAX_HANDOFFS, MAX_PAGE};
 pub use requests::{MAX_CHAT_TEXT, MAX_ID_LEN};
-pub use state::{CoreStats, Node, NodeConfig};
+pub use state::{CoreStats, Node, NodeConfig, NodeCredentials};
 
 use jobs::{Done, GatherFor, Job, LookupFor};
+pub use links::{LinkHelloError, verify_link_hello};
 use links::{Links, Pending};
 use sessions::Sessions;
 use state::Timer;
@@ -68,6 +69,8 @@ impl Node {
             config.timeouts,
         );
         let mut node = Self {
+            revoked: state::Revoked::default(),
+            peer_certificates: HashMap::new(),
             rng: StdRng::from_seed(seed),
             last_live: membership.live_ids(),
             membership,
@@ -100,16 +103,48 @@ impl Node {
     }
 
     /// A client connection whose first frame is a `JoinHello`; that frame
-    /// follows with [`Self::handle_session`].
+    /// follows with [`Self::handle_session`]. `exporter` is the
+    /// connection's TLS exporter (the join is bound to it both ways).
     pub fn handle_session_open(
         &mut self,
         id: SessionId,
         remote: SocketAddr,
         carrier: Carrier,
+        exporter: natter_proto::binding::Exporter,
         now: Now,
     ) {
         self.at(now);
-        self.open_session(id, remote, carrier);
+        self.open_session(id, remote, carrier, exporter);
+    }
+
+    /// A (new or renewed) certificate for this node's key from the login
+    /// server. One for another key, or that is not a valid SUPERNODE
+    /// certificate now, is ignored (and `false` returned).
+    pub fn handle_certificate(
+        &mut self,
+        key: rsa::RsaPrivateKey,
+        certificate: natter_proto::messages::Certificate,
+        now: Now,
+    ) -> bool {
+        self.at(now);
+        match natter_proto::cert::verify_supernode(
+            &certificate,
+            &self.config.login_key,
+            self.now.unix_secs(),
+        ) {
+            Ok(v) if v.node_id == self.config.node_id && v.public_key == key.to_public_key() => {
+                self.config.credentials = Some(NodeCredentials { key, certificate });
+                true
+            }
+            Ok(_) => {
+                tracing::warn!("certificate for another key ignored");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "invalid supernode certificate ignored");
+                false
+            }
+        }
     }
 
     /// A frame on session `id`.
@@ -127,20 +162,42 @@ impl Node {
         self.settle();
     }
 
-    /// A link to another supernode is up; `first` is the gossip the peer
-    /// sent first. For an accepted link the node answers with its own
-    /// gossip before anything else.
+    /// A link to another supernode is up: the shell checked its
+    /// `LinkHello` ([`verify_link_hello`]) and `peer` is the certified node
+    /// id and `certificate` its certificate (handed to clients in host
+    /// cache entries); `first` is the peer's gossip. A revoked peer, or gossip sent in
+    /// another node's name, closes the link. For an accepted link the node
+    /// answers with its own gossip before anything else.
+    #[allow(clippy::too_many_arguments)] // one input, as the shell learned it
     pub fn handle_link_up(
         &mut self,
         link: LinkId,
         remote: SocketAddr,
+        peer: NodeId,
+        certificate: Option<natter_proto::messages::Certificate>,
         first: &GossipMembership,
         origin: LinkOrigin,
         now: Now,
     ) {
         self.at(now);
-        self.link_up(link, remote, first, origin);
+        self.link_up(link, remote, peer, certificate, first, origin);
         self.settle();
+    }
+
+    /// The login server's signed revocation list (from an announce answer,
+    /// or passed along): checked against the pinned login key, ignored if
+    /// older than the one held. Sessions of disabled users and links to
+    /// revoked supernodes are closed now, and both are refused from now on.
+    /// Returns whether the list was taken.
+    pub fn handle_revocations(
+        &mut self,
+        list: &natter_proto::messages::RevocationList,
+        now: Now,
+    ) -> bool {
+        self.at(now);
+        let taken = self.revocations(list);
+        self.settle();
+        taken
     }
 
     /// A frame on a link.
@@ -205,6 +262,7 @@ impl Node {
                 }
                 Timer::Handshake(id) => self.handshake_overdue(id),
                 Timer::NoAnswer(invite_id) => self.no_answer(invite_id),
+                Timer::CertificateExpiry(id) => self.certificate_due(id),
             }
             self.settle();
         }

@@ -4,13 +4,15 @@
 
 use std::net::SocketAddr;
 
+use natter_proto::cert;
 use natter_proto::messages::envelope::Body;
-use natter_proto::messages::{Envelope, GossipMembership, Pong};
+use natter_proto::messages::{Certificate, Envelope, GossipMembership, Pong, RevocationList};
+use natter_proto::name as names;
 
 use super::fit;
-use super::interface::{LinkId, LinkOrigin, Output};
+use super::interface::{LinkId, LinkOrigin, Output, SessionId};
 use super::links::{Link, Pending};
-use super::state::Node;
+use super::state::{Node, Revoked};
 use crate::membership::tcp_of;
 use crate::{NodeId, close};
 
@@ -61,9 +63,42 @@ impl Node {
         &mut self,
         link: LinkId,
         remote: SocketAddr,
+        peer: NodeId,
+        certificate: Option<Certificate>,
         first: &GossipMembership,
         origin: LinkOrigin,
     ) {
+        if let LinkOrigin::Dialed(addr) = origin {
+            self.links.dialing.remove(&addr);
+        }
+        if self.revoked.nodes.contains(&peer) {
+            self.stats.links_refused += 1;
+            self.emit(Output::CloseLink(link, close::REFUSED, "revoked"));
+            return;
+        }
+        // Gossip speaks only for the certified peer.
+        if first.sender_id != peer {
+            self.stats.links_refused += 1;
+            self.emit(Output::CloseLink(
+                link,
+                close::REFUSED,
+                "gossip for another node",
+            ));
+            return;
+        }
+        if let Some(certificate) = certificate {
+            match cert::verify_supernode(&certificate, &self.config.login_key, self.now.unix_secs())
+            {
+                Ok(v) if v.node_id == peer => {
+                    self.peer_certificates.insert(peer, (certificate, v.addrs));
+                }
+                _ => {
+                    self.stats.links_refused += 1;
+                    self.emit(Output::CloseLink(link, close::REFUSED, "certificate"));
+                    return;
+                }
+            }
+        }
         let dialed = match origin {
             LinkOrigin::Dialed(addr) => {
                 self.links.dialing.remove(&addr);
@@ -76,10 +111,6 @@ impl Node {
             }
         };
         let me = self.config.node_id;
-        let Some(peer) = crate::node_id(&first.sender_id) else {
-            self.emit(Output::CloseLink(link, close::MALFORMED, "bad node id"));
-            return;
-        };
         if peer == me {
             self.emit(Output::CloseLink(link, close::DUPLICATE_LINK, "that is me"));
             return;
@@ -134,6 +165,7 @@ impl Node {
             return Vec::new();
         }
         self.links.by_peer.remove(&peer);
+        self.peer_certificates.remove(&peer);
         let failed = self.links.take_pending_of(&peer);
         if self.membership.link_lost(&peer, self.now.mono) {
             tracing::info!(peer = %short(&peer), "supernode link lost: dead");
@@ -238,6 +270,7 @@ impl Node {
         let mut failed = Vec::new();
         let died = self.membership.tick(now);
         for id in &died {
+            self.peer_certificates.remove(id);
             if let Some(link) = self.links.by_peer.remove(id) {
                 tracing::info!(peer = %short(id), "supernode silent: dead");
                 self.links.peer_of.remove(&link.id);
@@ -282,6 +315,65 @@ impl Node {
             self.handoffs_due();
         }
         failed
+    }
+}
+
+impl Node {
+    /// Takes a revocation list (see [`Node::handle_revocations`]).
+    pub(crate) fn revocations(&mut self, list: &RevocationList) -> bool {
+        let body = match cert::verify_revocations(list, &self.config.login_key) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::warn!(error = %e, "revocation list refused");
+                return false;
+            }
+        };
+        if body.issued_at < self.revoked.issued_at {
+            return false;
+        }
+        self.revoked = Revoked {
+            issued_at: body.issued_at,
+            users: body
+                .disabled_users
+                .iter()
+                .filter_map(|n| names::normalise(n).ok())
+                .collect(),
+            nodes: body
+                .revoked_supernodes
+                .iter()
+                .filter_map(|id| crate::node_id(id))
+                .collect(),
+        };
+        // Links to revoked supernodes end now.
+        let mut gone: Vec<LinkId> = self
+            .links
+            .by_peer
+            .iter()
+            .filter(|(peer, _)| self.revoked.nodes.contains(*peer))
+            .map(|(_, l)| l.id)
+            .collect();
+        gone.sort_unstable();
+        for link in gone {
+            tracing::info!("link to a revoked supernode closed");
+            self.stats.links_refused += 1;
+            self.emit(Output::CloseLink(link, close::REFUSED, "revoked"));
+        }
+        // Sessions of disabled users end now.
+        let mut ended: Vec<(SessionId, String)> = self
+            .sessions
+            .by_name
+            .iter()
+            .filter(|(name, _)| self.revoked.users.contains(*name))
+            .map(|(name, id)| (*id, name.clone()))
+            .collect();
+        ended.sort_unstable();
+        for (id, name) in ended {
+            tracing::info!(user = %name, "session of a revoked user closed");
+            self.stats.sessions_revoked += 1;
+            self.session_closed(id);
+            self.emit(Output::CloseSession(id, close::REFUSED, "revoked"));
+        }
+        true
     }
 }
 

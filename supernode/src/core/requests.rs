@@ -5,12 +5,13 @@
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 
+use natter_proto::binding::{self, Exporter};
 use natter_proto::cert;
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{
     Ack, CallSignal, ChatMessage, ChatReceipt, DirectoryStore, Envelope, ErrorCode, ErrorReply,
-    JoinAccepted, JoinChallenge, JoinHello, PresenceStatus, PresenceUpdate, RelayAllocate,
-    RelayAllocated, SearchReply, UserRecord,
+    JoinAccepted, JoinChallenge, JoinHello, JoinProof, PresenceStatus, PresenceUpdate,
+    RelayAllocate, RelayAllocated, SearchReply, UserRecord,
 };
 use natter_proto::name as names;
 use natter_proto::statement::StatementError;
@@ -19,7 +20,7 @@ use rand::RngCore;
 use super::interface::{Carrier, Output, RelayCommand, SessionId};
 use super::jobs::{AfterDelivery, GatherFor, JobId, LookupFor};
 use super::routing::error;
-use super::sessions::{Joined, Phase, Session};
+use super::sessions::{Joined, Phase, Session, SessionKeys};
 use super::state::{Node, Timer};
 use super::statements::{self, Certified, VerifiedRecord};
 use crate::close;
@@ -34,7 +35,13 @@ pub const MAX_ID_LEN: usize = 64;
 
 impl Node {
     /// A client connection whose first frame was a `JoinHello`.
-    pub(crate) fn open_session(&mut self, id: SessionId, remote: SocketAddr, carrier: Carrier) {
+    pub(crate) fn open_session(
+        &mut self,
+        id: SessionId,
+        remote: SocketAddr,
+        carrier: Carrier,
+        exporter: Exporter,
+    ) {
         let deadline = self.now.mono + self.config.handshake_timeout;
         let limiter = RateLimiter::new(
             self.config.rate_per_sec,
@@ -44,7 +51,9 @@ impl Node {
         self.sessions.all.insert(
             id,
             Session {
+                keys: None,
                 remote,
+                exporter,
                 carrier,
                 phase: Phase::Hello,
                 limiter,
@@ -102,6 +111,13 @@ impl Node {
     }
 
     fn join_hello(&mut self, id: SessionId, request_id: u64, hello: JoinHello) {
+        if self.config.credentials.is_none() {
+            let body = error(
+                ErrorCode::NotApproved,
+                "this supernode is not certified yet",
+            );
+            return self.refuse(id, request_id, body);
+        }
         let Some(certificate) = hello.certificate else {
             let body = error(ErrorCode::CertificateRejected, "no certificate");
             return self.refuse(id, request_id, body);
@@ -122,9 +138,22 @@ impl Node {
             );
             return self.refuse(id, request_id, body);
         };
+        if self.revoked.users.contains(&name) {
+            self.stats.sessions_revoked += 1;
+            let body = error(ErrorCode::Revoked, format!("{name:?} is revoked"));
+            return self.refuse(id, request_id, body);
+        }
         let mut nonce = [0u8; 32];
         self.rng.fill_bytes(&mut nonce);
+        let Some(challenge) = self.signed_challenge(id, nonce) else {
+            return;
+        };
         if let Some(session) = self.sessions.all.get_mut(&id) {
+            session.keys = Some(SessionKeys {
+                public_key: verified.public_key.clone(),
+                chat_key: verified.chat_key,
+                not_after: verified.not_after,
+            });
             let certified = Certified {
                 certificate,
                 name: name.clone(),
@@ -137,12 +166,8 @@ impl Node {
                 nonce,
             };
         }
-        let challenge = Body::JoinChallenge(JoinChallenge {
-            nonce: nonce.to_vec(),
-            node_id: self.config.node_id.to_vec(),
-            ..Default::default()
-        });
-        self.send_session(id, request_id, challenge);
+        self.arm_expiry(id, verified.not_after);
+        self.send_session(id, request_id, Body::JoinChallenge(challenge));
     }
 
     fn join_proof(&mut self, id: SessionId, proof: Envelope) {
@@ -157,21 +182,12 @@ impl Node {
         else {
             return;
         };
-        // Foundation placeholder: version 2 binds the proof to the connection's
-        // TLS exporter (issue 13, replaced by the join binding).
         let proof_body = match &proof.body {
             Some(Body::JoinProof(p)) => Some(p),
             _ => None,
         };
-        let valid = proof_body.is_some_and(|p| {
-            let message = natter_proto::binding::join_proof_message(
-                &[0u8; 32],
-                &self.config.node_id,
-                nonce,
-                &p.statement,
-            );
-            cert::verify_signature(&certified.public_key, &message, &p.signature).is_ok()
-        });
+        let valid =
+            proof_body.is_some_and(|p| self.proof_binds(session, &certified.public_key, nonce, p));
         if !valid {
             tracing::debug!(user = %name, "join proof failed");
             let body = error(
@@ -241,6 +257,43 @@ impl Node {
         }
         tracing::info!(user = %name, "user joined");
         self.start_gather(&name, GatherFor::Join { session: id });
+    }
+
+    /// The challenge for session `id`: the nonce, this node's certificate
+    /// and its signature over the nonce bound to the connection's exporter
+    /// (blinded: any client triggers it at will). `None` (and nothing sent)
+    /// if the session or the credentials are gone.
+    fn signed_challenge(&mut self, id: SessionId, nonce: [u8; 32]) -> Option<JoinChallenge> {
+        let exporter = self.sessions.all.get(&id)?.exporter;
+        let credentials = self.config.credentials.as_ref()?;
+        let message = binding::supernode_join_message(&exporter, &nonce);
+        let signature = cert::sign_blinded(&credentials.key, &mut self.rng, &message);
+        Some(JoinChallenge {
+            nonce: nonce.to_vec(),
+            node_id: self.config.node_id.to_vec(),
+            certificate: Some(credentials.certificate.clone()),
+            signature,
+        })
+    }
+
+    /// Whether a join proof is the certified key's signature over this
+    /// connection's exporter, this node's id, the nonce and the statement:
+    /// a proof made for another connection (relayed by a rogue supernode)
+    /// fails.
+    fn proof_binds(
+        &self,
+        session: &Session,
+        public_key: &rsa::RsaPublicKey,
+        nonce: &[u8; 32],
+        proof: &JoinProof,
+    ) -> bool {
+        let message = binding::join_proof_message(
+            &session.exporter,
+            &self.config.node_id,
+            nonce,
+            &proof.statement,
+        );
+        cert::verify_signature(public_key, &message, &proof.signature).is_ok()
     }
 
     /// Ends a joined session (left, or closed by the shell): the user is
@@ -336,6 +389,7 @@ impl Node {
                 let pong = Body::Pong(natter_proto::messages::Pong { nonce: ping.nonce });
                 self.send_session(id, rid, pong);
             }
+            Body::CertificateRenewal(renewal) => self.renew_certificate(id, rid, renewal),
             Body::SetPresence(presence) => {
                 let status =
                     PresenceStatus::try_from(presence.status).unwrap_or(PresenceStatus::Online);

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{
-    Envelope, ErrorCode, ErrorReply, HostCacheEntry, PresenceStatus, UserRecord,
+    Certificate, Envelope, ErrorCode, ErrorReply, HostCacheEntry, PresenceStatus, UserRecord,
 };
 use rand::rngs::StdRng;
-use rsa::RsaPublicKey;
+use rsa::{RsaPrivateKey, RsaPublicKey};
 
 use super::fit;
 use super::interface::{LinkId, Now, Output, SessionId};
@@ -22,10 +22,23 @@ use crate::membership::{Membership, Timeouts};
 use crate::store::{self, ChatLimits, ChatStore, RecordMeta, RecordStore};
 use crate::{Config, NodeId};
 
+/// This supernode's certified identity: its RSA key and the login
+/// server's SUPERNODE certificate for it (the node id is the key's id).
+#[derive(Debug, Clone)]
+pub struct NodeCredentials {
+    pub key: RsaPrivateKey,
+    pub certificate: Certificate,
+}
+
 /// What the node core needs to know about itself and its limits.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
+    /// `cert::key_id` of the certified key (the shell derives it).
     pub node_id: NodeId,
+    /// The key and certificate clients and peers are shown. `None` until
+    /// the login server certified this node: joins are refused meanwhile;
+    /// [`crate::core::Node::handle_certificate`] sets (and renews) it.
+    pub credentials: Option<NodeCredentials>,
     /// The advertised QUIC address.
     pub addr: SocketAddr,
     /// The bound QUIC address (a configured peer at this address is me).
@@ -60,9 +73,11 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// The core's part of a supernode [`Config`], with what the shell
     /// learned when binding.
+    #[allow(clippy::too_many_arguments)]
     pub fn from_config(
         config: &Config,
         node_id: NodeId,
+        credentials: Option<NodeCredentials>,
         addr: SocketAddr,
         local_addr: SocketAddr,
         tcp_addr: Option<SocketAddr>,
@@ -71,6 +86,7 @@ impl NodeConfig {
     ) -> Self {
         Self {
             node_id,
+            credentials,
             addr,
             local_addr,
             tcp_addr,
@@ -108,6 +124,8 @@ pub(crate) enum Timer {
     Handshake(SessionId),
     /// An invite got no answer (the id and when it was due).
     NoAnswer(Vec<u8>),
+    /// A session's certificate expires.
+    CertificateExpiry(SessionId),
 }
 
 /// A call invite from a local caller waiting for an answer.
@@ -145,12 +163,34 @@ pub struct CoreStats {
     /// Verified records not newer than the one held (an older statement,
     /// or a presence change not from the record's home).
     pub records_stale: u64,
+    /// Links refused by the core: a revoked peer, or gossip in another
+    /// node's name. (Links without a valid `LinkHello` never reach the
+    /// core: the shell counts those.)
+    pub links_refused: u64,
+    /// Sessions ended or joins refused because the user is revoked.
+    pub sessions_revoked: u64,
+    /// Sessions ended because their certificate expired (not renewed).
+    pub sessions_expired: u64,
+}
+
+/// What the latest revocation list revokes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Revoked {
+    /// `issued_at` of the list held (unix ms); older lists are ignored.
+    pub issued_at: i64,
+    pub users: HashSet<String>,
+    pub nodes: HashSet<NodeId>,
 }
 
 /// The supernode node core. See [`crate::core`].
 #[derive(Debug)]
 pub struct Node {
     pub(crate) config: NodeConfig,
+    pub(crate) revoked: Revoked,
+    /// The certificates linked peers proved (their certified addresses),
+    /// for host cache entries; dropped when the link goes.
+    pub(crate) peer_certificates:
+        HashMap<NodeId, (Certificate, natter_proto::cert::SupernodeAddrs)>,
     pub(crate) rng: StdRng,
     pub(crate) membership: Membership,
     pub(crate) last_live: Vec<NodeId>,
@@ -286,6 +326,33 @@ impl Node {
             .live()
             .into_iter()
             .map(|(id, addr)| {
+                // Each entry carries the certificate that names it (clients
+                // keep only such entries): ours, or what the peer proved on
+                // its link, with the certified addresses.
+                if id == me
+                    && let Some(credentials) = &self.config.credentials
+                {
+                    return HostCacheEntry {
+                        addr: Some(self.config.addr.into()),
+                        last_seen: self.now.unix_ms,
+                        rtt_ms: 0,
+                        node_id: id.to_vec(),
+                        reflector: Some(self.config.reflector.into()),
+                        tcp: self.config.tcp_addr.map(Into::into),
+                        certificate: Some(credentials.certificate.clone()),
+                    };
+                }
+                if let Some((certificate, addrs)) = self.peer_certificates.get(&id) {
+                    return HostCacheEntry {
+                        addr: Some(addrs.quic.into()),
+                        last_seen: self.now.unix_ms,
+                        rtt_ms: 0,
+                        node_id: id.to_vec(),
+                        reflector: Some(addrs.reflector.into()),
+                        tcp: addrs.tcp.map(Into::into),
+                        certificate: Some(certificate.clone()),
+                    };
+                }
                 let reflector = if id == me {
                     Some(self.config.reflector)
                 } else {

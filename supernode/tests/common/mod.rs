@@ -110,9 +110,20 @@ pub fn identity(name: &str) -> Identity {
     }
 }
 
-/// A supernode configuration on 127.0.0.1 trusting the test issuer.
+/// The test issuer as a supernode's local certifier (the same `issue`
+/// the login server calls).
+pub fn local_certification() -> natter_supernode::Certification {
+    natter_supernode::Certification::Local {
+        issuer: std::sync::Arc::new(issuer().clone()),
+        validity: Duration::from_secs(3600),
+    }
+}
+
+/// A supernode configuration on 127.0.0.1 trusting the test issuer and
+/// certified by it.
 pub fn config(peers: Vec<SocketAddr>, replicas: usize) -> Config {
     let mut config = Config::new("127.0.0.1:0".parse().unwrap(), issuer().public_key());
+    config.certification = local_certification();
     config.peers = peers;
     config.replicas = replicas;
     config
@@ -275,8 +286,29 @@ pub async fn try_join_via(
     });
     send.send(&Envelope::new(1, hello)).await?;
     let challenge = read(&mut recv).await?;
+    let exporter = conn.exporter()?;
     let (nonce, node_id) = match challenge.body {
-        Some(Body::JoinChallenge(c)) => (c.nonce, c.node_id),
+        Some(Body::JoinChallenge(c)) => {
+            // Every supernode proves itself on this very connection.
+            let sn = cert::verify_supernode(
+                c.certificate
+                    .as_ref()
+                    .context("challenge without certificate")?,
+                &issuer().public_key(),
+                now_secs(),
+            )?;
+            assert_eq!(
+                sn.node_id.to_vec(),
+                c.node_id,
+                "certificate for another node"
+            );
+            cert::verify_signature(
+                &sn.public_key,
+                &natter_proto::binding::supernode_join_message(&exporter, &c.nonce),
+                &c.signature,
+            )?;
+            (c.nonce, c.node_id)
+        }
         Some(Body::Error(e)) => {
             drain(recv);
             return Ok(JoinOutcome::Refused(e, conn));
@@ -289,7 +321,7 @@ pub async fn try_join_via(
     let signed = statement(signer, name, &node_id, now_ms(), &nonce);
     let signature = cert::sign(
         signer,
-        &natter_proto::binding::join_proof_message(&[0u8; 32], &node_id, &nonce, &signed.statement),
+        &natter_proto::binding::join_proof_message(&exporter, &node_id, &nonce, &signed.statement),
     );
     send.send(&Envelope::new(
         2,

@@ -18,7 +18,8 @@ use natter_proto::messages::{
 use natter_proto::statement::SignedStatement;
 use natter_supernode::NodeId;
 use natter_supernode::core::{
-    Carrier, LinkId, LinkOrigin, Node, NodeConfig, Now, Output, RelayCommand, SessionId,
+    Carrier, LinkId, LinkOrigin, Node, NodeConfig, NodeCredentials, Now, Output, RelayCommand,
+    SessionId,
 };
 use natter_supernode::membership::Timeouts;
 use natter_supernode::relay::{RelayLimits, RelayTable};
@@ -43,6 +44,37 @@ pub fn sim_node_id(i: usize) -> NodeId {
     id[..8].copy_from_slice(&mixed.to_be_bytes());
     id[8..].copy_from_slice(&(i as u64).to_be_bytes());
     id
+}
+
+/// A simulated node's credentials: every simulated node shares one key
+/// (key generation is slow) with a certificate for its own addresses. The
+/// simulated clients do not check the challenge (the real client's check is
+/// tested over real sockets); the node ids stay [`sim_node_id`].
+fn sim_credentials(addr: SocketAddr) -> NodeCredentials {
+    let key = user_key("carol").clone();
+    let now = now_secs();
+    let certificate = issuer().issue(
+        &mut rand::rngs::OsRng,
+        &cert::Subject::Supernode {
+            key: &key.to_public_key(),
+            addrs: cert::SupernodeAddrs {
+                quic: addr,
+                reflector: natter_supernode::reflector_of(addr).unwrap(),
+                tcp: None,
+            },
+        },
+        1,
+        now - 300,
+        now + 24 * 3600,
+    );
+    NodeCredentials { key, certificate }
+}
+
+/// The exporter of simulated client `c`'s connection (unique per client).
+fn sim_exporter(c: usize) -> natter_proto::binding::Exporter {
+    let mut e = [0x5a; 32];
+    e[..8].copy_from_slice(&(c as u64).to_be_bytes());
+    e
 }
 
 /// The QUIC address of node `i`.
@@ -216,6 +248,7 @@ impl Sim {
             let addr = sim_addr(i);
             let cfg = NodeConfig {
                 node_id: sim_node_id(i),
+                credentials: Some(sim_credentials(addr)),
                 addr,
                 local_addr: addr,
                 tcp_addr: None,
@@ -487,9 +520,12 @@ impl Sim {
                 }
                 let remote = self.nodes[end.peer].addr;
                 if let Some(Body::GossipMembership(gossip)) = hello.body {
+                    let peer = natter_supernode::node_id(&gossip.sender_id).unwrap_or_default();
                     self.nodes[end.node].node.handle_link_up(
                         link,
                         remote,
+                        peer,
+                        None,
                         &gossip,
                         LinkOrigin::Accepted,
                         now,
@@ -511,9 +547,12 @@ impl Sim {
                             e.dialing = None;
                         }
                         let remote = self.nodes[end.peer].addr;
+                        let peer = natter_supernode::node_id(&gossip.sender_id).unwrap_or_default();
                         self.nodes[end.node].node.handle_link_up(
                             link,
                             remote,
+                            peer,
+                            None,
                             &gossip,
                             LinkOrigin::Dialed(addr),
                             now,
@@ -594,7 +633,7 @@ impl Sim {
                 );
                 let c = &mut self.clients[client];
                 let message = natter_proto::binding::join_proof_message(
-                    &[0u8; 32],
+                    &sim_exporter(client),
                     &challenge.node_id,
                     &challenge.nonce,
                     &signed.statement,
@@ -723,9 +762,13 @@ impl Sim {
             self.clients[c].closed = Some(u32::MAX);
             return;
         }
-        self.nodes[node]
-            .node
-            .handle_session_open(session, client_addr(c), Carrier::Quic, now);
+        self.nodes[node].node.handle_session_open(
+            session,
+            client_addr(c),
+            Carrier::Quic,
+            sim_exporter(c),
+            now,
+        );
         let d = self.net.client_delay;
         self.at(
             d,
