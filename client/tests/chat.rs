@@ -44,31 +44,76 @@ struct RogueSupernode {
 }
 
 impl RogueSupernode {
-    async fn link(to: SocketAddr) -> Self {
+    /// Links to the supernode at `to` as a *certified* supernode: the
+    /// operator of this private network approved its key (the test issues
+    /// its certificate with the login server's own signing key), and it
+    /// opens the link as a supernode does (`LinkHello` bound to the
+    /// connection, then gossip). A certified supernode is the strongest
+    /// overlay attacker there is.
+    async fn link(to: SocketAddr, login_key: &std::path::Path) -> Self {
+        use natter_proto::binding::{self, LinkRole};
+        use natter_proto::cert::{self, Issuer, Subject, SupernodeAddrs};
+        use rsa::pkcs8::DecodePrivateKey;
+        let signing = login_key.with_file_name("login-key.pem");
+        let issuer = Issuer::new(
+            rsa::RsaPrivateKey::from_pkcs8_pem(&std::fs::read_to_string(signing).unwrap()).unwrap(),
+        );
+        let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).unwrap();
+        let now = now_unix_secs();
         let endpoint = natter_net::client_endpoint(
             "127.0.0.1:0".parse().unwrap(),
             &TransportSettings::OVERLAY,
         )
         .unwrap();
+        let me = endpoint.local_addr().unwrap();
+        let certificate = issuer.issue(
+            &mut rand::rngs::OsRng,
+            &Subject::Supernode {
+                key: &key.to_public_key(),
+                addrs: SupernodeAddrs {
+                    quic: me,
+                    reflector: me,
+                    tcp: None,
+                },
+            },
+            66,
+            now - 60,
+            now + 3600,
+        );
         let conn = endpoint
             .connect(to, "natter-supernode")
             .unwrap()
             .await
             .unwrap();
         let (send, recv) = conn.open_bi().await.unwrap();
+        let exporter = natter_net::control::quic_exporter(&conn).unwrap();
         let mut rogue = Self {
             _endpoint: endpoint,
             send: FramedSend::new(send),
             recv: FramedRecv::new(recv),
             next_id: 1,
         };
-        let hello = GossipMembership {
-            sender_id: vec![0x66; 16],
+        let hello = natter_proto::messages::LinkHello {
+            certificate: Some(certificate),
+            signature: cert::sign(
+                &key,
+                &binding::link_hello_message(LinkRole::Dialler, &exporter),
+            ),
+            role: LinkRole::Dialler as u32,
+        };
+        rogue
+            .send
+            .send(&Envelope::new(0, Body::LinkHello(hello)))
+            .await
+            .unwrap();
+        let node_id = cert::key_id(&key.to_public_key());
+        let gossip = GossipMembership {
+            sender_id: node_id.to_vec(),
             members: Vec::new(),
         };
         rogue
             .send
-            .send(&Envelope::new(0, Body::GossipMembership(hello)))
+            .send(&Envelope::new(0, Body::GossipMembership(gossip)))
             .await
             .unwrap();
         rogue
@@ -137,7 +182,7 @@ fn supernodes_store_only_ciphertext_and_offline_chat_still_arrives() {
     let seen: Vec<Envelope> = rt.block_on(async {
         let mut seen = Vec::new();
         for addr in &cluster.supernodes {
-            let mut rogue = RogueSupernode::link(*addr).await;
+            let mut rogue = RogueSupernode::link(*addr, &cluster.login_key).await;
             let (answer, others) = rogue
                 .request(Body::DirectoryLookup(DirectoryLookup {
                     name: "dave".into(),
@@ -284,7 +329,7 @@ fn a_malicious_supernode_cannot_make_chat_appear_from_another_user() {
     // supernode had stamped them.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let answers: Vec<Body> = rt.block_on(async {
-        let mut rogue = RogueSupernode::link(bob.via).await;
+        let mut rogue = RogueSupernode::link(bob.via, &cluster.login_key).await;
         let mut answers = Vec::new();
         for m in [with_own_cert, with_alice_cert, plaintext] {
             answers.push(rogue.request(Body::ChatMessage(m)).await.0);

@@ -43,10 +43,9 @@ struct RoguePeer {
 
 impl RoguePeer {
     /// Links to the supernode at `to` as the holder of `key` and
-    /// `certificate`: the link handshake a supernode makes (its gossip
-    /// first; with authenticated links, its `LinkHello` before that).
+    /// `certificate`: the link handshake a certified supernode makes (its
+    /// `LinkHello` bound to the connection, then its gossip).
     async fn link(to: SocketAddr, key: &RsaPrivateKey, certificate: &Certificate) -> Self {
-        let _ = certificate;
         let node_id = cert::key_id(&key.to_public_key());
         let endpoint = natter_net::client_endpoint(
             "127.0.0.1:0".parse().unwrap(),
@@ -59,12 +58,28 @@ impl RoguePeer {
             .unwrap()
             .unwrap();
         let (send, recv) = conn.open_bi().await.unwrap();
+        let exporter = natter_net::control::quic_exporter(&conn).unwrap();
+        let hello = natter_proto::messages::LinkHello {
+            certificate: Some(certificate.clone()),
+            signature: cert::sign(
+                key,
+                &natter_proto::binding::link_hello_message(
+                    natter_proto::binding::LinkRole::Dialler,
+                    &exporter,
+                ),
+            ),
+            role: natter_proto::binding::LinkRole::Dialler as u32,
+        };
+        let mut send = FramedSend::new(send);
+        send.send(&Envelope::new(0, Body::LinkHello(hello)))
+            .await
+            .unwrap();
         let mut peer = Self {
             node_id,
             addr,
             _endpoint: endpoint,
             _conn: conn,
-            send: FramedSend::new(send),
+            send,
             recv: FramedRecv::new(recv),
             next_rid: 1,
             _pushed: VecDeque::new(),
@@ -276,14 +291,14 @@ async fn a_certified_malicious_supernode_cannot_move_a_victims_home() {
     bob.ack(Body::ChatMessage(ChatMessage {
         message_id: vec![3; 16],
         to: victim.clone(),
-        text: "still here?".into(),
+        sealed: common::sealed(b"still here?"),
         sent_at: 1,
         ..Default::default()
     }))
     .await;
     let got = alice
         .expect_push("chat", |b| match b {
-            Body::ChatMessage(m) => Some((m.from.clone(), m.text.clone())),
+            Body::ChatMessage(m) => Some((m.from.clone(), common::unsealed(m))),
             _ => None,
         })
         .await;
@@ -309,7 +324,8 @@ async fn join_stating(
     id: &Identity,
     make: impl FnOnce(&[u8], &[u8]) -> SignedStatement,
 ) -> Body {
-    let (_endpoint, _conn, mut send, mut recv) = common::connect(addr).await.unwrap();
+    let (_endpoint, conn, mut send, mut recv) = common::connect(addr).await.unwrap();
+    let exporter = natter_net::control::quic_exporter(&conn).unwrap();
     let hello = Body::JoinHello(natter_proto::messages::JoinHello {
         certificate: Some(id.certificate.clone()),
     });
@@ -325,7 +341,7 @@ async fn join_stating(
     let signature = cert::sign(
         &id.key,
         &natter_proto::binding::join_proof_message(
-            &[0u8; 32],
+            &exporter,
             &challenge.node_id,
             &challenge.nonce,
             &signed.statement,

@@ -154,7 +154,7 @@ fn forged_records_from_a_supernode_are_refused_and_the_victim_keeps_her_home() {
     let message = ChatMessage {
         message_id: vec![9; 16],
         to: "alice".into(),
-        text: "still yours".into(),
+        sealed: common::sealed(b"still yours"),
         sent_at: 1,
         ..Default::default()
     };
@@ -163,7 +163,7 @@ fn forged_records_from_a_supernode_are_refused_and_the_victim_keeps_her_home() {
         Some(Body::Ack(_))
     ));
     let got = sim.wait_push(alice, 5 * SECOND, |b| match b {
-        Body::ChatMessage(m) => Some(m.text.clone()),
+        Body::ChatMessage(m) => Some(common::unsealed(m)),
         _ => None,
     });
     assert_eq!(got.as_deref(), Some("still yours"));

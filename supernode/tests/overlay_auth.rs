@@ -38,7 +38,7 @@ fn chat(id: u8, to: &str, text: &str) -> ChatMessage {
         message_id: vec![id; 16],
         from: String::new(),
         to: to.into(),
-        text: text.into(),
+        sealed: common::sealed(text.as_bytes()),
         sent_at: now_secs() * 1000,
         ..Default::default()
     }
@@ -233,7 +233,7 @@ async fn uncertified_peers_cannot_join_the_overlay() {
     // and bob still reaches her.
     alice
         .expect_no_push(Duration::from_millis(500), |b| match b {
-            Body::ChatMessage(m) => m.text.starts_with("evil"),
+            Body::ChatMessage(m) => common::unsealed(m).starts_with("evil"),
             Body::CallSignal(s) => s.invite_id == EVIL_INVITE,
             _ => false,
         })
@@ -254,7 +254,7 @@ async fn uncertified_peers_cannot_join_the_overlay() {
         .await;
     let got = alice
         .expect_push("bob's chat", |b| match b {
-            Body::ChatMessage(m) if m.text == "hello alice" => Some(m.from.clone()),
+            Body::ChatMessage(m) if common::unsealed(m) == "hello alice" => Some(m.from.clone()),
             _ => None,
         })
         .await;
