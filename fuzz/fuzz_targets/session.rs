@@ -168,11 +168,8 @@ fuzz_target!(|input: Input| {
                     2 => BindStatus::OverQuota,
                     _ => BindStatus::Cookie,
                 };
-                let reply = encode_bind_reply(
-                    &encode_bind(&token, &[0; 16], 1, 0),
-                    status,
-                    &[0x5c; 16],
-                );
+                let reply =
+                    encode_bind_reply(&encode_bind(&token, &[0; 16], 1, 0), status, &[0x5c; 16]);
                 session
                     .handle_datagram(Target::Udp(addr(relay)), &reply, now)
                     .expect("no seal error");

@@ -187,8 +187,18 @@ impl Cluster {
             cluster.sn_children.push(Some(child));
             cluster.supernodes.push(addr);
         }
-        // The mesh forms within a couple of gossip rounds.
-        std::thread::sleep(Duration::from_millis(1500));
+        // Ready when every supernode is certified and linked to every other
+        // (each side logs a certified link once): host caches and searches
+        // span the whole mesh from the first join on. (A fixed sleep here
+        // was too short on a loaded machine: enrolment, certification and
+        // the link hellos are RSA work.)
+        for i in 0..supernodes {
+            let log = cluster.dir.path().join(format!("sn{i}.log"));
+            wait_for(
+                || linked_peers(&log) + 1 >= supernodes,
+                &format!("supernode {i}'s links to the mesh"),
+            );
+        }
         cluster
     }
 
@@ -290,6 +300,16 @@ impl Drop for Cluster {
 
 fn log_file(path: &Path) -> Stdio {
     Stdio::from(std::fs::File::create(path).unwrap())
+}
+
+/// How many distinct peers a supernode's log says it linked to.
+fn linked_peers(log: &Path) -> usize {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains("supernode link up"))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("peer=")))
+        .collect::<std::collections::HashSet<_>>()
+        .len()
 }
 
 pub fn wait_for(mut ready: impl FnMut() -> bool, what: &str) {

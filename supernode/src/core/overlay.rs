@@ -144,7 +144,7 @@ impl Node {
             },
         );
         self.links.peer_of.insert(link, peer);
-        tracing::debug!(peer = %short(&peer), %addr, dialed, "supernode link up");
+        tracing::info!(peer = %short(&peer), %addr, dialed, "supernode link up");
         let now = self.now.mono;
         let changed = self
             .membership
