@@ -195,8 +195,12 @@ impl Cluster {
         for i in 0..supernodes {
             let log = cluster.dir.path().join(format!("sn{i}.log"));
             wait_for(
-                || linked_peers(&log) + 1 >= supernodes,
-                &format!("supernode {i}'s links to the mesh"),
+                || {
+                    std::fs::read_to_string(&log)
+                        .is_ok_and(|t| t.contains("supernode certificate installed"))
+                        && linked_peers(&log) + 1 >= supernodes
+                },
+                &format!("supernode {i}'s certificate and links to the mesh"),
             );
         }
         cluster
