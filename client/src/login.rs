@@ -182,7 +182,7 @@ impl Link {
     /// The connection's TLS exporter, which the login proof is bound to.
     fn exporter(&self) -> Result<natter_proto::binding::Exporter, ClientError> {
         let exporter = match self {
-            Link::Quic { conn, .. } => natter_net::control::quic_exporter(conn),
+            Link::Quic { conn, .. } => natter_net::exporter::quic_exporter(conn),
             Link::Tls(mux) => mux.connection().exporter(),
         };
         exporter.map_err(|e| ClientError::Protocol(format!("TLS exporter: {e}")))

@@ -86,7 +86,7 @@ impl RogueSupernode {
             .await
             .unwrap();
         let (send, recv) = conn.open_bi().await.unwrap();
-        let exporter = natter_net::control::quic_exporter(&conn).unwrap();
+        let exporter = natter_net::exporter::quic_exporter(&conn).unwrap();
         let mut rogue = Self {
             _endpoint: endpoint,
             send: FramedSend::new(send),

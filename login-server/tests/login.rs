@@ -514,7 +514,7 @@ async fn supernode_announces_seed_login_replies() {
         .unwrap();
     }
     let exporter =
-        natter_net::control::quic_exporter(c.quic_connection().expect("QUIC client")).unwrap();
+        natter_net::exporter::quic_exporter(c.quic_connection().expect("QUIC client")).unwrap();
 
     // Signed by `key` over this connection's exporter (PROTOCOL.md 8.1).
     let announce = |ip: &str, port: u16, key: usize| {
@@ -681,7 +681,7 @@ async fn login_for_someone_elses_key_is_refused() {
     let chat_key = cert::chat_public(&[0x11; 32]);
     let victim_der = cert::public_key_der(&victim.to_public_key());
     let exporter =
-        natter_net::control::quic_exporter(c.quic_connection().expect("QUIC client")).unwrap();
+        natter_net::exporter::quic_exporter(c.quic_connection().expect("QUIC client")).unwrap();
     let request = |proof: Vec<u8>| {
         Body::LoginRequest(LoginRequest {
             name: "bob".into(),
@@ -710,7 +710,7 @@ async fn login_for_someone_elses_key_is_refused() {
     //    connection (another exporter), replayed here.
     let other = client(&server).await;
     let other_exporter =
-        natter_net::control::quic_exporter(other.quic_connection().unwrap()).unwrap();
+        natter_net::exporter::quic_exporter(other.quic_connection().unwrap()).unwrap();
     assert_ne!(other_exporter, exporter);
     let captured = cert::sign(
         &victim,

@@ -52,7 +52,7 @@ impl ControlConn {
     /// different on every other connection (see [`natter_proto::binding`]).
     pub fn exporter(&self) -> Result<natter_proto::binding::Exporter, NetError> {
         match self {
-            ControlConn::Quic(c) => quic_exporter(c),
+            ControlConn::Quic(c) => crate::exporter::quic_exporter(c),
             ControlConn::Tls(h) => h.exporter(),
         }
     }
@@ -105,16 +105,6 @@ impl ControlConn {
             ControlConn::Tls(h) => h.closed().await,
         }
     }
-}
-
-/// A QUIC connection's TLS exporter value (see [`natter_proto::binding`]).
-pub fn quic_exporter(
-    conn: &quinn::Connection,
-) -> Result<natter_proto::binding::Exporter, NetError> {
-    let mut out = [0u8; natter_proto::binding::EXPORTER_LEN];
-    conn.export_keying_material(&mut out, natter_proto::binding::EXPORTER_LABEL, b"")
-        .map_err(|_| NetError::NoExporter)?;
-    Ok(out)
 }
 
 /// Receives envelopes.

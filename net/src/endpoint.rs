@@ -151,7 +151,7 @@ pub async fn request_once_bound(
     let exchange = async {
         let connection = endpoint.connect(addr, server_name)?.await?;
         let result = async {
-            let request = make(&crate::control::quic_exporter(&connection)?);
+            let request = make(&crate::exporter::quic_exporter(&connection)?);
             let (mut send, recv) = connection.open_bi().await?;
             write_envelope(&mut send, &request).await?;
             send.finish()?;

@@ -33,6 +33,7 @@
 pub mod control;
 pub mod dial;
 pub mod endpoint;
+pub mod exporter;
 pub mod framed;
 pub mod mux;
 pub mod per_ip;

@@ -122,7 +122,7 @@ fn refuse_link(shell: &Shell, conn: &Connection, why: &str) {
 /// (blinded: a peer triggers it at will). `None` before certification.
 fn own_link_hello(shell: &Shell, conn: &Connection, role: LinkRole) -> Option<Envelope> {
     let credentials = shell.credentials()?;
-    let exporter = natter_net::control::quic_exporter(conn).ok()?;
+    let exporter = natter_net::exporter::quic_exporter(conn).ok()?;
     let signature = cert::sign_blinded(
         &credentials.key,
         &mut rand::rngs::OsRng,
@@ -149,7 +149,7 @@ fn check_link_hello(
     hello: &LinkHello,
     role: LinkRole,
 ) -> Result<Peer, String> {
-    let exporter = natter_net::control::quic_exporter(conn).map_err(|e| e.to_string())?;
+    let exporter = natter_net::exporter::quic_exporter(conn).map_err(|e| e.to_string())?;
     let own = shell
         .credentials()
         .ok_or_else(|| "not certified yet".to_owned())?;

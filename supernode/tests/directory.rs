@@ -58,7 +58,7 @@ impl RoguePeer {
             .unwrap()
             .unwrap();
         let (send, recv) = conn.open_bi().await.unwrap();
-        let exporter = natter_net::control::quic_exporter(&conn).unwrap();
+        let exporter = natter_net::exporter::quic_exporter(&conn).unwrap();
         let hello = natter_proto::messages::LinkHello {
             certificate: Some(certificate.clone()),
             signature: cert::sign(
@@ -325,7 +325,7 @@ async fn join_stating(
     make: impl FnOnce(&[u8], &[u8]) -> SignedStatement,
 ) -> Body {
     let (_endpoint, conn, mut send, mut recv) = common::connect(addr).await.unwrap();
-    let exporter = natter_net::control::quic_exporter(&conn).unwrap();
+    let exporter = natter_net::exporter::quic_exporter(&conn).unwrap();
     let hello = Body::JoinHello(natter_proto::messages::JoinHello {
         certificate: Some(id.certificate.clone()),
     });

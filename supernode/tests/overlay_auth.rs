@@ -104,7 +104,7 @@ async fn attack(
     hello: impl FnOnce(&binding::Exporter) -> Option<Body>,
 ) -> (Option<u64>, usize) {
     let (_endpoint, conn, mut send, mut recv) = common::connect(target).await.unwrap();
-    let exporter = natter_net::control::quic_exporter(&conn).unwrap();
+    let exporter = natter_net::exporter::quic_exporter(&conn).unwrap();
     let me = conn.local_ip().map_or(target, |ip| SocketAddr::new(ip, 1));
     let mut frames = Vec::new();
     if let Some(hello) = hello(&exporter) {
@@ -296,7 +296,7 @@ async fn a_rogue_supernode_cannot_relay_a_join() {
 
     let (_ep, victim_conn, mut victim_send, mut victim_recv) =
         common::connect(rogue_addr).await.unwrap();
-    let victim_exporter = natter_net::control::quic_exporter(&victim_conn).unwrap();
+    let victim_exporter = natter_net::exporter::quic_exporter(&victim_conn).unwrap();
     victim_send
         .send(&Envelope::new(
             1,

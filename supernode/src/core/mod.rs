@@ -20,6 +20,7 @@
 //! and this file (the entry points and the dispatcher of finished jobs).
 
 mod directory;
+mod expiry;
 mod fit;
 mod interface;
 mod jobs;
