@@ -265,6 +265,16 @@ impl LoginService {
         Ok(user)
     }
 
+    /// A fresh serial and the validity window (unix seconds, back-dated
+    /// for clock skew) of a certificate issued at `now_ms` for `validity`:
+    /// the same for users and supernodes.
+    fn validity(&self, now_ms: i64, validity: Duration) -> (u64, i64, i64) {
+        let now_s = now_ms.div_euclid(1000);
+        let not_before = now_s.saturating_sub(secs(self.settings.cert_backdate));
+        let not_after = now_s.saturating_add(secs(validity));
+        (rand::rngs::OsRng.next_u64() >> 1, not_before, not_after)
+    }
+
     async fn login(&self, r: LoginRequest, peer: SocketAddr, exporter: &Exporter) -> Reply {
         let subject = cert::parse_public_key(&r.public_key)
             .map_err(|e| error(ErrorCode::Malformed, format!("public key: {e}")))?;
@@ -284,10 +294,7 @@ impl LoginService {
         let user = self.authenticate(&r.name, &r.password, peer).await?;
 
         let now = now_ms();
-        let now_s = now.div_euclid(1000);
-        let not_before = now_s.saturating_sub(secs(self.settings.cert_backdate));
-        let not_after = now_s.saturating_add(secs(self.settings.cert_validity));
-        let serial = rand::rngs::OsRng.next_u64() >> 1;
+        let (serial, not_before, not_after) = self.validity(now, self.settings.cert_validity);
         let issuer = Arc::clone(&self.issuer);
         let name = user.name.clone();
         let fingerprint = cert::fingerprint(&subject);
@@ -492,10 +499,8 @@ impl LoginService {
             reflector,
             tcp,
         };
-        let now_s = now.div_euclid(1000);
-        let not_before = now_s.saturating_sub(secs(self.settings.cert_backdate));
-        let not_after = now_s.saturating_add(secs(self.settings.supernode_cert_validity));
-        let serial = rand::rngs::OsRng.next_u64() >> 1;
+        let (serial, not_before, not_after) =
+            self.validity(now, self.settings.supernode_cert_validity);
         let issuer = Arc::clone(&self.issuer);
         let certificate = self
             .hasher
