@@ -24,7 +24,9 @@ pub(crate) async fn accept_loop(
 ) {
     while let Some(incoming) = endpoint.accept().await {
         let Some(ip_slot) = per_ip.try_acquire(incoming.remote_address().ip()) else {
-            tracing::warn!(peer = %incoming.remote_address(), "per-address connection limit reached; refusing");
+            // Debug, as on the supernode: one line per refusal would let one
+            // host write the log as fast as it can connect.
+            tracing::debug!(peer = %incoming.remote_address(), "per-address connection limit reached; refusing");
             incoming.refuse();
             continue;
         };

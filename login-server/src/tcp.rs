@@ -57,7 +57,8 @@ pub(crate) async fn accept_loop(
             }
         };
         let Some(ip_slot) = per_ip.try_acquire(accepted.remote_addr().ip()) else {
-            tracing::warn!(peer = %accepted.remote_addr(), "per-address connection limit reached; refusing tcp");
+            // Debug: see quic.rs.
+            tracing::debug!(peer = %accepted.remote_addr(), "per-address connection limit reached; refusing tcp");
             drop(accepted);
             continue;
         };
