@@ -199,7 +199,7 @@ impl Flood {
             deadline,
         };
         let targets = Arc::new(targets);
-        let _entered = runtime.enter();
+        let entered = runtime.enter();
         runtime.spawn(udp_flood(running.clone(), Arc::clone(&targets)));
         runtime.spawn(initials_flood(running.clone(), Arc::clone(&targets)));
         for &addr in &targets.quic_supernodes {
@@ -214,7 +214,7 @@ impl Flood {
             }
         }
         runtime.spawn(login_flood(running, targets));
-        drop(_entered);
+        drop(entered);
         Self {
             runtime: Some(runtime),
             stats,
@@ -553,7 +553,6 @@ async fn login_flood(run: Running, targets: Arc<Targets>) {
                             public_key: public_key.clone(),
                             chat_key: chat_key.clone(),
                             proof,
-                            ..Default::default()
                         })
                     } else {
                         Body::RegisterRequest(RegisterRequest {
