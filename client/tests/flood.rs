@@ -15,8 +15,9 @@
 //!   handshake but never say hello, held open;
 //! - TCP connections to the TLS listeners that send nothing or garbage,
 //!   held as long as the servers let them;
-//! - wrong-password logins for the honest user's own name and registrations
-//!   of fresh names, at the login server.
+//! - wrong-password logins for the honest user's own name, logins for it
+//!   with a forged proof of possession, and registrations of fresh names, at
+//!   the login server.
 //!
 //! The test asserts the honest user's path end to end (the call's received
 //! audio scored against the sent speech as `voice.rs` does) and that the
@@ -106,6 +107,8 @@ struct FloodStats {
     logins_sent: AtomicU64,
     logins_wrong_password: AtomicU64,
     logins_throttled: AtomicU64,
+    forged_logins_sent: AtomicU64,
+    forged_logins_refused: AtomicU64,
     registrations_sent: AtomicU64,
     registrations_ok: AtomicU64,
     registrations_throttled: AtomicU64,
@@ -124,7 +127,8 @@ impl FloodStats {
              TCP to TLS listeners: {} attempts, silent: {} refused at once, {} held until timeout; \
              {} garbage closed; {} connect failures\n\
              login server: {} wrong-password logins ({} WRONG_PASSWORD, {} THROTTLED), \
-             {} registrations ({} created, {} THROTTLED), {} other replies, {} unanswered \
+             {} registrations ({} created, {} THROTTLED), {} logins with a forged proof \
+             ({} CERTIFICATE_REJECTED), {} other replies, {} unanswered \
              (connection refused or timed out)",
             get(&self.udp_sent),
             get(&self.udp_bytes_sent),
@@ -152,6 +156,8 @@ impl FloodStats {
             get(&self.registrations_sent),
             get(&self.registrations_ok),
             get(&self.registrations_throttled),
+            get(&self.forged_logins_sent),
+            get(&self.forged_logins_refused),
             get(&self.login_requests_other),
             get(&self.login_requests_unanswered),
         )
@@ -531,9 +537,14 @@ async fn login_flood(run: Running, targets: Arc<Targets>) {
                     break;
                 }
                 let s = &run.stats;
-                let guess = n % 2 == 0;
+                // A guess, a registration, or a login whose proof of
+                // possession is garbage (refused before the password).
+                let (guess, forged) = (n % 3 == 0, n % 3 == 2);
                 let name = if guess {
                     count(&s.logins_sent);
+                    targets.victim.clone()
+                } else if forged {
+                    count(&s.forged_logins_sent);
                     targets.victim.clone()
                 } else {
                     count(&s.registrations_sent);
@@ -542,11 +553,17 @@ async fn login_flood(run: Running, targets: Arc<Targets>) {
                 let public_key = cert::public_key_der(&key.to_public_key());
                 let chat_key = cert::chat_public(&[0x11; 32]).to_vec();
                 let make = |exporter: &binding::Exporter| {
-                    let body = if guess {
-                        let proof = cert::sign(
-                            &key,
-                            &binding::login_message(exporter, &name, &public_key, &chat_key),
-                        );
+                    let body = if guess || forged {
+                        let proof = if forged {
+                            let mut junk = vec![0u8; 256];
+                            rand::rngs::OsRng.fill_bytes(&mut junk);
+                            junk
+                        } else {
+                            cert::sign(
+                                &key,
+                                &binding::login_message(exporter, &name, &public_key, &chat_key),
+                            )
+                        };
                         Body::LoginRequest(LoginRequest {
                             name: name.clone(),
                             password: format!("guess {n}"),
@@ -572,7 +589,7 @@ async fn login_flood(run: Running, targets: Arc<Targets>) {
                 .await;
                 match reply.ok().and_then(|e| e.body) {
                     Some(Body::Error(e)) if e.code == ErrorCode::Throttled as i32 => {
-                        count(if guess {
+                        count(if guess || forged {
                             &s.logins_throttled
                         } else {
                             &s.registrations_throttled
@@ -581,7 +598,14 @@ async fn login_flood(run: Running, targets: Arc<Targets>) {
                     Some(Body::Error(e)) if guess && e.code == ErrorCode::WrongPassword as i32 => {
                         count(&s.logins_wrong_password);
                     }
-                    Some(Body::RegisterReply(_)) if !guess => count(&s.registrations_ok),
+                    Some(Body::Error(e))
+                        if forged && e.code == ErrorCode::CertificateRejected as i32 =>
+                    {
+                        count(&s.forged_logins_refused);
+                    }
+                    Some(Body::RegisterReply(_)) if !guess && !forged => {
+                        count(&s.registrations_ok);
+                    }
                     Some(_) => count(&s.login_requests_other),
                     None => {
                         count(&s.login_requests_unanswered);
@@ -747,6 +771,7 @@ fn under_a_flood_from_one_source_another_user_logs_in_joins_chats_and_calls() {
     assert!(get(&s.logins_wrong_password) <= 12, "{}", s.report(secs));
     assert!(get(&s.registrations_throttled) > 0, "{}", s.report(secs));
     assert!(get(&s.registrations_ok) <= 10, "{}", s.report(secs));
+    assert!(get(&s.forged_logins_refused) > 0, "{}", s.report(secs));
 }
 
 /// The honest user's path without the flood, for the comparison figures
