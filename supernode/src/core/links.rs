@@ -94,6 +94,8 @@ pub(crate) struct Links {
     pub dialing: HashSet<SocketAddr>,
     /// By request id (unique on this node).
     pub pending: HashMap<u64, Pending>,
+    /// Dials of learned members left this tick (`MAX_DIALS_PER_TICK`).
+    pub dial_budget: usize,
 }
 
 impl Links {
