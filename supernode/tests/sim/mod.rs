@@ -234,7 +234,8 @@ pub struct Sim {
 }
 
 impl Sim {
-    /// `n` supernodes, each configured with every other as its peer.
+    /// `n` supernodes, each configured with every node of a higher id as a
+    /// peer.
     pub fn new(n: usize, config: &SimConfig) -> Self {
         let base = Instant::now();
         let base_unix_ms = now_secs() * 1000;
@@ -258,8 +259,12 @@ impl Sim {
                 // Simulated links carry no certificate (the nodes share one
                 // key, so none could name a `sim_node_id`), and gossip
                 // teaches only certified members: every node is configured
-                // with every other as a peer instead.
-                peers: (0..n).filter(|j| *j != i).map(sim_addr).collect(),
+                // with the nodes of higher ids as peers instead, so that
+                // the lower id dials, as it does the members gossip teaches.
+                peers: (0..n)
+                    .filter(|j| *j != i && (*j == 0 || sim_node_id(i) < sim_node_id(*j)))
+                    .map(sim_addr)
+                    .collect(),
                 replicas: config.replicas,
                 no_answer_timeout: config.no_answer_timeout,
                 gossip_interval: config.gossip_interval,
