@@ -449,7 +449,11 @@ mod tests {
         })
     }
 
-    fn fresh(m: &mut Membership, view: &[messages::Member], now: Instant) -> Vec<(NodeId, SocketAddr)> {
+    fn fresh(
+        m: &mut Membership,
+        view: &[messages::Member],
+        now: Instant,
+    ) -> Vec<(NodeId, SocketAddr)> {
         m.learn(view, now, certify).fresh
     }
 
@@ -522,7 +526,10 @@ mod tests {
         // A restart (higher incarnation) is retried at once.
         m.tick(t0 + Duration::from_secs(18));
         let restarted = vec![gossip([3; 16], 3, 6, MemberState::Alive)];
-        assert_eq!(fresh(&mut m, &restarted, t0 + Duration::from_secs(18)).len(), 1);
+        assert_eq!(
+            fresh(&mut m, &restarted, t0 + Duration::from_secs(18)).len(),
+            1
+        );
     }
 
     #[test]
@@ -614,7 +621,11 @@ mod tests {
         assert_eq!(m.learn(&view, t0, &mut counting).fresh.len(), 2);
         // The same view every tick: nothing new, nothing checked.
         for s in 1..4 {
-            assert!(m.learn(&view, t0 + Duration::from_millis(s * 100), &mut counting).fresh.is_empty());
+            assert!(
+                m.learn(&view, t0 + Duration::from_millis(s * 100), &mut counting)
+                    .fresh
+                    .is_empty()
+            );
         }
         assert_eq!(checks, 2, "members 3 and 4 once; 2 is heard directly");
     }
@@ -646,6 +657,11 @@ mod tests {
         m.tick(t0 + Duration::from_secs(6));
         m.tick(t0 + Duration::from_secs(70));
         assert_eq!(m.len(), 0, "the unreached suspects are forgotten");
-        assert_eq!(m.learn(&view[..10], t0 + Duration::from_secs(70), certify).fresh.len(), 10);
+        assert_eq!(
+            m.learn(&view[..10], t0 + Duration::from_secs(70), certify)
+                .fresh
+                .len(),
+            10
+        );
     }
 }

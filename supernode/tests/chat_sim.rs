@@ -225,7 +225,11 @@ fn a_five_thousand_member_gossip_view_teaches_nothing_uncertified() {
     assert_eq!(sim.nodes[0].node.known_members(), 3);
     let stats = sim.nodes[0].node.stats();
     let read = 5 * natter_supernode::membership::MAX_GOSSIP_ENTRIES as u64;
-    assert_eq!(stats.gossip_refused, read - 5, "the sender's own entry is not refused");
+    assert_eq!(
+        stats.gossip_refused,
+        read - 5,
+        "the sender's own entry is not refused"
+    );
     assert_eq!(stats.gossip_over_cap, 5005 - read);
     // Gossip goes on, in frames that fit, and the links stay up.
     sim.run_for(5 * SECOND);

@@ -560,13 +560,16 @@ fn an_unanswered_challenge_times_out_and_a_flood_is_closed() {
 
 /// Issue 14 item 1: members learned from gossip are dialled at most
 /// `MAX_DIALS_PER_TICK` a tick (the rest on later ticks), each only with a
-/// certificate naming it and its address, and each certificate is
-/// verified once however often it is gossiped.
+/// certificate naming it and its address; each certificate is verified
+/// once however often it is gossiped, and bogus ones cost at most
+/// `MAX_VERIFIES_PER_TICK` verifications a tick.
 #[test]
 fn learned_members_are_dialled_at_most_eight_a_tick() {
     use natter_proto::cert;
     use natter_proto::messages::{Envelope, GossipMembership, Member, MemberState};
-    use natter_supernode::core::{LinkOrigin, MAX_DIALS_PER_TICK, Node, Now, Output};
+    use natter_supernode::core::{
+        LinkOrigin, MAX_DIALS_PER_TICK, MAX_VERIFIES_PER_TICK, Node, Now, Output,
+    };
     use std::net::SocketAddr;
 
     const MEMBERS: usize = MAX_DIALS_PER_TICK + 3;
@@ -666,6 +669,48 @@ fn learned_members_are_dialled_at_most_eight_a_tick() {
         .map(|m| SocketAddr::try_from(m.addr.as_ref().unwrap()).unwrap())
         .collect();
     expected.sort();
-    assert_eq!(dialled, expected, "each certified address once, nothing else");
+    assert_eq!(
+        dialled, expected,
+        "each certified address once, nothing else"
+    );
     assert_eq!(node.stats().gossip_refused, 1);
+
+    // Entries with bogus certificates: at most MAX_VERIFIES_PER_TICK
+    // verifications a tick, however many are gossiped, and no dial.
+    let bogus: Vec<Member> = (0..200u32)
+        .map(|i| {
+            let mut id = [0x77; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            Member {
+                node_id: id.to_vec(),
+                addr: Some(SocketAddr::from(([10, 9, 2, 1], 4000)).into()),
+                incarnation: 1,
+                state: MemberState::Alive as i32,
+                tcp: None,
+                certificate: Some(natter_proto::messages::Certificate {
+                    body: members[0].certificate.as_ref().unwrap().body.clone(),
+                    signature: vec![i as u8; 256],
+                }),
+            }
+        })
+        .collect();
+    let bogus = Envelope::new(0, Body::GossipMembership(gossip(bogus)));
+    for t in [2, 3] {
+        node.handle_timeout(at(t));
+        while node.poll_output().is_some() {}
+        let before = node.stats();
+        node.handle_link(1, bogus.clone(), at(t));
+        node.handle_link(1, bogus.clone(), at(t));
+        assert!(dials(&mut node).is_empty());
+        let after = node.stats();
+        assert_eq!(
+            after.gossip_certificates_verified - before.gossip_certificates_verified,
+            MAX_VERIFIES_PER_TICK as u64
+        );
+        assert_eq!(
+            after.gossip_verify_deferred - before.gossip_verify_deferred,
+            400 - MAX_VERIFIES_PER_TICK as u64
+        );
+        assert_eq!(after.gossip_refused - before.gossip_refused, 400);
+    }
 }

@@ -96,6 +96,9 @@ pub(crate) struct Links {
     pub pending: HashMap<u64, Pending>,
     /// Dials of learned members left this tick (`MAX_DIALS_PER_TICK`).
     pub dial_budget: usize,
+    /// Gossiped certificates that may still be verified this tick
+    /// (`MAX_VERIFIES_PER_TICK`).
+    pub verify_budget: usize,
 }
 
 impl Links {

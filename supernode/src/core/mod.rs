@@ -44,7 +44,7 @@ use rand::rngs::StdRng;
 
 pub use interface::{Carrier, LinkId, LinkOrigin, Now, Output, RelayCommand, SessionId};
 pub use mailbox::{MAX_HANDOFFS, MAX_PAGE};
-pub use overlay::MAX_DIALS_PER_TICK;
+pub use overlay::{MAX_DIALS_PER_TICK, MAX_VERIFIES_PER_TICK};
 pub use requests::{MAX_CHAT_TEXT, MAX_ID_LEN};
 pub use state::{CoreStats, Node, NodeConfig, NodeCredentials};
 
@@ -83,6 +83,7 @@ impl Node {
             sessions: Sessions::default(),
             links: Links {
                 dial_budget: MAX_DIALS_PER_TICK,
+                verify_budget: MAX_VERIFIES_PER_TICK,
                 ..Links::default()
             },
             invites: HashMap::new(),

@@ -28,6 +28,14 @@ const HANDOFF_TICKS: u64 = 5;
 /// not counted.
 pub const MAX_DIALS_PER_TICK: usize = 8;
 
+/// Most gossiped member certificates verified (RSA) per tick, all peers
+/// together: an entry past it is dropped this time (counted in
+/// `gossip_refused` and `gossip_verify_deferred`) and taken when gossiped
+/// again. A verified certificate is not verified again, so an honest
+/// overlay needs this only while it meets new members; a peer listing
+/// bogus certificates costs at most 64 RSA verifications a second.
+pub const MAX_VERIFIES_PER_TICK: usize = 64;
+
 /// The addresses a gossip sender reports for itself.
 fn self_report(gossip: &GossipMembership) -> Option<(SocketAddr, Option<SocketAddr>, u64)> {
     gossip
@@ -97,7 +105,8 @@ impl Node {
         let login_key = &self.config.login_key;
         let revoked = &self.revoked.nodes;
         let cache = &mut self.certified;
-        let verified = &mut self.stats.gossip_certificates_verified;
+        let budget = &mut self.links.verify_budget;
+        let stats = &mut self.stats;
         let learned = self.membership.learn(members, now, |id, certificate| {
             if revoked.contains(&id) {
                 return None;
@@ -108,7 +117,12 @@ impl Node {
             {
                 return Some(c.addrs);
             }
-            *verified += 1;
+            if *budget == 0 {
+                stats.gossip_verify_deferred += 1;
+                return None;
+            }
+            *budget -= 1;
+            stats.gossip_certificates_verified += 1;
             let v = cert::verify_supernode(certificate, login_key, unix).ok()?;
             if v.node_id != id {
                 return None;
@@ -408,6 +422,7 @@ impl Node {
         // Learned members: at most MAX_DIALS_PER_TICK new dials a tick
         // (with those `dial_new` makes between ticks).
         self.links.dial_budget = MAX_DIALS_PER_TICK;
+        self.links.verify_budget = MAX_VERIFIES_PER_TICK;
         let mut to_dial = Vec::new();
         for (id, addr) in self.membership.suspects() {
             if self.config.node_id < id

@@ -180,6 +180,10 @@ pub struct CoreStats {
     /// Member certificates verified (RSA) for gossip: once per member and
     /// certificate, not per entry or tick.
     pub gossip_certificates_verified: u64,
+    /// Gossip entries whose certificate was not verified this tick for
+    /// the verification budget (`MAX_VERIFIES_PER_TICK`); also counted in
+    /// `gossip_refused`, taken when gossiped again.
+    pub gossip_verify_deferred: u64,
     /// Dials of learned members put off to a later tick by the dial budget
     /// (`MAX_DIALS_PER_TICK`).
     pub dials_deferred: u64,
