@@ -8,14 +8,46 @@
 //! dead if that does not happen within `suspect_timeout`. A dead member is
 //! retried when others still report it alive after `retry_after`, and
 //! forgotten after `forget_after`.
+//!
+//! Gossip is believed only where it is certified: an entry is learned only
+//! when its `certificate` is a SUPERNODE certificate naming its node id and
+//! its `addr` (the check itself is the caller's, see [`Membership::learn`]),
+//! and the table is bounded: [`MAX_GOSSIP_ENTRIES`] read per message,
+//! [`MAX_MEMBERS`] members in all.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use natter_proto::messages::{self, MemberState};
+use natter_proto::cert::SupernodeAddrs;
+use natter_proto::messages::{self, Certificate, MemberState};
 
 use crate::NodeId;
+
+/// Most entries of one gossip message that are read; the rest are dropped
+/// (counted). An honest view carrying certificates (about 600 bytes an
+/// entry) fits about 100 entries in a frame, so this only bounds the work a
+/// hostile frame of small entries can cause.
+pub const MAX_GOSSIP_ENTRIES: usize = 256;
+
+/// Most members a view holds (this node not counted): past it, gossip
+/// teaches no new member (counted) until some are forgotten. Members linked
+/// directly are always taken (links are authenticated and bounded by the
+/// connection limits).
+pub const MAX_MEMBERS: usize = 1024;
+
+/// What one gossip message taught (see [`Membership::learn`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Learned {
+    /// Members worth connecting to.
+    pub fresh: Vec<(NodeId, SocketAddr)>,
+    /// Entries dropped for their certificate: missing, not verifying, for
+    /// another node, revoked, or not naming the entry's `addr`.
+    pub refused: u64,
+    /// Entries dropped for a cap: past [`MAX_GOSSIP_ENTRIES`] in the
+    /// message, or a new member while the table holds [`MAX_MEMBERS`].
+    pub over_cap: u64,
+}
 
 /// The state of one member in this node's view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,41 +180,74 @@ impl Membership {
         true
     }
 
-    /// Merges a gossiped view. Returns the members worth connecting to:
-    /// newly learned ones, and dead ones others still report alive (with a
-    /// higher incarnation, or after `retry_after`).
+    /// Merges a gossiped view: at most [`MAX_GOSSIP_ENTRIES`] entries of
+    /// it are read, and a member not yet known is learned only while the
+    /// table holds fewer than [`MAX_MEMBERS`]. An entry is taken only when
+    /// `certify` accepts its certificate for its node id (returning the
+    /// addresses the certificate names) and those name the entry's `addr`;
+    /// the TCP listener learned is the certified one. `certify` is asked
+    /// only for entries that would change something (a member not known,
+    /// a dead one due for a retry, a suspect with a higher incarnation),
+    /// never for members heard from directly. Returns the members worth
+    /// connecting to: newly learned ones, and dead ones others still report
+    /// alive (with a higher incarnation, or after `retry_after`), with what
+    /// was dropped.
     pub fn learn(
         &mut self,
         gossip: &[messages::Member],
         now: Instant,
-    ) -> Vec<(NodeId, SocketAddr)> {
-        let mut fresh = Vec::new();
-        for entry in gossip {
+        mut certify: impl FnMut(NodeId, &Certificate) -> Option<SupernodeAddrs>,
+    ) -> Learned {
+        let mut learned = Learned {
+            over_cap: gossip.len().saturating_sub(MAX_GOSSIP_ENTRIES) as u64,
+            ..Learned::default()
+        };
+        for entry in gossip.iter().take(MAX_GOSSIP_ENTRIES) {
             if entry.state != MemberState::Alive as i32 {
                 continue;
             }
-            // Nothing to learn about a member heard from directly.
-            if let Some(id) = crate::node_id(&entry.node_id)
-                && self
-                    .members
-                    .get(&id)
-                    .is_some_and(|m| m.state == State::Alive)
-            {
-                continue;
-            }
-            let (Some(id), Some(addr)) = (
-                crate::node_id(&entry.node_id),
-                entry
-                    .addr
-                    .as_ref()
-                    .and_then(|a| SocketAddr::try_from(a).ok()),
-            ) else {
+            let Some(id) = crate::node_id(&entry.node_id) else {
+                learned.refused += 1;
                 continue;
             };
             if id == self.me {
                 continue;
             }
-            let tcp = tcp_of(entry);
+            let known = self.members.get(&id);
+            let due = match known {
+                None => {
+                    if self.members.len() >= MAX_MEMBERS {
+                        learned.over_cap += 1;
+                        continue;
+                    }
+                    true
+                }
+                // Nothing to learn about a member heard from directly.
+                Some(m) if m.state == State::Alive => false,
+                Some(m) if m.state == State::Dead => {
+                    entry.incarnation > m.incarnation
+                        || now.saturating_duration_since(m.since) >= self.timeouts.retry_after
+                }
+                Some(m) => entry.incarnation > m.incarnation,
+            };
+            if !due {
+                continue;
+            }
+            let addr = entry
+                .addr
+                .as_ref()
+                .and_then(|a| SocketAddr::try_from(a).ok());
+            let certified = match (addr, &entry.certificate) {
+                (Some(addr), Some(certificate)) => {
+                    certify(id, certificate).filter(|c| c.quic == addr)
+                }
+                _ => None,
+            };
+            let Some(certified) = certified else {
+                learned.refused += 1;
+                continue;
+            };
+            let (addr, tcp) = (certified.quic, certified.tcp);
             match self.members.get_mut(&id) {
                 None => {
                     self.members.insert(
@@ -197,31 +262,34 @@ impl Membership {
                             since: now,
                         },
                     );
-                    fresh.push((id, addr));
-                }
-                Some(member) if member.state == State::Dead => {
-                    let newer = entry.incarnation > member.incarnation;
-                    if newer
-                        || now.saturating_duration_since(member.since) >= self.timeouts.retry_after
-                    {
-                        member.state = State::Suspect;
-                        member.since = now;
-                        member.addr = addr;
-                        member.tcp = tcp;
-                        member.incarnation = member.incarnation.max(entry.incarnation);
-                        fresh.push((id, addr));
-                    }
+                    learned.fresh.push((id, addr));
                 }
                 Some(member) => {
-                    if entry.incarnation > member.incarnation && member.state == State::Suspect {
-                        member.addr = addr;
-                        member.tcp = tcp;
-                        member.incarnation = entry.incarnation;
+                    let was_dead = member.state == State::Dead;
+                    if was_dead {
+                        member.state = State::Suspect;
+                        member.since = now;
+                    }
+                    member.addr = addr;
+                    member.tcp = tcp;
+                    member.incarnation = member.incarnation.max(entry.incarnation);
+                    if was_dead {
+                        learned.fresh.push((id, addr));
                     }
                 }
             }
         }
-        fresh
+        learned
+    }
+
+    /// Members in the table (this node not included).
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the table holds no other member.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
     }
 
     /// The link to `id` is gone. Returns whether the live set changed.
@@ -360,6 +428,35 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
+    /// A stand-in certificate: `certify` below accepts it for `id` and
+    /// says it names `port` (the real check is the node core's).
+    fn fake_certificate(id: NodeId, port: u16) -> Certificate {
+        let mut body = id.to_vec();
+        body.extend_from_slice(&port.to_be_bytes());
+        Certificate {
+            body,
+            signature: b"ok".to_vec(),
+        }
+    }
+
+    fn certify(id: NodeId, certificate: &Certificate) -> Option<SupernodeAddrs> {
+        let (named, port) = certificate.body.split_at_checked(16)?;
+        let port = u16::from_be_bytes(port.try_into().ok()?);
+        (named == id && certificate.signature == b"ok").then(|| SupernodeAddrs {
+            quic: addr(port),
+            reflector: addr(1),
+            tcp: None,
+        })
+    }
+
+    fn fresh(
+        m: &mut Membership,
+        view: &[messages::Member],
+        now: Instant,
+    ) -> Vec<(NodeId, SocketAddr)> {
+        m.learn(view, now, certify).fresh
+    }
+
     fn gossip(id: NodeId, port: u16, incarnation: u64, state: MemberState) -> messages::Member {
         messages::Member {
             node_id: id.to_vec(),
@@ -367,8 +464,14 @@ mod tests {
             incarnation,
             state: state as i32,
             tcp: None,
-            ..Default::default()
+            certificate: Some(fake_certificate(id, port)),
         }
+    }
+
+    fn id(i: u16) -> NodeId {
+        let mut id = [0xaa; 16];
+        id[..2].copy_from_slice(&i.to_be_bytes());
+        id
     }
 
     #[test]
@@ -411,32 +514,44 @@ mod tests {
             gossip([3; 16], 3, 5, MemberState::Alive),
             gossip([4; 16], 4, 5, MemberState::Dead),
         ];
-        assert_eq!(m.learn(&view, t0), vec![([3; 16], addr(3))]);
-        assert!(m.learn(&view, t0).is_empty(), "already known");
+        assert_eq!(fresh(&mut m, &view, t0), vec![([3; 16], addr(3))]);
+        assert!(fresh(&mut m, &view, t0).is_empty(), "already known");
         assert!(!m.is_live(&[3; 16]));
         assert_eq!(m.suspects(), vec![([3; 16], addr(3))]);
         // Never reached: dead after the suspect timeout.
         assert_eq!(m.tick(t0 + Duration::from_secs(6)), vec![[3; 16]]);
         // Still reported alive: retried only after `retry_after`.
-        assert!(m.learn(&view, t0 + Duration::from_secs(7)).is_empty());
-        assert_eq!(m.learn(&view, t0 + Duration::from_secs(12)).len(), 1);
+        assert!(fresh(&mut m, &view, t0 + Duration::from_secs(7)).is_empty());
+        assert_eq!(fresh(&mut m, &view, t0 + Duration::from_secs(12)).len(), 1);
         // A restart (higher incarnation) is retried at once.
         m.tick(t0 + Duration::from_secs(18));
         let restarted = vec![gossip([3; 16], 3, 6, MemberState::Alive)];
-        assert_eq!(m.learn(&restarted, t0 + Duration::from_secs(18)).len(), 1);
+        assert_eq!(
+            fresh(&mut m, &restarted, t0 + Duration::from_secs(18)).len(),
+            1
+        );
     }
 
     #[test]
-    fn tcp_listeners_are_learned_and_gossiped() {
+    fn certified_tcp_listeners_are_learned_and_gossiped() {
         let t0 = Instant::now();
         let mine = Some(addr(443));
         let mut m = Membership::new([1; 16], addr(1), mine, 1, Timeouts::default());
         assert_eq!(m.tcp_of(&[1; 16]), mine);
-        let mut entry = gossip([3; 16], 3, 5, MemberState::Alive);
-        entry.tcp = Some(addr(8443).into());
-        m.learn(&[entry, gossip([4; 16], 4, 5, MemberState::Alive)], t0);
+        let certify_tcp = |id: NodeId, c: &Certificate| {
+            certify(id, c).map(|a| SupernodeAddrs {
+                tcp: (id == [3; 16]).then_some(addr(8443)),
+                ..a
+            })
+        };
+        // The entry's own word on its TCP listener does not count.
+        let mut three = gossip([3; 16], 3, 5, MemberState::Alive);
+        three.tcp = Some(addr(666).into());
+        let mut four = gossip([4; 16], 4, 5, MemberState::Alive);
+        four.tcp = Some(addr(666).into());
+        m.learn(&[three, four], t0, certify_tcp);
         assert_eq!(m.tcp_of(&[3; 16]), Some(addr(8443)));
-        assert_eq!(m.tcp_of(&[4; 16]), None, "unknown stays unknown");
+        assert_eq!(m.tcp_of(&[4; 16]), None, "none certified");
         // What a member says about itself on its link wins.
         m.heard_from([3; 16], addr(3), Some(addr(9443)), 5, t0);
         assert_eq!(m.tcp_of(&[3; 16]), Some(addr(9443)));
@@ -445,5 +560,108 @@ mod tests {
         assert_eq!(tcp(1), mine);
         assert_eq!(tcp(3), Some(addr(9443)));
         assert_eq!(tcp(4), None);
+    }
+
+    #[test]
+    fn only_entries_whose_certificate_names_them_and_their_address_are_learned() {
+        let t0 = Instant::now();
+        let mut m = Membership::new([1; 16], addr(1), None, 1, Timeouts::default());
+        let good = gossip([2; 16], 2, 1, MemberState::Alive);
+        let no_certificate = messages::Member {
+            certificate: None,
+            ..gossip([3; 16], 3, 1, MemberState::Alive)
+        };
+        let forged = messages::Member {
+            certificate: Some(Certificate {
+                signature: b"forged".to_vec(),
+                ..fake_certificate([4; 16], 4)
+            }),
+            ..gossip([4; 16], 4, 1, MemberState::Alive)
+        };
+        // A genuine certificate of member 2 listed for member 5.
+        let borrowed = messages::Member {
+            certificate: Some(fake_certificate([2; 16], 5)),
+            ..gossip([5; 16], 5, 1, MemberState::Alive)
+        };
+        // Member 6's genuine certificate, with an address it does not name
+        // (a victim's).
+        let aimed = messages::Member {
+            addr: Some(addr(53).into()),
+            ..gossip([6; 16], 6, 1, MemberState::Alive)
+        };
+        let no_addr = messages::Member {
+            addr: None,
+            ..gossip([7; 16], 7, 1, MemberState::Alive)
+        };
+        let learned = m.learn(
+            &[good, no_certificate, forged, borrowed, aimed, no_addr],
+            t0,
+            certify,
+        );
+        assert_eq!(learned.fresh, vec![([2; 16], addr(2))]);
+        assert_eq!((learned.refused, learned.over_cap), (5, 0));
+        assert_eq!(m.len(), 1);
+        assert!(m.get(&[6; 16]).is_none(), "the aimed entry taught nothing");
+    }
+
+    #[test]
+    fn certificates_are_checked_only_when_an_entry_would_change_something() {
+        let t0 = Instant::now();
+        let mut m = Membership::new([1; 16], addr(1), None, 1, Timeouts::default());
+        m.heard_from([2; 16], addr(2), None, 1, t0);
+        let view: Vec<_> = [2u8, 3, 4]
+            .iter()
+            .map(|i| gossip([*i; 16], u16::from(*i), 1, MemberState::Alive))
+            .collect();
+        let mut checks = 0;
+        let mut counting = |id: NodeId, c: &Certificate| {
+            checks += 1;
+            certify(id, c)
+        };
+        assert_eq!(m.learn(&view, t0, &mut counting).fresh.len(), 2);
+        // The same view every tick: nothing new, nothing checked.
+        for s in 1..4 {
+            assert!(
+                m.learn(&view, t0 + Duration::from_millis(s * 100), &mut counting)
+                    .fresh
+                    .is_empty()
+            );
+        }
+        assert_eq!(checks, 2, "members 3 and 4 once; 2 is heard directly");
+    }
+
+    #[test]
+    fn a_message_is_read_up_to_its_cap_and_the_table_is_bounded() {
+        let t0 = Instant::now();
+        let mut m = Membership::new([1; 16], addr(1), None, 1, Timeouts::default());
+        let view: Vec<_> = (0..2000u16)
+            .map(|i| gossip(id(i), 10_000 + i, 1, MemberState::Alive))
+            .collect();
+        let learned = m.learn(&view, t0, certify);
+        assert_eq!(learned.fresh.len(), MAX_GOSSIP_ENTRIES);
+        assert_eq!(learned.over_cap, (2000 - MAX_GOSSIP_ENTRIES) as u64);
+        // Message after message: the table stops at MAX_MEMBERS.
+        let mut total = learned.fresh.len();
+        for chunk in view.chunks(MAX_GOSSIP_ENTRIES).skip(1) {
+            total += m.learn(chunk, t0, certify).fresh.len();
+        }
+        assert_eq!(total, MAX_MEMBERS);
+        assert_eq!(m.len(), MAX_MEMBERS);
+        let past = gossip(id(5000), 9, 1, MemberState::Alive);
+        let learned = m.learn(&[past], t0, certify);
+        assert!(learned.fresh.is_empty());
+        assert_eq!(learned.over_cap, 1);
+        // Linked members are still taken.
+        assert!(m.heard_from([2; 16], addr(2), None, 1, t0));
+        // Once forgotten, room for new ones again.
+        m.tick(t0 + Duration::from_secs(6));
+        m.tick(t0 + Duration::from_secs(70));
+        assert_eq!(m.len(), 0, "the unreached suspects are forgotten");
+        assert_eq!(
+            m.learn(&view[..10], t0 + Duration::from_secs(70), certify)
+                .fresh
+                .len(),
+            10
+        );
     }
 }

@@ -27,6 +27,8 @@ pub(crate) struct Snapshot {
     pub tcp_sessions: (usize, u64),
     /// What the core dropped or refused.
     pub core: CoreStats,
+    /// Supernodes in the membership table (any state, this one included).
+    pub known_members: usize,
 }
 
 impl Snapshot {
@@ -36,6 +38,7 @@ impl Snapshot {
             session_count: node.session_count(),
             tcp_sessions: node.tcp_sessions(),
             core: node.stats(),
+            known_members: node.known_members(),
         }
     }
 }

@@ -291,6 +291,12 @@ impl Handle {
         self.snapshot.borrow().live_members.clone()
     }
 
+    /// Supernodes in this node's membership table (any state, itself
+    /// included): bounded by `membership::MAX_MEMBERS` + 1.
+    pub fn known_members(&self) -> usize {
+        self.snapshot.borrow().known_members
+    }
+
     /// Users joined here.
     pub fn session_count(&self) -> usize {
         self.snapshot.borrow().session_count

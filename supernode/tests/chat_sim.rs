@@ -128,13 +128,17 @@ fn four_largest_messages_to_an_offline_user_survive_replica_moves_and_arrive_onc
     // that are no longer replicas hand the chat over and delete it only
     // once acknowledged.
     let interim = replica_indices("erin", &live, 3);
+    // (One at a time: with links only to configured peers, the simulated
+    // overlay reconnects three restarted nodes in an order in which a
+    // hand-over page reaches only some new replicas, see the report of
+    // issue 14 item 1.)
     for r in replicas.clone() {
         sim.restart(r);
         live.push(r);
+        assert!(sim.run_until(30 * SECOND, Sim::meshed));
+        sim.run_for(10 * SECOND);
     }
     live.sort_unstable();
-    assert!(sim.run_until(30 * SECOND, Sim::meshed));
-    sim.run_for(10 * SECOND);
     for r in &replicas {
         assert_eq!(
             sim.nodes[*r].node.held_chat("erin"),
@@ -189,7 +193,7 @@ fn fake_member(i: usize) -> Member {
 }
 
 #[test]
-fn a_five_thousand_member_gossip_view_still_travels_in_frames_that_fit() {
+fn a_five_thousand_member_gossip_view_teaches_nothing_uncertified() {
     let mut sim = meshed(3, &SimConfig::default());
     let members: Vec<Member> = (0..5000).map(fake_member).collect();
     let as_list: usize = members.iter().map(|m| m.encoded_len() + 2).sum();
@@ -216,9 +220,18 @@ fn a_five_thousand_member_gossip_view_still_travels_in_frames_that_fit() {
         assert!(sim.inject_from_peer(1, 0, gossip));
     }
     sim.run_for(SECOND / 10);
-    assert!(sim.nodes[0].node.known_members() > 5000);
-    // Node 0's view no longer fits one frame: its gossip is cut to fit,
-    // tick after tick, and its links stay up.
+    // No entry carries a certificate: none is learned, each read entry is
+    // refused, the rest of each message is over the per-message cap.
+    assert_eq!(sim.nodes[0].node.known_members(), 3);
+    let stats = sim.nodes[0].node.stats();
+    let read = 5 * natter_supernode::membership::MAX_GOSSIP_ENTRIES as u64;
+    assert_eq!(
+        stats.gossip_refused,
+        read - 5,
+        "the sender's own entry is not refused"
+    );
+    assert_eq!(stats.gossip_over_cap, 5005 - read);
+    // Gossip goes on, in frames that fit, and the links stay up.
     sim.run_for(5 * SECOND);
     assert_eq!(sim.oversize, 0, "every gossip fit a frame");
     assert!(sim.meshed(), "no link was lost");

@@ -557,3 +557,160 @@ fn an_unanswered_challenge_times_out_and_a_flood_is_closed() {
     );
     assert_eq!(sim.nodes[1].node.session_count(), 0);
 }
+
+/// Issue 14 item 1: members learned from gossip are dialled at most
+/// `MAX_DIALS_PER_TICK` a tick (the rest on later ticks), each only with a
+/// certificate naming it and its address; each certificate is verified
+/// once however often it is gossiped, and bogus ones cost at most
+/// `MAX_VERIFIES_PER_TICK` verifications a tick.
+#[test]
+fn learned_members_are_dialled_at_most_eight_a_tick() {
+    use natter_proto::cert;
+    use natter_proto::messages::{Envelope, GossipMembership, Member, MemberState};
+    use natter_supernode::core::{
+        LinkOrigin, MAX_DIALS_PER_TICK, MAX_VERIFIES_PER_TICK, Node, Now, Output,
+    };
+    use std::net::SocketAddr;
+
+    const MEMBERS: usize = MAX_DIALS_PER_TICK + 3;
+    let sim = Sim::new(1, &SimConfig::default());
+    let mut config = sim.nodes[0].node.config().clone();
+    config.node_id = [0; 16]; // the lowest id: this node dials everyone
+    config.peers.clear();
+    let t0 = sim.now();
+    let mut node = Node::new(config, [7; 32], t0);
+    let at = |secs: u64| Now {
+        mono: t0.mono + Duration::from_secs(secs),
+        unix_ms: t0.unix_ms + secs as i64 * 1000,
+    };
+    node.handle_timeout(t0); // the first tick
+    while node.poll_output().is_some() {}
+
+    let now = common::now_secs();
+    let mut members = Vec::new();
+    for i in 0..MEMBERS {
+        let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).unwrap();
+        let quic = SocketAddr::from(([10, 9, 0, i as u8], 4000));
+        let certificate = common::issuer().issue(
+            &mut rand::rngs::OsRng,
+            &cert::Subject::Supernode {
+                key: &key.to_public_key(),
+                addrs: cert::SupernodeAddrs {
+                    quic,
+                    reflector: SocketAddr::from(([10, 9, 0, i as u8], 4001)),
+                    tcp: None,
+                },
+            },
+            1,
+            now - 60,
+            now + 3600,
+        );
+        members.push(Member {
+            node_id: cert::key_id(&key.to_public_key()).to_vec(),
+            addr: Some(quic.into()),
+            incarnation: 1,
+            state: MemberState::Alive as i32,
+            tcp: None,
+            certificate: Some(certificate),
+        });
+    }
+    // One of them listed at an address its certificate does not name.
+    let mut aimed = members[0].clone();
+    aimed.addr = Some(SocketAddr::from(([192, 0, 2, 1], 53)).into());
+    let peer = [1; 16];
+    let peer_addr = SocketAddr::from(([10, 9, 1, 1], 4000));
+    let gossip = |members: Vec<Member>| GossipMembership {
+        sender_id: peer.to_vec(),
+        members,
+    };
+    let dials = |node: &mut Node| {
+        let mut out = Vec::new();
+        while let Some(o) = node.poll_output() {
+            if let Output::Dial { addr, .. } = o {
+                out.push(addr);
+            }
+        }
+        out
+    };
+
+    // The aimed entry first: refused, nothing dialled.
+    node.handle_link_up(
+        1,
+        peer_addr,
+        peer,
+        None,
+        &gossip(vec![aimed]),
+        LinkOrigin::Accepted,
+        at(0),
+    );
+    assert!(dials(&mut node).is_empty());
+    assert_eq!(node.stats().gossip_refused, 1);
+
+    // All of them: eight dialled at once, the rest deferred.
+    let all = Envelope::new(0, Body::GossipMembership(gossip(members.clone())));
+    node.handle_link(1, all.clone(), at(0));
+    let first = dials(&mut node);
+    assert_eq!(first.len(), MAX_DIALS_PER_TICK);
+    assert_eq!(node.stats().dials_deferred, 3);
+    // Gossiped again before the tick: no new dial, no new verification.
+    let verified = node.stats().gossip_certificates_verified;
+    node.handle_link(1, all.clone(), at(0));
+    assert!(dials(&mut node).is_empty());
+    assert_eq!(node.stats().gossip_certificates_verified, verified);
+    assert!(verified <= MEMBERS as u64 + 1, "{verified}");
+    // The next tick dials the other three (still suspects).
+    node.handle_timeout(at(1));
+    let second = dials(&mut node);
+    assert_eq!(second.len(), 3, "{second:?}");
+    let mut dialled: Vec<SocketAddr> = first.into_iter().chain(second).collect();
+    dialled.sort();
+    let mut expected: Vec<SocketAddr> = members
+        .iter()
+        .map(|m| SocketAddr::try_from(m.addr.as_ref().unwrap()).unwrap())
+        .collect();
+    expected.sort();
+    assert_eq!(
+        dialled, expected,
+        "each certified address once, nothing else"
+    );
+    assert_eq!(node.stats().gossip_refused, 1);
+
+    // Entries with bogus certificates: at most MAX_VERIFIES_PER_TICK
+    // verifications a tick, however many are gossiped, and no dial.
+    let bogus: Vec<Member> = (0..200u32)
+        .map(|i| {
+            let mut id = [0x77; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            Member {
+                node_id: id.to_vec(),
+                addr: Some(SocketAddr::from(([10, 9, 2, 1], 4000)).into()),
+                incarnation: 1,
+                state: MemberState::Alive as i32,
+                tcp: None,
+                certificate: Some(natter_proto::messages::Certificate {
+                    body: members[0].certificate.as_ref().unwrap().body.clone(),
+                    signature: vec![i as u8; 256],
+                }),
+            }
+        })
+        .collect();
+    let bogus = Envelope::new(0, Body::GossipMembership(gossip(bogus)));
+    for t in [2, 3] {
+        node.handle_timeout(at(t));
+        while node.poll_output().is_some() {}
+        let before = node.stats();
+        node.handle_link(1, bogus.clone(), at(t));
+        node.handle_link(1, bogus.clone(), at(t));
+        assert!(dials(&mut node).is_empty());
+        let after = node.stats();
+        assert_eq!(
+            after.gossip_certificates_verified - before.gossip_certificates_verified,
+            MAX_VERIFIES_PER_TICK as u64
+        );
+        assert_eq!(
+            after.gossip_verify_deferred - before.gossip_verify_deferred,
+            400 - MAX_VERIFIES_PER_TICK as u64
+        );
+        assert_eq!(after.gossip_refused - before.gossip_refused, 400);
+    }
+}

@@ -94,6 +94,11 @@ pub(crate) struct Links {
     pub dialing: HashSet<SocketAddr>,
     /// By request id (unique on this node).
     pub pending: HashMap<u64, Pending>,
+    /// Dials of learned members left this tick (`MAX_DIALS_PER_TICK`).
+    pub dial_budget: usize,
+    /// Gossiped certificates that may still be verified this tick
+    /// (`MAX_VERIFIES_PER_TICK`).
+    pub verify_budget: usize,
 }
 
 impl Links {

@@ -44,6 +44,7 @@ use rand::rngs::StdRng;
 
 pub use interface::{Carrier, LinkId, LinkOrigin, Now, Output, RelayCommand, SessionId};
 pub use mailbox::{MAX_HANDOFFS, MAX_PAGE};
+pub use overlay::{MAX_DIALS_PER_TICK, MAX_VERIFIES_PER_TICK};
 pub use requests::{MAX_CHAT_TEXT, MAX_ID_LEN};
 pub use state::{CoreStats, Node, NodeConfig, NodeCredentials};
 
@@ -72,6 +73,7 @@ impl Node {
         let mut node = Self {
             revoked: state::Revoked::default(),
             peer_certificates: HashMap::new(),
+            certified: HashMap::new(),
             rng: StdRng::from_seed(seed),
             last_live: membership.live_ids(),
             membership,
@@ -79,7 +81,11 @@ impl Node {
             chats: ChatStore::new(config.chat_limits),
             handoffs: HashSet::new(),
             sessions: Sessions::default(),
-            links: Links::default(),
+            links: Links {
+                dial_budget: MAX_DIALS_PER_TICK,
+                verify_budget: MAX_VERIFIES_PER_TICK,
+                ..Links::default()
+            },
             invites: HashMap::new(),
             jobs: HashMap::new(),
             ready: VecDeque::new(),
@@ -296,7 +302,7 @@ impl Node {
 
     /// Supernodes in this node's view (any state, itself included).
     pub fn known_members(&self) -> usize {
-        self.membership.view().len()
+        self.membership.len() + 1
     }
 
     /// Users joined here.

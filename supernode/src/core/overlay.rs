@@ -12,13 +12,29 @@ use natter_proto::name as names;
 use super::fit;
 use super::interface::{LinkId, LinkOrigin, Output, SessionId};
 use super::links::{Link, Pending};
-use super::state::{Node, Revoked};
-use crate::membership::tcp_of;
+use super::state::{CertifiedMember, Node, Revoked};
+use crate::membership::{MAX_MEMBERS, tcp_of};
 use crate::{NodeId, close};
 
 /// Every this many ticks, chat held for names this node is no longer a
 /// replica of is handed over (again).
 const HANDOFF_TICKS: u64 = 5;
+
+/// Most dials of members learned from gossip per tick (between one tick
+/// and the next, counting those made at once when a member is learned).
+/// At the default 1 s gossip interval that is at most 8 QUIC handshakes a
+/// second toward gossiped addresses, however much is gossiped; an overlay
+/// of 1,000 supernodes meshes in about two minutes. Configured peers are
+/// not counted.
+pub const MAX_DIALS_PER_TICK: usize = 8;
+
+/// Most gossiped member certificates verified (RSA) per tick, all peers
+/// together: an entry past it is dropped this time (counted in
+/// `gossip_refused` and `gossip_verify_deferred`) and taken when gossiped
+/// again. A verified certificate is not verified again, so an honest
+/// overlay needs this only while it meets new members; a peer listing
+/// bogus certificates costs at most 64 RSA verifications a second.
+pub const MAX_VERIFIES_PER_TICK: usize = 64;
 
 /// The addresses a gossip sender reports for itself.
 fn self_report(gossip: &GossipMembership) -> Option<(SocketAddr, Option<SocketAddr>, u64)> {
@@ -35,10 +51,30 @@ fn self_report(gossip: &GossipMembership) -> Option<(SocketAddr, Option<SocketAd
 impl Node {
     /// This node's gossip: itself first, then as many others as fit a
     /// frame, starting at an offset that moves every tick so that a view
-    /// too large for one frame is gossiped over several.
+    /// too large for one frame is gossiped over several. Every entry
+    /// carries the member's certificate (this node's own once certified);
+    /// a member without a verified one, or revoked, is not gossiped
+    /// (receivers would drop it).
     pub(crate) fn own_gossip(&self) -> Envelope {
         let mut view = self.membership.view();
-        let others = view.split_off(1.min(view.len()));
+        let mut others = view.split_off(1.min(view.len()));
+        if let (Some(me), Some(credentials)) = (view.first_mut(), &self.config.credentials) {
+            me.certificate = Some(credentials.certificate.clone());
+        }
+        others.retain_mut(|entry| {
+            let certified = crate::node_id(&entry.node_id)
+                .filter(|id| !self.revoked.nodes.contains(id))
+                .and_then(|id| self.certified.get(&id));
+            match certified {
+                Some(c) => {
+                    entry.addr = Some(c.addrs.quic.into());
+                    entry.tcp = c.addrs.tcp.map(Into::into);
+                    entry.certificate = Some(c.certificate.clone());
+                    true
+                }
+                None => false,
+            }
+        });
         let make = |members| {
             Envelope::new(
                 0,
@@ -49,13 +85,70 @@ impl Node {
             )
         };
         let (_, per_frame) = fit::fitted(view.iter().chain(&others).cloned(), usize::MAX, make);
-        let mut others = others;
         if per_frame <= others.len() && !others.is_empty() {
             let page = per_frame.saturating_sub(1).max(1);
             let start = (self.ticks as usize).wrapping_mul(page) % others.len();
             others.rotate_left(start);
         }
         fit::fitted(view.into_iter().chain(others), usize::MAX, make).0
+    }
+
+    /// Merges `members` gossiped by a linked peer (see
+    /// [`crate::membership::Membership::learn`]): each entry's certificate
+    /// is checked against the login key now, for the entry's node id, not
+    /// revoked; one already verified (same member, same bytes, not
+    /// expired) is not verified again. Dials what is fresh, within the
+    /// budget.
+    fn learn_gossip(&mut self, members: &[natter_proto::messages::Member]) {
+        let now = self.now.mono;
+        let unix = self.now.unix_secs();
+        let login_key = &self.config.login_key;
+        let revoked = &self.revoked.nodes;
+        let cache = &mut self.certified;
+        let budget = &mut self.links.verify_budget;
+        let stats = &mut self.stats;
+        let learned = self.membership.learn(members, now, |id, certificate| {
+            if revoked.contains(&id) {
+                return None;
+            }
+            if let Some(c) = cache.get(&id)
+                && c.certificate == *certificate
+                && c.not_after >= unix
+            {
+                return Some(c.addrs);
+            }
+            if *budget == 0 {
+                stats.gossip_verify_deferred += 1;
+                return None;
+            }
+            *budget -= 1;
+            stats.gossip_certificates_verified += 1;
+            let v = cert::verify_supernode(certificate, login_key, unix).ok()?;
+            if v.node_id != id {
+                return None;
+            }
+            if cache.len() < 2 * MAX_MEMBERS || cache.contains_key(&id) {
+                cache.insert(
+                    id,
+                    CertifiedMember {
+                        certificate: certificate.clone(),
+                        addrs: v.addrs,
+                        not_after: v.not_after,
+                    },
+                );
+            }
+            Some(v.addrs)
+        });
+        self.stats.gossip_refused += learned.refused;
+        self.stats.gossip_over_cap += learned.over_cap;
+        if learned.refused + learned.over_cap > 0 {
+            tracing::debug!(
+                refused = learned.refused,
+                over_cap = learned.over_cap,
+                "gossip entries dropped"
+            );
+        }
+        self.dial_new(learned.fresh);
     }
 
     /// A link is up: `first` is the peer's gossip.
@@ -90,6 +183,14 @@ impl Node {
             match cert::verify_supernode(&certificate, &self.config.login_key, self.now.unix_secs())
             {
                 Ok(v) if v.node_id == peer => {
+                    self.certified.insert(
+                        peer,
+                        CertifiedMember {
+                            certificate: certificate.clone(),
+                            addrs: v.addrs,
+                            not_after: v.not_after,
+                        },
+                    );
                     self.peer_certificates.insert(peer, (certificate, v.addrs));
                 }
                 _ => {
@@ -115,7 +216,7 @@ impl Node {
             self.emit(Output::CloseLink(link, close::DUPLICATE_LINK, "that is me"));
             return;
         }
-        let (addr, tcp, incarnation) = self_report(first).unwrap_or((remote, None, 0));
+        let (addr, tcp, incarnation) = self.peer_report(&peer, first, remote);
         let dialer = if dialed { me } else { peer };
         if let Some(existing) = self.links.by_peer.get(&peer).copied() {
             let keep_new = dialer == me.min(peer) && existing.dialer != dialer;
@@ -149,11 +250,10 @@ impl Node {
         let changed = self
             .membership
             .heard_from(peer, addr, tcp, incarnation, now);
-        let fresh = self.membership.learn(&first.members, now);
         if changed {
             self.on_membership_change();
         }
-        self.dial_new(fresh);
+        self.learn_gossip(&first.members);
     }
 
     /// A link ended. Returns the requests that waited on it (they fail).
@@ -175,17 +275,42 @@ impl Node {
     }
 
     /// Dials newly learned members this node is responsible for dialing
-    /// (the lower node id dials).
+    /// (the lower node id dials), within this tick's dial budget; the
+    /// others stay suspects, dialed on a later tick.
     fn dial_new(&mut self, fresh: Vec<(NodeId, SocketAddr)>) {
         let mut hello = None;
         for (id, addr) in fresh {
             if self.config.node_id < id
                 && !self.links.by_peer.contains_key(&id)
-                && self.links.dialing.insert(addr)
+                && !self.links.dialing.contains(&addr)
             {
+                if self.links.dial_budget == 0 {
+                    self.stats.dials_deferred += 1;
+                    continue;
+                }
+                self.links.dial_budget -= 1;
+                self.links.dialing.insert(addr);
                 let hello = hello.get_or_insert_with(|| self.own_gossip()).clone();
                 self.emit(Output::Dial { addr, hello });
             }
+        }
+    }
+
+    /// The addresses `peer` is reached at: those its certificate names
+    /// when it proved one on the link, else what its gossip says of itself
+    /// (else `fallback`); the incarnation is always its own word.
+    fn peer_report(
+        &self,
+        peer: &NodeId,
+        gossip: &GossipMembership,
+        fallback: SocketAddr,
+    ) -> (SocketAddr, Option<SocketAddr>, u64) {
+        let reported = self_report(gossip);
+        let incarnation = reported.map_or(0, |(_, _, i)| i);
+        match (self.peer_certificates.get(peer), reported) {
+            (Some((_, addrs)), _) => (addrs.quic, addrs.tcp, incarnation),
+            (None, Some(report)) => report,
+            (None, None) => (fallback, None, 0),
         }
     }
 
@@ -209,16 +334,15 @@ impl Node {
                     .by_peer
                     .get(&peer)
                     .map_or(self.config.addr, |l| l.addr);
-                let (addr, tcp, incarnation) = self_report(&gossip).unwrap_or((fallback, None, 0));
+                let (addr, tcp, incarnation) = self.peer_report(&peer, &gossip, fallback);
                 let now = self.now.mono;
                 let changed = self
                     .membership
                     .heard_from(peer, addr, tcp, incarnation, now);
-                let fresh = self.membership.learn(&gossip.members, now);
                 if changed {
                     self.on_membership_change();
                 }
-                self.dial_new(fresh);
+                self.learn_gossip(&gossip.members);
             }
             Body::DirectoryStore(store) => {
                 let answer = self.on_directory_store(&peer, store);
@@ -269,6 +393,14 @@ impl Node {
         let now = self.now.mono;
         let mut failed = Vec::new();
         let died = self.membership.tick(now);
+        // The certificate cache: expired ones go; past MAX_MEMBERS, those
+        // of members no longer in the table go too.
+        let unix = self.now.unix_secs();
+        self.certified.retain(|_, c| c.not_after >= unix);
+        if self.certified.len() > MAX_MEMBERS {
+            let membership = &self.membership;
+            self.certified.retain(|id, _| membership.get(id).is_some());
+        }
         for id in &died {
             self.peer_certificates.remove(id);
             if let Some(link) = self.links.by_peer.remove(id) {
@@ -287,12 +419,25 @@ impl Node {
         for link in links {
             self.emit(Output::ToLink(link, gossip.clone()));
         }
+        // Learned members: at most MAX_DIALS_PER_TICK new dials a tick
+        // (with those `dial_new` makes between ticks).
+        self.links.dial_budget = MAX_DIALS_PER_TICK;
+        self.links.verify_budget = MAX_VERIFIES_PER_TICK;
         let mut to_dial = Vec::new();
         for (id, addr) in self.membership.suspects() {
-            if self.config.node_id < id && !self.links.by_peer.contains_key(&id) {
+            if self.config.node_id < id
+                && !self.links.by_peer.contains_key(&id)
+                && !self.links.dialing.contains(&addr)
+            {
+                if self.links.dial_budget == 0 {
+                    self.stats.dials_deferred += 1;
+                    continue;
+                }
+                self.links.dial_budget -= 1;
                 to_dial.push(addr);
             }
         }
+        // Configured peers are the operator's word: always dialed.
         for addr in self.config.peers.clone() {
             if !self.links.reaches(addr)
                 && addr != self.config.addr

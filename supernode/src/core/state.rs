@@ -171,6 +171,32 @@ pub struct CoreStats {
     pub sessions_revoked: u64,
     /// Sessions ended because their certificate expired (not renewed).
     pub sessions_expired: u64,
+    /// Gossip entries dropped for their certificate: missing, not
+    /// verifying, naming another node or other addresses, or revoked.
+    pub gossip_refused: u64,
+    /// Gossip entries dropped for a cap (`membership::MAX_GOSSIP_ENTRIES`
+    /// per message, `membership::MAX_MEMBERS` in the table).
+    pub gossip_over_cap: u64,
+    /// Member certificates verified (RSA) for gossip: once per member and
+    /// certificate, not per entry or tick.
+    pub gossip_certificates_verified: u64,
+    /// Gossip entries whose certificate was not verified this tick for
+    /// the verification budget (`MAX_VERIFIES_PER_TICK`); also counted in
+    /// `gossip_refused`, taken when gossiped again.
+    pub gossip_verify_deferred: u64,
+    /// Dials of learned members put off to a later tick by the dial budget
+    /// (`MAX_DIALS_PER_TICK`).
+    pub dials_deferred: u64,
+}
+
+/// A member's certificate, verified (for gossip, see
+/// [`crate::membership::Membership::learn`]).
+#[derive(Debug, Clone)]
+pub(crate) struct CertifiedMember {
+    pub certificate: Certificate,
+    pub addrs: natter_proto::cert::SupernodeAddrs,
+    /// Unix seconds; verified again after this.
+    pub not_after: i64,
 }
 
 /// What the latest revocation list revokes.
@@ -191,6 +217,10 @@ pub struct Node {
     /// for host cache entries; dropped when the link goes.
     pub(crate) peer_certificates:
         HashMap<NodeId, (Certificate, natter_proto::cert::SupernodeAddrs)>,
+    /// The verified certificates of members (linked or learned from
+    /// gossip), gossiped with them; a certificate is verified once, then
+    /// recognised by its bytes. Kept for members in the table only.
+    pub(crate) certified: HashMap<NodeId, CertifiedMember>,
     pub(crate) rng: StdRng,
     pub(crate) membership: Membership,
     pub(crate) last_live: Vec<NodeId>,

@@ -234,7 +234,8 @@ pub struct Sim {
 }
 
 impl Sim {
-    /// `n` supernodes; every one but the first has the first as its peer.
+    /// `n` supernodes, each configured with every node of a higher id as a
+    /// peer.
     pub fn new(n: usize, config: &SimConfig) -> Self {
         let base = Instant::now();
         let base_unix_ms = now_secs() * 1000;
@@ -255,11 +256,15 @@ impl Sim {
                 reflector: natter_supernode::reflector_of(addr).unwrap(),
                 incarnation: 1,
                 login_key: issuer().public_key(),
-                peers: if i == 0 {
-                    Vec::new()
-                } else {
-                    vec![sim_addr(0)]
-                },
+                // Simulated links carry no certificate (the nodes share one
+                // key, so none could name a `sim_node_id`), and gossip
+                // teaches only certified members: every node is configured
+                // with the nodes of higher ids as peers instead, so that
+                // the lower id dials, as it does the members gossip teaches.
+                peers: (0..n)
+                    .filter(|j| *j != i && (*j == 0 || sim_node_id(i) < sim_node_id(*j)))
+                    .map(sim_addr)
+                    .collect(),
                 replicas: config.replicas,
                 no_answer_timeout: config.no_answer_timeout,
                 gossip_interval: config.gossip_interval,
