@@ -264,6 +264,30 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_message_is_known_by_its_sender_and_id() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = Inbox::new(dir.path().join(FILE_NAME));
+        let m = message("bob", "hi", 1_800_000_000_123);
+        assert!(!inbox.contains(&m), "nothing stored yet");
+        inbox.append(&m).unwrap();
+        assert!(inbox.contains(&m));
+        let mut other_id = m.clone();
+        other_id.message_id = vec![2; 16];
+        assert!(!inbox.contains(&other_id));
+        // Another sender reusing the id does not hide its message.
+        let mut other_sender = m.clone();
+        other_sender.from = "mallory".into();
+        assert!(!inbox.contains(&other_sender));
+        let mode = std::fs::metadata(inbox.ids_path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
     fn append_then_read_one_line_per_message_privately() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
