@@ -22,8 +22,8 @@ use natter_net::{
 use natter_proto::binding;
 use natter_proto::cert::{self, Identity};
 use natter_proto::messages::{
-    CertificateBody, ChatDelivered, Envelope, ErrorCode, ErrorReply, HostCacheEntry, JoinChallenge, JoinHello,
-    JoinProof, JoinStatement, envelope,
+    CertificateBody, ChatDelivered, Envelope, ErrorCode, ErrorReply, HostCacheEntry, JoinChallenge,
+    JoinHello, JoinProof, JoinStatement, envelope,
 };
 use natter_proto::statement::SignedStatement;
 use prost::Message;

@@ -365,7 +365,10 @@ fn compute() -> Vec<(&'static str, String)> {
             acks_chat: true,
         }),
     );
-    v.push(("frame.join_hello_acks_chat", h(to_frame(&hello_acking).unwrap())));
+    v.push((
+        "frame.join_hello_acks_chat",
+        h(to_frame(&hello_acking).unwrap()),
+    ));
 
     // --- TLS-over-TCP records (section 10)
     use natter_proto::record::{Record, to_bytes};

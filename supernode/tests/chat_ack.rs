@@ -63,7 +63,10 @@ async fn stored_chat_comes_again_until_acknowledged_and_not_after() {
     assert!(carol.accepted.acks_chat, "the supernode waits for acks");
     let mut carol = carol;
     let first = pushed_chat(&mut carol).await;
-    assert_eq!((first.from.as_str(), first.message_id.clone()), ("alice", vec![7; 16]));
+    assert_eq!(
+        (first.from.as_str(), first.message_id.clone()),
+        ("alice", vec![7; 16])
+    );
     // The connection dies without an acknowledgement.
     carol.conn.close(0, b"crash");
     drop(carol);
@@ -128,7 +131,9 @@ async fn live_chat_not_acknowledged_is_stored_for_the_next_join() {
     let addr = sns[0].local_addr();
     let mut carol = TestClient::join_acking(addr, "carol").await;
     let mut alice = TestClient::join(sns[1].local_addr(), "alice").await;
-    alice.search_until("carol", |r| r.found && r.supernode.is_some()).await;
+    alice
+        .search_until("carol", |r| r.found && r.supernode.is_some())
+        .await;
     alice.ack(Body::ChatMessage(chat(5, "carol"))).await;
     let live = pushed_chat(&mut carol).await;
     assert_eq!(live.message_id, vec![5; 16]);
