@@ -647,11 +647,11 @@ impl Node {
         let Some(joined) = self.sessions.joined_mut(id) else {
             return;
         };
-        if !joined
+        if joined
             .acks
             .live
             .get(message_id)
-            .is_some_and(|(_, due)| *due <= now)
+            .is_none_or(|(_, due)| *due > now)
         {
             return;
         }
@@ -682,7 +682,7 @@ impl Node {
         if let Some(session) = self.sessions.all.remove(&id)
             && let super::sessions::Phase::Joined(mut joined) = session.phase
         {
-            self.release_acks(std::mem::take(&mut joined.acks));
+            self.release_acks(*std::mem::take(&mut joined.acks));
         }
     }
 }

@@ -260,10 +260,10 @@ impl Node {
             subscriptions: HashSet::new(),
             busy: None,
             backlog: VecDeque::new(),
-            acks: ChatAcks {
+            acks: Box::new(ChatAcks {
                 enabled: acks_chat,
                 ..ChatAcks::default()
-            },
+            }),
         });
         if session.carrier == Carrier::Tcp {
             self.sessions.tcp_joined_total += 1;
@@ -323,7 +323,7 @@ impl Node {
         let Phase::Joined(mut joined) = session.phase else {
             return;
         };
-        self.release_acks(std::mem::take(&mut joined.acks));
+        self.release_acks(*std::mem::take(&mut joined.acks));
         if self.sessions.is_current(id, &joined.name) {
             self.sessions.by_name.remove(&joined.name);
             joined.status = PresenceStatus::Offline;

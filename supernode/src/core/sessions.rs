@@ -47,7 +47,7 @@ pub(crate) struct Joined {
     pub backlog: VecDeque<Envelope>,
     /// Chat pushed to this session and not acknowledged yet (only for a
     /// client that acknowledges chat).
-    pub acks: ChatAcks,
+    pub acks: Box<ChatAcks>,
 }
 
 /// The chat acknowledgements a session owes (docs/PROTOCOL.md, 8.7).
