@@ -7,8 +7,16 @@
 //! key. Only what opens and verifies is stored, as the plaintext under the
 //! certified sender's name; anything else is refused: counted, reported to
 //! the caller (the `natter` binary prints a warning) and never attributed
-//! to the name it claims. The supernode counts a pushed message as
-//! delivered, so a refused message does not stay in the mailbox either.
+//! to the name it claims.
+//!
+//! Every pushed message is acknowledged to the supernode
+//! ([`SupernodeSession::chat_delivered`]) once it is written (the line is
+//! synced to disk first) or refused: only then does the supernode have
+//! it deleted from the mailbox, so a message whose push was lost (the
+//! connection died, the client crashed) comes again at the next join. A
+//! message that comes again is recognised by its sender and id (the
+//! `inbox.ids` file next to the inbox, one `SENDER HEX_ID` per line) and
+//! neither stored nor shown twice.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -58,9 +66,30 @@ impl Inbox {
         )
     }
 
-    /// Appends `m`.
+    /// Appends `m`, then notes its id (a crash between the two stores it
+    /// again when it comes again: never loses it).
     pub fn append(&self, m: &OpenedChat) -> Result<(), FileError> {
-        natter_fsutil::append_private(&self.path, Self::line(m).as_bytes())
+        natter_fsutil::append_private(&self.path, Self::line(m).as_bytes())?;
+        natter_fsutil::append_private(&self.ids_path(), Self::id_line(m).as_bytes())
+    }
+
+    /// The file of the ids of the stored messages.
+    pub fn ids_path(&self) -> PathBuf {
+        self.path.with_extension("ids")
+    }
+
+    fn id_line(m: &OpenedChat) -> String {
+        let id: String = m.message_id.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{} {id}\n", m.from)
+    }
+
+    /// Whether `m` (its certified sender and id) is stored already.
+    pub fn contains(&self, m: &OpenedChat) -> bool {
+        let wanted = Self::id_line(m);
+        std::fs::read_to_string(self.ids_path())
+            .unwrap_or_default()
+            .lines()
+            .any(|line| line == wanted.trim_end())
     }
 
     /// Everything received so far (empty when there is no inbox yet).
@@ -98,57 +127,106 @@ impl Refused {
     }
 }
 
-/// Opens `m` (received at `now_ms`) and, when it opens and verifies,
-/// appends it to `inbox`.
+/// What became of a received message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    /// Opened, verified and appended to the inbox.
+    Stored(OpenedChat),
+    /// Opened and verified, and already in the inbox (delivered again).
+    Duplicate(OpenedChat),
+    /// Did not open or verify: not stored.
+    Refused(Refused),
+}
+
+/// Opens `m` (received at `now_ms`) and, when it opens and verifies and is
+/// not stored yet, appends it to `inbox`.
 pub fn receive(
     inbox: &Inbox,
     keys: &Keys<'_>,
     m: &ChatMessage,
     now_ms: i64,
-) -> Result<Result<OpenedChat, Refused>, FileError> {
+) -> Result<Received, FileError> {
     match chat::open(m, keys.identity, keys.login_key, now_ms) {
+        Ok(opened) if inbox.contains(&opened) => Ok(Received::Duplicate(opened)),
         Ok(opened) => {
             inbox.append(&opened)?;
-            Ok(Ok(opened))
+            Ok(Received::Stored(opened))
         }
-        Err(error) => Ok(Err(Refused {
+        Err(error) => Ok(Received::Refused(Refused {
             claimed_from: m.from.clone(),
             error,
         })),
     }
 }
 
+/// [`receive`], then the acknowledgement to the supernode that pushed `m`
+/// (stored, already stored or refused: in each case it may go). An
+/// acknowledgement that does not get through is not an error: the message
+/// comes again and is recognised as a duplicate.
+pub async fn receive_and_ack(
+    sn: &SupernodeSession,
+    inbox: &Inbox,
+    keys: &Keys<'_>,
+    m: &ChatMessage,
+    request_timeout: Duration,
+) -> Result<Received, FileError> {
+    let received = receive(inbox, keys, m, crate::now_unix_ms())?;
+    // Not getting through is fine: it comes again (see above).
+    let _ = sn
+        .chat_delivered(vec![m.message_id.clone()], request_timeout)
+        .await;
+    Ok(received)
+}
+
 /// What one [`fetch`] brought.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fetched {
-    /// Messages opened and appended to the inbox.
+    /// Messages opened and appended to the inbox (not counting messages
+    /// that were stored already).
     pub received: usize,
     /// Messages refused (not stored).
     pub refused: Vec<Refused>,
 }
 
 /// Asks the supernode for the chat stored while this user was offline and
-/// appends every message that opens to `inbox`. Stored chat is pushed
-/// before the request's reply, and whatever was pushed at join is queued
-/// too; the wait ends after [`FETCH_QUIET`] without a push.
+/// appends every message that opens to `inbox`, acknowledging each. Stored
+/// chat is pushed before the request's reply, and whatever was pushed at
+/// join is queued too; the wait ends after [`FETCH_QUIET`] without a push
+/// once the request was answered.
 pub async fn fetch(
     sn: &SupernodeSession,
     inbox: &Inbox,
     keys: &Keys<'_>,
     request_timeout: Duration,
 ) -> Result<Fetched, ClientError> {
-    sn.request(
+    // The supernode answers once every page was pushed and (for a
+    // supernode that waits for acknowledgements) acknowledged: the pushes
+    // are read and acknowledged while the request is out.
+    let request = sn.request(
         envelope::Body::InboxFetch(Default::default()),
         request_timeout,
-    )
-    .await?;
+    );
+    let mut request = std::pin::pin!(request);
+    let mut answered = false;
     let mut fetched = Fetched::default();
-    while let Ok(Some(push)) = tokio::time::timeout(FETCH_QUIET, sn.next_push()).await {
-        if let envelope::Body::ChatMessage(m) = push {
-            match receive(inbox, keys, &m, crate::now_unix_ms())? {
-                Ok(_) => fetched.received += 1,
-                Err(refused) => fetched.refused.push(refused),
+    loop {
+        tokio::select! {
+            reply = &mut request, if !answered => {
+                reply?;
+                answered = true;
             }
+            push = sn.next_push() => match push {
+                Some(envelope::Body::ChatMessage(m)) => {
+                    match receive_and_ack(sn, inbox, keys, &m, request_timeout).await? {
+                        Received::Stored(_) => fetched.received += 1,
+                        Received::Duplicate(_) => {}
+                        Received::Refused(refused) => fetched.refused.push(refused),
+                    }
+                }
+                Some(_) => {}
+                None => break,
+            },
+            () = tokio::time::sleep(FETCH_QUIET), if answered => break,
         }
     }
     Ok(fetched)
@@ -183,6 +261,30 @@ mod tests {
                 not_after: 1,
             },
         }
+    }
+
+    #[test]
+    fn a_stored_message_is_known_by_its_sender_and_id() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = Inbox::new(dir.path().join(FILE_NAME));
+        let m = message("bob", "hi", 1_800_000_000_123);
+        assert!(!inbox.contains(&m), "nothing stored yet");
+        inbox.append(&m).unwrap();
+        assert!(inbox.contains(&m));
+        let mut other_id = m.clone();
+        other_id.message_id = vec![2; 16];
+        assert!(!inbox.contains(&other_id));
+        // Another sender reusing the id does not hide its message.
+        let mut other_sender = m.clone();
+        other_sender.from = "mallory".into();
+        assert!(!inbox.contains(&other_sender));
+        let mode = std::fs::metadata(inbox.ids_path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

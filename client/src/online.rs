@@ -17,7 +17,7 @@ use natter_proto::chat::OpenedChat;
 use natter_proto::messages::{PresenceStatus, PresenceSubscribe, SetPresence, envelope};
 
 use crate::ClientError;
-use crate::inbox::{self, Inbox, Keys, Refused};
+use crate::inbox::{self, Inbox, Keys, Received, Refused};
 use crate::overlay::Overlay;
 use crate::supernode::{SessionError, SupernodeSession};
 
@@ -98,9 +98,11 @@ pub async fn stay_online(
                         status: PresenceStatus::try_from(u.status).unwrap_or(PresenceStatus::Offline),
                     }),
                     Some(envelope::Body::ChatMessage(m)) => {
-                        match inbox::receive(inbox, keys, &m, crate::now_unix_ms())? {
-                            Ok(opened) => on_event(OnlineEvent::Message(opened)),
-                            Err(refused) => on_event(OnlineEvent::Refused(refused)),
+                        match inbox::receive_and_ack(&sn, inbox, keys, &m, request_timeout).await? {
+                            Received::Stored(opened) => on_event(OnlineEvent::Message(opened)),
+                            // Delivered again (an acknowledgement was lost): shown once.
+                            Received::Duplicate(_) => {}
+                            Received::Refused(refused) => on_event(OnlineEvent::Refused(refused)),
                         }
                     }
                     Some(envelope::Body::ChatReceipt(r)) => {

@@ -22,8 +22,8 @@ use natter_net::{
 use natter_proto::binding;
 use natter_proto::cert::{self, Identity};
 use natter_proto::messages::{
-    CertificateBody, Envelope, ErrorCode, ErrorReply, HostCacheEntry, JoinChallenge, JoinHello,
-    JoinProof, JoinStatement, envelope,
+    CertificateBody, ChatDelivered, Envelope, ErrorCode, ErrorReply, HostCacheEntry, JoinChallenge,
+    JoinHello, JoinProof, JoinStatement, envelope,
 };
 use natter_proto::statement::SignedStatement;
 use prost::Message;
@@ -240,6 +240,9 @@ pub struct SupernodeSession {
     reflector: Option<SocketAddr>,
     supernodes: Vec<HostCacheEntry>,
     rtt: Duration,
+    /// The supernode waits for `ChatDelivered` (its `JoinAccepted` said
+    /// so; an older one does not, and is sent none).
+    acks_chat: bool,
 }
 
 impl SupernodeSession {
@@ -308,6 +311,7 @@ impl SupernodeSession {
             1,
             envelope::Body::JoinHello(JoinHello {
                 certificate: Some(identity.certificate.clone()),
+                acks_chat: true,
             }),
         );
         send.send(&hello).await.map_err(connect)?;
@@ -370,6 +374,7 @@ impl SupernodeSession {
                 .and_then(|a| SocketAddr::try_from(a).ok()),
             supernodes: accepted.supernodes,
             rtt,
+            acks_chat: accepted.acks_chat,
         })
     }
 
@@ -430,6 +435,31 @@ impl SupernodeSession {
             Some(body) => Ok(body),
             None => Err(SessionError::Unexpected("empty reply")),
         }
+    }
+
+    /// Whether the supernode counts pushed chat as delivered only once
+    /// acknowledged ([`Self::chat_delivered`]).
+    pub fn acks_chat(&self) -> bool {
+        self.acks_chat
+    }
+
+    /// Tells the supernode that the pushed chat `message_ids` is stored in
+    /// the inbox (or was refused): it may be deleted from the mailbox. A
+    /// supernode that did not ask for acknowledgements is sent nothing.
+    pub async fn chat_delivered(
+        &self,
+        message_ids: Vec<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<(), SessionError> {
+        if !self.acks_chat || message_ids.is_empty() {
+            return Ok(());
+        }
+        self.request(
+            envelope::Body::ChatDelivered(ChatDelivered { message_ids }),
+            timeout,
+        )
+        .await
+        .map(drop)
     }
 
     /// The next push from the supernode; `None` once the session ended.

@@ -67,6 +67,7 @@ impl envelope::Body {
             B::ChatMessage(_) => "chat_message",
             B::ChatReceipt(_) => "chat_receipt",
             B::InboxFetch(_) => "inbox_fetch",
+            B::ChatDelivered(_) => "chat_delivered",
             B::GossipMembership(_) => "gossip_membership",
             B::DirectoryStore(_) => "directory_store",
             B::DirectoryLookup(_) => "directory_lookup",

@@ -351,6 +351,24 @@ fn compute() -> Vec<(&'static str, String)> {
         )),
     );
     v.push(("frame.error_mailbox_full", h(to_frame(&full).unwrap())));
+    let delivered = Envelope::new(
+        5,
+        envelope::Body::ChatDelivered(natter_proto::messages::ChatDelivered {
+            message_ids: vec![vec![0x11; 16], vec![0x22; 16]],
+        }),
+    );
+    v.push(("frame.chat_delivered", h(to_frame(&delivered).unwrap())));
+    let hello_acking = Envelope::new(
+        1,
+        envelope::Body::JoinHello(natter_proto::messages::JoinHello {
+            certificate: None,
+            acks_chat: true,
+        }),
+    );
+    v.push((
+        "frame.join_hello_acks_chat",
+        h(to_frame(&hello_acking).unwrap()),
+    ));
 
     // --- TLS-over-TCP records (section 10)
     use natter_proto::record::{Record, to_bytes};

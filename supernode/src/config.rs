@@ -105,6 +105,9 @@ pub struct Config {
     pub tcp_leg_queue: usize,
     /// Byte caps on the chat stored for offline users.
     pub chat_limits: crate::store::ChatLimits,
+    /// How long a client that acknowledges chat has to acknowledge a pushed
+    /// message before it counts as not delivered (docs/PROTOCOL.md, 8.7).
+    pub chat_ack_timeout: Duration,
 }
 
 impl Config {
@@ -141,6 +144,7 @@ impl Config {
             tcp_listen: None,
             tcp_leg_queue: 64,
             chat_limits: crate::store::ChatLimits::default(),
+            chat_ack_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -328,6 +328,7 @@ async fn join_stating(
     let exporter = natter_net::exporter::quic_exporter(&conn).unwrap();
     let hello = Body::JoinHello(natter_proto::messages::JoinHello {
         certificate: Some(id.certificate.clone()),
+        ..Default::default()
     });
     send.send(&Envelope::new(1, hello)).await.unwrap();
     let challenge = match tokio::time::timeout(WAIT, recv.next()).await {

@@ -32,6 +32,7 @@ async fn hello_from(ip: [u8; 4], addr: SocketAddr, name: &str) -> anyhow::Result
     let (mut send, mut recv) = (FramedSend::new(send), FramedRecv::new(recv));
     let hello = Body::JoinHello(JoinHello {
         certificate: Some(identity(name).certificate),
+        ..Default::default()
     });
     send.send(&Envelope::new(1, hello)).await?;
     let reply = tokio::time::timeout(WAIT, recv.next()).await??;
@@ -102,6 +103,7 @@ async fn clients_that_never_authenticate_lose_their_slot() {
     let (mut reader, handle) = connect_tcp(tcp).await.unwrap().split();
     let hello = Body::JoinHello(JoinHello {
         certificate: Some(identity("dave").certificate),
+        ..Default::default()
     });
     handle
         .send_envelope(&Envelope::new(1, hello))

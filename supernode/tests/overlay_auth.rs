@@ -302,6 +302,7 @@ async fn a_rogue_supernode_cannot_relay_a_join() {
             1,
             Body::JoinHello(natter_proto::messages::JoinHello {
                 certificate: Some(alice.certificate.clone()),
+                ..Default::default()
             }),
         ))
         .await

@@ -294,7 +294,10 @@ async fn garbage_and_wrong_first_records_are_refused_and_counted() {
 
     // A join that fails is refused as over QUIC (not counted as a wrong
     // first record: it is a session's).
-    let hello = Body::JoinHello(JoinHello { certificate: None });
+    let hello = Body::JoinHello(JoinHello {
+        certificate: None,
+        ..Default::default()
+    });
     let (reader, handle) = first_record(tcp, Record::Envelope(Envelope::new(1, hello))).await;
     let (replies, code) = until_closed(reader, &handle).await;
     assert_eq!(replies.len(), 1);

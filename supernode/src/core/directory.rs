@@ -182,7 +182,7 @@ impl Node {
         {
             tracing::info!(user = %name, "session replaced by a join elsewhere");
             self.sessions.by_name.remove(&name);
-            self.sessions.all.remove(&id);
+            self.forget_session(id);
             self.emit(Output::CloseSession(
                 id,
                 close::REPLACED,

@@ -3,7 +3,8 @@
 //! only; the steps live in `directory` (lookups), `routing` (deliveries)
 //! and `requests` (what a client asked).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
 
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{CallSignal, ChatMessage, UserRecord};
@@ -113,6 +114,13 @@ pub(crate) struct Gather {
     pub last: Vec<Vec<u8>>,
     /// The previous round brought only ids delivered before.
     pub stale: bool,
+    /// For a session that acknowledges chat: ids pushed this round and not
+    /// acknowledged yet, with their senders (receipted on the
+    /// acknowledgement). The next round waits for them, until `ack_due`.
+    pub awaiting: HashMap<Vec<u8>, String>,
+    /// Ids the session acknowledged during this gather.
+    pub confirmed: HashSet<Vec<u8>>,
+    pub ack_due: Option<Instant>,
 }
 
 /// A client's chat for an offline recipient, stored on its replicas; the
@@ -120,8 +128,9 @@ pub(crate) struct Gather {
 /// replica that answered refused it.
 #[derive(Debug)]
 pub(crate) struct Store {
-    pub session: SessionId,
-    pub request_id: u64,
+    /// The client waiting for the answer (`None`: live chat a session
+    /// never acknowledged, stored by this node itself).
+    pub reply: Option<(SessionId, u64)>,
     pub waiting: HashSet<u64>,
     pub stored: bool,
     /// Why a replica refused it.
@@ -161,7 +170,7 @@ pub(crate) enum Done {
     Lookup(LookupFor, Option<UserRecord>),
     /// A gather delivered everything the replicas held.
     Gathered(GatherFor),
-    /// A store job answered its client.
-    Stored(SessionId),
+    /// A store job answered its client (if it had one).
+    Stored(Option<SessionId>),
     Delivered(Box<Delivery>, Result<(), RouteError>),
 }

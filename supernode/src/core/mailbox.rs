@@ -4,8 +4,17 @@
 //! that fit a frame, and leaves a replica only once the next replica
 //! acknowledged it or the user's supernode delivered it. Nothing is taken
 //! out of a store before it reached its next holder.
+//!
+//! "Delivered" to a client that acknowledges chat (`JoinHello.acks_chat`)
+//! means the client said `ChatDelivered` for it: a gather waits for the
+//! acknowledgements of a round before it tells the replicas to delete, and
+//! ends without deleting what was not acknowledged by the deadline
+//! (`chat_ack_timeout`). Live chat routed to such a client is held here
+//! until acknowledged, and stored on the replicas if it never is. At most
+//! [`MAX_UNACKED`] pushes wait for one session. An older client (no
+//! `acks_chat`) counts as having received what was queued for it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{
@@ -17,7 +26,8 @@ use super::fit;
 use super::interface::SessionId;
 use super::jobs::{Done, Gather, GatherFor, Handoff, Job, JobId, Store};
 use super::routing::error;
-use super::state::Node;
+use super::sessions::ChatAcks;
+use super::state::{Node, Timer};
 use super::statements::VerifiedRecord;
 use crate::{NodeId, hrw, store};
 
@@ -26,6 +36,10 @@ use crate::{NodeId, hrw, store};
 pub const MAX_PAGE: usize = 16;
 /// Most hand-overs in flight at once; the rest wait for a later tick.
 pub const MAX_HANDOFFS: usize = 32;
+/// Most chat pushes one session may have unacknowledged (gathers and live
+/// chat together); beyond, stored chat waits on the replicas for a later
+/// round and live chat is stored there.
+pub const MAX_UNACKED: usize = 64;
 /// Rounds of one gather at most (each round deletes at least one message
 /// on every replica that follows the protocol).
 const MAX_ROUNDS: u32 = 2 * store::MAX_PENDING_PER_USER as u32;
@@ -50,14 +64,12 @@ impl Node {
     /// for.
     pub(crate) fn store_chat(
         &mut self,
-        session: SessionId,
-        request_id: u64,
+        reply: Option<(SessionId, u64)>,
         message: ChatMessage,
     ) -> JobId {
         let job = self.fresh_id();
         let mut state = Store {
-            session,
-            request_id,
+            reply,
             waiting: HashSet::new(),
             stored: false,
             full: None,
@@ -124,8 +136,12 @@ impl Node {
                 "offline, and no replica to store for",
             )
         };
-        self.send_session(state.session, state.request_id, reply);
-        self.finish(job, Done::Stored(state.session));
+        if let Some((session, request_id)) = state.reply {
+            self.send_session(session, request_id, reply);
+        } else if !matches!(reply, Body::Ack(_)) {
+            tracing::warn!("unacknowledged live chat could not be stored");
+        }
+        self.finish(job, Done::Stored(state.reply.map(|(session, _)| session)));
     }
 
     /// A `DirectoryStore`'s chat from a peer: stored; the answer for a
@@ -310,6 +326,9 @@ impl Node {
             delivered: HashSet::new(),
             last: Vec::new(),
             stale: false,
+            awaiting: HashMap::new(),
+            confirmed: HashSet::new(),
+            ack_due: None,
         };
         self.jobs.insert(job, Job::Gather(Box::new(gather)));
         self.gather_round(job);
@@ -417,15 +436,253 @@ impl Node {
             self.finish(job, Done::Gathered(gather.purpose));
             return;
         }
+        let acks = self
+            .sessions
+            .joined(session)
+            .is_some_and(|j| j.acks.enabled);
+        if !acks {
+            for message in &chat {
+                gather.last.push(message.message_id.clone());
+                if gather.delivered.insert(message.message_id.clone())
+                    && self.push_to_name(&gather.name, Body::ChatMessage(message.clone()))
+                {
+                    self.send_receipt(message);
+                }
+            }
+            self.jobs.insert(job, Job::Gather(gather));
+            self.gather_round(job);
+            return;
+        }
+        // The session acknowledges chat: what it acknowledged before is
+        // deleted next round; the rest is pushed (as far as the bound on
+        // unacknowledged pushes allows) and waited for.
+        let mut room = MAX_UNACKED.saturating_sub(self.unacked(session));
         for message in &chat {
-            gather.last.push(message.message_id.clone());
-            if gather.delivered.insert(message.message_id.clone())
-                && self.push_to_name(&gather.name, Body::ChatMessage(message.clone()))
-            {
-                self.send_receipt(message);
+            let id = &message.message_id;
+            if gather.confirmed.contains(id) {
+                gather.last.push(id.clone());
+            } else if room > 0 && !gather.awaiting.contains_key(id) {
+                room -= 1;
+                gather.delivered.insert(id.clone());
+                gather.awaiting.insert(id.clone(), message.from.clone());
+                self.push_to_name(&gather.name, Body::ChatMessage(message.clone()));
             }
         }
+        if gather.awaiting.is_empty() {
+            if gather.last.is_empty() {
+                // Nothing could be pushed (the bound): it stays stored.
+                self.finish(job, Done::Gathered(gather.purpose));
+                return;
+            }
+            self.jobs.insert(job, Job::Gather(gather));
+            self.gather_round(job);
+            return;
+        }
+        let due = self.now.mono + self.config.chat_ack_timeout;
+        gather.ack_due = Some(due);
         self.jobs.insert(job, Job::Gather(gather));
-        self.gather_round(job);
+        if let Some(joined) = self.sessions.joined_mut(session) {
+            joined.acks.gathers.push(job);
+        }
+        self.set_timer(due, Timer::GatherAcks(job));
+    }
+
+    /// Pushes waiting for session `id`'s acknowledgement.
+    fn unacked(&self, id: SessionId) -> usize {
+        let Some(joined) = self.sessions.joined(id) else {
+            return 0;
+        };
+        let gathered: usize = joined
+            .acks
+            .gathers
+            .iter()
+            .filter_map(|job| match self.jobs.get(job) {
+                Some(Job::Gather(g)) => Some(g.awaiting.len()),
+                _ => None,
+            })
+            .sum();
+        joined.acks.live.len() + gathered
+    }
+
+    /// Session `id` acknowledged these pushed messages (`ChatDelivered`):
+    /// live chat is receipted and let go; a gather whose round is all
+    /// acknowledged goes on (its next round has the replicas delete them).
+    /// Ids nothing waits for are ignored.
+    pub(crate) fn chat_delivered(&mut self, id: SessionId, ids: &[Vec<u8>]) {
+        let Some(joined) = self.sessions.joined_mut(id) else {
+            return;
+        };
+        if !joined.acks.enabled {
+            return;
+        }
+        let mut receipts = Vec::new();
+        for message_id in ids {
+            if let Some((message, _)) = joined.acks.live.remove(message_id) {
+                receipts.push(message);
+            }
+        }
+        let gathers = joined.acks.gathers.clone();
+        let mut ready = Vec::new();
+        for job in gathers {
+            let Some(Job::Gather(gather)) = self.jobs.get_mut(&job) else {
+                continue;
+            };
+            for message_id in ids {
+                if let Some(from) = gather.awaiting.remove(message_id) {
+                    gather.confirmed.insert(message_id.clone());
+                    gather.last.push(message_id.clone());
+                    receipts.push(ChatMessage {
+                        message_id: message_id.clone(),
+                        from,
+                        to: gather.name.clone(),
+                        ..Default::default()
+                    });
+                }
+            }
+            if gather.awaiting.is_empty() {
+                gather.ack_due = None;
+                ready.push(job);
+            }
+        }
+        if let Some(joined) = self.sessions.joined_mut(id) {
+            joined.acks.gathers.retain(|job| !ready.contains(job));
+        }
+        for message in &receipts {
+            self.send_receipt(message);
+        }
+        for job in ready {
+            self.gather_round(job);
+        }
+    }
+
+    /// The acknowledgement deadline of a gather's round passed: the gather
+    /// ends; what was acknowledged is deleted on the replicas, the rest
+    /// stays there for the next join.
+    pub(crate) fn gather_acks_due(&mut self, job: JobId) {
+        let due = match self.jobs.get(&job) {
+            Some(Job::Gather(g)) => g.ack_due,
+            _ => None,
+        };
+        if due.is_none_or(|due| due > self.now.mono) {
+            return;
+        }
+        self.stats.chat_unacked += 1;
+        self.abandon_gather(job);
+    }
+
+    /// Ends a gather that waits for acknowledgements that will not come
+    /// (in time, or at all: the session ended).
+    fn abandon_gather(&mut self, job: JobId) {
+        let Some(Job::Gather(mut gather)) = self.jobs.remove(&job) else {
+            return;
+        };
+        let session = match gather.purpose {
+            GatherFor::Join { session } | GatherFor::Inbox { session, .. } => session,
+        };
+        if let Some(joined) = self.sessions.joined_mut(session) {
+            joined.acks.gathers.retain(|j| *j != job);
+        }
+        let last = std::mem::take(&mut gather.last);
+        self.report_delivered(&gather.name, &gather.replicas, last);
+        self.finish(job, Done::Gathered(gather.purpose));
+    }
+
+    /// Has the replicas of `name` delete `ids` (delivered and
+    /// acknowledged), without a gather: their answers are not waited for
+    /// (an older replica ignores the request; the user then gets the
+    /// message again and drops it as a duplicate).
+    fn report_delivered(&mut self, name: &str, replicas: &[crate::NodeId], ids: Vec<Vec<u8>>) {
+        if ids.is_empty() {
+            return;
+        }
+        let nobody = self.fresh_id();
+        for replica in replicas {
+            if *replica == self.config.node_id {
+                self.chats.remove_ids(name, &ids);
+                continue;
+            }
+            let ask = Body::DirectoryLookup(DirectoryLookup {
+                name: name.to_owned(),
+                take_pending_chat: false,
+                page_chat: true,
+                delivered_ids: ids.clone(),
+            });
+            self.request(*replica, ask, nobody);
+        }
+    }
+
+    /// Live chat for `to`: `None` when `to`'s session does not acknowledge
+    /// chat (the caller pushes it as before); `Some(true)` when pushed and
+    /// held until acknowledged; `Some(false)` when the session has too
+    /// many pushes unacknowledged (not delivered: the sender's supernode
+    /// stores it).
+    pub(crate) fn push_acked_chat(&mut self, to: &str, message: &ChatMessage) -> Option<bool> {
+        let (id, joined) = self.sessions.of_name(to)?;
+        if !joined.acks.enabled {
+            return None;
+        }
+        if joined.acks.live.contains_key(&message.message_id) {
+            // Already held (a copy routed twice): one push is enough.
+            return Some(true);
+        }
+        if self.unacked(id) >= MAX_UNACKED {
+            return Some(false);
+        }
+        let due = self.now.mono + self.config.chat_ack_timeout;
+        if let Some(joined) = self.sessions.joined_mut(id) {
+            joined
+                .acks
+                .live
+                .insert(message.message_id.clone(), (message.clone(), due));
+        }
+        self.push_to_name(to, Body::ChatMessage(message.clone()));
+        self.set_timer(due, Timer::LiveAck(id, message.message_id.clone()));
+        Some(true)
+    }
+
+    /// A live message pushed to session `id` is due: if still not
+    /// acknowledged, it is stored on the recipient's replicas.
+    pub(crate) fn live_ack_due(&mut self, id: SessionId, message_id: &[u8]) {
+        let now = self.now.mono;
+        let Some(joined) = self.sessions.joined_mut(id) else {
+            return;
+        };
+        if joined
+            .acks
+            .live
+            .get(message_id)
+            .is_none_or(|(_, due)| *due > now)
+        {
+            return;
+        }
+        if let Some((message, _)) = joined.acks.live.remove(message_id) {
+            self.stats.chat_unacked += 1;
+            self.store_chat(None, message);
+        }
+    }
+
+    /// A joined session ended with these acknowledgements owed: its
+    /// gathers end (deleting only what was acknowledged) and its
+    /// unacknowledged live chat is stored on the replicas.
+    pub(crate) fn release_acks(&mut self, acks: ChatAcks) {
+        for job in acks.gathers {
+            self.abandon_gather(job);
+        }
+        let mut live: Vec<ChatMessage> = acks.live.into_values().map(|(m, _)| m).collect();
+        live.sort_by(|a, b| a.message_id.cmp(&b.message_id));
+        for message in live {
+            self.stats.chat_unacked += 1;
+            self.store_chat(None, message);
+        }
+    }
+
+    /// Removes session `id` from the table without the goodbye of a
+    /// session that ended (it was replaced); what it owed is released.
+    pub(crate) fn forget_session(&mut self, id: SessionId) {
+        if let Some(session) = self.sessions.all.remove(&id)
+            && let super::sessions::Phase::Joined(mut joined) = session.phase
+        {
+            self.release_acks(*std::mem::take(&mut joined.acks));
+        }
     }
 }

@@ -43,7 +43,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 pub use interface::{Carrier, LinkId, LinkOrigin, Now, Output, RelayCommand, SessionId};
-pub use mailbox::{MAX_HANDOFFS, MAX_PAGE};
+pub use mailbox::{MAX_HANDOFFS, MAX_PAGE, MAX_UNACKED};
 pub use overlay::{MAX_DIALS_PER_TICK, MAX_VERIFIES_PER_TICK};
 pub use requests::{MAX_CHAT_TEXT, MAX_ID_LEN};
 pub use state::{CoreStats, Node, NodeConfig, NodeCredentials};
@@ -270,6 +270,8 @@ impl Node {
                 Timer::Handshake(id) => self.handshake_overdue(id),
                 Timer::NoAnswer(invite_id) => self.no_answer(invite_id),
                 Timer::CertificateExpiry(id) => self.certificate_due(id),
+                Timer::GatherAcks(job) => self.gather_acks_due(job),
+                Timer::LiveAck(id, message_id) => self.live_ack_due(id, &message_id),
             }
             self.settle();
         }
@@ -376,7 +378,8 @@ impl Node {
                         self.resume(session);
                     }
                 }
-                Done::Stored(session) => self.resume(session),
+                Done::Stored(Some(session)) => self.resume(session),
+                Done::Stored(None) => {}
                 Done::Delivered(delivery, result) => {
                     if let Some(session) = self.delivered(delivery, result) {
                         self.resume(session);

@@ -20,7 +20,7 @@ use rand::RngCore;
 use super::interface::{Carrier, Output, RelayCommand, SessionId};
 use super::jobs::{AfterDelivery, GatherFor, JobId, LookupFor};
 use super::routing::error;
-use super::sessions::{Joined, Phase, Session, SessionKeys};
+use super::sessions::{ChatAcks, Joined, Phase, Session, SessionKeys};
 use super::state::{Node, Timer};
 use super::statements::{self, Certified, VerifiedRecord};
 use crate::close;
@@ -58,6 +58,7 @@ impl Node {
                 phase: Phase::Hello,
                 limiter,
                 deadline: Some(deadline),
+                acks_chat: false,
             },
         );
         self.set_timer(deadline, Timer::Handshake(id));
@@ -97,6 +98,16 @@ impl Node {
                 }
             },
             Phase::Challenged { .. } => self.join_proof(id, envelope),
+            // Served at once, even behind a busy request: the request it
+            // is busy with (an `InboxFetch`) may be waiting for it.
+            Phase::Joined(_) if matches!(envelope.body, Some(Body::ChatDelivered(_))) => {
+                if let Some(Body::ChatDelivered(delivered)) = envelope.body {
+                    self.chat_delivered(id, &delivered.message_ids);
+                    if envelope.request_id != 0 {
+                        self.send_session(id, envelope.request_id, Body::Ack(Ack {}));
+                    }
+                }
+            }
             Phase::Joined(joined) => {
                 if joined.busy.is_none() {
                     self.serve(id, envelope);
@@ -149,6 +160,7 @@ impl Node {
             return;
         };
         if let Some(session) = self.sessions.all.get_mut(&id) {
+            session.acks_chat = hello.acks_chat;
             session.keys = Some(SessionKeys {
                 public_key: verified.public_key.clone(),
                 chat_key: verified.chat_key,
@@ -220,6 +232,7 @@ impl Node {
         };
         let name = name.clone();
         let observed = session.remote;
+        let acks_chat = session.acks_chat;
         let accepted = self.host_cache_envelope(|supernodes| {
             Envelope::new(
                 proof.request_id,
@@ -227,6 +240,7 @@ impl Node {
                     observed_addr: Some(observed.into()),
                     supernodes,
                     reflector: Some(self.config.reflector.into()),
+                    acks_chat,
                 }),
             )
         });
@@ -246,13 +260,17 @@ impl Node {
             subscriptions: HashSet::new(),
             busy: None,
             backlog: VecDeque::new(),
+            acks: Box::new(ChatAcks {
+                enabled: acks_chat,
+                ..ChatAcks::default()
+            }),
         });
         if session.carrier == Carrier::Tcp {
             self.sessions.tcp_joined_total += 1;
         }
         if let Some(old) = self.sessions.by_name.insert(name.clone(), id) {
             tracing::info!(user = %name, "second session replaces the first");
-            self.sessions.all.remove(&old);
+            self.forget_session(old);
             self.emit(Output::CloseSession(old, close::REPLACED, "joined again"));
         }
         tracing::info!(user = %name, "user joined");
@@ -305,6 +323,7 @@ impl Node {
         let Phase::Joined(mut joined) = session.phase else {
             return;
         };
+        self.release_acks(*std::mem::take(&mut joined.acks));
         if self.sessions.is_current(id, &joined.name) {
             self.sessions.by_name.remove(&joined.name);
             joined.status = PresenceStatus::Offline;

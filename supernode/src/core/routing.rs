@@ -43,6 +43,13 @@ impl Node {
         let Some(to) = recipient(&body).map(str::to_owned) else {
             return false;
         };
+        // A client that acknowledges chat: held until it does (receipted
+        // then), stored for its next join if it never does.
+        if let Body::ChatMessage(message) = &body
+            && let Some(pushed) = self.push_acked_chat(&to, message)
+        {
+            return pushed;
+        }
         let signal = match &body {
             Body::CallSignal(signal) => {
                 self.observe_signal(signal);
@@ -144,7 +151,7 @@ impl Node {
                     }
                     Err(RouteError::Offline) => {
                         // Answered once the replicas stored it.
-                        let job = self.store_chat(session, request_id, message);
+                        let job = self.store_chat(Some((session, request_id)), message);
                         if let Some(joined) = self.sessions.joined_mut(session) {
                             joined.busy = Some(job);
                         }

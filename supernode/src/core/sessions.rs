@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use natter_proto::binding::Exporter;
-use natter_proto::messages::{Envelope, PresenceStatus};
+use natter_proto::messages::{ChatMessage, Envelope, PresenceStatus};
 use rsa::RsaPublicKey;
 
 use super::interface::{Carrier, SessionId};
@@ -45,6 +45,22 @@ pub(crate) struct Joined {
     /// behind a reader that served one request at a time).
     pub busy: Option<JobId>,
     pub backlog: VecDeque<Envelope>,
+    /// Chat pushed to this session and not acknowledged yet (only for a
+    /// client that acknowledges chat).
+    pub acks: Box<ChatAcks>,
+}
+
+/// The chat acknowledgements a session owes (docs/PROTOCOL.md, 8.7).
+#[derive(Debug, Default)]
+pub(crate) struct ChatAcks {
+    /// The client said `acks_chat` in its hello: pushed chat counts as
+    /// delivered only once it sent `ChatDelivered` for it.
+    pub enabled: bool,
+    /// Live (routed) chat pushed and not acknowledged: kept here, and
+    /// stored on the recipient's replicas if it never is (by its due time).
+    pub live: HashMap<Vec<u8>, (ChatMessage, Instant)>,
+    /// Gathers of this session waiting for acknowledgements.
+    pub gathers: Vec<JobId>,
 }
 
 /// The certified keys a session joined with, and until when.
@@ -71,6 +87,8 @@ pub(crate) struct Session {
     pub limiter: RateLimiter,
     /// The handshake must be over by then.
     pub deadline: Option<Instant>,
+    /// The hello said the client acknowledges pushed chat.
+    pub acks_chat: bool,
 }
 
 impl Session {

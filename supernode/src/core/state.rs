@@ -68,6 +68,10 @@ pub struct NodeConfig {
     pub relay_lifetime: Duration,
     /// Byte caps on stored chat.
     pub chat_limits: ChatLimits,
+    /// How long a session that acknowledges chat has to acknowledge a
+    /// push; then a gather ends (what is unacknowledged stays on the
+    /// replicas) and live chat is stored for the next join.
+    pub chat_ack_timeout: Duration,
 }
 
 impl NodeConfig {
@@ -106,6 +110,7 @@ impl NodeConfig {
             max_backlog: config.session_queue,
             relay_lifetime: config.relay.lifetime,
             chat_limits: config.chat_limits,
+            chat_ack_timeout: config.chat_ack_timeout,
         }
     }
 }
@@ -126,6 +131,10 @@ pub(crate) enum Timer {
     NoAnswer(Vec<u8>),
     /// A session's certificate expires.
     CertificateExpiry(SessionId),
+    /// A gather's pushed chat is due to be acknowledged.
+    GatherAcks(JobId),
+    /// A live chat message pushed to a session is due to be acknowledged.
+    LiveAck(SessionId, Vec<u8>),
 }
 
 /// A call invite from a local caller waiting for an answer.
@@ -187,6 +196,9 @@ pub struct CoreStats {
     /// Dials of learned members put off to a later tick by the dial budget
     /// (`MAX_DIALS_PER_TICK`).
     pub dials_deferred: u64,
+    /// Chat pushes a session did not acknowledge in time (kept on the
+    /// replicas, or stored there for live chat).
+    pub chat_unacked: u64,
 }
 
 /// A member's certificate, verified (for gossip, see

@@ -280,9 +280,22 @@ pub async fn try_join_via(
     certificate: Certificate,
     signer: &RsaPrivateKey,
 ) -> anyhow::Result<JoinOutcome> {
+    try_join_with(transport, addr, name, certificate, signer, false).await
+}
+
+/// [`try_join_via`], the hello saying `acks_chat` as given.
+pub async fn try_join_with(
+    transport: Transport,
+    addr: SocketAddr,
+    name: &str,
+    certificate: Certificate,
+    signer: &RsaPrivateKey,
+    acks_chat: bool,
+) -> anyhow::Result<JoinOutcome> {
     let (endpoint, conn, mut send, mut recv) = open_session(transport, addr).await?;
     let hello = Body::JoinHello(JoinHello {
         certificate: Some(certificate),
+        acks_chat,
     });
     send.send(&Envelope::new(1, hello)).await?;
     let challenge = read(&mut recv).await?;
@@ -368,6 +381,17 @@ impl TestClient {
     pub async fn join_via(transport: Transport, addr: SocketAddr, name: &str) -> TestClient {
         let id = identity(name);
         let outcome = try_join_via(transport, addr, name, id.certificate, &id.key);
+        match outcome.await.unwrap() {
+            JoinOutcome::Joined(client) => *client,
+            JoinOutcome::Refused(e, _) => panic!("{name} refused: {e:?}"),
+        }
+    }
+
+    /// Joins `addr` (QUIC) as `name`, the hello saying it acknowledges
+    /// pushed chat (`acks_chat`).
+    pub async fn join_acking(addr: SocketAddr, name: &str) -> TestClient {
+        let id = identity(name);
+        let outcome = try_join_with(Transport::Quic, addr, name, id.certificate, &id.key, true);
         match outcome.await.unwrap() {
             JoinOutcome::Joined(client) => *client,
             JoinOutcome::Refused(e, _) => panic!("{name} refused: {e:?}"),

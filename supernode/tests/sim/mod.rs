@@ -98,6 +98,7 @@ pub struct SimConfig {
     pub timeouts: Timeouts,
     pub peer_timeout: Duration,
     pub chat_limits: ChatLimits,
+    pub chat_ack_timeout: Duration,
 }
 
 impl Default for SimConfig {
@@ -109,6 +110,7 @@ impl Default for SimConfig {
             timeouts: Timeouts::default(),
             peer_timeout: Duration::from_secs(1),
             chat_limits: ChatLimits::default(),
+            chat_ack_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -144,6 +146,8 @@ pub struct SimClient {
     pub clock_offset_ms: i64,
     /// The join statement it sent last.
     pub signed: Option<SignedStatement>,
+    /// Its hellos say `acks_chat` (it acknowledges pushed chat).
+    pub acks_chat: bool,
     next_rid: u64,
 }
 
@@ -277,6 +281,7 @@ impl Sim {
                 max_backlog: 256,
                 relay_lifetime: RelayLimits::default().lifetime,
                 chat_limits: config.chat_limits,
+                chat_ack_timeout: config.chat_ack_timeout,
             };
             let mut seed = [0u8; 32];
             seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
@@ -713,6 +718,15 @@ impl Sim {
     /// A client for `name` joining node `node` (with a certificate from the
     /// test issuer); returns its index. Run the simulation to complete it.
     pub fn add_client(&mut self, name: &str, node: usize) -> usize {
+        self.add_client_with(name, node, false)
+    }
+
+    /// [`Self::add_client`] for a client whose hellos say `acks_chat`.
+    pub fn add_acking_client(&mut self, name: &str, node: usize) -> usize {
+        self.add_client_with(name, node, true)
+    }
+
+    fn add_client_with(&mut self, name: &str, node: usize, acks_chat: bool) -> usize {
         let index = self.clients.len();
         let key = key_for(index);
         let now = self.now().unix_secs();
@@ -739,6 +753,7 @@ impl Sim {
             answers_challenge: true,
             clock_offset_ms: 0,
             signed: None,
+            acks_chat,
             next_rid: 10,
         });
         self.connect(index, node);
@@ -760,6 +775,7 @@ impl Sim {
                 1,
                 Body::JoinHello(JoinHello {
                     certificate: Some(client.certificate.clone()),
+                    acks_chat: client.acks_chat,
                 }),
             )
         };
@@ -847,6 +863,13 @@ impl Sim {
                 .any(|e| e.request_id == 0 && e.body.as_ref().and_then(&mut pick).is_some())
         });
         self.take_push(c, pick)
+    }
+
+    /// Client `c`'s connection drops (its supernode notices at once).
+    pub fn disconnect(&mut self, c: usize) {
+        let (node, session) = (self.clients[c].node, self.clients[c].session);
+        self.clients[c].closed = Some(u32::MAX);
+        self.at(Duration::ZERO, Event::SessionClosed { node, session });
     }
 
     /// Whether client `c` is joined.
