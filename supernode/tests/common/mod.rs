@@ -88,10 +88,14 @@ pub fn user_key(name: &str) -> &'static RsaPrivateKey {
         .1
 }
 
-/// A certificate for `name` (valid for an hour) and its key.
+/// A certificate for `name` (valid for an hour) and its key. Its validity
+/// starts from one instant per test process, so two calls for one name
+/// give the same certificate (a test may compare what a supernode passes
+/// on with `identity(name).certificate` even across a second boundary).
 pub fn identity(name: &str) -> Identity {
+    static ISSUED_AT: OnceLock<i64> = OnceLock::new();
     let key = user_key(name).clone();
-    let now = now_secs();
+    let now = *ISSUED_AT.get_or_init(now_secs);
     let certificate = issuer().issue(
         &mut rand::rngs::OsRng,
         &natter_proto::cert::Subject::User {
