@@ -298,6 +298,9 @@ pub fn run(opts: &Options) -> Result<Report, AmpError> {
     })
 }
 
+/// Bytes and datagrams (or reads) that came back.
+type Counted = (u64, u64);
+
 fn len(bytes: &[u8]) -> u64 {
     bytes.len() as u64
 }
@@ -489,7 +492,7 @@ async fn gossip_probe(sn: SocketAddr, with_hello: bool, window: Duration) -> Res
 /// `connect` before the client sends anything, then its answer to a real
 /// ClientHello (until a second of silence): ((bytes, reads) before,
 /// (bytes, reads) after, ClientHello bytes).
-fn tls_probe(to: SocketAddr) -> Result<((u64, u64), (u64, u64), u64), AmpError> {
+fn tls_probe(to: SocketAddr) -> Result<(Counted, Counted, u64), AmpError> {
     const QUIET: Duration = Duration::from_secs(1);
     let mut stream = TcpStream::connect(to).map_err(io(format!("connect to {to}")))?;
     let before = read_until_quiet(&mut stream, QUIET)?;
