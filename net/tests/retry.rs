@@ -38,12 +38,12 @@ async fn an_unvalidated_initial_gets_only_a_retry_and_real_clients_connect() {
     let server =
         natter_net::server_endpoint(loopback(), &identity, &TransportSettings::OVERLAY).unwrap();
     let addr = server.local_addr().unwrap();
-    let (yielded_tx, mut yielded) = tokio::sync::mpsc::unbounded_channel();
+    let (yielded_tx, mut yielded) = tokio::sync::mpsc::channel(8);
     let accepting = server.clone();
     tokio::spawn(async move {
         let mut kept = Vec::new();
         while let Some(incoming) = natter_net::accept_validated(&accepting).await {
-            yielded_tx.send(incoming.remote_address()).unwrap();
+            yielded_tx.send(incoming.remote_address()).await.unwrap();
             if let Ok(conn) = incoming.await {
                 kept.push(conn);
             }
