@@ -9,6 +9,8 @@
 //! * [`nat`]: NAT types, their nft rulesets, impairments (loss).
 //! * [`probe`]: RFC 4787/5780-style classifier and the self-check.
 //! * [`scenario`]: one call trial and the NAT-type matrix.
+//! * [`amplification`]: bytes out / bytes in per unauthenticated service of
+//!   the real servers on loopback (needs no root; `amplification` subcommand).
 //!
 //! Needs root, `ip`, `nft` and `sysctl` (plus `tcpdump` and `espeak-ng` for
 //! the matrix); without them every entry point fails saying what is missing.
@@ -78,6 +80,7 @@
 //! on TCP 443 (`--tcp-listen`, same address), the port a udp-blocked firewall
 //! lets through; a supernode's UDP service (reflector, relay) is on UDP 444.
 
+pub mod amplification;
 pub mod error;
 pub mod exec;
 pub mod lab;

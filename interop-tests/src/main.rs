@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use natter_interop_tests::lab::{self, Lab, LabConfig};
 use natter_interop_tests::nat::NatType;
-use natter_interop_tests::{probe, scenario};
+use natter_interop_tests::{amplification, probe, scenario};
 use std::path::PathBuf;
 
 /// Natter's NAT lab: namespaces + nftables NAT routers, a NAT classifier and
@@ -64,6 +64,21 @@ enum Cmd {
         /// long enough to recover (e.g. --call-secs 12 --block-udp-after 4).
         #[arg(long, value_name = "S")]
         block_udp_after: Option<u32>,
+    },
+    /// Amplification per unauthenticated service: run natter-login and a
+    /// natter-supernode on loopback, probe each service from sockets that
+    /// never complete anything, print bytes in, bytes out and their ratio
+    /// (no root needed). Fails when a ratio is over its target.
+    Amplification {
+        /// Where natter-login and natter-supernode are (default: next to this binary).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Milliseconds each probe listens for answers (retransmissions included).
+        #[arg(long, default_value_t = 4000)]
+        window_ms: u64,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Remove namespaces left behind by crashed lab runs.
     Cleanup,
@@ -165,6 +180,38 @@ fn main() -> anyhow::Result<()> {
                 "{connected}/{trials} trials connected, {passed}/{trials} over the expected path; see {}",
                 opts.out.join("matrix.md").display()
             );
+        }
+        Cmd::Amplification {
+            bin_dir,
+            window_ms,
+            json,
+        } => {
+            let bin_dir = match bin_dir {
+                Some(d) => d,
+                None => std::env::current_exe()
+                    .context("current exe")?
+                    .parent()
+                    .context("exe dir")?
+                    .to_path_buf(),
+            };
+            let report = amplification::run(&amplification::Options {
+                bin_dir,
+                window: Duration::from_millis(window_ms),
+            })?;
+            print!("{}", report.table());
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("write {}", path.display()))?;
+            }
+            let over: Vec<_> = report
+                .rows
+                .iter()
+                .filter(|r| !r.within_target())
+                .map(|r| r.service.as_str())
+                .collect();
+            if !over.is_empty() {
+                bail!("over target: {}", over.join(", "));
+            }
         }
         Cmd::Cleanup => {
             lab::check_prereqs(&[])?;

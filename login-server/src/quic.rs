@@ -14,7 +14,8 @@ use tokio::task::JoinSet;
 use crate::service::LoginService;
 use crate::session::{Limits, Served, session};
 
-/// Accepts connections until the endpoint is closed.
+/// Accepts connections until the endpoint is closed, from clients that
+/// proved their address ([`natter_net::accept_validated`]: a Retry first).
 pub(crate) async fn accept_loop(
     endpoint: Endpoint,
     service: Arc<LoginService>,
@@ -22,7 +23,7 @@ pub(crate) async fn accept_loop(
     (slots, per_ip): (Arc<Semaphore>, Arc<PerIp>),
     shutdown: watch::Receiver<bool>,
 ) {
-    while let Some(incoming) = endpoint.accept().await {
+    while let Some(incoming) = natter_net::accept_validated(&endpoint).await {
         let Some(ip_slot) = per_ip.try_acquire(incoming.remote_address().ip()) else {
             // Debug, as on the supernode: one line per refusal would let one
             // host write the log as fast as it can connect.

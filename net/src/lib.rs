@@ -6,7 +6,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`tls`] | ALPN `natter/1`, the one server and one client rustls configuration (TLS 1.3, *ring*) of both transports; a self-signed TLS identity (rcgen), persisted in a data directory when one is given |
-//! | [`endpoint`] | QUIC server and client configurations (quinn 0.11) built from [`tls`], transport settings |
+//! | [`endpoint`] | QUIC server and client configurations (quinn 0.11) built from [`tls`], transport settings; [`accept_validated`]: a QUIC Retry before any handshake from an address not yet validated |
 //! | [`framed`] | reading and writing [`natter_proto::messages::Envelope`] frames on QUIC streams |
 //! | [`tcp`] | TLS over TCP (tokio-rustls), the firewall fallback: typed records, keepalive, close codes |
 //! | [`control`] | a control connection over either transport (QUIC stream or TLS records) |
@@ -53,8 +53,8 @@ pub const CLOSE_MALFORMED: u32 = 1;
 pub use tls::ALPN;
 
 pub use endpoint::{
-    TransportSettings, client_config, client_endpoint, insecure_client_config, request_once,
-    request_once_bound, server_config, server_endpoint,
+    TransportSettings, accept_validated, client_config, client_endpoint, insecure_client_config,
+    request_once, request_once_bound, server_config, server_endpoint,
 };
 pub use framed::{FramedRecv, FramedSend, write_envelope};
 pub use tls::TlsIdentity;

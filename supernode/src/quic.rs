@@ -25,11 +25,12 @@ use crate::shell::{Event, Shell, now};
 use crate::{NodeId, close};
 
 /// Accepts connections until the endpoint closes.
-/// A connection needs a slot of the global limit and one of its IP address
+/// Only clients that proved their address get here
+/// ([`natter_net::accept_validated`]: a Retry first). A connection needs a slot of the global limit and one of its IP address
 /// ([`crate::Config::max_connections_per_ip`]); without either it is refused
 /// before any handshake work.
 pub(crate) async fn accept_loop(shell: Arc<Shell>) {
-    while let Some(incoming) = shell.endpoint.accept().await {
+    while let Some(incoming) = natter_net::accept_validated(&shell.endpoint).await {
         let Some(per_ip) = shell.per_ip.try_acquire(incoming.remote_address().ip()) else {
             tracing::debug!(remote = %incoming.remote_address(), "per-address connection limit reached, QUIC connection refused");
             incoming.refuse();
