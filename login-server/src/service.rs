@@ -252,7 +252,9 @@ impl LoginService {
             .await?
         {
             attempt.failure(Instant::now());
-            tracing::info!(%name, %peer, "wrong password");
+            if self.may_log(peer) {
+                tracing::info!(%name, %peer, "wrong password");
+            }
             return Err(error(ErrorCode::WrongPassword, "wrong password"));
         }
         attempt.success();
@@ -263,6 +265,12 @@ impl LoginService {
             ));
         }
         Ok(user)
+    }
+
+    /// Whether a line about a refused request from `peer` may be logged
+    /// (a budget per source prefix, [`Throttle::log_line`]).
+    pub(crate) fn may_log(&self, peer: SocketAddr) -> bool {
+        self.throttle.log_line(peer.ip(), Instant::now())
     }
 
     /// A fresh serial and the validity window (unix seconds, back-dated
@@ -285,7 +293,9 @@ impl LoginService {
         // before the throttle counts a password attempt (docs/LOGIN.md).
         let message = binding::login_message(exporter, &r.name, &r.public_key, &r.chat_key);
         if cert::verify_signature(&subject, &message, &r.proof).is_err() {
-            tracing::info!(%peer, name = %r.name, "login refused: proof of possession failed");
+            if self.may_log(peer) {
+                tracing::info!(%peer, name = %r.name, "login refused: proof of possession failed");
+            }
             return Err(error(
                 ErrorCode::CertificateRejected,
                 "proof of possession failed: the request is not signed by the key to certify on this connection",
@@ -431,7 +441,9 @@ impl LoginService {
         }
         let message = binding::announce_message(exporter, &node_id);
         if cert::verify_signature(&key, &message, &r.signature).is_err() {
-            tracing::info!(%peer, "announce refused: signature does not verify");
+            if self.may_log(peer) {
+                tracing::info!(%peer, "announce refused: signature does not verify");
+            }
             return Err(error(
                 ErrorCode::CertificateRejected,
                 "announce signature does not verify with the announced key on this connection",

@@ -182,7 +182,9 @@ pub(crate) async fn session(
             }
             Ok(None) => break true,
             Err(e) if is_malformed(&e) => {
-                tracing::info!(%peer, %e, "malformed request; closing the connection");
+                if service.may_log(peer) {
+                    tracing::info!(%peer, %e, "malformed request; closing the connection");
+                }
                 conn.close(
                     CLOSE_MALFORMED,
                     format!("malformed request: {e}").as_bytes(),

@@ -10,6 +10,9 @@
 //!   that (name, prefix) and, across names, that prefix; the real user from
 //!   another prefix still logs in.
 //! - **Registrations** are a token bucket per prefix ([`Throttle::register`]).
+//! - **Log lines** about refused requests are a token bucket per prefix
+//!   ([`Throttle::log_line`]): an operator sees who is failing, and one
+//!   source cannot fill the disk with a line per attempt.
 //!
 //! In memory only: a restart forgets it (acceptable for an online-guessing
 //! brake; the argon2 cost bounds the guess rate anyway). Every table is
@@ -233,7 +236,13 @@ pub struct Throttle {
     names: Mutex<Table<(String, Prefix)>>,
     prefixes: Mutex<Table<Prefix>>,
     registrations: Mutex<Buckets<Prefix>>,
+    log_lines: Mutex<Buckets<Prefix>>,
 }
+
+/// Lines about refused requests one prefix may log at once...
+const LOG_BURST: u32 = 20;
+/// ...and one more every this long.
+const LOG_INTERVAL: Duration = Duration::from_secs(30);
 
 /// A reserved password check. End it with [`Attempt::failure`],
 /// [`Attempt::unknown_user`] or [`Attempt::success`]; dropping it (an
@@ -294,7 +303,21 @@ impl Throttle {
             registrations: Mutex::new(Buckets {
                 tokens: HashMap::new(),
             }),
+            log_lines: Mutex::new(Buckets {
+                tokens: HashMap::new(),
+            }),
         }
+    }
+
+    /// Whether a line about a request from `ip` that was refused (a wrong
+    /// password, a failed proof, a malformed request) may be logged now:
+    /// 20 at once per prefix, then one every 30 s; the rest are dropped
+    /// (the refusal itself still happens and is answered).
+    pub fn log_line(&self, ip: IpAddr, now: Instant) -> bool {
+        let prefix = self.prefix(ip);
+        lock(&self.log_lines)
+            .take(&prefix, LOG_BURST, LOG_INTERVAL, now, self.cfg.max_entries)
+            .is_ok()
     }
 
     /// The prefix `ip` is counted under.
@@ -472,5 +495,21 @@ mod tests {
         assert!(lock(&t.names).entries.len() <= 4);
         assert!(lock(&t.prefixes).entries.len() <= 4);
         assert!(lock(&t.registrations).tokens.len() <= 4);
+    }
+
+    #[test]
+    fn log_lines_are_a_budget_per_prefix() {
+        let t = Throttle::new(cfg());
+        let now = Instant::now();
+        let logged = (0..100)
+            .filter(|_| t.log_line(ip("192.0.2.1"), now))
+            .count();
+        assert_eq!(logged, LOG_BURST as usize);
+        // Another address of the same prefix shares the budget...
+        assert!(!t.log_line(ip("192.0.2.200"), now));
+        // ...another prefix has its own, and time refills it.
+        assert!(t.log_line(ip("192.0.3.1"), now));
+        assert!(t.log_line(ip("192.0.2.1"), now + LOG_INTERVAL));
+        assert!(!t.log_line(ip("192.0.2.1"), now + LOG_INTERVAL));
     }
 }
