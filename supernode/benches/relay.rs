@@ -200,7 +200,11 @@ struct SupernodeProcess {
     addr: SocketAddr,
 }
 
-async fn start_supernode(settings: &Settings, keys: &Keys, dir: &std::path::Path) -> SupernodeProcess {
+async fn start_supernode(
+    settings: &Settings,
+    keys: &Keys,
+    dir: &std::path::Path,
+) -> SupernodeProcess {
     // The login server: a loopback port held and never read (the supernode
     // certifies itself with the test issuer's key).
     let login_sink = UdpSocket::bind("127.0.0.1:0").expect("bind login sink");
@@ -403,7 +407,12 @@ async fn set_up_calls(keys: Arc<Keys>, sn: SocketAddr, n: usize) -> Vec<Call> {
 
 /// The source IP of side `s` (call `s / 2`, side `s % 2`).
 fn side_ip(s: usize) -> Ipv4Addr {
-    Ipv4Addr::new(127, 100 + (s / 62_500) as u8, ((s / 250) % 250) as u8, (s % 250) as u8 + 1)
+    Ipv4Addr::new(
+        127,
+        100 + (s / 62_500) as u8,
+        ((s / 250) % 250) as u8,
+        (s % 250) as u8 + 1,
+    )
 }
 
 fn side_of(ip: IpAddr) -> Option<usize> {
@@ -460,8 +469,10 @@ impl Load {
     /// end) of each datagram.
     fn recv(&self, bufs: &mut [[u8; 2048]], meta: &mut [RecvMeta], out: &mut Vec<Got>) {
         out.clear();
-        let mut slices: Vec<IoSliceMut<'_>> =
-            bufs.iter_mut().map(|b| IoSliceMut::new(&mut b[..])).collect();
+        let mut slices: Vec<IoSliceMut<'_>> = bufs
+            .iter_mut()
+            .map(|b| IoSliceMut::new(&mut b[..]))
+            .collect();
         let n = match self
             .state
             .recv(UdpSockRef::from(&self.socket), &mut slices, meta)
@@ -513,12 +524,28 @@ fn bind_all(load: &Load, calls: &[Call]) {
             load.send(s, call.relay, &bind);
             // Stay inside the relay's receive buffer.
             if k % 256 == 255 {
-                drain_binds(load, &mut bufs, &mut meta, &mut out, &mut cookie, &mut bound, calls);
+                drain_binds(
+                    load,
+                    &mut bufs,
+                    &mut meta,
+                    &mut out,
+                    &mut cookie,
+                    &mut bound,
+                    calls,
+                );
             }
         }
         let until = Instant::now() + Duration::from_millis(300 + 100 * attempt);
         while Instant::now() < until {
-            drain_binds(load, &mut bufs, &mut meta, &mut out, &mut cookie, &mut bound, calls);
+            drain_binds(
+                load,
+                &mut bufs,
+                &mut meta,
+                &mut out,
+                &mut cookie,
+                &mut bound,
+                calls,
+            );
         }
     }
     let missing = bound.iter().filter(|b| !**b).count();
@@ -566,7 +593,13 @@ struct StepResult {
 
 /// Runs media for the first `n` calls: warm-up, window, drain. Counts the
 /// datagrams sent in the window and those of them received.
-fn run_media(load: &Load, calls: &[Call], n: usize, settings: &Settings, sn_pid: &str) -> (StepResult, Cpu) {
+fn run_media(
+    load: &Load,
+    calls: &[Call],
+    n: usize,
+    settings: &Settings,
+    sn_pid: &str,
+) -> (StepResult, Cpu) {
     let sides = 2 * n;
     let rate = PPS * sides as u64;
     let base = Instant::now();
@@ -703,6 +736,23 @@ fn schedstat_ns(pid: &str) -> u64 {
         .sum()
 }
 
+/// Datagrams dropped so far by the UDP sockets bound to `port` (the last
+/// column of /proc/net/udp): a full receive buffer.
+fn socket_drops(port: u16) -> u64 {
+    let want = format!(":{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|a| a.ends_with(&want))
+        })
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .sum()
+}
+
 fn ksoftirqd_pid(core: usize) -> Option<String> {
     let want = format!("ksoftirqd/{core}");
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
@@ -719,7 +769,11 @@ impl CpuSample {
             .lines()
             .find(|l| l.starts_with(&cpu))
             .map(|l| {
-                let f: Vec<u64> = l.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+                let f: Vec<u64> = l
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
                 f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0)
             })
             .unwrap_or(0);
@@ -737,7 +791,8 @@ impl CpuSample {
             _ => 1.0,
         };
         let share = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1e9 / secs;
-        let idle = self.core_idle_ticks.saturating_sub(before.core_idle_ticks) as f64 / 100.0 / secs;
+        let idle =
+            self.core_idle_ticks.saturating_sub(before.core_idle_ticks) as f64 / 100.0 / secs;
         Cpu {
             server: share(self.server_ns, before.server_ns),
             softirqd: share(self.softirqd_ns, before.softirqd_ns),
@@ -772,7 +827,11 @@ fn main() {
     let max = *settings.calls.last().expect("at least one call count");
     println!(
         "natter relay bench{}: server on core {}, load on core {}; {} B datagrams, {} pps per side; calls {:?}, window {} s",
-        if quick { " (smoke run: no --bench, unpinned)" } else { "" },
+        if quick {
+            " (smoke run: no --bench, unpinned)"
+        } else {
+            ""
+        },
         settings.server_core,
         settings.load_core,
         DATAGRAM,
@@ -795,11 +854,26 @@ fn main() {
     bind_all(&load, &calls);
     println!(
         "{:>6} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
-        "calls", "offered", "relayed/s", "loss%", "server%", "softirq%", "core_busy%", "us/pkt", "p50_us", "p99_us"
+        "calls",
+        "offered",
+        "relayed/s",
+        "loss%",
+        "server%",
+        "softirq%",
+        "core_busy%",
+        "us/pkt",
+        "p50_us",
+        "p99_us"
     );
     let mut best: Option<(usize, f64, f64)> = None;
+    let relay_port = calls[0].relay.port();
     for &n in &settings.calls {
+        let drops = (socket_drops(relay_port), socket_drops(load.port));
         let (r, cpu) = run_media(&load, &calls, n, &settings, &sn.pid);
+        let drops = (
+            socket_drops(relay_port) - drops.0,
+            socket_drops(load.port) - drops.1,
+        );
         let loss = if r.sent == 0 {
             100.0
         } else {
@@ -824,6 +898,12 @@ fn main() {
             percentile(&r.latency_us, r.overflow, 0.50),
             percentile(&r.latency_us, r.overflow, 0.99),
         );
+        if drops != (0, 0) {
+            println!(
+                "       receive-buffer drops in the step: relay socket {}, load socket {}",
+                drops.0, drops.1
+            );
+        }
         if r.sent > 0 && loss < MAX_LOSS {
             best = Some((n, relayed, us_per_pkt));
         } else if !settings.all_steps {
