@@ -11,6 +11,9 @@
 #   NATTER_CALLS   Natter calls per load point [1500,2000,2300,2600,2900,3200] (100 relayed pps each)
 #   REPS           repetitions of both series [1]
 #   NATTER_RELAY_WINDOW_SECS  Natter's measured window [20]
+#   NATTER_RELAY_RT  1 = both servers and both load generators under SCHED_FIFO (chrt -f 20,
+#                    root): for a machine busy with other work, where pinned processes are
+#                    otherwise starved and drop datagrams while idle [0]
 # Needs root only to install coturn when it is missing. Logs: $RELAYBENCH_DIR [/tmp/relaybench].
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -35,11 +38,14 @@ CLOG=$RELAYBENCH_DIR/logs/side-by-side-$STAMP-coturn.txt
 NLOG=$RELAYBENCH_DIR/logs/side-by-side-$STAMP-natter.txt
 echo "side-by-side relay run $STAMP on $(nproc) cores; logs $CLOG $NLOG"
 (cd "$ROOT" && cargo bench -p natter-supernode --bench relay --no-run >/dev/null 2>&1)
+RT=()
+[ "${NATTER_RELAY_RT:-0}" = 1 ] && RT=(chrt -f 20)
 for rep in $(seq 1 "$REPS"); do
   for M in $GRID; do
     "$REF/stop_coturn.sh"; sleep 1; "$REF/start_coturn.sh" >/dev/null; sleep 2
+    [ ${#RT[@]} -gt 0 ] && chrt -a -f -p 20 "$(cat "$RELAYBENCH_DIR/coturn.pid")" >/dev/null
     echo "##### rep=$rep M=$M $(date +%T) fresh coturn pid $(cat "$RELAYBENCH_DIR/coturn.pid")" >> "$CLOG"
-    "$REF/run_coturn.sh" "$M" 8 2500 "r$rep" >> "$CLOG" 2>&1
+    "${RT[@]}" "$REF/run_coturn.sh" "$M" 8 2500 "r$rep" >> "$CLOG" 2>&1
   done
   "$REF/stop_coturn.sh"
   echo "##### rep=$rep natter $(date +%T)" >> "$NLOG"

@@ -38,7 +38,13 @@
 //! - `NATTER_RELAY_WINDOW_SECS` [20]: measured window per step;
 //! - `NATTER_RELAY_WARMUP_SECS` [3]: traffic before the window;
 //! - `NATTER_RELAY_SERVER_CORE` [1], `NATTER_RELAY_LOAD_CORE` [0];
-//! - `NATTER_RELAY_ALL_STEPS` [0]: 1 = do not stop at the first failing step.
+//! - `NATTER_RELAY_ALL_STEPS` [0]: 1 = do not stop at the first failing step;
+//! - `NATTER_RELAY_RT` [0]: 1 = once the calls are set up, put the server
+//!   and the load generator under SCHED_FIFO 20 (`chrt`, needs root): on a
+//!   machine busy with other work
+//!   the pinned processes are otherwise starved and the relay socket
+//!   overflows while the relay is idle. Compare with coturn under the same
+//!   policy (`relay-vs-coturn.sh` does with `NATTER_RELAY_RT=1`).
 //!
 //! Without `--bench` (`cargo test --benches`) it is a smoke run of 8 calls
 //! for a second, unpinned.
@@ -89,6 +95,7 @@ struct Settings {
     server_core: usize,
     load_core: usize,
     all_steps: bool,
+    realtime: bool,
     quick: bool,
 }
 
@@ -132,6 +139,7 @@ impl Settings {
             server_core: env_or("NATTER_RELAY_SERVER_CORE", 1),
             load_core: env_or("NATTER_RELAY_LOAD_CORE", 0),
             all_steps: env_or("NATTER_RELAY_ALL_STEPS", 0u8) == 1,
+            realtime: env_or("NATTER_RELAY_RT", 0u8) == 1,
             quick,
         }
     }
@@ -849,6 +857,21 @@ fn main() {
     let sn = runtime.block_on(start_supernode(&settings, &keys, dir.path()));
     println!("supernode pid {} at {}", sn.pid, sn.addr);
     let calls = runtime.block_on(set_up_calls(Arc::clone(&keys), sn.addr, max));
+    if settings.realtime {
+        // Only for the media: under SCHED_FIFO the set-up's RSA work would
+        // starve the QUIC tasks of its own process.
+        for pid in [sn.pid.clone(), std::process::id().to_string()] {
+            let ok = std::process::Command::new("chrt")
+                .args(["-a", "-f", "-p", "20", &pid])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                ok,
+                "chrt -a -f -p 20 {pid} failed (NATTER_RELAY_RT=1 needs root)"
+            );
+        }
+        println!("server and load generator now SCHED_FIFO 20");
+    }
     let load = Load::new();
     println!("load socket 0.0.0.0:{} (sides at 127.100.x.y)", load.port);
     bind_all(&load, &calls);

@@ -807,7 +807,7 @@ async fn the_relay_forwards_while_the_runtime_is_busy() {
     }
     // Occupy both workers until released (the test body runs on its own
     // thread, outside the workers).
-    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (started_tx, started_rx) = std::sync::mpsc::sync_channel(2);
     let release = std::sync::Arc::new(std::sync::Barrier::new(3));
     for _ in 0..2 {
         let (started, release) = (started_tx.clone(), std::sync::Arc::clone(&release));
