@@ -476,18 +476,25 @@ impl Load {
     /// Receives a batch into `bufs`: (side it was sent to, buffer, start,
     /// end) of each datagram.
     fn recv(&self, bufs: &mut [[u8; 2048]], meta: &mut [RecvMeta], out: &mut Vec<Got>) {
+        let _ = self.try_recv(bufs, meta, out);
+    }
+
+    /// [`Self::recv`], with `WouldBlock` when nothing is there (quinn-udp
+    /// makes the socket non-blocking).
+    fn try_recv(
+        &self,
+        bufs: &mut [[u8; 2048]],
+        meta: &mut [RecvMeta],
+        out: &mut Vec<Got>,
+    ) -> std::io::Result<()> {
         out.clear();
         let mut slices: Vec<IoSliceMut<'_>> = bufs
             .iter_mut()
             .map(|b| IoSliceMut::new(&mut b[..]))
             .collect();
-        let n = match self
+        let n = self
             .state
-            .recv(UdpSockRef::from(&self.socket), &mut slices, meta)
-        {
-            Ok(n) => n,
-            Err(_) => return,
-        };
+            .recv(UdpSockRef::from(&self.socket), &mut slices, meta)?;
         drop(slices);
         for (i, m) in meta.iter().enumerate().take(n) {
             let Some(side) = m.dst_ip.and_then(side_of) else {
@@ -501,6 +508,7 @@ impl Load {
                 at = end;
             }
         }
+        Ok(())
     }
 }
 
@@ -627,8 +635,28 @@ fn run_media(
             let mut bufs = vec![[0u8; 2048]; 32];
             let mut meta = vec![RecvMeta::default(); 32];
             let mut out = Vec::with_capacity(64);
+            // Waits for the (non-blocking) socket on a runtime of its own.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let watch = runtime
+                .block_on(async {
+                    tokio::net::UdpSocket::from_std(load.socket.try_clone().unwrap())
+                })
+                .unwrap();
             while !done.load(Ordering::Relaxed) {
-                load.recv(&mut bufs, &mut meta, &mut out);
+                let got = runtime.block_on(async {
+                    match tokio::time::timeout(Duration::from_millis(100), watch.readable()).await {
+                        Ok(Ok(())) => watch.try_io(tokio::io::Interest::READABLE, || {
+                            load.try_recv(&mut bufs, &mut meta, &mut out)
+                        }),
+                        _ => Err(std::io::ErrorKind::WouldBlock.into()),
+                    }
+                });
+                if got.is_err() {
+                    continue;
+                }
                 let now = ns(base);
                 for &(side, i, start, end) in &out {
                     let bytes = &bufs[i][start..end];
@@ -675,6 +703,11 @@ fn run_media(
                         sent_in_window.fetch_add(1, Ordering::Relaxed);
                     }
                     sent += 1;
+                    if sent % 64 == 0 {
+                        // Behind schedule: let the receiver (on this core,
+                        // maybe under the same SCHED_FIFO) run.
+                        std::thread::yield_now();
+                    }
                 }
                 std::thread::sleep(Duration::from_micros(200));
             }
@@ -858,19 +891,43 @@ fn main() {
     println!("supernode pid {} at {}", sn.pid, sn.addr);
     let calls = runtime.block_on(set_up_calls(Arc::clone(&keys), sn.addr, max));
     if settings.realtime {
-        // Only for the media: under SCHED_FIFO the set-up's RSA work would
-        // starve the QUIC tasks of its own process.
-        for pid in [sn.pid.clone(), std::process::id().to_string()] {
+        // Only for the media, and only the threads that carry it: the
+        // server's relay thread (all its threads if it has none, as a relay
+        // in a tokio task), and this thread, whose load threads inherit it.
+        // Under SCHED_FIFO a busy tokio worker would starve the rest.
+        let relay_tid = std::fs::read_dir(format!("/proc/{}/task", sn.pid))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "natter-relay")
+            })
+            .map(|t| t.file_name().to_string_lossy().into_owned());
+        let server: Vec<&str> = match &relay_tid {
+            Some(tid) => vec![tid.as_str()],
+            None => vec!["-a", sn.pid.as_str()],
+        };
+        let me = std::process::id().to_string();
+        for target in [server, vec![me.as_str()]] {
             let ok = std::process::Command::new("chrt")
-                .args(["-a", "-f", "-p", "20", &pid])
+                .args(["-f", "-p", "20"])
+                .args(&target)
                 .status()
                 .is_ok_and(|s| s.success());
             assert!(
                 ok,
-                "chrt -a -f -p 20 {pid} failed (NATTER_RELAY_RT=1 needs root)"
+                "chrt -f -p 20 {target:?} failed (NATTER_RELAY_RT=1 needs root)"
             );
         }
-        println!("server and load generator now SCHED_FIFO 20");
+        println!(
+            "SCHED_FIFO 20: {} and the load generator",
+            if relay_tid.is_some() {
+                "the server's relay thread"
+            } else {
+                "every server thread"
+            }
+        );
     }
     let load = Load::new();
     println!("load socket 0.0.0.0:{} (sides at 127.100.x.y)", load.port);

@@ -407,8 +407,41 @@ impl UdpService {
     }
 
     /// The primary socket's loop: batches of datagrams, one table lock per
-    /// batch.
+    /// batch. quinn-udp makes the socket non-blocking: the thread waits for
+    /// it to become readable on a current-thread tokio runtime of its own
+    /// (its own epoll, nothing shared with the node's runtime), then reads
+    /// with `recvmmsg` until the socket is empty.
     fn serve_primary(&self, primary: &UdpSocket, alternate: &UdpSocket, state: &UdpSocketState) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the relay thread's runtime");
+                return;
+            }
+        };
+        runtime.block_on(self.serve_primary_on(primary, alternate, state));
+    }
+
+    async fn serve_primary_on(
+        &self,
+        primary: &UdpSocket,
+        alternate: &UdpSocket,
+        state: &UdpSocketState,
+    ) {
+        let readiness = match primary
+            .try_clone()
+            .and_then(tokio::net::UdpSocket::from_std)
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the relay socket");
+                return;
+            }
+        };
         let mut bufs: Vec<Box<[u8]>> = (0..BATCH)
             .map(|_| vec![0u8; DATAGRAM_BUF].into_boxed_slice())
             .collect();
@@ -420,27 +453,34 @@ impl UdpService {
         let mut out: Vec<(usize, usize, usize, SocketAddr)> = Vec::with_capacity(4 * BATCH);
         let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
-            let n = {
+            match tokio::time::timeout(POLL, readiness.readable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "UDP readiness failed (primary)");
+                    continue;
+                }
+                Err(_) => continue,
+            }
+            let received = readiness.try_io(tokio::io::Interest::READABLE, || {
                 let mut it = bufs.iter_mut();
                 let mut slices: [IoSliceMut<'_>; BATCH] = std::array::from_fn(|_| {
                     IoSliceMut::new(it.next().map_or(&mut [][..], |b| &mut b[..]))
                 });
-                match state.recv(UdpSockRef::from(primary), &mut slices, &mut meta) {
-                    Ok(n) => n,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock
-                                | io::ErrorKind::TimedOut
-                                | io::ErrorKind::Interrupted
-                        ) =>
-                    {
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "UDP receive failed (primary)");
-                        continue;
-                    }
+                state.recv(UdpSockRef::from(primary), &mut slices, &mut meta)
+            });
+            let n = match received {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "UDP receive failed (primary)");
+                    continue;
                 }
             };
             let now = Instant::now();
