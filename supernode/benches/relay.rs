@@ -703,7 +703,7 @@ fn run_media(
                         sent_in_window.fetch_add(1, Ordering::Relaxed);
                     }
                     sent += 1;
-                    if sent % 64 == 0 {
+                    if sent.is_multiple_of(64) {
                         // Behind schedule: let the receiver (on this core,
                         // maybe under the same SCHED_FIFO) run.
                         std::thread::yield_now();
