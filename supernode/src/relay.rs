@@ -26,7 +26,7 @@
 //! for its lifetime is gone. Allocations are capped per user, per source
 //! prefix of the requester (/24, /56) and in total; refusals are counted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,11 @@ use natter_proto::relay::{BindStatus, COOKIE_BUCKET_SECS, COOKIE_LEN, Cookie, TO
 use rand::RngCore;
 
 use crate::stun_limit::Prefix;
+
+/// The table's maps: a fast hash (foldhash) with a random seed per map, so
+/// keys an attacker picks (source addresses, tokens) cannot be aimed at
+/// one bucket.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A relay token.
 pub type Token = [u8; TOKEN_LEN];
@@ -261,10 +266,10 @@ impl RelayTable {
     pub fn new(limits: RelayLimits, secret: [u8; 32], now: Instant) -> Self {
         Self {
             limits,
-            invites: HashMap::new(),
-            allocations: HashMap::new(),
-            tokens: HashMap::new(),
-            bound: HashMap::new(),
+            invites: HashMap::default(),
+            allocations: HashMap::default(),
+            tokens: HashMap::default(),
+            bound: HashMap::default(),
             next_id: 1,
             secret,
             epoch: now,
@@ -569,18 +574,22 @@ impl RelayTable {
 
     /// Decides about a datagram of `len` bytes from `from` (not STUN, not a
     /// bind).
+    ///
+    /// This is the relay's per-datagram path: two hash lookups (the source,
+    /// then its allocation), no allocation of memory.
     pub fn route(&mut self, from: RelayPeer, len: usize, now: Instant) -> Decision {
         let Some(&(id, side)) = self.bound.get(&from) else {
             return Decision::Unbound;
         };
-        if self.expired(id, now) {
-            self.remove(id);
-            return Decision::Unbound;
-        }
+        let lifetime = self.limits.lifetime;
         let Some(allocation) = self.allocations.get_mut(&id) else {
             self.bound.remove(&from);
             return Decision::Unbound;
         };
+        if now.saturating_duration_since(allocation.last_activity) >= lifetime {
+            self.remove(id);
+            return Decision::Unbound;
+        }
         let Some(to) = allocation.bound[1 - side] else {
             return Decision::PeerUnbound;
         };

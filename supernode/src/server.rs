@@ -359,6 +359,8 @@ impl Handle {
         for task in self.tasks.drain(..) {
             task.abort();
         }
+        // The UDP service's threads end and close its sockets now.
+        self.shell.udp.stop();
         self.shell
             .endpoint
             .close(VarInt::from_u32(close::NORMAL), b"shutdown");

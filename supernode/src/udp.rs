@@ -23,16 +23,28 @@
 //! [`UdpService::relay`] handles a bind or a media datagram from either
 //! transport and [`UdpService::forward`] sends it on to a UDP address (from
 //! the primary socket) or queues it for a TCP leg without waiting.
+//!
+//! Threads: each socket is served by its own OS thread (`natter-relay`,
+//! `natter-stun-alt`), not by a tokio task, so that signaling load on the
+//! runtime cannot starve the relay. The primary thread reads up to
+//! [`BATCH`] datagrams per system call (`recvmmsg`, through quinn-udp),
+//! takes the relay table's lock once per batch (not per datagram), forwards
+//! with one `sendto` each, and counts in thread-local counters added to the
+//! shared ones once per batch. Nothing is allocated per forwarded datagram.
+//! A tokio task sweeps idle allocations and STUN limiter entries every
+//! second; stopping the service ([`UdpService::stop`], or aborting that
+//! task) ends the threads, which close the sockets.
 
-use std::io;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use natter_proto::relay as wire;
 use natter_proto::{som, stun};
-use tokio::net::UdpSocket;
+use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
 
 use crate::legs::{LegError, Legs};
 use crate::relay::{Decision, RelayLimits, RelayPeer, RelayTable};
@@ -44,6 +56,18 @@ const BINDING_INDICATION: u16 = 0x0011;
 const SWEEP: Duration = Duration::from_secs(1);
 /// How often the counters are logged (at debug).
 const LOG_EVERY: Duration = Duration::from_secs(30);
+/// Datagrams read per system call on the primary socket.
+const BATCH: usize = 32;
+/// Receive buffer of each datagram: 64 KiB, so no datagram is ever truncated
+/// (and so forwarded altered).
+const DATAGRAM_BUF: usize = 65_536;
+/// How long a socket thread waits for a datagram before it checks whether
+/// the service stopped.
+const POLL: Duration = Duration::from_millis(25);
+/// Kernel buffers asked for on the sockets (the kernel caps them at
+/// `net.core.rmem_max` / `wmem_max`): a burst of relayed media waits there
+/// instead of being dropped.
+const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Counters of the UDP service (STUN reflector and relay), since start. The
 /// relay counters (binds, forwarding, drops) count datagrams from both
@@ -88,7 +112,11 @@ pub struct UdpStats {
     pub allocations: u64,
 }
 
+/// The shared counters, written by the socket threads once per batch and by
+/// the TCP relay legs. On a cache line of their own (the node state nearby
+/// is written by other threads).
 #[derive(Debug, Default)]
+#[repr(align(128))]
 struct Counters {
     stun_answered: AtomicU64,
     stun_limited: AtomicU64,
@@ -102,24 +130,50 @@ struct Counters {
     dropped_quota: AtomicU64,
 }
 
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+/// Counts of one thread (or one TCP datagram) not yet added to [`Counters`].
+#[derive(Debug, Default, Clone, Copy)]
+struct Local {
+    stun_answered: u64,
+    stun_limited: u64,
+    stun_too_small: u64,
+    malformed: u64,
+    binds: u64,
+    binds_refused: u64,
+    forwarded: u64,
+    forwarded_bytes: u64,
+    dropped_unbound: u64,
+    dropped_quota: u64,
 }
 
-/// The two sockets, owned by the serving task: aborting it closes them.
+impl Counters {
+    /// Adds `local` and zeroes it.
+    fn flush(&self, local: &mut Local) {
+        let add = |a: &AtomicU64, n: u64| {
+            if n > 0 {
+                a.fetch_add(n, Ordering::Relaxed);
+            }
+        };
+        add(&self.stun_answered, local.stun_answered);
+        add(&self.stun_limited, local.stun_limited);
+        add(&self.stun_too_small, local.stun_too_small);
+        add(&self.malformed, local.malformed);
+        add(&self.binds, local.binds);
+        add(&self.binds_refused, local.binds_refused);
+        add(&self.forwarded, local.forwarded);
+        add(&self.forwarded_bytes, local.forwarded_bytes);
+        add(&self.dropped_unbound, local.dropped_unbound);
+        add(&self.dropped_quota, local.dropped_quota);
+        *local = Local::default();
+    }
+}
+
+/// The two sockets, handed to the socket threads by [`UdpService::run`].
 #[derive(Debug)]
 pub(crate) struct UdpSockets {
-    /// The TCP relay legs hold a weak reference (they forward from it).
     primary: Arc<UdpSocket>,
-    alternate: UdpSocket,
+    alternate: Arc<UdpSocket>,
     /// Their bound addresses.
     bound: [SocketAddr; 2],
-}
-
-impl UdpSockets {
-    fn is_own(&self, addr: SocketAddr) -> bool {
-        self.bound.contains(&addr)
-    }
 }
 
 /// The advertised addresses, the relay table and the counters, shared with
@@ -130,12 +184,20 @@ pub(crate) struct UdpService {
     /// a wildcard address).
     pub primary_addr: SocketAddr,
     pub alternate_addr: SocketAddr,
-    /// The primary socket, while the serving task runs.
-    primary_socket: Weak<UdpSocket>,
+    /// The bound addresses of both sockets.
+    bound: [SocketAddr; 2],
+    /// The primary socket, while the service runs (the TCP relay legs
+    /// forward from it).
+    primary_socket: Mutex<Option<Arc<UdpSocket>>>,
     table: Mutex<RelayTable>,
+    /// Answers STUN on both sockets.
+    limiter: Mutex<StunLimiter>,
     counters: Counters,
     /// The TCP relay legs' write queues.
     pub legs: Legs,
+    /// Set to stop the socket threads.
+    stop: AtomicBool,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// Why the UDP service could not start.
@@ -149,10 +211,11 @@ pub struct BindError {
     pub source: io::Error,
 }
 
-fn bind_std(addr: SocketAddr) -> Result<std::net::UdpSocket, BindError> {
-    let socket = std::net::UdpSocket::bind(addr).map_err(|source| BindError { addr, source })?;
+fn bind_std(addr: SocketAddr) -> Result<UdpSocket, BindError> {
+    let socket = UdpSocket::bind(addr).map_err(|source| BindError { addr, source })?;
+    // Blocking with a timeout: the socket threads wake up to see a stop.
     socket
-        .set_nonblocking(true)
+        .set_read_timeout(Some(POLL))
         .map_err(|source| BindError { addr, source })?;
     Ok(socket)
 }
@@ -170,12 +233,15 @@ fn advertised(bound: SocketAddr, advertise_ip: std::net::IpAddr) -> SocketAddr {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl UdpService {
     /// Binds the primary socket at `primary` (or, when `fallback` and that
     /// port is taken, at any free port of the same IP) and the alternate one
     /// at the next port (any free port when that is taken). Each TCP relay
-    /// leg gets a queue of `leg_queue` datagrams. Must run inside a tokio
-    /// runtime.
+    /// leg gets a queue of `leg_queue` datagrams.
     pub fn bind(
         primary: SocketAddr,
         fallback: bool,
@@ -203,41 +269,43 @@ impl UdpService {
             addr: local,
             source,
         })?;
-        let tokio = |s: std::net::UdpSocket, addr| {
-            UdpSocket::from_std(s).map_err(|source| BindError { addr, source })
-        };
         let sockets = UdpSockets {
-            primary: Arc::new(tokio(first, local)?),
-            alternate: tokio(second, alt_local)?,
+            primary: Arc::new(first),
+            alternate: Arc::new(second),
             bound: [local, alt_local],
         };
         let service = Self {
             primary_addr: advertised(local, advertise_ip),
             alternate_addr: advertised(alt_local, advertise_ip),
-            primary_socket: Arc::downgrade(&sockets.primary),
+            bound: [local, alt_local],
+            primary_socket: Mutex::new(Some(Arc::clone(&sockets.primary))),
             table: Mutex::new(RelayTable::new(
                 limits,
                 rand::Rng::r#gen(&mut rand::rngs::OsRng),
                 Instant::now(),
             )),
+            limiter: Mutex::new(StunLimiter::new(StunLimits::default(), Instant::now())),
             counters: Counters::default(),
             legs: Legs::new(leg_queue),
+            stop: AtomicBool::new(false),
+            threads: Mutex::new(Vec::new()),
         };
         Ok((service, sockets))
     }
 
     /// The relay table (lock order: the node state, then this).
     pub fn table(&self) -> MutexGuard<'_, RelayTable> {
-        self.table
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.table)
     }
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> UdpStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let refusals = self.table().refusals();
+        let (refusals, allocations) = {
+            let table = self.table();
+            (table.refusals(), table.allocation_count() as u64)
+        };
         UdpStats {
             stun_answered: get(&c.stun_answered),
             stun_limited: get(&c.stun_limited),
@@ -254,107 +322,312 @@ impl UdpService {
             forwarded_bytes: get(&c.forwarded_bytes),
             dropped_unbound: get(&c.dropped_unbound),
             dropped_quota: get(&c.dropped_quota),
-            allocations: self.table().allocation_count() as u64,
+            allocations,
         }
     }
 
-    /// Serves both sockets until aborted.
+    /// Serves both sockets, each on its own thread, and sweeps the relay
+    /// table every second, until [`Self::stop`] or until this future is
+    /// dropped (an aborted task), which stops the threads.
     pub async fn run(self: Arc<Self>, sockets: UdpSockets) {
-        // 64 KiB: no datagram is ever truncated (and so forwarded altered).
-        let mut buf_p = vec![0u8; 65_536];
-        let mut buf_a = vec![0u8; 65_536];
+        struct StopOnDrop(Arc<UdpService>);
+        impl Drop for StopOnDrop {
+            fn drop(&mut self) {
+                self.0.stop();
+            }
+        }
+        let _guard = StopOnDrop(Arc::clone(&self));
+        if let Err(e) = self.spawn_threads(sockets) {
+            tracing::warn!(error = %e, "cannot start the UDP service's threads");
+            return;
+        }
         let mut sweep = tokio::time::interval(SWEEP);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_log = Instant::now();
         let mut last_logged = UdpStats::default();
-        // Only this loop answers STUN: the limiter is its own, no lock.
-        let mut limiter = StunLimiter::new(StunLimits::default(), Instant::now());
-        loop {
-            tokio::select! {
-                r = sockets.primary.recv_from(&mut buf_p) => match r {
-                    Ok((n, from)) => self.on_primary(&sockets, &mut limiter, &buf_p[..n], from).await,
-                    Err(e) => tracing::debug!(error = %e, "UDP receive failed (primary)"),
-                },
-                r = sockets.alternate.recv_from(&mut buf_a) => match r {
-                    Ok((n, from)) => self.on_alternate(&sockets, &mut limiter, &buf_a[..n], from).await,
-                    Err(e) => tracing::debug!(error = %e, "UDP receive failed (alternate)"),
-                },
-                _ = sweep.tick() => {
-                    let now = Instant::now();
-                    limiter.expire(now);
-                    let ended = self.table().expire(now);
-                    if ended > 0 {
-                        tracing::debug!(ended, "relay allocations expired");
-                    }
-                    if now.duration_since(last_log) >= LOG_EVERY {
-                        last_log = now;
-                        let stats = self.stats();
-                        if stats != last_logged {
-                            tracing::debug!(?stats, "UDP service counters");
-                            last_logged = stats;
-                        }
-                    }
+        while !self.stop.load(Ordering::Relaxed) {
+            sweep.tick().await;
+            let now = Instant::now();
+            lock(&self.limiter).expire(now);
+            let ended = self.table().expire(now);
+            if ended > 0 {
+                tracing::debug!(ended, "relay allocations expired");
+            }
+            if now.duration_since(last_log) >= LOG_EVERY {
+                last_log = now;
+                let stats = self.stats();
+                if stats != last_logged {
+                    tracing::debug!(?stats, "UDP service counters");
+                    last_logged = stats;
                 }
             }
         }
     }
 
-    async fn on_primary(
+    fn spawn_threads(self: &Arc<Self>, sockets: UdpSockets) -> io::Result<()> {
+        let UdpSockets {
+            primary,
+            alternate,
+            bound,
+        } = sockets;
+        let state = UdpSocketState::new(UdpSockRef::from(&*primary))?;
+        // Best effort: the kernel caps them.
+        let _ = state.set_recv_buffer_size(UdpSockRef::from(&*primary), SOCKET_BUFFER);
+        let _ = state.set_send_buffer_size(UdpSockRef::from(&*primary), SOCKET_BUFFER);
+        let service = Arc::clone(self);
+        let (p, a) = (Arc::clone(&primary), Arc::clone(&alternate));
+        let primary_thread = std::thread::Builder::new()
+            .name("natter-relay".into())
+            .spawn(move || service.serve_primary(&p, &a, &state))?;
+        let service = Arc::clone(self);
+        let alternate_thread = std::thread::Builder::new()
+            .name("natter-stun-alt".into())
+            .spawn(move || service.serve_alternate(&primary, &alternate))?;
+        debug_assert_eq!(bound, self.bound);
+        lock(&self.threads).extend([primary_thread, alternate_thread]);
+        Ok(())
+    }
+
+    /// Stops the socket threads and waits for them: the sockets are closed
+    /// when this returns (unless called from one of them).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        *lock(&self.primary_socket) = None;
+        let threads: Vec<JoinHandle<()>> = lock(&self.threads).drain(..).collect();
+        let me = std::thread::current().id();
+        for t in threads {
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
+        }
+    }
+
+    fn is_own(&self, addr: SocketAddr) -> bool {
+        self.bound.contains(&addr) || addr == self.primary_addr || addr == self.alternate_addr
+    }
+
+    /// The primary socket's loop: batches of datagrams, one table lock per
+    /// batch. quinn-udp makes the socket non-blocking: the thread waits for
+    /// it to become readable on a current-thread tokio runtime of its own
+    /// (its own epoll, nothing shared with the node's runtime), then reads
+    /// with `recvmmsg` until the socket is empty.
+    fn serve_primary(&self, primary: &UdpSocket, alternate: &UdpSocket, state: &UdpSocketState) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the relay thread's runtime");
+                return;
+            }
+        };
+        runtime.block_on(self.serve_primary_on(primary, alternate, state));
+    }
+
+    async fn serve_primary_on(
         &self,
-        sockets: &UdpSockets,
-        limiter: &mut StunLimiter,
-        datagram: &[u8],
-        from: SocketAddr,
+        primary: &UdpSocket,
+        alternate: &UdpSocket,
+        state: &UdpSocketState,
     ) {
-        if sockets.is_own(from) || from == self.primary_addr || from == self.alternate_addr {
-            // Only a spoofed source says this; binding it would loop.
-            bump(&self.counters.malformed);
-            return;
+        let readiness = match primary
+            .try_clone()
+            .and_then(tokio::net::UdpSocket::from_std)
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the relay socket");
+                return;
+            }
+        };
+        let mut bufs: Vec<Box<[u8]>> = (0..BATCH)
+            .map(|_| vec![0u8; DATAGRAM_BUF].into_boxed_slice())
+            .collect();
+        let mut meta = [RecvMeta::default(); BATCH];
+        let mut local = Local::default();
+        // What the batch sends, once counted and the lock released: relayed
+        // datagrams (buffer, start, end, destination) and bind replies.
+        // Reused: nothing is allocated per forwarded datagram.
+        let mut out: Vec<(usize, usize, usize, SocketAddr)> = Vec::with_capacity(4 * BATCH);
+        let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
+        while !self.stop.load(Ordering::Relaxed) {
+            match tokio::time::timeout(POLL, readiness.readable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "UDP readiness failed (primary)");
+                    continue;
+                }
+                Err(_) => continue,
+            }
+            let received = readiness.try_io(tokio::io::Interest::READABLE, || {
+                let mut it = bufs.iter_mut();
+                let mut slices: [IoSliceMut<'_>; BATCH] = std::array::from_fn(|_| {
+                    IoSliceMut::new(it.next().map_or(&mut [][..], |b| &mut b[..]))
+                });
+                state.recv(UdpSockRef::from(primary), &mut slices, &mut meta)
+            });
+            let n = match received {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "UDP receive failed (primary)");
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            // Taken at the first relay datagram, held for the decisions of
+            // the batch, released before its sends.
+            let mut table: Option<MutexGuard<'_, RelayTable>> = None;
+            for (i, m) in meta.iter().enumerate().take(n) {
+                let from = m.addr;
+                // GRO may have joined datagrams of one source: `stride` apart.
+                // An empty datagram is one datagram too (dropped as malformed).
+                let stride = if m.stride == 0 { m.len } else { m.stride }.max(1);
+                for start in (0..m.len.max(1)).step_by(stride) {
+                    let end = (start + stride).min(m.len);
+                    let datagram = &bufs[i][start..end];
+                    if self.is_own(from) {
+                        // Only a spoofed source says this; binding it would loop.
+                        local.malformed += 1;
+                        continue;
+                    }
+                    if stun::looks_like_stun(datagram) {
+                        self.on_stun(primary, alternate, &mut local, datagram, from, true);
+                        continue;
+                    }
+                    let table = table.get_or_insert_with(|| self.table());
+                    match self.relay_in(table, &mut local, datagram, RelayPeer::Udp(from), now) {
+                        Relayed::Reply(reply) => replies.push((reply, from)),
+                        Relayed::Forward(RelayPeer::Udp(to)) => {
+                            out.push((i, start, end, to));
+                            local.forwarded += 1;
+                            local.forwarded_bytes += datagram.len() as u64;
+                        }
+                        Relayed::Forward(to @ RelayPeer::Tcp(_)) => {
+                            self.forward_to_leg(table, &mut local, to, datagram);
+                        }
+                        Relayed::Dropped => {}
+                    }
+                }
+            }
+            drop(table);
+            // Counted before sent: whoever sees a datagram arrive sees it
+            // counted.
+            self.counters.flush(&mut local);
+            for (reply, to) in replies.drain(..) {
+                send(primary, &reply, to);
+            }
+            for &(i, start, end, to) in &out {
+                send(primary, &bufs[i][start..end], to);
+            }
+            out.clear();
         }
-        if stun::looks_like_stun(datagram) {
-            self.on_stun(sockets, limiter, datagram, from, true).await;
-            return;
-        }
-        match self.relay(datagram, RelayPeer::Udp(from), Instant::now()) {
-            Relayed::Reply(reply) => send(&sockets.primary, &reply, from).await,
-            Relayed::Forward(to) => self.forward(Some(&sockets.primary), to, datagram).await,
-            Relayed::Dropped => {}
+    }
+
+    /// The alternate socket's loop: STUN only.
+    fn serve_alternate(&self, primary: &UdpSocket, alternate: &UdpSocket) {
+        let mut buf = vec![0u8; DATAGRAM_BUF];
+        let mut local = Local::default();
+        while !self.stop.load(Ordering::Relaxed) {
+            match alternate.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    if stun::looks_like_stun(&buf[..n]) {
+                        self.on_stun(primary, alternate, &mut local, &buf[..n], from, false);
+                    } else {
+                        local.malformed += 1;
+                    }
+                    self.counters.flush(&mut local);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => tracing::debug!(error = %e, "UDP receive failed (alternate)"),
+            }
         }
     }
 
     /// The primary socket, for the TCP relay legs (`None` once the service
     /// stopped).
     pub fn primary_socket(&self) -> Option<Arc<UdpSocket>> {
-        self.primary_socket.upgrade()
+        lock(&self.primary_socket).clone()
     }
 
     /// A relay datagram (not STUN) from `from`, on either transport: a bind
     /// is answered (the reply goes back to `from`), anything else with a SoM
     /// header is routed through the relay table; everything is counted.
     pub fn relay(&self, datagram: &[u8], from: RelayPeer, now: Instant) -> Relayed {
+        let mut local = Local::default();
+        let relayed = self.relay_in(&mut self.table(), &mut local, datagram, from, now);
+        self.counters.flush(&mut local);
+        relayed
+    }
+
+    fn relay_in(
+        &self,
+        table: &mut RelayTable,
+        local: &mut Local,
+        datagram: &[u8],
+        from: RelayPeer,
+        now: Instant,
+    ) -> Relayed {
         if let Ok(bind) = wire::decode_bind(datagram) {
-            let (status, cookie) =
-                self.table()
-                    .bind(&bind.token, &bind.cookie, from, datagram.len(), now);
+            let (status, cookie) = table.bind(&bind.token, &bind.cookie, from, datagram.len(), now);
             match status {
-                wire::BindStatus::Bound => bump(&self.counters.binds),
+                wire::BindStatus::Bound => local.binds += 1,
                 wire::BindStatus::Cookie => {}
-                _ => bump(&self.counters.binds_refused),
+                _ => local.binds_refused += 1,
             }
             // As long as the bind: amplification 1.0 toward its source.
             return Relayed::Reply(wire::encode_bind_reply(datagram, status, &cookie));
         }
         if som::Header::decode(datagram).is_err() {
-            bump(&self.counters.malformed);
+            local.malformed += 1;
             return Relayed::Dropped;
         }
-        let decision = self.table().route(from, datagram.len(), now);
-        match decision {
+        match table.route(from, datagram.len(), now) {
             Decision::Forward(to) => return Relayed::Forward(to),
-            Decision::Unbound | Decision::PeerUnbound => bump(&self.counters.dropped_unbound),
-            Decision::OverQuota => bump(&self.counters.dropped_quota),
+            Decision::Unbound | Decision::PeerUnbound => local.dropped_unbound += 1,
+            Decision::OverQuota => local.dropped_quota += 1,
         }
         Relayed::Dropped
+    }
+
+    /// Queues a routed datagram for TCP leg `to` without waiting (a full
+    /// queue drops it, counted by [`Legs`]; a leg that is gone is unbound).
+    fn forward_to_leg(
+        &self,
+        table: &mut RelayTable,
+        local: &mut Local,
+        to: RelayPeer,
+        datagram: &[u8],
+    ) {
+        let RelayPeer::Tcp(id) = to else { return };
+        match self.legs.push(id, datagram) {
+            Ok(()) => {
+                local.forwarded += 1;
+                local.forwarded_bytes += datagram.len() as u64;
+                // At once, as the UDP sends are (not the hot path).
+                self.counters.flush(local);
+            }
+            Err(LegError::Gone) => {
+                table.unbind(to);
+                local.dropped_unbound += 1;
+            }
+            Err(LegError::Full | LegError::TooLong) => {}
+        }
     }
 
     /// Sends a routed datagram on: to a UDP address from the primary socket
@@ -362,55 +635,31 @@ impl UdpService {
     /// waiting (a full queue drops it, counted by [`Legs`]; a leg that is
     /// gone is unbound).
     pub async fn forward(&self, socket: Option<&UdpSocket>, to: RelayPeer, datagram: &[u8]) {
-        let sent = match to {
-            RelayPeer::Udp(addr) => match socket {
-                Some(socket) => {
-                    send(socket, datagram, addr).await;
-                    true
+        let mut local = Local::default();
+        match to {
+            RelayPeer::Udp(addr) => {
+                if let Some(socket) = socket {
+                    local.forwarded += 1;
+                    local.forwarded_bytes += datagram.len() as u64;
+                    self.counters.flush(&mut local);
+                    send(socket, datagram, addr);
                 }
-                None => false,
-            },
-            RelayPeer::Tcp(id) => match self.legs.push(id, datagram) {
-                Ok(()) => true,
-                Err(LegError::Gone) => {
-                    self.table().unbind(to);
-                    bump(&self.counters.dropped_unbound);
-                    false
-                }
-                Err(LegError::Full | LegError::TooLong) => false,
-            },
-        };
-        if sent {
-            bump(&self.counters.forwarded);
-            self.counters
-                .forwarded_bytes
-                .fetch_add(datagram.len() as u64, Ordering::Relaxed);
+            }
+            RelayPeer::Tcp(_) => self.forward_to_leg(&mut self.table(), &mut local, to, datagram),
         }
+        self.counters.flush(&mut local);
     }
 
-    async fn on_alternate(
+    /// Answers a Binding request received on the primary socket or the
+    /// alternate one: from the other socket when it asks for a change of
+    /// port (a change of IP is not possible on one IP and is ignored), with
+    /// what fits in 1.6 times the request (`stun::answer`), if the source's
+    /// prefix has a token left.
+    fn on_stun(
         &self,
-        sockets: &UdpSockets,
-        limiter: &mut StunLimiter,
-        datagram: &[u8],
-        from: SocketAddr,
-    ) {
-        if stun::looks_like_stun(datagram) {
-            self.on_stun(sockets, limiter, datagram, from, false).await;
-        } else {
-            bump(&self.counters.malformed);
-        }
-    }
-
-    /// Answers a Binding request received on the primary socket (`on_primary`)
-    /// or the alternate one: from the other socket when it asks for a change
-    /// of port (a change of IP is not possible on one IP and is ignored),
-    /// with what fits in 1.6 times the request (`stun::answer`), if the
-    /// source's prefix has a token left.
-    async fn on_stun(
-        &self,
-        sockets: &UdpSockets,
-        limiter: &mut StunLimiter,
+        primary: &UdpSocket,
+        alternate: &UdpSocket,
+        local: &mut Local,
         datagram: &[u8],
         from: SocketAddr,
         on_primary: bool,
@@ -419,7 +668,7 @@ impl UdpService {
             Ok(m) if m.kind == stun::BINDING_REQUEST => m,
             Ok(m) if m.kind == BINDING_INDICATION => return,
             _ => {
-                bump(&self.counters.malformed);
+                local.malformed += 1;
                 return;
             }
         };
@@ -432,20 +681,22 @@ impl UdpService {
         };
         let from_primary = on_primary != request.change_port;
         let (socket, origin) = if from_primary {
-            (&*sockets.primary, self.primary_addr)
+            (primary, self.primary_addr)
         } else {
-            (&sockets.alternate, self.alternate_addr)
+            (alternate, self.alternate_addr)
         };
         let Some(response) = stun::answer(&request, datagram.len(), from, origin, other) else {
-            bump(&self.counters.stun_too_small);
+            local.stun_too_small += 1;
             return;
         };
-        if !limiter.allow(from.ip(), Instant::now()) {
-            bump(&self.counters.stun_limited);
+        if !lock(&self.limiter).allow(from.ip(), Instant::now()) {
+            local.stun_limited += 1;
             return;
         }
-        bump(&self.counters.stun_answered);
-        send(socket, &response, from).await;
+        local.stun_answered += 1;
+        // Counted before sent (see `serve_primary`).
+        self.counters.flush(local);
+        send(socket, &response, from);
     }
 }
 
@@ -460,8 +711,10 @@ pub(crate) enum Relayed {
     Dropped,
 }
 
-async fn send(socket: &UdpSocket, datagram: &[u8], to: SocketAddr) {
-    if let Err(e) = socket.send_to(datagram, to).await {
+/// One `sendto` (a UDP send does not wait on a full socket buffer for
+/// long: the datagram is dropped at the device queue instead).
+fn send(socket: &UdpSocket, datagram: &[u8], to: SocketAddr) {
+    if let Err(e) = socket.send_to(datagram, to) {
         tracing::debug!(%to, error = %e, "UDP send failed");
     }
 }

@@ -780,3 +780,67 @@ async fn allocations_are_capped_per_source_prefix() {
     allocated(&mut alice, 11).await;
     allocated(&mut bob, 11).await;
 }
+
+/// The relay forwards on its own thread: with every worker of the runtime
+/// the supernode runs on held busy (signaling load that does not yield),
+/// relayed media still flows, both ways. (Before, the relay was a task on
+/// that runtime and nothing was forwarded until a worker came free.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_forwards_while_the_runtime_is_busy() {
+    let sns = cluster(1, |_| {}).await;
+    let sn = &sns[0];
+    let (_alice, _bob, a, b) = pair_on(sn, 21).await;
+    let relay_addr = sn.reflector();
+    let (a_sock, b_sock) = (udp().await, udp().await);
+    assert_eq!(
+        bind(&a_sock, relay_addr, &token(&a.token)).await,
+        BindStatus::Bound
+    );
+    assert_eq!(
+        bind(&b_sock, relay_addr, &token(&b.token)).await,
+        BindStatus::Bound
+    );
+    let (a_sock, b_sock) = (a_sock.into_std().unwrap(), b_sock.into_std().unwrap());
+    for s in [&a_sock, &b_sock] {
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    }
+    // Occupy both workers until released (the test body runs on its own
+    // thread, outside the workers).
+    let (started_tx, started_rx) = std::sync::mpsc::sync_channel(2);
+    let release = std::sync::Arc::new(std::sync::Barrier::new(3));
+    for _ in 0..2 {
+        let (started, release) = (started_tx.clone(), std::sync::Arc::clone(&release));
+        tokio::spawn(async move {
+            started.send(()).unwrap();
+            release.wait();
+        });
+    }
+    for _ in 0..2 {
+        started_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("both workers blocked");
+    }
+    let mut buf = [0u8; 2048];
+    let mut exchange = || {
+        a_sock.send_to(&datagram(1, 58), relay_addr).unwrap();
+        let (n, from) = b_sock
+            .recv_from(&mut buf)
+            .map_err(|e| format!("a->b: {e}"))?;
+        if (&buf[..n], from) != (&datagram(1, 58)[..], relay_addr) {
+            return Err(format!("a->b: {:?} from {from}", &buf[..n]));
+        }
+        b_sock.send_to(&datagram(2, 58), relay_addr).unwrap();
+        let (n, from) = a_sock
+            .recv_from(&mut buf)
+            .map_err(|e| format!("b->a: {e}"))?;
+        if (&buf[..n], from) != (&datagram(2, 58)[..], relay_addr) {
+            return Err(format!("b->a: {:?} from {from}", &buf[..n]));
+        }
+        Ok::<(), String>(())
+    };
+    let result = exchange();
+    release.wait();
+    result.expect("relayed while every runtime worker was busy");
+    assert_eq!(sn.udp_stats().forwarded, 2);
+}
