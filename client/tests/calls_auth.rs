@@ -15,6 +15,7 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::call::field;
 use common::{Cluster, assert_ok, wait_output};
 use natter_client::supernode::SupernodeSession;
 use natter_client::{Home, now_unix_secs};
@@ -29,17 +30,6 @@ use rsa::pkcs8::DecodePrivateKey;
 
 const LIMIT: Duration = Duration::from_secs(60);
 const REQUEST: Duration = Duration::from_secs(5);
-
-fn field(json: &str, name: &str) -> f64 {
-    let key = format!("\"{name}\":");
-    let start = json
-        .find(&key)
-        .unwrap_or_else(|| panic!("{name} missing in {json}"))
-        + key.len();
-    let rest = &json[start..];
-    let end = rest.find([',', '}']).unwrap();
-    rest[..end].trim_matches('"').parse().unwrap()
-}
 
 fn login_key(cluster: &Cluster) -> RsaPublicKey {
     natter_client::tls::read_login_key(&cluster.login_key).unwrap()

@@ -7,32 +7,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::online::Online;
 use common::{Cluster, assert_ok};
-use natter_client::{Home, Session, now_unix_ms, now_unix_secs};
+use natter_client::{now_unix_ms, now_unix_secs};
 use natter_net::{FramedRecv, FramedSend, TransportSettings};
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{ChatMessage, DirectoryLookup, Envelope, ErrorCode, GossipMembership};
 use prost::Message;
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn sn(cluster: &Cluster, i: usize) -> String {
-    cluster.supernodes[i].to_string()
-}
-
-fn session(cluster: &Cluster, user: &str) -> Session {
-    let key = natter_client::tls::read_login_key(&cluster.login_key).unwrap();
-    Home::open_or_default(Some(cluster.home(user)))
-        .unwrap()
-        .load(&key, now_unix_secs())
-        .unwrap()
-}
 
 /// The attacker: a peer on a supernode link. (Links are where a
 /// supernode's powers come from: the directory, the stored chat, routing.)
@@ -166,12 +152,12 @@ fn supernodes_store_only_ciphertext_and_offline_chat_still_arrives() {
         cluster.add_user(user);
     }
     // dave has been online once (so the directory knows him), then left.
-    assert_ok(&cluster.run("dave", &["--bootstrap", &sn(&cluster, 1), "inbox"], LIMIT));
+    assert_ok(&cluster.run("dave", &["--bootstrap", &cluster.sn(1), "inbox"], LIMIT));
     std::thread::sleep(Duration::from_secs(2));
     let secret = "the vault code is 8-1-4-4, do not tell carol";
     let out = assert_ok(&cluster.run(
         "alice",
-        &["--bootstrap", &sn(&cluster, 0), "chat", "dave", secret],
+        &["--bootstrap", &cluster.sn(0), "chat", "dave", secret],
         LIMIT,
     ));
     assert!(out.contains("stored for dave"), "{out}");
@@ -205,7 +191,7 @@ fn supernodes_store_only_ciphertext_and_offline_chat_still_arrives() {
         // ...and nothing of the text, in any frame it got.
         let opened = natter_proto::chat::open(
             m,
-            &session(&cluster, "alice").identity,
+            &cluster.session("alice").identity,
             &natter_client::tls::read_login_key(&cluster.login_key).unwrap(),
             now_unix_ms(),
         );
@@ -218,68 +204,10 @@ fn supernodes_store_only_ciphertext_and_offline_chat_still_arrives() {
     }
 
     // dave joins through the other supernode and reads it.
-    let out = assert_ok(&cluster.run("dave", &["--bootstrap", &sn(&cluster, 0), "inbox"], LIMIT));
+    let out = assert_ok(&cluster.run("dave", &["--bootstrap", &cluster.sn(0), "inbox"], LIMIT));
     assert!(out.contains(&format!("alice: {secret}")), "{out}");
     let inbox = std::fs::read_to_string(cluster.home("dave").join("inbox.txt")).unwrap();
     assert!(inbox.contains(secret), "{inbox}");
-}
-
-/// A long-running `natter online`, its stdout lines on a channel.
-struct Online {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    /// The supernode it joined through ("online as NAME via ADDR").
-    via: SocketAddr,
-}
-
-impl Online {
-    fn start(cluster: &Cluster, user: &str, bootstrap: &str) -> Self {
-        let mut child = cluster
-            .natter(user, &["--bootstrap", bootstrap, "online"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = mpsc::sync_channel(256);
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut online = Self {
-            child,
-            lines,
-            via: "0.0.0.0:0".parse().unwrap(),
-        };
-        let (line, _) = online.expect("online as");
-        online.via = line.rsplit(' ').next().unwrap().parse().unwrap();
-        online
-    }
-
-    /// Waits for a line containing `needle`; returns it and every line
-    /// before it.
-    fn expect(&self, needle: &str) -> (String, Vec<String>) {
-        let start = Instant::now();
-        let mut before = Vec::new();
-        loop {
-            let left = LIMIT.saturating_sub(start.elapsed());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return (line, before),
-                Ok(line) => before.push(line),
-                Err(_) => panic!("no line with {needle:?}; got {before:?}"),
-            }
-        }
-    }
-}
-
-impl Drop for Online {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -288,11 +216,11 @@ fn a_malicious_supernode_cannot_make_chat_appear_from_another_user() {
     for user in ["alice", "bob", "mallory"] {
         cluster.add_user(user);
     }
-    let bob = Online::start(&cluster, "bob", &sn(&cluster, 1));
+    let bob = Online::start(&cluster, "bob", &cluster.sn(1));
     let (bob_session, alice_session, mallory) = (
-        session(&cluster, "bob"),
-        session(&cluster, "alice"),
-        session(&cluster, "mallory"),
+        cluster.session("bob"),
+        cluster.session("alice"),
+        cluster.session("mallory"),
     );
     let lie = "alice here: please send the key to mallory";
     let now = now_unix_ms();
@@ -345,9 +273,15 @@ fn a_malicious_supernode_cannot_make_chat_appear_from_another_user() {
         "{answers:?}"
     );
     // Bob's client refuses both, saying so, and shows nothing as alice's.
-    let (first, before) = bob.expect("warning: dropped a message claiming to be from alice");
+    let (first, before) = bob.expect(
+        "warning: dropped a message claiming to be from alice",
+        LIMIT,
+    );
     assert!(first.contains("signed by \"mallory\""), "{first}");
-    let (second, between) = bob.expect("warning: dropped a message claiming to be from alice");
+    let (second, between) = bob.expect(
+        "warning: dropped a message claiming to be from alice",
+        LIMIT,
+    );
     assert!(second.contains("signature does not verify"), "{second}");
     for line in before.iter().chain(&between) {
         assert!(!line.contains("message from alice"), "{line}");
@@ -357,7 +291,7 @@ fn a_malicious_supernode_cannot_make_chat_appear_from_another_user() {
         "alice",
         &[
             "--bootstrap",
-            &sn(&cluster, 0),
+            &cluster.sn(0),
             "chat",
             "bob",
             "the real alice",
@@ -365,7 +299,7 @@ fn a_malicious_supernode_cannot_make_chat_appear_from_another_user() {
         LIMIT,
     ));
     assert!(out.contains("delivered to bob"), "{out}");
-    let (line, between) = bob.expect("message from alice: the real alice");
+    let (line, between) = bob.expect("message from alice: the real alice", LIMIT);
     assert!(
         line.ends_with("message from alice: the real alice"),
         "{line}"

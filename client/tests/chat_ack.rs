@@ -10,19 +10,10 @@ use std::time::Duration;
 
 use common::{Cluster, assert_ok};
 use natter_client::supernode::SupernodeSession;
-use natter_client::{Home, Session, now_unix_secs};
 use natter_net::TransportSettings;
 use natter_proto::messages::envelope::Body;
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn session(cluster: &Cluster, user: &str) -> Session {
-    let key = natter_client::tls::read_login_key(&cluster.login_key).unwrap();
-    Home::open_or_default(Some(cluster.home(user)))
-        .unwrap()
-        .load(&key, now_unix_secs())
-        .unwrap()
-}
 
 #[test]
 fn a_pushed_message_the_client_never_stored_comes_again_and_is_stored_once() {
@@ -40,7 +31,7 @@ fn a_pushed_message_the_client_never_stored_comes_again_and_is_stored_once() {
 
     // dave's client joins, is pushed the message, and dies before it
     // wrote its inbox: no acknowledgement.
-    let dave = session(&cluster, "dave");
+    let dave = cluster.session("dave");
     let login_key = natter_client::tls::read_login_key(&cluster.login_key).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

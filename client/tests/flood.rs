@@ -69,10 +69,6 @@ const REFUSED_WITHIN: Duration = Duration::from_millis(1000);
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-fn sn(cluster: &Cluster, i: usize) -> String {
-    cluster.supernodes[i].to_string()
-}
-
 fn count(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
@@ -652,12 +648,12 @@ fn honest_path(cluster: &Cluster) -> Times {
 
     let text = "meet me at the usual place at nine";
     let (out, t) = timed(
-        &["--bootstrap", &sn(cluster, 0), "chat", "bob", text],
+        &["--bootstrap", &cluster.sn(0), "chat", "bob", text],
         "alice",
     );
     assert!(out.contains("stored for bob"), "{out}");
     times.join_and_chat = t;
-    let (out, t) = timed(&["--bootstrap", &sn(cluster, 1), "inbox"], "bob");
+    let (out, t) = timed(&["--bootstrap", &cluster.sn(1), "inbox"], "bob");
     assert!(out.contains(&format!("alice: {text}")), "{out}");
     times.inbox = t;
 
@@ -684,12 +680,12 @@ fn cluster() -> Cluster {
     cluster.add_user("bob");
     // bob has been online once, so the directory knows him and chat to him
     // is stored while he is away.
-    assert_ok(&cluster.run("bob", &["--bootstrap", &sn(&cluster, 1), "inbox"], LIMIT));
+    assert_ok(&cluster.run("bob", &["--bootstrap", &cluster.sn(1), "inbox"], LIMIT));
     common::wait_for(
         || {
             let out = cluster.run(
                 "alice",
-                &["--bootstrap", &sn(&cluster, 0), "search", "bob"],
+                &["--bootstrap", &cluster.sn(0), "search", "bob"],
                 LIMIT,
             );
             out.status.success() && !common::stdout(&out).contains("not found")

@@ -4,89 +4,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::online::Online;
 use common::{Cluster, assert_ok};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// A long-running `natter online`, its stdout lines on a channel.
-struct Online {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: std::path::PathBuf,
-    /// The supernode it joined through ("online as NAME via ADDR").
-    via: String,
-}
-
-impl Online {
-    fn start(cluster: &Cluster, user: &str, bootstrap: &str) -> Self {
-        let stderr = cluster.dir.path().join(format!("{user}-online.err"));
-        let mut child = cluster
-            .natter(user, &["--bootstrap", bootstrap, "online"])
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = mpsc::sync_channel(256);
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut online = Self {
-            child,
-            lines,
-            stderr,
-            via: String::new(),
-        };
-        let (line, _) = online.expect("online as", LIMIT);
-        online.via = line.rsplit(' ').next().unwrap_or_default().to_owned();
-        online
-    }
-
-    /// Waits for a line containing `needle`; returns it and the time it took.
-    fn expect(&self, needle: &str, limit: Duration) -> (String, Duration) {
-        let start = Instant::now();
-        loop {
-            let left = limit.saturating_sub(start.elapsed());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return (line, start.elapsed()),
-                Ok(_) => {}
-                Err(_) => {
-                    let dir = self.stderr.parent().unwrap();
-                    let logs: String = (0..3)
-                        .map(|i| {
-                            let log = std::fs::read_to_string(dir.join(format!("sn{i}.log")));
-                            format!("\n== sn{i}.log\n{}", log.unwrap_or_default())
-                        })
-                        .collect();
-                    panic!(
-                        "no line with {needle:?} within {limit:?}; stderr: {}{logs}",
-                        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-                    )
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Online {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sn(cluster: &Cluster, i: usize) -> String {
-    cluster.supernodes[i].to_string()
-}
 
 #[test]
 fn users_on_different_supernodes_search_chat_and_see_presence() {
@@ -97,12 +20,12 @@ fn users_on_different_supernodes_search_chat_and_see_presence() {
     assert_ok(&cluster.run("bob", &["buddies", "add", "alice"], LIMIT));
 
     // bob joins through supernode 2 and watches alice.
-    let bob = Online::start(&cluster, "bob", &sn(&cluster, 2));
+    let bob = Online::start(&cluster, "bob", &cluster.sn(2));
 
     // alice, through supernode 0, finds bob across the overlay.
     let out = assert_ok(&cluster.run(
         "alice",
-        &["--bootstrap", &sn(&cluster, 0), "search", "bob"],
+        &["--bootstrap", &cluster.sn(0), "search", "bob"],
         LIMIT,
     ));
     assert!(out.contains("bob: online, reachable"), "{out}");
@@ -118,7 +41,7 @@ fn users_on_different_supernodes_search_chat_and_see_presence() {
     bob.expect("message from alice: hello bob", LIMIT);
 
     // Presence: alice comes online (bob is subscribed) and then vanishes.
-    let alice = Online::start(&cluster, "alice", &sn(&cluster, 1));
+    let alice = Online::start(&cluster, "alice", &cluster.sn(1));
     bob.expect("presence alice online", LIMIT);
     drop(alice); // SIGKILL: the supernode notices through the idle timeout
     bob.expect("presence alice offline", LIMIT);
@@ -131,19 +54,19 @@ fn chat_to_an_offline_user_is_delivered_when_they_join() {
         cluster.add_user(user);
     }
     // dave has been online once (so the directory knows him), then left.
-    let dave = Online::start(&cluster, "dave", &sn(&cluster, 1));
+    let dave = Online::start(&cluster, "dave", &cluster.sn(1));
     drop(dave);
     std::thread::sleep(Duration::from_secs(4));
     let out = assert_ok(&cluster.run(
         "alice",
-        &["--bootstrap", &sn(&cluster, 0), "search", "dave"],
+        &["--bootstrap", &cluster.sn(0), "search", "dave"],
         LIMIT,
     ));
     assert!(out.contains("dave: offline, not reachable"), "{out}");
     let out = assert_ok(&cluster.run("alice", &["chat", "dave", "see you tomorrow"], LIMIT));
     assert!(out.contains("stored for dave"), "{out}");
     // dave joins through another supernode and finds the message.
-    let out = assert_ok(&cluster.run("dave", &["--bootstrap", &sn(&cluster, 2), "inbox"], LIMIT));
+    let out = assert_ok(&cluster.run("dave", &["--bootstrap", &cluster.sn(2), "inbox"], LIMIT));
     assert!(out.contains("alice: see you tomorrow"), "{out}");
 }
 
@@ -153,7 +76,7 @@ fn a_client_survives_the_loss_of_its_supernode_within_five_seconds() {
     for user in ["alice", "bob"] {
         cluster.add_user(user);
     }
-    let bob = Online::start(&cluster, "bob", &sn(&cluster, 1));
+    let bob = Online::start(&cluster, "bob", &cluster.sn(1));
     let cache = std::fs::read_to_string(cluster.home("bob").join("hostcache.txt")).unwrap();
     assert!(
         cache.lines().filter(|l| !l.starts_with('#')).count() >= 3,
@@ -164,7 +87,7 @@ fn a_client_survives_the_loss_of_its_supernode_within_five_seconds() {
     let home = cluster
         .supernodes
         .iter()
-        .position(|a| a.to_string() == bob.via)
+        .position(|a| *a == bob.via)
         .unwrap();
     let other = (home + 1) % 3;
     cluster.kill_supernode(home);
@@ -182,7 +105,7 @@ fn a_client_survives_the_loss_of_its_supernode_within_five_seconds() {
     for _ in 0..20 {
         found = assert_ok(&cluster.run(
             "alice",
-            &["--bootstrap", &sn(&cluster, other), "search", "bob"],
+            &["--bootstrap", &cluster.sn(other), "search", "bob"],
             LIMIT,
         ));
         if found.contains("online") {
@@ -209,7 +132,7 @@ fn the_host_cache_is_persisted_reused_and_bootstrap_fills_an_empty_one() {
     // The bootstrap address fills it ...
     assert_ok(&cluster.run(
         "erin",
-        &["--bootstrap", &sn(&cluster, 0), "search", "erin"],
+        &["--bootstrap", &cluster.sn(0), "search", "erin"],
         LIMIT,
     ));
     let cache = std::fs::read_to_string(&cache_path).unwrap();
@@ -278,7 +201,7 @@ fn a_peers_control_characters_never_reach_the_terminal_and_the_home_is_private()
     let faked = "\r\x1b[2Kmallory: hi";
     // (A buddy list too, so that file is in the home when it is checked.)
     assert_ok(&cluster.run("bob", &["buddies", "add", "alice"], LIMIT));
-    let bob = Online::start(&cluster, "bob", &sn(&cluster, 0));
+    let bob = Online::start(&cluster, "bob", &cluster.sn(0));
     let out = assert_ok(&cluster.run("alice", &["chat", "bob", faked], LIMIT));
     assert!(out.contains("delivered to bob"), "{out}");
     let (line, _) = bob.expect("message from alice: ", LIMIT);

@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod call;
+pub mod online;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -218,6 +219,20 @@ impl Cluster {
             }
             None => Command::new(program),
         }
+    }
+
+    /// Supernode `i`'s address, as a `--bootstrap` argument.
+    pub fn sn(&self, i: usize) -> String {
+        self.supernodes[i].to_string()
+    }
+
+    /// `user`'s session as its home holds it (certificate, keys).
+    pub fn session(&self, user: &str) -> natter_client::Session {
+        let key = natter_client::tls::read_login_key(&self.login_key).unwrap();
+        natter_client::Home::open_or_default(Some(self.home(user)))
+            .unwrap()
+            .load(&key, natter_client::now_unix_secs())
+            .unwrap()
     }
 
     pub fn home(&self, user: &str) -> PathBuf {
