@@ -128,10 +128,11 @@ fn four_largest_messages_to_an_offline_user_survive_replica_moves_and_arrive_onc
     // that are no longer replicas hand the chat over and delete it only
     // once acknowledged.
     let interim = replica_indices("erin", &live, 3);
-    // (One at a time: with links only to configured peers, the simulated
-    // overlay reconnects three restarted nodes in an order in which a
-    // hand-over page reaches only some new replicas, see the report of
-    // issue 14 item 1.)
+    // (One at a time. Restarted all at once, the overlay reconnects them
+    // in an order in which a node that stays a replica copies a page to a
+    // new replica it has no link to yet and does not copy it again: the
+    // chat is not lost, a holder keeps it, but that replica holds less
+    // until the user's next gather. See docs/SECURITY.md.)
     for r in replicas.clone() {
         sim.restart(r);
         live.push(r);

@@ -141,8 +141,8 @@ pub(crate) struct Store {
 }
 
 /// A page of the chat stored here for `name`, sent to other replicas;
-/// when one acknowledges it and this node is no longer a replica of
-/// `name`, the page is deleted here.
+/// when every replica it was for acknowledged it and this node is no
+/// longer a replica of `name`, the page is deleted here.
 #[derive(Debug)]
 pub(crate) struct Handoff {
     pub name: String,
@@ -150,7 +150,12 @@ pub(crate) struct Handoff {
     /// Messages before this page (pages of a copy follow one another).
     pub skip: usize,
     pub waiting: HashSet<u64>,
-    pub acked: bool,
+    /// Replicas the page went to, and how many acknowledged it.
+    pub targets: usize,
+    pub acks: usize,
+    /// Whether the page went to every replica it was for (a replica not
+    /// linked yet gets nothing: then the page is not deleted here).
+    pub all_sent: bool,
 }
 
 /// Why a message could not be routed to a user.

@@ -200,7 +200,8 @@ impl Node {
 
     /// The live set changed from `old` to `live`: chat of names whose
     /// replicas changed is copied to the new replicas, or handed over (and
-    /// deleted here once acknowledged) when this node is no longer one.
+    /// deleted here once every new replica acknowledged it) when this node
+    /// is no longer one.
     pub(crate) fn chat_replicas_changed(&mut self, old: &[NodeId], live: &[NodeId]) {
         let me = self.config.node_id;
         let k = self.config.replicas;
@@ -253,6 +254,7 @@ impl Node {
         let job = self.fresh_id();
         let mut waiting = HashSet::new();
         let body = store_envelope(page).body;
+        let targets = to.len();
         for replica in to {
             if let Some(body) = body.clone()
                 && let Some(rid) = self.request(replica, body, job)
@@ -268,8 +270,10 @@ impl Node {
             name: name.to_owned(),
             ids,
             skip,
+            all_sent: waiting.len() == targets,
+            targets,
+            acks: 0,
             waiting,
-            acked: false,
         };
         self.jobs.insert(job, Job::Handoff(handoff));
     }
@@ -281,7 +285,7 @@ impl Node {
         };
         handoff.waiting.remove(&rid);
         if matches!(reply, Some(Body::Ack(_))) {
-            handoff.acked = true;
+            handoff.acks += 1;
         }
         if !handoff.waiting.is_empty() {
             return;
@@ -290,7 +294,7 @@ impl Node {
             return;
         };
         self.handoffs.remove(&handoff.name);
-        if !handoff.acked {
+        if handoff.acks == 0 {
             self.stats.handoffs_failed += 1;
             return;
         }
@@ -305,9 +309,16 @@ impl Node {
             let to: Vec<NodeId> = replicas.into_iter().filter(|r| *r != me).collect();
             let skip = handoff.skip + handoff.ids.len();
             self.hand_off(&handoff.name, to, skip);
-        } else {
+        } else if handoff.all_sent && handoff.acks == handoff.targets {
+            // Every replica it was for has the page: it leaves here.
             self.chats.remove_ids(&handoff.name, &handoff.ids);
             self.hand_off(&handoff.name, replicas, 0);
+        } else {
+            // Some replica does not have it yet (not linked, or no answer):
+            // kept here and handed over again with the next `handoffs_due`
+            // (replicas that have it already keep one copy: stores dedup by
+            // message id).
+            self.stats.handoffs_partial += 1;
         }
     }
 

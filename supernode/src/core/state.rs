@@ -161,6 +161,9 @@ pub struct CoreStats {
     pub mailbox_full: u64,
     /// Hand-over pages no replica acknowledged (kept, retried).
     pub handoffs_failed: u64,
+    /// Hand-over pages some but not all new replicas acknowledged (kept
+    /// here, handed over again).
+    pub handoffs_partial: u64,
     /// Chat refused because it was not sealed or not well formed
     /// (`natter_proto::chat::check_envelope`), from a client or a peer.
     pub chat_malformed: u64,
