@@ -274,21 +274,32 @@ impl Node {
         failed
     }
 
+    /// Whether this node dials the learned member `id` at `addr` now: it is
+    /// the lower id, has no link to it, is not dialing it already, and
+    /// this tick's dial budget has room (taken here; a member over budget
+    /// is counted in `dials_deferred` and stays a suspect).
+    fn may_dial_learned(&mut self, id: NodeId, addr: SocketAddr) -> bool {
+        if self.config.node_id >= id
+            || self.links.by_peer.contains_key(&id)
+            || self.links.dialing.contains(&addr)
+        {
+            return false;
+        }
+        if self.links.dial_budget == 0 {
+            self.stats.dials_deferred += 1;
+            return false;
+        }
+        self.links.dial_budget -= 1;
+        true
+    }
+
     /// Dials newly learned members this node is responsible for dialing
     /// (the lower node id dials), within this tick's dial budget; the
     /// others stay suspects, dialed on a later tick.
     fn dial_new(&mut self, fresh: Vec<(NodeId, SocketAddr)>) {
         let mut hello = None;
         for (id, addr) in fresh {
-            if self.config.node_id < id
-                && !self.links.by_peer.contains_key(&id)
-                && !self.links.dialing.contains(&addr)
-            {
-                if self.links.dial_budget == 0 {
-                    self.stats.dials_deferred += 1;
-                    continue;
-                }
-                self.links.dial_budget -= 1;
+            if self.may_dial_learned(id, addr) {
                 self.links.dialing.insert(addr);
                 let hello = hello.get_or_insert_with(|| self.own_gossip()).clone();
                 self.emit(Output::Dial { addr, hello });
@@ -425,15 +436,7 @@ impl Node {
         self.links.verify_budget = MAX_VERIFIES_PER_TICK;
         let mut to_dial = Vec::new();
         for (id, addr) in self.membership.suspects() {
-            if self.config.node_id < id
-                && !self.links.by_peer.contains_key(&id)
-                && !self.links.dialing.contains(&addr)
-            {
-                if self.links.dial_budget == 0 {
-                    self.stats.dials_deferred += 1;
-                    continue;
-                }
-                self.links.dial_budget -= 1;
+            if self.may_dial_learned(id, addr) {
                 to_dial.push(addr);
             }
         }
