@@ -82,14 +82,8 @@ async fn stored_chat_comes_again_until_acknowledged_and_not_after() {
         .await;
     leave(carol).await;
 
-    let mut carol = TestClient::join_acking(addr, "carol").await;
-    carol.ack(Body::InboxFetch(InboxFetch {})).await;
-    carol
-        .expect_no_push(Duration::from_millis(500), |b| {
-            matches!(b, Body::ChatMessage(_))
-        })
-        .await;
-    leave(carol).await;
+    let carol = TestClient::join_acking(addr, "carol").await;
+    no_chat_comes(carol).await;
     for sn in sns {
         sn.shutdown().await;
     }
@@ -109,14 +103,8 @@ async fn an_older_client_gets_stored_chat_once_as_before() {
     carol.ack(Body::InboxFetch(InboxFetch {})).await;
     leave(carol).await;
 
-    let mut carol = TestClient::join(addr, "carol").await;
-    carol.ack(Body::InboxFetch(InboxFetch {})).await;
-    carol
-        .expect_no_push(Duration::from_millis(500), |b| {
-            matches!(b, Body::ChatMessage(_))
-        })
-        .await;
-    leave(carol).await;
+    let carol = TestClient::join(addr, "carol").await;
+    no_chat_comes(carol).await;
     for sn in sns {
         sn.shutdown().await;
     }
@@ -161,4 +149,15 @@ async fn live_chat_not_acknowledged_is_stored_for_the_next_join() {
     for sn in sns {
         sn.shutdown().await;
     }
+}
+
+/// Asks for the inbox and asserts that no chat is pushed, then leaves.
+async fn no_chat_comes(mut client: TestClient) {
+    client.ack(Body::InboxFetch(InboxFetch {})).await;
+    client
+        .expect_no_push(Duration::from_millis(500), |b| {
+            matches!(b, Body::ChatMessage(_))
+        })
+        .await;
+    leave(client).await;
 }
