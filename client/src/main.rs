@@ -20,6 +20,13 @@ use natter_client::{ClientError, Home, LoginClient, inbox, now_unix_secs, tls};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// A TOML file of settings, by their option names (`login = "..."`,
+    /// `bootstrap = ["..."]`); flags and environment variables override it.
+    #[arg(long, env = "NATTER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the settings in effect (and where each came from) and exit.
+    #[arg(long)]
+    print_config: bool,
     /// Directory for this user's key pair, certificate and buddy list.
     #[arg(long, env = "NATTER_HOME")]
     home: Option<PathBuf>,
@@ -149,7 +156,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let cli: Cli = natter_config::parse(&[]);
     if let Err(e) = run(cli).await {
         let line = e.to_string().replace('\n', " ");
         eprintln!("natter: {line}");

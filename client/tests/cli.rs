@@ -342,3 +342,75 @@ async fn buddies_push_pull_across_machines() {
         "pulled 3 buddies (version 2)",
     );
 }
+
+/// `natter --config FILE` (or `NATTER_CONFIG`): the file's settings reach the
+/// commands (a login through the login server named only in the file), flags
+/// win over it, `--print-config` shows the sources, a misspelt setting is
+/// refused by name (exit status 2).
+#[tokio::test]
+async fn the_config_file_sets_the_client_options() {
+    let env = env_with(|_| {}).await;
+    let config = env.tmp.path().join("natter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "home = \"{}\"\nlogin = \"{}\"\nlogin-key = \"{}\"\npassword-file = \"{}\"\n\
+             bootstrap = [\"127.0.0.1:9\"]\n",
+            env.home("c").display(),
+            env.server.local_addr(),
+            env.server.public_key_path().display(),
+            env.password_file("password123").display(),
+        ),
+    )
+    .unwrap();
+    let natter = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_natter"));
+        cmd.env("NATTER_CONFIG", &config).args(args);
+        cmd
+    };
+    assert_ok(
+        &run(&mut natter(&["register", "carol"])).await,
+        "registered carol",
+    );
+    assert_ok(
+        &run(&mut natter(&["login", "carol"])).await,
+        "logged in as carol",
+    );
+    assert!(env.home("c").exists(), "the file's home was not used");
+
+    let out = run(&mut natter(&[
+        "--bootstrap",
+        "127.0.0.1:8",
+        "--print-config",
+        "status",
+    ]))
+    .await;
+    assert_ok(&out, "bootstrap = [\"127.0.0.1:8\"]  # flag");
+    assert!(out.stdout.contains("login = \""), "{}", out.stdout);
+    assert!(out.stdout.contains("# config file"), "{}", out.stdout);
+
+    std::fs::write(&config, "logn = \"127.0.0.1:1\"\n").unwrap();
+    let out = run(&mut natter(&["status"])).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("unknown setting `logn`"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// deploy/natter.toml is a valid config file for the client.
+#[tokio::test]
+async fn the_example_config_file_in_deploy_is_valid() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/natter.toml");
+    let out = run(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_natter")).args([
+            "--config",
+            file,
+            "--print-config",
+            "status",
+        ]),
+    )
+    .await;
+    assert_ok(&out, "bootstrap = [\"192.0.2.10:4433\"]  # config file");
+}

@@ -13,6 +13,13 @@ use natter_login::{Config, LoginServer, admin};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// A TOML file of settings, by their option names (`listen = "..."`,
+    /// `data-dir = "..."`); flags and environment variables override it.
+    #[arg(long, global = true, env = "NATTER_LOGIN_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the settings in effect (and where each came from) and exit.
+    #[arg(long, global = true)]
+    print_config: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -148,7 +155,7 @@ impl ServeArgs {
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let cli: Cli = natter_config::parse(&[]);
     if let Err(e) = run(cli).await {
         eprintln!("natter-login: {e:#}");
         std::process::exit(1);

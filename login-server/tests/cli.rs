@@ -147,3 +147,92 @@ fn serve_creates_files_and_logs_fingerprint_then_admin_commands_work() {
             .contains("no database")
     );
 }
+
+/// `--config FILE` (or `NATTER_LOGIN_CONFIG`) sets `serve`'s options and the
+/// admin commands' `--data-dir`; flags win over it; `--print-config` shows
+/// where each setting came from; a misspelt setting is refused by name.
+#[test]
+fn serve_and_admin_commands_read_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("login.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata-dir = \"{}\"\nargon2_m_kib = 64\nargon2-t = 1\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let config_s = config.to_str().unwrap();
+
+    let out = natter_login(&[
+        "serve",
+        "--config",
+        config_s,
+        "--argon2-t",
+        "2",
+        "--print-config",
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("argon2-m-kib = 64  # config file"), "{text}");
+    assert!(text.contains("argon2-t = 2  # flag"), "{text}");
+    assert!(text.contains("max-connections = 4096  # default"), "{text}");
+    assert!(!data.exists(), "--print-config started the server");
+
+    let child = Command::new(env!("CARGO_BIN_EXE_natter-login"))
+        .arg("serve")
+        .env("NATTER_LOGIN_CONFIG", &config)
+        .env_remove("NATTER_LOGIN_DATA_DIR")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let stderr = child.0.stderr.take().unwrap();
+    let line = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("natter-login serving"))
+        .expect("the server did not start");
+    assert!(line.contains("listen=127.0.0.1:"), "{line}");
+    assert!(
+        data.join("login-key.pem").exists(),
+        "the file's data-dir was not used"
+    );
+    drop(child);
+
+    let out = natter_login(&["users", "list", "--config", config_s]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    std::fs::write(&config, "data-dri = \"/tmp\"\n").unwrap();
+    let out = natter_login(&["users", "list", "--config", config_s]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("unknown setting `data-dri`"), "{stderr}");
+    assert!(stderr.contains(config_s), "{stderr}");
+}
+
+/// deploy/natter-login.toml is a valid config file for `serve`.
+#[test]
+fn the_example_config_file_in_deploy_is_valid() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/natter-login.toml");
+    let out = natter_login(&["--config", file, "serve", "--print-config"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("tcp-listen = \"0.0.0.0:443\"  # config file"),
+        "{text}"
+    );
+}

@@ -3,16 +3,22 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
 use natter_supernode::{Config, Supernode};
 use rsa::RsaPublicKey;
 use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
 
 /// natter-supernode: a Natter supernode (overlay, directory, presence,
 /// call signaling and chat routing).
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(version, about)]
 struct Cli {
+    /// A TOML file of settings, by their option names (`listen = "..."`,
+    /// `peer = ["...", "..."]`); flags and environment variables override it.
+    #[arg(long, env = "NATTER_SUPERNODE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the settings in effect (and where each came from) and exit.
+    #[arg(long)]
+    print_config: bool,
     /// UDP address to listen on (QUIC).
     #[arg(long)]
     listen: SocketAddr,
@@ -79,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    let cli: Cli = natter_config::parse(&["enrol"]);
     let pem = std::fs::read_to_string(&cli.login_key)
         .with_context(|| format!("reading {}", cli.login_key.display()))?;
     let login_key = RsaPublicKey::from_public_key_pem(&pem).with_context(|| {
