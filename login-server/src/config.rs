@@ -101,6 +101,9 @@ pub struct Config {
     /// clients whose UDP is blocked), if any. It serves the same protocol
     /// with the same certificate and limits as the QUIC listener.
     pub tcp_listen: Option<SocketAddr>,
+    /// TCP address of the Prometheus endpoint (`GET /metrics`,
+    /// [`natter_net::metrics`]). `None`: off.
+    pub metrics: Option<SocketAddr>,
     /// Directory holding the signing key, TLS identity and database.
     pub data_dir: PathBuf,
     /// Cost of new password hashes.
@@ -157,6 +160,7 @@ impl Config {
         Self {
             listen,
             tcp_listen: None,
+            metrics: None,
             data_dir: data_dir.into(),
             argon2: Argon2Config::default(),
             cert_validity: Duration::from_secs(24 * 60 * 60),

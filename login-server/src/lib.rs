@@ -28,6 +28,7 @@ pub mod admin;
 pub mod config;
 pub mod datadir;
 pub mod hashing;
+mod metrics;
 pub mod names;
 pub mod quic;
 pub mod server;

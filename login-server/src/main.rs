@@ -81,6 +81,11 @@ struct ServeArgs {
     /// certificate, protocol and limits as QUIC; port 0 picks a free port.
     #[arg(long, value_name = "ADDR")]
     tcp_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this TCP address;
+    /// `--metrics` alone: 127.0.0.1:9465. Off unless given. Anyone who can
+    /// reach it sees the counters: keep it on loopback or a private network.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9465")]
+    metrics: Option<SocketAddr>,
     /// Directory for the signing key, TLS identity and database.
     #[arg(long, env = "NATTER_LOGIN_DATA_DIR")]
     data_dir: PathBuf,
@@ -139,6 +144,7 @@ impl ServeArgs {
     fn into_config(self) -> Config {
         let mut config = Config::new(self.listen, self.data_dir);
         config.tcp_listen = self.tcp_listen;
+        config.metrics = self.metrics;
         config.argon2.m_kib = self.argon2_m_kib;
         config.argon2.t = self.argon2_t;
         config.argon2.p = self.argon2_p;

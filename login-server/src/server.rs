@@ -48,6 +48,12 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Hash(#[from] crate::hashing::HashError),
+    #[error("cannot listen on tcp {addr} (the Prometheus endpoint, --metrics): {source}")]
+    MetricsBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running login server.
@@ -63,6 +69,8 @@ pub struct LoginServer {
     shutdown: watch::Sender<bool>,
     public_key: RsaPublicKey,
     public_key_path: PathBuf,
+    /// The Prometheus endpoint's bound address and task, when configured.
+    metrics: Option<(SocketAddr, JoinHandle<()>)>,
 }
 
 /// QUIC transport settings: the server's idle timeout and stream budget,
@@ -111,6 +119,15 @@ impl LoginServer {
                 Some((listener, bound))
             }
         };
+        let metrics_listener = match config.metrics {
+            None => None,
+            Some(addr) => {
+                let io = |source| ServeError::MetricsBind { addr, source };
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(io)?;
+                let bound = listener.local_addr().map_err(io)?;
+                Some((listener, bound))
+            }
+        };
         let tcp_addr = tcp_listener.as_ref().map(|(_, addr)| *addr);
         tracing::info!(
             listen = %local_addr,
@@ -133,6 +150,19 @@ impl LoginServer {
             (Arc::clone(&slots), Arc::clone(&per_ip)),
             shutdown_rx.clone(),
         ));
+        let metrics = metrics_listener.map(|(listener, bound)| {
+            let (service, slots) = (Arc::clone(&service), Arc::clone(&slots));
+            let max = limits.max_connections.max(1);
+            let task = tokio::spawn(natter_net::metrics::serve(listener, move || {
+                crate::metrics::render(&crate::metrics::Figures {
+                    connections: max.saturating_sub(slots.available_permits()) as u64,
+                    max_connections: max as u64,
+                    outcomes: service.outcomes(),
+                })
+            }));
+            tracing::info!(%bound, "Prometheus metrics on http://{bound}/metrics");
+            (bound, task)
+        });
         let tcp = tcp_listener.map(|(listener, addr)| {
             let task = tokio::spawn(crate::tcp::accept_loop(
                 listener,
@@ -152,7 +182,13 @@ impl LoginServer {
             shutdown,
             public_key,
             public_key_path: data.file(PUBLIC_KEY_FILE),
+            metrics,
         })
+    }
+
+    /// The bound address of the Prometheus endpoint, if it runs.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(addr, _)| *addr)
     }
 
     /// The address it listens on (UDP, QUIC).
@@ -191,6 +227,9 @@ impl LoginServer {
         self.endpoint
             .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"server shutting down");
         self.shutdown.send_replace(true);
+        if let Some((_, metrics)) = &self.metrics {
+            metrics.abort();
+        }
         let _ = self.accept.await;
         if let Some((_, tcp)) = self.tcp {
             let _ = tcp.await;

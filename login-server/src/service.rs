@@ -107,6 +107,9 @@ pub struct LoginService {
     issuer: Arc<Issuer>,
     throttle: Throttle,
     settings: Settings,
+    /// Requests answered, by request type and outcome (`ok` or the error
+    /// code's name): both from fixed sets, so the map stays small.
+    outcomes: std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 fn now_ms() -> i64 {
@@ -140,6 +143,7 @@ impl LoginService {
             hasher: PasswordHasher::new(config.argon2, pool, lane)?,
             issuer: Arc::new(issuer),
             throttle: Throttle::new(config.throttle),
+            outcomes: std::sync::Mutex::default(),
             settings: Settings {
                 cert_validity: config.cert_validity,
                 cert_backdate: config.cert_backdate,
@@ -151,6 +155,17 @@ impl LoginService {
                 max_pending_supernodes: config.max_pending_supernodes,
             },
         })
+    }
+
+    /// Requests answered since start, by request type and outcome (`ok`,
+    /// or the error code's name such as `WRONG_PASSWORD`).
+    pub fn outcomes(&self) -> Vec<((&'static str, &'static str), u64)> {
+        self.outcomes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
     }
 
     /// The storage layer.
@@ -187,6 +202,18 @@ impl LoginService {
             )),
             None => Err(error(ErrorCode::Malformed, "envelope has no body")),
         };
+        let outcome = match &reply {
+            Ok(_) => "ok",
+            Err(e) => ErrorCode::try_from(e.code).map_or("unknown", |c| {
+                c.as_str_name().trim_start_matches("ERROR_CODE_")
+            }),
+        };
+        *self
+            .outcomes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((kind, outcome))
+            .or_default() += 1;
         let body = reply.unwrap_or_else(|e| {
             tracing::debug!(%peer, request = kind, code = e.code, detail = %e.detail, "request refused");
             Body::Error(e)

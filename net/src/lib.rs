@@ -12,6 +12,7 @@
 //! | [`control`] | a control connection over either transport (QUIC stream or TLS records) |
 //! | [`dial`] | one happy-eyeballs dial racing QUIC and TLS over TCP, with one error naming both attempts |
 //! | [`mux`] | requests and replies matched by `request_id` over a control connection; pushes to a bounded queue |
+//! | [`metrics`] | the one Prometheus endpoint (`GET /metrics`, text format), small and capped |
 //! | [`per_ip`] | a cap on the connections one IP address holds at once on a listener |
 //!
 //! ## Security model
@@ -35,6 +36,7 @@ pub mod dial;
 pub mod endpoint;
 pub mod exporter;
 pub mod framed;
+pub mod metrics;
 pub mod mux;
 pub mod per_ip;
 pub mod tcp;

@@ -100,6 +100,9 @@ pub struct Config {
     /// the QUIC address: with the IP of `advertise` when that is set or when
     /// it is bound to a wildcard address, with its bound port.
     pub tcp_listen: Option<SocketAddr>,
+    /// TCP address of the Prometheus endpoint (`GET /metrics`,
+    /// [`natter_net::metrics`]). `None`: off.
+    pub metrics: Option<SocketAddr>,
     /// Bounded queue of datagrams waiting to be written to one TCP relay
     /// leg; a datagram forwarded to a full queue is dropped.
     pub tcp_leg_queue: usize,
@@ -142,6 +145,7 @@ impl Config {
             udp: None,
             relay: RelayLimits::default(),
             tcp_listen: None,
+            metrics: None,
             tcp_leg_queue: 64,
             chat_limits: crate::store::ChatLimits::default(),
             chat_ack_timeout: Duration::from_secs(10),

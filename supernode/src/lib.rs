@@ -27,6 +27,7 @@ pub mod store;
 pub mod stun_limit;
 
 mod legs;
+mod metrics;
 mod node_task;
 mod quic;
 mod server;

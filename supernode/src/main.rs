@@ -73,6 +73,11 @@ struct Cli {
     /// becomes the --listen IP). Off unless given.
     #[arg(long, value_name = "ADDR")]
     tcp_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this TCP address;
+    /// `--metrics` alone: 127.0.0.1:9464. Off unless given. Anyone who can
+    /// reach it sees the counters: keep it on loopback or a private network.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+    metrics: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -130,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
     config.relay.lifetime = Duration::from_secs(cli.relay_lifetime);
     config.relay.max_allocations = cli.max_relays;
     config.tcp_listen = cli.tcp_listen;
+    config.metrics = cli.metrics;
     let handle = Supernode::spawn(config).context("starting the supernode")?;
     println!(
         "natter-supernode listening on {} node id {}",
@@ -138,6 +144,9 @@ async fn main() -> anyhow::Result<()> {
     );
     if let Some(tcp) = handle.tcp_local_addr() {
         println!("natter-supernode listening on tcp {tcp} (TLS over TCP)");
+    }
+    if let Some(metrics) = handle.metrics_addr() {
+        println!("natter-supernode metrics on http://{metrics}/metrics");
     }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

@@ -53,6 +53,12 @@ pub enum SpawnError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot listen on TCP {addr} (the Prometheus endpoint, --metrics): {source}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Binds the TCP listener synchronously (reusing the address, as a server
@@ -101,6 +107,7 @@ pub struct Handle {
     local_addr: SocketAddr,
     tcp_addr: Option<SocketAddr>,
     tcp_local_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -217,6 +224,19 @@ impl Supernode {
             alternate = %udp.alternate_addr,
             "UDP service: STUN reflector and relay"
         );
+        // Bound before any task starts: a port in use fails the start.
+        let metrics = match shell.config.metrics {
+            Some(addr) => {
+                let io = |source| SpawnError::Metrics { addr, source };
+                let listener = std::net::TcpListener::bind(addr).map_err(io)?;
+                listener.set_nonblocking(true).map_err(io)?;
+                let listener = tokio::net::TcpListener::from_std(listener).map_err(io)?;
+                let bound = listener.local_addr().map_err(io)?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
+        let metrics_addr = metrics.as_ref().map(|(_, bound)| *bound);
         let mut tasks = vec![
             tokio::spawn(crate::node_task::run(
                 Arc::clone(&shell),
@@ -239,6 +259,14 @@ impl Supernode {
                 listener,
                 snapshot.clone(),
             )));
+        }
+        if let Some((listener, bound)) = metrics {
+            let (shell, snapshot) = (Arc::clone(&shell), snapshot.clone());
+            tasks.push(tokio::spawn(natter_net::metrics::serve(
+                listener,
+                move || crate::metrics::render(&crate::metrics::figures(&shell, &snapshot)),
+            )));
+            tracing::info!(%bound, "Prometheus metrics on http://{bound}/metrics");
         }
         if let Certification::Local { issuer, validity } = &shell.config.certification {
             tasks.push(tokio::spawn(local_renew_loop(
@@ -265,6 +293,7 @@ impl Supernode {
             local_addr,
             tcp_addr,
             tcp_local_addr,
+            metrics_addr,
             tasks,
         })
     }
@@ -341,6 +370,11 @@ impl Handle {
     /// The bound address of the TLS-over-TCP listener, if it runs.
     pub fn tcp_local_addr(&self) -> Option<SocketAddr> {
         self.tcp_local_addr
+    }
+
+    /// The bound address of the Prometheus endpoint, if it runs.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The TLS-over-TCP listener's counters (all zero without one).
