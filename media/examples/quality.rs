@@ -99,8 +99,23 @@ fn frames(input: &[i16], tail: usize) -> Vec<Vec<i16>> {
     out
 }
 
+/// Natter's settings, or what `QUALITY_EXPECTED_LOSS` (the encoder's
+/// expected loss, percent) and `QUALITY_DECODER_COMPLEXITY` set instead (to
+/// compare settings).
+fn natter_config() -> MediaConfig {
+    let mut config = MediaConfig::default();
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+    if let Some(loss) = var("QUALITY_EXPECTED_LOSS") {
+        config.codec.expected_loss_percent = loss;
+    }
+    if let Some(complexity) = var("QUALITY_DECODER_COMPLEXITY") {
+        config.codec.decoder_complexity = u8::try_from(complexity).expect("0..=10");
+    }
+    config
+}
+
 fn natter(input: &[i16], losses: &[bool]) -> Run {
-    let config = MediaConfig::default();
+    let config = natter_config();
     let mut link = Loopback::new(config, config, false).unwrap();
     let mut out = vec![0i16; FRAME_SAMPLES];
     let (mut audio, mut bytes, mut sent, mut max, mut lost) = (Vec::new(), 0, 0, 0, 0);

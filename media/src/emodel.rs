@@ -24,8 +24,10 @@
 //! (ITU-T P.862.2) of speech through Natter's pipeline at 0, 2, 5 and 10 %
 //! random loss; each score is turned into R with the inverse of the MOS
 //! curve above; `Ie = 93.2 - R(0 %)` and `Bpl` is the least-squares fit of
-//! `Ie,eff` to the lossy cases. They describe *this* codec setting as PESQ-WB
-//! hears it, nothing more: an estimate, not a measurement of the call.
+//! the model's MOS to the lossy cases (`scripts/quality` prints both; on
+//! 2026-12-02: Ie 20.7, Bpl 12.5). They describe *this* codec setting as
+//! PESQ-WB hears it, on the narrowband rating scale, nothing more: an
+//! estimate, not a measurement of the call.
 
 /// The equipment impairment and loss robustness of a codec setting.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,7 +40,7 @@ pub struct CodecImpairment {
 
 /// Natter's Opus at 18 kb/s (see the module documentation for how these
 /// were derived; docs/results/voice-quality.md has the measurements).
-pub const OPUS_18K_WB: CodecImpairment = CodecImpairment { ie: 24.0, bpl: 16.0 };
+pub const OPUS_18K_WB: CodecImpairment = CodecImpairment { ie: 20.7, bpl: 12.5 };
 
 /// What a call measured, for the E-model.
 #[derive(Debug, Clone, Copy, PartialEq)]

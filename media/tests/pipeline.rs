@@ -2,6 +2,7 @@
 //! audio quality, loss recovery, packet size and rate, and bad datagrams.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use natter_media::emodel;
 use natter_media::loopback::Loopback;
 use natter_media::session::{MediaConfig, MediaStats};
 use natter_media::{FRAME_SAMPLES, score};
@@ -104,6 +105,22 @@ fn clean_channel_audio_matches_and_packets_are_66_bytes() {
         r.max_datagram
     );
     assert_eq!(r.receiver_media.jitter.concealed, 0);
+    // The E-model's estimate: no loss, delay = frame + look-ahead + RTT/2 +
+    // jitter buffer; the MOS is Opus's own impairment at that delay.
+    let q = r.receiver_media.quality(Some(40));
+    assert_eq!((q.loss_percent, q.burst_ratio), (0.0, 1.0));
+    let delay = 20.0 + 6.5 + 20.0 + f64::from(r.receiver_media.jitter_buffer_delay_ms);
+    assert_eq!(q.delay_ms, delay);
+    let expected = emodel::estimate(
+        emodel::OPUS_18K_WB,
+        emodel::Conditions {
+            delay_ms: delay,
+            loss_percent: 0.0,
+            burst_ratio: 1.0,
+        },
+    );
+    assert_eq!(q.mos, expected);
+    assert!((3.5..4.0).contains(&q.mos), "{q:?}");
     assert_eq!(
         r.receiver.received_media_packets,
         r.sender.sent_media_packets
@@ -123,6 +140,42 @@ fn five_percent_loss_is_recovered_by_fec_and_concealment() {
     assert!(r.receiver_media.lost > 0);
     assert!(s.envelope > 0.8, "{s:?}");
     assert!(s.waveform > 0.4, "{s:?}");
+    // The report's loss is what the listener missed, about the 5 % dropped,
+    // and the estimate falls below a clean call's.
+    let q = r.receiver_media.quality(Some(40));
+    assert!((2.5..8.0).contains(&q.loss_percent), "{q:?}");
+    let clean = run(&input, 0.0, false, |_, _| {}).receiver_media.quality(Some(40));
+    assert!(q.mos < clean.mos - 0.3, "{q:?} vs {clean:?}");
+}
+
+/// Losses in bursts raise the G.107 burst ratio above 1 and cost more MOS
+/// than the same number of single losses.
+#[test]
+fn bursty_loss_is_seen_as_bursty() {
+    let input = speech_like(1);
+    // 4 frames of every 80 lost (an empty datagram is dropped as
+    // malformed): one every 20 frames, or 4 in a row.
+    let frames_lost = |burst: usize| {
+        move |tick: usize, d: &mut Vec<u8>| {
+            if (40..40 + burst).contains(&(tick % 80)) {
+                d.clear();
+            }
+        }
+    };
+    let single = run(&input, 0.0, false, |tick, d| {
+        if tick % 20 == 7 {
+            d.clear();
+        }
+    });
+    let burst = run(&input, 0.0, false, frames_lost(4));
+    let (qs, qb) = (
+        single.receiver_media.quality(None),
+        burst.receiver_media.quality(None),
+    );
+    assert!((qs.loss_percent - qb.loss_percent).abs() < 1.0, "{qs:?} {qb:?}");
+    assert!(qs.burst_ratio < 1.1, "{qs:?}");
+    assert!(qb.burst_ratio > 3.0, "{qb:?}");
+    assert!(qb.mos < qs.mos, "{qs:?} {qb:?}");
 }
 
 #[test]
