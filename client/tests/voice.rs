@@ -37,7 +37,11 @@ fn a_call_carries_speech_end_to_end() {
     // impairment and a short delay, no loss worth counting.
     let mos = field(&c.callee_json, "mos_estimate");
     assert!((3.0..=4.5).contains(&mos), "{}", c.callee_json);
-    assert!(field(&c.callee_json, "mouth_to_ear_ms") >= 26.5, "{}", c.callee_json);
+    assert!(
+        field(&c.callee_json, "mouth_to_ear_ms") >= 26.5,
+        "{}",
+        c.callee_json
+    );
     assert_eq!(field(&c.callee_json, "dropped_auth"), 0.0);
     let report = String::from_utf8_lossy(&c.caller.stdout);
     assert!(report.contains("call with bob"), "{report}");

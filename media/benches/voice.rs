@@ -46,10 +46,14 @@ fn bench(c: &mut Criterion) {
     // Send path: encode and seal one frame (the callee never hears it).
     let mut link = Loopback::new(MediaConfig::default(), MediaConfig::default(), false).unwrap();
     let mut size = 0;
-    link.tick(&frames[0], |d| {
-        size = d.len();
-        false
-    }, &mut sink)
+    link.tick(
+        &frames[0],
+        |d| {
+            size = d.len();
+            false
+        },
+        &mut sink,
+    )
     .unwrap();
     println!("voice datagram UDP payload: {size} bytes");
     let mut i = 0;
@@ -68,10 +72,14 @@ fn bench(c: &mut Criterion) {
     let mut link = Loopback::new(MediaConfig::default(), MediaConfig::default(), false).unwrap();
     let mut stream: Vec<Vec<u8>> = Vec::with_capacity(20_000);
     for n in 0..20_000 {
-        link.tick(&frames[n % frames.len()], |d| {
-            stream.push(d.clone());
-            false
-        }, &mut sink)
+        link.tick(
+            &frames[n % frames.len()],
+            |d| {
+                stream.push(d.clone());
+                false
+            },
+            &mut sink,
+        )
         .unwrap();
     }
     for (name, complexity, lose_every) in [
@@ -80,9 +88,8 @@ fn bench(c: &mut Criterion) {
         ("receive_path_20pct_loss_neural", 10, 5),
         ("receive_path_20pct_loss_plain", 0, 5),
     ] {
-        let new_receiver = || {
-            Loopback::new(MediaConfig::default(), with_complexity(complexity), false).unwrap()
-        };
+        let new_receiver =
+            || Loopback::new(MediaConfig::default(), with_complexity(complexity), false).unwrap();
         let mut receiver = new_receiver();
         let mut out = vec![0i16; FRAME_SAMPLES];
         let mut n = 0usize;

@@ -25,9 +25,7 @@
 
 use std::path::{Path, PathBuf};
 
-use natter_media::codec::{
-    CodecConfig, Decoder, Encoder, FRAME_SAMPLES, MAX_PACKET, packet_mode,
-};
+use natter_media::codec::{CodecConfig, Decoder, Encoder, FRAME_SAMPLES, MAX_PACKET, packet_mode};
 use natter_media::loopback::Loopback;
 use natter_media::session::MediaConfig;
 use natter_media::wav::{read_mono_48k, write_mono_48k};
@@ -41,7 +39,10 @@ enum Trace {
     Random(f64),
     /// Gilbert-Elliott: p (good -> bad), r (bad -> good); every frame lost
     /// in the bad state.
-    Bursty { p: f64, r: f64 },
+    Bursty {
+        p: f64,
+        r: f64,
+    },
 }
 
 impl Trace {
@@ -70,7 +71,11 @@ impl Trace {
             .map(|_| match self {
                 Trace::Random(l) => rng.gen_bool(l),
                 Trace::Bursty { p, r } => {
-                    bad = if bad { !rng.gen_bool(r) } else { rng.gen_bool(p) };
+                    bad = if bad {
+                        !rng.gen_bool(r)
+                    } else {
+                        rng.gen_bool(p)
+                    };
                     bad
                 }
             })
@@ -175,7 +180,11 @@ fn reference(input: &[i16], losses: &[bool], loss_percent: f64) -> Run {
         audio,
         lost,
         mean_datagram: total as f64 / packets.len() as f64,
-        max_datagram: packets.iter().map(|p| p.len() + OVERHEAD).max().unwrap_or(0),
+        max_datagram: packets
+            .iter()
+            .map(|p| p.len() + OVERHEAD)
+            .max()
+            .unwrap_or(0),
     }
 }
 
@@ -200,7 +209,10 @@ fn main() {
     println!("speech\tcase\tpath\tfile\tframes\tlost\tmean_datagram\tmax_datagram");
     for input in inputs {
         let path = Path::new(input);
-        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("speech");
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("speech");
         let pcm = read_mono_48k(path).expect("readable WAV");
         let n = pcm.len().div_ceil(FRAME_SAMPLES) + 10;
         for trace in traces {

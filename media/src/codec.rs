@@ -133,9 +133,12 @@ impl Encoder {
             .ok_or_else(|| {
                 CodecError::Setting(format!("expected loss {}%", config.expected_loss_percent))
             })?;
-        let mut inner = opusic_c::Encoder::new(Channels::Mono, SampleRate::Hz48000, Application::Voip)
+        let mut inner =
+            opusic_c::Encoder::new(Channels::Mono, SampleRate::Hz48000, Application::Voip)
+                .map_err(opus_err)?;
+        inner
+            .set_bitrate(Bitrate::Value(bitrate))
             .map_err(opus_err)?;
-        inner.set_bitrate(Bitrate::Value(bitrate)).map_err(opus_err)?;
         inner.set_vbr(false).map_err(opus_err)?;
         inner
             .set_inband_fec(if config.fec {
@@ -168,9 +171,7 @@ impl Encoder {
             // The same 16 bits: libopus reads them as opus_int16.
             *dst = *src as u16;
         }
-        self.inner
-            .encode_to_slice(&self.pcm, out)
-            .map_err(opus_err)
+        self.inner.encode_to_slice(&self.pcm, out).map_err(opus_err)
     }
 }
 
@@ -284,7 +285,10 @@ mod tests {
 
     #[test]
     fn the_decoder_runs_at_the_configured_complexity() {
-        assert_eq!(Decoder::new(DECODER_COMPLEXITY).unwrap().complexity(), Ok(10));
+        assert_eq!(
+            Decoder::new(DECODER_COMPLEXITY).unwrap().complexity(),
+            Ok(10)
+        );
         assert_eq!(Decoder::new(0).unwrap().complexity(), Ok(0));
         assert!(matches!(Decoder::new(11), Err(CodecError::Setting(_))));
     }

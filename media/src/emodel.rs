@@ -40,7 +40,10 @@ pub struct CodecImpairment {
 
 /// Natter's Opus at 18 kb/s (see the module documentation for how these
 /// were derived; docs/results/voice-quality.md has the measurements).
-pub const OPUS_18K_WB: CodecImpairment = CodecImpairment { ie: 20.7, bpl: 12.5 };
+pub const OPUS_18K_WB: CodecImpairment = CodecImpairment {
+    ie: 20.7,
+    bpl: 12.5,
+};
 
 /// What a call measured, for the E-model.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -68,8 +71,8 @@ const MT: f64 = 100.0;
 fn idte(t: f64) -> f64 {
     // Roe = -1.5 (No - RLR) with No = -61.18 dBm0 and RLR = 2 dB.
     let roe = -1.5 * (-61.18 - 2.0);
-    let terv = TELR - 40.0 * ((1.0 + t / 10.0) / (1.0 + t / 150.0)).log10()
-        + 6.0 * (-0.3 * t * t).exp();
+    let terv =
+        TELR - 40.0 * ((1.0 + t / 10.0) / (1.0 + t / 150.0)).log10() + 6.0 * (-0.3 * t * t).exp();
     let re = 80.0 + 2.5 * (terv - 14.0);
     let d = roe - re;
     (d / 2.0 + (d * d / 4.0 + 100.0).sqrt() - 1.0) * (1.0 - (-t).exp())

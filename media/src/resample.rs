@@ -85,7 +85,11 @@ impl Resampler {
                 .map(Box::new)
         };
         let (block_in, block_out, skip) = fft.as_ref().map_or((0, 0, 0), |f| {
-            (f.input_frames_next(), f.output_frames_next(), f.output_delay())
+            (
+                f.input_frames_next(),
+                f.output_frames_next(),
+                f.output_delay(),
+            )
         });
         Self {
             from,
@@ -118,7 +122,8 @@ impl Resampler {
         let Some(fft) = self.fft.as_mut() else {
             return;
         };
-        self.pending.resize(self.pending.len().max(self.block_in), 0.0);
+        self.pending
+            .resize(self.pending.len().max(self.block_in), 0.0);
         let (Ok(input), Ok(mut output)) = (
             InterleavedSlice::new(&self.pending[..self.block_in], 1, self.block_in),
             InterleavedSlice::new_mut(&mut self.block, 1, self.block_out),

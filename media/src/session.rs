@@ -16,8 +16,8 @@
 
 use natter_proto::jitter::{JitterBuffer, JitterConfig, JitterDrop, JitterStats, Playout};
 
-use crate::emodel;
 use crate::codec::{CodecConfig, CodecError, Decoder, Encoder, FRAME_SAMPLES, MAX_PACKET};
+use crate::emodel;
 
 /// Settings of a media session.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

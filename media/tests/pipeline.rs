@@ -144,7 +144,9 @@ fn five_percent_loss_is_recovered_by_fec_and_concealment() {
     // and the estimate falls below a clean call's.
     let q = r.receiver_media.quality(Some(40));
     assert!((2.5..8.0).contains(&q.loss_percent), "{q:?}");
-    let clean = run(&input, 0.0, false, |_, _| {}).receiver_media.quality(Some(40));
+    let clean = run(&input, 0.0, false, |_, _| {})
+        .receiver_media
+        .quality(Some(40));
     assert!(q.mos < clean.mos - 0.3, "{q:?} vs {clean:?}");
 }
 
@@ -172,7 +174,10 @@ fn bursty_loss_is_seen_as_bursty() {
         single.receiver_media.quality(None),
         burst.receiver_media.quality(None),
     );
-    assert!((qs.loss_percent - qb.loss_percent).abs() < 1.0, "{qs:?} {qb:?}");
+    assert!(
+        (qs.loss_percent - qb.loss_percent).abs() < 1.0,
+        "{qs:?} {qb:?}"
+    );
     assert!(qs.burst_ratio < 1.1, "{qs:?}");
     assert!(qb.burst_ratio > 3.0, "{qb:?}");
     assert!(qb.mos < qs.mos, "{qs:?} {qb:?}");
