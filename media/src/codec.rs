@@ -346,6 +346,40 @@ mod tests {
         assert!(dec.decode(&[0xff, 0xff, 0xff], &mut frame).is_err());
     }
 
+    /// Whatever an authenticated but broken or hostile peer sends, the
+    /// neural decoder returns a frame or an error, never a panic, and
+    /// conceals afterwards.
+    #[test]
+    fn random_packets_never_break_the_neural_decoder() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut dec = Decoder::new(DECODER_COMPLEXITY).unwrap();
+        let mut frame = vec![0i16; FRAME_SAMPLES];
+        let (mut ok, mut err) = (0, 0);
+        for i in 0..3_000 {
+            let len = rng.gen_range(1..120);
+            let mut packet: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
+            // Half of them wideband SILK 20 ms (the TOC Natter sends), so
+            // the decoder gets past the TOC into SILK and NoLACE.
+            if i % 2 == 0 {
+                packet[0] = 9 << 3;
+            }
+            let result = if i % 3 == 0 {
+                dec.decode_fec(&packet, &mut frame)
+            } else {
+                dec.decode(&packet, &mut frame)
+            };
+            match result {
+                Ok(()) => ok += 1,
+                Err(_) => err += 1,
+            }
+            if i % 7 == 0 {
+                dec.conceal(&mut frame).unwrap();
+            }
+        }
+        assert!(ok > 1_000 && err > 0, "{ok} decoded, {err} refused");
+    }
+
     #[test]
     fn the_toc_byte_names_mode_and_band() {
         assert_eq!(packet_mode(&[]), None);
