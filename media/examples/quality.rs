@@ -104,14 +104,18 @@ fn frames(input: &[i16], tail: usize) -> Vec<Vec<i16>> {
     out
 }
 
-/// Natter's settings, or what `QUALITY_EXPECTED_LOSS` (the encoder's
-/// expected loss, percent) and `QUALITY_DECODER_COMPLEXITY` set instead (to
-/// compare settings).
+/// Natter's settings, or what `QUALITY_BITRATE` (b/s), `QUALITY_EXPECTED_LOSS`
+/// (the encoder's expected loss, percent) and `QUALITY_DECODER_COMPLEXITY`
+/// set instead (to compare settings; the reference path keeps Natter's
+/// bitrate).
 fn natter_config() -> MediaConfig {
     let mut config = MediaConfig::default();
     let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
     if let Some(loss) = var("QUALITY_EXPECTED_LOSS") {
         config.codec.expected_loss_percent = loss;
+    }
+    if let Some(bitrate) = var("QUALITY_BITRATE") {
+        config.codec.bitrate = bitrate;
     }
     if let Some(complexity) = var("QUALITY_DECODER_COMPLEXITY") {
         config.codec.decoder_complexity = u8::try_from(complexity).expect("0..=10");

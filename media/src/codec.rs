@@ -5,11 +5,10 @@
 //!
 //! 18 kb/s CBR is 45 bytes of Opus per 20 ms frame, so a voice datagram is
 //! 3 (SoM header) + 2 (frame number) + 45 + 16 (GCM tag) = 66 bytes of UDP
-//! payload: the most Opus that fits Skype's observed 67-byte datagrams (46
-//! bytes, 18.4 kb/s, is not a rate Opus's CBR takes: it rounds to whole
-//! bytes per frame from the bitrate, and 18 400 b/s gives 46 only by rounding
-//! luck). Constant bitrate keeps every datagram that size, so packet sizes do
-//! not leak speech activity.
+//! payload, within Skype's observed 67-byte datagrams (18.4 kb/s would fill
+//! them to the byte, 46 bytes of Opus, and scores the same in the quality
+//! bench: docs/results/voice-quality.md). Constant bitrate keeps every
+//! datagram that size, so packet sizes do not leak speech activity.
 //!
 //! The encoder is pinned to wideband (16 kHz audio band, SILK): left to
 //! itself at this rate the VoIP encoder sometimes drops to narrowband, and
@@ -326,6 +325,38 @@ mod tests {
         let energy = |x: &[i16]| x.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>();
         let ratio = energy(&neural) / energy(&plain);
         assert!((0.5..2.0).contains(&ratio), "energy ratio {ratio}");
+    }
+
+    /// Older peers sent 16 kb/s (40-byte packets) and decode at complexity 0
+    /// (the `opus` crate had no decoder complexity): each side plays the
+    /// other's packets (protocol 7.4).
+    #[test]
+    fn old_and_new_bitrates_decode_on_old_and_new_decoders() {
+        let old = CodecConfig {
+            bitrate: 16_000,
+            ..CodecConfig::default()
+        };
+        let pcm = voiced(25);
+        for (config, size) in [(old, 40), (CodecConfig::default(), 45)] {
+            let mut enc = Encoder::new(config).unwrap();
+            let mut packets = Vec::new();
+            let mut out = [0u8; MAX_PACKET];
+            for frame in pcm.chunks(FRAME_SAMPLES) {
+                let n = enc.encode(frame, &mut out).unwrap();
+                assert_eq!(n, size);
+                packets.push(out[..n].to_vec());
+            }
+            for complexity in [0, DECODER_COMPLEXITY] {
+                let mut dec = Decoder::new(complexity).unwrap();
+                let mut frame = vec![0i16; FRAME_SAMPLES];
+                let mut loud = 0;
+                for p in &packets {
+                    dec.decode(p, &mut frame).unwrap();
+                    loud += usize::from(frame.iter().any(|s| s.unsigned_abs() > 1000));
+                }
+                assert!(loud >= 20, "{size} B at complexity {complexity}: {loud}");
+            }
+        }
     }
 
     #[test]
