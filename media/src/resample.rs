@@ -117,22 +117,29 @@ impl Resampler {
     }
 
     /// Runs the first `block_in` samples of `pending` (zero-padded when
-    /// shorter) through the filter, appending up to `limit` output samples.
-    fn run_block(&mut self, out: &mut Vec<f32>, limit: u64) {
+    /// shorter) through the filter and drops them from `pending`, appending
+    /// up to `limit` output samples in all. False if the filter failed (it
+    /// cannot: the buffers have exactly the sizes it asks for), so no loop
+    /// over blocks can spin.
+    fn run_block(&mut self, out: &mut Vec<f32>, limit: u64) -> bool {
         let Some(fft) = self.fft.as_mut() else {
-            return;
+            return false;
         };
         self.pending
             .resize(self.pending.len().max(self.block_in), 0.0);
-        let (Ok(input), Ok(mut output)) = (
+        let written = match (
             InterleavedSlice::new(&self.pending[..self.block_in], 1, self.block_in),
             InterleavedSlice::new_mut(&mut self.block, 1, self.block_out),
-        ) else {
-            return;
+        ) {
+            (Ok(input), Ok(mut output)) => fft
+                .process_into_buffer(&input, &mut output, None)
+                .map(|(_, written)| written)
+                .ok(),
+            _ => None,
         };
-        // The buffers have exactly the sizes the resampler asks for.
-        let Ok((_, written)) = fft.process_into_buffer(&input, &mut output, None) else {
-            return;
+        self.pending.drain(..self.block_in);
+        let Some(written) = written else {
+            return false;
         };
         let fresh = &self.block[self.skip.min(written)..written];
         self.skip -= self.skip.min(written);
@@ -140,7 +147,7 @@ impl Resampler {
         let fresh = &fresh[..fresh.len().min(room)];
         out.extend_from_slice(fresh);
         self.produced += fresh.len() as u64;
-        self.pending.drain(..self.block_in);
+        true
     }
 
     /// Resamples the next piece of input, appending to `out`.
@@ -152,6 +159,7 @@ impl Resampler {
         self.pending.extend_from_slice(input);
         self.consumed += input.len() as u64;
         while self.pending.len() >= self.block_in {
+            // Drops the block from `pending` whatever happens.
             self.run_block(out, u64::MAX);
         }
     }
@@ -165,9 +173,7 @@ impl Resampler {
                 .consumed
                 .saturating_mul(u64::from(self.to))
                 .div_ceil(u64::from(self.from));
-            while self.produced < expected {
-                self.run_block(out, expected);
-            }
+            while self.produced < expected && self.run_block(out, expected) {}
         }
         *self = Self::new(self.from, self.to);
     }
