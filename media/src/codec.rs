@@ -10,9 +10,11 @@
 //! bench: docs/results/voice-quality.md). Constant bitrate keeps every
 //! datagram that size, so packet sizes do not leak speech activity.
 //!
-//! The encoder is pinned to wideband (16 kHz audio band, SILK): left to
-//! itself at this rate the VoIP encoder sometimes drops to narrowband, and
-//! the decoder's speech enhancement (below) works on wideband SILK.
+//! The encoder is pinned to wideband (16 kHz audio band, SILK; a test asserts
+//! every packet's TOC): with no band set, libopus's VoIP encoder may choose a
+//! narrower band at these rates, and the decoder's speech enhancement
+//! (below) works on wideband SILK. (Natter's 16 kb/s encoder capped the band
+//! at wideband and, on the demo's speech, ran wideband SILK on every frame.)
 //!
 //! The decoder runs libopus 1.6's neural features, built by the `osce`
 //! feature of `opusic-c` (its `dred` feature is on only because the crate
