@@ -55,7 +55,8 @@ pub struct MediaStats {
 /// [`crate::emodel`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Quality {
-    /// Estimated MOS, 1..=4.5.
+    /// Estimated MOS, 1..=4.5; 0 before any frame was played (nothing
+    /// heard, nothing to estimate).
     pub mos: f64,
     /// Estimated one-way mouth-to-ear delay, in ms (sound cards excluded).
     pub delay_ms: f64,
@@ -98,7 +99,11 @@ impl MediaStats {
             burst_ratio,
         };
         Quality {
-            mos: emodel::estimate(emodel::OPUS_18K_WB, conditions),
+            mos: if frames == 0 {
+                0.0
+            } else {
+                emodel::estimate(emodel::OPUS_18K_WB, conditions)
+            },
             delay_ms,
             loss_percent: 100.0 * loss,
             burst_ratio,

@@ -199,6 +199,11 @@ fn a_wrong_key_yields_nothing_playable() {
     let r = run(&input, 0.0, true, |_, _| {});
     assert_eq!(r.receiver.dropped_auth, r.datagrams as u64);
     assert!(r.received.is_empty(), "played audio without a key");
+    assert_eq!(
+        r.receiver_media.quality(Some(40)).mos,
+        0.0,
+        "no estimate of nothing"
+    );
     let s = score::compare(&input, &r.received, 500);
     assert!(s.waveform < 0.1);
 }
