@@ -492,14 +492,17 @@ async fn run_media(
                     last_status = Instant::now();
                     let s = call.stats();
                     let m = io.media.stats();
+                    let q = m.quality(call.path_rtt_ms());
                     eprint!(
-                        "\r{peer}: {:>5.1} s  sent {}  recv {}  lost {}  jitter {:.1} ms  rtt {}   ",
+                        "\r{peer}: {:>5.1} s  sent {}  recv {}  lost {}  jitter {:.1} ms  rtt {}  delay {:.0} ms  MOS {:.2}   ",
                         start.elapsed().as_secs_f64(),
                         s.sent_media_packets,
                         s.received_media_packets,
                         m.lost,
                         m.jitter_ms,
                         s.last_rtt_ms.map_or("-".into(), |v| format!("{v} ms")),
+                        q.delay_ms,
+                        q.mos,
                     );
                 }
                 if duration.is_some_and(|d| start.elapsed() >= d) || io.peer_silent {
@@ -733,6 +736,7 @@ impl CallDone {
         let m = media.stats();
         let secs = self.duration_s.max(0.001);
         let current = call.current();
+        let quality = m.quality(call.path_rtt_ms());
         CallReport {
             peer: self.peer,
             path: current.map(|(_, kind)| kind),
@@ -768,6 +772,8 @@ impl CallDone {
                 s.sent_bytes as f64 / s.sent_packets as f64
             },
             codec_bitrate: media.codec().bitrate,
+            mos_estimate: quality.mos,
+            mouth_to_ear_ms: quality.delay_ms,
             signaling: self.signaling.to_owned(),
             path_rtt_ms: call.path_rtt_ms(),
             tcp_connects: self.tcp_connects,

@@ -27,11 +27,20 @@ fn a_call_carries_speech_end_to_end() {
     // Garbage, silence or a wrong key score near 0 (see natter-media's tests).
     assert!(s.waveform > 0.6 && s.envelope > 0.85, "{s:?}");
     assert_eq!(text_field(&c.caller_json, "path"), "direct");
-    assert_eq!(field(&c.caller_json, "codec_bitrate"), 16_000.0);
+    assert_eq!(field(&c.caller_json, "codec_bitrate"), 18_000.0);
     assert!(
         field(&c.caller_json, "mean_udp_payload") <= 67.0,
         "{}",
         c.caller_json
+    );
+    // The E-model's estimate for a clean loopback call: Opus's own
+    // impairment and a short delay, no loss worth counting.
+    let mos = field(&c.callee_json, "mos_estimate");
+    assert!((3.0..=4.5).contains(&mos), "{}", c.callee_json);
+    assert!(
+        field(&c.callee_json, "mouth_to_ear_ms") >= 26.5,
+        "{}",
+        c.callee_json
     );
     assert_eq!(field(&c.callee_json, "dropped_auth"), 0.0);
     let report = String::from_utf8_lossy(&c.caller.stdout);

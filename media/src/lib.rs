@@ -4,13 +4,15 @@
 //!
 //! | module | concept |
 //! |---|---|
-//! | [`codec`] | Opus at 48 kHz mono, 20 ms frames, in-band FEC on, DTX off |
+//! | [`codec`] | Opus at 48 kHz mono, 20 ms frames, 18 kb/s CBR wideband, in-band FEC on, DTX off; neural decoder (NoLACE, deep PLC) |
 //! | [`session`] | one call's voice: encode every 20 ms, jitter buffer + decode (sealing and paths: `natter_proto::session`) |
 //! | [`wav`] | WAV files in and out (headless audio I/O) |
 //! | [`devices`] | sound-card capture and playback (cpal), as 48 kHz mono frames |
-//! | [`resample`] | the one resampler, for files and streams (any rate to and from 48 kHz) |
+//! | [`resample`] | the one resampler (band-limited, `rubato`), for files and streams (any rate to and from 48 kHz) |
 //! | [`pcm`] | sample conversions: float and 16-bit, downmix to mono |
 //! | [`score`] | how well received audio matches what was sent |
+//! | [`loopback`] | a caller and a callee back to back in memory (tests and benches) |
+//! | [`emodel`] | estimated MOS of a call (ITU-T G.107 E-model) from delay and loss |
 //!
 //! The shell (the `natter` client) owns the UDP socket and the 20 ms timer and
 //! drives a [`session::MediaSession`] with `encode`, `handle_frame` and
@@ -19,6 +21,8 @@
 
 pub mod codec;
 pub mod devices;
+pub mod emodel;
+pub mod loopback;
 pub mod pcm;
 pub mod resample;
 pub mod score;

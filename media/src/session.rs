@@ -17,6 +17,7 @@
 use natter_proto::jitter::{JitterBuffer, JitterConfig, JitterDrop, JitterStats, Playout};
 
 use crate::codec::{CodecConfig, CodecError, Decoder, Encoder, FRAME_SAMPLES, MAX_PACKET};
+use crate::emodel;
 
 /// Settings of a media session.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,6 +46,69 @@ pub struct MediaStats {
     pub jitter: JitterStats,
     pub jitter_ms: f64,
     pub jitter_buffer_delay_ms: u32,
+    /// Runs of consecutive frames that did not arrive in time (FEC or
+    /// concealment), for the burstiness of the loss.
+    pub loss_runs: u64,
+}
+
+/// The estimated quality of what this side hears (ITU-T G.107 E-model; see
+/// [`crate::emodel`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quality {
+    /// Estimated MOS, 1..=4.5; 0 before any frame was played (nothing
+    /// heard, nothing to estimate).
+    pub mos: f64,
+    /// Estimated one-way mouth-to-ear delay, in ms (sound cards excluded).
+    pub delay_ms: f64,
+    /// Frames that did not arrive in time, percent of the frames played.
+    pub loss_percent: f64,
+    /// G.107 burst ratio of those losses (1: random).
+    pub burst_ratio: f64,
+}
+
+/// Opus's look-ahead at 48 kHz (`OPUS_GET_LOOKAHEAD`: 312 samples).
+const LOOKAHEAD_MS: f64 = 6.5;
+
+impl MediaStats {
+    /// The E-model's estimate for this side's listening, with `rtt_ms` the
+    /// path's round-trip time (half of it counts as network delay). The
+    /// delay is packetisation (one frame) + Opus's look-ahead + half the RTT
+    /// + the jitter buffer's current delay.
+    pub fn quality(&self, rtt_ms: Option<u64>) -> Quality {
+        let j = &self.jitter;
+        let missing = j.fec + j.concealed;
+        let frames = j.played + missing;
+        let loss = if frames == 0 {
+            0.0
+        } else {
+            missing as f64 / frames as f64
+        };
+        // G.107: BurstR = mean burst length x (1 - loss) (1 for random loss).
+        let burst_ratio = if self.loss_runs == 0 {
+            1.0
+        } else {
+            (missing as f64 / self.loss_runs as f64 * (1.0 - loss)).max(1.0)
+        };
+        let delay_ms = f64::from(crate::FRAME_MS)
+            + LOOKAHEAD_MS
+            + rtt_ms.map_or(0.0, |r| r as f64 / 2.0)
+            + f64::from(self.jitter_buffer_delay_ms);
+        let conditions = emodel::Conditions {
+            delay_ms,
+            loss_percent: 100.0 * loss,
+            burst_ratio,
+        };
+        Quality {
+            mos: if frames == 0 {
+                0.0
+            } else {
+                emodel::estimate(emodel::OPUS_18K_WB, conditions)
+            },
+            delay_ms,
+            loss_percent: 100.0 * loss,
+            burst_ratio,
+        }
+    }
 }
 
 /// The voice of one call.
@@ -55,6 +119,8 @@ pub struct MediaSession {
     jitter: JitterBuffer,
     stats: MediaStats,
     packet: [u8; MAX_PACKET],
+    /// The last frame played was a loss (FEC or concealment).
+    in_loss: bool,
 }
 
 impl MediaSession {
@@ -62,10 +128,11 @@ impl MediaSession {
     pub fn new(config: MediaConfig) -> Result<Self, MediaError> {
         Ok(Self {
             encoder: Encoder::new(config.codec)?,
-            decoder: Decoder::new()?,
+            decoder: Decoder::new(config.codec.decoder_complexity)?,
             jitter: JitterBuffer::new(config.jitter),
             stats: MediaStats::default(),
             packet: [0; MAX_PACKET],
+            in_loss: false,
         })
     }
 
@@ -99,6 +166,11 @@ impl MediaSession {
             out.fill(0);
             return Ok(false);
         };
+        let lost = !matches!(playout, Playout::Frame(_));
+        if lost && !self.in_loss {
+            self.stats.loss_runs += 1;
+        }
+        self.in_loss = lost;
         let decoded = match &playout {
             Playout::Frame(packet) => self.decoder.decode(packet, out),
             Playout::Fec(next) => self.decoder.decode_fec(next, out),

@@ -90,6 +90,16 @@ pub struct CallReport {
     #[serde(serialize_with = "round2")]
     pub mean_udp_payload: f64,
     pub codec_bitrate: i32,
+    /// Estimated MOS of what this side heard (ITU-T G.107 E-model from the
+    /// loss, its burstiness and the delay; natter-media's `emodel`), 1..4.5;
+    /// 0 when nothing was heard (written to 0.01).
+    #[serde(serialize_with = "round2")]
+    pub mos_estimate: f64,
+    /// Estimated one-way mouth-to-ear delay the MOS assumes: one frame +
+    /// Opus look-ahead + half the RTT + the jitter buffer; sound cards not
+    /// included (written to 0.1 ms).
+    #[serde(serialize_with = "round1")]
+    pub mouth_to_ear_ms: f64,
     /// Transport of the supernode session (`quic` or `tcp`).
     pub signaling: String,
     /// RTT of the path media last went over (connectivity-check probes).
@@ -168,7 +178,8 @@ impl CallReport {
             "call with {peer}: {dur:.1} s, path {path} ({remote}, RTT {prtt}), signaling over {sig}, setup {setup} ms, first audio {first}\n\
              sent {sp} packets ({smp} media, mean UDP payload {mp:.1} B, {sbps:.0} B/s), received {rp} ({rmp} media)\n\
              lost {lost} (FEC recovered {fec}, concealed {conc}), late {late}, dropped: auth {auth}, replay {rep}, malformed {mal}, signals {sig_ign}\n\
-             RTT {rtt}, jitter {jit:.1} ms, jitter-buffer delay {jbd} ms, codec Opus {br} b/s",
+             RTT {rtt}, jitter {jit:.1} ms, jitter-buffer delay {jbd} ms, codec Opus {br} b/s\n\
+             estimated MOS {mos} (E-model, mouth-to-ear {m2e:.0} ms)",
             peer = self.peer,
             dur = self.duration_s,
             path = self.path_name(),
@@ -195,6 +206,12 @@ impl CallReport {
             jit = self.jitter_ms,
             jbd = self.jitter_buffer_delay_ms,
             br = self.codec_bitrate,
+            mos = if self.mos_estimate > 0.0 {
+                format!("{:.2}", self.mos_estimate)
+            } else {
+                "- (nothing heard)".to_owned()
+            },
+            m2e = self.mouth_to_ear_ms,
         );
         s
     }

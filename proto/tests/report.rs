@@ -52,6 +52,9 @@ fn legacy_json(r: &CallReport, sent_bytes: u64, received_bytes: u64, sent_packet
         "recv_bytes_per_s": (received_bytes as f64 / secs * 10.0).round() / 10.0,
         "mean_udp_payload": (mean_payload * 100.0).round() / 100.0,
         "codec_bitrate": r.codec_bitrate,
+        // Added with the E-model (issue 16).
+        "mos_estimate": (r.mos_estimate * 100.0).round() / 100.0,
+        "mouth_to_ear_ms": (r.mouth_to_ear_ms * 10.0).round() / 10.0,
         "signaling": r.signaling,
         "path_rtt_ms": r.path_rtt_ms,
         "tcp_connects": r.tcp_connects,
@@ -121,6 +124,8 @@ fn report(
             sent_bytes as f64 / sent_packets as f64
         },
         codec_bitrate: 16_000,
+        mos_estimate: 3.876_54,
+        mouth_to_ear_ms: 102.25,
         signaling: "quic".into(),
         path_rtt_ms: end.map(|_| 31),
         tcp_connects: 1,
@@ -161,6 +166,15 @@ fn a_report_reads_back_as_written_up_to_the_rounding() {
     assert_eq!(back.jitter_ms, 1.23);
     assert_eq!(back.send_bytes_per_s, 3118.5);
     assert_eq!(back.media_packets_received, 490);
+    assert_eq!(back.mos_estimate, 3.88);
+    assert_eq!(back.mouth_to_ear_ms, 102.3);
+    // A report from before the E-model (no MOS keys) still reads, as 0.
+    let old = r
+        .to_json()
+        .replace("\"mos_estimate\":3.88,", "")
+        .replace("\"mouth_to_ear_ms\":102.3,", "");
+    assert!(!old.contains("mos"), "{old}");
+    assert_eq!(CallReport::from_json(&old).unwrap().mos_estimate, 0.0);
     // A report without a path says "none", and reads back as no path.
     let none = report(None, 3.1, 1_234, 0, 17);
     assert!(none.to_json().contains("\"path\":\"none\""));
