@@ -15,12 +15,17 @@ use std::process::{Child, Command, Stdio};
 use common::call::{call, field, speech};
 use common::{Cluster, Netns, workspace_bin};
 
-/// tcpdump on the loopback of a namespace, stopped (SIGINT, so the file
-/// is complete) on drop; at most 200 000 packets.
+/// tcpdump on the loopback of a namespace, stopped (SIGINT) on drop; at
+/// most 200 000 packets.
 struct Capture {
     child: Option<Child>,
     path: PathBuf,
+    ns: String,
 }
+
+/// The payload of the UDP datagram that ends a capture (to the discard
+/// port, 9): once tcpdump wrote it, it wrote everything before it.
+const END_MARK: &[u8] = b"natter-capture-end";
 
 impl Capture {
     fn start(ns: &Netns, path: &Path) -> Self {
@@ -46,11 +51,27 @@ impl Capture {
         Self {
             child: Some(child),
             path: path.to_owned(),
+            ns: ns.name.clone(),
         }
     }
 
-    /// Stops the capture and returns its file.
+    /// Stops the capture once it holds everything sent so far (tcpdump
+    /// drops what the kernel still buffers when interrupted, so first an
+    /// end mark must have reached the file) and returns its file.
     fn stop(mut self) -> PathBuf {
+        let mark = String::from_utf8(END_MARK.to_vec()).unwrap();
+        common::wait_for(
+            || {
+                let _ = Command::new("ip")
+                    .args(["netns", "exec", &self.ns, "bash", "-c"])
+                    .arg(format!("printf {mark} > /dev/udp/127.0.0.1/9"))
+                    .status();
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                std::fs::read(&self.path)
+                    .is_ok_and(|b| b.windows(END_MARK.len()).any(|w| w == END_MARK))
+            },
+            "the capture's end mark",
+        );
         self.interrupt();
         self.path.clone()
     }
@@ -187,14 +208,18 @@ fn a_captured_call_is_named_by_the_dissector_and_opened_with_the_key_log() {
         assert_eq!(mode & 0o777, 0o600);
     }
     let log = std::fs::read_to_string(&keylog).unwrap();
-    let call_lines = log.lines().filter(|l| l.starts_with("NATTER_CALL ")).count();
+    let call_lines = log
+        .lines()
+        .filter(|l| l.starts_with("NATTER_CALL "))
+        .count();
     assert_eq!(call_lines, 4, "two directions from each end: {log}");
     assert!(log.contains("CLIENT_TRAFFIC_SECRET_0 "), "{log}");
 
-    // Every UDP datagram is QUIC or Natter, nothing is malformed.
+    // Every UDP datagram (but the end mark) is QUIC or Natter, nothing is
+    // malformed.
     let udp = fields(
         &pcap,
-        "udp",
+        "udp && udp.port != 9",
         &[
             "frame.number",
             "frame.protocols",
@@ -218,7 +243,10 @@ fn a_captured_call_is_named_by_the_dissector_and_opened_with_the_key_log() {
             assert!(protocols.contains(":stun"), "{row:?}");
         }
         if kind == "som" {
-            assert!(!row[3].is_empty(), "SoM datagram without a function: {row:?}");
+            assert!(
+                !row[3].is_empty(),
+                "SoM datagram without a function: {row:?}"
+            );
             som_functions.insert(row[0].parse().unwrap(), parse_u8(&row[3]));
         }
         *kinds.entry(kind).or_default() += 1;
@@ -228,7 +256,10 @@ fn a_captured_call_is_named_by_the_dissector_and_opened_with_the_key_log() {
     }
     let malformed = tshark(
         &pcap,
-        &["-Y", "_ws.malformed || natter.malformed || natter.unknown_function"],
+        &[
+            "-Y",
+            "_ws.malformed || natter.malformed || natter.unknown_function",
+        ],
     );
     assert!(malformed.is_empty(), "malformed packets: {malformed}");
     let binds = fields(&pcap, "natter.relay.bind", &["natter.relay.status"], &[]);
@@ -250,12 +281,21 @@ fn a_captured_call_is_named_by_the_dissector_and_opened_with_the_key_log() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let summary = String::from_utf8_lossy(&out.stderr).into_owned();
+    if std::env::var_os("NATTER_KEEP_CAPTURE").is_some() {
+        eprintln!("kept {}\n{summary}", work.keep().display());
+        return;
+    }
     let clear = read_listing(&listing);
     let opened: BTreeSet<u64> = clear.keys().copied().collect();
     let shown: BTreeSet<u64> = som_functions.keys().copied().collect();
     assert_eq!(opened, shown, "SoM datagrams shown but not opened, or back");
     for (frame, row) in &clear {
-        assert_eq!(som_code(&row.function), som_functions[frame], "frame {frame}");
+        assert_eq!(
+            som_code(&row.function),
+            som_functions[frame],
+            "frame {frame}"
+        );
     }
 
     // Per direction: the voice frames run without gaps, one per datagram
@@ -272,10 +312,7 @@ fn a_captured_call_is_named_by_the_dissector_and_opened_with_the_key_log() {
     for (direction, json) in [("c2s", &c.caller_json), ("s2c", &c.callee_json)] {
         let numbers: BTreeSet<u16> = frames[direction].values().copied().collect();
         assert_eq!(numbers.len(), frames[direction].len(), "{direction}");
-        let (first, last) = (
-            *numbers.first().unwrap(),
-            *numbers.last().unwrap(),
-        );
+        let (first, last) = (*numbers.first().unwrap(), *numbers.last().unwrap());
         assert_eq!(
             usize::from(last - first) + 1,
             numbers.len(),
@@ -301,7 +338,10 @@ fn a_captured_call_is_named_by_the_dissector_and_opened_with_the_key_log() {
         ],
         &["-o", &clear_pref],
     );
-    assert_eq!(voice.len(), clear.values().filter(|r| r.function == "Data").count());
+    assert_eq!(
+        voice.len(),
+        clear.values().filter(|r| r.function == "Data").count()
+    );
     for row in &voice {
         let c = &clear[&row[0].parse::<u64>().unwrap()];
         let number = u16::from_be_bytes([c.plaintext[0], c.plaintext[1]]);
@@ -323,6 +363,11 @@ fn a_captured_call_is_named_by_the_dissector_and_opened_with_the_key_log() {
 
     // The TLS secrets in the same file open the clients' QUIC.
     let keylog_pref = format!("tls.keylog_file:{}", keylog.display());
-    let streams = fields(&pcap, "quic.stream", &["frame.number"], &["-o", &keylog_pref]);
+    let streams = fields(
+        &pcap,
+        "quic.stream.stream_id",
+        &["frame.number"],
+        &["-o", &keylog_pref],
+    );
     assert!(!streams.is_empty(), "no QUIC stream frame decrypted");
 }

@@ -399,7 +399,11 @@ mod tests {
             let err = parse_key_log(&text).unwrap_err();
             assert_eq!(err.line, 2, "{err}");
         }
-        let conflict = format!("{}\n{}", line("c2s", &keys(1), "-"), line("c2s", &keys(3), "-"));
+        let conflict = format!(
+            "{}\n{}",
+            line("c2s", &keys(1), "-"),
+            line("c2s", &keys(3), "-")
+        );
         assert_eq!(parse_key_log(&conflict).unwrap_err().line, 2);
     }
 
@@ -456,8 +460,8 @@ mod tests {
 
     #[test]
     fn udp_payloads_are_found_in_ethernet_cooked_and_raw_ip_and_garbage_is_none() {
-        let builder = etherparse::PacketBuilder::ipv4([127, 0, 0, 1], [127, 0, 0, 2], 64)
-            .udp(4000, 5000);
+        let builder =
+            etherparse::PacketBuilder::ipv4([127, 0, 0, 1], [127, 0, 0, 2], 64).udp(4000, 5000);
         let mut ip = Vec::new();
         builder.write(&mut ip, b"hello").unwrap();
         let mut eth = vec![0u8; 12];

@@ -51,7 +51,8 @@ fn main() {
 fn packets(file: File, mut each: impl FnMut(u64, Option<Link>, &[u8])) -> Result<()> {
     let mut file = BufReader::new(file);
     let mut magic = [0u8; 4];
-    file.read_exact(&mut magic).context("reading the capture's magic")?;
+    file.read_exact(&mut magic)
+        .context("reading the capture's magic")?;
     let chained = std::io::Cursor::new(magic).chain(file);
     let mut frame = 0u64;
     if magic == [0x0a, 0x0d, 0x0d, 0x0a] {
@@ -94,8 +95,8 @@ fn run(args: Args) -> Result<()> {
         );
     }
     let mut decryptor = Decryptor::new(directions);
-    let capture = File::open(&args.capture)
-        .with_context(|| format!("opening {}", args.capture.display()))?;
+    let capture =
+        File::open(&args.capture).with_context(|| format!("opening {}", args.capture.display()))?;
     let mut out: Box<dyn Write> = match &args.out {
         Some(path) => Box::new(BufWriter::new(
             File::create(path).with_context(|| format!("creating {}", path.display()))?,
