@@ -219,7 +219,7 @@ fn a_captured_call_is_named_by_the_dissector_and_opened_with_the_key_log() {
     // malformed.
     let udp = fields(
         &pcap,
-        "udp && udp.port != 9",
+        "udp && !icmp && udp.port != 9",
         &[
             "frame.number",
             "frame.protocols",
@@ -370,4 +370,107 @@ fn a_captured_call_is_named_by_the_dissector_and_opened_with_the_key_log() {
         &["-o", &keylog_pref],
     );
     assert!(!streams.is_empty(), "no QUIC stream frame decrypted");
+}
+
+/// Both users behind a firewall that lets only TCP out: with the key log's
+/// TLS lines Wireshark opens the clients' TLS connections and the dissector
+/// names every record in them: envelopes by message type (the join, the
+/// call signals), DATAGRAM records carrying relay binds and SoM datagrams
+/// (voice at 50 a second), keepalives; nothing malformed, and every TLS
+/// record of application data in the capture is opened and Natter's.
+#[test]
+fn a_udp_blocked_call_is_named_record_by_record_inside_tls_with_the_key_log() {
+    let ns = Netns::new("traffictcp", 0);
+    let work = tempfile::tempdir().unwrap();
+    let capture = Capture::start(&ns, &work.path().join("tcp.pcap"));
+    let mut cluster = Cluster::start(2, Some(ns));
+    cluster.block_client_udp();
+    // Let the capture's end mark through the firewall.
+    let ns_name = cluster.netns.as_ref().unwrap().name.clone();
+    let status = Command::new("ip")
+        .args([
+            "netns", "exec", &ns_name, "nft", "insert", "rule", "inet", "fw", "out",
+        ])
+        .args(["udp", "dport", "9", "accept"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let keylog = work.path().join("keys.log");
+    cluster
+        .natter_env
+        .push(("NATTER_KEYLOG".into(), keylog.clone()));
+    cluster.add_user("alice");
+    cluster.add_user("bob");
+    let c = call(&cluster, None, 3, |_| {});
+    let pcap = capture.stop();
+    if std::env::var_os("NATTER_KEEP_CAPTURE").is_some() {
+        eprintln!("kept {}", work.keep().display());
+        return;
+    }
+    let keylog_pref = format!("tls.keylog_file:{}", keylog.display());
+    let keys = ["-o", keylog_pref.as_str()];
+    let malformed = tshark(
+        &pcap,
+        &[
+            "-o",
+            &keylog_pref,
+            "-Y",
+            "_ws.malformed || natter.malformed || natter.unknown_function",
+        ],
+    );
+    assert!(malformed.is_empty(), "malformed packets: {malformed}");
+    let records = fields(
+        &pcap,
+        "natter.rec.kind",
+        &[
+            "frame.number",
+            "natter.rec.kind",
+            "natter.envelope.type",
+            "natter.som.function",
+            "natter.relay.status",
+        ],
+        &keys,
+    );
+    let mut kinds = BTreeSet::new();
+    let mut messages = BTreeSet::new();
+    let mut som = BTreeMap::<u8, usize>::new();
+    let mut relay = BTreeSet::new();
+    for row in &records {
+        kinds.extend(row[1].split(',').map(parse_u8));
+        messages.extend(
+            row[2]
+                .split(',')
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned),
+        );
+        for f in row[3].split(',').filter(|t| !t.is_empty()) {
+            *som.entry(parse_u8(f)).or_default() += 1;
+        }
+        relay.extend(row[4].split(',').filter(|t| !t.is_empty()).map(parse_u8));
+    }
+    assert!(kinds.contains(&0x01) && kinds.contains(&0x02), "{kinds:?}");
+    for message in ["20", "23", "40", "41", "42"] {
+        assert!(
+            messages.contains(message),
+            "no message type {message}: {messages:?}"
+        );
+    }
+    assert!(relay.contains(&0x80) && relay.contains(&0x00), "{relay:?}");
+    // Voice both ways (function 0x0d), at least what the reports sent.
+    let sent =
+        field(&c.caller_json, "media_packets_sent") + field(&c.callee_json, "media_packets_sent");
+    assert!(
+        som.get(&0x0d).copied().unwrap_or(0) as f64 >= sent,
+        "{som:?} for {sent} sent"
+    );
+    // Every record of application data was opened and is Natter's.
+    let app = fields(
+        &pcap,
+        "tls.record.content_type == 23",
+        &["frame.number", "frame.protocols"],
+        &keys,
+    );
+    assert!(!app.is_empty());
+    let unopened: Vec<_> = app.iter().filter(|r| !r[1].contains("natter")).collect();
+    assert!(unopened.is_empty(), "{unopened:?}");
 }
