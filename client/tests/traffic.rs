@@ -173,6 +173,53 @@ fn parse_u8(text: &str) -> u8 {
     u8::from_str_radix(text, 16).unwrap()
 }
 
+/// A call of `secs` seconds (speech from the caller, or silence) between
+/// two real clients that log their keys, captured on the loopback of a
+/// namespace of its own; `udp_blocked`: behind a firewall letting only TCP
+/// out (Cluster::block_client_udp).
+struct Captured {
+    work: tempfile::TempDir,
+    call: common::call::Call,
+    pcap: PathBuf,
+    keylog: PathBuf,
+    // Last: dropped after the capture stopped.
+    _cluster: Cluster,
+}
+
+fn captured_call(tag: &str, udp_blocked: bool, speak: bool, secs: u32) -> Captured {
+    let ns = Netns::new(tag, 0);
+    let work = tempfile::tempdir().unwrap();
+    let capture = Capture::start(&ns, &work.path().join("call.pcap"));
+    let mut cluster = Cluster::start(2, Some(ns));
+    if udp_blocked {
+        cluster.block_client_udp();
+        // Let the capture's end mark through the firewall.
+        let ns_name = cluster.netns.as_ref().unwrap().name.clone();
+        let status = Command::new("ip")
+            .args(["netns", "exec", &ns_name, "nft", "insert", "rule", "inet"])
+            .args(["fw", "out", "udp", "dport", "9", "accept"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let keylog = work.path().join("keys.log");
+    cluster
+        .natter_env
+        .push(("NATTER_KEYLOG".into(), keylog.clone()));
+    cluster.add_user("alice");
+    cluster.add_user("bob");
+    let speech = speak.then(|| speech(cluster.dir.path()));
+    let call = call(&cluster, speech.as_deref(), secs, |_| {});
+    let pcap = capture.stop();
+    Captured {
+        work,
+        call,
+        pcap,
+        keylog,
+        _cluster: cluster,
+    }
+}
+
 /// A direct call on loopback, captured: tshark with the dissector names
 /// every UDP datagram as QUIC or Natter (STUN, relay binds and replies, SoM
 /// datagrams with a function), finds nothing malformed; with the key log,
@@ -182,19 +229,13 @@ fn parse_u8(text: &str) -> u8 {
 /// from natter-decrypt's listing; the key log's TLS lines open the QUIC.
 #[test]
 fn a_captured_call_is_named_by_the_dissector_and_opened_with_the_key_log() {
-    let ns = Netns::new("traffic", 0);
-    let work = tempfile::tempdir().unwrap();
-    let capture = Capture::start(&ns, &work.path().join("call.pcap"));
-    let mut cluster = Cluster::start(2, Some(ns));
-    let keylog = work.path().join("keys.log");
-    cluster
-        .natter_env
-        .push(("NATTER_KEYLOG".into(), keylog.clone()));
-    cluster.add_user("alice");
-    cluster.add_user("bob");
-    let speech = speech(cluster.dir.path());
-    let c = call(&cluster, Some(&speech), 4, |_| {});
-    let pcap = capture.stop();
+    let Captured {
+        work,
+        call: c,
+        pcap,
+        keylog,
+        _cluster,
+    } = captured_call("traffic", false, true, 4);
 
     // Key logging was announced, and the file is private.
     for out in [&c.caller, &c.callee] {
@@ -380,29 +421,13 @@ fn a_captured_call_is_named_by_the_dissector_and_opened_with_the_key_log() {
 /// record of application data in the capture is opened and Natter's.
 #[test]
 fn a_udp_blocked_call_is_named_record_by_record_inside_tls_with_the_key_log() {
-    let ns = Netns::new("traffictcp", 0);
-    let work = tempfile::tempdir().unwrap();
-    let capture = Capture::start(&ns, &work.path().join("tcp.pcap"));
-    let mut cluster = Cluster::start(2, Some(ns));
-    cluster.block_client_udp();
-    // Let the capture's end mark through the firewall.
-    let ns_name = cluster.netns.as_ref().unwrap().name.clone();
-    let status = Command::new("ip")
-        .args([
-            "netns", "exec", &ns_name, "nft", "insert", "rule", "inet", "fw", "out",
-        ])
-        .args(["udp", "dport", "9", "accept"])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let keylog = work.path().join("keys.log");
-    cluster
-        .natter_env
-        .push(("NATTER_KEYLOG".into(), keylog.clone()));
-    cluster.add_user("alice");
-    cluster.add_user("bob");
-    let c = call(&cluster, None, 3, |_| {});
-    let pcap = capture.stop();
+    let Captured {
+        work,
+        call: c,
+        pcap,
+        keylog,
+        _cluster,
+    } = captured_call("traffictcp", true, false, 3);
     if std::env::var_os("NATTER_KEEP_CAPTURE").is_some() {
         eprintln!("kept {}", work.keep().display());
         return;
