@@ -1,4 +1,4 @@
--- Natter dissector for Wireshark and tshark (Lua, Wireshark 3.6 or newer).
+-- Natter dissector for Wireshark and tshark (Lua; tested with Wireshark 4.0).
 --
 -- Load it for one run:   tshark -X lua_script:tools/wireshark/natter.lua -r capture.pcap
 -- or install it:         cp tools/wireshark/natter.lua ~/.local/lib/wireshark/plugins/
