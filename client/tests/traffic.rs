@@ -226,7 +226,8 @@ fn captured_call(tag: &str, udp_blocked: bool, speak: bool, secs: u32) -> Captur
 /// natter-decrypt opens every voice datagram the dissector shows, their
 /// frame numbers run without gaps, there are as many as each side's report
 /// says it sent, and the dissector shows their frame numbers and Opus TOC
-/// from natter-decrypt's listing; the key log's TLS lines open the QUIC.
+/// from natter-decrypt's listing; the key log's TLS lines open the QUIC,
+/// whose envelopes the dissector names.
 #[test]
 fn a_captured_call_is_named_by_the_dissector_and_opened_with_the_key_log() {
     let Captured {
@@ -402,15 +403,38 @@ fn a_captured_call_is_named_by_the_dissector_and_opened_with_the_key_log() {
         assert_eq!(row[1], clock.to_string(), "{row:?}");
     }
 
-    // The TLS secrets in the same file open the clients' QUIC.
+    // The TLS secrets in the same file open the clients' QUIC, and the
+    // dissector names the envelopes in its streams: register, login, join,
+    // call signals; still nothing malformed.
     let keylog_pref = format!("tls.keylog_file:{}", keylog.display());
-    let streams = fields(
+    let messages: BTreeSet<String> = fields(
         &pcap,
-        "quic.stream.stream_id",
-        &["frame.number"],
+        "natter.frame.length",
+        &["natter.envelope.type"],
         &["-o", &keylog_pref],
+    )
+    .iter()
+    .flat_map(|row| row[0].split(',').map(str::to_owned).collect::<Vec<_>>())
+    .collect();
+    for message in ["10", "12", "20", "21", "22", "40", "41", "42"] {
+        assert!(
+            messages.contains(message),
+            "no message type {message}: {messages:?}"
+        );
+    }
+    let malformed = tshark(
+        &pcap,
+        &[
+            "-o",
+            &keylog_pref,
+            "-Y",
+            "_ws.malformed || natter.malformed",
+        ],
     );
-    assert!(!streams.is_empty(), "no QUIC stream frame decrypted");
+    assert!(
+        malformed.is_empty(),
+        "malformed with the key log: {malformed}"
+    );
 }
 
 /// Both users behind a firewall that lets only TCP out: with the key log's

@@ -12,6 +12,8 @@
 --     key log: -o tls.keylog_file:FILE, see NATTER_KEYLOG), by ALPN "natter/1": envelopes
 --     with their message type, DATAGRAM records (SoM datagrams and relay binds as above),
 --     CLOSE and KEEPALIVE;
+--   * QUIC streams (sections 1 and 2) once Wireshark has decrypted the QUIC (the same key
+--     log), by ALPN "natter/1": length-prefixed envelope frames with their message type;
 --   * with the listing natter-decrypt writes (preference natter.clear_file), the plaintext
 --     of each SoM datagram it decrypted: frame number and Opus TOC of voice frames, the
 --     clock of probes and probe replies.
@@ -97,6 +99,7 @@ f.relay_cookie = ProtoField.bytes("natter.relay.cookie", "Cookie")
 -- TLS-over-TCP records
 f.rec_kind = ProtoField.uint8("natter.rec.kind", "Record kind", base.HEX, RECORD_KINDS)
 f.rec_len = ProtoField.uint32("natter.rec.length", "Record length")
+f.frame_len = ProtoField.uint32("natter.frame.length", "Frame length")
 f.env_version = ProtoField.uint32("natter.envelope.version", "Envelope version")
 f.env_request = ProtoField.uint64("natter.envelope.request_id", "Request id")
 f.env_type = ProtoField.uint32("natter.envelope.type", "Message type", base.DEC, MESSAGES)
@@ -178,6 +181,7 @@ end
 local stun_dissector = Dissector.get("stun-udp")
 local data_dissector = Dissector.get("data")
 local tcp_stream = Field.new("tcp.stream")
+local quic_stream = Field.new("quic.stream.stream_id")
 
 -- STUN (RFC 8489): top two bits zero, magic cookie, length matching the datagram.
 local function looks_like_stun(tvb)
@@ -480,7 +484,48 @@ local function dissect_records(tvb, pinfo, tree)
     return offset
 end
 
+-- QUIC stream data, handed over by the QUIC dissector (ALPN natter/1) once decrypted:
+-- length-prefixed envelope frames (PROTOCOL.md section 2).
+local function dissect_frames(tvb, pinfo, tree)
+    local offset = 0
+    local len = tvb:len()
+    local names = {}
+    while offset < len do
+        if len - offset < 4 then
+            pinfo.desegment_offset = offset
+            pinfo.desegment_len = DESEGMENT_ONE_MORE_SEGMENT
+            break
+        end
+        local frame_len = tvb(offset, 4):uint()
+        if frame_len == 0 or frame_len > 65536 then
+            local sub = tree:add(natter, tvb(offset), "Natter frame")
+            sub:add_proto_expert_info(ef_malformed, "frame length 0 or over 65536")
+            table.insert(names, "malformed frame")
+            offset = len
+            break
+        end
+        if len - offset < 4 + frame_len then
+            pinfo.desegment_offset = offset
+            pinfo.desegment_len = 4 + frame_len - (len - offset)
+            break
+        end
+        local sub = tree:add(natter, tvb(offset, 4 + frame_len), "Natter frame")
+        sub:add(f.kind, "frame"):set_generated()
+        sub:add(f.frame_len, tvb(offset, 4))
+        table.insert(names, dissect_envelope(tvb(offset + 4, frame_len):tvb(), sub))
+        offset = offset + 4 + frame_len
+    end
+    if #names > 0 then
+        pinfo.cols.protocol = "Natter/QUIC"
+        pinfo.cols.info = table.concat(names, ", ")
+    end
+    return offset
+end
+
 function natter.dissector(tvb, pinfo, tree)
+    if quic_stream() ~= nil then
+        return dissect_frames(tvb, pinfo, tree)
+    end
     if tcp_stream() ~= nil then
         return dissect_records(tvb, pinfo, tree)
     end
@@ -499,3 +544,7 @@ end
 
 natter:register_heuristic("udp", heuristic)
 DissectorTable.get("tls.alpn"):add("natter/1", natter)
+local quic_proto = DissectorTable.get("quic.proto")
+if quic_proto then
+    quic_proto:add("natter/1", natter)
+end
