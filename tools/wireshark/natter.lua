@@ -88,7 +88,8 @@ f.fbyte = ProtoField.uint8("natter.som.function_byte", "Function byte", base.HEX
 f.func = ProtoField.uint8("natter.som.function", "Function", base.HEX, FUNCTIONS, 0x8F)
 f.random = ProtoField.uint8("natter.som.random", "Random bits", base.DEC, nil, 0x70)
 f.sealed = ProtoField.bytes("natter.som.sealed", "Sealed body")
-f.sealed_len = ProtoField.uint16("natter.som.sealed_len", "Sealed body length")
+f.sealed_len = ProtoField.uint16("natter.som.sealed_len", "Sealed body length (with the tag)")
+f.plain_len = ProtoField.uint16("natter.som.plaintext_len", "Plaintext length")
 f.tag = ProtoField.bytes("natter.som.tag", "AES-GCM tag")
 -- relay binds and replies
 f.relay_magic = ProtoField.string("natter.relay.magic", "Magic")
@@ -296,6 +297,7 @@ local function dissect_som(tvb, pinfo, tree, use_clear)
         return "SoM " .. name .. ", truncated"
     end
     sub:add(f.sealed_len, sealed_len):set_generated()
+    sub:add(f.plain_len, sealed_len - TAG_LEN):set_generated()
     if sealed_len > TAG_LEN then
         sub:add(f.sealed, tvb(SOM_HEADER, sealed_len - TAG_LEN))
     end
