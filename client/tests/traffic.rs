@@ -329,6 +329,27 @@ fn a_captured_call_is_named_by_the_dissector_and_opened_with_the_key_log() {
         return;
     }
     let clear = read_listing(&listing);
+    // The same capture as pcapng (editcap comes with tshark) gives the same listing.
+    let pcapng = work.path().join("call.pcapng");
+    let status = Command::new("editcap")
+        .args(["-F", "pcapng"])
+        .arg(&pcap)
+        .arg(&pcapng)
+        .status()
+        .expect("editcap is needed: run scripts/deps");
+    assert!(status.success());
+    let out = Command::new(workspace_bin("natter-decrypt"))
+        .arg("--keylog")
+        .arg(&keylog)
+        .arg(&pcapng)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        std::fs::read_to_string(&listing).unwrap(),
+        "pcapng and pcap listings differ"
+    );
     let opened: BTreeSet<u64> = clear.keys().copied().collect();
     let shown: BTreeSet<u64> = som_functions.keys().copied().collect();
     assert_eq!(opened, shown, "SoM datagrams shown but not opened, or back");

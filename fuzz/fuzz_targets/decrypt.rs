@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(matches!(d.direction, Direction::C2s | Direction::S2c));
         }
     }
-    for link in [Link::Ethernet, Link::LinuxSll, Link::Ip] {
+    for link in [Link::Ethernet, Link::LinuxSll, Link::LinuxSll2, Link::Ip] {
         if let Some(udp) = udp_payload(link, data) {
             assert!(udp.payload.len() <= data.len());
         }

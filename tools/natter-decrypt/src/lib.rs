@@ -19,7 +19,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
-use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use etherparse::{EtherType, NetSlice, SlicedPacket, TransportSlice};
+
+/// Bytes of a Linux cooked v2 header: protocol (the EtherType, 2),
+/// reserved (2), interface index (4), ARPHRD type (2), packet type (1),
+/// address length (1), address (8).
+const SLL2_HEADER_LEN: usize = 20;
 use natter_proto::handshake::{CALL_ID_LEN, DirectionKeys, IV_LEN, KEY_LEN};
 use natter_proto::media::{Opener, decode_media_frame};
 use natter_proto::replay::ReplayWindow;
@@ -133,8 +138,10 @@ pub fn parse_key_log(text: &str) -> Result<Vec<CallDirection>, KeyLogError> {
 pub enum Link {
     /// LINKTYPE_ETHERNET (1): `tcpdump -i lo` or any Ethernet interface.
     Ethernet,
-    /// LINKTYPE_LINUX_SLL (113): `tcpdump -i any`.
+    /// LINKTYPE_LINUX_SLL (113): `tcpdump -i any` before tcpdump 4.99.
     LinuxSll,
+    /// LINKTYPE_LINUX_SLL2 (276): `tcpdump -i any` since tcpdump 4.99.
+    LinuxSll2,
     /// LINKTYPE_RAW (101) and LINKTYPE_IPV4 / IPV6 (228, 229): bare IP.
     Ip,
 }
@@ -145,6 +152,7 @@ impl Link {
         match linktype {
             1 => Some(Link::Ethernet),
             113 => Some(Link::LinuxSll),
+            276 => Some(Link::LinuxSll2),
             101 | 228 | 229 => Some(Link::Ip),
             _ => None,
         }
@@ -165,6 +173,13 @@ pub fn udp_payload(link: Link, packet: &[u8]) -> Option<Udp<'_>> {
     let sliced = match link {
         Link::Ethernet => SlicedPacket::from_ethernet(packet),
         Link::LinuxSll => SlicedPacket::from_linux_sll(packet),
+        Link::LinuxSll2 => {
+            let (header, rest) = packet.split_at_checked(SLL2_HEADER_LEN)?;
+            SlicedPacket::from_ether_type(
+                EtherType(u16::from_be_bytes([header[0], header[1]])),
+                rest,
+            )
+        }
         Link::Ip => SlicedPacket::from_ip(packet),
     }
     .ok()?;
@@ -467,7 +482,14 @@ mod tests {
         let mut eth = vec![0u8; 12];
         eth.extend_from_slice(&[0x08, 0x00]);
         eth.extend_from_slice(&ip);
-        for (link, packet) in [(Link::Ip, &ip), (Link::Ethernet, &eth)] {
+        let mut sll2 = vec![0x08, 0x00];
+        sll2.extend_from_slice(&[0; SLL2_HEADER_LEN - 2]);
+        sll2.extend_from_slice(&ip);
+        for (link, packet) in [
+            (Link::Ip, &ip),
+            (Link::Ethernet, &eth),
+            (Link::LinuxSll2, &sll2),
+        ] {
             let udp = udp_payload(link, packet).unwrap();
             assert_eq!(udp.src, "127.0.0.1:4000".parse().unwrap());
             assert_eq!(udp.dst, "127.0.0.2:5000".parse().unwrap());
@@ -477,6 +499,7 @@ mod tests {
             let _ = udp_payload(Link::Ip, &ip[..n]);
             let _ = udp_payload(Link::Ethernet, &eth[..n]);
             let _ = udp_payload(Link::LinuxSll, &eth[..n]);
+            let _ = udp_payload(Link::LinuxSll2, &sll2[..n]);
         }
     }
 }

@@ -138,7 +138,7 @@ fn run(args: Args) -> Result<()> {
     out.flush().context("writing the listing")?;
     if unknown_links > 0 {
         eprintln!(
-            "natter-decrypt: {unknown_links} packets of a link type other than Ethernet, Linux cooked or raw IP were skipped"
+            "natter-decrypt: {unknown_links} packets of a link type other than Ethernet, Linux cooked (v1, v2) or raw IP were skipped"
         );
     }
     for ((call, direction), tally) in &tallies {
