@@ -109,3 +109,13 @@ write("message", "vectors", frames[0] + frames[1])
 write("session", "vectors", v["som.datagram"] + v["record.datagram"] + certificate[:64])
 write("jitter", "vectors", v["som.datagram"] + v["som.plaintext"])
 write("node", "vectors", frames[0] + frames[1] + v["record.close"])
+# decrypt: a key log line for the som vector's keys, the som datagram, and
+# the datagram in an IPv4/UDP packet (raw IP) as a capture holds it.
+keylog = ("NATTER_CALL " + "00" * 16 + " c2s " + v["som.key"].hex() + " " + v["som.iv"].hex()
+          + " 74565\nCLIENT_TRAFFIC_SECRET_0 00 00\n").encode()
+write("decrypt", "keylog", keylog)
+write("decrypt", "datagram", v["som.datagram"])
+udp = (4000).to_bytes(2, "big") + (5000).to_bytes(2, "big") + (8 + len(v["som.datagram"])).to_bytes(2, "big") + b"\0\0"
+ip = (b"\x45\x00" + (20 + len(udp) + len(v["som.datagram"])).to_bytes(2, "big") + b"\x00\x01\x00\x00\x40\x11\x00\x00"
+      + bytes([127, 0, 0, 1]) + bytes([127, 0, 0, 1]))
+write("decrypt", "ipv4_packet", ip + udp + v["som.datagram"])

@@ -418,13 +418,15 @@ async fn run_media(
         behind_nat,
     } = transport;
     let mut rng = rand::thread_rng();
+    let start_index = (rng.next_u32() as u16) & natter_proto::media::MAX_START;
+    crate::keylog::log_call(&keys, setup.role(), u64::from(start_index));
     let mut call = CallSession::new(
         &keys.send,
         &keys.recv,
         SessionSetup {
             udp_blocked: udp_blocked(session),
             behind_nat,
-            start_index: rng.next_u32() as u16,
+            start_index,
             seed: rng.next_u64(),
         },
         SessionConfig::default(),

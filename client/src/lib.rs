@@ -25,6 +25,7 @@
 //! | [`gather`] | the candidates of a call (host, server-reflexive, relay) and its relay allocation |
 //! | [`netcheck`] | classifying this host's NAT with STUN reflectors |
 //! | [`call`] | placing and answering calls: signaling plus the SoM/UDP media loop |
+//! | [`keylog`] | `NATTER_KEYLOG`: TLS secrets and call keys for studying one's own traffic (off by default) |
 //! | [`text`] | peer-written text made safe for a terminal (control and bidi characters escaped) |
 //!
 //! The `natter` binary only parses arguments, calls these and prints; files
@@ -39,6 +40,7 @@ pub mod gather;
 pub mod home;
 pub mod hostcache;
 pub mod inbox;
+pub mod keylog;
 pub mod login;
 pub mod netcheck;
 pub mod online;

@@ -157,6 +157,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 #[tokio::main]
 async fn main() {
     let cli: Cli = natter_config::parse(&[]);
+    natter_client::keylog::init_from_env();
     if let Err(e) = run(cli).await {
         let line = e.to_string().replace('\n', " ");
         eprintln!("natter: {line}");

@@ -9,7 +9,7 @@
 //! certificate across restarts.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -27,6 +27,19 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Where every client configuration made after [`set_key_log`] writes its
+/// TLS secrets (none by default).
+static KEY_LOG: OnceLock<Arc<dyn rustls::KeyLog>> = OnceLock::new();
+
+/// Makes every client configuration of both transports made from now on log
+/// its TLS secrets to `log` (the `SSLKEYLOGFILE` lines that let Wireshark
+/// open QUIC and TLS), for the rest of the process. Off unless a program
+/// asks for it (the client does with `NATTER_KEYLOG`); only the first call
+/// counts. Returns whether this call installed `log`.
+pub fn set_key_log(log: Arc<dyn rustls::KeyLog>) -> bool {
+    KEY_LOG.set(log).is_ok()
+}
+
 /// The server configuration of both transports: TLS 1.3 only, ALPN
 /// `natter/1`, presenting `identity`, no client certificates.
 pub fn server_tls_config(identity: &TlsIdentity) -> Result<Arc<rustls::ServerConfig>, NetError> {
@@ -42,7 +55,8 @@ pub fn server_tls_config(identity: &TlsIdentity) -> Result<Arc<rustls::ServerCon
 }
 
 /// The client configuration of both transports: TLS 1.3 only, ALPN
-/// `natter/1`, checking the server with `verifier`.
+/// `natter/1`, checking the server with `verifier`; its secrets go to the
+/// key log of [`set_key_log`], if any.
 pub fn client_tls_config(
     verifier: Arc<dyn ServerCertVerifier>,
 ) -> Result<Arc<rustls::ClientConfig>, NetError> {
@@ -53,6 +67,9 @@ pub fn client_tls_config(
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     config.alpn_protocols = vec![ALPN.to_vec()];
+    if let Some(log) = KEY_LOG.get() {
+        config.key_log = Arc::clone(log);
+    }
     Ok(Arc::new(config))
 }
 

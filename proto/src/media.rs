@@ -178,20 +178,58 @@ impl Opener {
             &[estimate]
         };
         for &index in tries {
-            out.clear();
-            out.extend_from_slice(ciphertext);
-            let nonce = nonce(&self.iv, index);
-            if self
-                .cipher
-                .decrypt_inout_detached(&Nonce::from(nonce), aad, out.as_mut_slice().into(), &tag)
-                .is_ok()
-            {
+            if self.decrypt(aad, ciphertext, &tag, index, out) {
                 self.window.accept(index);
                 return Ok(Opened { header, index });
             }
         }
         out.clear();
         Err(OpenError::Auth)
+    }
+
+    /// Authenticates and decrypts `datagram` as the one sealed at `index`,
+    /// writing the plaintext to `out` (cleared first), **without** the replay
+    /// window: neither checked nor moved. For tools that study captures
+    /// (`natter-decrypt`), where the same datagram may be seen twice (to and
+    /// from a relay) and the index comes from elsewhere; a receiver uses
+    /// [`Self::open`].
+    pub fn open_at(
+        &self,
+        datagram: &[u8],
+        index: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<Header, OpenError> {
+        let (header, sealed) = Header::decode(datagram)?;
+        let ciphertext_len = sealed
+            .len()
+            .checked_sub(TAG_LEN)
+            .ok_or(OpenError::NoTag(datagram.len()))?;
+        let (ciphertext, tag) = sealed.split_at(ciphertext_len);
+        let tag = Tag::try_from(tag).map_err(|_| OpenError::Auth)?;
+        if self.decrypt(&datagram[..som::HEADER_LEN], ciphertext, &tag, index, out) {
+            Ok(header)
+        } else {
+            out.clear();
+            Err(OpenError::Auth)
+        }
+    }
+
+    /// Decrypts `ciphertext` sealed at `index` into `out`; whether it
+    /// authenticated.
+    fn decrypt(
+        &self,
+        aad: &[u8],
+        ciphertext: &[u8],
+        tag: &Tag,
+        index: u64,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        out.clear();
+        out.extend_from_slice(ciphertext);
+        let nonce = nonce(&self.iv, index);
+        self.cipher
+            .decrypt_inout_detached(&Nonce::from(nonce), aad, out.as_mut_slice().into(), tag)
+            .is_ok()
     }
 }
 

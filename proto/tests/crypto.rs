@@ -373,6 +373,31 @@ fn a_wrong_key_fails_authentication_and_does_not_move_the_window() {
     assert_eq!(out, b"voice");
 }
 
+/// `open_at` (for capture tools) opens a datagram only at the index it was
+/// sealed at, as often as asked, and never touches the replay window.
+#[test]
+fn open_at_opens_only_at_the_sealed_index_and_leaves_the_window_alone() {
+    let (mut sealer, opener) = pair();
+    let mut datagram = Vec::new();
+    let index = sealer
+        .seal(Function::Probe, 2, b"12345678", &mut datagram)
+        .unwrap();
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        let header = opener.open_at(&datagram, index, &mut out).unwrap();
+        assert_eq!(header.function, Function::Probe);
+        assert_eq!(out, b"12345678");
+    }
+    for wrong in [index + 1, index + (1 << 16), index - 1] {
+        assert_eq!(
+            opener.open_at(&datagram, wrong, &mut out),
+            Err(OpenError::Auth)
+        );
+        assert!(out.is_empty());
+    }
+    assert_eq!(opener.window().highest(), None);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 

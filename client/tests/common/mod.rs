@@ -105,6 +105,8 @@ pub struct Cluster {
     children: Vec<Option<Child>>,
     sn_children: Vec<Option<Child>>,
     pub netns: Option<Netns>,
+    /// Extra environment of every `natter` process (e.g. `NATTER_KEYLOG`).
+    pub natter_env: Vec<(String, PathBuf)>,
 }
 
 /// A free UDP port whose next two ports are free too (a supernode serves
@@ -137,6 +139,7 @@ impl Cluster {
             children: Vec::new(),
             sn_children: Vec::new(),
             netns,
+            natter_env: Vec::new(),
         };
         let login_dir = cluster.dir.path().join("login");
         let child = cluster
@@ -249,6 +252,7 @@ impl Cluster {
             .arg(&self.login_key)
             .args(args)
             .env("NATTER_PASSWORD", PASSWORD)
+            .envs(self.natter_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         cmd
     }
