@@ -4,7 +4,10 @@
 //! `JoinStatement` decode; `proto::statement::open` with alice's key.
 //! Total; a record verifies only with a certificate of the issuer's, a
 //! statement signed by its key, one name throughout, the statement's home,
-//! nothing in the future; a statement opens only with alice's signature.
+//! nothing in the future; a statement opens only with alice's signature
+//! (checked on one input in 16, chosen by the bytes' sum: it is one RSA
+//! verification of a random signature per input and no decoder, and it kept
+//! the long run near 1,000 inputs a second).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -38,6 +41,9 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     // Any bytes as a statement, under a signature that is not alice's.
+    if data.iter().fold(0u8, |sum, b| sum.wrapping_add(*b)) % 16 != 0 {
+        return;
+    }
     let alice = ALICE.key.to_public_key();
     let (signature, statement) = data.split_at(data.len().min(256));
     assert!(statement::open(statement, signature, &alice).is_err());
