@@ -7,15 +7,16 @@ use quinn::{RecvStream, SendStream};
 
 use crate::NetError;
 
-/// Bytes read from the stream at a time.
+/// Most bytes taken from the stream at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// The receiving half of a framed stream.
+/// The receiving half of a framed stream. It holds no read buffer of its
+/// own (it takes quinn's received chunks as they are), so an idle stream
+/// costs only the decoder's partial frame: a supernode holds thousands.
 #[derive(Debug)]
 pub struct FramedRecv {
     stream: RecvStream,
     decoder: FrameDecoder,
-    buf: Box<[u8]>,
     failed: bool,
 }
 
@@ -25,7 +26,6 @@ impl FramedRecv {
         Self {
             stream,
             decoder: FrameDecoder::default(),
-            buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
             failed: false,
         }
     }
@@ -50,13 +50,11 @@ impl FramedRecv {
             if let Some(frame) = self.decoder.poll_frame() {
                 return Ok(Some(frame?));
             }
-            match self.stream.read(&mut self.buf).await? {
+            // Cancel-safe, like `read`: a chunk is handed out whole or not at all.
+            match self.stream.read_chunk(READ_CHUNK, true).await? {
                 None if self.decoder.buffered() == 0 => return Ok(None),
                 None => return Err(NetError::Truncated),
-                Some(n) => {
-                    let data = self.buf.get(..n).unwrap_or_default();
-                    self.decoder.handle_data(data)?;
-                }
+                Some(chunk) => self.decoder.handle_data(&chunk.bytes)?,
             }
         }
     }

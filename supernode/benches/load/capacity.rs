@@ -16,7 +16,7 @@ use crate::Settings;
 use crate::clients::{
     Job, Keys, buddies, client_endpoints, join_all, percentile, reply_matches, search,
 };
-use crate::procfs::{idle_cpu, mib, proc_stats, udp_rcvbuf_errors};
+use crate::procfs::{idle_cpu, mib, proc_stats, udp_rcvbuf_errors, udp_socket_drops};
 
 /// The supernode binary as a child process; killed when dropped.
 struct SupernodeProcess {
@@ -111,7 +111,7 @@ pub async fn capacity(settings: &Settings, keys: Arc<Keys>) {
         proc_stats("self").fds
     );
     println!(
-        "{:>7} {:>7} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>7} {:>4} {:>9}",
+        "{:>7} {:>7} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>7} {:>4} {:>9} {:>8}",
         "clients",
         "joined",
         "alive",
@@ -127,7 +127,8 @@ pub async fn capacity(settings: &Settings, keys: Arc<Keys>) {
         "SN cpu%",
         "bench%",
         "fds",
-        "udp drops"
+        "udp drops",
+        "SN drops"
     );
 
     let deadline = Instant::now() + Duration::from_secs(settings.capacity_secs);
@@ -143,6 +144,7 @@ pub async fn capacity(settings: &Settings, keys: Arc<Keys>) {
         }
         let have = sessions.len();
         let drops = udp_rcvbuf_errors();
+        let sn_drops = udp_socket_drops(sn.addr);
         let jobs: Vec<Job> = (have..step)
             .map(|i| Job {
                 name: format!("idle{i:06}"),
@@ -191,7 +193,7 @@ pub async fn capacity(settings: &Settings, keys: Arc<Keys>) {
         previous = (n, stats.rss_kib);
         last = Some((n, per_client, sn_cpu));
         println!(
-            "{:>7} {:>7} {:>6} {:>3}/{:<2} {:>7.2} {:>8.0} {:>6.1}ms {:>6.1}ms {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>7.1} {:>7.1} {:>4} {:>9}",
+            "{:>7} {:>7} {:>6} {:>3}/{:<2} {:>7.2} {:>8.0} {:>6.1}ms {:>6.1}ms {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>7.1} {:>7.1} {:>4} {:>9} {:>8}",
             step,
             n,
             alive,
@@ -208,7 +210,8 @@ pub async fn capacity(settings: &Settings, keys: Arc<Keys>) {
             sn_cpu,
             bench_cpu,
             stats.fds,
-            udp_rcvbuf_errors().saturating_sub(drops)
+            udp_rcvbuf_errors().saturating_sub(drops),
+            udp_socket_drops(sn.addr).saturating_sub(sn_drops)
         );
         if n * 100 < step * 95 {
             println!("(stopped: only {n} of {step} clients joined)");
@@ -254,8 +257,9 @@ pub async fn capacity(settings: &Settings, keys: Arc<Keys>) {
         }
     }
     println!(
-        "udp drops: datagrams dropped on full socket receive buffers (namespace-wide) during \
-         the step; a lost QUIC Initial costs a ~1 s retransmit, hence the join p99"
+        "udp drops: datagrams dropped on full socket receive buffers during the step, \
+         namespace-wide (SN drops: on the supernode's socket); a lost QUIC Initial costs a \
+         ~1 s retransmit, hence the join p99"
     );
     println!(
         "limits: the supernode admits at most Config::max_connections (default 10000) \

@@ -41,7 +41,9 @@
 //! - `NATTER_LOAD_CONNS_PER_ENDPOINT` [50]: client connections per QUIC
 //!   endpoint (at most 64, the per-address limit);
 //! - `NATTER_LOAD_JOIN_CONCURRENCY` [32]: joins in flight;
-//! - `NATTER_LOAD_CAPACITY_SECS` [600]: time bound of each part's joining;
+//! - `NATTER_LOAD_CAPACITY_SECS` [1800]: time bound of each part's joining
+//!   (a join costs a few ms of RSA on each side: on a busy 2-core machine
+//!   10,000 joins take 10 minutes or more);
 //! - `NATTER_LOAD_IDLE_SECS` [5]: window over which idle CPU is measured;
 //! - `NATTER_LOAD_HOLD_SECS` [0]: time the sessions stay idle after the
 //!   last step (to profile the supernode, whose pid is printed);
@@ -128,7 +130,7 @@ impl Settings {
             buddies: env_or("NATTER_LOAD_BUDDIES", if quick { 5 } else { 20 }),
             conns_per_endpoint: env_or("NATTER_LOAD_CONNS_PER_ENDPOINT", 50usize).clamp(1, 64),
             join_concurrency: env_or("NATTER_LOAD_JOIN_CONCURRENCY", 32usize).max(1),
-            capacity_secs: env_or("NATTER_LOAD_CAPACITY_SECS", 600),
+            capacity_secs: env_or("NATTER_LOAD_CAPACITY_SECS", 1800),
             idle_secs: env_or("NATTER_LOAD_IDLE_SECS", if quick { 1 } else { 5 }).max(1),
             settle: Duration::from_millis(if quick { 500 } else { 3000 }),
             hold_secs: env_or("NATTER_LOAD_HOLD_SECS", 0),

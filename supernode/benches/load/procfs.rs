@@ -72,3 +72,28 @@ pub async fn idle_cpu(pid: &str, window: Duration) -> (f64, f64) {
     let pct = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / CLOCK_TICKS / secs * 100.0;
     (pct(sn0, sn1), pct(me0, me1))
 }
+
+/// Datagrams the kernel dropped on the UDP socket bound to `addr` (the
+/// `drops` column of /proc/net/udp), 0 when there is none.
+pub fn udp_socket_drops(addr: std::net::SocketAddr) -> u64 {
+    let std::net::SocketAddr::V4(v4) = addr else {
+        return 0;
+    };
+    // /proc/net/udp writes the address as the in-memory u32 in hex.
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            (fields.get(1) == Some(&want.as_str()))
+                .then(|| fields.last().and_then(|d| d.parse::<u64>().ok()))
+                .flatten()
+        })
+        .sum()
+}
