@@ -1,14 +1,15 @@
 //! Envelope frames on QUIC streams, decoded with
 //! [`natter_proto::frame::FrameDecoder`] (bounded to two maximum frames).
 
+use bytes::Bytes;
 use natter_proto::frame::{self, FrameDecoder};
 use natter_proto::messages::Envelope;
 use quinn::{RecvStream, SendStream};
 
 use crate::NetError;
 
-/// Most bytes taken from the stream at a time.
-const READ_CHUNK: usize = 16 * 1024;
+/// Most received chunks (each up to a packet's payload) taken at a time.
+const READ_CHUNKS: usize = 16;
 
 /// The receiving half of a framed stream. It holds no read buffer of its
 /// own (it takes quinn's received chunks as they are), so an idle stream
@@ -50,11 +51,17 @@ impl FramedRecv {
             if let Some(frame) = self.decoder.poll_frame() {
                 return Ok(Some(frame?));
             }
-            // Cancel-safe, like `read`: a chunk is handed out whole or not at all.
-            match self.stream.read_chunk(READ_CHUNK, true).await? {
+            // Cancel-safe, like `read`: chunks are handed out whole or not
+            // at all; several at a time, as `read` copied them.
+            let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
+            match self.stream.read_chunks(&mut chunks).await? {
                 None if self.decoder.buffered() == 0 => return Ok(None),
                 None => return Err(NetError::Truncated),
-                Some(chunk) => self.decoder.handle_data(&chunk.bytes)?,
+                Some(n) => {
+                    for chunk in chunks.iter().take(n) {
+                        self.decoder.handle_data(chunk)?;
+                    }
+                }
             }
         }
     }
