@@ -47,8 +47,9 @@
 //! - `NATTER_LOAD_IDLE_SECS` [5]: window over which idle CPU is measured;
 //! - `NATTER_LOAD_HOLD_SECS` [0]: time the sessions stay idle after the
 //!   last step (to profile the supernode, whose pid is printed);
-//! - `NATTER_LOAD_USERS_PER_NODE` [2000]: users homed on each of the 3
-//!   supernodes in part 2;
+//! - `NATTER_LOAD_USERS_PER_NODE` [1000]: users homed on each of the 3
+//!   supernodes in part 2 (the supernodes and all clients share this
+//!   process: on 2 busy cores 2000 each already starve keep-alives);
 //! - `NATTER_LOAD_REPLICAS` [3]: directory replicas (K) in part 2;
 //! - `NATTER_LOAD_SEARCHERS` [32]: searching sessions on the first supernode;
 //! - `NATTER_LOAD_SEARCHES` [6000]: searches measured;
@@ -134,7 +135,7 @@ impl Settings {
             idle_secs: env_or("NATTER_LOAD_IDLE_SECS", if quick { 1 } else { 5 }).max(1),
             settle: Duration::from_millis(if quick { 500 } else { 3000 }),
             hold_secs: env_or("NATTER_LOAD_HOLD_SECS", 0),
-            users_per_node: env_or("NATTER_LOAD_USERS_PER_NODE", if quick { 20 } else { 2000 })
+            users_per_node: env_or("NATTER_LOAD_USERS_PER_NODE", if quick { 20 } else { 1000 })
                 .max(1),
             replicas: env_or("NATTER_LOAD_REPLICAS", 3usize).max(1),
             searchers: env_or("NATTER_LOAD_SEARCHERS", if quick { 4 } else { 32 }).max(1),
