@@ -1,21 +1,23 @@
 //! Envelope frames on QUIC streams, decoded with
 //! [`natter_proto::frame::FrameDecoder`] (bounded to two maximum frames).
 
+use bytes::Bytes;
 use natter_proto::frame::{self, FrameDecoder};
 use natter_proto::messages::Envelope;
 use quinn::{RecvStream, SendStream};
 
 use crate::NetError;
 
-/// Bytes read from the stream at a time.
-const READ_CHUNK: usize = 16 * 1024;
+/// Most received chunks (each up to a packet's payload) taken at a time.
+const READ_CHUNKS: usize = 16;
 
-/// The receiving half of a framed stream.
+/// The receiving half of a framed stream. It holds no read buffer of its
+/// own (it takes quinn's received chunks as they are), so an idle stream
+/// costs only the decoder's partial frame: a supernode holds thousands.
 #[derive(Debug)]
 pub struct FramedRecv {
     stream: RecvStream,
     decoder: FrameDecoder,
-    buf: Box<[u8]>,
     failed: bool,
 }
 
@@ -25,7 +27,6 @@ impl FramedRecv {
         Self {
             stream,
             decoder: FrameDecoder::default(),
-            buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
             failed: false,
         }
     }
@@ -50,12 +51,16 @@ impl FramedRecv {
             if let Some(frame) = self.decoder.poll_frame() {
                 return Ok(Some(frame?));
             }
-            match self.stream.read(&mut self.buf).await? {
+            // Cancel-safe, like `read`: chunks are handed out whole or not
+            // at all; several at a time, as `read` copied them.
+            let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
+            match self.stream.read_chunks(&mut chunks).await? {
                 None if self.decoder.buffered() == 0 => return Ok(None),
                 None => return Err(NetError::Truncated),
                 Some(n) => {
-                    let data = self.buf.get(..n).unwrap_or_default();
-                    self.decoder.handle_data(data)?;
+                    for chunk in chunks.iter().take(n) {
+                        self.decoder.handle_data(chunk)?;
+                    }
                 }
             }
         }

@@ -95,6 +95,9 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, FrameError> {
     Ok(envelope)
 }
 
+/// Bytes of buffer a decoder keeps between frames.
+const IDLE_BUFFER: usize = 1024;
+
 /// Incremental decoder of a stream of frames.
 #[derive(Debug)]
 pub struct FrameDecoder {
@@ -158,6 +161,11 @@ impl FrameDecoder {
         }
         let result = decode_envelope(&self.buf[LENGTH_PREFIX_LEN..end]);
         self.buf.drain(..end);
+        if self.buf.is_empty() {
+            // An idle stream keeps a small buffer, not its largest frame:
+            // a supernode holds thousands of mostly idle streams.
+            self.buf.shrink_to(IDLE_BUFFER);
+        }
         if result.is_err() {
             self.failed = true;
         }

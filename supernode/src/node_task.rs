@@ -168,7 +168,7 @@ fn carry_out(shell: &Arc<Shell>, node: &mut Node, conns: &mut Conns) {
                 let Some((tx, conn)) = conns.sessions.get(&id) else {
                     continue;
                 };
-                match tx.try_send(Out::Frame(envelope)) {
+                match tx.try_send(Out::Frame(Box::new(envelope))) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         tracing::info!("session push queue full, disconnecting slow client");
