@@ -2,6 +2,8 @@
 //! and outcome (a registration, a good login, a wrong password) and the
 //! connections open, on the address it was given.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::net::SocketAddr;

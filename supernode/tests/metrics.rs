@@ -2,6 +2,8 @@
 //! answer, a joined user), sits where it was told (loopback here), answers
 //! nothing but `GET /metrics`, and a port in use fails the start.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::net::SocketAddr;
