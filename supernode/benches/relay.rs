@@ -51,16 +51,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::io::IoSliceMut;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use natter_client::supernode::SupernodeSession;
 use natter_net::TransportSettings;
-use natter_proto::cert::{Identity, Issuer};
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{
     CallInvite, CallSignal, RelayAllocate, RelayAllocated, call_signal::Kind,
@@ -68,12 +69,11 @@ use natter_proto::messages::{
 use natter_proto::relay::{self as wire, BindStatus};
 use natter_proto::som::{Function, Header};
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey, LineEnding};
-use rsa::{RsaPrivateKey, RsaPublicKey};
+use rsa::pkcs8::{EncodePublicKey, LineEnding};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
+
+use common::{Keys, env_or};
 
 /// Bytes of one media datagram (SoM header included), as a real call sends.
 const DATAGRAM: usize = 61;
@@ -97,16 +97,6 @@ struct Settings {
     all_steps: bool,
     realtime: bool,
     quick: bool,
-}
-
-fn env_or<T: FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} does not parse")),
-        Err(_) => default,
-    }
 }
 
 impl Settings {
@@ -146,58 +136,6 @@ impl Settings {
 }
 
 // ------------------------------------------------------------------ identities
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn read_key(path: &str) -> RsaPrivateKey {
-    let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
-    let pem = std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"));
-    RsaPrivateKey::from_pkcs8_pem(&pem).unwrap()
-}
-
-/// The test issuer and the one key pair all bench users share.
-#[derive(Debug)]
-struct Keys {
-    issuer: Issuer,
-    user_key: RsaPrivateKey,
-    user_public: RsaPublicKey,
-}
-
-impl Keys {
-    fn load() -> Self {
-        let user_key = read_key("../proto/tests/vectors/alice.pem");
-        Self {
-            issuer: Issuer::new(read_key("../proto/tests/vectors/issuer.pem")),
-            user_public: user_key.to_public_key(),
-            user_key,
-        }
-    }
-
-    fn identity(&self, name: &str, serial: u64) -> Identity {
-        let now = unix_now();
-        let certificate = self.issuer.issue(
-            &mut StdRng::seed_from_u64(serial),
-            &natter_proto::cert::Subject::User {
-                name,
-                key: &self.user_public,
-                chat_key: natter_proto::cert::chat_public(&[0x11; 32]),
-            },
-            serial,
-            now - 300,
-            now + 3600,
-        );
-        Identity {
-            key: self.user_key.clone(),
-            certificate,
-            chat_secret: [0x11; 32],
-        }
-    }
-}
 
 // ------------------------------------------------------------------ the supernode
 

@@ -5,18 +5,15 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use natter_client::supernode::{SessionError, SupernodeSession};
 use natter_net::TransportSettings;
-use natter_proto::cert::{Identity, Issuer};
 use natter_proto::messages::envelope::Body;
 use natter_proto::messages::{PresenceStatus, PresenceSubscribe, SearchReply, SearchRequest};
 use quinn::Endpoint;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rsa::pkcs8::DecodePrivateKey;
-use rsa::{RsaPrivateKey, RsaPublicKey};
 
 /// Upper bound of one join (connect + two round trips) and of each
 /// registration request after it.
@@ -24,58 +21,7 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound of one search.
 pub const SEARCH_TIMEOUT: Duration = Duration::from_secs(3);
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn read_key(path: &str) -> RsaPrivateKey {
-    let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
-    let pem = std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"));
-    RsaPrivateKey::from_pkcs8_pem(&pem).unwrap()
-}
-
-/// The issuer and the one key pair every bench user shares.
-#[derive(Debug)]
-pub struct Keys {
-    pub issuer: Issuer,
-    user_key: RsaPrivateKey,
-    user_public: RsaPublicKey,
-}
-
-impl Keys {
-    pub fn load() -> Self {
-        let user_key = read_key("../proto/tests/vectors/alice.pem");
-        Self {
-            issuer: Issuer::new(read_key("../proto/tests/vectors/issuer.pem")),
-            user_public: user_key.to_public_key(),
-            user_key,
-        }
-    }
-
-    /// A certificate for `name` (valid for an hour) on the shared key.
-    fn identity(&self, name: &str, serial: u64) -> Identity {
-        let now = unix_now();
-        let certificate = self.issuer.issue(
-            &mut StdRng::seed_from_u64(serial),
-            &natter_proto::cert::Subject::User {
-                name,
-                key: &self.user_public,
-                chat_key: natter_proto::cert::chat_public(&[0x11; 32]),
-            },
-            serial,
-            now - 300,
-            now + 3600,
-        );
-        Identity {
-            key: self.user_key.clone(),
-            certificate,
-            chat_secret: [0x11; 32],
-        }
-    }
-}
+pub use crate::common::Keys;
 
 /// One client to join: its name, where, through which endpoint, and the
 /// buddies whose presence it subscribes to once joined.

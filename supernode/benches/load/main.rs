@@ -66,14 +66,15 @@
 
 mod capacity;
 mod clients;
+#[path = "../common/mod.rs"]
+mod common;
 mod procfs;
 mod search;
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clients::Keys;
+use common::{Keys, env_or};
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -97,16 +98,6 @@ struct Settings {
     search_secs: u64,
     capacity: bool,
     search: bool,
-}
-
-fn env_or<T: FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(value) => value
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} does not parse")),
-        Err(_) => default,
-    }
 }
 
 impl Settings {
