@@ -612,6 +612,22 @@ mod tests {
     }
 
     #[test]
+    fn tcp_segments_are_found_and_are_not_udp_payloads() {
+        let builder = etherparse::PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(4000, 443, 7, 1024);
+        let mut ip = Vec::new();
+        builder.write(&mut ip, b"record").unwrap();
+        let s = segment(Link::Ip, &ip).unwrap();
+        assert_eq!(s.transport, Transport::Tcp);
+        assert_eq!(s.dst, "10.0.0.2:443".parse().unwrap());
+        assert_eq!(s.payload, b"record");
+        assert_eq!(udp_payload(Link::Ip, &ip), None);
+        for n in 0..ip.len() {
+            let _ = segment(Link::Ip, &ip[..n]);
+        }
+    }
+
+    #[test]
     fn udp_payloads_are_found_in_ethernet_cooked_and_raw_ip_and_garbage_is_none() {
         let builder =
             etherparse::PacketBuilder::ipv4([127, 0, 0, 1], [127, 0, 0, 2], 64).udp(4000, 5000);
