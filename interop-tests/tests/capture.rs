@@ -192,6 +192,13 @@ fn a_direct_call_capture_is_labelled_decoded_decrypted_and_detected() {
                 l if is_quic_label(l) => assert!(protocols.contains(":quic"), "{at}"),
                 _ => {}
             }
+            // Whatever the dissector calls Natter is labelled Natter.
+            if !kind.is_empty() || protocols.contains(":natter") {
+                assert!(
+                    p.natter,
+                    "the dissector names a packet not labelled Natter: {at}"
+                );
+            }
             // Every SoM datagram the dissector shows was opened with the
             // key log (its label carries the function decryption gave).
             if kind == "som" {
