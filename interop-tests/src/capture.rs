@@ -1244,6 +1244,47 @@ pub struct Index {
     pub labels: Vec<(String, String)>,
 }
 
+impl Index {
+    /// The data set's README: its scenarios, their files, the labels, what
+    /// is missing (docs/TRAFFIC.md has the rest).
+    pub fn readme(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::from(
+            "# Natter labelled captures\n\nMade by `natter-interop-tests capture --all` in Natter's NAT lab \
+             (network namespaces, nftables NATs, the real binaries). How to read them, with tshark \
+             and the dissector: docs/TRAFFIC.md in the Natter repository.\n\n\
+             Each directory: `a-lan.pcap`, `a-wan.pcap`, `b-lan.pcap`, `b-wan.pcap` (both sides of \
+             the caller's (A) and callee's (B) routers), `keys.log` (NATTER_KEYLOG), `labels.json` \
+             (every packet by interface and frame number), `scenario.json` (processes, call \
+             reports), `active.json` (active prober), `speech.wav`, `logs/`.\n\n\
+             | scenario | what | path | packets | ok |\n|---|---|---|---|---|\n",
+        );
+        for sc in &self.scenarios {
+            let what = sc
+                .scenario
+                .parse::<Scenario>()
+                .map_or("", Scenario::description);
+            let _ = writeln!(
+                s,
+                "| `{}` | {what} | {} | {} | {} |",
+                sc.scenario,
+                sc.path.as_deref().unwrap_or("-"),
+                sc.packets,
+                if sc.ok { "yes" } else { "no" }
+            );
+        }
+        s.push_str("\n| label | meaning |\n|---|---|\n");
+        for (l, m) in &self.labels {
+            let _ = writeln!(s, "| `{l}` | {m} |");
+        }
+        s.push_str("\nNot covered yet:\n\n");
+        for (what, why) in &self.missing {
+            let _ = writeln!(s, "- {what}: {why}");
+        }
+        s
+    }
+}
+
 /// Runs `scenarios` (one lab each) into `out/NAME/` and writes
 /// `out/index.json` (after every scenario).
 pub fn run_all(opts: &CaptureOptions, scenarios: &[Scenario], out: &Path) -> Result<Index> {
@@ -1276,6 +1317,10 @@ pub fn run_all(opts: &CaptureOptions, scenarios: &[Scenario], out: &Path) -> Res
         );
         index.scenarios.push(summary);
         write_json(&out.join("index.json"), &index)?;
+        io(
+            "write README.md",
+            fs::write(out.join("README.md"), index.readme()),
+        )?;
     }
     Ok(index)
 }
@@ -1308,6 +1353,28 @@ mod tests {
         }
         let e = "nope".parse::<Scenario>().unwrap_err();
         assert!(e.contains("direct-call"), "{e}");
+    }
+
+    #[test]
+    fn the_data_sets_readme_lists_scenarios_labels_and_what_is_missing() {
+        let index = Index {
+            scenarios: vec![ScenarioSummary {
+                scenario: "relayed".into(),
+                dir: "/x/relayed".into(),
+                ok: true,
+                path: Some("relayed".into()),
+                packets: 42,
+                labels: BTreeMap::new(),
+                problems: Vec::new(),
+            }],
+            missing: vec![("hold".into(), "no hold".into())],
+            labels: vec![("voice".into(), "a voice frame".into())],
+        };
+        let r = index.readme();
+        assert!(r.contains("| `relayed` | symmetric x symmetric"), "{r}");
+        assert!(r.contains("| relayed | 42 | yes |"), "{r}");
+        assert!(r.contains("| `voice` | a voice frame |"), "{r}");
+        assert!(r.contains("- hold: no hold"), "{r}");
     }
 
     #[test]
