@@ -67,7 +67,7 @@ pub enum Scenario {
     /// open x open: speech, 3 s of silence, speech (Natter has no DTX: the
     /// silence is sent at 50 packets/s too).
     Silence,
-    /// open x open: the caller's supernode is killed 2 s into a 6 s call.
+    /// open x open: the caller's supernode is killed 3 s into a 6 s call.
     SupernodeLost,
 }
 
@@ -126,7 +126,7 @@ impl Scenario {
                 "open x open: 1.5 s speech, 3 s silence, 1.5 s speech (no DTX: silence at 50 packets/s)"
             }
             Scenario::SupernodeLost => {
-                "open x open: the caller's supernode is killed 2 s into a 6 s call; the call goes on, the caller rejoins"
+                "open x open: the caller's supernode is killed 3 s into a 6 s call (direct media goes on)"
             }
         }
     }
