@@ -254,7 +254,9 @@ pub struct PacketLabel {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<String>,
     /// For `tcp-fallback`: the phase the same packet would have over QUIC
-    /// (`login`, `join`, `call-signal`, ...; media on a relay leg is `voice`).
+    /// (`login`, `join`, `call-signal`, ...); `voice` for a TLS relay leg:
+    /// a TCP connection a call process opened 20 ms or more after its first
+    /// (its control connection is dialled first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
 }
@@ -406,6 +408,10 @@ fn is_supernode_ip(ip: IpAddr) -> bool {
 fn is_server(a: SocketAddr) -> bool {
     a.ip() == IpAddr::V4(lab::LOGIN) || is_supernode_ip(a.ip())
 }
+
+/// A call process's TCP connection opened this long (s) after its first
+/// is a relay leg.
+const RELAY_LEG_AFTER_S: f64 = 0.020;
 
 /// The UDP service port of the lab's supernodes (reflector and relay).
 const SN_UDP_PORT: u16 = 444;
@@ -596,15 +602,17 @@ impl LabelCtx {
                 _ if key.2.ip() == IpAddr::V4(lab::LOGIN) => "login",
                 _ => "join",
             };
-            // A call process's first TCP connection to a supernode is its
-            // control connection; later ones are TLS relay legs (media).
+            // A call process dials its control connection first (in
+            // parallel to several supernodes); TCP connections it opens
+            // later (20 ms or more after its first) are TLS relay legs
+            // (media).
             let relay_leg = key.0 == Transport::Tcp
                 && matches!(owner.map(|p| p.kind.as_str()), Some("call" | "answer"))
                 && is_supernode_ip(key.2.ip())
                 && flow_first.iter().any(|(k, f)| {
                     k.0 == Transport::Tcp
                         && is_supernode_ip(k.2.ip())
-                        && *f < first
+                        && *f < first - RELAY_LEG_AFTER_S
                         && owner.is_some_and(|o| *f >= o.start)
                 });
             let phase = if relay_leg { "voice" } else { phase };
