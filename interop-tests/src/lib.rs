@@ -9,6 +9,10 @@
 //! * [`nat`]: NAT types, their nft rulesets, impairments (loss).
 //! * [`probe`]: RFC 4787/5780-style classifier and the self-check.
 //! * [`scenario`]: one call trial and the NAT-type matrix.
+//! * [`capture`]: labelled scenario captures (issue 17): pcaps, key log,
+//!   `labels.json` from ground truth; [`background`]: non-Natter traffic.
+//! * [`detect`]: the published detectors (chi-square after Bonfiglio et
+//!   al. 2007, active probing) evaluated on those captures.
 //! * [`amplification`]: bytes out / bytes in per unauthenticated service of
 //!   the real servers on loopback (needs no root; `amplification` subcommand).
 //!
@@ -81,6 +85,9 @@
 //! lets through; a supernode's UDP service (reflector, relay) is on UDP 444.
 
 pub mod amplification;
+pub mod background;
+pub mod capture;
+pub mod detect;
 pub mod error;
 pub mod exec;
 pub mod lab;

@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use natter_interop_tests::lab::{self, Lab, LabConfig};
 use natter_interop_tests::nat::NatType;
-use natter_interop_tests::{amplification, probe, scenario};
+use natter_interop_tests::{amplification, background, capture, detect, probe, scenario};
 use std::path::PathBuf;
 
 /// Natter's NAT lab: namespaces + nftables NAT routers, a NAT classifier and
@@ -80,8 +80,60 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Labelled scenario captures (issue 17): per scenario, a pcap of both
+    /// sides of each client's router, the clients' key log (NATTER_KEYLOG),
+    /// labels.json (every packet's meaning, from ground truth) and the
+    /// active prober's answers. Needs root.
+    Capture {
+        /// The scenario (direct-call, overlay, hole-punched, relayed,
+        /// tcp-fallback, silence, supernode-lost).
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        scenario: Option<capture::Scenario>,
+        /// Every scenario, each into OUT/NAME/, with OUT/index.json.
+        #[arg(long)]
+        all: bool,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Where natter-login, natter-supernode and natter are (default: next to this binary).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// No background (non-Natter) traffic.
+        #[arg(long)]
+        no_background: bool,
+        /// No active probing at the end.
+        #[arg(long)]
+        no_active_probe: bool,
+    },
+    /// Run the detectors (chi-square after Bonfiglio et al. 2007, active
+    /// probing) on captures made by `capture` (a scenario directory, or the
+    /// directory of `capture --all`); prints the table, writes
+    /// DIR/detect.json and DIR/detect.md.
+    Detect {
+        /// The capture directory.
+        dir: PathBuf,
+    },
     /// Remove namespaces left behind by crashed lab runs.
     Cleanup,
+    /// (internal) background traffic: `serve` (DNS responder, sinks) or
+    /// `send` (RTP-like, UDP stream, DNS queries).
+    #[command(hide = true)]
+    BgTraffic {
+        #[arg(value_parser = ["serve", "send"])]
+        mode: String,
+        #[arg(long)]
+        ip: Ipv4Addr,
+        #[arg(long, default_value_t = 4)]
+        secs: u64,
+    },
+    /// (internal) the active prober: probe every target, write JSON.
+    #[command(hide = true)]
+    ActiveProbe {
+        #[arg(long)]
+        targets: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// (internal) run a probe reflector.
     #[command(hide = true)]
     ProbeReflector {
@@ -213,6 +265,81 @@ fn main() -> anyhow::Result<()> {
                 bail!("over target: {}", over.join(", "));
             }
         }
+        Cmd::Capture {
+            scenario,
+            all,
+            out,
+            bin_dir,
+            no_background,
+            no_active_probe,
+        } => {
+            let exe = std::env::current_exe().context("current exe")?;
+            let bin_dir = match bin_dir {
+                Some(d) => d,
+                None => exe.parent().context("exe dir")?.to_path_buf(),
+            };
+            let opts = capture::CaptureOptions {
+                bins: scenario::Binaries::in_dir(&bin_dir)?,
+                exe,
+                background: !no_background,
+                active_probe: !no_active_probe,
+            };
+            if all {
+                let index = capture::run_all(&opts, &capture::Scenario::ALL, &out)?;
+                let bad: Vec<&str> = index
+                    .scenarios
+                    .iter()
+                    .filter(|s| !s.ok)
+                    .map(|s| s.scenario.as_str())
+                    .collect();
+                println!(
+                    "{} scenarios in {} (index.json); not ok: {:?}",
+                    index.scenarios.len(),
+                    out.display(),
+                    bad
+                );
+            } else if let Some(s) = scenario {
+                let sum = capture::run_scenario(&opts, s, &out)?;
+                println!("{}", serde_json::to_string_pretty(&sum)?);
+                if !sum.ok {
+                    bail!(
+                        "scenario {s} did not do what it should: {}",
+                        sum.problems.join("; ")
+                    );
+                }
+            }
+        }
+        Cmd::Detect { dir } => {
+            let dirs: Vec<PathBuf> = if dir.join("labels.json").is_file() {
+                vec![dir.clone()]
+            } else {
+                let text = std::fs::read_to_string(dir.join("index.json")).with_context(|| {
+                    format!("{} has neither labels.json nor index.json", dir.display())
+                })?;
+                let index: capture::Index = serde_json::from_str(&text)?;
+                index
+                    .scenarios
+                    .iter()
+                    .map(|s| dir.join(&s.scenario))
+                    .collect()
+            };
+            let mut evals = Vec::new();
+            for d in &dirs {
+                evals.push(detect::evaluate(d)?);
+            }
+            let md = detect::markdown(&evals);
+            print!("{md}");
+            std::fs::write(dir.join("detect.md"), &md)?;
+            std::fs::write(
+                dir.join("detect.json"),
+                serde_json::to_string_pretty(&evals)?,
+            )?;
+        }
+        Cmd::BgTraffic { mode, ip, secs } => match mode.as_str() {
+            "serve" => background::serve(ip, secs)?,
+            _ => background::send(ip, secs)?,
+        },
+        Cmd::ActiveProbe { targets, out } => detect::active_probe_main(&targets, &out)?,
         Cmd::Cleanup => {
             lab::check_prereqs(&[])?;
             let gone = lab::cleanup_stale()?;

@@ -514,18 +514,20 @@ pub struct MatrixReport {
     pub cells: Vec<CellResult>,
 }
 
-const PASSWORD: &str = "natter-lab-password-1";
+pub(crate) const PASSWORD: &str = "natter-lab-password-1";
 const SPEECH: &str = "Hello, this is the Natter network lab. One, two, three, four, five. The quick brown fox jumps.";
 
 /// The running servers of a run.
 #[derive(Debug)]
-struct Servers {
-    login_key: PathBuf,
-    login_addr: String,
-    sn: [String; 2],
+pub(crate) struct Servers {
+    pub(crate) login_key: PathBuf,
+    pub(crate) login_addr: String,
+    pub(crate) sn: [String; 2],
+    /// The two supernodes' processes.
+    pub(crate) sn_procs: [ProcId; 2],
 }
 
-fn fmt_err(e: &LabError) -> String {
+pub(crate) fn fmt_err(e: &LabError) -> String {
     let s = e.to_string();
     if s.chars().count() > 2000 {
         format!("{}...", s.chars().take(2000).collect::<String>())
@@ -534,7 +536,7 @@ fn fmt_err(e: &LabError) -> String {
     }
 }
 
-fn io<T>(what: impl Into<String>, r: std::io::Result<T>) -> Result<T> {
+pub(crate) fn io<T>(what: impl Into<String>, r: std::io::Result<T>) -> Result<T> {
     r.map_err(|e| LabError::io(what, e))
 }
 
@@ -546,7 +548,7 @@ pub fn make_speech(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn start_servers(lab: &mut Lab, bins: &Binaries, work: &Path) -> Result<Servers> {
+pub(crate) fn start_servers(lab: &mut Lab, bins: &Binaries, work: &Path) -> Result<Servers> {
     let lg = lab.add_server("lg", &[lab::LOGIN])?;
     let n1 = lab.add_server("n1", &lab::SN1)?;
     let n2 = lab.add_server("n2", &lab::SN2)?;
@@ -679,6 +681,7 @@ fn start_servers(lab: &mut Lab, bins: &Binaries, work: &Path) -> Result<Servers>
         login_key,
         login_addr,
         sn,
+        sn_procs: [ids[0].1, ids[1].1],
     })
 }
 
@@ -715,7 +718,7 @@ fn wait_tcp_listening(lab: &mut Lab, ns: &str, addr: &str, id: ProcId, what: &st
 }
 
 /// A call report the client wrote (`--stats-json`).
-fn read_report(p: &Path) -> Option<CallReport> {
+pub(crate) fn read_report(p: &Path) -> Option<CallReport> {
     CallReport::from_json(&fs::read_to_string(p).ok()?).ok()
 }
 

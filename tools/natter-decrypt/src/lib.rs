@@ -159,6 +159,32 @@ impl Link {
     }
 }
 
+/// The transport protocol of a [`Segment`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    /// `udp` or `tcp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+/// A UDP datagram or TCP segment found in a captured packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment<'a> {
+    pub transport: Transport,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub payload: &'a [u8],
+}
+
 /// A UDP datagram found in a captured packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Udp<'a> {
@@ -167,9 +193,9 @@ pub struct Udp<'a> {
     pub payload: &'a [u8],
 }
 
-/// The UDP datagram a captured packet carries, if any (IPv4 or IPv6, not
-/// fragmented). Total: any bytes give a datagram or `None`.
-pub fn udp_payload(link: Link, packet: &[u8]) -> Option<Udp<'_>> {
+/// The UDP datagram or TCP segment a captured packet carries, if any (IPv4
+/// or IPv6, not fragmented). Total: any bytes give a segment or `None`.
+pub fn segment(link: Link, packet: &[u8]) -> Option<Segment<'_>> {
     let sliced = match link {
         Link::Ethernet => SlicedPacket::from_ethernet(packet),
         Link::LinuxSll => SlicedPacket::from_linux_sll(packet),
@@ -199,14 +225,126 @@ pub fn udp_payload(link: Link, packet: &[u8]) -> Option<Udp<'_>> {
     if fragmented {
         return None;
     }
-    let TransportSlice::Udp(udp) = sliced.transport? else {
-        return None;
-    };
-    Some(Udp {
-        src: SocketAddr::new(src, udp.source_port()),
-        dst: SocketAddr::new(dst, udp.destination_port()),
-        payload: udp.payload(),
+    match sliced.transport? {
+        TransportSlice::Udp(udp) => Some(Segment {
+            transport: Transport::Udp,
+            src: SocketAddr::new(src, udp.source_port()),
+            dst: SocketAddr::new(dst, udp.destination_port()),
+            payload: udp.payload(),
+        }),
+        TransportSlice::Tcp(tcp) => Some(Segment {
+            transport: Transport::Tcp,
+            src: SocketAddr::new(src, tcp.source_port()),
+            dst: SocketAddr::new(dst, tcp.destination_port()),
+            payload: tcp.payload(),
+        }),
+        _ => None,
+    }
+}
+
+/// The UDP datagram a captured packet carries, if any (IPv4 or IPv6, not
+/// fragmented). Total: any bytes give a datagram or `None`.
+pub fn udp_payload(link: Link, packet: &[u8]) -> Option<Udp<'_>> {
+    let s = segment(link, packet)?;
+    (s.transport == Transport::Udp).then_some(Udp {
+        src: s.src,
+        dst: s.dst,
+        payload: s.payload,
     })
+}
+
+/// A packet of a capture file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedPacket {
+    /// Its number as Wireshark counts it (from 1).
+    pub frame: u64,
+    /// When it was captured (since the Unix epoch).
+    pub time: std::time::Duration,
+    /// Its link layer, if one of those [`Link`] knows.
+    pub link: Option<Link>,
+    pub data: Vec<u8>,
+}
+
+/// A capture file that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{what}: {message}")]
+    Format { what: String, message: String },
+}
+
+/// Calls `each` for every packet of a pcap or pcapng file, in file order,
+/// numbered from 1 as Wireshark does.
+pub fn read_capture(
+    path: &std::path::Path,
+    mut each: impl FnMut(CapturedPacket),
+) -> Result<(), CaptureError> {
+    use pcap_file::pcap::PcapReader;
+    use pcap_file::pcapng::{Block, PcapNgReader};
+    use std::io::Read as _;
+    let io = |what: &str| {
+        let what = format!("{what} {}", path.display());
+        move |source: std::io::Error| CaptureError::Io { what, source }
+    };
+    let fmt = |what: &str| {
+        let what = format!("{what} {}", path.display());
+        move |e: pcap_file::PcapError| CaptureError::Format {
+            what,
+            message: e.to_string(),
+        }
+    };
+    let file = std::fs::File::open(path).map_err(io("opening"))?;
+    let mut file = std::io::BufReader::new(file);
+    let mut magic = [0u8; 4];
+    file.read_exact(&mut magic)
+        .map_err(io("reading the magic of"))?;
+    let chained = std::io::Cursor::new(magic).chain(file);
+    let mut frame = 0u64;
+    if magic == [0x0a, 0x0d, 0x0d, 0x0a] {
+        let mut reader = PcapNgReader::new(chained).map_err(fmt("reading the header of"))?;
+        while let Some(block) = reader.next_block() {
+            let block = block.map_err(fmt("reading a block of"))?;
+            let (interface, time, data) = match block {
+                Block::EnhancedPacket(p) => (p.interface_id, p.timestamp, p.data.into_owned()),
+                Block::SimplePacket(p) => (0, std::time::Duration::ZERO, p.data.into_owned()),
+                Block::Packet(p) => (
+                    u32::from(p.interface_id),
+                    std::time::Duration::from_micros(p.timestamp),
+                    p.data.into_owned(),
+                ),
+                _ => continue,
+            };
+            frame += 1;
+            let link = usize::try_from(interface)
+                .ok()
+                .and_then(|i| reader.interfaces().get(i))
+                .and_then(|i| Link::from_linktype(u32::from(i.linktype)));
+            each(CapturedPacket {
+                frame,
+                time,
+                link,
+                data,
+            });
+        }
+    } else {
+        let mut reader = PcapReader::new(chained).map_err(fmt("reading the header of"))?;
+        let link = Link::from_linktype(u32::from(reader.header().datalink));
+        while let Some(packet) = reader.next_packet() {
+            let packet = packet.map_err(fmt("reading a packet of"))?;
+            frame += 1;
+            each(CapturedPacket {
+                frame,
+                time: packet.timestamp,
+                link,
+                data: packet.data.into_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// One call direction being followed through a capture.
@@ -471,6 +609,22 @@ mod tests {
         stranger.seal(Function::Data, 0, &[0; 10], &mut d).unwrap();
         assert_eq!(dec.open(&d), None);
         assert_eq!(dec.open(b"NRLY"), None);
+    }
+
+    #[test]
+    fn tcp_segments_are_found_and_are_not_udp_payloads() {
+        let builder = etherparse::PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(4000, 443, 7, 1024);
+        let mut ip = Vec::new();
+        builder.write(&mut ip, b"record").unwrap();
+        let s = segment(Link::Ip, &ip).unwrap();
+        assert_eq!(s.transport, Transport::Tcp);
+        assert_eq!(s.dst, "10.0.0.2:443".parse().unwrap());
+        assert_eq!(s.payload, b"record");
+        assert_eq!(udp_payload(Link::Ip, &ip), None);
+        for n in 0..ip.len() {
+            let _ = segment(Link::Ip, &ip[..n]);
+        }
     }
 
     #[test]

@@ -7,14 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use natter_decrypt::{Decryptor, Direction, Link, Listing, parse_key_log, udp_payload};
-use pcap_file::pcap::PcapReader;
-use pcap_file::pcapng::{Block, PcapNgReader};
+use natter_decrypt::{Decryptor, Direction, Listing, parse_key_log, read_capture, udp_payload};
 
 #[derive(Parser)]
 #[command(
@@ -46,44 +44,6 @@ fn main() {
     }
 }
 
-/// Calls `each(frame number, link, packet bytes)` for every packet of a pcap
-/// or pcapng file, numbered from 1 as Wireshark does.
-fn packets(file: File, mut each: impl FnMut(u64, Option<Link>, &[u8])) -> Result<()> {
-    let mut file = BufReader::new(file);
-    let mut magic = [0u8; 4];
-    file.read_exact(&mut magic)
-        .context("reading the capture's magic")?;
-    let chained = std::io::Cursor::new(magic).chain(file);
-    let mut frame = 0u64;
-    if magic == [0x0a, 0x0d, 0x0d, 0x0a] {
-        let mut reader = PcapNgReader::new(chained).context("reading the pcapng header")?;
-        while let Some(block) = reader.next_block() {
-            let block = block.context("reading a pcapng block")?;
-            let (interface, data) = match block {
-                Block::EnhancedPacket(p) => (p.interface_id, p.data.into_owned()),
-                Block::SimplePacket(p) => (0, p.data.into_owned()),
-                Block::Packet(p) => (u32::from(p.interface_id), p.data.into_owned()),
-                _ => continue,
-            };
-            frame += 1;
-            let link = usize::try_from(interface)
-                .ok()
-                .and_then(|i| reader.interfaces().get(i))
-                .and_then(|i| Link::from_linktype(u32::from(i.linktype)));
-            each(frame, link, &data);
-        }
-    } else {
-        let mut reader = PcapReader::new(chained).context("reading the pcap header")?;
-        let link = Link::from_linktype(u32::from(reader.header().datalink));
-        while let Some(packet) = reader.next_packet() {
-            let packet = packet.context("reading a pcap packet")?;
-            frame += 1;
-            each(frame, link, &packet.data);
-        }
-    }
-    Ok(())
-}
-
 fn run(args: Args) -> Result<()> {
     let log = std::fs::read_to_string(&args.keylog)
         .with_context(|| format!("reading {}", args.keylog.display()))?;
@@ -95,8 +55,6 @@ fn run(args: Args) -> Result<()> {
         );
     }
     let mut decryptor = Decryptor::new(directions);
-    let capture =
-        File::open(&args.capture).with_context(|| format!("opening {}", args.capture.display()))?;
     let mut out: Box<dyn Write> = match &args.out {
         Some(path) => Box::new(BufWriter::new(
             File::create(path).with_context(|| format!("creating {}", path.display()))?,
@@ -107,12 +65,13 @@ fn run(args: Args) -> Result<()> {
     let mut tallies: BTreeMap<(String, Direction), Tally> = BTreeMap::new();
     let mut unknown_links = 0u64;
     let mut write_error = None;
-    packets(capture, |frame, link, data| {
-        let Some(link) = link else {
+    read_capture(&args.capture, |packet| {
+        let frame = packet.frame;
+        let Some(link) = packet.link else {
             unknown_links += 1;
             return;
         };
-        let Some(udp) = udp_payload(link, data) else {
+        let Some(udp) = udp_payload(link, &packet.data) else {
             return;
         };
         let Some(d) = decryptor.open(udp.payload) else {
