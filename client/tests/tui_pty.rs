@@ -24,14 +24,14 @@ struct Tmux {
 const SESSION: &str = "ui";
 
 impl Tmux {
-    /// Runs `program args` in a new 110x32 terminal with `env` set.
+    /// Runs `program args` in a new 110x24 terminal with `env` set.
     fn start(program: &Path, args: &[String], env: &[(&str, &str)]) -> Self {
         let tmux = Self {
             socket: format!("natter-tui-{}", std::process::id()),
         };
         let mut cmd = Command::new("tmux");
         cmd.args(["-L", &tmux.socket, "-f", "/dev/null", "new-session", "-d"])
-            .args(["-s", SESSION, "-x", "110", "-y", "32"]);
+            .args(["-s", SESSION, "-x", "110", "-y", "24"]);
         for (k, v) in env {
             cmd.args(["-e", &format!("{k}={v}")]);
         }
@@ -81,15 +81,23 @@ impl Tmux {
     /// returns that screen.
     #[track_caller]
     fn wait_for(&self, needles: &[&str]) -> String {
+        self.wait_until(&format!("{needles:?}"), |screen| {
+            needles.iter().all(|n| screen.contains(n))
+        })
+    }
+
+    /// Waits (up to 60 s) until the screen satisfies `ready`; returns it.
+    #[track_caller]
+    fn wait_until(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
         let start = Instant::now();
         loop {
             let screen = self.screen();
-            if needles.iter().all(|n| screen.contains(n)) {
+            if ready(&screen) {
                 return screen;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(60),
-                "the screen never showed {needles:?}:\n{screen}"
+                "the screen never showed {what}:\n{screen}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -180,10 +188,23 @@ fn alice_in_the_ui_takes_bobs_call_chats_and_sees_him_come_and_go() {
     ui.type_text("hello bob");
     ui.keys(&["Enter"]);
     ui.wait_for(&["alice: hello bob [sent]"]);
-    // Mute and unmute: the screen follows the call's state.
+    // Mute: the screen follows the call's state, and its live figures
+    // move (packets received, a measured RTT).
     ui.keys(&["m"]);
-    ui.wait_for(&["MUTED"]);
+    let live = ui.wait_until("muted, with packets received and an RTT", |s| {
+        s.contains("MUTED") && !s.contains("received 0 ") && !s.contains("RTT -")
+    });
+    // The screen for the README (NATTER_TUI_CAPTURE=FILE).
+    if let Some(path) = std::env::var_os("NATTER_TUI_CAPTURE") {
+        std::fs::write(path, &live).unwrap();
+    }
     ui.keys(&["m"]);
+    ui.wait_until("unmuted", |s| !s.contains("MUTED"));
+    // Hold and resume (the packets keep flowing: see bob's report below).
+    ui.keys(&["h"]);
+    ui.wait_for(&["ON HOLD"]);
+    ui.keys(&["h"]);
+    ui.wait_until("resumed", |s| !s.contains("ON HOLD"));
 
     let bob_out = wait_output(bob, Duration::from_secs(60));
     let report = assert_ok(&bob_out);
@@ -229,12 +250,15 @@ fn alice_in_the_ui_takes_bobs_call_chats_and_sees_him_come_and_go() {
     }
 
     // bob's report: alice's audio came (silence, 50 packets/s, through
-    // mute too); alice's report and WAV: bob's speech came.
+    // mute and hold); alice's report and WAV: bob's speech came.
     let bob_json = std::fs::read_to_string(&bob_json).unwrap();
     assert!(
         field(&bob_json, "media_packets_received") > 200.0,
         "{bob_json}"
     );
+    // Muted and on hold for a while, alice still sent 50 packets/s.
+    let rate = field(&bob_json, "media_packets_received") / field(&bob_json, "duration_s");
+    assert!((40.0..=55.0).contains(&rate), "received {rate}/s in {bob_json}");
     assert!(field(&bob_json, "first_audio_ms") > 0.0, "{bob_json}");
     let alice_json = std::fs::read_to_string(&alice_json).unwrap();
     assert!(
