@@ -591,9 +591,8 @@ fn print_event(event: OnlineEvent) {
             println!("presence {} {}", for_terminal(&name), presence_name(status));
         }
         OnlineEvent::Message(m) => println!(
-            "message from {} ({}): {}",
+            "message from {}: {}",
             for_terminal(&m.from),
-            ago(m.sent_at.div_euclid(1000), now_unix_secs()),
             for_terminal(&m.text)
         ),
         OnlineEvent::Refused(refused) => println!("{}", refused.warning()),
