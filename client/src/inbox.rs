@@ -98,6 +98,17 @@ impl Inbox {
     }
 }
 
+/// A stored line read back: (sent, unix seconds; sender; text), as
+/// [`Inbox::line`] wrote them (escaped); `None` for a line of another shape.
+pub fn parse_line(line: &str) -> Option<(i64, &str, &str)> {
+    let (secs, rest) = line.split_once(' ')?;
+    if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (from, text) = rest.split_once(": ")?;
+    Some((secs.parse().ok()?, from, text))
+}
+
 /// A stored line (`SENT_UNIX_SECS FROM: TEXT`) as a person reads it at
 /// `now`: the time as [`crate::text::ago`] says it ("2 min ago: bob:
 /// hi"); a line without a leading time is shown as it is.
@@ -323,6 +334,11 @@ mod tests {
             "2 min ago: bob: hi"
         );
         assert_eq!(human_line("no time here", 1), "no time here");
+        assert_eq!(
+            parse_line("1800000001 carol: two lines: one"),
+            Some((1_800_000_001, "carol", "two lines: one"))
+        );
+        assert_eq!(parse_line("carol: no time"), None);
         let mode = std::fs::metadata(inbox.path())
             .unwrap()
             .permissions()

@@ -232,18 +232,29 @@ impl Cli {
         if !natter_client::password::available(self.password_file.as_deref()) {
             return loaded;
         }
-        let target = self.login_target().await?;
-        let password = self.password(&name, false)?;
-        let status = home.login(target, key, &name, &password, false).await?;
-        if let LoginStatus::Fresh { supernodes, .. } = &status {
-            home.seed_host_cache(supernodes, key)?;
-            eprintln!(
-                "logged in as {} ({})",
-                status.session().name(),
-                describe_validity(status.session().verified.not_after)
-            );
+        let renewed = async {
+            let target = self.login_target().await?;
+            let password = self.password(&name, false)?;
+            let status = home.login(target, key, &name, &password, false).await?;
+            if let LoginStatus::Fresh { supernodes, .. } = &status {
+                home.seed_host_cache(supernodes, key)?;
+                eprintln!(
+                    "logged in as {} ({})",
+                    status.session().name(),
+                    describe_validity(status.session().verified.not_after)
+                );
+            }
+            Ok::<_, ClientError>(status.session().clone())
+        };
+        match (renewed.await, loaded) {
+            (Ok(session), _) => Ok(session),
+            // Still valid (only near expiry): go on with it.
+            (Err(e), Ok(session)) => {
+                eprintln!("warning: renewing the certificate failed: {e}");
+                Ok(session)
+            }
+            (Err(e), Err(_)) => Err(e),
         }
-        Ok(status.session().clone())
     }
 }
 

@@ -102,6 +102,15 @@ fn contacts_show_live_presence_and_last_seen_in_words() {
 #[test]
 fn a_chat_thread_shows_times_and_the_delivery_receipt() {
     let mut state = joined();
+    // What the inbox held before this run starts the thread.
+    net(
+        &mut state,
+        Net::Earlier {
+            from: "bob".into(),
+            text: "from last week".into(),
+            sent_at: NOW - 8 * 86_400,
+        },
+    );
     net(
         &mut state,
         Net::Message {
@@ -137,6 +146,7 @@ fn a_chat_thread_shows_times_and_the_delivery_receipt() {
     );
     let lines = screen(&state);
     assert_shows(&lines, "Chat with bob");
+    assert_shows(&lines, "2026-11-23 18:11 UTC bob: from last week");
     assert_shows(&lines, "2026-11-28 18:11 UTC bob: are you there?");
     assert_shows(&lines, "2 min ago alice: yes, hello [delivered]");
     assert_shows(&lines, "30 s ago alice: still there? [sent]");

@@ -373,6 +373,19 @@ async fn lookup(
 }
 
 async fn network(mut task: NetTask, mut actions: mpsc::Receiver<Action>) {
+    // The threads start with what the inbox holds (the newest lines).
+    let stored = task.home.inbox().read();
+    let lines: Vec<&str> = stored.lines().collect();
+    for line in &lines[lines.len().saturating_sub(super::state::THREAD_LIMIT)..] {
+        if let Some((sent_at, from, text)) = crate::inbox::parse_line(line) {
+            task.tell(Net::Earlier {
+                from: from.to_owned(),
+                text: text.to_owned(),
+                sent_at,
+            })
+            .await;
+        }
+    }
     let mut sn = task.overlay.session();
     task.register(&sn).await;
     let mut call: Option<ActiveCall> = None;

@@ -95,6 +95,12 @@ pub enum Net {
         text: String,
         sent_at: i64,
     },
+    /// A message received before this run (from the inbox file).
+    Earlier {
+        from: String,
+        text: String,
+        sent_at: i64,
+    },
     /// A message this side sent was handed to the supernode.
     Sent {
         to: String,
@@ -344,6 +350,21 @@ impl State {
             } => {
                 self.contact_mut(&from);
                 self.notice = format!("message from {from}");
+                self.push_line(
+                    &from.clone(),
+                    ChatLine {
+                        from,
+                        text,
+                        at: sent_at,
+                        own: None,
+                    },
+                );
+            }
+            Net::Earlier {
+                from,
+                text,
+                sent_at,
+            } => {
                 self.push_line(
                     &from.clone(),
                     ChatLine {
