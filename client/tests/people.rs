@@ -137,3 +137,96 @@ fn natter_alone_without_a_terminal_is_a_usage_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("a command is needed"), "{err}");
 }
+
+/// The command-line equivalents of the UI's call keys: `answer --decline`
+/// (the `d` key), and a `q` line on `call`'s standard input (the `x` key).
+#[test]
+fn answer_declines_and_a_typed_q_hangs_up() {
+    use std::io::{BufRead, BufReader, Write};
+    let cluster = Cluster::start(2, None);
+    for user in ["alice", "bob"] {
+        assert_ok(&cluster.run(user, &["register", user], LIMIT));
+    }
+    let sn1 = cluster.sn(1);
+    let bob_answers = |extra: &[&str]| {
+        let mut args = vec!["--bootstrap", sn1.as_str(), "answer"];
+        args.extend(extra);
+        let mut bob = cluster
+            .natter("bob", &args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(bob.stdout.as_mut().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(first.contains("waiting for calls"), "{first}");
+        bob
+    };
+
+    // Declined: the caller is told, the callee's answer is over.
+    let bob = bob_answers(&["--decline"]);
+    let alice = cluster.run(
+        "alice",
+        &["--bootstrap", &cluster.sn(0), "call", "bob"],
+        LIMIT,
+    );
+    assert!(!alice.status.success());
+    let err = String::from_utf8_lossy(&alice.stderr);
+    assert!(err.contains("bob declined the call"), "{err}");
+    assert!(wait_output(bob, LIMIT).status.success());
+
+    // Answered; alice types q once the call is up: both sides end long
+    // before the 60 s she asked for.
+    let mut bob = bob_answers(&[]);
+    let bob_err = BufReader::new(bob.stderr.take().unwrap());
+    let mut alice = cluster
+        .natter(
+            "alice",
+            &[
+                "--bootstrap",
+                &cluster.sn(0),
+                "call",
+                "bob",
+                "--duration",
+                "60",
+            ],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // bob's stderr is read to its end (a closed pipe would fail his writes).
+    let (rang, ringing) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in bob_err.lines().map_while(Result::ok) {
+            if line.contains("call from alice") {
+                let _ = rang.send(());
+            }
+        }
+    });
+    ringing.recv_timeout(LIMIT).expect("bob never saw the call");
+    // The call connects right after the invite; the hang-up is sent after
+    // media flowed for a moment.
+    std::thread::sleep(Duration::from_secs(2));
+    writeln!(alice.stdin.as_mut().unwrap(), "q").unwrap();
+    let alice = wait_output(alice, LIMIT);
+    let report = assert_ok(&alice);
+    assert!(report.contains("call with bob"), "{report}");
+    let secs: f64 = report
+        .split("call with bob: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no duration in {report}"));
+    assert!(secs < 30.0, "{report}");
+    assert!(
+        String::from_utf8_lossy(&alice.stderr).contains("hanging up"),
+        "{}",
+        String::from_utf8_lossy(&alice.stderr)
+    );
+    let bob = assert_ok(&wait_output(bob, LIMIT));
+    assert!(bob.contains("call with alice"), "{bob}");
+}
