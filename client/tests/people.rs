@@ -199,11 +199,11 @@ fn answer_declines_and_a_typed_q_hangs_up() {
         .spawn()
         .unwrap();
     // bob's stderr is read to its end (a closed pipe would fail his writes).
-    let (rang, ringing) = std::sync::mpsc::channel();
+    let (rang, ringing) = std::sync::mpsc::sync_channel(4);
     std::thread::spawn(move || {
         for line in bob_err.lines().map_while(Result::ok) {
             if line.contains("call from alice") {
-                let _ = rang.send(());
+                let _ = rang.try_send(());
             }
         }
     });
