@@ -1,6 +1,7 @@
 //! The terminal UI run for real: `natter ui` in a pseudo-terminal (a
 //! private tmux server: keys in with send-keys, the screen out with
-//! capture-pane) against a private network of real processes. bob calls
+//! capture-pane) against a private network of real processes. bob's chat
+//! stored while alice was away shows when she joins; bob calls
 //! alice with the CLI (a speech WAV); alice sees it ring, accepts with a
 //! key, writes to bob during the call; after it, bob answers by chat and
 //! comes online; alice sees it all on her screen, and quits with a key.
@@ -124,6 +125,25 @@ fn alice_in_the_ui_takes_bobs_call_chats_and_sees_him_come_and_go() {
         assert!(out.contains("logged in as"), "{out}");
     }
     assert_ok(&cluster.run("alice", &["buddies", "add", "bob"], Duration::from_secs(10)));
+    // bob writes while alice is away (she joined once, so the directory
+    // has her certificate): stored, it comes when she joins.
+    assert_ok(&cluster.run(
+        "alice",
+        &["--bootstrap", &cluster.sn(0), "search", "alice"],
+        Duration::from_secs(30),
+    ));
+    let stored = assert_ok(&cluster.run(
+        "bob",
+        &[
+            "--bootstrap",
+            &cluster.sn(1),
+            "chat",
+            "alice",
+            "while you were away",
+        ],
+        Duration::from_secs(30),
+    ));
+    assert!(stored.contains("stored for alice"), "{stored}");
     let speech = speech(dir);
     let heard = dir.join("alice-heard.wav");
     let alice_json = dir.join("alice.json");
@@ -150,7 +170,11 @@ fn alice_in_the_ui_takes_bobs_call_chats_and_sees_him_come_and_go() {
         &args,
         &[("NATTER_PASSWORD", common::PASSWORD)],
     );
-    let screen = ui.wait_for(&["natter: alice", "via 127.0.0.1:", "bob"]);
+    let screen = ui.wait_for(&[
+        "natter: alice",
+        "via 127.0.0.1:",
+        "bob: while you were away",
+    ]);
     assert!(screen.contains("Contacts"), "{screen}");
 
     // bob calls with the CLI: speech, then silence, 12 s in all.
