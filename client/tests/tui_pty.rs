@@ -17,7 +17,8 @@ use common::call::{field, speech};
 use common::online::Online;
 use common::{Cluster, assert_ok, wait_output};
 
-/// A tmux server of this test's own (its own socket), killed on drop.
+/// A tmux server of this test's own (its socket in the test's directory),
+/// killed on drop.
 struct Tmux {
     socket: String,
 }
@@ -25,13 +26,14 @@ struct Tmux {
 const SESSION: &str = "ui";
 
 impl Tmux {
-    /// Runs `program args` in a new 110x24 terminal with `env` set.
-    fn start(program: &Path, args: &[String], env: &[(&str, &str)]) -> Self {
+    /// Runs `program args` in a new 110x24 terminal with `env` set; the
+    /// server's socket is `dir/tmux.sock`.
+    fn start(dir: &Path, program: &Path, args: &[String], env: &[(&str, &str)]) -> Self {
         let tmux = Self {
-            socket: format!("natter-tui-{}", std::process::id()),
+            socket: dir.join("tmux.sock").to_str().unwrap().to_owned(),
         };
         let mut cmd = Command::new("tmux");
-        cmd.args(["-L", &tmux.socket, "-f", "/dev/null", "new-session", "-d"])
+        cmd.args(["-S", &tmux.socket, "-f", "/dev/null", "new-session", "-d"])
             .args(["-s", SESSION, "-x", "110", "-y", "24"]);
         for (k, v) in env {
             cmd.args(["-e", &format!("{k}={v}")]);
@@ -52,7 +54,7 @@ impl Tmux {
 
     fn tmux(&self, args: &[&str]) -> std::process::Output {
         Command::new("tmux")
-            .args(["-L", &self.socket])
+            .args(["-S", &self.socket])
             .args(args)
             .output()
             .unwrap()
@@ -166,6 +168,7 @@ fn alice_in_the_ui_takes_bobs_call_chats_and_sees_him_come_and_go() {
     .map(str::to_owned)
     .to_vec();
     let ui = Tmux::start(
+        dir,
         Path::new(env!("CARGO_BIN_EXE_natter")),
         &args,
         &[("NATTER_PASSWORD", common::PASSWORD)],
