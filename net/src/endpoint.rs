@@ -42,6 +42,18 @@ impl TransportSettings {
         max_bidi_streams: 8,
     };
 
+    /// These settings for the accepting side of a QUIC connection: the
+    /// same idle timeout, no PINGs (QUIC PINGs are acknowledged, so the
+    /// dialer's PINGs alone keep a live connection alive in both
+    /// directions). TLS over TCP has no acknowledgements, so both sides of
+    /// a TLS connection keep sending KEEPALIVE records.
+    pub fn accepting(&self) -> Self {
+        Self {
+            keep_alive: self.idle_timeout,
+            ..*self
+        }
+    }
+
     /// The quinn transport configuration.
     pub fn to_quinn(&self) -> Arc<quinn::TransportConfig> {
         let mut transport = quinn::TransportConfig::default();
@@ -68,6 +80,12 @@ impl Default for TransportSettings {
 }
 
 /// A server configuration presenting `identity`, speaking ALPN `natter/1`.
+///
+/// The accepting side sends no QUIC PINGs of its own (see
+/// [`TransportSettings::accepting`]): the dialer's keep-alives, and the
+/// acknowledgements they draw, keep both ends' idle timers and the dialer's
+/// NAT mapping fresh, and each end still notices a dead peer within the idle
+/// timeout. That halves the packets an idle client costs a supernode.
 pub fn server_config(
     identity: &TlsIdentity,
     transport: &TransportSettings,
@@ -75,7 +93,7 @@ pub fn server_config(
     let crypto = QuicServerConfig::try_from(server_tls_config(identity)?)
         .map_err(|e| NetError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(transport.to_quinn());
+    server.transport_config(transport.accepting().to_quinn());
     Ok(server)
 }
 

@@ -81,10 +81,15 @@ async fn one_address_cannot_take_every_connection_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_never_authenticate_lose_their_slot() {
+    // Short enough for the test, long enough that an honest TLS handshake
+    // and join proof fit in it on a loaded machine (1 s did not, always).
+    let handshake = Duration::from_secs(3);
+    // How long the test waits for the timeout to act.
+    let acted = handshake * 4;
     let sns = cluster(1, |c| {
         with_tcp(c);
         c.max_connections_per_ip = 1;
-        c.handshake_timeout = Duration::from_secs(1);
+        c.handshake_timeout = handshake;
     })
     .await;
     let sn = &sns[0];
@@ -93,7 +98,7 @@ async fn clients_that_never_authenticate_lose_their_slot() {
     // A TCP connection that never starts TLS is dropped.
     let mut raw = tokio::net::TcpStream::connect(tcp).await.unwrap();
     let mut buf = [0u8; 64];
-    let ended = tokio::time::timeout(WAIT, raw.read(&mut buf)).await;
+    let ended = tokio::time::timeout(acted, raw.read(&mut buf)).await;
     assert!(
         matches!(ended, Ok(Ok(0) | Err(_))),
         "a silent TCP connection was kept: {ended:?}"
@@ -110,7 +115,7 @@ async fn clients_that_never_authenticate_lose_their_slot() {
         .await
         .unwrap();
     let mut got_challenge = false;
-    let closed = tokio::time::timeout(WAIT, async {
+    let closed = tokio::time::timeout(acted, async {
         loop {
             match reader.next().await {
                 Ok(Some(Record::Envelope(e))) => {
@@ -180,16 +185,19 @@ async fn a_joined_client_that_never_reads_is_closed() {
         Some("01"),
         "the supernode's side of bob's connection is established"
     );
-    // Two senders send bob 85 invites of 60 kB each (10 MB in all, more
-    // than the kernel buffers of a loopback connection hold: up to 4 MB of
-    // send buffer); bob reads none of them.
+    // Two senders send bob invites of 60 kB each until the supernode has
+    // closed his connection (his writes stalled for the write timeout once
+    // the kernel buffers of his loopback connection were full, a few MB), at
+    // most 400 (24 MB, more than those buffers and the session queue
+    // hold); bob reads none of them. How many get through before he is
+    // closed depends on how fast the senders are, so it is not asserted.
     let mut senders = [
         TestClient::join(sn.local_addr(), "alice").await,
         TestClient::join(sn.local_addr(), "carol").await,
     ];
     let mut delivered = 0;
-    for (n, sender) in senders.iter_mut().enumerate() {
-        for i in 0..85u8 {
+    'send: for i in 0..200u8 {
+        for (n, sender) in senders.iter_mut().enumerate() {
             let invite = CallInvite {
                 share: Some(KeyShare {
                     public: vec![0; 32],
@@ -207,12 +215,12 @@ async fn a_joined_client_that_never_reads_is_closed() {
             if let Body::Ack(_) = sender.request(signal).await {
                 delivered += 1;
             }
+            if tcp_state(tcp, bob_addr).as_deref() != Some("01") {
+                break 'send;
+            }
         }
     }
-    assert!(
-        delivered >= 150,
-        "only {delivered} invites reached bob's queue"
-    );
+    assert!(delivered > 0, "no invite reached bob's queue");
     eventually("the supernode closed bob's connection", || async {
         let state = tcp_state(tcp, bob_addr);
         (state.as_deref() != Some("01")).then_some(())
