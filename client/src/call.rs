@@ -12,9 +12,12 @@
 //! it names, and legs open when the session asks. Every path and fallback
 //! decision is the session's.
 
+use std::future::Future;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use natter_media::FRAME_SAMPLES;
@@ -31,6 +34,7 @@ use natter_proto::session::{CallSession, Event, SessionConfig, SessionSetup};
 use rand::RngCore;
 use rsa::RsaPublicKey;
 use tokio::net::UdpSocket;
+use tokio::sync::{Notify, mpsc};
 
 use crate::gather::{self, OwnRelay};
 use crate::now_unix_secs;
@@ -63,6 +67,161 @@ pub struct CallOptions {
     pub duration: Option<Duration>,
     /// Print a live one-line status on stderr (when it is a terminal).
     pub live_status: bool,
+    /// Mute, hold and hang up from another task, and the live figures
+    /// ([`CallControl`]); none for a call that runs on its own.
+    pub control: Option<Arc<CallControl>>,
+}
+
+impl CallOptions {
+    /// What this side sends, as a person reads it: the WAV file, the
+    /// sound card, or silence.
+    pub fn input_name(&self) -> String {
+        match (&self.audio_in, &self.input_device) {
+            (Some(path), _) => format!("WAV {}", path.display()),
+            (None, Some(device)) => format!("sound card {device}"),
+            (None, None) => "silence (no --audio-in or --input-device)".to_owned(),
+        }
+    }
+
+    /// Where what is heard goes: the WAV file, the sound card, or nowhere.
+    pub fn output_name(&self) -> String {
+        match (&self.audio_out, &self.output_device) {
+            (Some(path), _) => format!("WAV {}", path.display()),
+            (None, Some(device)) => format!("sound card {device}"),
+            (None, None) => "nowhere (no --audio-out or --output-device)".to_owned(),
+        }
+    }
+}
+
+/// A running call's controls, for another task than the call's (the
+/// terminal UI's keys, the lines the CLI's `call` and `answer` read on
+/// standard input), and its live figures, refreshed every second.
+///
+/// Mute sends silence instead of the input; hold sends silence and plays
+/// silence. Either way a frame still goes out every 20 ms (50 packets/s
+/// each way, as the call started), so the path, the NAT mappings and the
+/// peer's media timeout stay as they were; nothing is signalled to the
+/// peer (no wire change: to the peer, a held call is a silent one).
+#[derive(Debug, Default)]
+pub struct CallControl {
+    muted: AtomicBool,
+    held: AtomicBool,
+    hangup: Notify,
+    live: std::sync::Mutex<Option<LiveStats>>,
+}
+
+impl CallControl {
+    /// Mutes (true) or unmutes the input.
+    pub fn set_muted(&self, muted: bool) {
+        self.muted.store(muted, Ordering::Relaxed);
+    }
+
+    /// Whether the input is muted.
+    pub fn muted(&self) -> bool {
+        self.muted.load(Ordering::Relaxed)
+    }
+
+    /// Puts the call on hold (true) or takes it off.
+    pub fn set_held(&self, held: bool) {
+        self.held.store(held, Ordering::Relaxed);
+    }
+
+    /// Whether the call is on hold.
+    pub fn held(&self) -> bool {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Hangs up (or cancels a call still ringing); remembered if the
+    /// call is not waiting for it yet.
+    pub fn hang_up(&self) {
+        self.hangup.notify_one();
+    }
+
+    /// The last live figures (none before the call connected).
+    pub fn live(&self) -> Option<LiveStats> {
+        self.live.lock().ok().and_then(|l| l.clone())
+    }
+
+    fn set_live(&self, stats: LiveStats) {
+        if let Ok(mut live) = self.live.lock() {
+            *live = Some(stats);
+        }
+    }
+
+    async fn hung_up(control: Option<&Self>) {
+        match control {
+            Some(c) => c.hangup.notified().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Acts on one line typed during a CLI call: `m` (mute / unmute),
+    /// `h` (hold / resume), `q` (hang up); returns what it did, or `None`
+    /// for a line it does not know.
+    pub fn command(&self, line: &str) -> Option<&'static str> {
+        match line.trim() {
+            "m" | "mute" => {
+                let muted = !self.muted();
+                self.set_muted(muted);
+                Some(if muted { "muted" } else { "unmuted" })
+            }
+            "h" | "hold" => {
+                let held = !self.held();
+                self.set_held(held);
+                Some(if held { "on hold" } else { "resumed" })
+            }
+            "q" | "hangup" => {
+                self.hang_up();
+                Some("hanging up")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A connected call's figures at one moment (what the live status line
+/// and the terminal UI show; the call report has the same at the end).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LiveStats {
+    /// Seconds since the media started.
+    pub elapsed_s: f64,
+    /// The path in use (`direct`, `hole-punched`, `relay`, ...).
+    pub path: Option<&'static str>,
+    /// Where datagrams go on that path.
+    pub remote: Option<SocketAddr>,
+    /// Round-trip time of the path in use.
+    pub rtt_ms: Option<u64>,
+    /// Interarrival jitter.
+    pub jitter_ms: f64,
+    /// Frames lost.
+    pub lost: u64,
+    /// Media packets sent and received.
+    pub sent: u64,
+    pub received: u64,
+    /// Estimated MOS (G.107 E-model) and mouth-to-ear delay.
+    pub mos: f64,
+    pub delay_ms: f64,
+}
+
+/// Where a call reads its pushes (signals, relay grants) from.
+#[derive(Debug)]
+pub enum Signals<'a> {
+    /// The session's push queue itself: nothing else reads it during the
+    /// call (the CLI's `call` and `answer`).
+    Session(&'a SupernodeSession),
+    /// A bounded channel fed by the one task that reads the session's
+    /// pushes and hands each to whoever it is for (the terminal UI).
+    Channel(&'a mut mpsc::Receiver<envelope::Body>),
+}
+
+impl Signals<'_> {
+    /// The next push; `None` once the session (or the feeding task) ended.
+    pub async fn next(&mut self) -> Option<envelope::Body> {
+        match self {
+            Signals::Session(session) => session.next_push().await,
+            Signals::Channel(rx) => rx.recv().await,
+        }
+    }
 }
 
 /// Why a call did not happen or broke.
@@ -90,6 +249,8 @@ pub enum CallError {
     Socket(#[from] std::io::Error),
     #[error("the supernode session ended during the call")]
     SessionLost,
+    #[error("the call to {0} was cancelled")]
+    Cancelled(String),
 }
 
 /// Whether this side must do without UDP: its session fell back to TLS
@@ -210,6 +371,29 @@ pub async fn place_call(
     callee: &str,
     options: &CallOptions,
 ) -> Result<CallReport, CallError> {
+    let mut signals = Signals::Session(session);
+    place_call_via(
+        session,
+        &mut signals,
+        identity,
+        local_name,
+        login_key,
+        callee,
+        options,
+    )
+    .await
+}
+
+/// [`place_call`], reading the call's pushes from `signals`.
+pub async fn place_call_via(
+    session: &SupernodeSession,
+    signals: &mut Signals<'_>,
+    identity: &Identity,
+    local_name: &str,
+    login_key: &RsaPublicKey,
+    callee: &str,
+    options: &CallOptions,
+) -> Result<CallReport, CallError> {
     let started = Instant::now();
     let (socket, candidates) = media_socket(session).await?;
     let behind_nat = gather::behind_nat(&candidates);
@@ -259,8 +443,10 @@ pub async fn place_call(
                         own_relays,
                         behind_nat,
                     };
-                    return run_media(session, &mut setup, transport, *keys, options, setup_ms)
-                        .await;
+                    return run_media(
+                        session, signals, &mut setup, transport, *keys, options, setup_ms,
+                    )
+                    .await;
                 }
                 CallEvent::Ended(reason) => return Err(end_error(reason, callee)),
                 CallEvent::Candidates(mut more) => trickled.append(&mut more),
@@ -272,7 +458,7 @@ pub async fn place_call(
             .unwrap_or(SETUP_TIMEOUT.as_millis() as u64);
         let remaining = Duration::from_millis(deadline).saturating_sub(started.elapsed());
         tokio::select! {
-            push = session.next_push() => match push {
+            push = signals.next() => match push {
                 Some(envelope::Body::CallSignal(signal)) => {
                     handle_signal(&mut setup, &signal, options.live_status);
                 }
@@ -282,6 +468,12 @@ pub async fn place_call(
                 Some(_) => {}
                 None => return Err(CallError::SessionLost),
             },
+            () = CallControl::hung_up(options.control.as_deref()) => {
+                // Cancelled while ringing.
+                setup.hangup();
+                let _ = flush(&mut setup, session).await;
+                return Err(CallError::Cancelled(callee.to_owned()));
+            }
             () = tokio::time::sleep(remaining) => {
                 setup.handle_timeout(started.elapsed().as_millis() as u64);
                 let _ = flush(&mut setup, session).await;
@@ -290,18 +482,23 @@ pub async fn place_call(
     }
 }
 
-/// Waits for incoming calls, answers each, and returns after `calls` calls.
+/// Waits for incoming calls, answers each (or declines each, when
+/// `accept` is false: `natter answer --decline`), and returns after
+/// `calls` calls.
 pub async fn answer_calls(
     session: &SupernodeSession,
     identity: &Identity,
     local_name: &str,
     login_key: &RsaPublicKey,
     calls: usize,
+    accept: bool,
     options: &CallOptions,
 ) -> Result<Vec<CallReport>, CallError> {
     let mut reports = Vec::new();
-    while reports.len() < calls {
-        let Some(push) = session.next_push().await else {
+    let mut handled = 0;
+    let mut signals = Signals::Session(session);
+    while handled < calls {
+        let Some(push) = signals.next().await else {
             return Err(CallError::SessionLost);
         };
         let envelope::Body::CallSignal(signal) = push else {
@@ -310,84 +507,213 @@ pub async fn answer_calls(
         if !matches!(signal.kind, Some(call_signal::Kind::Invite(_))) {
             continue;
         }
+        let incoming = Incoming {
+            session,
+            identity,
+            local_name,
+            login_key,
+            options,
+        };
+        match incoming
+            .answer(&mut signals, &signal, async move { accept })
+            .await?
+        {
+            Answered::Talked(report) => {
+                reports.push(*report);
+                handled += 1;
+            }
+            Answered::Declined => handled += 1,
+            Answered::Missed(_) => {}
+        }
+    }
+    Ok(reports)
+}
+
+/// What became of an incoming call.
+#[derive(Debug)]
+pub enum Answered {
+    /// Accepted and talked: the call's report.
+    Talked(Box<CallReport>),
+    /// Declined (the caller was told).
+    Declined,
+    /// It ended before it was answered (the caller hung up, the invite
+    /// did not verify, nobody answered in time): why.
+    Missed(String),
+}
+
+/// An incoming call's context: who this side is and how it talks.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    pub session: &'a SupernodeSession,
+    pub identity: &'a Identity,
+    pub local_name: &'a str,
+    pub login_key: &'a RsaPublicKey,
+    pub options: &'a CallOptions,
+}
+
+impl Incoming<'_> {
+    /// Answers the `invite` (a pushed `CallSignal`): rings (the caller is
+    /// told), then waits for `accept` (a person's decision, or at once for
+    /// `natter answer`) while following the call's signals from
+    /// `signals` (the caller may give up; the setup times out), and then
+    /// accepts and talks until either side hangs up, or declines.
+    pub async fn answer(
+        self,
+        signals: &mut Signals<'_>,
+        invite: &CallSignal,
+        accept: impl Future<Output = bool>,
+    ) -> Result<Answered, CallError> {
+        let Self {
+            session,
+            identity,
+            local_name,
+            login_key,
+            options,
+        } = self;
         let started = Instant::now();
         let Some(mut setup) = CallSetup::incoming(
-            &signal,
+            invite,
             local_name,
             login_key.clone(),
             now_unix_secs(),
             0,
             SETUP_TIMEOUT.as_millis() as u64,
         ) else {
-            continue;
+            return Ok(Answered::Missed("not an invite".to_owned()));
         };
         if options.live_status {
-            let invite: String = signal
+            let id: String = invite
                 .invite_id
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect();
             eprintln!(
-                "call from {} (invite {invite})",
+                "call from {} (invite {id})",
                 crate::text::for_terminal(setup.peer_name())
             );
         }
         flush(&mut setup, session).await?;
         let caller = setup.peer_name().to_owned();
-        let mut connected = None;
         let mut own_relays = Vec::new();
-        let mut behind_nat = false;
+        let mut early_relays = Vec::new();
+        match setup.poll_event() {
+            Some(CallEvent::Incoming { .. }) => {}
+            Some(CallEvent::Ended(reason)) => {
+                let why = end_error(reason, &caller).to_string();
+                if options.live_status {
+                    eprintln!("call from {caller} refused: {why}");
+                }
+                return Ok(Answered::Missed(why));
+            }
+            _ => return Ok(Answered::Missed("out of place".to_owned())),
+        }
+        // Ringing: until the decision, the caller may hang up and the
+        // setup may time out.
+        let mut accept = std::pin::pin!(accept);
+        let accepted = loop {
+            let deadline = setup
+                .poll_timeout()
+                .unwrap_or(SETUP_TIMEOUT.as_millis() as u64);
+            let remaining = Duration::from_millis(deadline).saturating_sub(started.elapsed());
+            tokio::select! {
+                biased;
+                decision = &mut accept => break decision,
+                push = signals.next() => match push {
+                    Some(envelope::Body::CallSignal(signal)) if signal.invite_id == setup.invite_id() => {
+                        handle_signal(&mut setup, &signal, options.live_status);
+                    }
+                    Some(envelope::Body::CallSignal(signal)) => answer_busy(session, &signal).await,
+                    Some(envelope::Body::RelayAllocated(r)) if r.invite_id == setup.invite_id() => {
+                        early_relays.extend(gather::OwnRelay::of(&r));
+                    }
+                    Some(_) => {}
+                    None => return Err(CallError::SessionLost),
+                },
+                () = tokio::time::sleep(remaining) => {
+                    setup.handle_timeout(started.elapsed().as_millis() as u64);
+                    let _ = flush(&mut setup, session).await;
+                }
+            }
+            if setup.phase() == Phase::Ended {
+                let why = match setup.poll_event() {
+                    Some(CallEvent::Ended(EndReason::HungUp { .. })) => {
+                        format!("{caller} hung up")
+                    }
+                    Some(CallEvent::Ended(reason)) => end_error(reason, &caller).to_string(),
+                    _ => "ended".to_owned(),
+                };
+                return Ok(Answered::Missed(why));
+            }
+        };
+        if !accepted {
+            setup.reject(false);
+            flush(&mut setup, session).await?;
+            return Ok(Answered::Declined);
+        }
+        let (socket, candidates) = media_socket(session).await?;
+        let behind_nat = gather::behind_nat(&candidates);
+        // The supernode routed this side's ringing: it grants a relay now,
+        // before the accept, so that the caller holds its side (pushed)
+        // when the call starts.
+        own_relays.extend(gather::allocate_relay(session, &setup.invite_id()).await);
+        own_relays.append(&mut early_relays);
+        let mut secret = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut secret);
+        setup.accept(
+            identity,
+            secret,
+            candidates,
+            now_unix_secs(),
+            &mut rand::thread_rng(),
+        );
+        flush(&mut setup, session).await?;
         while let Some(event) = setup.poll_event() {
             match event {
-                CallEvent::Incoming { .. } => {
-                    let (socket, candidates) = media_socket(session).await?;
-                    behind_nat = gather::behind_nat(&candidates);
-                    // The supernode routed this side's ringing: it grants a
-                    // relay now, before the accept, so that the caller holds
-                    // its side (pushed) when the call starts.
-                    own_relays.extend(gather::allocate_relay(session, &setup.invite_id()).await);
-                    let mut secret = [0u8; 32];
-                    rand::thread_rng().fill_bytes(&mut secret);
-                    setup.accept(
-                        identity,
-                        secret,
-                        candidates,
-                        now_unix_secs(),
-                        &mut rand::thread_rng(),
-                    );
-                    flush(&mut setup, session).await?;
-                    connected = Some(socket);
-                }
                 CallEvent::Connected {
                     keys,
                     remote_candidates,
                 } => {
-                    let Some(socket) = connected.take() else {
-                        break;
-                    };
                     let setup_ms = started.elapsed().as_millis() as u64;
                     let transport = MediaTransport {
                         socket,
                         remote_candidates,
-                        own_relays: std::mem::take(&mut own_relays),
+                        own_relays,
                         behind_nat,
                     };
-                    let report =
-                        run_media(session, &mut setup, transport, *keys, options, setup_ms).await?;
-                    reports.push(report);
-                    break;
+                    let report = run_media(
+                        session, signals, &mut setup, transport, *keys, options, setup_ms,
+                    )
+                    .await?;
+                    return Ok(Answered::Talked(Box::new(report)));
                 }
                 CallEvent::Ended(reason) => {
+                    let why = end_error(reason, &caller).to_string();
                     if options.live_status {
-                        eprintln!("call from {caller} refused: {}", end_error(reason, &caller));
+                        eprintln!("call from {caller} refused: {why}");
                     }
-                    break;
+                    return Ok(Answered::Missed(why));
                 }
-                CallEvent::Ringing | CallEvent::Candidates(_) => {}
+                CallEvent::Incoming { .. } | CallEvent::Ringing | CallEvent::Candidates(_) => {}
             }
         }
+        Ok(Answered::Missed("the setup did not connect".to_owned()))
     }
-    Ok(reports)
+}
+
+/// Answers another call's invite with busy (this side is in a call, or
+/// deciding on one); other signals of other calls are dropped.
+async fn answer_busy(session: &SupernodeSession, signal: &CallSignal) {
+    if matches!(signal.kind, Some(call_signal::Kind::Invite(_))) {
+        let busy = CallSignal {
+            invite_id: signal.invite_id.clone(),
+            // The supernode stamps the sender's name.
+            from: String::new(),
+            to: signal.from.clone(),
+            kind: Some(call_signal::Kind::Busy(Default::default())),
+            mac: Vec::new(),
+        };
+        let _ = send_signal(session, busy).await;
+    }
 }
 
 /// The media socket of a call and what is known of where to send.
@@ -404,6 +730,7 @@ struct MediaTransport {
 /// Runs the media of a connected call until either side hangs up.
 async fn run_media(
     session: &SupernodeSession,
+    signals: &mut Signals<'_>,
     setup: &mut CallSetup,
     transport: MediaTransport,
     keys: CallKeys,
@@ -471,7 +798,9 @@ async fn run_media(
     let mut first_audio_ms = None;
     let mut ended_by_peer = false;
     let show_status = options.live_status && std::io::stderr().is_terminal();
-    let mut last_status = Instant::now();
+    let control = options.control.as_deref();
+    // The figures go out at once, then every second.
+    let mut last_status: Option<Instant> = None;
     let mut session_alive = true;
     let sealing = |e: natter_proto::media::SealError| CallError::Failed(e.to_string());
     let audio = |e: natter_media::session::MediaError| CallError::Audio(e.to_string());
@@ -480,21 +809,47 @@ async fn run_media(
         tokio::select! {
             _ = tick.tick() => {
                 let now_ms = start.elapsed().as_millis() as u64;
-                // Send one frame of the input, play one frame.
+                // Send one frame of the input (silence when muted or on
+                // hold: the packet still goes), play one frame.
                 audio_ends.next_frame(&mut pcm);
+                let held = control.is_some_and(CallControl::held);
+                if held || control.is_some_and(CallControl::muted) {
+                    pcm.fill(0);
+                }
                 call.handle_timeout(now_ms).map_err(sealing)?;
                 let payload = io.media.encode(&pcm).map_err(audio)?;
                 call.send_voice(payload, now_ms).map_err(sealing)?;
                 io.drain(&mut call, now_ms).await;
                 if io.media.poll_audio(now_ms, &mut frame).map_err(audio)? {
                     first_audio_ms.get_or_insert(setup_ms + now_ms);
+                    if held {
+                        frame.fill(0);
+                    }
                     audio_ends.play(&frame)?;
                 }
-                if show_status && last_status.elapsed() >= Duration::from_secs(1) {
-                    last_status = Instant::now();
+                if (show_status || control.is_some())
+                    && last_status.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+                {
+                    last_status = Some(Instant::now());
                     let s = call.stats();
                     let m = io.media.stats();
                     let q = m.quality(call.path_rtt_ms());
+                    if let Some(control) = control {
+                        let current = call.current();
+                        control.set_live(LiveStats {
+                            elapsed_s: start.elapsed().as_secs_f64(),
+                            path: current.map(|(_, kind)| kind.name()),
+                            remote: current.map(|(to, _)| to.addr()),
+                            rtt_ms: call.path_rtt_ms(),
+                            jitter_ms: m.jitter_ms,
+                            lost: m.lost,
+                            sent: s.sent_media_packets,
+                            received: s.received_media_packets,
+                            mos: q.mos,
+                            delay_ms: q.delay_ms,
+                        });
+                    }
+                    if show_status {
                     eprint!(
                         "\r{peer}: {:>5.1} s  sent {}  recv {}  lost {}  jitter {:.1} ms  rtt {}  delay {:.0} ms  MOS {:.2}   ",
                         start.elapsed().as_secs_f64(),
@@ -506,6 +861,7 @@ async fn run_media(
                         q.delay_ms,
                         q.mos,
                     );
+                    }
                 }
                 if duration.is_some_and(|d| start.elapsed() >= d) || io.peer_silent {
                     setup.hangup();
@@ -530,7 +886,12 @@ async fn run_media(
                 let _ = flush(setup, session).await;
                 break;
             }
-            push = session.next_push(), if session_alive => match push {
+            () = CallControl::hung_up(control) => {
+                setup.hangup();
+                let _ = flush(setup, session).await;
+                break;
+            }
+            push = signals.next(), if session_alive => match push {
                 Some(envelope::Body::CallSignal(signal)) => {
                     if signal.invite_id == setup.invite_id() {
                         handle_signal(setup, &signal, options.live_status);
@@ -543,17 +904,9 @@ async fn run_media(
                             ended_by_peer = true;
                             break;
                         }
-                    } else if matches!(signal.kind, Some(call_signal::Kind::Invite(_))) {
+                    } else {
                         // Already in a call: busy.
-                        let busy = CallSignal {
-                            invite_id: signal.invite_id.clone(),
-                            // The supernode stamps the sender's name.
-                            from: String::new(),
-                            to: signal.from.clone(),
-                            kind: Some(call_signal::Kind::Busy(Default::default())),
-                            mac: Vec::new(),
-                        };
-                        let _ = send_signal(session, busy).await;
+                        answer_busy(session, &signal).await;
                     }
                 }
                 // The peer's supernode granted this side of its relay.

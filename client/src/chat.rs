@@ -117,11 +117,37 @@ pub async fn send_text(
     text: &str,
     request_timeout: Duration,
 ) -> Result<Delivery, ClientError> {
+    let message = seal_text(sn, identity, from, login_key, to, text, request_timeout).await?;
+    send(sn, message, request_timeout).await
+}
+
+/// Looks `to` up in the directory and seals `text` to them (not sent yet).
+pub async fn seal_text(
+    sn: &SupernodeSession,
+    identity: &Identity,
+    from: &str,
+    login_key: &RsaPublicKey,
+    to: &str,
+    text: &str,
+    request_timeout: Duration,
+) -> Result<ChatMessage, ClientError> {
     let reply = crate::search::search_reply(sn, to, request_timeout).await?;
     let now_ms = crate::now_unix_ms();
     let recipient = recipient(&reply, to, login_key, now_ms / 1000)?;
-    let message = message(identity, from, &recipient, text, now_ms)?;
-    send(sn, message, request_timeout).await
+    Ok(message(identity, from, &recipient, text, now_ms)?)
+}
+
+/// Hands `message` to the supernode (delivered now, or stored for an
+/// offline recipient) without waiting for the receipt: a program that
+/// stays online sees it come as a push ([`crate::online::OnlineEvent::Delivered`]).
+pub async fn submit(
+    sn: &SupernodeSession,
+    message: ChatMessage,
+    request_timeout: Duration,
+) -> Result<(), ClientError> {
+    sn.request(envelope::Body::ChatMessage(message), request_timeout)
+        .await?;
+    Ok(())
 }
 
 /// Sends `message` and waits up to [`RECEIPT_WAIT`] for its receipt, which
@@ -132,8 +158,7 @@ pub async fn send(
     request_timeout: Duration,
 ) -> Result<Delivery, ClientError> {
     let id = message.message_id.clone();
-    sn.request(envelope::Body::ChatMessage(message), request_timeout)
-        .await?;
+    submit(sn, message, request_timeout).await?;
     let receipt = tokio::time::timeout(RECEIPT_WAIT, async {
         while let Some(push) = sn.next_push().await {
             if let envelope::Body::ChatReceipt(r) = push

@@ -98,6 +98,32 @@ impl Inbox {
     }
 }
 
+/// A stored line read back: (sent, unix seconds; sender; text), as
+/// [`Inbox::line`] wrote them (escaped); `None` for a line of another shape.
+pub fn parse_line(line: &str) -> Option<(i64, &str, &str)> {
+    let (secs, rest) = line.split_once(' ')?;
+    if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (from, text) = rest.split_once(": ")?;
+    Some((secs.parse().ok()?, from, text))
+}
+
+/// A stored line (`SENT_UNIX_SECS FROM: TEXT`) as a person reads it at
+/// `now`: the time as [`crate::text::ago`] says it ("2 min ago: bob:
+/// hi"); a line without a leading time is shown as it is.
+pub fn human_line(line: &str, now: i64) -> String {
+    match line.split_once(' ') {
+        Some((secs, rest)) if !secs.is_empty() && secs.bytes().all(|b| b.is_ascii_digit()) => {
+            match secs.parse::<i64>() {
+                Ok(secs) => format!("{}: {rest}", crate::text::ago(secs, now)),
+                Err(_) => line.to_owned(),
+            }
+        }
+        _ => line.to_owned(),
+    }
+}
+
 /// What this user's keys open chat with.
 #[derive(Debug, Clone)]
 pub struct Keys<'a> {
@@ -303,6 +329,16 @@ mod tests {
             inbox.read(),
             "1800000000 bob: hi\n1800000001 carol: two lines\n"
         );
+        assert_eq!(
+            human_line("1800000000 bob: hi", 1_800_000_125),
+            "2 min ago: bob: hi"
+        );
+        assert_eq!(human_line("no time here", 1), "no time here");
+        assert_eq!(
+            parse_line("1800000001 carol: two lines: one"),
+            Some((1_800_000_001, "carol", "two lines: one"))
+        );
+        assert_eq!(parse_line("carol: no time"), None);
         let mode = std::fs::metadata(inbox.path())
             .unwrap()
             .permissions()

@@ -26,7 +26,8 @@
 //! | [`netcheck`] | classifying this host's NAT with STUN reflectors |
 //! | [`call`] | placing and answering calls: signaling plus the SoM/UDP media loop |
 //! | [`keylog`] | `NATTER_KEYLOG`: TLS secrets and call keys for studying one's own traffic (off by default) |
-//! | [`text`] | peer-written text made safe for a terminal (control and bidi characters escaped) |
+//! | [`text`] | peer-written text made safe for a terminal (control and bidi characters escaped); times as people read them ("2 min ago") |
+//! | [`ui`] | the terminal UI: a pure state/reducer, its ratatui view, and the I/O loop |
 //!
 //! The `natter` binary only parses arguments, calls these and prints; files
 //! are written through [`natter_fsutil`] (atomic, mode 0600).
@@ -52,6 +53,7 @@ pub mod supernode;
 pub mod tcp_relay;
 pub mod text;
 pub mod tls;
+pub mod ui;
 
 pub use error::ClientError;
 pub use home::{Home, Session};

@@ -4,17 +4,20 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::io::IsTerminal;
+use std::sync::Arc;
+
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use natter_client::buddy_list;
-use natter_client::call::{self, CallOptions, CallReport};
+use natter_client::call::{self, CallControl, CallOptions, CallReport};
 use natter_client::chat::{self, Delivery};
 use natter_client::home::LoginStatus;
 use natter_client::online::{self, OnlineEvent};
 use natter_client::search::{self, presence_name};
-use natter_client::text::for_terminal;
-use natter_client::{ClientError, Home, LoginClient, inbox, now_unix_secs, tls};
+use natter_client::text::{ago, date_time, for_terminal};
+use natter_client::{ClientError, Home, LoginClient, Session, inbox, now_unix_secs, tls};
 
 /// Natter client.
 #[derive(Debug, Parser)]
@@ -48,13 +51,25 @@ struct Cli {
     /// Supernode to join when the host cache is empty (repeatable).
     #[arg(long, value_name = "ADDR")]
     bootstrap: Vec<SocketAddr>,
+    /// The account to log in as by itself when the stored certificate is
+    /// missing or near expiry (default: the name on the stored certificate).
+    #[arg(long, env = "NATTER_USER", value_name = "NAME")]
+    user: Option<String>,
+    /// Without a command: the terminal UI when standard input is a
+    /// terminal.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create an account.
+    /// The terminal UI: contacts with presence, search, chat, calls
+    /// (what `natter` alone does on a terminal).
+    Ui {
+        #[command(flatten)]
+        audio: AudioArgs,
+    },
+    /// Create an account and log in.
     Register { name: String },
     /// Obtain a certificate (reused from --home while it is valid).
     Login {
@@ -82,10 +97,15 @@ enum Command {
         #[arg(long)]
         duration: Option<f64>,
     },
-    /// Answer incoming calls automatically.
+    /// Answer incoming calls automatically. During a call (also `call`),
+    /// a line on standard input controls it: `m` mutes / unmutes, `h`
+    /// holds / resumes (still 50 packets/s), `q` hangs up.
     Answer {
         #[command(flatten)]
         audio: AudioArgs,
+        /// Decline the calls instead (the caller is told).
+        #[arg(long)]
+        decline: bool,
         /// Hang up each call after this many seconds (default: when the caller does).
         #[arg(long)]
         duration: Option<f64>,
@@ -118,7 +138,7 @@ enum Command {
     },
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
 struct AudioArgs {
     /// WAV file to send (any rate, resampled to 48 kHz); silence when absent.
     #[arg(long)]
@@ -192,27 +212,110 @@ impl Cli {
     fn password(&self, name: &str, confirm: bool) -> Result<String, ClientError> {
         natter_client::password::read(self.password_file.as_deref(), name, confirm)
     }
+
+    /// The stored identity; when its certificate is missing, expired or
+    /// near expiry and a password source is there (`--password-file`,
+    /// NATTER_PASSWORD, a terminal to ask on), logs in first (as `natter
+    /// login` does) as `--user` or the stored certificate's name.
+    async fn session(&self, home: &Home, key: &rsa::RsaPublicKey) -> Result<Session, ClientError> {
+        let now = now_unix_secs();
+        let loaded = home.load(key, now);
+        let renew = match &loaded {
+            Ok(session) => session.needs_renewal(now),
+            Err(ClientError::NotLoggedIn | ClientError::SessionExpired { .. }) => true,
+            Err(_) => false,
+        };
+        let name = self.user.clone().or_else(|| home.stored_name());
+        let (true, Some(name), Some(_)) = (renew, name, &self.login) else {
+            return loaded;
+        };
+        if !natter_client::password::available(self.password_file.as_deref()) {
+            return loaded;
+        }
+        let renewed = async {
+            let target = self.login_target().await?;
+            let password = self.password(&name, false)?;
+            let status = home.login(target, key, &name, &password, false).await?;
+            if let LoginStatus::Fresh { supernodes, .. } = &status {
+                home.seed_host_cache(supernodes, key)?;
+                eprintln!(
+                    "logged in as {} ({})",
+                    status.session().name(),
+                    describe_validity(status.session().verified.not_after)
+                );
+            }
+            Ok::<_, ClientError>(status.session().clone())
+        };
+        match (renewed.await, loaded) {
+            (Ok(session), _) => Ok(session),
+            // Still valid (only near expiry): go on with it.
+            (Err(e), Ok(session)) => {
+                eprintln!("warning: renewing the certificate failed: {e}");
+                Ok(session)
+            }
+            (Err(e), Err(_)) => Err(e),
+        }
+    }
 }
 
 fn describe_validity(not_after: i64) -> String {
     let left = (not_after - now_unix_secs()).max(0);
     format!(
-        "certificate valid until unix time {not_after} ({}h{:02}m left)",
+        "certificate valid until {} ({}h{:02}m left)",
+        date_time(not_after),
         left / 3600,
         left % 3600 / 60
     )
 }
 
+fn print_login(home: &Home, key: &rsa::RsaPublicKey, status: &LoginStatus) -> Result<()> {
+    match status {
+        LoginStatus::Reused(session) => print_reused(session),
+        LoginStatus::Fresh {
+            session,
+            supernodes,
+            transport,
+        } => {
+            home.seed_host_cache(supernodes, key)?;
+            println!(
+                "logged in as {}; {}; {} supernode(s) known; login server reached over {}",
+                session.name(),
+                describe_validity(session.verified.not_after),
+                supernodes.len(),
+                transport.name()
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<()> {
-    match &cli.command {
+    let Some(command) = &cli.command else {
+        if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+            return ui(&cli, &AudioArgs::default()).await;
+        }
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingSubcommand,
+                "a command is needed (the terminal UI runs only on a terminal; see --help)",
+            )
+            .exit();
+    };
+    match command {
+        Command::Ui { audio } => ui(&cli, audio).await?,
         Command::Register { name } => {
+            let home = cli.home()?;
             let key = cli.login_key()?;
             let target = cli.login_target().await?;
             let password = cli.password(name, true)?;
-            let client = LoginClient::connect_to(&target, key).await?;
+            let client = LoginClient::connect_to(&target, key.clone()).await?;
             let result = client.register(name, &password).await;
             client.close().await;
-            println!("registered {}", result?);
+            let name = result?;
+            println!("registered {name}");
+            // And logged in: the certificate is stored as `natter login` does.
+            let status = home.login(target, &key, &name, &password, true).await?;
+            print_login(&home, &key, &status)?;
         }
         Command::Login { name, force } => {
             let home = cli.home()?;
@@ -224,26 +327,12 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let target = cli.login_target().await?;
             let password = cli.password(name, false)?;
-            match home.login(target, &key, name, &password, *force).await? {
-                LoginStatus::Reused(session) => print_reused(&session),
-                LoginStatus::Fresh {
-                    session,
-                    supernodes,
-                    transport,
-                } => {
-                    home.seed_host_cache(&supernodes, &key)?;
-                    println!(
-                        "logged in as {}; {}; {} supernode(s) known; login server reached over {}",
-                        session.name(),
-                        describe_validity(session.verified.not_after),
-                        supernodes.len(),
-                        transport.name()
-                    );
-                }
-            }
+            let status = home.login(target, &key, name, &password, *force).await?;
+            print_login(&home, &key, &status)?;
         }
         Command::Status => {
-            let session = cli.home()?.load(&cli.login_key()?, now_unix_secs())?;
+            let home = cli.home()?;
+            let session = cli.session(&home, &cli.login_key()?).await?;
             println!(
                 "logged in as {}; {}",
                 session.name(),
@@ -371,16 +460,19 @@ fn print_reused(session: &natter_client::Session) {
 
 /// Commands that join the overlay through a supernode.
 async fn overlay_command(cli: &Cli) -> Result<()> {
-    if let Command::Call { audio, .. } | Command::Answer { audio, .. } = &cli.command {
+    let Some(command) = &cli.command else {
+        return Ok(());
+    };
+    if let Command::Call { audio, .. } | Command::Answer { audio, .. } = command {
         call::check_devices(&call_options(audio, None))?;
     }
     let home = cli.home()?;
     let key = cli.login_key()?;
-    let session = home.load(&key, now_unix_secs())?;
+    let session = cli.session(&home, &key).await?;
     let mut overlay = home.join_overlay(&session, cli.bootstrap.clone()).await?;
     let me = session.name().to_owned();
     let sn = overlay.session();
-    match &cli.command {
+    match command {
         Command::Search { name } => match search::search(&sn, name, REQUEST_TIMEOUT).await? {
             None => println!("{name}: not found"),
             Some(found) => {
@@ -396,7 +488,7 @@ async fn overlay_command(cli: &Cli) -> Result<()> {
                     } else {
                         "not reachable"
                     },
-                    found.last_seen_secs
+                    ago(found.last_seen_secs, now_unix_secs())
                 );
             }
         },
@@ -434,8 +526,9 @@ async fn overlay_command(cli: &Cli) -> Result<()> {
                 println!("no messages");
             } else {
                 // Lines stored by older releases may hold raw controls.
+                let now = now_unix_secs();
                 for line in text.lines() {
-                    println!("{}", for_terminal(line));
+                    println!("{}", for_terminal(&inbox::human_line(line, now)));
                 }
             }
             sn.leave().await;
@@ -465,7 +558,8 @@ async fn overlay_command(cli: &Cli) -> Result<()> {
             audio,
             duration,
         } => {
-            let options = call_options(audio, duration.map(Duration::from_secs_f64));
+            let mut options = call_options(audio, duration.map(Duration::from_secs_f64));
+            options.control = Some(stdin_control());
             let report = call::place_call(&sn, &session.identity, &me, &key, name, &options).await;
             sn.leave().await;
             finish_report(&report?, audio)?;
@@ -474,14 +568,24 @@ async fn overlay_command(cli: &Cli) -> Result<()> {
             audio,
             calls,
             duration,
+            decline,
         } => {
-            let options = call_options(audio, duration.map(Duration::from_secs_f64));
+            let mut options = call_options(audio, duration.map(Duration::from_secs_f64));
+            options.control = Some(stdin_control());
             online::set_online(&sn, REQUEST_TIMEOUT)
                 .await
                 .map_err(ClientError::from)?;
             println!("waiting for calls as {me} via {}", sn.addr());
-            let reports =
-                call::answer_calls(&sn, &session.identity, &me, &key, *calls, &options).await;
+            let reports = call::answer_calls(
+                &sn,
+                &session.identity,
+                &me,
+                &key,
+                *calls,
+                !*decline,
+                &options,
+            )
+            .await;
             sn.leave().await;
             for report in reports? {
                 finish_report(&report, audio)?;
@@ -503,7 +607,7 @@ fn print_event(event: OnlineEvent) {
             for_terminal(&m.text)
         ),
         OnlineEvent::Refused(refused) => println!("{}", refused.warning()),
-        OnlineEvent::Delivered { to } => println!("delivered to {}", for_terminal(&to)),
+        OnlineEvent::Delivered { to, .. } => println!("delivered to {}", for_terminal(&to)),
         OnlineEvent::Rejoined { lost, via } => {
             println!("supernode {lost} lost; rejoined via {via}");
         }
@@ -518,7 +622,47 @@ fn call_options(audio: &AudioArgs, duration: Option<Duration>) -> CallOptions {
         output_device: audio.output_device.clone(),
         duration,
         live_status: true,
+        control: None,
     }
+}
+
+/// The controls of a CLI call: lines typed on standard input (`m`, `h`,
+/// `q`), read by a thread of its own (it does not hold the program open).
+fn stdin_control() -> Arc<CallControl> {
+    let control = Arc::new(CallControl::default());
+    let reader = control.clone();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { return };
+            match reader.command(&line) {
+                Some(done) => eprintln!("{done}"),
+                None if line.trim().is_empty() => {}
+                None => eprintln!("m: mute / unmute, h: hold / resume, q: hang up"),
+            }
+        }
+    });
+    control
+}
+
+/// `natter ui`: the terminal UI, logged in and joined.
+async fn ui(cli: &Cli, audio: &AudioArgs) -> Result<()> {
+    natter_client::ui::app::check_terminal()?;
+    let home = cli.home()?;
+    let key = cli.login_key()?;
+    let session = cli.session(&home, &key).await?;
+    natter_client::ui::app::run(natter_client::ui::app::UiConfig {
+        home,
+        session,
+        bootstrap: cli.bootstrap.clone(),
+        call: CallOptions {
+            live_status: false,
+            ..call_options(audio, None)
+        },
+        stats_json: audio.stats_json.clone(),
+        request_timeout: REQUEST_TIMEOUT,
+    })
+    .await?;
+    Ok(())
 }
 
 fn finish_report(report: &CallReport, audio: &AudioArgs) -> Result<()> {

@@ -36,7 +36,7 @@ pub enum OnlineEvent {
     /// stored, never shown as from the name it claims.
     Refused(Refused),
     /// A message sent earlier was delivered; `to` is the recipient.
-    Delivered { to: String },
+    Delivered { to: String, message_id: Vec<u8> },
     /// The supernode `lost` went away; the overlay was rejoined via `via`.
     Rejoined { lost: SocketAddr, via: SocketAddr },
 }
@@ -71,17 +71,7 @@ pub async fn stay_online(
         let sn = overlay.session();
         // (Re-)register presence and subscriptions with this supernode; if
         // it dies meanwhile, move on to an alternate.
-        let registered = async {
-            set_online(&sn, request_timeout).await?;
-            sn.request(
-                envelope::Body::PresenceSubscribe(PresenceSubscribe {
-                    names: buddies.to_vec(),
-                }),
-                request_timeout,
-            )
-            .await
-        }
-        .await;
+        let registered = register(&sn, buddies, request_timeout).await;
         match registered {
             Ok(_) => {}
             Err(SessionError::Closed(_) | SessionError::Timeout(_)) => {
@@ -93,23 +83,11 @@ pub async fn stay_online(
         loop {
             tokio::select! {
                 push = sn.next_push() => match push {
-                    Some(envelope::Body::PresenceUpdate(u)) => on_event(OnlineEvent::Presence {
-                        name: u.name,
-                        status: PresenceStatus::try_from(u.status).unwrap_or(PresenceStatus::Offline),
-                    }),
-                    Some(envelope::Body::ChatMessage(m)) => {
-                        match inbox::receive_and_ack(&sn, inbox, keys, &m, request_timeout).await? {
-                            Received::Stored(opened) => on_event(OnlineEvent::Message(opened)),
-                            // Delivered again (an acknowledgement was lost): shown once.
-                            Received::Duplicate(_) => {}
-                            Received::Refused(refused) => on_event(OnlineEvent::Refused(refused)),
+                    Some(push) => {
+                        if let Some(event) = handle_push(overlay, &sn, inbox, keys, push, request_timeout).await? {
+                            on_event(event);
                         }
                     }
-                    Some(envelope::Body::ChatReceipt(r)) => {
-                        on_event(OnlineEvent::Delivered { to: r.from });
-                    }
-                    Some(envelope::Body::SupernodeList(list)) => overlay.learn(&list.entries)?,
-                    Some(_) => {}
                     None => break,
                 },
                 () = &mut stop => {
@@ -122,7 +100,64 @@ pub async fn stay_online(
     }
 }
 
-async fn rejoin(
+/// Registers this user's presence and its subscriptions to `buddies`
+/// with the supernode of `sn`.
+pub async fn register(
+    sn: &SupernodeSession,
+    buddies: &[String],
+    request_timeout: Duration,
+) -> Result<(), SessionError> {
+    set_online(sn, request_timeout).await?;
+    sn.request(
+        envelope::Body::PresenceSubscribe(PresenceSubscribe {
+            names: buddies.to_vec(),
+        }),
+        request_timeout,
+    )
+    .await
+    .map(drop)
+}
+
+/// What one push from the supernode `sn` means to a user staying online
+/// (chat is opened, stored in `inbox` and acknowledged; supernode lists go
+/// to the host cache); `None` for a push that is not for them (call
+/// signals are the caller's to route first).
+pub async fn handle_push(
+    overlay: &mut Overlay,
+    sn: &SupernodeSession,
+    inbox: &Inbox,
+    keys: &Keys<'_>,
+    push: envelope::Body,
+    request_timeout: Duration,
+) -> Result<Option<OnlineEvent>, ClientError> {
+    Ok(match push {
+        envelope::Body::PresenceUpdate(u) => Some(OnlineEvent::Presence {
+            name: u.name,
+            status: PresenceStatus::try_from(u.status).unwrap_or(PresenceStatus::Offline),
+        }),
+        envelope::Body::ChatMessage(m) => {
+            match inbox::receive_and_ack(sn, inbox, keys, &m, request_timeout).await? {
+                Received::Stored(opened) => Some(OnlineEvent::Message(opened)),
+                // Delivered again (an acknowledgement was lost): shown once.
+                Received::Duplicate(_) => None,
+                Received::Refused(refused) => Some(OnlineEvent::Refused(refused)),
+            }
+        }
+        envelope::Body::ChatReceipt(r) => Some(OnlineEvent::Delivered {
+            to: r.from,
+            message_id: r.message_id,
+        }),
+        envelope::Body::SupernodeList(list) => {
+            overlay.learn(&list.entries)?;
+            None
+        }
+        _ => None,
+    })
+}
+
+/// Moves `overlay` to another supernode after `lost` went away, telling
+/// `on_event`.
+pub async fn rejoin(
     overlay: &mut Overlay,
     lost: SocketAddr,
     on_event: &mut impl FnMut(OnlineEvent),

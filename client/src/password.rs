@@ -34,6 +34,12 @@ pub fn read(file: Option<&Path>, name: &str, confirm: bool) -> Result<String, Cl
     Ok(first)
 }
 
+/// Whether [`read`] has a source to read from: `file`, the variable, or a
+/// terminal to ask on (commands log in by themselves only then).
+pub fn available(file: Option<&Path>) -> bool {
+    file.is_some() || std::env::var_os(ENV_VAR).is_some() || std::io::stdin().is_terminal()
+}
+
 /// The first line of `path` (empty for an empty file).
 pub fn from_file(path: &Path) -> Result<String, ClientError> {
     let text = std::fs::read_to_string(path).map_err(|e| ClientError::file(path, e))?;

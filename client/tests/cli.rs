@@ -127,28 +127,36 @@ async fn register_login_status_and_every_error() {
         &env.natter("a", Some("short"), &["register", "bob"]).await,
         "password too short",
     );
+    // `register` logged in: the certificate is stored.
+    assert!(env.home("a").join("identity.key").exists());
+    assert!(env.home("a").join("identity.cert").exists());
+    assert_ok(
+        &env.natter("a", None, &["status"]).await,
+        "logged in as alice",
+    );
+    // Another machine ("b") without a certificate.
     assert_fails(
-        &env.natter("a", pw, &["login", "nobody"]).await,
+        &env.natter("b", pw, &["login", "nobody"]).await,
         "no account named \"nobody\"",
     );
     assert_fails(
-        &env.natter("a", Some("not it at all"), &["login", "alice"])
+        &env.natter("b", Some("not it at all"), &["login", "alice"])
             .await,
         "wrong password",
     );
-    assert_fails(&env.natter("a", pw, &["status"]).await, "not logged in");
+    assert_fails(&env.natter("b", None, &["status"]).await, "not logged in");
     // Non-interactive and no password given.
     assert_fails(
-        &env.natter("a", None, &["login", "alice"]).await,
+        &env.natter("b", None, &["login", "alice"]).await,
         "no password",
     );
 
     assert_ok(
-        &env.natter("a", pw, &["login", "alice"]).await,
+        &env.natter("b", pw, &["login", "alice"]).await,
         "logged in as alice",
     );
-    assert!(env.home("a").join("identity.key").exists());
-    assert!(env.home("a").join("identity.cert").exists());
+    assert!(env.home("b").join("identity.key").exists());
+    assert!(env.home("b").join("identity.cert").exists());
     // Reused without the server or a password.
     let again = env.natter("a", None, &["login", "alice"]).await;
     assert_ok(&again, "already logged in as alice");
@@ -183,9 +191,10 @@ async fn password_from_the_environment() {
             .await,
         "registered eve",
     );
+    // Another home: `register` logged "a" in already.
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_natter"));
     cmd.arg("--home")
-        .arg(env.home("a"))
+        .arg(env.home("b"))
         .arg("--login")
         .arg(env.server.local_addr().to_string())
         .arg("--login-key")
@@ -241,20 +250,21 @@ async fn throttled_and_unreachable_and_wrong_key() {
             .await,
         "registered",
     );
+    // From another home ("a" is logged in by `register`).
     assert_fails(
-        &env.natter("a", Some("bad password"), &["login", "oscar"])
+        &env.natter("b", Some("bad password"), &["login", "oscar"])
             .await,
         "wrong password",
     );
     assert_fails(
-        &env.natter("a", Some("bad password"), &["login", "oscar"])
+        &env.natter("b", Some("bad password"), &["login", "oscar"])
             .await,
         "wrong password",
     );
     // The wait counts down from 30 s while this `natter` starts and makes
     // its key, so under load it may already say 29 s (or less).
     let out = env
-        .natter("a", Some("password123"), &["login", "oscar"])
+        .natter("b", Some("password123"), &["login", "oscar"])
         .await;
     assert_fails(&out, "too many failed attempts; try again in ");
     let wait: u32 = out
