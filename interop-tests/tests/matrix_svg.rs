@@ -24,19 +24,17 @@ fn results() -> MatrixReport {
     serde_json::from_str(&std::fs::read_to_string(RESULTS).unwrap()).unwrap()
 }
 
+/// A rect's attributes by name.
+type Attrs = HashMap<String, String>;
+
 /// (row, col) -> the cell's rect, and legend label -> colour.
-fn cells_and_legend(
-    svg: &str,
-) -> (
-    HashMap<(String, String), HashMap<String, String>>,
-    HashMap<String, String>,
-) {
+fn cells_and_legend(svg: &str) -> (HashMap<(String, String), Attrs>, HashMap<String, String>) {
     let doc = roxmltree::Document::parse(svg).expect("well-formed XML");
     assert_eq!(doc.root_element().tag_name().name(), "svg");
     let mut cells = HashMap::new();
     let mut legend = HashMap::new();
     for n in doc.descendants().filter(|n| n.tag_name().name() == "rect") {
-        let attrs: HashMap<String, String> = n
+        let attrs: Attrs = n
             .attributes()
             .map(|a| (a.name().to_owned(), a.value().to_owned()))
             .collect();
