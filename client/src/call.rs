@@ -30,6 +30,7 @@ use natter_proto::messages::{CallSignal, Candidate, ErrorCode, call_signal, enve
 use natter_proto::path::Target;
 pub use natter_proto::report::CallReport;
 use natter_proto::report::SwitchReport;
+use natter_proto::report::{Sample, SampleSeries};
 use natter_proto::session::{CallSession, Event, SessionConfig, SessionSetup};
 use rand::RngCore;
 use rsa::RsaPublicKey;
@@ -801,6 +802,7 @@ async fn run_media(
     let control = options.control.as_deref();
     // The figures go out at once, then every second.
     let mut last_status: Option<Instant> = None;
+    let mut series = SampleSeries::default();
     let mut session_alive = true;
     let sealing = |e: natter_proto::media::SealError| CallError::Failed(e.to_string());
     let audio = |e: natter_media::session::MediaError| CallError::Audio(e.to_string());
@@ -826,6 +828,19 @@ async fn run_media(
                         frame.fill(0);
                     }
                     audio_ends.play(&frame)?;
+                }
+                if series.due(now_ms) {
+                    let s = call.stats();
+                    let m = io.media.stats();
+                    series.push(Sample {
+                        at_ms: now_ms,
+                        rtt_ms: s.last_rtt_ms,
+                        jitter_ms: m.jitter_ms,
+                        received: s.received_media_packets,
+                        lost: m.lost,
+                        fec_recoveries: m.jitter.fec,
+                        concealed: m.jitter.concealed,
+                    });
                 }
                 if (show_status || control.is_some())
                     && last_status.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
@@ -941,6 +956,7 @@ async fn run_media(
             .load(std::sync::atomic::Ordering::Relaxed),
         tcp_dropped: tcp_stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
         ignored_signals: setup.ignored().total(),
+        samples: series.into_samples(),
     };
     Ok(done.report(&call, io.media))
 }
@@ -1083,6 +1099,7 @@ struct CallDone {
     tcp_connects: u64,
     tcp_dropped: u64,
     ignored_signals: u64,
+    samples: Vec<Sample>,
 }
 
 impl CallDone {
@@ -1134,6 +1151,7 @@ impl CallDone {
             tcp_connects: self.tcp_connects,
             tcp_dropped: self.tcp_dropped,
             ignored_signals: self.ignored_signals,
+            samples: self.samples,
         }
     }
 }

@@ -127,6 +127,16 @@ enum Command {
     },
     /// Compare a sent and a received WAV (how well the call carried the audio).
     Compare { sent: PathBuf, received: PathBuf },
+    /// Show a call report (the --stats-json file of `call` or `answer`);
+    /// --svg draws the call's timeline.
+    Report {
+        /// The call report (JSON).
+        file: PathBuf,
+        /// Write the timeline (RTT, jitter, loss, FEC recoveries, path
+        /// switches, one point a second) as an SVG image here.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+    },
     /// The buddy list (`buddies.txt` in --home): edit it, or sync it
     /// (encrypted) with the login server.
     Buddies {
@@ -413,6 +423,28 @@ async fn run(cli: Cli) -> Result<()> {
                 "audio match: waveform correlation {:.3}, envelope correlation {:.3}, delay {:.1} ms",
                 score.waveform, score.envelope, score.lag_ms
             );
+        }
+        Command::Report { file, svg } => {
+            let file_error = |p: &PathBuf, detail: String| ClientError::File {
+                path: p.display().to_string(),
+                detail,
+            };
+            let text =
+                std::fs::read_to_string(file).map_err(|e| file_error(file, e.to_string()))?;
+            let report = CallReport::from_json(&text)
+                .map_err(|e| file_error(file, format!("not a call report: {e}")))?;
+            for line in report.to_text().lines() {
+                println!("{}", for_terminal(line));
+            }
+            if let Some(out) = svg {
+                std::fs::write(out, natter_plot::call_timeline(&report))
+                    .map_err(|e| file_error(out, e.to_string()))?;
+                println!(
+                    "timeline of {} samples written to {}",
+                    report.samples.len(),
+                    out.display()
+                );
+            }
         }
         Command::Buddies { command, name } => {
             let home = cli.home()?;

@@ -104,6 +104,66 @@ fn five_percent_loss_is_recovered_and_the_call_completes() {
     // it searched negative delays; 20 runs since scored 0.80..0.91).
     let s = score::compare(&sent, &heard, 1000);
     assert!(s.waveform > 0.6 && s.envelope > 0.8, "{s:?}");
+    the_report_plots_the_calls_samples(&cluster, &c.callee_json);
+}
+
+/// The report holds a sample a second of the real call, and `natter report
+/// --svg` draws each: a well-formed SVG with one RTT dot and one loss bar
+/// per sample, the FEC bars adding up to the recoveries sampled.
+fn the_report_plots_the_calls_samples(cluster: &Cluster, json: &str) {
+    let report = natter_proto::report::CallReport::from_json(json).unwrap();
+    let secs = report.duration_s;
+    let n = report.samples.len() as f64;
+    assert!(
+        n >= secs.floor() - 1.0 && n <= secs.ceil() + 1.0,
+        "{n} samples in {secs} s"
+    );
+    assert!(report.samples.windows(2).all(|w| w[0].at_ms < w[1].at_ms));
+    let last = report.samples.last().unwrap();
+    assert!(last.lost <= report.packets_lost && last.fec_recoveries <= report.fec_recoveries);
+    assert!(last.received > 0);
+
+    let dir = cluster.dir.path();
+    let file = dir.join("bob-report.json");
+    std::fs::write(&file, json).unwrap();
+    let svg = dir.join("bob.svg");
+    let out = cluster
+        .natter(
+            "bob",
+            &[
+                "report",
+                file.to_str().unwrap(),
+                "--svg",
+                svg.to_str().unwrap(),
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("call with alice"));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse(&text).unwrap();
+    let count = |name: &str, class: &str| {
+        doc.descendants()
+            .filter(|e| e.tag_name().name() == name && e.attribute("class") == Some(class))
+            .count()
+    };
+    let with_rtt = report.samples.iter().filter(|s| s.rtt_ms.is_some()).count();
+    assert!(with_rtt > 0, "no RTT sampled: {json}");
+    assert_eq!(count("circle", "rtt"), with_rtt);
+    assert_eq!(count("circle", "jitter"), report.samples.len());
+    assert_eq!(count("rect", "loss"), report.samples.len());
+    assert_eq!(count("line", "switch"), report.switches.len());
+    let fec: f64 = doc
+        .descendants()
+        .filter(|e| e.attribute("class") == Some("fec"))
+        .map(|e| e.attribute("data-value").unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(fec, last.fec_recoveries as f64);
 }
 
 /// Both users behind a firewall that blocks UDP: login, join and signaling

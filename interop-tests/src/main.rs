@@ -29,7 +29,7 @@ enum Cmd {
         map_timeout: u32,
     },
     /// Run the call matrix with the real binaries: writes DIR/results.json,
-    /// DIR/matrix.md and DIR/progress.md (while running).
+    /// DIR/matrix.md, DIR/matrix.svg and DIR/progress.md (while running).
     Matrix {
         /// Output directory.
         #[arg(long)]
@@ -112,6 +112,18 @@ enum Cmd {
     Detect {
         /// The capture directory.
         dir: PathBuf,
+    },
+    /// Draw an existing results.json (of `matrix`) as the coloured SVG grid
+    /// and the Markdown tables, without running anything (no root needed).
+    Render {
+        /// The matrix's results.json.
+        results: PathBuf,
+        /// Where to write the SVG (default: RESULTS with the extension .svg).
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+        /// Also write the Markdown tables here.
+        #[arg(long, value_name = "FILE")]
+        markdown: Option<PathBuf>,
     },
     /// Remove namespaces left behind by crashed lab runs.
     Cleanup,
@@ -232,6 +244,25 @@ fn main() -> anyhow::Result<()> {
                 "{connected}/{trials} trials connected, {passed}/{trials} over the expected path; see {}",
                 opts.out.join("matrix.md").display()
             );
+        }
+        Cmd::Render {
+            results,
+            svg,
+            markdown,
+        } => {
+            let text = std::fs::read_to_string(&results)
+                .with_context(|| format!("read {}", results.display()))?;
+            let report: scenario::MatrixReport = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a matrix results.json", results.display()))?;
+            let svg = svg.unwrap_or_else(|| results.with_extension("svg"));
+            std::fs::write(&svg, scenario::matrix_svg(&report))
+                .with_context(|| format!("write {}", svg.display()))?;
+            println!("wrote {}", svg.display());
+            if let Some(md) = markdown {
+                std::fs::write(&md, scenario::matrix_markdown(&report))
+                    .with_context(|| format!("write {}", md.display()))?;
+                println!("wrote {}", md.display());
+            }
         }
         Cmd::Amplification {
             bin_dir,

@@ -1228,6 +1228,120 @@ pub fn udp_blocked_summary(r: &MatrixReport) -> Option<String> {
     ))
 }
 
+/// The colour of a cell of the matrix grid: every trial over the expected
+/// path: that path's colour (`natter_plot::path_colour`, the same as in
+/// call timelines); some trial not (failed, or another path): red; a NAT
+/// router that failed its self-check: grey (the cell says nothing).
+pub fn cell_colour(c: &CellResult) -> &'static str {
+    if !c.self_check {
+        SELF_CHECK_FAILED_COLOUR
+    } else if c.trials == 0 || c.passed() < c.trials {
+        NOT_AS_EXPECTED_COLOUR
+    } else {
+        PathKind::from_name(&c.expected).map_or(NOT_AS_EXPECTED_COLOUR, natter_plot::path_colour)
+    }
+}
+
+/// The grid's colour for a cell with a trial not as expected.
+pub const NOT_AS_EXPECTED_COLOUR: &str = "#d73027";
+/// The grid's colour for a cell whose routers failed the self-check.
+pub const SELF_CHECK_FAILED_COLOUR: &str = "#bdbdbd";
+
+/// The matrix as a coloured SVG grid (`matrix.svg` next to `matrix.md`):
+/// rows are the caller's NAT, columns the callee's; each cell says
+/// connected/trials, the final path and the median time to first audio,
+/// and carries them in `data-*` attributes.
+pub fn matrix_svg(r: &MatrixReport) -> String {
+    let types: Vec<NatType> = NatType::ALL
+        .iter()
+        .copied()
+        .filter(|t| r.cells.iter().any(|c| c.a == *t || c.b == *t))
+        .collect();
+    let names: Vec<String> = types.iter().map(|t| t.to_string()).collect();
+    let index = |t: NatType| types.iter().position(|x| *x == t).unwrap_or(0);
+    let cells = r
+        .cells
+        .iter()
+        .map(|c| {
+            let paths = if c.final_path.is_empty() {
+                "-".to_owned()
+            } else {
+                c.final_path
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            };
+            let audio = c
+                .first_audio_ms
+                .p50
+                .map_or_else(|| "no audio".to_owned(), |v| format!("audio {v:.0} ms"));
+            let mark = if !c.self_check {
+                " (self-check failed)"
+            } else if c.passed() == c.trials && c.trials > 0 {
+                ""
+            } else {
+                " (not as expected)"
+            };
+            natter_plot::GridCell {
+                row: index(c.a),
+                col: index(c.b),
+                fill: cell_colour(c).to_owned(),
+                lines: vec![
+                    format!("{}/{}", c.connected, c.trials),
+                    paths.clone(),
+                    audio.clone(),
+                ],
+                title: format!(
+                    "{} calls {}: {}/{} connected, {} over the expected path ({}); final path {paths}; first audio p50 {}{mark}",
+                    c.a,
+                    c.b,
+                    c.connected,
+                    c.trials,
+                    c.passed(),
+                    c.expected,
+                    c.first_audio_ms
+                        .p50
+                        .map_or_else(|| "-".to_owned(), |v| format!("{v:.0} ms")),
+                ),
+                data: vec![
+                    ("expected".into(), c.expected.clone()),
+                    ("trials".into(), c.trials.to_string()),
+                    ("connected".into(), c.connected.to_string()),
+                    ("passed".into(), c.passed().to_string()),
+                    ("final-path".into(), paths),
+                ],
+            }
+        })
+        .collect();
+    let mut legend: Vec<(String, String)> = [
+        PathKind::Direct,
+        PathKind::HolePunched,
+        PathKind::Relayed,
+        PathKind::TcpRelay,
+    ]
+    .iter()
+    .map(|k| (k.name().to_owned(), natter_plot::path_colour(*k).to_owned()))
+    .collect();
+    legend.push(("not as expected".into(), NOT_AS_EXPECTED_COLOUR.into()));
+    legend.push(("self-check failed".into(), SELF_CHECK_FAILED_COLOUR.into()));
+    let trials: u32 = r.cells.iter().map(|c| c.trials).sum();
+    let passed: u32 = r.cells.iter().map(CellResult::passed).sum();
+    natter_plot::grid(&natter_plot::Grid {
+        title: format!("NAT matrix (profile {})", r.profile),
+        subtitle: format!(
+            "{} cells, {passed}/{trials} trials over the expected path. Cell: connected/trials, final path, median time to first audio.",
+            r.cells.len()
+        ),
+        row_axis: "caller A".into(),
+        col_axis: "callee B".into(),
+        rows: names.clone(),
+        cols: names,
+        cells,
+        legend,
+    })
+}
+
 fn write_outputs(out: &Path, r: &MatrixReport, progress: &str) -> Result<()> {
     let json = serde_json::to_string_pretty(r)
         .map_err(|e| LabError::Other(format!("serialize results: {e}")))?;
@@ -1240,13 +1354,17 @@ fn write_outputs(out: &Path, r: &MatrixReport, progress: &str) -> Result<()> {
         fs::write(out.join("matrix.md"), matrix_markdown(r)),
     )?;
     io(
+        "write matrix.svg",
+        fs::write(out.join("matrix.svg"), matrix_svg(r)),
+    )?;
+    io(
         "write progress.md",
         fs::write(out.join("progress.md"), progress),
     )?;
     Ok(())
 }
 
-/// Runs the matrix; writes `results.json`, `matrix.md` and `progress.md`
+/// Runs the matrix; writes `results.json`, `matrix.md`, `matrix.svg` and `progress.md`
 /// (updated after every trial) into `opts.out`. Fails if the lab cannot be
 /// built or a NAT type fails its self-check (after writing the results).
 pub fn run_matrix(opts: &MatrixOptions) -> Result<MatrixReport> {

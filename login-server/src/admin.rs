@@ -1,7 +1,8 @@
 //! Offline administration on a data directory: `natter-login users
 //! list|disable|enable` and `natter-login supernodes
 //! list|approve|revoke|token`. Safe to run while the server is
-//! up (SQLite WAL lets both write; each change is one statement).
+//! up (SQLite WAL lets both write, PostgreSQL too; each change is one
+//! statement or one transaction).
 
 use std::path::Path;
 
@@ -26,17 +27,45 @@ pub enum AdminError {
     Store(#[from] StoreError),
 }
 
-async fn open(data_dir: &Path) -> Result<Store, AdminError> {
-    if !data_dir.join(crate::datadir::DB_FILE).exists() {
-        return Err(AdminError::NoDatabase(data_dir.display().to_string()));
+/// Where the database the commands work on is.
+#[derive(Debug, Clone, Copy)]
+pub enum Database<'a> {
+    /// The SQLite file in this data directory (the default).
+    DataDir(&'a Path),
+    /// A database URL (`--database postgres://...`), the one `serve` uses.
+    Url(&'a str),
+}
+
+impl<'a> From<&'a Path> for Database<'a> {
+    fn from(data_dir: &'a Path) -> Self {
+        Database::DataDir(data_dir)
     }
-    let data = DataDir::open(data_dir)?;
-    Ok(Store::open(&data.db_path()).await?)
+}
+
+impl<'a> From<&'a std::path::PathBuf> for Database<'a> {
+    fn from(data_dir: &'a std::path::PathBuf) -> Self {
+        Database::DataDir(data_dir)
+    }
+}
+
+async fn open(database: Database<'_>) -> Result<Store, AdminError> {
+    match database {
+        Database::Url(url) => Ok(Store::connect(url).await?),
+        Database::DataDir(data_dir) => {
+            if !data_dir.join(crate::datadir::DB_FILE).exists() {
+                return Err(AdminError::NoDatabase(data_dir.display().to_string()));
+            }
+            let data = DataDir::open(data_dir)?;
+            Ok(Store::open(&data.db_path()).await?)
+        }
+    }
 }
 
 /// Every account in the data directory.
-pub async fn list_users(data_dir: &Path) -> Result<Vec<UserRecord>, AdminError> {
-    let store = open(data_dir).await?;
+pub async fn list_users<'a>(
+    database: impl Into<Database<'a>>,
+) -> Result<Vec<UserRecord>, AdminError> {
+    let store = open(database.into()).await?;
     let users = store.list_users().await;
     store.close().await;
     Ok(users?)
@@ -45,13 +74,13 @@ pub async fn list_users(data_dir: &Path) -> Result<Vec<UserRecord>, AdminError> 
 /// Disables (or, with `disabled = false`, re-enables) an account. A
 /// disabled name is in the revocation list every supernode fetches with its
 /// announces, which ends its sessions and refuses its joins.
-pub async fn set_disabled(
-    data_dir: &Path,
+pub async fn set_disabled<'a>(
+    database: impl Into<Database<'a>>,
     name: &str,
     disabled: bool,
 ) -> Result<String, AdminError> {
     let name = names::normalise_name(name)?;
-    let store = open(data_dir).await?;
+    let store = open(database.into()).await?;
     let result = store.set_disabled(&name, disabled).await;
     store.close().await;
     match result {
@@ -76,8 +105,8 @@ pub fn format_user(user: &UserRecord) -> String {
 
 /// Approves (`approve`) or revokes a supernode key by its fingerprint (the
 /// SHA-256 hex a pending supernode logs and `supernodes list` shows).
-pub async fn set_supernode_state(
-    data_dir: &Path,
+pub async fn set_supernode_state<'a>(
+    database: impl Into<Database<'a>>,
     fingerprint: &str,
     state: KeyState,
 ) -> Result<SupernodeKeyRecord, AdminError> {
@@ -85,7 +114,7 @@ pub async fn set_supernode_state(
     if fingerprint.len() != 64 || hex::decode(&fingerprint).is_err() {
         return Err(AdminError::BadFingerprint(fingerprint));
     }
-    let store = open(data_dir).await?;
+    let store = open(database.into()).await?;
     let result = store
         .set_supernode_key_state(&fingerprint, state, crate::now_unix_ms())
         .await;
@@ -94,8 +123,10 @@ pub async fn set_supernode_state(
 }
 
 /// Every supernode key the login server knows (pending, approved, revoked).
-pub async fn list_supernodes(data_dir: &Path) -> Result<Vec<SupernodeKeyRecord>, AdminError> {
-    let store = open(data_dir).await?;
+pub async fn list_supernodes<'a>(
+    database: impl Into<Database<'a>>,
+) -> Result<Vec<SupernodeKeyRecord>, AdminError> {
+    let store = open(database.into()).await?;
     let keys = store.supernode_keys().await;
     store.close().await;
     Ok(keys?)
@@ -104,8 +135,8 @@ pub async fn list_supernodes(data_dir: &Path) -> Result<Vec<SupernodeKeyRecord>,
 /// A new one-time enrolment token valid for `ttl`: printed once, only its
 /// hash stored. A supernode started with `--enrol TOKEN` is approved by its
 /// first announce.
-pub async fn new_enrol_token(
-    data_dir: &Path,
+pub async fn new_enrol_token<'a>(
+    database: impl Into<Database<'a>>,
     ttl: std::time::Duration,
 ) -> Result<String, AdminError> {
     use rand::RngCore;
@@ -114,7 +145,7 @@ pub async fn new_enrol_token(
     let token = hex::encode(bytes);
     let expires =
         crate::now_unix_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-    let store = open(data_dir).await?;
+    let store = open(database.into()).await?;
     let result = store
         .add_enrol_token(&crate::service::token_hash(&token), expires)
         .await;

@@ -104,8 +104,12 @@ pub struct Config {
     /// TCP address of the Prometheus endpoint (`GET /metrics`,
     /// [`natter_net::metrics`]). `None`: off.
     pub metrics: Option<SocketAddr>,
-    /// Directory holding the signing key, TLS identity and database.
+    /// Directory holding the signing key, TLS identity and (unless
+    /// `database` is set) the SQLite database.
     pub data_dir: PathBuf,
+    /// Database URL (`postgres://...`); `None`: the SQLite file in
+    /// `data_dir`. See [`crate::storage`].
+    pub database: Option<String>,
     /// Cost of new password hashes.
     pub argon2: Argon2Config,
     /// Validity of issued user certificates.
@@ -162,6 +166,7 @@ impl Config {
             tcp_listen: None,
             metrics: None,
             data_dir: data_dir.into(),
+            database: None,
             argon2: Argon2Config::default(),
             cert_validity: Duration::from_secs(24 * 60 * 60),
             cert_backdate: Duration::from_secs(5 * 60),

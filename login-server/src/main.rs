@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use natter_login::storage::KeyState;
 use natter_login::{Config, LoginServer, admin};
 
@@ -44,31 +44,59 @@ enum Command {
 enum SupernodesCommand {
     /// List supernode keys: fingerprint, state, node id, address, last seen.
     List {
-        #[arg(long, env = "NATTER_LOGIN_DATA_DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
     },
     /// Approve the supernode key with this fingerprint (it is certified on
     /// its next announce).
     Approve {
-        #[arg(long, env = "NATTER_LOGIN_DATA_DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
         fingerprint: String,
     },
     /// Revoke the supernode key with this fingerprint: no more
     /// certificates, and every supernode drops its links within a minute.
     Revoke {
-        #[arg(long, env = "NATTER_LOGIN_DATA_DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
         fingerprint: String,
     },
     /// Print a one-time enrolment token (`natter-supernode --enrol TOKEN`).
     Token {
-        #[arg(long, env = "NATTER_LOGIN_DATA_DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
         /// Seconds the token stays valid.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+}
+
+/// Where an admin command finds the database: the one `serve` uses.
+#[derive(Debug, clap::Args)]
+struct DbArgs {
+    /// The data directory (its SQLite file, unless --database is given).
+    #[arg(long, env = "NATTER_LOGIN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The database URL, as given to `serve --database`.
+    #[arg(long, env = "NATTER_LOGIN_DATABASE", value_name = "URL")]
+    database: Option<String>,
+}
+
+impl DbArgs {
+    fn database(&self) -> admin::Database<'_> {
+        match (&self.database, &self.data_dir) {
+            (Some(url), _) => admin::Database::Url(url),
+            (None, Some(dir)) => admin::Database::DataDir(dir),
+            // Checked here, not by clap: a `data-dir` from the config file
+            // satisfies it too. Exit status 2, like any usage error.
+            (None, None) => Cli::command()
+                .error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "give --data-dir DIR (the SQLite file in it) or --database URL",
+                )
+                .exit(),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,9 +114,17 @@ struct ServeArgs {
     /// reach it sees the counters: keep it on loopback or a private network.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9465")]
     metrics: Option<SocketAddr>,
-    /// Directory for the signing key, TLS identity and database.
+    /// Directory for the signing key, TLS identity and (unless --database
+    /// is given) the SQLite database.
     #[arg(long, env = "NATTER_LOGIN_DATA_DIR")]
     data_dir: PathBuf,
+    /// Keep accounts in this database instead of the SQLite file in the
+    /// data directory: `postgres://USER:PASSWORD@HOST/DB`, or over a Unix
+    /// socket `postgres:///DB?host=/run/postgresql`. Several login servers
+    /// may share one PostgreSQL database (with the same signing key and TLS
+    /// identity in their data directories): docs/OPERATIONS.md.
+    #[arg(long, env = "NATTER_LOGIN_DATABASE", value_name = "URL")]
+    database: Option<String>,
     /// Argon2id memory cost of new password hashes, in KiB.
     #[arg(long, default_value_t = 19_456)]
     argon2_m_kib: u32,
@@ -122,20 +158,20 @@ struct ServeArgs {
 enum UsersCommand {
     /// List the accounts.
     List {
-        #[arg(long, env = "NATTER_LOGIN_DATA_DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
     },
     /// Disable an account: refused at login, and revoked on the overlay
     /// (its sessions end) within a minute.
     Disable {
-        #[arg(long, env = "NATTER_LOGIN_DATA_DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
         name: String,
     },
     /// Re-enable a disabled account.
     Enable {
-        #[arg(long, env = "NATTER_LOGIN_DATA_DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
         name: String,
     },
 }
@@ -145,6 +181,7 @@ impl ServeArgs {
         let mut config = Config::new(self.listen, self.data_dir);
         config.tcp_listen = self.tcp_listen;
         config.metrics = self.metrics;
+        config.database = self.database;
         config.argon2.m_kib = self.argon2_m_kib;
         config.argon2.t = self.argon2_t;
         config.argon2.p = self.argon2_p;
@@ -161,7 +198,7 @@ impl ServeArgs {
 
 #[tokio::main]
 async fn main() {
-    let cli: Cli = natter_config::parse(&[]);
+    let cli: Cli = natter_config::parse(&["database"]);
     if let Err(e) = run(cli).await {
         eprintln!("natter-login: {e:#}");
         std::process::exit(1);
@@ -196,46 +233,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Users { command } => match command {
-            UsersCommand::List { data_dir } => {
-                for user in admin::list_users(&data_dir).await? {
+            UsersCommand::List { db } => {
+                for user in admin::list_users(db.database()).await? {
                     println!("{}", admin::format_user(&user));
                 }
             }
-            UsersCommand::Disable { data_dir, name } => {
-                let name = admin::set_disabled(&data_dir, &name, true).await?;
+            UsersCommand::Disable { db, name } => {
+                let name = admin::set_disabled(db.database(), &name, true).await?;
                 println!("disabled {name}");
             }
-            UsersCommand::Enable { data_dir, name } => {
-                let name = admin::set_disabled(&data_dir, &name, false).await?;
+            UsersCommand::Enable { db, name } => {
+                let name = admin::set_disabled(db.database(), &name, false).await?;
                 println!("enabled {name}");
             }
         },
         Command::Supernodes { command } => match command {
-            SupernodesCommand::List { data_dir } => {
-                for key in admin::list_supernodes(&data_dir).await? {
+            SupernodesCommand::List { db } => {
+                for key in admin::list_supernodes(db.database()).await? {
                     println!("{}", admin::format_supernode(&key));
                 }
             }
-            SupernodesCommand::Approve {
-                data_dir,
-                fingerprint,
-            } => {
+            SupernodesCommand::Approve { db, fingerprint } => {
                 let key =
-                    admin::set_supernode_state(&data_dir, &fingerprint, KeyState::Approved).await?;
+                    admin::set_supernode_state(db.database(), &fingerprint, KeyState::Approved)
+                        .await?;
                 println!("approved {}", key.fingerprint);
             }
-            SupernodesCommand::Revoke {
-                data_dir,
-                fingerprint,
-            } => {
+            SupernodesCommand::Revoke { db, fingerprint } => {
                 let key =
-                    admin::set_supernode_state(&data_dir, &fingerprint, KeyState::Revoked).await?;
+                    admin::set_supernode_state(db.database(), &fingerprint, KeyState::Revoked)
+                        .await?;
                 println!("revoked {}", key.fingerprint);
             }
-            SupernodesCommand::Token { data_dir, ttl } => {
+            SupernodesCommand::Token { db, ttl } => {
                 println!(
                     "{}",
-                    admin::new_enrol_token(&data_dir, Duration::from_secs(ttl)).await?
+                    admin::new_enrol_token(db.database(), Duration::from_secs(ttl)).await?
                 );
             }
         },

@@ -91,7 +91,10 @@ impl LoginServer {
         let data = DataDir::open(&config.data_dir)?;
         let (signing_key, created) = data.signing_key()?;
         let tls = data.tls_identity(&signing_key)?;
-        let store = Store::open(&data.private_db_path()?).await?;
+        let store = match &config.database {
+            Some(url) => Store::connect(url).await?,
+            None => Store::open(&data.private_db_path()?).await?,
+        };
         let issuer = Issuer::new(signing_key);
         let public_key = issuer.public_key();
         let service = Arc::new(LoginService::new(store, issuer, &config)?);
@@ -133,6 +136,7 @@ impl LoginServer {
             listen = %local_addr,
             tcp = %tcp_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
             data_dir = %data.path().display(),
+            database = %service.store().backend().name(),
             login_key = %cert::fingerprint(&public_key),
             new_key = created,
             "natter-login serving (QUIC{}, ALPN natter/1)",

@@ -28,6 +28,7 @@ use tokio::io::AsyncWriteExt;
 /// takes long enough for requests to be in flight together), two workers.
 fn config(dir: &Path) -> Config {
     let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir);
+    config.database = common::test_database(dir);
     config.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
     config.argon2 = Argon2Config::default();
     config.cpu_workers = 2;

@@ -1,8 +1,11 @@
 //! The `natter-login` binary: `serve` creates its files and logs where it
 //! listens and its key fingerprint; `users list` / `users disable` work on
-//! the data directory.
+//! the data directory (or the database given by `--database`: this suite
+//! also runs on PostgreSQL, `NATTER_TEST_DB=postgres`).
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -13,6 +16,7 @@ fn natter_login(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_natter-login"))
         .args(args)
         .env_remove("NATTER_LOGIN_DATA_DIR")
+        .env_remove("NATTER_LOGIN_DATABASE")
         .stdin(Stdio::null())
         .output()
         .unwrap()
@@ -70,10 +74,18 @@ fn serve_creates_files_and_logs_fingerprint_then_admin_commands_work() {
         Command::new(env!("CARGO_BIN_EXE_natter-login"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data_s])
             .args(["--tcp-listen", "127.0.0.1:0"])
-            .args(["--argon2-m-kib", "64", "--argon2-t", "1"]),
+            .args(["--argon2-m-kib", "64", "--argon2-t", "1"])
+            .args(common::database_args(&data)),
     );
+    let db_args = common::database_args(&data);
+    let db: Vec<&str> = db_args.iter().map(String::as_str).collect();
+    let backend = common::test_backend();
     assert!(line.contains("listen=127.0.0.1:"), "{line}");
     assert!(line.contains("tcp=127.0.0.1:"), "{line}");
+    assert!(
+        line.contains(&format!("database={} ", backend.name())),
+        "{line}"
+    );
     assert!(line.contains("TLS over TCP"), "{line}");
     let tcp_addr: std::net::SocketAddr = line
         .split_whitespace()
@@ -94,12 +106,11 @@ fn serve_creates_files_and_logs_fingerprint_then_admin_commands_work() {
         assert_eq!(c.register("yann", "password123").await.unwrap(), "yann");
         c.close().await;
     });
-    for (file, mode) in [
-        ("login-key.pem", 0o600),
-        ("tls-key.pem", 0o600),
-        ("natter-login.db", 0o600),
-        ("natter-login.db-wal", 0o600),
-    ] {
+    let mut files = vec![("login-key.pem", 0o600), ("tls-key.pem", 0o600)];
+    if backend == natter_login::storage::Backend::Sqlite {
+        files.extend([("natter-login.db", 0o600), ("natter-login.db-wal", 0o600)]);
+    }
+    for (file, mode) in files {
         let m = std::fs::metadata(data.join(file))
             .unwrap()
             .permissions()
@@ -107,7 +118,11 @@ fn serve_creates_files_and_logs_fingerprint_then_admin_commands_work() {
             & 0o777;
         assert_eq!(m, mode, "{file}");
     }
-    assert!(data.join("natter-login.db").exists());
+    // The SQLite file exactly when the database is SQLite.
+    assert_eq!(
+        data.join("natter-login.db").exists(),
+        backend == natter_login::storage::Backend::Sqlite
+    );
     // SIGTERM shuts it down cleanly (exit status 0; SQLite folds the WAL back).
     let pid = child.0.id().to_string();
     let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
@@ -116,36 +131,50 @@ fn serve_creates_files_and_logs_fingerprint_then_admin_commands_work() {
     assert!(status.success(), "{status:?}");
     assert!(!data.join("natter-login.db-wal").exists());
 
-    // Admin on the data directory.
+    // Admin on the data directory (and the database).
     rt.block_on(async {
-        let store = natter_login::storage::Store::open(&data.join("natter-login.db"))
-            .await
-            .unwrap();
+        let store = common::test_store(&data).await;
+        assert_eq!(store.backend(), backend);
         store.create_user("zoe", "Zoe", "x", 1).await.unwrap();
         store.close().await;
     });
-    let out = natter_login(&["users", "list", "--data-dir", data_s]);
+    let out = natter_login(&[&["users", "list", "--data-dir", data_s], &db[..]].concat());
     assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("zoe\tZoe\tactive"), "{stdout}");
 
-    let out = natter_login(&["users", "disable", "--data-dir", data_s, "ZOE"]);
+    let out = natter_login(&[&["users", "disable", "--data-dir", data_s, "ZOE"], &db[..]].concat());
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = natter_login(&["users", "list", "--data-dir", data_s]);
+    let out = natter_login(&[&["users", "list", "--data-dir", data_s], &db[..]].concat());
     assert!(
         String::from_utf8(out.stdout)
             .unwrap()
             .contains("zoe\tZoe\tdisabled")
     );
 
-    let out = natter_login(&["users", "disable", "--data-dir", data_s, "nobody"]);
+    let out = natter_login(
+        &[
+            &["users", "disable", "--data-dir", data_s, "nobody"],
+            &db[..],
+        ]
+        .concat(),
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.trim_end(), "natter-login: no user named \"nobody\"");
+
+    // Neither a data directory nor a database: a usage error.
+    let out = natter_login(&["users", "list"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("--data-dir DIR (the SQLite file in it) or --database URL")
+    );
 
     let empty = dir.path().join("empty");
     let out = natter_login(&["users", "list", "--data-dir", empty.to_str().unwrap()]);
@@ -165,10 +194,15 @@ fn serve_and_admin_commands_read_the_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let config = dir.path().join("login.toml");
+    // On PostgreSQL the file names the database too (a secret: it may hold
+    // a password).
+    let database = common::test_database(&data)
+        .map(|url| format!("database = \"{url}\"\n"))
+        .unwrap_or_default();
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\ndata-dir = \"{}\"\nargon2_m_kib = 64\nargon2-t = 1\n",
+            "listen = \"127.0.0.1:0\"\ndata-dir = \"{}\"\nargon2_m_kib = 64\nargon2-t = 1\n{database}",
             data.display()
         ),
     )
@@ -188,13 +222,21 @@ fn serve_and_admin_commands_read_the_config_file() {
     assert!(text.contains("argon2-m-kib = 64  # config file"), "{text}");
     assert!(text.contains("argon2-t = 2  # flag"), "{text}");
     assert!(text.contains("max-connections = 4096  # default"), "{text}");
+    if !database.is_empty() {
+        assert!(
+            text.contains("database = \"(secret)\"  # config file"),
+            "{text}"
+        );
+        assert!(!text.contains("postgres://"), "{text}");
+    }
     assert!(!data.exists(), "--print-config started the server");
 
     let (child, line) = serve(
         Command::new(env!("CARGO_BIN_EXE_natter-login"))
             .arg("serve")
             .env("NATTER_LOGIN_CONFIG", &config)
-            .env_remove("NATTER_LOGIN_DATA_DIR"),
+            .env_remove("NATTER_LOGIN_DATA_DIR")
+            .env_remove("NATTER_LOGIN_DATABASE"),
     );
     assert!(line.contains("listen=127.0.0.1:"), "{line}");
     assert!(

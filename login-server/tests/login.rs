@@ -228,7 +228,7 @@ async fn every_bad_input_gets_its_own_error() {
     );
 
     // Disabled account: right password, refused.
-    natter_login::admin::set_disabled(dir.path(), "Bob", true)
+    natter_login::admin::set_disabled(common::admin_db(dir.path()).get(), "Bob", true)
         .await
         .unwrap();
     let e = c
@@ -236,7 +236,7 @@ async fn every_bad_input_gets_its_own_error() {
         .await
         .unwrap_err();
     assert!(matches!(e, ClientError::AccountDisabled(_)), "{e}");
-    natter_login::admin::set_disabled(dir.path(), "bob", false)
+    natter_login::admin::set_disabled(common::admin_db(dir.path()).get(), "bob", false)
         .await
         .unwrap();
     c.login("bob", "password123", &key, &[0x11; 32])
@@ -506,7 +506,7 @@ async fn supernode_announces_seed_login_replies() {
     c.register("kate", "password123").await.unwrap();
     for i in 0..2 {
         natter_login::admin::set_supernode_state(
-            dir.path(),
+            common::admin_db(dir.path()).get(),
             &cert::fingerprint(&user_key(i).to_public_key()),
             natter_login::storage::KeyState::Approved,
         )

@@ -118,7 +118,7 @@ async fn an_unapproved_supernode_serves_nobody_until_the_operator_approves_it() 
 
     // Pending: listed for the operator, refused to clients, not in any list.
     let pending = eventually("the key is pending", || async {
-        natter_login::admin::list_supernodes(dir.path())
+        natter_login::admin::list_supernodes(common::admin_db(dir.path()).get())
             .await
             .ok()?
             .into_iter()
@@ -150,9 +150,13 @@ async fn an_unapproved_supernode_serves_nobody_until_the_operator_approves_it() 
 
     // Approved: certified on its next announce, listed with a certificate
     // that verifies and names its addresses, and clients join.
-    natter_login::admin::set_supernode_state(dir.path(), &fingerprint, KeyState::Approved)
-        .await
-        .unwrap();
+    natter_login::admin::set_supernode_state(
+        common::admin_db(dir.path()).get(),
+        &fingerprint,
+        KeyState::Approved,
+    )
+    .await
+    .unwrap();
     let entries = eventually("the supernode is listed", || async {
         let l = listed(&server).await;
         (!l.is_empty()).then_some(l)
@@ -190,9 +194,13 @@ async fn an_unapproved_supernode_serves_nobody_until_the_operator_approves_it() 
     assert!(session.is_alive());
 
     // Revoked: refused at the next announce, off the host cache at once.
-    natter_login::admin::set_supernode_state(dir.path(), &fingerprint, KeyState::Revoked)
-        .await
-        .unwrap();
+    natter_login::admin::set_supernode_state(
+        common::admin_db(dir.path()).get(),
+        &fingerprint,
+        KeyState::Revoked,
+    )
+    .await
+    .unwrap();
     assert!(listed(&server).await.is_empty());
     let body = announce(&server, |e| {
         signed_announce(&user_key(1), e, sn.addr().port())
@@ -223,9 +231,12 @@ async fn client_identity(server: &LoginServer) -> cert::Identity {
 async fn a_one_time_token_enrols_one_key_only() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(test_config(dir.path())).await;
-    let token = natter_login::admin::new_enrol_token(dir.path(), Duration::from_secs(60))
-        .await
-        .unwrap();
+    let token = natter_login::admin::new_enrol_token(
+        common::admin_db(dir.path()).get(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
     let sn = Supernode::spawn(supernode_config(&server, Some(token.clone()))).unwrap();
     let entries = eventually("the enrolled supernode is listed", || async {
         let l = listed(&server).await;
@@ -250,7 +261,7 @@ async fn announces_from_uncertified_hosts_never_reach_a_host_cache() {
     // The honest supernode's key (user_key(1)) is approved.
     let honest = user_key(1);
     natter_login::admin::set_supernode_state(
-        dir.path(),
+        common::admin_db(dir.path()).get(),
         &cert::fingerprint(&honest.to_public_key()),
         KeyState::Approved,
     )
@@ -344,7 +355,8 @@ async fn announces_from_uncertified_hosts_never_reach_a_host_cache() {
 async fn a_disabled_user_and_a_revoked_supernode_are_cut_off() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(test_config(dir.path())).await;
-    let token = |ttl| natter_login::admin::new_enrol_token(dir.path(), Duration::from_secs(ttl));
+    let db = common::admin_db(dir.path());
+    let token = |ttl| natter_login::admin::new_enrol_token(db.get(), Duration::from_secs(ttl));
     let a = Supernode::spawn(supernode_config(&server, Some(token(60).await.unwrap()))).unwrap();
     let mut b_config = supernode_config(&server, Some(token(60).await.unwrap()));
     b_config.node_key = None; // its own fresh key
@@ -374,7 +386,7 @@ async fn a_disabled_user_and_a_revoked_supernode_are_cut_off() {
     assert!(session.is_alive());
 
     // The operator disables the user: the session ends, rejoining fails.
-    natter_login::admin::set_disabled(dir.path(), "joiner", true)
+    natter_login::admin::set_disabled(common::admin_db(dir.path()).get(), "joiner", true)
         .await
         .unwrap();
     eventually("the disabled user's session is closed", || async {
@@ -388,16 +400,20 @@ async fn a_disabled_user_and_a_revoked_supernode_are_cut_off() {
     );
 
     // The operator revokes supernode B: A drops it and does not take it back.
-    let b_fingerprint = natter_login::admin::list_supernodes(dir.path())
+    let b_fingerprint = natter_login::admin::list_supernodes(common::admin_db(dir.path()).get())
         .await
         .unwrap()
         .into_iter()
         .find(|k| k.node_id == Some(hex::encode(b.node_id())))
         .unwrap()
         .fingerprint;
-    natter_login::admin::set_supernode_state(dir.path(), &b_fingerprint, KeyState::Revoked)
-        .await
-        .unwrap();
+    natter_login::admin::set_supernode_state(
+        common::admin_db(dir.path()).get(),
+        &b_fingerprint,
+        KeyState::Revoked,
+    )
+    .await
+    .unwrap();
     eventually("A no longer counts B as live", || async {
         (a.live_members() == vec![a.node_id()]).then_some(())
     })

@@ -327,7 +327,7 @@ async fn announce_with_tcp_is_returned_in_login_reply() {
     c.register("kate", "password123").await.unwrap();
     for i in 0..2 {
         natter_login::admin::set_supernode_state(
-            dir.path(),
+            common::admin_db(dir.path()).get(),
             &natter_proto::cert::fingerprint(&user_key(i).to_public_key()),
             natter_login::storage::KeyState::Approved,
         )

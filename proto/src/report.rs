@@ -39,6 +39,97 @@ impl From<&Switch> for SwitchReport {
     }
 }
 
+/// One point of a call's time series: the state at `at_ms`, counters
+/// cumulative since media started (a plot takes differences).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Sample {
+    /// Milliseconds since media started.
+    pub at_ms: u64,
+    /// RTT of the last probe reply by then.
+    pub rtt_ms: Option<u64>,
+    /// Interarrival jitter (written to 0.01 ms).
+    #[serde(serialize_with = "round2")]
+    pub jitter_ms: f64,
+    /// Media packets received so far.
+    pub received: u64,
+    /// Media packets lost so far (never arrived in time).
+    pub lost: u64,
+    /// Frames recovered by FEC so far.
+    pub fec_recoveries: u64,
+    /// Frames concealed so far.
+    pub concealed: u64,
+}
+
+/// A bounded time series of [`Sample`]s: one every `interval_ms` (1 s to
+/// start with); when `max` are held, every other one is dropped and the
+/// interval doubles, so a call of any length keeps at most `max` samples
+/// spread over all of it. Sans-IO: the caller says the time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleSeries {
+    samples: Vec<Sample>,
+    interval_ms: u64,
+    max: usize,
+    next_ms: u64,
+}
+
+impl SampleSeries {
+    /// The default bound: an hour of one-second samples.
+    pub const MAX: usize = 3600;
+
+    /// A series sampling every `interval_ms`, at most `max` (at least 2) kept.
+    pub fn new(interval_ms: u64, max: usize) -> Self {
+        Self {
+            samples: Vec::new(),
+            interval_ms: interval_ms.max(1),
+            max: max.max(2),
+            next_ms: interval_ms.max(1),
+        }
+    }
+
+    /// Whether a sample is due at `now_ms` (then [`Self::push`] one).
+    pub fn due(&self, now_ms: u64) -> bool {
+        now_ms >= self.next_ms
+    }
+
+    /// Records `sample` (taken at `sample.at_ms`).
+    pub fn push(&mut self, sample: Sample) {
+        self.samples.push(sample);
+        if self.samples.len() > self.max {
+            // Keep the newest and every other one before it.
+            let n = self.samples.len();
+            let mut i = 0;
+            self.samples.retain(|_| {
+                let keep = (n - 1 - i).is_multiple_of(2);
+                i += 1;
+                keep
+            });
+            self.interval_ms = self.interval_ms.saturating_mul(2);
+        }
+        self.next_ms = sample.at_ms.saturating_add(self.interval_ms);
+    }
+
+    /// The interval between samples now.
+    pub fn interval_ms(&self) -> u64 {
+        self.interval_ms
+    }
+
+    /// The samples, oldest first.
+    pub fn samples(&self) -> &[Sample] {
+        &self.samples
+    }
+
+    pub fn into_samples(self) -> Vec<Sample> {
+        self.samples
+    }
+}
+
+impl Default for SampleSeries {
+    fn default() -> Self {
+        Self::new(1000, Self::MAX)
+    }
+}
+
 /// The report of one call.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -111,6 +202,9 @@ pub struct CallReport {
     /// Call signals dropped: not from the peer, or mid-call without the
     /// call's MAC (protocol section 3.2).
     pub ignored_signals: u64,
+    /// The call over time ([`SampleSeries`]: one sample a second, at most
+    /// [`SampleSeries::MAX`]); empty in reports of older clients.
+    pub samples: Vec<Sample>,
 }
 
 fn rounded<S: serde::Serializer>(v: f64, scale: f64, s: S) -> Result<S::Ok, S::Error> {
@@ -214,5 +308,78 @@ impl CallReport {
             m2e = self.mouth_to_ear_ms,
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Sample {
+        Sample {
+            at_ms: ms,
+            received: ms / 20,
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn the_series_is_bounded_and_spans_the_call() {
+        let mut series = SampleSeries::new(1000, 10);
+        let mut taken = 0;
+        for now in (0..=100_000).step_by(20) {
+            if series.due(now) {
+                series.push(at(now));
+                taken += 1;
+            }
+        }
+        assert!(series.samples().len() <= 10);
+        assert!(series.samples().len() >= 5, "{:?}", series.samples());
+        assert!(taken > 10);
+        // Oldest first, spread over the whole call.
+        let times: Vec<u64> = series.samples().iter().map(|s| s.at_ms).collect();
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+        assert!(times[0] <= 20_000, "{times:?}");
+        assert!(
+            *times.last().unwrap() >= 100_000 - 2 * series.interval_ms(),
+            "{times:?}"
+        );
+        assert!(series.interval_ms() >= 8000);
+    }
+
+    #[test]
+    fn samples_round_trip_through_json() {
+        let report = CallReport {
+            peer: "bob".into(),
+            samples: vec![
+                Sample {
+                    at_ms: 1000,
+                    rtt_ms: Some(42),
+                    jitter_ms: 1.234,
+                    received: 50,
+                    lost: 1,
+                    fec_recoveries: 1,
+                    concealed: 0,
+                },
+                Sample {
+                    at_ms: 2000,
+                    rtt_ms: None,
+                    ..Sample::default()
+                },
+            ],
+            ..CallReport::default()
+        };
+        let back = CallReport::from_json(&report.to_json()).unwrap();
+        assert_eq!(back.samples.len(), 2);
+        assert_eq!(back.samples[0].rtt_ms, Some(42));
+        assert_eq!(back.samples[0].jitter_ms, 1.23);
+        assert_eq!(back.samples[1].rtt_ms, None);
+        // An older report without samples still reads.
+        assert!(
+            CallReport::from_json("{\"peer\":\"x\"}")
+                .unwrap()
+                .samples
+                .is_empty()
+        );
     }
 }

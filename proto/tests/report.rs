@@ -60,6 +60,8 @@ fn legacy_json(r: &CallReport, sent_bytes: u64, received_bytes: u64, sent_packet
         "tcp_connects": r.tcp_connects,
         "tcp_dropped": r.tcp_dropped,
         "ignored_signals": r.ignored_signals,
+        // Added with the per-second time series (issue 21); empty here.
+        "samples": [],
     })
     .to_string()
 }
@@ -131,6 +133,7 @@ fn report(
         tcp_connects: 1,
         tcp_dropped: 0,
         ignored_signals: 1,
+        samples: Vec::new(),
     }
 }
 

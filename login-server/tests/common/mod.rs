@@ -1,21 +1,103 @@
 //! Shared helpers: a real login server on loopback QUIC with a real
-//! database file in a temporary directory.
+//! database: a SQLite file in a temporary directory or, with
+//! `NATTER_TEST_DB=postgres`, a database of its own in a throwaway
+//! PostgreSQL cluster ([`pg`]). `scripts/test` runs this suite both ways.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 #![allow(dead_code)] // each test crate uses a subset
 
-use std::path::Path;
-use std::sync::OnceLock;
+pub mod pg;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use natter_client::LoginClient;
+use natter_login::storage::{Backend, Store};
 use natter_login::{Argon2Config, Config, LoginServer, ThrottleConfig};
 use rsa::RsaPrivateKey;
 
+/// The database the tests run on: `NATTER_TEST_DB=postgres` (or
+/// `sqlite`, the default).
+pub fn test_backend() -> Backend {
+    match std::env::var("NATTER_TEST_DB").as_deref() {
+        Err(_) | Ok("" | "sqlite") => Backend::Sqlite,
+        Ok("postgres") => Backend::Postgres,
+        Ok(other) => panic!("NATTER_TEST_DB={other:?}: use sqlite or postgres"),
+    }
+}
+
+/// The `database` setting for a server whose data directory is `dir`:
+/// `None` (the SQLite file in `dir`) or, on PostgreSQL, the URL of a new
+/// database in the shared cluster; the same one again for the same `dir`,
+/// so a server restarted on its data directory finds its accounts.
+pub fn test_database(dir: &Path) -> Option<String> {
+    if test_backend() == Backend::Sqlite {
+        return None;
+    }
+    static BY_DIR: OnceLock<Mutex<HashMap<PathBuf, String>>> = OnceLock::new();
+    let mut map = BY_DIR.get_or_init(Mutex::default).lock().unwrap();
+    Some(
+        map.entry(dir.to_owned())
+            .or_insert_with(|| pg::PgCluster::shared().create_database())
+            .clone(),
+    )
+}
+
+/// The URL of the database a server on `dir` uses: [`test_database`], or
+/// the SQLite file in `dir`.
+pub fn test_url(dir: &Path) -> String {
+    test_database(dir).unwrap_or_else(|| {
+        format!(
+            "sqlite://{}?mode=rwc",
+            dir.join(natter_login::datadir::DB_FILE).display()
+        )
+    })
+}
+
+/// Opens the store a server on `dir` uses (see [`test_database`]).
+pub async fn test_store(dir: &Path) -> Store {
+    Store::connect(&test_url(dir)).await.unwrap()
+}
+
+/// Where the admin functions find the database of a server on `dir`.
+#[derive(Debug)]
+pub struct AdminDb {
+    dir: PathBuf,
+    url: Option<String>,
+}
+
+impl AdminDb {
+    pub fn get(&self) -> natter_login::admin::Database<'_> {
+        match &self.url {
+            Some(url) => natter_login::admin::Database::Url(url),
+            None => natter_login::admin::Database::DataDir(&self.dir),
+        }
+    }
+}
+
+/// [`AdminDb`] of a server on `dir` (see [`test_database`]).
+pub fn admin_db(dir: &Path) -> AdminDb {
+    AdminDb {
+        dir: dir.to_owned(),
+        url: test_database(dir),
+    }
+}
+
+/// The command-line options that give `natter-login` the test database
+/// for data directory `dir` (none on SQLite).
+pub fn database_args(dir: &Path) -> Vec<String> {
+    test_database(dir)
+        .map(|url| vec!["--database".to_owned(), url])
+        .unwrap_or_default()
+}
+
 /// A config with a cheap argon2 cost, a lenient throttle and room for every
-/// registration a test sends at once.
+/// registration a test sends at once, on the test database.
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir);
+    config.database = test_database(dir);
     config.argon2 = Argon2Config::insecure_for_tests();
     config.register_queue = 1000;
     config.throttle = ThrottleConfig {
