@@ -118,7 +118,7 @@ impl Project {
     }
 
     fn container(&self, service: &str) -> String {
-        let id = String::from_utf8(ok(self.compose().args(["ps", "-q", service]))).unwrap();
+        let id = String::from_utf8(ok(self.compose().args(["ps", "-a", "-q", service]))).unwrap();
         let id = id.trim().to_owned();
         assert!(!id.is_empty(), "no container for service {service}");
         id
