@@ -351,9 +351,8 @@ mod tests {
         assert_eq!(released, delays.len());
         // uniform on [10, 50] ms: mean 30 ms (SE 0.08 ms here), sd 11.5 ms
         let mean = delays.iter().sum::<f64>() / delays.len() as f64;
-        let sd = (delays.iter().map(|d| (d - mean).powi(2)).sum::<f64>()
-            / delays.len() as f64)
-            .sqrt();
+        let sd =
+            (delays.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / delays.len() as f64).sqrt();
         assert!((29_500.0..30_500.0).contains(&mean), "{mean}");
         assert!((11_000.0..12_100.0).contains(&sd), "{sd}");
         let s = l.stats();
@@ -386,7 +385,10 @@ mod tests {
         }
         let sd = loss_count_sd(n, 0.05, 3.0);
         let mean = n as f64 * 0.05;
-        assert!((lost as f64 - mean).abs() < 5.0 * sd, "{lost} vs {mean} +/- {sd}");
+        assert!(
+            (lost as f64 - mean).abs() < 5.0 * sd,
+            "{lost} vs {mean} +/- {sd}"
+        );
         let mean_run = lost as f64 / runs as f64;
         assert!((2.7..3.3).contains(&mean_run), "{mean_run}");
         assert_eq!(l.stats().overflow, 0);
@@ -433,7 +435,9 @@ mod tests {
     fn same_seed_same_decisions() {
         let run = |seed| {
             let mut l = Link::new(wifi(), 1000, seed).unwrap();
-            (0..2000u64).map(|i| l.offer(i * 20_000, i)).collect::<Vec<_>>()
+            (0..2000u64)
+                .map(|i| l.offer(i * 20_000, i))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(5), run(5));
         assert_ne!(run(5), run(6));

@@ -675,10 +675,7 @@ impl Lab {
             self.build_wire(client)?;
         }
         let params = imp.link_params();
-        let seed = self
-            .cfg
-            .wire_seed
-            .wrapping_add(2 * u64::from(client.index));
+        let seed = self.cfg.wire_seed.wrapping_add(2 * u64::from(client.index));
         let (ns, old) = match self.wires.get_mut(&client.router_ns) {
             Some(w) => (w.ns.clone(), w.proc.take()),
             None => return Err(LabError::Other("wire vanished".into())),
@@ -753,7 +750,15 @@ impl Lab {
         // it segment GSO packets (TCP) before they leave (best effort: an
         // older iproute2 may not know the setting; the wire counts oversize
         // frames it had to drop).
-        let _ = run_ip(&["-n", &client.router_ns, "link", "set", "wan0", "gso_max_segs", "1"]);
+        let _ = run_ip(&[
+            "-n",
+            &client.router_ns,
+            "link",
+            "set",
+            "wan0",
+            "gso_max_segs",
+            "1",
+        ]);
         let _ = run_ip(&["-n", &w, "link", "set", &bridge_port, "gso_max_segs", "1"]);
         Ok(())
     }

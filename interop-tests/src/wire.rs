@@ -309,7 +309,12 @@ pub struct SinkReport {
 
 /// Receives on `bind` until `count` datagrams arrived, `idle` passed after
 /// the last one, or `max` passed in all.
-pub fn udp_sink(bind: SocketAddrV4, count: u32, idle: Duration, max: Duration) -> io::Result<SinkReport> {
+pub fn udp_sink(
+    bind: SocketAddrV4,
+    count: u32,
+    idle: Duration,
+    max: Duration,
+) -> io::Result<SinkReport> {
     let sock = UdpSocket::bind(bind)?;
     sock.set_read_timeout(Some(Duration::from_millis(100)))?;
     println!("sink up on {bind}");
@@ -328,7 +333,12 @@ pub fn udp_sink(bind: SocketAddrV4, count: u32, idle: Duration, max: Duration) -
                 last = Instant::now();
             }
             Ok(_) => rep.malformed += 1,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 if !rep.received.is_empty() && last.elapsed() >= idle {
                     break;
                 }
@@ -349,7 +359,9 @@ mod tests {
         let mut f = vec![0u8; 12];
         f.extend_from_slice(&[0x08, 0x00]);
         let total = (20 + 8 + payload.len()) as u16;
-        let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+        let mut ip = vec![
+            0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
         ip[2..4].copy_from_slice(&total.to_be_bytes());
         f.extend_from_slice(&ip);
         let ulen = (8 + payload.len()) as u16;
@@ -420,7 +432,9 @@ mod tests {
     fn completes_a_tcp_checksum() {
         let mut f = vec![0u8; 12];
         f.extend_from_slice(&[0x08, 0x00]);
-        let mut ip = vec![0x45, 0, 0, 44, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+        let mut ip = vec![
+            0x45, 0, 0, 44, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
         ip[2..4].copy_from_slice(&44u16.to_be_bytes());
         f.extend_from_slice(&ip);
         let mut tcp = vec![0u8; 24];

@@ -126,7 +126,10 @@ fn profile_table() {
             );
             // every profile: the buffer stays within its bounds
             for o in &runs {
-                assert!(o.p95 <= 200 + FRAME_MS as u32 * 2, "{profile} x{hops}: {o:?}");
+                assert!(
+                    o.p95 <= 200 + FRAME_MS as u32 * 2,
+                    "{profile} x{hops}: {o:?}"
+                );
             }
         }
     }

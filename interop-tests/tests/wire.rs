@@ -160,7 +160,11 @@ fn check_profile(m: &Measured, imp: &Impairment) {
         "lost {} vs {expect} +/- {tol}",
         m.lost
     );
-    assert!(m.lost >= 1, "a {} % loss process lost nothing", imp.loss_pct);
+    assert!(
+        m.lost >= 1,
+        "a {} % loss process lost nothing",
+        imp.loss_pct
+    );
     // 1 ms spacing, jitter of tens of ms: many datagrams overtake others
     assert!(m.reordered > u64::from(N) / 10, "reordered {}", m.reordered);
 }
@@ -177,7 +181,13 @@ fn wifi_and_bad_profiles_delay_spread_and_lose_as_stated() {
     lab.set_impairment(&c, &wifi).unwrap();
     // the router is untouched: same interface, address and NAT table
     let addr = lab
-        .exec(&c.router_ns, "ip", &["-4", "addr", "show", "wan0"], &[], Duration::from_secs(5))
+        .exec(
+            &c.router_ns,
+            "ip",
+            &["-4", "addr", "show", "wan0"],
+            &[],
+            Duration::from_secs(5),
+        )
         .unwrap()
         .stdout;
     assert!(addr.contains("203.0.113.1/24"), "{addr}");
