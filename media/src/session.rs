@@ -168,11 +168,15 @@ impl MediaSession {
         if out.len() != FRAME_SAMPLES {
             return Err(CodecError::FrameSize(out.len()).into());
         }
+        let held_before = self.jitter.stats().held;
         let Some(playout) = self.jitter.poll_playout(now_ms) else {
             out.fill(0);
             return Ok(false);
         };
-        let lost = !matches!(playout, Playout::Frame(_));
+        // A period the buffer held to grow its delay is concealed, but no
+        // frame was lost by it: it does not start a loss run.
+        let held = self.jitter.stats().held > held_before;
+        let lost = !held && !matches!(playout, Playout::Frame(_));
         if lost && !self.in_loss {
             self.stats.loss_runs += 1;
         }
