@@ -16,9 +16,10 @@
 //!
 //! * **grow**: when the frame due is missing and `O` is below the aim, it
 //!   plays a concealment and keeps waiting for that frame (`O` += one frame);
-//! * **shrink**: when `O` exceeds the aim by a whole frame and the next two
-//!   frames are here, it skips one (`O` -= one frame), at most once every
-//!   [`SHRINK_EVERY`] periods.
+//! * **shrink**: when `O` exceeds the aim by one and a half frames and the
+//!   next two frames are here, it skips one (`O` -= one frame), at most once
+//!   every [`SHRINK_EVERY`] periods (each step moves the audio by a frame:
+//!   few and slow steps keep it steady).
 //!
 //! The aim never exceeds `max_delay` frames above the lowest recent transit.
 //! The delay each played frame waited (playout time minus arrival) is kept
@@ -31,7 +32,7 @@ use std::collections::{BTreeMap, VecDeque};
 /// Transits (arrival minus media time) the playout aim is computed from.
 pub const TRANSIT_WINDOW: usize = 128;
 /// Periods between two shrinking skips, at least.
-pub const SHRINK_EVERY: u32 = 25;
+pub const SHRINK_EVERY: u32 = 50;
 /// Buckets (1 ms each) of the added-delay histogram; the last one holds
 /// everything longer.
 const DELAY_BUCKETS: usize = 1000;
@@ -328,7 +329,7 @@ impl JitterBuffer {
             self.stats.held += 1;
             return Some(Playout::Conceal);
         }
-        if offset - frame >= aim
+        if offset - frame >= aim + frame / 2
             && self.since_shrink >= SHRINK_EVERY
             && self.frames.contains_key(&next)
             && self.frames.contains_key(&(next + 1))
