@@ -1136,6 +1136,9 @@ impl CallDone {
             dropped_replay: s.dropped_replay,
             dropped_malformed: s.dropped_malformed,
             jitter_buffer_delay_ms: m.jitter_buffer_delay_ms,
+            jb_added_delay_p50_ms: m.added_delay_p50_ms,
+            jb_added_delay_p95_ms: m.added_delay_p95_ms,
+            late_loss_pct: m.late_loss_pct,
             send_bytes_per_s: s.sent_bytes as f64 / secs,
             recv_bytes_per_s: s.received_bytes as f64 / secs,
             mean_udp_payload: if s.sent_packets == 0 {

@@ -84,6 +84,9 @@ pub struct LabConfig {
     pub map_timeout_s: u32,
     /// Start the probe reflectors s1 and s2.
     pub reflectors: bool,
+    /// Seed of the impairment links' RNGs (client N's link uses
+    /// `wire_seed + 2 * N`, see [`Lab::set_impairment`]).
+    pub wire_seed: u64,
 }
 
 impl LabConfig {
@@ -99,6 +102,7 @@ impl LabConfig {
             )),
             map_timeout_s: 300,
             reflectors: true,
+            wire_seed: 1,
         }
     }
 }
@@ -144,6 +148,17 @@ pub struct Lab {
     servers: BTreeMap<String, String>,
     procs: Vec<Proc>,
     generation: u32,
+    /// Impairment links, by the router namespace they serve.
+    wires: BTreeMap<String, Wire>,
+}
+
+/// A client's impairment link: its namespace, the bridge port facing it
+/// and the wire process (if running).
+#[derive(Debug)]
+struct Wire {
+    ns: String,
+    bridge_port: String,
+    proc: Option<ProcId>,
 }
 
 fn ip() -> Command {
@@ -328,6 +343,7 @@ impl Lab {
             servers: BTreeMap::new(),
             procs: Vec::new(),
             generation: 0,
+            wires: BTreeMap::new(),
         };
         // On any error below, dropping `lab` removes what was built.
         lab.new_ns(&wan_ns)?;
@@ -640,27 +656,130 @@ impl Lab {
         exec::run(c, Some(script), CMD_TIMEOUT).map(|_| ())
     }
 
-    /// Sets (or clears) the impairment of a client's router.
-    pub fn set_impairment(&self, client: &Client, imp: &Impairment) -> Result<()> {
-        if imp.delay_ms != 0 || imp.jitter_ms != 0 {
-            return Err(LabError::Other(
-                "delay/jitter impairments are not implemented (no netem here)".into(),
-            ));
+    /// Sets (or clears) the impairment of a client's router link.
+    ///
+    /// Random loss alone is an nft rule in the router. Delay, jitter or
+    /// bursty loss go through the userspace wire ([`crate::wire`]): the
+    /// first time, the router's bridge port moves into a namespace of its
+    /// own (`<router ns>w`) and a new veth joins it to the bridge, so the
+    /// router keeps its interface, address, routes and NAT rules; the wire
+    /// process forwards between the two and is restarted with the new
+    /// parameters on every call (a clean profile leaves it passing frames
+    /// through unchanged). Its log is `wire-<router ns>.log`.
+    pub fn set_impairment(&mut self, client: &Client, imp: &Impairment) -> Result<()> {
+        self.nft(&client.router_ns, &imp.nft_script())?;
+        if !imp.needs_wire() && !self.wires.contains_key(&client.router_ns) {
+            return Ok(());
         }
-        self.nft(&client.router_ns, &imp.nft_script())
+        if !self.wires.contains_key(&client.router_ns) {
+            self.build_wire(client)?;
+        }
+        let params = imp.link_params();
+        let seed = self.cfg.wire_seed.wrapping_add(2 * u64::from(client.index));
+        let (ns, old) = match self.wires.get_mut(&client.router_ns) {
+            Some(w) => (w.ns.clone(), w.proc.take()),
+            None => return Err(LabError::Other("wire vanished".into())),
+        };
+        if let Some(id) = old {
+            self.stop(id, "TERM", Duration::from_millis(500));
+        }
+        let exe = self.cfg.probe_exe.clone();
+        let name = format!("wire-{}", client.router_ns);
+        let args = [
+            "probe-wire".to_owned(),
+            "--a".to_owned(),
+            client.port.clone(),
+            "--b".to_owned(),
+            "b0".to_owned(),
+            "--delay-us".to_owned(),
+            params.delay_us.to_string(),
+            "--jitter-us".to_owned(),
+            params.jitter_us.to_string(),
+            "--loss".to_owned(),
+            params.loss.to_string(),
+            "--burst".to_owned(),
+            params.burst.to_string(),
+            "--seed".to_owned(),
+            seed.to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let id = self.spawn(&ns, &name, &exe, &args, &[])?;
+        if let Some(w) = self.wires.get_mut(&client.router_ns) {
+            w.proc = Some(id);
+        }
+        self.wait_for_log(id, "wire up", Duration::from_secs(10))
+    }
+
+    /// Puts a wire namespace between a client's router and the bridge.
+    fn build_wire(&mut self, client: &Client) -> Result<()> {
+        let ns = format!("{}w", client.router_ns);
+        // q<N>x<G>: same length as the router's port name p r<N>x<G>
+        let bridge_port = format!("q{}", &client.port[1..]);
+        self.new_ns(&ns)?;
+        // registered before anything else can fail, so removal finds it
+        self.wires.insert(
+            client.router_ns.clone(),
+            Wire {
+                ns: ns.clone(),
+                bridge_port: bridge_port.clone(),
+                proc: None,
+            },
+        );
+        let w = self.wan_ns.clone();
+        run_ip(&["-n", &w, "link", "set", &client.port, "nomaster"])?;
+        run_ip(&["-n", &w, "link", "set", &client.port, "netns", &ns])?;
+        run_ip(&[
+            "link",
+            "add",
+            "b0",
+            "netns",
+            &ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &bridge_port,
+            "netns",
+            &w,
+        ])?;
+        run_ip(&["-n", &w, "link", "set", &bridge_port, "master", "br0", "up"])?;
+        for dev in [client.port.as_str(), "b0"] {
+            run_ip(&["-n", &ns, "link", "set", dev, "promisc", "on", "up"])?;
+        }
+        // The wire forwards frames of at most one MTU: the two senders into
+        // it segment GSO packets (TCP) before they leave (best effort: an
+        // older iproute2 may not know the setting; the wire counts oversize
+        // frames it had to drop).
+        let _ = run_ip(&[
+            "-n",
+            &client.router_ns,
+            "link",
+            "set",
+            "wan0",
+            "gso_max_segs",
+            "1",
+        ]);
+        let _ = run_ip(&["-n", &w, "link", "set", &bridge_port, "gso_max_segs", "1"]);
+        Ok(())
     }
 
     /// Removes a client (its processes, router and host).
     pub fn remove_client(&mut self, client: &Client) -> Result<()> {
-        self.stop_procs_in(&[&client.host_ns, &client.router_ns]);
+        let wire = self.wires.remove(&client.router_ns);
+        let wire_ns = wire.as_ref().map(|x| x.ns.clone()).unwrap_or_default();
+        self.stop_procs_in(&[&client.host_ns, &client.router_ns, &wire_ns]);
         let w = self.wan_ns.clone();
+        if let Some(x) = &wire {
+            let _ = run_ip(&["-n", &w, "link", "del", &x.bridge_port]);
+        }
         if client.nat == NatType::Open {
             let host32 = format!("{}/32", client.host_ip);
             let _ = run_ip(&["-n", &w, "route", "del", &host32]);
         }
         let _ = run_ip(&["-n", &w, "link", "del", &client.port]);
         let mut first_err = None;
-        for ns in [&client.host_ns, &client.router_ns] {
+        let nss = [&client.host_ns, &client.router_ns, &wire_ns];
+        for ns in nss.into_iter().filter(|n| !n.is_empty()) {
             if let Err(e) = delete_namespace(ns) {
                 first_err.get_or_insert(e);
             }
@@ -841,6 +960,7 @@ impl Lab {
             }
         }
         self.servers.clear();
+        self.wires.clear();
         first_err.map_or(Ok(()), Err)
     }
 }

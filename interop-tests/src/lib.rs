@@ -6,7 +6,10 @@
 //! binaries (`natter-login`, `natter-supernode`, `natter`) through it.
 //!
 //! * [`lab`]: topology builder, teardown guard, [`lab::cleanup_stale`].
-//! * [`nat`]: NAT types, their nft rulesets, impairments (loss).
+//! * [`nat`]: NAT types, their nft rulesets, impairment profiles.
+//! * [`impair`]: the impairment link's decisions (delay, jitter, bursty
+//!   loss; pure, seeded) and [`wire`]: the forwarding process that applies
+//!   them between two interfaces (the kernel here has no netem).
 //! * [`probe`]: RFC 4787/5780-style classifier and the self-check.
 //! * [`scenario`]: one call trial and the NAT-type matrix.
 //! * [`capture`]: labelled scenario captures (issue 17): pcaps, key log,
@@ -90,10 +93,12 @@ pub mod capture;
 pub mod detect;
 pub mod error;
 pub mod exec;
+pub mod impair;
 pub mod lab;
 pub mod nat;
 pub mod probe;
 pub mod scenario;
+pub mod wire;
 
 pub use error::{LabError, Result};
 

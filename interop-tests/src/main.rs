@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use natter_interop_tests::lab::{self, Lab, LabConfig};
 use natter_interop_tests::nat::NatType;
-use natter_interop_tests::{amplification, background, capture, detect, probe, scenario};
+use natter_interop_tests::{amplification, background, capture, detect, probe, scenario, wire};
 use std::path::PathBuf;
 
 /// Natter's NAT lab: namespaces + nftables NAT routers, a NAT classifier and
@@ -37,7 +37,9 @@ enum Cmd {
         /// Trials per cell.
         #[arg(long, default_value_t = 1)]
         trials: u32,
-        /// Impairment profile: clean or loss2 (2 % random loss each way per router).
+        /// Impairment profile of both routers' links, each way: clean; loss2
+        /// (2 % random loss); wifi (30 +/- 20 ms, 1 % loss in bursts); 4g
+        /// (60 +/- 30 ms, 2 % loss); bad (120 +/- 60 ms, 5 % loss in bursts).
         #[arg(long, default_value = "clean")]
         profile: String,
         /// Cells as CALLER:CALLEE,... (default: all 36).
@@ -161,6 +163,50 @@ enum Cmd {
         trust: Vec<Ipv4Addr>,
         #[arg(long, default_value_t = 3600)]
         max_secs: u64,
+    },
+    /// (internal) the userspace impairment link between two interfaces.
+    #[command(hide = true)]
+    ProbeWire {
+        #[arg(long)]
+        a: String,
+        #[arg(long)]
+        b: String,
+        #[arg(long, default_value_t = 0)]
+        delay_us: u64,
+        #[arg(long, default_value_t = 0)]
+        jitter_us: u64,
+        /// Loss probability (0..=1).
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        /// Mean loss-burst length in packets (>= 1).
+        #[arg(long, default_value_t = 1.0)]
+        burst: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = natter_interop_tests::impair::DEFAULT_CAPACITY)]
+        capacity: usize,
+    },
+    /// (internal) send paced, timestamped UDP datagrams.
+    #[command(hide = true)]
+    ProbeUdpSend {
+        #[arg(long)]
+        to: SocketAddrV4,
+        #[arg(long)]
+        count: u32,
+        #[arg(long, default_value_t = 1000)]
+        interval_us: u64,
+    },
+    /// (internal) receive them; prints a JSON report of one-way delays.
+    #[command(hide = true)]
+    ProbeUdpSink {
+        #[arg(long)]
+        bind: SocketAddrV4,
+        #[arg(long)]
+        count: u32,
+        #[arg(long, default_value_t = 2000)]
+        idle_ms: u64,
+        #[arg(long, default_value_t = 60_000)]
+        max_ms: u64,
     },
     /// (internal) classify the NAT in front of this host; prints JSON.
     #[command(hide = true)]
@@ -395,6 +441,56 @@ fn main() -> anyhow::Result<()> {
                 trust,
                 max_secs,
             })?;
+        }
+        Cmd::ProbeWire {
+            a,
+            b,
+            delay_us,
+            jitter_us,
+            loss,
+            burst,
+            seed,
+            capacity,
+        } => {
+            let params = natter_interop_tests::impair::LinkParams {
+                delay_us,
+                jitter_us,
+                loss,
+                burst,
+            };
+            if let Err(e) = params.validate() {
+                eprintln!("error: {e}");
+                std::process::exit(2);
+            }
+            wire::run_wire(&wire::WireArgs {
+                a,
+                b,
+                params,
+                seed,
+                capacity,
+            })?;
+        }
+        Cmd::ProbeUdpSend {
+            to,
+            count,
+            interval_us,
+        } => {
+            let n = wire::udp_send(to, count, Duration::from_micros(interval_us))?;
+            println!("sent {n}");
+        }
+        Cmd::ProbeUdpSink {
+            bind,
+            count,
+            idle_ms,
+            max_ms,
+        } => {
+            let rep = wire::udp_sink(
+                bind,
+                count,
+                Duration::from_millis(idle_ms),
+                Duration::from_millis(max_ms),
+            )?;
+            println!("{}", serde_json::to_string(&rep)?);
         }
         Cmd::ProbeClient {
             s1,

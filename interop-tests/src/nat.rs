@@ -216,19 +216,26 @@ fn cone_ruleset(nat: NatType, w: &str, lan: &str, to: &str) -> String {
     )
 }
 
-/// Link impairment of a router (both directions of its forwarding path).
+/// Link impairment of a router (both directions of its wan link).
 ///
-/// Only loss is implemented: the kernel here has no netem, so delay and
-/// jitter need a userspace "wire" later (NAT-LAB.md, "Impairments without
-/// netem"); the fields are reserved for that.
+/// Plain random loss (`loss2`) is an nftables rule in the router. Delay,
+/// jitter and bursty loss need the userspace impairment link ("wire",
+/// [`crate::wire`], decisions in [`crate::impair`]): the kernel here has no
+/// netem (NAT-LAB.md, "Impairments without netem"). [`Lab::set_impairment`]
+/// picks the mechanism ([`Impairment::needs_wire`]).
+///
+/// [`Lab::set_impairment`]: crate::lab::Lab::set_impairment
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Impairment {
-    /// Random loss in percent per forwarded packet (0..=100), per direction.
+    /// Loss in percent per forwarded packet (0..=100), per direction.
     pub loss_pct: u8,
-    /// One-way delay in ms (not implemented yet; must be 0).
+    /// Mean one-way delay added per direction, ms.
     pub delay_ms: u32,
-    /// Jitter in ms (not implemented yet; must be 0).
+    /// Delay spread: each packet gets `delay_ms +/- jitter_ms` (uniform).
     pub jitter_ms: u32,
+    /// Mean length of a loss burst in packets (Gilbert-Elliott); 0 or 1 =
+    /// independent losses.
+    pub burst: u8,
 }
 
 impl Impairment {
@@ -237,26 +244,60 @@ impl Impairment {
         loss_pct: 0,
         delay_ms: 0,
         jitter_ms: 0,
+        burst: 1,
     };
 
-    /// A named profile: `clean` or `loss2` (2 % random loss each way).
+    /// The names [`Impairment::profile`] knows.
+    pub const PROFILES: [&'static str; 5] = ["clean", "loss2", "wifi", "4g", "bad"];
+
+    /// A named profile: `clean`; `loss2` (2 % random loss each way, nft);
+    /// `wifi` (30 +/- 20 ms, 1 % loss in bursts of 2 on average), `4g`
+    /// (60 +/- 30 ms, 2 % random loss), `bad` (120 +/- 60 ms, 5 % loss in
+    /// bursts of 3): each way, on each router's link, through the wire.
     pub fn profile(name: &str) -> Result<Impairment, String> {
+        let p = |loss_pct, delay_ms, jitter_ms, burst| Impairment {
+            loss_pct,
+            delay_ms,
+            jitter_ms,
+            burst,
+        };
         match name {
             "clean" => Ok(Impairment::CLEAN),
-            "loss2" => Ok(Impairment {
-                loss_pct: 2,
-                ..Impairment::CLEAN
-            }),
-            _ => Err(format!("unknown profile `{name}` (clean, loss2)")),
+            "loss2" => Ok(p(2, 0, 0, 1)),
+            "wifi" => Ok(p(1, 30, 20, 2)),
+            "4g" => Ok(p(2, 60, 30, 1)),
+            "bad" => Ok(p(5, 120, 60, 3)),
+            _ => Err(format!(
+                "unknown profile `{name}` ({})",
+                Impairment::PROFILES.join(", ")
+            )),
         }
     }
 
-    /// The nft script installing this impairment in its own table
-    /// `ip nt_impair` (replacing an earlier one), or removing it when clean.
+    /// Whether this needs the userspace wire (delay, jitter or bursty loss)
+    /// rather than an nft loss rule.
+    pub fn needs_wire(&self) -> bool {
+        self.delay_ms > 0 || self.jitter_ms > 0 || (self.burst > 1 && self.loss_pct > 0)
+    }
+
+    /// The wire's parameters for one direction.
+    pub fn link_params(&self) -> crate::impair::LinkParams {
+        crate::impair::LinkParams {
+            delay_us: u64::from(self.delay_ms) * 1000,
+            jitter_us: u64::from(self.jitter_ms.min(self.delay_ms)) * 1000,
+            loss: f64::from(self.loss_pct.min(100)) / 100.0,
+            burst: f64::from(self.burst.max(1)),
+        }
+    }
+
+    /// The nft script installing this impairment's loss rule in its own
+    /// table `ip nt_impair` (replacing an earlier one), or removing it when
+    /// there is none (clean, or the wire does the loss).
     pub fn nft_script(&self) -> String {
         // "table" + "delete table" makes the script idempotent.
         let mut s = String::from("table ip nt_impair\ndelete table ip nt_impair\n");
-        if self.loss_pct > 0 {
+        // with the wire, the wire does the loss too (one model, one count)
+        if self.loss_pct > 0 && !self.needs_wire() {
             // numgen's range is 0..=99: 100 % loss is a plain drop
             let rule = if self.loss_pct >= 100 {
                 "drop".to_owned()

@@ -201,7 +201,7 @@ pub struct MatrixOptions {
     pub out: PathBuf,
     /// Trials per cell.
     pub trials: u32,
-    /// Impairment profile name (`clean`, `loss2`).
+    /// Impairment profile name (`clean`, `loss2`, `wifi`, `4g`, `bad`).
     pub profile: String,
     /// Cells to run (caller, callee).
     pub cells: Vec<(NatType, NatType)>,
@@ -361,6 +361,21 @@ pub struct TrialResult {
     pub media_packets_received: Option<f64>,
     /// Jitter at B (ms).
     pub jitter_ms: Option<f64>,
+    /// Frames that came after their playout time at B, percent.
+    #[serde(default)]
+    pub late_loss_pct: Option<f64>,
+    /// Delay B's jitter buffer added to the frames it played, p50 and p95 (ms).
+    #[serde(default)]
+    pub jb_added_p50_ms: Option<u32>,
+    /// See `jb_added_p50_ms`.
+    #[serde(default)]
+    pub jb_added_p95_ms: Option<u32>,
+    /// B's estimated MOS (E-model, its call report).
+    #[serde(default)]
+    pub mos_estimate: Option<f64>,
+    /// Mean UDP payload A sent (bytes, A's call report).
+    #[serde(default)]
+    pub mean_udp_payload: Option<f64>,
     /// Envelope correlation of what B heard with the speech sent.
     pub audio_match: Option<f64>,
     /// Waveform correlation.
@@ -967,6 +982,11 @@ fn trial_body(
     res.packets_lost = sb.as_ref().map(|r| r.packets_lost as f64);
     res.media_packets_received = sb.as_ref().map(|r| r.media_packets_received as f64);
     res.jitter_ms = sb.as_ref().map(|r| r.jitter_ms);
+    res.late_loss_pct = sb.as_ref().map(|r| r.late_loss_pct);
+    res.jb_added_p50_ms = sb.as_ref().and_then(|r| r.jb_added_delay_p50_ms);
+    res.jb_added_p95_ms = sb.as_ref().and_then(|r| r.jb_added_delay_p95_ms);
+    res.mos_estimate = sb.as_ref().map(|r| r.mos_estimate);
+    res.mean_udp_payload = sa.as_ref().map(|r| r.mean_udp_payload);
     if let Ok(heard) = natter_media::wav::read_mono_48k(&b_out) {
         let sc = natter_media::score::compare(ctx.speech_samples, &heard, 3000);
         res.audio_match = Some(sc.envelope);

@@ -70,7 +70,22 @@ fn impairment_profiles() {
     assert_eq!(l.loss_pct, 2);
     assert!(l.nft_script().contains("numgen random mod 100 < 2 drop"));
     assert!(!Impairment::CLEAN.nft_script().contains("numgen"));
-    assert!(Impairment::profile("wifi").is_err());
+    assert!(!l.needs_wire() && !Impairment::CLEAN.needs_wire());
+    // the profiles, each way: through the wire, which also does the loss
+    for (name, delay, jitter, loss, burst) in [
+        ("wifi", 30_000, 20_000, 0.01, 2.0),
+        ("4g", 60_000, 30_000, 0.02, 1.0),
+        ("bad", 120_000, 60_000, 0.05, 3.0),
+    ] {
+        let imp = Impairment::profile(name).unwrap();
+        assert!(imp.needs_wire(), "{name}");
+        assert!(!imp.nft_script().contains("numgen"), "{name}");
+        let p = imp.link_params();
+        assert_eq!((p.delay_us, p.jitter_us), (delay, jitter), "{name}");
+        assert_eq!((p.loss, p.burst), (loss, burst), "{name}");
+    }
+    let err = Impairment::profile("lte").unwrap_err();
+    assert!(err.contains("wifi, 4g, bad"), "{err}");
 }
 
 #[test]

@@ -46,6 +46,12 @@ pub struct MediaStats {
     pub jitter: JitterStats,
     pub jitter_ms: f64,
     pub jitter_buffer_delay_ms: u32,
+    /// Median and 95th percentile of the delay the jitter buffer added to
+    /// the frames it played, ms (`None` before one played).
+    pub added_delay_p50_ms: Option<u32>,
+    pub added_delay_p95_ms: Option<u32>,
+    /// Frames that came after their playout time, percent of those that came.
+    pub late_loss_pct: f64,
     /// Runs of consecutive frames that did not arrive in time (FEC or
     /// concealment), for the burstiness of the loss.
     pub loss_runs: u64,
@@ -162,11 +168,15 @@ impl MediaSession {
         if out.len() != FRAME_SAMPLES {
             return Err(CodecError::FrameSize(out.len()).into());
         }
+        let held_before = self.jitter.stats().held;
         let Some(playout) = self.jitter.poll_playout(now_ms) else {
             out.fill(0);
             return Ok(false);
         };
-        let lost = !matches!(playout, Playout::Frame(_));
+        // A period the buffer held to grow its delay is concealed, but no
+        // frame was lost by it: it does not start a loss run.
+        let held = self.jitter.stats().held > held_before;
+        let lost = !held && !matches!(playout, Playout::Frame(_));
         if lost && !self.in_loss {
             self.stats.loss_runs += 1;
         }
@@ -191,6 +201,9 @@ impl MediaSession {
             jitter,
             jitter_ms: self.jitter.jitter_ms(),
             jitter_buffer_delay_ms: self.jitter.current_delay_ms(),
+            added_delay_p50_ms: self.jitter.added_delay_ms(0.5),
+            added_delay_p95_ms: self.jitter.added_delay_ms(0.95),
+            late_loss_pct: self.jitter.late_loss_pct(),
             lost: jitter.fec + jitter.concealed,
             ..self.stats
         }

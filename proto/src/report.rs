@@ -172,6 +172,15 @@ pub struct CallReport {
     pub dropped_replay: u64,
     pub dropped_malformed: u64,
     pub jitter_buffer_delay_ms: u32,
+    /// Median of the delay the jitter buffer added to the frames it played
+    /// (playout time minus arrival), ms.
+    pub jb_added_delay_p50_ms: Option<u32>,
+    /// 95th percentile of that delay, ms.
+    pub jb_added_delay_p95_ms: Option<u32>,
+    /// Frames that came after their playout time, percent of the frames
+    /// that came (written to 0.01).
+    #[serde(serialize_with = "round2")]
+    pub late_loss_pct: f64,
     /// Written to 0.1 B/s.
     #[serde(serialize_with = "round1")]
     pub send_bytes_per_s: f64,
@@ -272,7 +281,7 @@ impl CallReport {
             "call with {peer}: {dur:.1} s, path {path} ({remote}, RTT {prtt}), signaling over {sig}, setup {setup} ms, first audio {first}\n\
              sent {sp} packets ({smp} media, mean UDP payload {mp:.1} B, {sbps:.0} B/s), received {rp} ({rmp} media)\n\
              lost {lost} (FEC recovered {fec}, concealed {conc}), late {late}, dropped: auth {auth}, replay {rep}, malformed {mal}, signals {sig_ign}\n\
-             RTT {rtt}, jitter {jit:.1} ms, jitter-buffer delay {jbd} ms, codec Opus {br} b/s\n\
+             RTT {rtt}, jitter {jit:.1} ms, jitter-buffer delay {jbd} ms (added p50 {jb50}, p95 {jb95}, late loss {ll:.2} %), codec Opus {br} b/s\n\
              estimated MOS {mos} (E-model, mouth-to-ear {m2e:.0} ms)",
             peer = self.peer,
             dur = self.duration_s,
@@ -299,6 +308,9 @@ impl CallReport {
             rtt = ms(self.rtt_ms),
             jit = self.jitter_ms,
             jbd = self.jitter_buffer_delay_ms,
+            jb50 = ms(self.jb_added_delay_p50_ms.map(u64::from)),
+            jb95 = ms(self.jb_added_delay_p95_ms.map(u64::from)),
+            ll = self.late_loss_pct,
             br = self.codec_bitrate,
             mos = if self.mos_estimate > 0.0 {
                 format!("{:.2}", self.mos_estimate)

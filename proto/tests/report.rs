@@ -48,6 +48,10 @@ fn legacy_json(r: &CallReport, sent_bytes: u64, received_bytes: u64, sent_packet
         "dropped_replay": r.dropped_replay,
         "dropped_malformed": r.dropped_malformed,
         "jitter_buffer_delay_ms": r.jitter_buffer_delay_ms,
+        // Added with the jitter-buffer tuning (issue 16, item 5).
+        "jb_added_delay_p50_ms": r.jb_added_delay_p50_ms,
+        "jb_added_delay_p95_ms": r.jb_added_delay_p95_ms,
+        "late_loss_pct": (r.late_loss_pct * 100.0).round() / 100.0,
         "send_bytes_per_s": (sent_bytes as f64 / secs * 10.0).round() / 10.0,
         "recv_bytes_per_s": (received_bytes as f64 / secs * 10.0).round() / 10.0,
         "mean_udp_payload": (mean_payload * 100.0).round() / 100.0,
@@ -118,6 +122,9 @@ fn report(
         dropped_replay: 0,
         dropped_malformed: 2,
         jitter_buffer_delay_ms: 60,
+        jb_added_delay_p50_ms: end.map(|_| 31),
+        jb_added_delay_p95_ms: end.map(|_| 58),
+        late_loss_pct: 0.204_08,
         send_bytes_per_s: sent_bytes as f64 / secs,
         recv_bytes_per_s: received_bytes as f64 / secs,
         mean_udp_payload: if sent_packets == 0 {
