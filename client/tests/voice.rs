@@ -190,6 +190,42 @@ fn udp_blocked_users_log_in_join_and_talk_over_tcp() {
     let heard = read_mono_48k(&c.heard).unwrap();
     let s = score::compare(&sent, &heard, 1000);
     assert!(s.waveform > 0.5 && s.envelope > 0.8, "{s:?}");
+    // The supernodes' Prometheus pages, read by a Prometheus text-format
+    // parser: the relay counters moved with the call (every datagram of
+    // both directions crossed a relay; a few may be lost at the edges).
+    let mut forwarded = 0.0;
+    let mut sessions = 0.0;
+    let mut gauges = 0;
+    for i in 0..cluster.supernodes.len() {
+        let page = cluster.scrape(i);
+        let scrape = prometheus_parse::Scrape::parse(page.lines().map(|l| Ok(l.to_owned())))
+            .unwrap_or_else(|e| panic!("supernode {i}'s page does not parse: {e}\n{page}"));
+        for sample in &scrape.samples {
+            match (sample.metric.as_str(), &sample.value) {
+                (
+                    "natter_supernode_relay_forwarded_packets_total",
+                    prometheus_parse::Value::Counter(v),
+                ) => forwarded += v,
+                ("natter_supernode_sessions", prometheus_parse::Value::Gauge(v)) => sessions += v,
+                _ => {}
+            }
+        }
+    }
+    let media: f64 = [&c.caller_json, &c.callee_json]
+        .iter()
+        .map(|j| field(j, "media_packets_sent"))
+        .sum();
+    assert!(
+        forwarded >= 0.9 * media,
+        "{forwarded} datagrams relayed for {media} sent"
+    );
+    // Both users left when their calls ended.
+    assert_eq!(
+        gauges,
+        cluster.supernodes.len(),
+        "a sessions gauge per supernode"
+    );
+    assert_eq!(sessions, 0.0);
     // The host cache remembers that only TCP worked.
     let cache = std::fs::read_to_string(cluster.home("alice").join("hostcache.txt")).unwrap();
     let used: Vec<&str> = cache

@@ -102,6 +102,9 @@ pub struct Cluster {
     pub login_addr: SocketAddr,
     pub login_key: PathBuf,
     pub supernodes: Vec<SocketAddr>,
+    /// Each supernode's Prometheus endpoint (`--metrics`), on the loopback
+    /// of the cluster's namespace (read it with [`Cluster::scrape`]).
+    pub metrics: Vec<SocketAddr>,
     children: Vec<Option<Child>>,
     sn_children: Vec<Option<Child>>,
     pub netns: Option<Netns>,
@@ -136,6 +139,7 @@ impl Cluster {
             dir,
             login_addr,
             supernodes: Vec::new(),
+            metrics: Vec::new(),
             children: Vec::new(),
             sn_children: Vec::new(),
             netns,
@@ -182,6 +186,9 @@ impl Cluster {
             .arg(&cluster.login_key)
             .arg("--data-dir")
             .arg(cluster.dir.path().join(format!("sn{i}")));
+            let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            cmd.arg(format!("--metrics={metrics}"));
+            cluster.metrics.push(metrics);
             for peer in &cluster.supernodes {
                 cmd.args(["--peer", &peer.to_string()]);
             }
@@ -222,6 +229,19 @@ impl Cluster {
             }
             None => Command::new(program),
         }
+    }
+
+    /// Supernode `i`'s Prometheus page (`GET /metrics`, fetched with curl
+    /// inside the cluster's namespace).
+    pub fn scrape(&self, i: usize) -> String {
+        let out = self
+            .command(Path::new("curl"))
+            .args(["-sS", "--fail", "--max-time", "10"])
+            .arg(format!("http://{}/metrics", self.metrics[i]))
+            .output()
+            .expect("curl runs (scripts/deps installs it)");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
     }
 
     /// Supernode `i`'s address, as a `--bootstrap` argument.
