@@ -206,7 +206,10 @@ fn udp_blocked_users_log_in_join_and_talk_over_tcp() {
                     "natter_supernode_relay_forwarded_packets_total",
                     prometheus_parse::Value::Counter(v),
                 ) => forwarded += v,
-                ("natter_supernode_sessions", prometheus_parse::Value::Gauge(v)) => sessions += v,
+                ("natter_supernode_sessions", prometheus_parse::Value::Gauge(v)) => {
+                    sessions += v;
+                    gauges += 1;
+                }
                 _ => {}
             }
         }
