@@ -21,6 +21,9 @@ pub(crate) struct Figures {
     pub live_members: u64,
     pub known_members: u64,
     pub links_refused: u64,
+    /// Events waiting for the node task (from every connection task), and
+    /// how many the queue holds.
+    pub event_queue: (u64, u64),
     pub core: CoreStats,
     pub udp: UdpStats,
     pub tcp: TcpStats,
@@ -43,6 +46,10 @@ pub(crate) fn figures(shell: &Arc<Shell>, snapshot: &watch::Receiver<Snapshot>) 
         links_refused: shell
             .links_refused
             .load(std::sync::atomic::Ordering::Relaxed),
+        event_queue: (
+            (shell.events.max_capacity() - shell.events.capacity()) as u64,
+            shell.events.max_capacity() as u64,
+        ),
         core,
         udp: shell.udp.stats(),
         tcp: crate::tcp::stats(shell, snapshot),
@@ -62,6 +69,16 @@ pub(crate) fn render(f: &Figures) -> String {
         "natter_supernode_sessions",
         "Users joined here now.",
         f.sessions,
+    );
+    page.gauge(
+        "natter_supernode_event_queue_depth",
+        "Events from connection tasks waiting for the node task.",
+        f.event_queue.0,
+    );
+    page.gauge(
+        "natter_supernode_event_queue_capacity",
+        "Events the node task's queue holds; a connection task waits when it is full.",
+        f.event_queue.1,
     );
     page.gauge(
         "natter_supernode_live_members",

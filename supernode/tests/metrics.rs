@@ -48,6 +48,10 @@ async fn the_page_follows_stun_answers_and_sessions() {
     assert_eq!(value(&page, "natter_supernode_sessions"), 0);
     assert_eq!(value(&page, "natter_supernode_stun_answered_total"), 0);
     assert!(page.contains("# TYPE natter_supernode_relay_forwarded_packets_total counter"));
+    // The node task's queue: its size, and what waits in it (nothing, idle).
+    assert!(page.contains("# TYPE natter_supernode_event_queue_depth gauge"));
+    assert_eq!(value(&page, "natter_supernode_event_queue_capacity"), 4096);
+    assert_eq!(value(&page, "natter_supernode_event_queue_depth"), 0);
 
     // One STUN Binding request, answered.
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
