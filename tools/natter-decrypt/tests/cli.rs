@@ -149,7 +149,7 @@ fn bad_inputs_are_clear_errors() {
         (&no_calls, &not_pcap, "has no NATTER_CALL lines"),
         (&bad_line, &not_pcap, "key log line 2: direction \"up\""),
         (&good_log, &missing, "opening "),
-        (&good_log, &not_pcap, "pcap header"),
+        (&good_log, &not_pcap, "wrong magic number"),
     ];
     for (log, capture, expected) in cases {
         let out = run(&[Path::new("--keylog"), log, capture]);
