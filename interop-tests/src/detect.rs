@@ -46,9 +46,9 @@ use std::time::Duration;
 use natter_decrypt::Transport;
 use serde::{Deserialize, Serialize};
 
-use crate::capture::{Iface, Labels};
 use crate::error::{LabError, Result};
 use crate::lab::Lab;
+use crate::labels::{Iface, Labels};
 use crate::scenario::io;
 
 /// Packets per window (Bonfiglio et al. used windows of tens to hundreds).
@@ -193,7 +193,7 @@ pub fn evaluate(dir: &Path) -> Result<ScenarioEval> {
         .iter()
         .filter(|i| i.name.ends_with("-wan"))
     {
-        let by_frame: BTreeMap<u64, &crate::capture::PacketLabel> = labels
+        let by_frame: BTreeMap<u64, &crate::labels::PacketLabel> = labels
             .packets
             .iter()
             .filter(|p| p.iface == iface.name)
@@ -501,10 +501,10 @@ pub fn run_active_probe(
         .filter(|i| i.name.ends_with("-wan"))
         .cloned()
         .collect();
-    let eps: BTreeSet<(Transport, SocketAddr)> = crate::capture::endpoints(dir, &wan)?;
+    let eps: BTreeSet<(Transport, SocketAddr)> = crate::labels::endpoints(dir, &wan)?;
     let targets: Vec<String> = eps
         .into_iter()
-        .filter(|(_, a)| a.ip() != std::net::IpAddr::V4(crate::capture::OBSERVER_IP))
+        .filter(|(_, a)| a.ip() != std::net::IpAddr::V4(crate::labels::OBSERVER_IP))
         .map(|(t, a)| format!("{} {a}", t.as_str()))
         .collect();
     let tfile = dir.join("work").join("probe-targets.txt");

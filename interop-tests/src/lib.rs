@@ -95,6 +95,7 @@ pub mod error;
 pub mod exec;
 pub mod impair;
 pub mod lab;
+pub mod labels;
 pub mod nat;
 pub mod probe;
 pub mod scenario;
