@@ -7,32 +7,11 @@
 //! assertions (gaps, first audio) flaky.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
+mod common;
 
+use common::{bin_dir, one_lab_at_a_time};
 use natter_interop_tests::nat::NatType;
 use natter_interop_tests::scenario::{self, Binaries, MatrixOptions};
-
-fn bin_dir() -> PathBuf {
-    std::env::var_os("NATTER_BIN_DIR").map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_BIN_EXE_natter-interop-tests"))
-                .parent()
-                .unwrap()
-                .to_path_buf()
-        },
-        PathBuf::from,
-    )
-}
-
-static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn one_lab_at_a_time() -> MutexGuard<'static, ()> {
-    // a failed test poisons the lock; the next one may still run
-    ONE_LAB_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Options for `cells` with output in a fresh temp dir named after `tag`.
 fn options(tag: &str, cells: Vec<(NatType, NatType)>) -> MatrixOptions {

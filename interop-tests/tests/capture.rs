@@ -8,34 +8,16 @@
 //! scenario fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
 
+use common::{bin_dir, one_lab_at_a_time};
 use natter_interop_tests::capture::{self, CaptureOptions, Labels, PacketLabel, Scenario};
 use natter_interop_tests::detect;
 use natter_interop_tests::scenario::Binaries;
-
-fn bin_dir() -> PathBuf {
-    std::env::var_os("NATTER_BIN_DIR").map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_BIN_EXE_natter-interop-tests"))
-                .parent()
-                .unwrap()
-                .to_path_buf()
-        },
-        PathBuf::from,
-    )
-}
-
-static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn one_lab_at_a_time() -> MutexGuard<'static, ()> {
-    ONE_LAB_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// The output directory, removed when the test ends (kept with
 /// NATTER_KEEP_CAPTURE=1).

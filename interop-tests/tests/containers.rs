@@ -15,10 +15,13 @@
 //! ~/.cache/natter/) as root.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::bin_dir;
 use natter_proto::path::PathKind;
 use natter_proto::report::CallReport;
 
@@ -30,18 +33,6 @@ fn repo_root() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-fn bin_dir() -> PathBuf {
-    std::env::var_os("NATTER_BIN_DIR").map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_BIN_EXE_natter-interop-tests"))
-                .parent()
-                .unwrap()
-                .to_path_buf()
-        },
-        PathBuf::from,
-    )
 }
 
 fn run(cmd: &mut Command) -> Output {
