@@ -42,6 +42,7 @@ pub mod home;
 pub mod hostcache;
 pub mod inbox;
 pub mod keylog;
+pub mod liveness;
 pub mod login;
 pub mod netcheck;
 pub mod online;

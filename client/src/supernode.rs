@@ -11,6 +11,7 @@
 //! it must move on.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use natter_net::dial::{QuicTarget, TcpTarget};
@@ -19,18 +20,20 @@ use natter_net::{
     DialError, DialPlan, EnvelopeRecv, Mux, MuxConfig, MuxError, NetError, Pushes, Transport,
     TransportSettings,
 };
-use natter_proto::binding;
 use natter_proto::cert::{self, Identity};
 use natter_proto::messages::{
     CertificateBody, ChatDelivered, Envelope, ErrorCode, ErrorReply, HostCacheEntry, JoinChallenge,
     JoinHello, JoinProof, JoinStatement, envelope,
 };
 use natter_proto::statement::SignedStatement;
+use natter_proto::{alive, binding};
 use prost::Message;
 use rsa::RsaPublicKey;
 use tokio::sync::Mutex;
 
 pub use natter_net::Connected;
+
+use crate::liveness::{self, LivenessTask};
 
 /// Pushes buffered before the application reads them; beyond, the oldest
 /// reader is too slow and new pushes are dropped (and counted).
@@ -76,7 +79,11 @@ impl Dial {
             quic: Some(QuicTarget {
                 endpoint: endpoint.clone(),
                 addr: self.addr,
-                config: None,
+                // Keep-alives only for the NAT mapping: liveness is the
+                // beacons' job (`crate::liveness`).
+                config: Some(natter_net::insecure_client_config(
+                    &TransportSettings::SESSION,
+                )?),
             }),
             tcp: Some(TcpTarget {
                 addr: self.tcp,
@@ -234,7 +241,7 @@ pub fn check_challenge(
 #[derive(Debug)]
 pub struct SupernodeSession {
     addr: SocketAddr,
-    mux: Mux,
+    mux: Arc<Mux>,
     pushes: Mutex<Pushes>,
     observed_addr: Option<SocketAddr>,
     reflector: Option<SocketAddr>,
@@ -243,6 +250,8 @@ pub struct SupernodeSession {
     /// The supernode waits for `ChatDelivered` (its `JoinAccepted` said
     /// so; an older one does not, and is sent none).
     acks_chat: bool,
+    /// The liveness check of a QUIC session (`None` over TLS).
+    _liveness: Option<LivenessTask>,
 }
 
 impl SupernodeSession {
@@ -304,6 +313,7 @@ impl SupernodeSession {
         started: Instant,
     ) -> Result<Self, SessionError> {
         let connect = |source| SessionError::Connect { addr, source };
+        let quic = connected.transport() == Transport::Quic;
         let (connection, mut send, mut recv) = connected.open_control().await.map_err(connect)?;
         let exporter = connection.exporter().map_err(connect)?;
 
@@ -312,6 +322,9 @@ impl SupernodeSession {
             envelope::Body::JoinHello(JoinHello {
                 certificate: Some(identity.certificate.clone()),
                 acks_chat: true,
+                // A QUIC session runs the liveness check (`crate::liveness`);
+                // over TLS both ends send keep-alive records instead.
+                beacons: quic,
             }),
         );
         send.send(&hello).await.map_err(connect)?;
@@ -360,6 +373,14 @@ impl SupernodeSession {
                 push_queue: PUSH_QUEUE,
             },
         );
+        let mux = Arc::new(mux);
+        let reflector = accepted
+            .reflector
+            .as_ref()
+            .and_then(|a| SocketAddr::try_from(a).ok());
+        let ticket = alive::Ticket::from_bytes(&accepted.alive_ticket);
+        let liveness = liveness::needed(&mux)
+            .then(|| liveness::spawn(Arc::downgrade(&mux), reflector, ticket));
         Ok(Self {
             addr,
             mux,
@@ -368,13 +389,11 @@ impl SupernodeSession {
                 .observed_addr
                 .as_ref()
                 .and_then(|a| SocketAddr::try_from(a).ok()),
-            reflector: accepted
-                .reflector
-                .as_ref()
-                .and_then(|a| SocketAddr::try_from(a).ok()),
+            reflector,
             supernodes: accepted.supernodes,
             rtt,
             acks_chat: accepted.acks_chat,
+            _liveness: liveness,
         })
     }
 

@@ -53,15 +53,23 @@ fn chat_to_an_offline_user_is_delivered_when_they_join() {
     for user in ["alice", "dave"] {
         cluster.add_user(user);
     }
-    // dave has been online once (so the directory knows him), then left.
+    // dave has been online once (so the directory knows him), then
+    // vanished (SIGKILL): his supernode ends the session once his beacons
+    // stop (docs/PROTOCOL.md 7.5, "Liveness beacons": 5 s of silence).
     let dave = Online::start(&cluster, "dave", &cluster.sn(1));
     drop(dave);
-    std::thread::sleep(Duration::from_secs(4));
-    let out = assert_ok(&cluster.run(
-        "alice",
-        &["--bootstrap", &cluster.sn(0), "search", "dave"],
-        LIMIT,
-    ));
+    let killed = Instant::now();
+    let out = loop {
+        let out = assert_ok(&cluster.run(
+            "alice",
+            &["--bootstrap", &cluster.sn(0), "search", "dave"],
+            LIMIT,
+        ));
+        if out.contains("dave: offline") || killed.elapsed() > Duration::from_secs(15) {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     assert!(out.contains("dave: offline, not reachable"), "{out}");
     let out = assert_ok(&cluster.run("alice", &["chat", "dave", "see you tomorrow"], LIMIT));
     assert!(out.contains("stored for dave"), "{out}");

@@ -42,6 +42,20 @@ impl TransportSettings {
         max_bidi_streams: 8,
     };
 
+    /// A client's session with its supernode over QUIC: keep-alive 15 s,
+    /// idle timeout 45 s. The client learns within about 3 s that its
+    /// supernode died from liveness beacons to the supernode's UDP service,
+    /// which cost the supernode far less than QUIC keep-alives every second
+    /// (`natter_proto::alive`); these keep-alives only hold the NAT mapping
+    /// open. The supernode's server configuration uses these settings too:
+    /// a link dialled with [`Self::OVERLAY`] gets the smaller idle timeout
+    /// of the two (3 s), as QUIC takes the smaller of both sides' values.
+    pub const SESSION: Self = Self {
+        keep_alive: Duration::from_secs(natter_proto::alive::SESSION_KEEP_ALIVE_SECS),
+        idle_timeout: Duration::from_secs(natter_proto::alive::SESSION_IDLE_TIMEOUT_SECS),
+        max_bidi_streams: 8,
+    };
+
     /// These settings for the accepting side of a QUIC connection: the
     /// same idle timeout, no PINGs (QUIC PINGs are acknowledged, so the
     /// dialer's PINGs alone keep a live connection alive in both

@@ -30,6 +30,7 @@
 //! The byte layouts are documented in `docs/PROTOCOL.md`, with test vectors
 //! that `tests/vectors.rs` checks against this code.
 
+pub mod alive;
 pub mod binding;
 pub mod call;
 pub mod cert;

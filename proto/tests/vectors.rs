@@ -363,6 +363,7 @@ fn compute() -> Vec<(&'static str, String)> {
         envelope::Body::JoinHello(natter_proto::messages::JoinHello {
             certificate: None,
             acks_chat: true,
+            beacons: false,
         }),
     );
     v.push((
@@ -449,6 +450,16 @@ fn compute() -> Vec<(&'static str, String)> {
             &cookie,
         )),
     ));
+
+    // --- Liveness beacons (section 7.5)
+    use natter_proto::alive;
+    let ticket = alive::ticket(&[0x42; 32], from.ip(), 1_800_000_000, 0x0102_0304);
+    v.push(("alive.ticket", h(ticket.to_bytes())));
+    let beacon = alive::encode_beacon(&ticket, 7, 0x1236, 0);
+    v.push(("alive.beacon", h(beacon)));
+    let (echo, _) = alive::answer(&[0x42; 32], &beacon, from.ip(), 1_700_000_000)
+        .expect("the vector beacon verifies");
+    v.push(("alive.echo", h(echo)));
     v
 }
 

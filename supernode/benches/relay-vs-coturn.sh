@@ -1,14 +1,17 @@
 #!/bin/bash
 # Side by side, in one run: coturn (Debian's package, one relay thread on core 1, load by
-# turnutils_uclient on core 0, via ../shared/bench/relay/) and Natter's relay (the `relay`
-# bench: natter-supernode on core 1, its load generator on core 0). Prints both figures
-# (highest relayed packets/s under 0.5 % loss, CPU per relayed packet) and the ratio.
+# turnutils_uclient on core 0, via ../shared/bench/relay/), Natter's relay (the `relay`
+# bench: natter-supernode on core 1, its load generator on core 0) and the bare forwarder
+# (the same bench with NATTER_RELAY_TARGET=bare: recvmmsg/sendmmsg and nothing else, the
+# practical limit of the core, driven by the same load generator). Prints the three figures
+# (highest relayed packets/s under 0.5 % loss, CPU per relayed packet) and the ratios.
 #
 # Usage: supernode/benches/relay-vs-coturn.sh
 # Environment:
 #   RELAY_REF      the coturn scripts [<repo>/../shared/bench/relay]
 #   COTURN_GRID    coturn allocations per load point [1232 1296 1360 1424] (100 relayed pps each)
 #   NATTER_CALLS   Natter calls per load point [1500,2000,2300,2600,2900,3200] (100 relayed pps each)
+#   BARE           1 = also run the bare forwarder over NATTER_CALLS [1]
 #   REPS           repetitions of both series [1]
 #   NATTER_RELAY_WINDOW_SECS  Natter's measured window [20]
 #   NATTER_RELAY_RT  1 = both servers and both load generators under SCHED_FIFO (chrt -f 20,
@@ -36,7 +39,9 @@ fi
 STAMP=$(date +%Y%m%d-%H%M%S)
 CLOG=$RELAYBENCH_DIR/logs/side-by-side-$STAMP-coturn.txt
 NLOG=$RELAYBENCH_DIR/logs/side-by-side-$STAMP-natter.txt
-echo "side-by-side relay run $STAMP on $(nproc) cores; logs $CLOG $NLOG"
+BLOG=$RELAYBENCH_DIR/logs/side-by-side-$STAMP-bare.txt
+: > "$BLOG"
+echo "side-by-side relay run $STAMP on $(nproc) cores; logs $CLOG $NLOG $BLOG"
 (cd "$ROOT" && cargo bench -p natter-supernode --bench relay --no-run >/dev/null 2>&1)
 RT=()
 [ "${NATTER_RELAY_RT:-0}" = 1 ] && RT=(chrt -f 20)
@@ -50,12 +55,17 @@ for rep in $(seq 1 "$REPS"); do
   "$REF/stop_coturn.sh"
   echo "##### rep=$rep natter $(date +%T)" >> "$NLOG"
   (cd "$ROOT" && NATTER_RELAY_CALLS=$CALLS cargo bench -p natter-supernode --bench relay 2>/dev/null) >> "$NLOG"
+  if [ "${BARE:-1}" = 1 ]; then
+    echo "##### rep=$rep bare $(date +%T)" >> "$BLOG"
+    (cd "$ROOT" && NATTER_RELAY_TARGET=bare NATTER_RELAY_CALLS=$CALLS cargo bench -p natter-supernode --bench relay 2>/dev/null) >> "$BLOG"
+  fi
 done
 echo "--- coturn"; python3 "$REF/summarize.py" "$CLOG" coturn | tee "$CLOG.summary"
 echo "--- natter"; grep -E "^ *calls|^ *[0-9]+ +[0-9]+ |^== natter" "$NLOG"
-python3 - "$CLOG" "$NLOG" <<'PY'
+[ -s "$BLOG" ] && { echo "--- bare forwarder"; grep -E "^ *calls|^ *[0-9]+ +[0-9]+ |^== bare" "$BLOG"; }
+python3 - "$CLOG" "$NLOG" "$BLOG" <<'PY'
 import re, statistics, sys
-c = open(sys.argv[1]).read(); n = open(sys.argv[2]).read()
+c = open(sys.argv[1]).read(); n = open(sys.argv[2]).read(); b = open(sys.argv[3]).read()
 # coturn: per load point, relayed pps and loss and server CPU, best passing point per rep
 best_c = {}
 for block in re.split(r'(?=##### rep=)', c):
@@ -67,7 +77,9 @@ for block in re.split(r'(?=##### rep=)', c):
     if pps and loss and float(loss.group(1)) < 0.5:
         v = (int(pps.group(1)), float(cpu.group(1)) if cpu else float('nan'))
         if v[0] > best_c.get(rep, (0,))[0]: best_c[rep] = v
-best_n = [(float(a), int(b), float(u)) for a, b, u in re.findall(r'== natter: highest relayed packets/s under 0.5 % loss: ([0-9.]+) \((\d+) calls\), ([0-9.]+) us', n)]
+def best(log, name):
+    return [(float(a), int(k), float(u)) for a, k, u in re.findall(r'== ' + name + r': highest relayed packets/s under 0.5 % loss: ([0-9.]+) \((\d+) calls\), ([0-9.]+) us', log)]
+best_n = best(n, 'natter'); best_b = best(b, 'bare')
 if not best_c or not best_n:
     print("ratio: missing a passing point (coturn %s, natter %s)" % (best_c, best_n)); sys.exit(0)
 cm = statistics.median(v[0] for v in best_c.values()); nm = statistics.median(v[0] for v in best_n)
@@ -75,5 +87,10 @@ cus = statistics.median(1e4 * v[1] / v[0] for v in best_c.values())  # percent o
 print(f"coturn: {cm:.0f} relayed pkts/s at <0.5 % loss (median of {len(best_c)}), ~{cus:.2f} us CPU/pkt (coturn process)")
 print(f"natter: {nm:.0f} relayed pkts/s at <0.5 % loss (median of {len(best_n)}), {statistics.median(v[2] for v in best_n):.2f} us CPU/pkt (supernode + ksoftirqd)")
 print(f"ratio natter/coturn: {nm/cm:.2f}x  (target 1.8x)")
+if best_b:
+    bm = statistics.median(v[0] for v in best_b); bus = statistics.median(v[2] for v in best_b)
+    nus = statistics.median(v[2] for v in best_n)
+    print(f"bare:   {bm:.0f} relayed pkts/s at <0.5 % loss (median of {len(best_b)}), {bus:.2f} us CPU/pkt (forwarder + ksoftirqd)")
+    print(f"natter/bare: {nm/bm:.2f}x packets/s, {nus/bus:.2f}x CPU per packet (the relay's own work beyond recvmmsg/sendmmsg)")
 print("note: a Natter figure at the top of its grid may be capped by the grid or by the load generator's core; see its table")
 PY

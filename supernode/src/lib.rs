@@ -41,7 +41,7 @@ pub use config::{Certification, Config};
 pub use server::{Handle, SpawnError, Supernode};
 pub use stun_limit::StunLimits;
 pub use tcp_stats::TcpStats;
-pub use udp::UdpStats;
+pub use udp::{BATCH as UDP_BATCH, UdpStats, send_many};
 
 /// The reflector (UDP service) address of a supernode known only by its QUIC
 /// address, as gossip carries no reflector: by convention the same IP and

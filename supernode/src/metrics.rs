@@ -200,6 +200,11 @@ pub(crate) fn render(f: &Figures) -> String {
             "chat_unacked",
             "Chat pushes a session did not acknowledge in time."
         ),
+        (
+            sessions_silent,
+            "sessions_silent",
+            "Sessions ended: their client sent neither a beacon nor a frame for 5 s."
+        ),
     );
     let u = &f.udp;
     page.gauge(
@@ -258,6 +263,12 @@ pub(crate) fn render(f: &Figures) -> String {
             dropped_quota,
             "relay_dropped_quota",
             "Relay datagrams dropped by an allocation's rate limit."
+        ),
+        (beacons, "beacons_echoed", "Liveness beacons echoed."),
+        (
+            beacons_refused,
+            "beacons_refused",
+            "Beacon-shaped datagrams whose ticket did not verify: dropped."
         ),
     );
     let t = &f.tcp;

@@ -62,6 +62,9 @@ pub(crate) async fn run(
         sessions: HashMap::new(),
         links: HashMap::new(),
     };
+    // Once a second, the beacons the UDP service echoed (core/beacons.rs).
+    let mut beacons = tokio::time::interval(Duration::from_secs(1));
+    beacons.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let wake = node
             .poll_timeout()
@@ -79,6 +82,12 @@ pub(crate) async fn run(
                 }
             }
             () = tokio::time::sleep_until(wake) => node.handle_timeout(now()),
+            _ = beacons.tick() => {
+                let heard = shell.udp.take_heard();
+                if !heard.is_empty() {
+                    node.handle_beacons(&heard, now());
+                }
+            }
         }
         // Published before the output leaves, so whoever sees a frame the
         // round produced (a JoinAccepted, say) also sees the state behind

@@ -130,8 +130,15 @@ impl Supernode {
             return Err(SpawnError::NoCertification);
         }
         let identity = TlsIdentity::load_or_generate(data_dir, "natter-supernode")?;
-        let endpoint =
-            natter_net::server_endpoint(config.listen, &identity, &TransportSettings::OVERLAY)?;
+        // Clients' sessions: idle timeout 45 s, their liveness is beaconed
+        // (`natter_proto::alive`). Links to other supernodes are dialled with
+        // the overlay's 1 s keep-alive and 3 s idle timeout, which is also
+        // what a link dialled by a peer gets (QUIC takes the smaller value).
+        let mut endpoint =
+            natter_net::server_endpoint(config.listen, &identity, &TransportSettings::SESSION)?;
+        endpoint.set_default_client_config(natter_net::insecure_client_config(
+            &TransportSettings::OVERLAY,
+        )?);
         let local_addr = endpoint
             .local_addr()
             .map_err(|source| SpawnError::DataDir {
@@ -191,7 +198,7 @@ impl Supernode {
             }),
             Certification::LoginServer { .. } => None,
         };
-        let core_config = NodeConfig::from_config(
+        let mut core_config = NodeConfig::from_config(
             &config,
             node_id,
             credentials,
@@ -201,6 +208,7 @@ impl Supernode {
             udp.primary_addr,
             incarnation,
         );
+        core_config.alive_secret = Some(udp.alive_secret());
         let mut seed = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut seed);
         let node = Node::new(core_config, seed, start);

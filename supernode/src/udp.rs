@@ -9,6 +9,9 @@
 //!   while the source's prefix has tokens ([`StunLimiter`]), anything else
 //!   STUN-shaped is dropped (counted as malformed unless it is a Binding
 //!   indication, a keepalive);
+//! * a liveness beacon (`alive::looks_like_beacon`): echoed, as long as it
+//!   is, when its ticket verifies for its source IP (`alive::answer`: one
+//!   HMAC, no state), otherwise dropped and counted;
 //! * a relay bind (`relay::decode_bind`): answered with a bind reply of the
 //!   same length carrying the source's cookie; it binds only when it echoed
 //!   that cookie (the source proved it receives there);
@@ -43,7 +46,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use natter_proto::relay as wire;
-use natter_proto::{som, stun};
+use natter_proto::{alive, som, stun};
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
 use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
 
@@ -57,8 +60,11 @@ const BINDING_INDICATION: u16 = 0x0011;
 const SWEEP: Duration = Duration::from_secs(1);
 /// How often the counters are logged (at debug).
 const LOG_EVERY: Duration = Duration::from_secs(30);
+/// Beacon macs held for the node task at most (it takes them every second;
+/// a supernode of 10,000 clients notes 10,000 a second).
+const MAX_HEARD: usize = 1 << 17;
 /// Datagrams read per system call on the primary socket.
-const BATCH: usize = 32;
+pub const BATCH: usize = 32;
 /// Receive buffer of each datagram: 64 KiB, so no datagram is ever truncated
 /// (and so forwarded altered).
 const DATAGRAM_BUF: usize = 65_536;
@@ -111,6 +117,11 @@ pub struct UdpStats {
     pub dropped_quota: u64,
     /// Live relay allocations (gauge).
     pub allocations: u64,
+    /// Liveness beacons echoed (docs/PROTOCOL.md, "Liveness beacons").
+    pub beacons: u64,
+    /// Beacon-shaped datagrams whose ticket did not verify for their
+    /// source: dropped, no answer.
+    pub beacons_refused: u64,
 }
 
 /// The shared counters, written by the socket threads once per batch and by
@@ -129,6 +140,8 @@ struct Counters {
     forwarded_bytes: AtomicU64,
     dropped_unbound: AtomicU64,
     dropped_quota: AtomicU64,
+    beacons: AtomicU64,
+    beacons_refused: AtomicU64,
 }
 
 /// Counts of one thread (or one TCP datagram) not yet added to [`Counters`].
@@ -144,6 +157,8 @@ struct Local {
     forwarded_bytes: u64,
     dropped_unbound: u64,
     dropped_quota: u64,
+    beacons: u64,
+    beacons_refused: u64,
 }
 
 impl Counters {
@@ -164,6 +179,8 @@ impl Counters {
         add(&self.forwarded_bytes, local.forwarded_bytes);
         add(&self.dropped_unbound, local.dropped_unbound);
         add(&self.dropped_quota, local.dropped_quota);
+        add(&self.beacons, local.beacons);
+        add(&self.beacons_refused, local.beacons_refused);
         *local = Local::default();
     }
 }
@@ -191,6 +208,12 @@ pub(crate) struct UdpService {
     /// forward from it).
     primary_socket: Mutex<Option<Arc<UdpSocket>>>,
     table: Mutex<RelayTable>,
+    /// The key of the liveness tickets (`natter_proto::alive`): random per
+    /// start, handed to the node core, which issues the tickets.
+    alive_secret: [u8; 32],
+    /// The ticket macs of the beacons echoed since the node task last took
+    /// them ([`Self::take_heard`]); at most [`MAX_HEARD`].
+    heard: Mutex<Vec<[u8; alive::MAC_LEN]>>,
     /// Answers STUN on both sockets.
     limiter: Mutex<StunLimiter>,
     counters: Counters,
@@ -285,6 +308,8 @@ impl UdpService {
                 rand::Rng::r#gen(&mut rand::rngs::OsRng),
                 Instant::now(),
             )),
+            alive_secret: rand::Rng::r#gen(&mut rand::rngs::OsRng),
+            heard: Mutex::new(Vec::new()),
             limiter: Mutex::new(StunLimiter::new(StunLimits::default(), Instant::now())),
             counters: Counters::default(),
             legs: Legs::new(leg_queue),
@@ -297,6 +322,30 @@ impl UdpService {
     /// The relay table (lock order: the node state, then this).
     pub fn table(&self) -> MutexGuard<'_, RelayTable> {
         lock(&self.table)
+    }
+
+    /// The key of the liveness tickets this service checks.
+    pub fn alive_secret(&self) -> [u8; 32] {
+        self.alive_secret
+    }
+
+    /// The ticket macs of the beacons echoed since the last call (the node
+    /// task takes them every second: `core::Node::handle_beacons`).
+    pub fn take_heard(&self) -> Vec<[u8; alive::MAC_LEN]> {
+        std::mem::take(&mut *lock(&self.heard))
+    }
+
+    /// Notes the macs of a batch's beacons: one lock per batch, bounded (a
+    /// mac beyond [`MAX_HEARD`] is dropped; its client beacons again in a
+    /// second, and the node waits six).
+    fn note_heard(&self, macs: &mut Vec<[u8; alive::MAC_LEN]>) {
+        if macs.is_empty() {
+            return;
+        }
+        let mut heard = lock(&self.heard);
+        let room = MAX_HEARD.saturating_sub(heard.len());
+        heard.extend(macs.drain(..).take(room));
+        macs.clear();
     }
 
     /// A snapshot of the counters.
@@ -324,6 +373,8 @@ impl UdpService {
             dropped_unbound: get(&c.dropped_unbound),
             dropped_quota: get(&c.dropped_quota),
             allocations,
+            beacons: get(&c.beacons),
+            beacons_refused: get(&c.beacons_refused),
         }
     }
 
@@ -455,6 +506,10 @@ impl UdpService {
         let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
         // The destinations of one `sendmmsg`, in the kernel's form.
         let mut addrs: Vec<SocketAddrAny> = Vec::with_capacity(BATCH);
+        // Beacon echoes of the batch (no allocation: a beacon's length), and
+        // their tickets' macs.
+        let mut echoes: Vec<([u8; alive::BEACON_LEN], SocketAddr)> = Vec::with_capacity(BATCH);
+        let mut macs: Vec<[u8; alive::MAC_LEN]> = Vec::with_capacity(BATCH);
         while !self.stop.load(Ordering::Relaxed) {
             match tokio::time::timeout(POLL, readiness.readable()).await {
                 Ok(Ok(())) => {}
@@ -487,6 +542,7 @@ impl UdpService {
                 }
             };
             let now = Instant::now();
+            let mut unix_secs = None;
             // Taken at the first relay datagram, held for the decisions of
             // the batch, released before its sends.
             let mut table: Option<MutexGuard<'_, RelayTable>> = None;
@@ -507,6 +563,18 @@ impl UdpService {
                         self.on_stun(primary, alternate, &mut local, datagram, from, true);
                         continue;
                     }
+                    if alive::looks_like_beacon(datagram) {
+                        let now_secs = *unix_secs.get_or_insert_with(unix_now_secs);
+                        match alive::answer(&self.alive_secret, datagram, from.ip(), now_secs) {
+                            Some((echo, ticket)) => {
+                                local.beacons += 1;
+                                echoes.push((echo, from));
+                                macs.push(ticket.mac);
+                            }
+                            None => local.beacons_refused += 1,
+                        }
+                        continue;
+                    }
                     let table = table.get_or_insert_with(|| self.table());
                     match self.relay_in(table, &mut local, datagram, RelayPeer::Udp(from), now) {
                         Relayed::Reply(reply) => replies.push((reply, from)),
@@ -523,15 +591,20 @@ impl UdpService {
                 }
             }
             drop(table);
+            self.note_heard(&mut macs);
             // Counted before sent: whoever sees a datagram arrive sees it
             // counted.
             self.counters.flush(&mut local);
-            let replies_out = replies.iter().map(|(reply, to)| (&reply[..], *to));
+            let replies_out = replies
+                .iter()
+                .map(|(reply, to)| (&reply[..], *to))
+                .chain(echoes.iter().map(|(echo, to)| (&echo[..], *to)));
             let relayed_out = out
                 .iter()
                 .map(|&(i, start, end, to)| (&bufs[i][start..end], to));
             send_many(primary, replies_out.chain(relayed_out), &mut addrs);
             replies.clear();
+            echoes.clear();
             out.clear();
         }
     }
@@ -718,7 +791,10 @@ pub(crate) enum Relayed {
 /// them. A datagram the kernel refuses is skipped and logged, as [`send`]
 /// does; a full socket buffer (the socket is non-blocking) drops the rest of
 /// the call's datagrams. `addrs` is scratch space, reused across calls.
-fn send_many<'b>(
+///
+/// Public for the relay bench's bare forwarder, which measures the
+/// practical limit with this same batched send.
+pub fn send_many<'b>(
     socket: &UdpSocket,
     datagrams: impl Iterator<Item = (&'b [u8], SocketAddr)>,
     addrs: &mut Vec<SocketAddrAny>,
@@ -758,6 +834,13 @@ fn send_many<'b>(
             }
         }
     }
+}
+
+/// Seconds since the Unix epoch (liveness tickets expire in Unix time).
+fn unix_now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// One `sendto` (a UDP send does not wait on a full socket buffer for

@@ -690,9 +690,13 @@ impl Node {
     /// Removes session `id` from the table without the goodbye of a
     /// session that ended (it was replaced); what it owed is released.
     pub(crate) fn forget_session(&mut self, id: SessionId) {
-        if let Some(session) = self.sessions.all.remove(&id)
-            && let super::sessions::Phase::Joined(mut joined) = session.phase
-        {
+        let Some(session) = self.sessions.all.remove(&id) else {
+            return;
+        };
+        if let Some(mac) = session.ticket {
+            self.sessions.by_ticket.remove(&mac);
+        }
+        if let super::sessions::Phase::Joined(mut joined) = session.phase {
             self.release_acks(*std::mem::take(&mut joined.acks));
         }
     }

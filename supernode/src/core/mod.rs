@@ -19,6 +19,7 @@
 //! `statements` (join statements and record verification), `mailbox` (stored chat), `requests` (clients), `overlay` (peers),
 //! and this file (the entry points and the dispatcher of finished jobs).
 
+mod beacons;
 mod directory;
 mod expiry;
 mod fit;

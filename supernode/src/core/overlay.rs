@@ -401,6 +401,7 @@ impl Node {
     /// Returns the requests that waited on links closed as dead.
     pub(crate) fn tick(&mut self) -> Vec<(u64, Pending)> {
         self.ticks += 1;
+        self.end_silent_sessions();
         let now = self.now.mono;
         let mut failed = Vec::new();
         let died = self.membership.tick(now);

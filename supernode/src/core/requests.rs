@@ -59,6 +59,9 @@ impl Node {
                 limiter,
                 deadline: Some(deadline),
                 acks_chat: false,
+                beacons: false,
+                heard: self.now.mono,
+                ticket: None,
             },
         );
         self.set_timer(deadline, Timer::Handshake(id));
@@ -89,6 +92,7 @@ impl Node {
         let Some(session) = self.sessions.all.get_mut(&id) else {
             return;
         };
+        session.heard = self.now.mono;
         match &mut session.phase {
             Phase::Hello => match envelope.body {
                 Some(Body::JoinHello(hello)) => self.join_hello(id, envelope.request_id, hello),
@@ -161,6 +165,7 @@ impl Node {
         };
         if let Some(session) = self.sessions.all.get_mut(&id) {
             session.acks_chat = hello.acks_chat;
+            session.beacons = hello.beacons;
             session.keys = Some(SessionKeys {
                 public_key: verified.public_key.clone(),
                 chat_key: verified.chat_key,
@@ -233,6 +238,7 @@ impl Node {
         let name = name.clone();
         let observed = session.remote;
         let acks_chat = session.acks_chat;
+        let ticket = self.issue_ticket(id, observed.ip());
         let accepted = self.host_cache_envelope(|supernodes| {
             Envelope::new(
                 proof.request_id,
@@ -241,6 +247,7 @@ impl Node {
                     supernodes,
                     reflector: Some(self.config.reflector.into()),
                     acks_chat,
+                    alive_ticket: ticket.map(|t| t.to_bytes().to_vec()).unwrap_or_default(),
                 }),
             )
         });
@@ -320,6 +327,9 @@ impl Node {
         let Some(session) = self.sessions.all.remove(&id) else {
             return;
         };
+        if let Some(mac) = session.ticket {
+            self.sessions.by_ticket.remove(&mac);
+        }
         let Phase::Joined(mut joined) = session.phase else {
             return;
         };
@@ -335,7 +345,7 @@ impl Node {
     }
 
     /// Ends session `id` and tells the shell to close it with `code`.
-    fn end_session(&mut self, id: SessionId, code: u32, reason: &'static str) {
+    pub(crate) fn end_session(&mut self, id: SessionId, code: u32, reason: &'static str) {
         self.session_closed(id);
         self.emit(Output::CloseSession(id, code, reason));
     }

@@ -89,6 +89,14 @@ pub(crate) struct Session {
     pub deadline: Option<Instant>,
     /// The hello said the client acknowledges pushed chat.
     pub acks_chat: bool,
+    /// The hello said the client checks liveness every second: the
+    /// session ends after [`natter_proto::alive::SILENT_AFTER_MS`] without a
+    /// beacon or a frame from it (core/beacons.rs).
+    pub beacons: bool,
+    /// When a frame or a beacon of this session was last seen.
+    pub heard: Instant,
+    /// The liveness ticket given in `JoinAccepted`, if any.
+    pub ticket: Option<[u8; natter_proto::alive::MAC_LEN]>,
 }
 
 impl Session {
@@ -116,6 +124,8 @@ pub(crate) struct Sessions {
     pub by_name: HashMap<String, SessionId>,
     /// Sessions joined over TCP since start.
     pub tcp_joined_total: u64,
+    /// Joined sessions by the mac of their liveness ticket.
+    pub by_ticket: HashMap<[u8; natter_proto::alive::MAC_LEN], SessionId>,
 }
 
 impl Sessions {

@@ -47,6 +47,9 @@ pub struct NodeConfig {
     pub tcp_addr: Option<SocketAddr>,
     /// The UDP service's primary address (reflector and relay).
     pub reflector: SocketAddr,
+    /// The key of the liveness tickets the UDP service checks
+    /// (`natter_proto::alive`); `None`: joins carry no ticket.
+    pub alive_secret: Option<[u8; 32]>,
     /// Higher after a restart with the same node id.
     pub incarnation: u64,
     pub login_key: RsaPublicKey,
@@ -95,6 +98,7 @@ impl NodeConfig {
             local_addr,
             tcp_addr,
             reflector,
+            alive_secret: None,
             incarnation,
             login_key: config.login_key.clone(),
             peers: config.peers.clone(),
@@ -202,6 +206,9 @@ pub struct CoreStats {
     /// Chat pushes a session did not acknowledge in time (kept on the
     /// replicas, or stored there for live chat).
     pub chat_unacked: u64,
+    /// Sessions ended because their beaconing client went silent
+    /// (core/beacons.rs).
+    pub sessions_silent: u64,
 }
 
 /// A member's certificate, verified (for gossip, see

@@ -300,6 +300,7 @@ pub async fn try_join_with(
     let hello = Body::JoinHello(JoinHello {
         certificate: Some(certificate),
         acks_chat,
+        beacons: false,
     });
     send.send(&Envelope::new(1, hello)).await?;
     let challenge = read(&mut recv).await?;

@@ -258,6 +258,7 @@ impl Sim {
                 local_addr: addr,
                 tcp_addr: None,
                 reflector: natter_supernode::reflector_of(addr).unwrap(),
+                alive_secret: Some([0x5b; 32]),
                 incarnation: 1,
                 login_key: issuer().public_key(),
                 // Simulated links carry no certificate (the nodes share one
@@ -776,6 +777,7 @@ impl Sim {
                 Body::JoinHello(JoinHello {
                     certificate: Some(client.certificate.clone()),
                     acks_chat: client.acks_chat,
+                    beacons: false,
                 }),
             )
         };

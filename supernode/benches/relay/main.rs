@@ -39,6 +39,9 @@
 //! - `NATTER_RELAY_WARMUP_SECS` [3]: traffic before the window;
 //! - `NATTER_RELAY_SERVER_CORE` [1], `NATTER_RELAY_LOAD_CORE` [0];
 //! - `NATTER_RELAY_ALL_STEPS` [0]: 1 = do not stop at the first failing step;
+//! - `NATTER_RELAY_TARGET` [natter]: `bare` = relay through the bare
+//!   forwarder of `bare.rs` instead of a supernode (no signaling, no binds):
+//!   the practical limit of the server core, with the same load generator;
 //! - `NATTER_RELAY_RT` [0]: 1 = once the calls are set up, put the server
 //!   and the load generator under SCHED_FIFO 20 (`chrt`, needs root): on a
 //!   machine busy with other work
@@ -51,7 +54,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "common/mod.rs"]
+mod bare;
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::io::IoSliceMut;
@@ -97,6 +101,23 @@ struct Settings {
     all_steps: bool,
     realtime: bool,
     quick: bool,
+    target: Target,
+}
+
+/// What relays the load: the supernode, or the bare forwarder (`bare.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Natter,
+    Bare,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Natter => "natter",
+            Target::Bare => "bare",
+        }
+    }
 }
 
 impl Settings {
@@ -131,6 +152,11 @@ impl Settings {
             all_steps: env_or("NATTER_RELAY_ALL_STEPS", 0u8) == 1,
             realtime: env_or("NATTER_RELAY_RT", 0u8) == 1,
             quick,
+            target: match std::env::var("NATTER_RELAY_TARGET").as_deref() {
+                Ok("bare") => Target::Bare,
+                Ok("natter") | Err(_) => Target::Natter,
+                Ok(other) => panic!("NATTER_RELAY_TARGET: natter or bare, not {other:?}"),
+            },
         }
     }
 }
@@ -139,18 +165,15 @@ impl Settings {
 
 // ------------------------------------------------------------------ the supernode
 
-struct SupernodeProcess {
+/// The server under test: a supernode or the bare forwarder.
+struct ServerProcess {
     _child: Child,
     _stdout: BufReader<ChildStdout>,
     pid: String,
     addr: SocketAddr,
 }
 
-async fn start_supernode(
-    settings: &Settings,
-    keys: &Keys,
-    dir: &std::path::Path,
-) -> SupernodeProcess {
+async fn start_supernode(settings: &Settings, keys: &Keys, dir: &std::path::Path) -> ServerProcess {
     // The login server: a loopback port held and never read (the supernode
     // certifies itself with the test issuer's key).
     let login_sink = UdpSocket::bind("127.0.0.1:0").expect("bind login sink");
@@ -169,14 +192,8 @@ async fn start_supernode(
     );
     let binary = std::env::var("NATTER_RELAY_SUPERNODE")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_natter-supernode").to_owned());
-    let mut command = if settings.quick {
-        Command::new(&binary)
-    } else {
-        let mut c = Command::new("taskset");
-        c.args(["-c", &settings.server_core.to_string(), &binary]);
-        c
-    };
-    let mut child = command
+    let mut command = server_command(settings, &binary);
+    command
         .args(["--listen", "127.0.0.1:0", "--relay-lifetime", "3600"])
         .arg("--login")
         .arg(login.to_string())
@@ -184,26 +201,53 @@ async fn start_supernode(
         .arg(&key_path)
         .arg("--issuer-key")
         .arg(&issuer_path)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn");
+    spawn_server(command, &binary).await
+}
+
+/// The bare forwarder: this bench's own binary with [`bare::ARG`].
+async fn start_bare(settings: &Settings) -> ServerProcess {
+    let exe = std::env::current_exe().expect("current exe");
+    let exe = exe.to_string_lossy().into_owned();
+    let mut command = server_command(settings, &exe);
+    command.arg(bare::ARG).env_remove("NATTER_RELAY_PINNED");
+    spawn_server(command, "the bare forwarder").await
+}
+
+/// `program`, pinned to the server core unless this is the smoke run.
+fn server_command(settings: &Settings, program: &str) -> Command {
+    if settings.quick {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("taskset");
+        c.args(["-c", &settings.server_core.to_string(), program]);
+        c
+    }
+}
+
+/// Starts the server and reads its address from the first line it prints
+/// (`... on ADDR`).
+async fn spawn_server(mut command: Command, what: &str) -> ServerProcess {
+    let mut child = command
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
     let pid = child.id().expect("child pid").to_string();
     let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
     let mut line = String::new();
     tokio::time::timeout(Duration::from_secs(10), stdout.read_line(&mut line))
         .await
-        .expect("the supernode did not start within 10 s")
-        .expect("reading the supernode's stdout");
+        .unwrap_or_else(|_| panic!("{what} did not start within 10 s"))
+        .unwrap_or_else(|e| panic!("reading the stdout of {what}: {e}"));
     let addr = line
         .split_whitespace()
         .skip_while(|w| *w != "on")
         .nth(1)
         .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line from the supernode: {line:?}"));
-    SupernodeProcess {
+        .unwrap_or_else(|| panic!("unexpected first line from {what}: {line:?}"));
+    ServerProcess {
         _child: child,
         _stdout: stdout,
         pid,
@@ -800,12 +844,16 @@ fn pin_self(settings: &Settings) {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == bare::ARG) {
+        bare::run(DATAGRAM);
+    }
     let quick = !std::env::args().any(|a| a == "--bench");
     let settings = Settings::from_env(quick);
     pin_self(&settings);
     let max = *settings.calls.last().expect("at least one call count");
     println!(
-        "natter relay bench{}: server on core {}, load on core {}; {} B datagrams, {} pps per side; calls {:?}, window {} s",
+        "{} relay bench{}: server on core {}, load on core {}; {} B datagrams, {} pps per side; calls {:?}, window {} s",
+        settings.target.name(),
         if quick {
             " (smoke run: no --bench, unpinned)"
         } else {
@@ -818,16 +866,32 @@ fn main() {
         settings.calls,
         settings.window.as_secs()
     );
-    let keys = Arc::new(Keys::load());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let sn = runtime.block_on(start_supernode(&settings, &keys, dir.path()));
-    println!("supernode pid {} at {}", sn.pid, sn.addr);
-    let calls = runtime.block_on(set_up_calls(Arc::clone(&keys), sn.addr, max));
+    let (sn, calls) = match settings.target {
+        Target::Natter => {
+            let keys = Arc::new(Keys::load());
+            let sn = runtime.block_on(start_supernode(&settings, &keys, dir.path()));
+            println!("supernode pid {} at {}", sn.pid, sn.addr);
+            let calls = runtime.block_on(set_up_calls(Arc::clone(&keys), sn.addr, max));
+            (sn, calls)
+        }
+        Target::Bare => {
+            let server = runtime.block_on(start_bare(&settings));
+            println!("bare forwarder pid {} at {}", server.pid, server.addr);
+            // No signaling, no allocations: every call goes through the one
+            // socket, which learns each side from its datagrams.
+            let call = Call {
+                relay: server.addr,
+                tokens: [[0; 16]; 2],
+            };
+            (server, vec![call; max])
+        }
+    };
     if settings.realtime {
         // Only for the media, and only the threads that carry it: the
         // server's relay thread (all its threads if it has none, as a relay
@@ -869,7 +933,9 @@ fn main() {
     }
     let load = Load::new();
     println!("load socket 0.0.0.0:{} (sides at 127.100.x.y)", load.port);
-    bind_all(&load, &calls);
+    if settings.target == Target::Natter {
+        bind_all(&load, &calls);
+    }
     println!(
         "{:>6} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
         "calls",
@@ -931,10 +997,14 @@ fn main() {
     }
     match best {
         Some((n, relayed, us)) => println!(
-            "== natter: highest relayed packets/s under {MAX_LOSS} % loss: {relayed:.0} ({n} calls), {us:.2} us CPU per relayed packet (server threads + ksoftirqd/{})",
+            "== {}: highest relayed packets/s under {MAX_LOSS} % loss: {relayed:.0} ({n} calls), {us:.2} us CPU per relayed packet (server threads + ksoftirqd/{})",
+            settings.target.name(),
             settings.server_core
         ),
-        None => println!("== natter: no step stayed under {MAX_LOSS} % loss"),
+        None => println!(
+            "== {}: no step stayed under {MAX_LOSS} % loss",
+            settings.target.name()
+        ),
     }
     if quick {
         assert!(best.is_some(), "the smoke run relayed nothing");
