@@ -284,23 +284,30 @@ pub async fn try_join_via(
     certificate: Certificate,
     signer: &RsaPrivateKey,
 ) -> anyhow::Result<JoinOutcome> {
-    try_join_with(transport, addr, name, certificate, signer, false).await
+    try_join_with(transport, addr, name, certificate, signer, Hello::default()).await
 }
 
-/// [`try_join_via`], the hello saying `acks_chat` as given.
+/// What a test client's hello says besides its certificate.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hello {
+    pub acks_chat: bool,
+    pub beacons: bool,
+}
+
+/// [`try_join_via`], the hello saying what `hello` says.
 pub async fn try_join_with(
     transport: Transport,
     addr: SocketAddr,
     name: &str,
     certificate: Certificate,
     signer: &RsaPrivateKey,
-    acks_chat: bool,
+    hello: Hello,
 ) -> anyhow::Result<JoinOutcome> {
     let (endpoint, conn, mut send, mut recv) = open_session(transport, addr).await?;
     let hello = Body::JoinHello(JoinHello {
         certificate: Some(certificate),
-        acks_chat,
-        beacons: false,
+        acks_chat: hello.acks_chat,
+        beacons: hello.beacons,
     });
     send.send(&Envelope::new(1, hello)).await?;
     let challenge = read(&mut recv).await?;
@@ -395,8 +402,17 @@ impl TestClient {
     /// Joins `addr` (QUIC) as `name`, the hello saying it acknowledges
     /// pushed chat (`acks_chat`).
     pub async fn join_acking(addr: SocketAddr, name: &str) -> TestClient {
+        let hello = Hello {
+            acks_chat: true,
+            beacons: false,
+        };
+        Self::join_saying(addr, name, hello).await
+    }
+
+    /// Joins `addr` (QUIC) as `name`, the hello saying `hello`.
+    pub async fn join_saying(addr: SocketAddr, name: &str, hello: Hello) -> TestClient {
         let id = identity(name);
-        let outcome = try_join_with(Transport::Quic, addr, name, id.certificate, &id.key, true);
+        let outcome = try_join_with(Transport::Quic, addr, name, id.certificate, &id.key, hello);
         match outcome.await.unwrap() {
             JoinOutcome::Joined(client) => *client,
             JoinOutcome::Refused(e, _) => panic!("{name} refused: {e:?}"),
