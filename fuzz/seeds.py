@@ -65,6 +65,9 @@ write("som", "datagram", v["som.datagram"])
 write("relay", "bind", v["relay.bind_first"])
 write("relay", "bind_reply", v["relay.reply_bound"])
 write("relay", "cookie_reply", v["relay.reply_cookie"])
+# alive: a liveness beacon and its echo (SoM header, PING, "NRLY", kind, ticket, seq).
+write("alive", "beacon", v["alive.beacon"])
+write("alive", "echo", v["alive.echo"])
 # stun: RFC 5769 section 2.2 response, and a bare binding request.
 write("stun", "rfc5769_response", bytes.fromhex(
     "0101003c2112a442b7e7a701bc34d686fa87dfae8022000b7465737420766563746f7220"

@@ -12,6 +12,7 @@
 //! |---|---|---|
 //! | STUN | a Binding request: plain (20 bytes), padded (RFC 5780 PADDING), with CHANGE-REQUEST | 1.6 |
 //! | relay bind | a bind-sized `NRLY` datagram that is not a bind; a well-formed bind with an unknown token (zero cookie); the same bind echoing the cookie of the reply (a prober at its own address) | 1.0 |
+//! | liveness beacon | a beacon whose ticket was not issued to the prober's IP | 1.0 (no answer) |
 //! | QUIC Initial | a real client Initial (quinn-proto, 1200 bytes) to the supernode and to the login server, never answered | 1.0 |
 //! | gossip | a completed QUIC connection (its address validated) sending gossip listing victim addresses, without `LinkHello` or with a `LinkHello` without certificate: bytes to the victims per byte sent | 1.0 |
 //! | TLS over TCP | after `connect`: what the server sends before the client's first byte, then its answer to a real ClientHello | before the ClientHello: 1.0; after it: none (the TCP handshake proved the address) |
@@ -242,6 +243,23 @@ pub fn run(opts: &Options) -> Result<Report, AmpError> {
         .target(OTHER_TARGET),
     );
     rows.push(relay_echo(udp, w)?.target(OTHER_TARGET));
+
+    // A liveness beacon with a ticket that is not this source's (a prober
+    // without a session): no answer at all.
+    let forged = natter_proto::alive::Ticket {
+        mac: rand::random(),
+        expires: u32::MAX,
+        nonce: rand::random(),
+    };
+    let beacon = natter_proto::alive::encode_beacon(&forged, 0, 5, 0);
+    rows.push(
+        Row::new(
+            "liveness beacon (ticket not issued to the source)",
+            len(&beacon),
+            udp_probe(udp, &[beacon.to_vec()], w)?,
+        )
+        .target(OTHER_TARGET),
+    );
 
     // QUIC Initials, never answered.
     for (name, addr) in [("supernode", sn), ("login server", servers.login)] {

@@ -61,7 +61,10 @@ fn no_unauthenticated_service_amplifies_beyond_its_target() {
         if row.service.starts_with("STUN") {
             assert_eq!(row.target, Some(STUN_TARGET));
         }
-        if row.service.starts_with("QUIC") || row.service.starts_with("relay") {
+        if row.service.starts_with("QUIC")
+            || row.service.starts_with("relay")
+            || row.service.starts_with("liveness")
+        {
             assert_eq!(row.target, Some(OTHER_TARGET));
         }
         assert!(
