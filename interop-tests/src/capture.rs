@@ -372,6 +372,8 @@ impl LabelCtx {
                         || natter_proto::relay::decode_bind_reply(seg.payload).is_ok()
                     {
                         l.label = "relay-bind".into();
+                    } else if natter_proto::alive::decode(seg.payload).is_ok() {
+                        l.label = "beacon".into();
                     } else if let Some(d) = dec.open(seg.payload) {
                         self.som_label(&mut l, &d, true);
                     } else {

@@ -116,6 +116,10 @@ pub const LABELS: [(&str, &str); 21] = [
         "a relay bind or bind reply (NRLY) at a supernode's relay (UDP 444)",
     ),
     (
+        "beacon",
+        "a client's liveness beacon or its echo (NRLY, Ping) at a supernode's UDP service (UDP 444)",
+    ),
+    (
         "hole-punch",
         "SoM Probe / ProbeReply between the peers (connectivity checks, hole punching)",
     ),

@@ -125,6 +125,7 @@ fn a_direct_call_capture_is_labelled_decoded_decrypted_and_detected() {
         "join",
         "stun-probe",
         "relay-bind",
+        "beacon",
         "hole-punch",
         "voice",
         "silence",
@@ -187,6 +188,7 @@ fn a_direct_call_capture_is_labelled_decoded_decrypted_and_detected() {
             match p.label.as_str() {
                 "stun-probe" => assert_eq!(kind, "stun", "{at}"),
                 "relay-bind" => assert_eq!(kind, "relay", "{at}"),
+                "beacon" => assert_eq!(kind, "beacon", "{at}"),
                 l if is_quic_label(l) => assert!(protocols.contains(":quic"), "{at}"),
                 _ => {}
             }

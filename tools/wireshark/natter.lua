@@ -7,6 +7,8 @@
 --   * SoM datagrams (section 7): message id, the three random bits, the function
 --     (function byte & 0x8F), the sealed body and its 16-byte AES-GCM tag;
 --   * relay binds and bind replies (section 7.5): "NRLY", status, token, cookie;
+--   * liveness beacons and their echoes (section 7.5): "NRLY", kind or status, the
+--     ticket (mac, expiry, nonce) and the sequence number;
 --   * the supernode reflector's STUN (section 7.5), handed to Wireshark's STUN dissector;
 --   * TLS-over-TCP records (section 10) once Wireshark has decrypted the TLS (give it the
 --     key log: -o tls.keylog_file:FILE, see NATTER_KEYLOG), by ALPN "natter/1": envelopes
@@ -97,6 +99,13 @@ f.relay_bind = ProtoField.bool("natter.relay.bind", "Bind (not a reply)")
 f.relay_status = ProtoField.uint8("natter.relay.status", "Status", base.HEX, RELAY_STATUS)
 f.relay_token = ProtoField.bytes("natter.relay.token", "Token")
 f.relay_cookie = ProtoField.bytes("natter.relay.cookie", "Cookie")
+-- liveness beacons and echoes
+f.beacon = ProtoField.bool("natter.beacon.beacon", "Beacon (not an echo)")
+f.beacon_status = ProtoField.uint8("natter.beacon.status", "Echo status", base.DEC, { [0] = "alive", [1] = "ticket expired" })
+f.beacon_mac = ProtoField.bytes("natter.beacon.mac", "Ticket mac")
+f.beacon_expires = ProtoField.uint32("natter.beacon.expires", "Ticket expires (Unix seconds)")
+f.beacon_nonce = ProtoField.uint32("natter.beacon.nonce", "Ticket nonce", base.HEX)
+f.beacon_seq = ProtoField.uint64("natter.beacon.seq", "Sequence number")
 -- TLS-over-TCP records
 f.rec_kind = ProtoField.uint8("natter.rec.kind", "Record kind", base.HEX, RECORD_KINDS)
 f.rec_len = ProtoField.uint32("natter.rec.length", "Record length")
@@ -224,6 +233,11 @@ local function is_relay(tvb)
         and tvb(3, 4):string() == "NRLY"
 end
 
+local function is_beacon(tvb)
+    return tvb:len() == RELAY_LEN and bit.band(tvb(2, 1):uint(), 0x8F) == 0x02
+        and tvb(3, 4):string() == "NRLY"
+end
+
 local function is_som(tvb)
     return tvb:len() >= SOM_HEADER + TAG_LEN and FUNCTIONS[bit.band(tvb(2, 1):uint(), 0x8F)] ~= nil
 end
@@ -280,6 +294,28 @@ local function dissect_relay(tvb, pinfo, tree)
         return "Relay bind"
     end
     return "Relay bind reply: " .. (RELAY_STATUS[status] or string.format("status %d", status))
+end
+
+-- A liveness beacon or its echo (40 bytes). Returns its summary.
+local function dissect_beacon(tvb, pinfo, tree)
+    local sub = tree:add(natter, tvb(), "Natter liveness beacon")
+    sub:add(f.kind, "beacon"):set_generated()
+    add_header(sub, tvb)
+    sub:add(f.relay_magic, tvb(3, 4))
+    local kind = tvb(7, 1):uint()
+    sub:add(f.beacon, kind == 0x81):set_generated()
+    if kind ~= 0x81 then
+        sub:add(f.beacon_status, tvb(7, 1))
+    end
+    sub:add(f.beacon_mac, tvb(8, 16))
+    sub:add(f.beacon_expires, tvb(24, 4))
+    sub:add(f.beacon_nonce, tvb(28, 4))
+    sub:add(f.beacon_seq, tvb(32, 8))
+    local seq = tostring(tvb(32, 8):uint64())
+    if kind == 0x81 then
+        return "Liveness beacon " .. seq
+    end
+    return "Liveness echo " .. seq .. (kind == 0 and "" or string.format(" (status %d)", kind))
 end
 
 -- A sealed SoM datagram. Returns its summary.
@@ -342,6 +378,12 @@ local function dissect_udp(tvb, pinfo, tree, heuristic)
         endpoints[src] = true
         endpoints[dst] = true
         set_info(pinfo, dissect_relay(tvb, pinfo, tree))
+        return tvb:len()
+    end
+    if is_beacon(tvb) then
+        endpoints[src] = true
+        endpoints[dst] = true
+        set_info(pinfo, dissect_beacon(tvb, pinfo, tree))
         return tvb:len()
     end
     if not is_som(tvb) then
