@@ -40,22 +40,22 @@ impl Drop for LivenessTask {
 
 /// Starts checking the session of `mux` (held weakly: the check never keeps
 /// a session open): beacons with `ticket` to `reflector`, else pings.
+/// `local_ip`: the address the session's QUIC endpoint is bound to, when it
+/// is bound to one (else the kernel picks the beacons' source as it picked
+/// the session's).
 pub(crate) fn spawn(
     mux: Weak<Mux>,
     reflector: Option<SocketAddr>,
     ticket: Option<Ticket>,
+    local_ip: Option<IpAddr>,
 ) -> LivenessTask {
-    let local_ip = mux.upgrade().and_then(|m| match m.connection() {
-        natter_net::ControlConn::Quic(c) => c.local_ip(),
-        natter_net::ControlConn::Tls(_) => None,
-    });
     LivenessTask(tokio::spawn(run(mux, reflector, ticket, local_ip)))
 }
 
 /// A socket for beacons to `reflector`: any port, on the session's local
-/// IP where known (the ticket is for the IP the supernode saw the session
-/// come from, so the beacons must leave the same way), else the wildcard
-/// address of the reflector's family.
+/// IP where the endpoint is bound to one (the ticket is for the IP the
+/// supernode saw the session come from, so the beacons must leave the same
+/// way), else the wildcard address of the reflector's family.
 fn beacon_socket(reflector: SocketAddr, local_ip: Option<IpAddr>) -> Option<UdpSocket> {
     let ip = local_ip
         .filter(|ip| ip.is_ipv4() == reflector.is_ipv4())

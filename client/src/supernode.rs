@@ -267,7 +267,14 @@ impl SupernodeSession {
         let started = Instant::now();
         tokio::time::timeout(timeout, async {
             let connected = dial(endpoint, Dial::quic_addr(addr)).await?;
-            Self::join_inner(connected, addr, identity, login_key, started).await
+            // An endpoint bound to one address sends from it: so must the
+            // beacons (the ticket is for the address the supernode sees).
+            let local_ip = endpoint
+                .local_addr()
+                .ok()
+                .map(|a| a.ip())
+                .filter(|ip| !ip.is_unspecified());
+            Self::join_inner(connected, addr, identity, login_key, started, local_ip).await
         })
         .await
         .map_err(|_| SessionError::Timeout(addr))?
@@ -299,7 +306,7 @@ impl SupernodeSession {
         let started = Instant::now();
         tokio::time::timeout(
             timeout,
-            Self::join_inner(connected, addr, identity, login_key, started),
+            Self::join_inner(connected, addr, identity, login_key, started, None),
         )
         .await
         .map_err(|_| SessionError::Timeout(addr))?
@@ -311,6 +318,7 @@ impl SupernodeSession {
         identity: &Identity,
         login_key: &RsaPublicKey,
         started: Instant,
+        local_ip: Option<std::net::IpAddr>,
     ) -> Result<Self, SessionError> {
         let connect = |source| SessionError::Connect { addr, source };
         let quic = connected.transport() == Transport::Quic;
@@ -380,7 +388,7 @@ impl SupernodeSession {
             .and_then(|a| SocketAddr::try_from(a).ok());
         let ticket = alive::Ticket::from_bytes(&accepted.alive_ticket);
         let liveness = liveness::needed(&mux)
-            .then(|| liveness::spawn(Arc::downgrade(&mux), reflector, ticket));
+            .then(|| liveness::spawn(Arc::downgrade(&mux), reflector, ticket, local_ip));
         Ok(Self {
             addr,
             mux,
