@@ -77,7 +77,7 @@ pub struct PacketLabel {
 }
 
 /// Every label and what it means.
-pub const LABELS: [(&str, &str); 21] = [
+pub const LABELS: [(&str, &str); 22] = [
     (
         "login",
         "QUIC to the login server (register, login, certificate)",
@@ -130,6 +130,10 @@ pub const LABELS: [(&str, &str); 21] = [
     (
         "silence",
         "SoM Data: a voice frame of silent audio (sent all the same: no DTX)",
+    ),
+    (
+        "hold",
+        "SoM Data: a voice frame its sender sent with the call on hold (silence, still 50 packets/s; the hold itself is a signal in the supernode session)",
     ),
     ("keepalive", "SoM Ping (sent when no media flows on a path)"),
     (

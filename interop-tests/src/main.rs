@@ -21,7 +21,7 @@ struct Cli {
 enum Cmd {
     /// Build a router of every NAT type, classify each, print the verdict table.
     Selfcheck {
-        /// NAT types to check (default: all).
+        /// NAT types to check (default: all, the matrix's six and symmetric-seq).
         #[arg(long, value_delimiter = ',')]
         types: Vec<NatType>,
         /// Lifetime of the routers' NAT state, seconds.
@@ -227,7 +227,7 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Selfcheck { types, map_timeout } => {
             let types = if types.is_empty() {
-                NatType::ALL.to_vec()
+                NatType::ALL.into_iter().chain(NatType::EXTRA).collect()
             } else {
                 types
             };
