@@ -96,8 +96,9 @@ impl FromStr for NatType {
 
 /// The first public UDP port of a [`NatType::SymmetricSeq`] router.
 pub const SEQ_BASE: u16 = 20_000;
-/// How many ports its counter runs through before it starts again.
-pub const SEQ_PORTS: u16 = 20_000;
+/// How many ports its counter runs through before it starts again (a
+/// mapping's port comes back after this many new UDP flows).
+pub const SEQ_PORTS: u16 = 1_024;
 
 /// The nft script (for `nft -f -`) of a router of type `nat` whose wan address
 /// is `wan_ip` and whose LAN is `lan_cidr`; dynamic NAT state (maps, sets)
@@ -119,11 +120,19 @@ pub fn ruleset(nat: NatType, wan_ip: &str, lan_cidr: &str, map_timeout_s: u32) -
             // SNATs every new UDP flow (the nat chain sees only a flow's first
             // packet) to the next port of a counter: APDM with predictable
             // ports (20000, 20001, ... then round again); TCP is masqueraded.
+            // The counter goes through a map: `numgen ... offset` straight
+            // into the port lands in host byte order (20001 became 8526).
             let masq = match nat {
                 NatType::Symmetric => "masquerade fully-random".to_owned(),
-                NatType::SymmetricSeq => format!(
-                    "meta l4proto udp snat to {wan_ip} : numgen inc mod {SEQ_PORTS} offset {SEQ_BASE}\n\t\toifname \"wan0\" masquerade"
-                ),
+                NatType::SymmetricSeq => {
+                    let ports = (0..SEQ_PORTS)
+                        .map(|i| format!("{i} : {}", SEQ_BASE + i))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    format!(
+                        "meta l4proto udp snat to {wan_ip} : numgen inc mod {SEQ_PORTS} map {{ {ports} }}\n\t\toifname \"wan0\" masquerade"
+                    )
+                }
                 _ => "masquerade".to_owned(),
             };
             let fwd = if nat == NatType::UdpBlocked {
