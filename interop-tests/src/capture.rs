@@ -256,6 +256,10 @@ const RELAY_LEG_AFTER_S: f64 = 0.020;
 
 /// The UDP service port of the lab's supernodes (reflector and relay).
 const SN_UDP_PORT: u16 = 444;
+/// The reflector's alternate port (RFC 5780 OTHER-ADDRESS): a call socket
+/// behind a NAT asks it for a second mapping (does the NAT map per
+/// destination, predictably?).
+const SN_UDP_ALT_PORT: u16 = 445;
 
 /// A flow seen from one interface: (transport, client-side end, server end).
 type FlowKey = (Transport, SocketAddr, SocketAddr);
@@ -390,7 +394,9 @@ impl LabelCtx {
                 out.push(l);
                 return;
             }
-            let udp_service = server.filter(|s| is_supernode_ip(s.ip()) && s.port() == SN_UDP_PORT);
+            let udp_service = server.filter(|s| {
+                is_supernode_ip(s.ip()) && matches!(s.port(), SN_UDP_PORT | SN_UDP_ALT_PORT)
+            });
             match (seg.transport, server) {
                 (Transport::Udp, Some(_)) if udp_service.is_some() => {
                     l.natter = true;

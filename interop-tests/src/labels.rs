@@ -109,7 +109,7 @@ pub const LABELS: [(&str, &str); 22] = [
     ),
     (
         "stun-probe",
-        "STUN to or from a supernode's reflector (UDP 444)",
+        "STUN to or from a supernode's reflector (UDP 444, or its alternate port 445: a NATed call socket's second mapping)",
     ),
     (
         "relay-bind",
