@@ -88,7 +88,7 @@ enum Cmd {
     /// active prober's answers. Needs root.
     Capture {
         /// The scenario (direct-call, overlay, hole-punched, relayed,
-        /// tcp-fallback, silence, supernode-lost).
+        /// tcp-fallback, silence, supernode-lost, port-prediction, hold).
         #[arg(long, required_unless_present = "all", conflicts_with = "all")]
         scenario: Option<capture::Scenario>,
         /// Every scenario, each into OUT/NAME/, with OUT/index.json.
