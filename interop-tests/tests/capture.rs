@@ -33,12 +33,8 @@ impl Drop for OutDir {
     }
 }
 
-/// `tshark -T fields` over a capture with the dissector: one row per packet.
-fn tshark_fields(pcap: &Path, names: &[&str]) -> BTreeMap<u64, Vec<String>> {
-    tshark_fields_with(pcap, names, &[])
-}
-
-/// [`tshark_fields`] with more tshark options.
+/// `tshark -T fields` over a capture with the dissector and `extra`
+/// options: one row per packet.
 fn tshark_fields_with(pcap: &Path, names: &[&str], extra: &[&str]) -> BTreeMap<u64, Vec<String>> {
     let lua = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/wireshark/natter.lua");
     let mut c = Command::new("tshark");

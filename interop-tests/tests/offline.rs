@@ -338,7 +338,9 @@ fn the_sequential_symmetric_nat_is_an_extra_type_with_a_counter_snat() {
     assert!(!NatType::SymmetricSeq.endpoint_independent_mapping());
     let r = nat::ruleset(NatType::SymmetricSeq, "203.0.113.2", "10.2.0.0/24", 42).unwrap();
     assert!(
-        r.contains("meta l4proto udp snat to 203.0.113.2 : numgen inc mod 1024 map { 0 : 20000, 1 : 20001,"),
+        r.contains(
+            "meta l4proto udp snat to 203.0.113.2 : numgen inc mod 1024 map { 0 : 20000, 1 : 20001,"
+        ),
         "{r}"
     );
     assert!(r.contains("1023 : 21023 }"), "{r}");

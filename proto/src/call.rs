@@ -483,11 +483,9 @@ impl CallSetup {
             // Only a MACed hold of a connected call (a MACed signal never
             // gets here before the agreement: it waits in `early`). A
             // repeated state changes nothing.
-            Kind::Hold(h) if self.phase == Phase::Connected => {
-                if h.on != self.peer_held {
-                    self.peer_held = h.on;
-                    self.event(CallEvent::PeerHold(h.on));
-                }
+            Kind::Hold(h) if self.phase == Phase::Connected && h.on != self.peer_held => {
+                self.peer_held = h.on;
+                self.event(CallEvent::PeerHold(h.on));
             }
             _ => {}
         }
