@@ -38,6 +38,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc};
 
 use crate::gather::{self, OwnRelay};
+use crate::hold::{HoldLog, ScheduledHold};
 use crate::now_unix_secs;
 use crate::supernode::{SessionError, SupernodeSession};
 use crate::tcp_relay::TcpLegs;
@@ -71,6 +72,8 @@ pub struct CallOptions {
     /// Mute, hold and hang up from another task, and the live figures
     /// ([`CallControl`]); none for a call that runs on its own.
     pub control: Option<Arc<CallControl>>,
+    /// A hold at a set time of the call (`natter call --hold-at`).
+    pub hold: Option<ScheduledHold>,
 }
 
 impl CallOptions {
@@ -98,11 +101,11 @@ impl CallOptions {
 /// terminal UI's keys, the lines the CLI's `call` and `answer` read on
 /// standard input), and its live figures, refreshed every second.
 ///
-/// Mute sends silence instead of the input; hold sends silence and plays
-/// silence. Either way a frame still goes out every 20 ms (50 packets/s
-/// each way, as the call started), so the path, the NAT mappings and the
-/// peer's media timeout stay as they were; nothing is signalled to the
-/// peer (no wire change: to the peer, a held call is a silent one).
+/// Mute sends silence instead of the input; hold sends silence, plays
+/// silence and tells the peer (a MACed `hold` signal, [`crate::hold`]).
+/// Either way a frame still goes out every 20 ms (50 packets/s each way,
+/// as the call started), so the path, the NAT mappings and the peer's
+/// media timeout stay as they were.
 #[derive(Debug, Default)]
 pub struct CallControl {
     muted: AtomicBool,
@@ -202,6 +205,8 @@ pub struct LiveStats {
     /// Estimated MOS (G.107 E-model) and mouth-to-ear delay.
     pub mos: f64,
     pub delay_ms: f64,
+    /// The peer has the call on hold (its `hold` signal).
+    pub held_by_peer: bool,
 }
 
 /// Where a call reads its pushes (signals, relay grants) from.
@@ -324,6 +329,7 @@ fn handle_signal(setup: &mut CallSetup, signal: &CallSignal, live_status: bool) 
             Some(call_signal::Kind::Busy(_)) => "busy",
             Some(call_signal::Kind::Hangup(_)) => "hangup",
             Some(call_signal::Kind::Candidates(_)) => "candidates",
+            Some(call_signal::Kind::Hold(_)) => "hold",
             None => "empty",
         };
         eprintln!(
@@ -398,6 +404,7 @@ pub async fn place_call_via(
     let started = Instant::now();
     let (socket, candidates) = media_socket(session).await?;
     let behind_nat = gather::behind_nat(&candidates);
+    let predicted = gather::predicted(&candidates);
     let mut rng = rand::thread_rng();
     let mut invite_id = [0u8; 16];
     rng.fill_bytes(&mut invite_id);
@@ -443,6 +450,7 @@ pub async fn place_call_via(
                         remote_candidates,
                         own_relays,
                         behind_nat,
+                        predicted,
                     };
                     return run_media(
                         session, signals, &mut setup, transport, *keys, options, setup_ms,
@@ -451,7 +459,7 @@ pub async fn place_call_via(
                 }
                 CallEvent::Ended(reason) => return Err(end_error(reason, callee)),
                 CallEvent::Candidates(mut more) => trickled.append(&mut more),
-                CallEvent::Incoming { .. } => {}
+                CallEvent::Incoming { .. } | CallEvent::PeerHold(_) => {}
             }
         }
         let deadline = setup
@@ -653,6 +661,7 @@ impl Incoming<'_> {
         }
         let (socket, candidates) = media_socket(session).await?;
         let behind_nat = gather::behind_nat(&candidates);
+        let predicted = gather::predicted(&candidates);
         // The supernode routed this side's ringing: it grants a relay now,
         // before the accept, so that the caller holds its side (pushed)
         // when the call starts.
@@ -680,6 +689,7 @@ impl Incoming<'_> {
                         remote_candidates,
                         own_relays,
                         behind_nat,
+                        predicted,
                     };
                     let report = run_media(
                         session, signals, &mut setup, transport, *keys, options, setup_ms,
@@ -694,7 +704,10 @@ impl Incoming<'_> {
                     }
                     return Ok(Answered::Missed(why));
                 }
-                CallEvent::Incoming { .. } | CallEvent::Ringing | CallEvent::Candidates(_) => {}
+                CallEvent::Incoming { .. }
+                | CallEvent::Ringing
+                | CallEvent::Candidates(_)
+                | CallEvent::PeerHold(_) => {}
             }
         }
         Ok(Answered::Missed("the setup did not connect".to_owned()))
@@ -726,6 +739,8 @@ struct MediaTransport {
     own_relays: Vec<OwnRelay>,
     /// This side's own NAT, if gathering found one.
     behind_nat: bool,
+    /// This side's predicted candidates (for the report).
+    predicted: Vec<SocketAddr>,
 }
 
 /// Runs the media of a connected call until either side hangs up.
@@ -744,6 +759,7 @@ async fn run_media(
         remote_candidates,
         own_relays,
         behind_nat,
+        predicted,
     } = transport;
     let mut rng = rand::thread_rng();
     let start_index = (rng.next_u32() as u16) & natter_proto::media::MAX_START;
@@ -804,6 +820,8 @@ async fn run_media(
     let mut last_status: Option<Instant> = None;
     let mut series = SampleSeries::default();
     let mut session_alive = true;
+    let mut holds = HoldLog::default();
+    let mut hold_signal: Option<std::pin::Pin<Box<dyn Future<Output = ()> + '_>>> = None;
     let sealing = |e: natter_proto::media::SealError| CallError::Failed(e.to_string());
     let audio = |e: natter_media::session::MediaError| CallError::Audio(e.to_string());
 
@@ -814,14 +832,32 @@ async fn run_media(
                 // Send one frame of the input (silence when muted or on
                 // hold: the packet still goes), play one frame.
                 audio_ends.next_frame(&mut pcm);
-                let held = control.is_some_and(CallControl::held);
+                let held = control.is_some_and(CallControl::held)
+                    || options.hold.is_some_and(|h| h.covers(start.elapsed()));
                 if held || control.is_some_and(CallControl::muted) {
                     pcm.fill(0);
                 }
+                let hold_changed = holds.set_own(held, call.stats().sent_media_packets);
                 call.handle_timeout(now_ms).map_err(sealing)?;
                 let payload = io.media.encode(&pcm).map_err(audio)?;
                 call.send_voice(payload, now_ms).map_err(sealing)?;
                 io.drain(&mut call, now_ms).await;
+                if hold_changed {
+                    // Sent beside the media loop, so that waiting for the
+                    // supernode's ack never delays a frame.
+                    setup.hold(held);
+                    let signals: Vec<CallSignal> = std::iter::from_fn(|| setup.poll_signal()).collect();
+                    // after any still on its way: the peer sees every change, in order
+                    let before = hold_signal.take();
+                    hold_signal = Some(Box::pin(async move {
+                        if let Some(before) = before {
+                            before.await;
+                        }
+                        for signal in signals {
+                            let _ = send_signal(session, signal).await;
+                        }
+                    }));
+                }
                 if io.media.poll_audio(now_ms, &mut frame).map_err(audio)? {
                     first_audio_ms.get_or_insert(setup_ms + now_ms);
                     if held {
@@ -862,11 +898,12 @@ async fn run_media(
                             received: s.received_media_packets,
                             mos: q.mos,
                             delay_ms: q.delay_ms,
+                            held_by_peer: holds.held_by_peer(),
                         });
                     }
                     if show_status {
                     eprint!(
-                        "\r{peer}: {:>5.1} s  sent {}  recv {}  lost {}  jitter {:.1} ms  rtt {}  delay {:.0} ms  MOS {:.2}   ",
+                        "\r{peer}: {:>5.1} s  sent {}  recv {}  lost {}  jitter {:.1} ms  rtt {}  delay {:.0} ms  MOS {:.2}{}   ",
                         start.elapsed().as_secs_f64(),
                         s.sent_media_packets,
                         s.received_media_packets,
@@ -875,6 +912,7 @@ async fn run_media(
                         s.last_rtt_ms.map_or("-".into(), |v| format!("{v} ms")),
                         q.delay_ms,
                         q.mos,
+                        if holds.held_by_peer() { "  on hold by peer" } else { "" },
                     );
                     }
                 }
@@ -896,6 +934,9 @@ async fn run_media(
                 call.handle_datagram(Target::TcpLeg(from), &bytes, now_ms).map_err(sealing)?;
                 io.drain(&mut call, now_ms).await;
             }
+            () = async { if let Some(f) = hold_signal.as_mut() { f.await } }, if hold_signal.is_some() => {
+                hold_signal = None;
+            }
             _ = tokio::signal::ctrl_c() => {
                 setup.hangup();
                 let _ = flush(setup, session).await;
@@ -911,8 +952,16 @@ async fn run_media(
                     if signal.invite_id == setup.invite_id() {
                         handle_signal(setup, &signal, options.live_status);
                         while let Some(event) = setup.poll_event() {
-                            if let CallEvent::Candidates(more) = event {
-                                call.add_candidates(&more, start.elapsed().as_millis() as u64);
+                            let now_ms = start.elapsed().as_millis() as u64;
+                            match event {
+                                CallEvent::Candidates(more) => call.add_candidates(&more, now_ms),
+                                CallEvent::PeerHold(on) => {
+                                    holds.peer(on, now_ms);
+                                    if options.live_status {
+                                        eprintln!("\n{peer} {}", if on { "put the call on hold" } else { "resumed the call" });
+                                    }
+                                }
+                                _ => {}
                             }
                         }
                         if setup.phase() == Phase::Ended {
@@ -944,6 +993,10 @@ async fn run_media(
     }
     audio_ends.finish()?;
     let tcp_stats = io.legs.stats();
+    let (held_frames, peer_holds, peer_held_ms) = holds.finish(
+        call.stats().sent_media_packets,
+        start.elapsed().as_millis() as u64,
+    );
     let done = CallDone {
         peer,
         duration_s: start.elapsed().as_secs_f64(),
@@ -957,6 +1010,10 @@ async fn run_media(
         tcp_dropped: tcp_stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
         ignored_signals: setup.ignored().total(),
         samples: series.into_samples(),
+        predicted,
+        held_frames,
+        peer_holds,
+        peer_held_ms,
     };
     Ok(done.report(&call, io.media))
 }
@@ -1100,6 +1157,10 @@ struct CallDone {
     tcp_dropped: u64,
     ignored_signals: u64,
     samples: Vec<Sample>,
+    predicted: Vec<SocketAddr>,
+    held_frames: Vec<[u64; 2]>,
+    peer_holds: u64,
+    peer_held_ms: u64,
 }
 
 impl CallDone {
@@ -1155,6 +1216,10 @@ impl CallDone {
             tcp_dropped: self.tcp_dropped,
             ignored_signals: self.ignored_signals,
             samples: self.samples,
+            predicted_candidates: self.predicted,
+            held_frames: self.held_frames,
+            peer_holds: self.peer_holds,
+            peer_held_ms: self.peer_held_ms,
         }
     }
 }

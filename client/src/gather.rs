@@ -4,6 +4,12 @@
 //! * **host**: the media socket's own address;
 //! * **server-reflexive**: that socket's public address, asked of the
 //!   supernode's STUN reflector from the same socket;
+//! * **predicted**: when the NAT maps that socket per destination but
+//!   with ports one small step apart (a second binding, to the reflector's
+//!   other port, shows it), the next [`MAX_PREDICTED`] ports of that step
+//!   ([`predict`]): the ports the NAT will likely give the first packets to
+//!   the peer, so a peer behind a port-restricted NAT can open its NAT to
+//!   them (port prediction, as Skype did against sequential symmetric NATs);
 //! * **relay**: an allocation on the supernode's relay for this call (the
 //!   caller's once its invite is routed, the callee's once its ringing is). This side gets only its own side's token (and, from
 //!   the peer's supernode, a pushed `RelayAllocated` for its side of the
@@ -66,6 +72,16 @@ pub fn predict(first: SocketAddr, second: SocketAddr) -> Vec<SocketAddr> {
     (1..=i32::from(MAX_PREDICTED))
         .filter_map(|k| u16::try_from(i32::from(second.port()) + k * step).ok())
         .map(|port| SocketAddr::new(second.ip(), port))
+        .collect()
+}
+
+/// The addresses of the predicted candidates among `local` (for the call
+/// report: where the peer may find this side).
+pub fn predicted(local: &[Candidate]) -> Vec<SocketAddr> {
+    local
+        .iter()
+        .filter(|c| c.kind == CandidateKind::Predicted as i32)
+        .filter_map(|c| SocketAddr::try_from(c.addr.as_ref()?).ok())
         .collect()
 }
 
@@ -199,5 +215,27 @@ mod tests {
             predict(a(65_530), a(65_534)).len() < usize::from(MAX_PREDICTED),
             "no wrap past 65535"
         );
+        // another public address (a NAT with an address pool): no guess
+        let other_ip = SocketAddr::from(([203, 0, 113, 8], 40_001));
+        assert!(predict(a(40_000), other_ip).is_empty());
+        // a step of 4 is still sequential, 5 no longer
+        assert_eq!(predict(a(40_000), a(40_004)).len(), 8);
+        assert!(predict(a(40_000), a(40_005)).is_empty());
+    }
+
+    #[test]
+    fn predicted_candidates_are_the_ones_sent_with_the_predicted_kind() {
+        let mut local = vec![
+            candidate(CandidateKind::Host, a(1), 100, &[]),
+            candidate(CandidateKind::ServerReflexive, a(20_000), 90, &[]),
+        ];
+        for addr in predict(a(20_000), a(20_001)) {
+            local.push(candidate(CandidateKind::Predicted, addr, 50, &[]));
+        }
+        assert_eq!(
+            predicted(&local),
+            (20_002..=20_009).map(a).collect::<Vec<_>>()
+        );
+        assert!(predicted(&local[..2]).is_empty());
     }
 }

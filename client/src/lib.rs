@@ -22,9 +22,10 @@
 //! | [`search`] | looking a user up in the directory; presence names |
 //! | [`chat`] | sending a chat message and waiting for its receipt |
 //! | [`online`] | staying online: presence, pushes, rejoining after a lost supernode |
-//! | [`gather`] | the candidates of a call (host, server-reflexive, relay) and its relay allocation |
+//! | [`gather`] | the candidates of a call (host, server-reflexive, predicted, relay) and its relay allocation |
 //! | [`netcheck`] | classifying this host's NAT with STUN reflectors |
 //! | [`call`] | placing and answering calls: signaling plus the SoM/UDP media loop |
+//! | [`hold`] | hold on the wire: this side's holds (frame spans) and the peer's (signalled) |
 //! | [`keylog`] | `NATTER_KEYLOG`: TLS secrets and call keys for studying one's own traffic (off by default) |
 //! | [`text`] | peer-written text made safe for a terminal (control and bidi characters escaped); times as people read them ("2 min ago") |
 //! | [`ui`] | the terminal UI: a pure state/reducer, its ratatui view, and the I/O loop |
@@ -38,6 +39,7 @@ pub mod call;
 pub mod chat;
 pub mod error;
 pub mod gather;
+pub mod hold;
 pub mod home;
 pub mod hostcache;
 pub mod inbox;

@@ -13,6 +13,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use natter_client::buddy_list;
 use natter_client::call::{self, CallControl, CallOptions, CallReport};
 use natter_client::chat::{self, Delivery};
+use natter_client::hold::ScheduledHold;
 use natter_client::home::LoginStatus;
 use natter_client::online::{self, OnlineEvent};
 use natter_client::search::{self, presence_name};
@@ -96,6 +97,14 @@ enum Command {
         /// Hang up after this many seconds (default: the length of --audio-in, or 10).
         #[arg(long)]
         duration: Option<f64>,
+        /// Put the call on hold this many seconds after the media started
+        /// (as `h` on standard input does: the peer is told; silence still
+        /// goes out at 50 packets/s).
+        #[arg(long, value_name = "SECS")]
+        hold_at: Option<f64>,
+        /// How long that hold lasts, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 2.0, requires = "hold_at")]
+        hold_for: f64,
     },
     /// Answer incoming calls automatically. During a call (also `call`),
     /// a line on standard input controls it: `m` mutes / unmutes, `h`
@@ -589,9 +598,15 @@ async fn overlay_command(cli: &Cli) -> Result<()> {
             name,
             audio,
             duration,
+            hold_at,
+            hold_for,
         } => {
             let mut options = call_options(audio, duration.map(Duration::from_secs_f64));
             options.control = Some(stdin_control());
+            options.hold = hold_at.map(|at| ScheduledHold {
+                at: Duration::from_secs_f64(at.max(0.0)),
+                length: Duration::from_secs_f64(hold_for.max(0.0)),
+            });
             let report = call::place_call(&sn, &session.identity, &me, &key, name, &options).await;
             sn.leave().await;
             finish_report(&report?, audio)?;
@@ -655,6 +670,7 @@ fn call_options(audio: &AudioArgs, duration: Option<Duration>) -> CallOptions {
         duration,
         live_status: true,
         control: None,
+        hold: None,
     }
 }
 

@@ -203,6 +203,7 @@ fn an_active_call_shows_path_rtt_jitter_loss_mos_and_the_audio() {
                 received: 3611,
                 mos: 4.12,
                 delay_ms: 61.0,
+                held_by_peer: false,
             },
             muted: true,
             held: false,
@@ -220,6 +221,21 @@ fn an_active_call_shows_path_rtt_jitter_loss_mos_and_the_audio() {
     );
     assert_shows(&lines, "in: WAV /tmp/speech.wav   out: sound card default");
     assert_shows(&lines, "[m] mute  [h] hold  [x] hang up");
+    assert!(!lines.join("\n").contains("BY PEER"));
+    // the peer puts the call on hold (its hold signal): the next figures say so
+    net(
+        &mut state,
+        Net::Live {
+            stats: LiveStats {
+                elapsed_s: 73.4,
+                held_by_peer: true,
+                ..LiveStats::default()
+            },
+            muted: false,
+            held: false,
+        },
+    );
+    assert_shows(&screen(&state), "In call with bob  1:13  ON HOLD BY PEER");
     net(
         &mut state,
         Net::CallEnded {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::call::{call, call_with, field, speech, text_field};
+use common::call::{call, call_with, call_with_args, field, speech, text_field};
 use common::{Cluster, Netns};
 use natter_media::score;
 use natter_media::wav::read_mono_48k;
@@ -83,6 +83,66 @@ fn silence_still_flows_at_fifty_packets_per_second_each_way() {
         assert!((45.0..=55.0).contains(&rate), "{rate} packets/s in {json}");
         let rate = field(json, "media_packets_received") / secs;
         assert!((40.0..=55.0).contains(&rate), "received {rate}/s in {json}");
+    }
+}
+
+/// Hold on the wire: alice holds 1.5 s into the call for 2 s. bob is told
+/// (MACed `hold` signal: his report counts the hold and how long it
+/// lasted), the call resumes, and the media never changed pace: alice sent
+/// her frames on hold at 50 a second and bob received 50 a second in every
+/// second of the call, hold included.
+#[test]
+fn hold_reaches_the_peer_and_the_packets_keep_flowing_at_fifty_per_second() {
+    let cluster = cluster(None);
+    let c = call_with_args(
+        &cluster,
+        None,
+        6,
+        None,
+        &["--hold-at", "1.5", "--hold-for", "2"],
+        |_| {},
+    );
+    let alice = natter_proto::report::CallReport::from_json(&c.caller_json).unwrap();
+    let bob = natter_proto::report::CallReport::from_json(&c.callee_json).unwrap();
+    // alice: one hold of 2 s = 100 frames, sent all the same
+    assert_eq!(alice.held_frames.len(), 1, "{}", c.caller_json);
+    let [from, to] = alice.held_frames[0];
+    assert!(
+        (95..=105).contains(&(to - from)),
+        "{} frames on hold in 2 s: {}",
+        to - from,
+        c.caller_json
+    );
+    assert!(
+        from >= 60 && to < alice.media_packets_sent,
+        "{}",
+        c.caller_json
+    );
+    assert_eq!(alice.peer_holds, 0);
+    // bob: told of one hold (and the resume), about 2 s long
+    assert_eq!(bob.peer_holds, 1, "{}", c.callee_json);
+    assert!(
+        (1_700..=2_400).contains(&bob.peer_held_ms),
+        "held {} ms: {}",
+        bob.peer_held_ms,
+        c.callee_json
+    );
+    assert_eq!(bob.ignored_signals, 0);
+    let text = String::from_utf8_lossy(&c.callee.stdout);
+    assert!(text.contains("on hold by peer 1 times"), "{text}");
+    // 50 packets a second reached bob in every full second of the call,
+    // the held ones too
+    let received: Vec<u64> = bob.samples.iter().map(|s| s.received).collect();
+    assert!(received.len() >= 4, "{}", c.callee_json);
+    for w in bob.samples.windows(2).skip(1) {
+        let per_s =
+            (w[1].received - w[0].received) as f64 * 1000.0 / (w[1].at_ms - w[0].at_ms) as f64;
+        assert!(
+            (40.0..=60.0).contains(&per_s),
+            "{per_s} packets/s between {} and {} ms: {received:?}",
+            w[0].at_ms,
+            w[1].at_ms
+        );
     }
 }
 

@@ -221,7 +221,7 @@ pub fn evaluate(dir: &Path) -> Result<ScenarioEval> {
                     *label_counts.entry(l.label.as_str()).or_default() += 1;
                     natter += usize::from(l.natter);
                     bg += usize::from(l.label.starts_with("background-"));
-                    media |= l.label == "voice" || l.label == "silence";
+                    media |= matches!(l.label.as_str(), "voice" | "silence" | "hold");
                 }
             }
             let label = label_counts

@@ -109,7 +109,7 @@ pub const LABELS: [(&str, &str); 22] = [
     ),
     (
         "stun-probe",
-        "STUN to or from a supernode's reflector (UDP 444)",
+        "STUN to or from a supernode's reflector (UDP 444, or its alternate port 445: a NATed call socket's second mapping)",
     ),
     (
         "relay-bind",
@@ -134,6 +134,10 @@ pub const LABELS: [(&str, &str); 22] = [
     (
         "silence",
         "SoM Data: a voice frame of silent audio (sent all the same: no DTX)",
+    ),
+    (
+        "hold",
+        "SoM Data: a voice frame its sender sent with the call on hold (silence, still 50 packets/s; the hold itself is a signal in the supernode session)",
     ),
     ("keepalive", "SoM Ping (sent when no media flows on a path)"),
     (

@@ -50,9 +50,16 @@
 //! * **relayed** (UDP via a supernode) for port-restricted x symmetric and
 //!   symmetric x symmetric: a port-restricted filter only opens for the
 //!   exact ip:port it sent to, and a symmetric NAT uses a new, unpredictable
-//!   port (fully-random) for the new destination. Port prediction could
-//!   beat that in theory; the lab's symmetric NAT is fully random, so we
-//!   expect the relay.
+//!   port (fully-random) for the new destination. Port prediction beats
+//!   that only against a NAT whose ports are predictable: the lab's
+//!   `symmetric` NAT is fully random, so we expect the relay.
+//! * **port prediction** (outside the 6x6 matrix: `--cells
+//!   port-restricted:symmetric-seq`): the `symmetric-seq` NAT gives each new
+//!   UDP mapping the next port; its client sees two STUN mappings one step
+//!   apart and sends the next ports as predicted candidates, the
+//!   port-restricted side probes them, and the call is hole-punched. Against
+//!   `symmetric` or another `symmetric-seq` it stays relayed: each side's
+//!   mapping for the other depends on a port the other has not picked yet.
 //! * **tcp-relay** whenever either side is udp-blocked: no UDP leaves it at
 //!   all, so only a TCP (port 443/80) connection to a supernode carries
 //!   media. The other side reaches the relay over UDP and reports `relayed`

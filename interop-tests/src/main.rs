@@ -21,7 +21,7 @@ struct Cli {
 enum Cmd {
     /// Build a router of every NAT type, classify each, print the verdict table.
     Selfcheck {
-        /// NAT types to check (default: all).
+        /// NAT types to check (default: all, the matrix's six and symmetric-seq).
         #[arg(long, value_delimiter = ',')]
         types: Vec<NatType>,
         /// Lifetime of the routers' NAT state, seconds.
@@ -88,7 +88,7 @@ enum Cmd {
     /// active prober's answers. Needs root.
     Capture {
         /// The scenario (direct-call, overlay, hole-punched, relayed,
-        /// tcp-fallback, silence, supernode-lost).
+        /// tcp-fallback, silence, supernode-lost, port-prediction, hold).
         #[arg(long, required_unless_present = "all", conflicts_with = "all")]
         scenario: Option<capture::Scenario>,
         /// Every scenario, each into OUT/NAME/, with OUT/index.json.
@@ -227,7 +227,7 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Selfcheck { types, map_timeout } => {
             let types = if types.is_empty() {
-                NatType::ALL.to_vec()
+                NatType::ALL.into_iter().chain(NatType::EXTRA).collect()
             } else {
                 types
             };

@@ -22,6 +22,12 @@ pub enum NatType {
     Symmetric,
     /// No UDP at all; only TCP to ports 80 and 443 may leave (behind a port-restricted NAT).
     UdpBlocked,
+    /// Address-and-port-dependent mapping and filtering like
+    /// [`NatType::Symmetric`], but each new UDP mapping takes the next public
+    /// port (a global counter: previous mapping + 1), as many real symmetric
+    /// NATs did: the ports it will pick next can be predicted. Not in the
+    /// default matrix ([`NatType::ALL`]); see [`NatType::EXTRA`].
+    SymmetricSeq,
 }
 
 impl NatType {
@@ -35,6 +41,10 @@ impl NatType {
         NatType::UdpBlocked,
     ];
 
+    /// Types the lab also builds but the default 6x6 matrix leaves out
+    /// (selectable with `--cells`, e.g. `port-restricted:symmetric-seq`).
+    pub const EXTRA: [NatType; 1] = [NatType::SymmetricSeq];
+
     /// The name used on the command line and in results.
     pub fn name(self) -> &'static str {
         match self {
@@ -44,12 +54,16 @@ impl NatType {
             NatType::PortRestricted => "port-restricted",
             NatType::Symmetric => "symmetric",
             NatType::UdpBlocked => "udp-blocked",
+            NatType::SymmetricSeq => "symmetric-seq",
         }
     }
 
     /// True if the type maps endpoint-independently (open counts: no mapping at all).
     pub fn endpoint_independent_mapping(self) -> bool {
-        !matches!(self, NatType::Symmetric | NatType::UdpBlocked)
+        !matches!(
+            self,
+            NatType::Symmetric | NatType::SymmetricSeq | NatType::UdpBlocked
+        )
     }
 }
 
@@ -69,15 +83,22 @@ impl FromStr for NatType {
             "port-restricted" | "port" => NatType::PortRestricted,
             "symmetric" | "sym" => NatType::Symmetric,
             "udp-blocked" | "fw" => NatType::UdpBlocked,
+            "symmetric-seq" | "sym-seq" => NatType::SymmetricSeq,
             _ => {
                 return Err(format!(
-                    "unknown NAT type `{s}` (open, full-cone, address-restricted, port-restricted, symmetric, udp-blocked)"
+                    "unknown NAT type `{s}` (open, full-cone, address-restricted, port-restricted, symmetric, udp-blocked, symmetric-seq)"
                 ));
             }
         };
         Ok(t)
     }
 }
+
+/// The first public UDP port of a [`NatType::SymmetricSeq`] router.
+pub const SEQ_BASE: u16 = 20_000;
+/// How many ports its counter runs through before it starts again (a
+/// mapping's port comes back after this many new UDP flows).
+pub const SEQ_PORTS: u16 = 1_024;
 
 /// The nft script (for `nft -f -`) of a router of type `nat` whose wan address
 /// is `wan_ip` and whose LAN is `lan_cidr`; dynamic NAT state (maps, sets)
@@ -90,13 +111,29 @@ pub fn ruleset(nat: NatType, wan_ip: &str, lan_cidr: &str, map_timeout_s: u32) -
     let script = match nat {
         NatType::Open => return None,
         NatType::FullCone | NatType::AddressRestricted => cone_ruleset(nat, wan_ip, lan_cidr, &to),
-        NatType::PortRestricted | NatType::Symmetric | NatType::UdpBlocked => {
+        NatType::PortRestricted
+        | NatType::Symmetric
+        | NatType::SymmetricSeq
+        | NatType::UdpBlocked => {
             // Plain masquerade is endpoint-independent (caveat 2); fully-random
-            // gives a new port per flow = APDM.
-            let masq = if nat == NatType::Symmetric {
-                "masquerade fully-random"
-            } else {
-                "masquerade"
+            // gives a new port per flow = APDM. The sequential symmetric NAT
+            // SNATs every new UDP flow (the nat chain sees only a flow's first
+            // packet) to the next port of a counter: APDM with predictable
+            // ports (20000, 20001, ... then round again); TCP is masqueraded.
+            // The counter goes through a map: `numgen ... offset` straight
+            // into the port lands in host byte order (20001 became 8526).
+            let masq = match nat {
+                NatType::Symmetric => "masquerade fully-random".to_owned(),
+                NatType::SymmetricSeq => {
+                    let ports = (0..SEQ_PORTS)
+                        .map(|i| format!("{i} : {}", SEQ_BASE + i))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    format!(
+                        "meta l4proto udp snat to {wan_ip} : numgen inc mod {SEQ_PORTS} map {{ {ports} }}\n\t\toifname \"wan0\" masquerade"
+                    )
+                }
+                _ => "masquerade".to_owned(),
             };
             let fwd = if nat == NatType::UdpBlocked {
                 r#"iifname "lan0" oifname "wan0" tcp dport { 80, 443 } accept"#

@@ -241,6 +241,12 @@ pub struct ProbeReport {
     pub map_detail: BTreeMap<String, Option<String>>,
     /// Was the local port kept?
     pub port_preserved: Option<bool>,
+    /// An endpoint-dependent mapping whose ports, destination after
+    /// destination, each follow the one before by a small step
+    /// ([`sequential_ports`]): the next mappings can be predicted. `None`
+    /// when the mapping is endpoint-independent or incomplete.
+    #[serde(default)]
+    pub sequential: Option<bool>,
     /// The public address seen by s1.
     pub public_ip: Option<String>,
     /// True if the mapped address differs from the local one.
@@ -268,11 +274,12 @@ impl ProbeReport {
             .collect::<Vec<_>>()
             .join(",");
         format!(
-            "mapping={} filtering={} translated={} port_preserved={} hairpin={} udp={} tcp={} => {}",
+            "mapping={} filtering={} translated={} port_preserved={} sequential={} hairpin={} udp={} tcp={} => {}",
             self.mapping.as_deref().unwrap_or("n/a"),
             self.filtering.as_deref().unwrap_or("n/a"),
             yn(self.translated),
             yn(self.port_preserved),
+            yn(self.sequential),
             yn(self.hairpin),
             if self.udp { "ok" } else { "blocked" },
             tcp,
@@ -396,6 +403,7 @@ pub fn classify(a: &ClientArgs) -> std::io::Result<ProbeReport> {
         mapping: None,
         map_detail: BTreeMap::new(),
         port_preserved: None,
+        sequential: None,
         public_ip: None,
         translated: None,
         hairpin: None,
@@ -457,6 +465,10 @@ pub fn classify(a: &ClientArgs) -> std::io::Result<ProbeReport> {
             }
             .to_owned(),
         );
+        if matches!(r.mapping.as_deref(), Some("ADM" | "APDM")) {
+            let ports: Vec<u16> = vals.iter().map(SocketAddrV4::port).collect();
+            r.sequential = Some(sequential_ports(&ports));
+        }
         let first = get("s1:A");
         r.port_preserved = first.map(|m| m.port() == lport);
         r.public_ip = first.map(|m| m.ip().to_string());
@@ -480,6 +492,22 @@ pub fn classify(a: &ClientArgs) -> std::io::Result<ProbeReport> {
     Ok(r)
 }
 
+/// The largest step between two mappings made one after the other that
+/// still counts as sequential allocation (the client's prediction,
+/// `natter_client::gather::predict`, takes the same steps).
+pub const MAX_SEQUENTIAL_STEP: u16 = 4;
+
+/// Whether `ports`, mapped one after the other, were allocated
+/// sequentially: every one follows the one before by 1 to
+/// [`MAX_SEQUENTIAL_STEP`] (a randomising NAT does that by chance with a
+/// probability of about (4 / 64 K) per step). Needs at least two ports.
+pub fn sequential_ports(ports: &[u16]) -> bool {
+    ports.len() >= 2
+        && ports
+            .windows(2)
+            .all(|w| (1..=MAX_SEQUENTIAL_STEP).contains(&w[1].wrapping_sub(w[0])))
+}
+
 /// The NAT type a report shows, or `unknown: <why>`.
 pub fn verdict(r: &ProbeReport) -> String {
     let tcp = |p: u16| r.tcp.get(&p).copied();
@@ -501,6 +529,9 @@ pub fn verdict(r: &ProbeReport) -> String {
         ("EIM", "EIF", _) => NatType::FullCone.name().to_owned(),
         ("EIM", "ADF", _) => NatType::AddressRestricted.name().to_owned(),
         ("EIM", "APDF", _) => NatType::PortRestricted.name().to_owned(),
+        ("ADM" | "APDM", _, _) if r.sequential == Some(true) => {
+            NatType::SymmetricSeq.name().to_owned()
+        }
         ("ADM" | "APDM", _, _) => NatType::Symmetric.name().to_owned(),
         _ => format!("unknown: mapping={m} filtering={f}"),
     }

@@ -55,6 +55,12 @@ pub fn expected_path(a: NatType, b: NatType) -> &'static str {
         (PortRestricted, Symmetric) | (Symmetric, PortRestricted) | (Symmetric, Symmetric) => {
             PathKind::Relayed
         }
+        // A sequential symmetric NAT is predicted (the client's predicted
+        // candidates): a port-restricted peer's probes open its NAT to the
+        // port the symmetric side will pick. Two symmetric NATs, or a random
+        // one, still need the relay: each side's mapping for the other
+        // depends on a port the other has not picked yet.
+        (SymmetricSeq, Symmetric | SymmetricSeq) | (Symmetric, SymmetricSeq) => PathKind::Relayed,
         _ => PathKind::HolePunched,
     };
     kind.name()
@@ -1060,6 +1066,7 @@ pub fn matrix_markdown(r: &MatrixReport) -> String {
     );
     let types: Vec<NatType> = NatType::ALL
         .iter()
+        .chain(NatType::EXTRA.iter())
         .copied()
         .filter(|t| r.cells.iter().any(|c| c.a == *t || c.b == *t))
         .collect();
@@ -1274,6 +1281,7 @@ pub const SELF_CHECK_FAILED_COLOUR: &str = "#bdbdbd";
 pub fn matrix_svg(r: &MatrixReport) -> String {
     let types: Vec<NatType> = NatType::ALL
         .iter()
+        .chain(NatType::EXTRA.iter())
         .copied()
         .filter(|t| r.cells.iter().any(|c| c.a == *t || c.b == *t))
         .collect();

@@ -69,6 +69,52 @@ fn quick_subset_connects_over_the_expected_paths() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// Port prediction against a sequential symmetric NAT (not in the 36-cell
+/// matrix: `--cells port-restricted:symmetric-seq`): the callee's NAT gives
+/// each new mapping the next port, its client sends the next ports as
+/// predicted candidates, and the caller behind a port-restricted NAT punches
+/// a hole to one of them. The call ends hole-punched, not relayed (as
+/// port-restricted x symmetric with random ports is), to an address B
+/// predicted, and the audio arrives.
+#[test]
+fn a_port_restricted_caller_reaches_a_sequential_symmetric_callee_at_a_predicted_port() {
+    let _turn = one_lab_at_a_time();
+    let opts = options(
+        "predict",
+        vec![(NatType::PortRestricted, NatType::SymmetricSeq)],
+    );
+    let out = opts.out.clone();
+    let report = scenario::run_matrix(&opts).expect("matrix run");
+    let cell = &report.cells[0];
+    let t = &cell.trial_results[0];
+    assert!(
+        cell.self_check,
+        "self-check failed: {}",
+        report.self_check_table
+    );
+    assert_eq!(cell.expected, "hole-punched");
+    assert_eq!(cell.connected, 1, "trial: {t:?}");
+    assert_eq!(t.path_end.as_deref(), Some("hole-punched"), "trial: {t:?}");
+    let read = |side: &str| {
+        let p = std::path::Path::new(&t.dir).join(format!("{side}-stats.json"));
+        natter_proto::report::CallReport::from_json(&std::fs::read_to_string(&p).unwrap()).unwrap()
+    };
+    let (a, b) = (read("a"), read("b"));
+    assert!(
+        !b.predicted_candidates.is_empty(),
+        "B predicted no ports: {b:?}"
+    );
+    assert!(a.predicted_candidates.is_empty(), "A's NAT keeps its port");
+    let remote = a.remote_addr.expect("A's final remote");
+    assert!(
+        b.predicted_candidates.contains(&remote),
+        "A ends at {remote}, not one of B's predicted {:?}",
+        b.predicted_candidates
+    );
+    assert!(cell.audio_match.min.unwrap() > 0.8, "trial: {t:?}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 /// The direct path dies in the middle of a call (router A starts dropping
 /// everything to and from B): the call falls back to the relay and goes on.
 #[test]

@@ -324,3 +324,50 @@ fn the_matrix_shows_both_sides_and_the_udp_blocked_summary() {
     };
     assert!(scenario::udp_blocked_summary(&udp_only).is_none());
 }
+
+#[test]
+fn the_sequential_symmetric_nat_is_an_extra_type_with_a_counter_snat() {
+    assert_eq!(NatType::ALL.len(), 6, "the default matrix stays 6x6");
+    assert!(!NatType::ALL.contains(&NatType::SymmetricSeq));
+    assert_eq!(
+        "symmetric-seq".parse::<NatType>(),
+        Ok(NatType::SymmetricSeq)
+    );
+    assert_eq!("sym-seq".parse::<NatType>(), Ok(NatType::SymmetricSeq));
+    assert_eq!(NatType::SymmetricSeq.to_string(), "symmetric-seq");
+    assert!(!NatType::SymmetricSeq.endpoint_independent_mapping());
+    let r = nat::ruleset(NatType::SymmetricSeq, "203.0.113.2", "10.2.0.0/24", 42).unwrap();
+    assert!(
+        r.contains(
+            "meta l4proto udp snat to 203.0.113.2 : numgen inc mod 1024 map { 0 : 20000, 1 : 20001,"
+        ),
+        "{r}"
+    );
+    assert!(r.contains("1023 : 21023 }"), "{r}");
+    assert!(r.contains(r#"iifname "wan0" drop"#), "{r}");
+    assert!(!r.contains("random"), "{r}");
+    // selectable in --cells
+    assert_eq!(
+        scenario::parse_cells("port:symmetric-seq").unwrap(),
+        vec![(NatType::PortRestricted, NatType::SymmetricSeq)]
+    );
+    use NatType::*;
+    assert_eq!(expected_path(PortRestricted, SymmetricSeq), "hole-punched");
+    assert_eq!(expected_path(SymmetricSeq, PortRestricted), "hole-punched");
+    assert_eq!(expected_path(FullCone, SymmetricSeq), "hole-punched");
+    assert_eq!(expected_path(Symmetric, SymmetricSeq), "relayed");
+    assert_eq!(expected_path(SymmetricSeq, SymmetricSeq), "relayed");
+    assert_eq!(expected_path(SymmetricSeq, UdpBlocked), "tcp-relay");
+}
+
+#[test]
+fn sequential_ports_are_small_regular_steps() {
+    use natter_interop_tests::probe::sequential_ports;
+    assert!(sequential_ports(&[20_000, 20_001, 20_002, 20_003, 20_004]));
+    assert!(sequential_ports(&[20_000, 20_002, 20_003]));
+    assert!(!sequential_ports(&[20_000, 20_005]));
+    assert!(!sequential_ports(&[41_234, 7_001, 55_000]));
+    assert!(!sequential_ports(&[20_001, 20_000]), "backwards");
+    assert!(!sequential_ports(&[20_000]), "one port says nothing");
+    assert!(sequential_ports(&[65_535, 0]), "the counter wraps");
+}

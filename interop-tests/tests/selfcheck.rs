@@ -11,13 +11,15 @@ fn config() -> LabConfig {
     LabConfig::new(env!("CARGO_BIN_EXE_natter-interop-tests"))
 }
 
+/// Every type of the matrix and the extra ones (the sequential symmetric
+/// NAT) classify as declared.
 #[test]
 fn every_nat_type_classifies_as_declared() {
     let mut lab = Lab::new(config()).expect("build lab");
-    let verdicts =
-        probe::selfcheck_types(&mut lab, &NatType::ALL, Duration::from_secs(1)).expect("probe");
+    let types: Vec<NatType> = NatType::ALL.into_iter().chain(NatType::EXTRA).collect();
+    let verdicts = probe::selfcheck_types(&mut lab, &types, Duration::from_secs(1)).expect("probe");
     eprint!("{}", probe::verdict_table(&verdicts));
-    assert_eq!(verdicts.len(), NatType::ALL.len());
+    assert_eq!(verdicts.len(), types.len());
     probe::require_all_ok(&verdicts).expect("every router behaves as declared");
     // the details NAT-LAB.md reports
     let by = |t: NatType| verdicts.iter().find(|v| v.declared == t).unwrap();
@@ -25,6 +27,29 @@ fn every_nat_type_classifies_as_declared() {
         by(NatType::Symmetric).report.mapping.as_deref(),
         Some("APDM")
     );
+    // both symmetric NATs map per destination; only one of them predictably
+    let seq = &by(NatType::SymmetricSeq).report;
+    assert_eq!(seq.mapping.as_deref(), Some("APDM"));
+    assert_eq!(seq.filtering.as_deref(), Some("APDF"));
+    assert_eq!(seq.sequential, Some(true), "{}", seq.summary());
+    assert_eq!(by(NatType::Symmetric).report.sequential, Some(false));
+    assert_eq!(by(NatType::PortRestricted).report.sequential, None);
+    // five destinations, five ports (in the order sent: each one the one
+    // before + 1, which is what `sequential` says)
+    let ports: std::collections::BTreeSet<u16> = seq
+        .map_detail
+        .values()
+        .map(|m| {
+            m.as_deref()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ports.len(), 5, "{:?}", seq.map_detail);
     assert_eq!(
         by(NatType::PortRestricted).report.port_preserved,
         Some(true)

@@ -10,7 +10,7 @@
 //! unauthenticated peer.
 //!
 //! Signals are taken only `from` the peer. Once the keys are agreed, every
-//! hangup and candidate update carries a MAC under the call's signal key
+//! hangup, candidate update and hold carries a MAC under the call's signal key
 //! ([`crate::handshake::SignalKey`]), both ways: this side holds candidates
 //! trickled before the agreement and sends them MACed after it, and drops a
 //! mid-call signal that is not from the peer, lacks the MAC or has a wrong
@@ -29,8 +29,8 @@ use crate::handshake::{
     CallKeys, CallNames, HandshakeError, INVITE_ID_LEN, KeyAgreement, Role, SignalKey,
 };
 use crate::messages::{
-    CallAccept, CallBusy, CallHangup, CallInvite, CallReject, CallRinging, CallSignal, Candidate,
-    CandidateUpdate, Certificate, HangupReason, RejectReason, call_signal,
+    CallAccept, CallBusy, CallHangup, CallHold, CallInvite, CallReject, CallRinging, CallSignal,
+    Candidate, CandidateUpdate, Certificate, HangupReason, RejectReason, call_signal,
 };
 
 /// How a call ended, as the user sees it.
@@ -64,6 +64,8 @@ pub enum CallEvent {
     },
     /// More candidates from the peer.
     Candidates(Vec<Candidate>),
+    /// The peer put the call on hold (true) or resumed it (false).
+    PeerHold(bool),
     /// The call is over.
     Ended(EndReason),
 }
@@ -116,6 +118,8 @@ pub struct CallSetup {
     held_end_of_candidates: bool,
     /// MACed signals from the peer that arrived before the keys to check them.
     early: VecDeque<CallSignal>,
+    /// Whether the peer has the call on hold (its last hold signal).
+    peer_held: bool,
     ignored: IgnoredSignals,
     out: VecDeque<CallSignal>,
     events: VecDeque<CallEvent>,
@@ -198,6 +202,7 @@ impl CallSetup {
             held_candidates: Vec::new(),
             held_end_of_candidates: false,
             early: VecDeque::new(),
+            peer_held: false,
             ignored: IgnoredSignals::default(),
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -374,6 +379,21 @@ impl CallSetup {
         }));
     }
 
+    /// Puts the call on hold (`on`) or resumes it: tells the peer with a
+    /// MACed `hold` signal. Only once connected (no-op otherwise); media is
+    /// the shell's business (it keeps sending, silence while on hold).
+    pub fn hold(&mut self, on: bool) {
+        if self.phase != Phase::Connected {
+            return;
+        }
+        self.send(call_signal::Kind::Hold(CallHold { on }));
+    }
+
+    /// Whether the peer has the call on hold (its last `hold` signal).
+    pub fn peer_held(&self) -> bool {
+        self.peer_held
+    }
+
     /// A signal for this call arrived (pushed by this user's supernode).
     pub fn handle_signal(&mut self, signal: &CallSignal, now_s: i64) {
         if signal.invite_id.as_slice() != self.invite_id || self.phase == Phase::Ended {
@@ -459,6 +479,13 @@ impl CallSetup {
             }
             Kind::Candidates(update) => {
                 self.event(CallEvent::Candidates(update.candidates.clone()));
+            }
+            // Only a MACed hold of a connected call (a MACed signal never
+            // gets here before the agreement: it waits in `early`). A
+            // repeated state changes nothing.
+            Kind::Hold(h) if self.phase == Phase::Connected && h.on != self.peer_held => {
+                self.peer_held = h.on;
+                self.event(CallEvent::PeerHold(h.on));
             }
             _ => {}
         }

@@ -214,6 +214,18 @@ pub struct CallReport {
     /// The call over time ([`SampleSeries`]: one sample a second, at most
     /// [`SampleSeries::MAX`]); empty in reports of older clients.
     pub samples: Vec<Sample>,
+    /// The predicted candidates this side sent the peer (its NAT mapped
+    /// two STUN bindings to ports one small step apart: the next steps).
+    pub predicted_candidates: Vec<SocketAddr>,
+    /// This side's holds: for each, the numbers of the first voice frame
+    /// sent on hold and of the first one after it (the frame counter at the
+    /// resume, or at the end of the call). Frames were sent all the same
+    /// (silence, 50 a second).
+    pub held_frames: Vec<[u64; 2]>,
+    /// Times the peer put the call on hold (its MACed `hold` signals).
+    pub peer_holds: u64,
+    /// How long the peer had the call on hold, in all.
+    pub peer_held_ms: u64,
 }
 
 fn rounded<S: serde::Serializer>(v: f64, scale: f64, s: S) -> Result<S::Ok, S::Error> {
@@ -282,7 +294,7 @@ impl CallReport {
              sent {sp} packets ({smp} media, mean UDP payload {mp:.1} B, {sbps:.0} B/s), received {rp} ({rmp} media)\n\
              lost {lost} (FEC recovered {fec}, concealed {conc}), late {late}, dropped: auth {auth}, replay {rep}, malformed {mal}, signals {sig_ign}\n\
              RTT {rtt}, jitter {jit:.1} ms, jitter-buffer delay {jbd} ms (added p50 {jb50}, p95 {jb95}, late loss {ll:.2} %), codec Opus {br} b/s\n\
-             estimated MOS {mos} (E-model, mouth-to-ear {m2e:.0} ms)",
+             estimated MOS {mos} (E-model, mouth-to-ear {m2e:.0} ms){holds}",
             peer = self.peer,
             dur = self.duration_s,
             path = self.path_name(),
@@ -318,6 +330,16 @@ impl CallReport {
                 "- (nothing heard)".to_owned()
             },
             m2e = self.mouth_to_ear_ms,
+            holds = if self.held_frames.is_empty() && self.peer_holds == 0 {
+                String::new()
+            } else {
+                format!(
+                    "\non hold {} times; on hold by peer {} times ({:.1} s)",
+                    self.held_frames.len(),
+                    self.peer_holds,
+                    self.peer_held_ms as f64 / 1000.0
+                )
+            },
         );
         s
     }

@@ -10,8 +10,8 @@ use natter_proto::call::{CallEvent, CallSetup, EndReason, IgnoredSignals, Phase}
 use natter_proto::cert::Identity;
 use natter_proto::handshake::{CallKeys, HandshakeError, Role};
 use natter_proto::messages::{
-    CallHangup, CallSignal, Candidate, CandidateUpdate, HangupReason, RejectReason, SocketAddr,
-    call_signal,
+    CallHangup, CallHold, CallSignal, Candidate, CandidateUpdate, HangupReason, RejectReason,
+    SocketAddr, call_signal,
 };
 use rand_core::{CryptoRng, RngCore};
 
@@ -464,6 +464,59 @@ fn candidates_trickled_before_the_answer_are_held_and_sent_maced() {
         vec![CallEvent::Candidates(vec![candidate(1001)])]
     );
     assert_eq!(a.ignored().total() + b.ignored().total(), 0);
+}
+
+#[test]
+fn hold_and_resume_reach_the_peer_maced_and_a_forged_hold_does_not() {
+    let (mut a, mut b, _, _) = connected_pair();
+    assert!(!b.peer_held());
+    a.hold(true);
+    let hold = routed(a.poll_signal().unwrap(), "alice");
+    assert!(matches!(
+        hold.kind,
+        Some(call_signal::Kind::Hold(CallHold { on: true }))
+    ));
+    assert_eq!(hold.mac.len(), 32, "a mid-call signal: MACed");
+    b.handle_signal(&hold, NOW);
+    assert_eq!(events(&mut b), vec![CallEvent::PeerHold(true)]);
+    assert!(b.peer_held());
+    // the same state again changes nothing
+    b.handle_signal(&hold, NOW);
+    assert!(events(&mut b).is_empty());
+    // a forged resume (no MAC, or the peer's MAC on another body) is dropped
+    let forged = CallSignal {
+        kind: Some(call_signal::Kind::Hold(CallHold { on: false })),
+        ..hangup_from("alice", "bob")
+    };
+    b.handle_signal(&forged, NOW);
+    let mut tampered = hold.clone();
+    tampered.kind = Some(call_signal::Kind::Hold(CallHold { on: false }));
+    b.handle_signal(&tampered, NOW);
+    assert!(b.peer_held(), "still held");
+    assert_eq!(b.ignored().bad_mac, 2);
+    a.hold(false);
+    b.handle_signal(&routed(a.poll_signal().unwrap(), "alice"), NOW);
+    assert_eq!(events(&mut b), vec![CallEvent::PeerHold(false)]);
+    assert!(!b.peer_held());
+    assert_eq!(b.phase(), Phase::Connected);
+    // An older peer decodes a hold with a `kind` it does not know as no
+    // kind at all (protobuf skips unknown fields): it ignores the signal
+    // and the call goes on.
+    a.hold(true);
+    let mut unknown = routed(a.poll_signal().unwrap(), "alice");
+    unknown.kind = None;
+    b.handle_signal(&unknown, NOW);
+    assert!(events(&mut b).is_empty());
+    assert_eq!(b.phase(), Phase::Connected);
+    assert!(!b.peer_held());
+}
+
+#[test]
+fn hold_before_the_call_connected_sends_nothing() {
+    let mut a = caller();
+    a.poll_signal(); // the invite
+    a.hold(true);
+    assert!(a.poll_signal().is_none());
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! The typed call report writes the same bytes the untyped writer did
 //! (users and the NAT lab read `--stats-json`), and reads back what it wrote.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// the legacy writer's `json!` has grown past the default macro recursion limit
+#![recursion_limit = "256"]
 
 use std::net::SocketAddr;
 
@@ -66,6 +68,11 @@ fn legacy_json(r: &CallReport, sent_bytes: u64, received_bytes: u64, sent_packet
         "ignored_signals": r.ignored_signals,
         // Added with the per-second time series (issue 21); empty here.
         "samples": [],
+        // Added with port prediction and hold on the wire (issue 17).
+        "predicted_candidates": r.predicted_candidates.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "held_frames": r.held_frames,
+        "peer_holds": r.peer_holds,
+        "peer_held_ms": r.peer_held_ms,
     })
     .to_string()
 }
@@ -141,6 +148,10 @@ fn report(
         tcp_dropped: 0,
         ignored_signals: 1,
         samples: Vec::new(),
+        predicted_candidates: vec!["203.0.113.2:20003".parse().unwrap()],
+        held_frames: vec![[100, 150]],
+        peer_holds: 1,
+        peer_held_ms: 2_020,
     }
 }
 

@@ -143,6 +143,24 @@ fn compute() -> Vec<(&'static str, String)> {
     schedule.signal.seal(&mut hangup);
     v.push(("signal.mac", h(&hangup.mac)));
 
+    // --- a MACed hold (alice puts the call on hold) under the same key
+    let mut hold = natter_proto::messages::CallSignal {
+        invite_id: invite_id.to_vec(),
+        from: "alice".into(),
+        to: "bob".into(),
+        kind: Some(natter_proto::messages::call_signal::Kind::Hold(
+            natter_proto::messages::CallHold { on: true },
+        )),
+        mac: Vec::new(),
+    };
+    v.push(("signal.hold_mac_message", h(signal_mac_message(&hold))));
+    schedule.signal.seal(&mut hold);
+    v.push(("signal.hold_mac", h(&hold.mac)));
+    v.push((
+        "signal.hold_encoded",
+        h(prost::Message::encode_to_vec(&hold)),
+    ));
+
     // --- signatures with the published test keys (tests/vectors/*.pem)
     let signed = share_signed_message(Role::Caller, &invite_id, &caller_public, &names);
     v.push(("share.signed_message", h(&signed)));

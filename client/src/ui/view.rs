@@ -135,6 +135,9 @@ fn call_panel(frame: &mut Frame, state: &State, area: Rect) {
             if *held {
                 flags.push_str("  ON HOLD");
             }
+            if stats.as_ref().is_some_and(|s| s.held_by_peer) {
+                flags.push_str("  ON HOLD BY PEER");
+            }
             let mut lines = vec![Line::styled(
                 format!(
                     "In call with {}  {}{flags}",

@@ -77,6 +77,18 @@ pub fn call_with(
     callee_secs: Option<u32>,
     during: impl FnOnce(u32),
 ) -> Call {
+    call_with_args(cluster, audio_in, secs, callee_secs, &[], during)
+}
+
+/// As [`call_with`], with more arguments for the caller's `natter call`.
+pub fn call_with_args(
+    cluster: &Cluster,
+    audio_in: Option<&Path>,
+    secs: u32,
+    callee_secs: Option<u32>,
+    caller_args: &[&str],
+    during: impl FnOnce(u32),
+) -> Call {
     let dir = cluster.dir.path();
     let heard = dir.join("bob-heard.wav");
     let mut bob_args = vec![
@@ -122,6 +134,7 @@ pub fn call_with(
         args.push("--audio-in".into());
         args.push(path.to_str().unwrap().into());
     }
+    args.extend(caller_args.iter().map(|a| (*a).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let alice = cluster
         .natter("alice", &args)
