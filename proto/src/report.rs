@@ -214,6 +214,16 @@ pub struct CallReport {
     /// The call over time ([`SampleSeries`]: one sample a second, at most
     /// [`SampleSeries::MAX`]); empty in reports of older clients.
     pub samples: Vec<Sample>,
+    /// The longest time between two media datagrams received, ms: the
+    /// worst audio gap (a relay migration's included); 0 in reports of
+    /// older clients.
+    pub max_media_gap_ms: u64,
+    /// Relay migrations the call session asked for (every path had died:
+    /// `natter_proto::migration`).
+    pub relay_migrations: u32,
+    /// Supernodes rejoined during the call (the one signaling went through
+    /// was lost).
+    pub rejoins: u32,
 }
 
 fn rounded<S: serde::Serializer>(v: f64, scale: f64, s: S) -> Result<S::Ok, S::Error> {
@@ -319,6 +329,13 @@ impl CallReport {
             },
             m2e = self.mouth_to_ear_ms,
         );
+        if self.relay_migrations > 0 || self.rejoins > 0 {
+            let _ = write!(
+                s,
+                "\nrelay migrations asked {}, supernodes rejoined {}, longest media gap {} ms",
+                self.relay_migrations, self.rejoins, self.max_media_gap_ms
+            );
+        }
         s
     }
 }

@@ -1,6 +1,8 @@
 //! The typed call report writes the same bytes the untyped writer did
 //! (users and the NAT lab read `--stats-json`), and reads back what it wrote.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// serde_json::json! of the whole report nests deeper than the default 128.
+#![recursion_limit = "256"]
 
 use std::net::SocketAddr;
 
@@ -66,6 +68,10 @@ fn legacy_json(r: &CallReport, sent_bytes: u64, received_bytes: u64, sent_packet
         "ignored_signals": r.ignored_signals,
         // Added with the per-second time series (issue 21); empty here.
         "samples": [],
+        // Added with relay migration and rejoining mid-call (issue 18).
+        "max_media_gap_ms": r.max_media_gap_ms,
+        "relay_migrations": r.relay_migrations,
+        "rejoins": r.rejoins,
     })
     .to_string()
 }
@@ -141,6 +147,9 @@ fn report(
         tcp_dropped: 0,
         ignored_signals: 1,
         samples: Vec::new(),
+        max_media_gap_ms: 1_240,
+        relay_migrations: 1,
+        rejoins: 1,
     }
 }
 
