@@ -1043,7 +1043,11 @@ async fn run_media(
         setup_ms,
         first_audio_ms,
         ended_by_peer,
-        signaling: signals.sender(session).unwrap_or(session).transport().name(),
+        signaling: signals
+            .sender(session)
+            .unwrap_or(session)
+            .transport()
+            .name(),
         relay_migrations: io.migrations,
         rejoins: match &signals {
             Signals::Link(link) => link.rejoins(),

@@ -110,8 +110,8 @@ impl<'a> CallLink<'a> {
     pub fn suspect(&mut self, dead_relays: &[Target]) -> bool {
         if let State::Joined(_) = self.state {
             let own = self.session.reflector();
-            let lost = !self.session.is_alive()
-                || dead_relays.iter().any(|t| Some(t.addr()) == own);
+            let lost =
+                !self.session.is_alive() || dead_relays.iter().any(|t| Some(t.addr()) == own);
             if lost {
                 self.start_rejoin();
             }

@@ -112,13 +112,13 @@ fn a_hangup_reaches_the_peer_after_their_supernode_died_mid_call() {
         callee_after < Duration::from_secs(4),
         "the callee ended {callee_after:?} after the caller"
     );
-    let (a, b) = (field(&alice_json, "duration_s"), field(&bob_json, "duration_s"));
+    let (a, b) = (
+        field(&alice_json, "duration_s"),
+        field(&bob_json, "duration_s"),
+    );
     assert!(b < a + 3.0, "caller {a} s, callee {b} s");
     // The media went on peer to peer through it all.
-    assert!(
-        field(&bob_json, "max_media_gap_ms") < 1_000.0,
-        "{bob_json}"
-    );
+    assert!(field(&bob_json, "max_media_gap_ms") < 1_000.0, "{bob_json}");
     let sent = read_mono_48k(&speech).unwrap();
     let s = score::compare(&sent, &read_mono_48k(&heard).unwrap(), 1000);
     assert!(s.envelope > 0.8, "{s:?}");

@@ -960,7 +960,13 @@ fn trial_body(
         "--stats-json",
         b_stats_s.as_str(),
     ]);
-    let answer = lab.spawn(&cb.host_ns, &format!("{tag}-b-answer"), &bins.client, &b_args, &env)?;
+    let answer = lab.spawn(
+        &cb.host_ns,
+        &format!("{tag}-b-answer"),
+        &bins.client,
+        &b_args,
+        &env,
+    )?;
     // let B join its supernode (behind a udp-blocked firewall that includes
     // finding out that UDP does not work) and its presence spread
     let b_started = Instant::now();

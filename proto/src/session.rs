@@ -418,9 +418,9 @@ impl CallSession {
             self.path.poll_timeout(),
             self.migration.poll_timeout(),
         ]
-            .into_iter()
-            .flatten()
-            .min()
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Seals one encoded voice frame (`payload`, the codec's packet) as a

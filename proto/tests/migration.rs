@@ -11,9 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use natter_proto::handshake::KeySchedule;
 use natter_proto::path::{PathKind, Target};
 use natter_proto::relay::{self, BindStatus, RelayLeg, TOKEN_LEN};
-use natter_proto::session::{
-    CallSession, Event, MEDIA_TIMEOUT_MS, SessionConfig, SessionSetup,
-};
+use natter_proto::session::{CallSession, Event, MEDIA_TIMEOUT_MS, SessionConfig, SessionSetup};
 
 const SN: [SocketAddr; 2] = [
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), 443),
@@ -120,7 +118,10 @@ impl Net {
             match action {
                 Action::OwnRelay { side, sn } => {
                     let token = self.relays[sn].tokens.unwrap()[side];
-                    let leg = RelayLeg { addr: SN[sn], token };
+                    let leg = RelayLeg {
+                        addr: SN[sn],
+                        token,
+                    };
                     self.sessions[side].add_own_relay(leg, None, now);
                 }
             }
