@@ -10,7 +10,10 @@
 //! and from the TLS relay legs ([`crate::tcp_relay`]) go to the call
 //! session; whatever the session queues goes out to the socket or the leg
 //! it names, and legs open when the session asks. Every path and fallback
-//! decision is the session's.
+//! decision is the session's; when it asks for a relay migration
+//! ([`Event::MigrateRelay`]) the shell carries it out (`migrate_relay`),
+//! and a supernode lost during the call is rejoined by the call's link
+//! ([`crate::call_link`], the CLI's calls).
 
 use std::future::Future;
 use std::io::IsTerminal;
