@@ -10,7 +10,10 @@
 //! and from the TLS relay legs ([`crate::tcp_relay`]) go to the call
 //! session; whatever the session queues goes out to the socket or the leg
 //! it names, and legs open when the session asks. Every path and fallback
-//! decision is the session's.
+//! decision is the session's; when it asks for a relay migration
+//! ([`Event::MigrateRelay`]) the shell carries it out (`migrate_relay`),
+//! and a supernode lost during the call is rejoined by the call's link
+//! ([`crate::call_link`], the CLI's calls).
 
 use std::future::Future;
 use std::io::IsTerminal;
@@ -37,6 +40,7 @@ use rsa::RsaPublicKey;
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc};
 
+use crate::call_link::CallLink;
 use crate::gather::{self, OwnRelay};
 use crate::hold::{HoldLog, ScheduledHold};
 use crate::now_unix_secs;
@@ -49,6 +53,14 @@ pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// the call session).
 pub const MEDIA_TIMEOUT: Duration = Duration::from_millis(natter_proto::session::MEDIA_TIMEOUT_MS);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a signal or allocation of a relay migration may take (the
+/// media of the call waits meanwhile; the call session asks again).
+const MIGRATION_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a hangup keeps trying when the supernode was lost or the peer
+/// is not reachable yet (it is rejoining too).
+pub const HANGUP_PERSIST: Duration = Duration::from_secs(8);
+/// Pause between two tries of a hangup.
+const HANGUP_RETRY: Duration = Duration::from_millis(500);
 /// With UDP usable at the start, TCP relay legs open once no UDP datagram
 /// has been heard from the peer for this long (decided by the call session).
 pub const UDP_SILENCE_FOR_TCP: Duration =
@@ -218,14 +230,39 @@ pub enum Signals<'a> {
     /// A bounded channel fed by the one task that reads the session's
     /// pushes and hands each to whoever it is for (the terminal UI).
     Channel(&'a mut mpsc::Receiver<envelope::Body>),
+    /// The call owns the overlay ([`CallLink`]): the pushes of its current
+    /// session; a supernode lost during the call is rejoined and the call's
+    /// signaling goes on through the new one (the CLI's `call` and
+    /// `answer`).
+    Link(CallLink<'a>),
 }
 
 impl Signals<'_> {
-    /// The next push; `None` once the session (or the feeding task) ended.
+    /// The next push; `None` once the session (or the feeding task) ended
+    /// (for a link: once no supernode can be joined any more).
     pub async fn next(&mut self) -> Option<envelope::Body> {
         match self {
             Signals::Session(session) => session.next_push().await,
             Signals::Channel(rx) => rx.recv().await,
+            Signals::Link(link) => link.next_push().await,
+        }
+    }
+
+    /// A link's current session (`None` for the other kinds, or while the
+    /// link rejoins).
+    fn current_session(&self) -> Option<Arc<SupernodeSession>> {
+        match self {
+            Signals::Link(link) => link.session_arc(),
+            Signals::Session(_) | Signals::Channel(_) => None,
+        }
+    }
+
+    /// The session to send the call's signals on now: a link's current
+    /// one (`None` while it rejoins), else `session` itself.
+    fn sender<'s>(&'s self, session: &'s SupernodeSession) -> Option<&'s SupernodeSession> {
+        match self {
+            Signals::Link(link) => link.session(),
+            Signals::Session(_) | Signals::Channel(_) => Some(session),
         }
     }
 }
@@ -281,9 +318,17 @@ async fn media_socket(
 }
 
 async fn send_signal(session: &SupernodeSession, signal: CallSignal) -> Result<(), CallError> {
+    send_signal_within(session, signal, REQUEST_TIMEOUT).await
+}
+
+async fn send_signal_within(
+    session: &SupernodeSession,
+    signal: CallSignal,
+    timeout: Duration,
+) -> Result<(), CallError> {
     let to = signal.to.clone();
     match session
-        .request(envelope::Body::CallSignal(signal), REQUEST_TIMEOUT)
+        .request(envelope::Body::CallSignal(signal), timeout)
         .await
     {
         Ok(_) => Ok(()),
@@ -300,8 +345,17 @@ async fn send_signal(session: &SupernodeSession, signal: CallSignal) -> Result<(
 }
 
 async fn flush(setup: &mut CallSetup, session: &SupernodeSession) -> Result<(), CallError> {
+    flush_within(setup, session, REQUEST_TIMEOUT).await
+}
+
+/// [`flush`], each signal waiting at most `timeout` for its answer.
+async fn flush_within(
+    setup: &mut CallSetup,
+    session: &SupernodeSession,
+    timeout: Duration,
+) -> Result<(), CallError> {
     while let Some(signal) = setup.poll_signal() {
-        send_signal(session, signal).await?;
+        send_signal_within(session, signal, timeout).await?;
     }
     Ok(())
 }
@@ -503,9 +557,26 @@ pub async fn answer_calls(
     accept: bool,
     options: &CallOptions,
 ) -> Result<Vec<CallReport>, CallError> {
+    let me = Incoming {
+        session,
+        identity,
+        local_name,
+        login_key,
+        options,
+    };
+    answer_calls_via(me, &mut Signals::Session(session), calls, accept).await
+}
+
+/// [`answer_calls`] as `me`, reading the calls' pushes from `signals` (a
+/// [`Signals::Link`] rejoins between and during calls).
+pub async fn answer_calls_via(
+    me: Incoming<'_>,
+    signals: &mut Signals<'_>,
+    calls: usize,
+    accept: bool,
+) -> Result<Vec<CallReport>, CallError> {
     let mut reports = Vec::new();
     let mut handled = 0;
-    let mut signals = Signals::Session(session);
     while handled < calls {
         let Some(push) = signals.next().await else {
             return Err(CallError::SessionLost);
@@ -516,15 +587,14 @@ pub async fn answer_calls(
         if !matches!(signal.kind, Some(call_signal::Kind::Invite(_))) {
             continue;
         }
+        // The supernode the invite came through (a link may have rejoined).
+        let current = signals.current_session();
         let incoming = Incoming {
-            session,
-            identity,
-            local_name,
-            login_key,
-            options,
+            session: current.as_deref().unwrap_or(me.session),
+            ..me
         };
         match incoming
-            .answer(&mut signals, &signal, async move { accept })
+            .answer(signals, &signal, async move { accept })
             .await?
         {
             Answered::Talked(report) => {
@@ -788,6 +858,9 @@ async fn run_media(
         legs: &mut legs,
         media: &mut media,
         peer_silent: false,
+        migrate: None,
+        migrations: 0,
+        migration_deferred: false,
     };
     // What the setup queued on connecting: held candidates to send (MACed
     // now), early signals from the peer it could check only now.
@@ -918,8 +991,29 @@ async fn run_media(
                 }
                 if duration.is_some_and(|d| start.elapsed() >= d) || io.peer_silent {
                     setup.hangup();
-                    let _ = flush(setup, session).await;
+                    // A silent peer is gone: one try is enough.
+                    send_hangup(setup, signals, session, !io.peer_silent).await;
                     break;
+                }
+                // The supernode was lost and another joined: what waited
+                // for it goes out, and a deferred migration goes on.
+                if let Signals::Link(link) = signals
+                    && let Some((lost, via)) = link.take_rejoined()
+                {
+                    if options.live_status {
+                        eprintln!("\nsupernode {lost} lost; rejoined via {via}");
+                    }
+                    if let Some(sn) = signals.sender(session) {
+                        let _ = flush_within(setup, sn, MIGRATION_REQUEST_TIMEOUT).await;
+                    }
+                    if io.migration_deferred {
+                        io.migrate.get_or_insert_with(Vec::new);
+                    }
+                }
+                if let Some(dead) = io.migrate.take() {
+                    io.migration_deferred =
+                        migrate_relay(&mut call, setup, signals, session, &dead, start).await;
+                    io.drain(&mut call, start.elapsed().as_millis() as u64).await;
                 }
             }
             received = socket.recv_from(&mut buf) => {
@@ -939,12 +1033,12 @@ async fn run_media(
             }
             _ = tokio::signal::ctrl_c() => {
                 setup.hangup();
-                let _ = flush(setup, session).await;
+                send_hangup(setup, signals, session, true).await;
                 break;
             }
             () = CallControl::hung_up(control) => {
                 setup.hangup();
-                let _ = flush(setup, session).await;
+                send_hangup(setup, signals, session, true).await;
                 break;
             }
             push = signals.next(), if session_alive => match push {
@@ -970,7 +1064,9 @@ async fn run_media(
                         }
                     } else {
                         // Already in a call: busy.
-                        answer_busy(session, &signal).await;
+                        if let Some(sn) = signals.sender(session) {
+                            answer_busy(sn, &signal).await;
+                        }
                     }
                 }
                 // The peer's supernode granted this side of its relay.
@@ -1003,7 +1099,16 @@ async fn run_media(
         setup_ms,
         first_audio_ms,
         ended_by_peer,
-        signaling: session.transport().name(),
+        signaling: signals
+            .sender(session)
+            .unwrap_or(session)
+            .transport()
+            .name(),
+        relay_migrations: io.migrations,
+        rejoins: match &signals {
+            Signals::Link(link) => link.rejoins(),
+            Signals::Session(_) | Signals::Channel(_) => 0,
+        },
         tcp_connects: tcp_stats
             .connects
             .load(std::sync::atomic::Ordering::Relaxed),
@@ -1016,6 +1121,92 @@ async fn run_media(
         peer_held_ms,
     };
     Ok(done.report(&call, io.media))
+}
+
+/// Moves the call to a relay on another supernode, as the call session
+/// asked ([`Event::MigrateRelay`], decided in `natter_proto::migration`):
+/// rejoins first when the dead relays include this side's own supernode
+/// (a [`Signals::Link`]), tells the peer with an empty mid-call candidates
+/// signal (which also makes the call known to that supernode's relay), and
+/// allocates a relay there with the relay-first request of the call setup;
+/// the supernode pushes the other side to the peer. Returns whether the
+/// migration waits for a rejoin going on (it is done once rejoined).
+async fn migrate_relay(
+    call: &mut CallSession,
+    setup: &mut CallSetup,
+    signals: &mut Signals<'_>,
+    session: &SupernodeSession,
+    dead_relays: &[Target],
+    start: Instant,
+) -> bool {
+    if let Signals::Link(link) = signals
+        && link.suspect(dead_relays)
+    {
+        return true;
+    }
+    let Some(sn) = signals.sender(session) else {
+        return true;
+    };
+    setup.trickle(Vec::new(), false);
+    match flush_within(setup, sn, MIGRATION_REQUEST_TIMEOUT).await {
+        Ok(()) => {}
+        Err(CallError::Session(SessionError::Timeout(_) | SessionError::Closed(_))) => {
+            // The supernode is gone without its session noticing yet.
+            if let Signals::Link(link) = signals {
+                link.abandon();
+                return true;
+            }
+            return false;
+        }
+        // The peer is not reachable yet (rejoining too): asked again.
+        Err(_) => return false,
+    }
+    let allocated = tokio::time::timeout(
+        MIGRATION_REQUEST_TIMEOUT,
+        gather::allocate_relay(sn, &setup.invite_id()),
+    )
+    .await;
+    if let Ok(Some(own)) = allocated {
+        call.add_own_relay(own.udp, own.tcp, start.elapsed().as_millis() as u64);
+    }
+    false
+}
+
+/// Sends the hangup (and whatever else) the setup queued. Through a
+/// [`Signals::Link`] and when `persist`, for up to [`HANGUP_PERSIST`]: a
+/// supernode lost at the end of the call is rejoined first (or given up
+/// when it does not answer), and a peer not reachable yet (rejoining too)
+/// is tried again, so that the hangup ends the peer's call too.
+async fn send_hangup(
+    setup: &mut CallSetup,
+    signals: &mut Signals<'_>,
+    session: &SupernodeSession,
+    persist: bool,
+) {
+    let Signals::Link(link) = signals else {
+        let _ = flush(setup, session).await;
+        return;
+    };
+    let deadline = Instant::now() + HANGUP_PERSIST;
+    let queued: Vec<CallSignal> = std::iter::from_fn(|| setup.poll_signal()).collect();
+    for signal in queued {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(sn) = link.joined_within(left).await else {
+                return;
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let sent = send_signal_within(sn, signal.clone(), left.min(REQUEST_TIMEOUT / 2)).await;
+            match sent {
+                Ok(()) => break,
+                Err(_) if !persist || Instant::now() + HANGUP_RETRY >= deadline => return,
+                Err(CallError::Session(SessionError::Timeout(_) | SessionError::Closed(_))) => {
+                    link.abandon();
+                }
+                Err(_) => tokio::time::sleep(HANGUP_RETRY).await,
+            }
+        }
+    }
 }
 
 /// The audio ends of a call: what is sent (a WAV, else the sound card,
@@ -1113,6 +1304,12 @@ struct MediaIo<'a> {
     media: &'a mut MediaSession,
     /// The session reported the peer silent: hang up.
     peer_silent: bool,
+    /// The session asked for a relay migration (the relays it found dead).
+    migrate: Option<Vec<Target>>,
+    /// Migrations asked.
+    migrations: u32,
+    /// A migration waits for the link to rejoin.
+    migration_deferred: bool,
 }
 
 impl MediaIo<'_> {
@@ -1130,6 +1327,10 @@ impl MediaIo<'_> {
                 }
                 Event::PeerSilent => self.peer_silent = true,
                 Event::PathChanged { .. } => {}
+                Event::MigrateRelay { dead_relays, .. } => {
+                    self.migrations += 1;
+                    self.migrate = Some(dead_relays);
+                }
             }
         }
         while let Some(t) = call.poll_transmit() {
@@ -1153,6 +1354,8 @@ struct CallDone {
     first_audio_ms: Option<u64>,
     ended_by_peer: bool,
     signaling: &'static str,
+    relay_migrations: u32,
+    rejoins: u32,
     tcp_connects: u64,
     tcp_dropped: u64,
     ignored_signals: u64,
@@ -1220,6 +1423,9 @@ impl CallDone {
             held_frames: self.held_frames,
             peer_holds: self.peer_holds,
             peer_held_ms: self.peer_held_ms,
+            max_media_gap_ms: s.max_media_gap_ms,
+            relay_migrations: self.relay_migrations,
+            rejoins: self.rejoins,
         }
     }
 }

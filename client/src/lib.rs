@@ -26,6 +26,7 @@
 //! | [`netcheck`] | classifying this host's NAT with STUN reflectors |
 //! | [`call`] | placing and answering calls: signaling plus the SoM/UDP media loop |
 //! | [`hold`] | hold on the wire: this side's holds (frame spans) and the peer's (signalled) |
+//! | [`call_link`] | a call's signaling that survives the loss of its supernode (rejoin mid-call) |
 //! | [`keylog`] | `NATTER_KEYLOG`: TLS secrets and call keys for studying one's own traffic (off by default) |
 //! | [`text`] | peer-written text made safe for a terminal (control and bidi characters escaped); times as people read them ("2 min ago") |
 //! | [`ui`] | the terminal UI: a pure state/reducer, its ratatui view, and the I/O loop |
@@ -36,6 +37,7 @@
 pub mod buddies;
 pub mod buddy_list;
 pub mod call;
+pub mod call_link;
 pub mod chat;
 pub mod error;
 pub mod gather;

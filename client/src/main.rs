@@ -12,6 +12,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use natter_client::buddy_list;
 use natter_client::call::{self, CallControl, CallOptions, CallReport};
+use natter_client::call_link::CallLink;
 use natter_client::chat::{self, Delivery};
 use natter_client::hold::ScheduledHold;
 use natter_client::home::LoginStatus;
@@ -607,8 +608,21 @@ async fn overlay_command(cli: &Cli) -> Result<()> {
                 at: Duration::from_secs_f64(at.max(0.0)),
                 length: Duration::from_secs_f64(hold_for.max(0.0)),
             });
-            let report = call::place_call(&sn, &session.identity, &me, &key, name, &options).await;
-            sn.leave().await;
+            // The call owns the overlay: a supernode lost during the call
+            // is rejoined and the call's signaling goes on.
+            let mut signals = call::Signals::Link(CallLink::new(&mut overlay));
+            let report = call::place_call_via(
+                &sn,
+                &mut signals,
+                &session.identity,
+                &me,
+                &key,
+                name,
+                &options,
+            )
+            .await;
+            drop(signals);
+            overlay.session().leave().await;
             finish_report(&report?, audio)?;
         }
         Command::Answer {
@@ -623,17 +637,17 @@ async fn overlay_command(cli: &Cli) -> Result<()> {
                 .await
                 .map_err(ClientError::from)?;
             println!("waiting for calls as {me} via {}", sn.addr());
-            let reports = call::answer_calls(
-                &sn,
-                &session.identity,
-                &me,
-                &key,
-                *calls,
-                !*decline,
-                &options,
-            )
-            .await;
-            sn.leave().await;
+            let incoming = call::Incoming {
+                session: &sn,
+                identity: &session.identity,
+                local_name: &me,
+                login_key: &key,
+                options: &options,
+            };
+            let mut signals = call::Signals::Link(CallLink::new(&mut overlay));
+            let reports = call::answer_calls_via(incoming, &mut signals, *calls, !*decline).await;
+            drop(signals);
+            overlay.session().leave().await;
             for report in reports? {
                 finish_report(&report, audio)?;
             }

@@ -77,7 +77,7 @@ pub struct PacketLabel {
 }
 
 /// Every label and what it means.
-pub const LABELS: [(&str, &str); 22] = [
+pub const LABELS: [(&str, &str); 23] = [
     (
         "login",
         "QUIC to the login server (register, login, certificate)",

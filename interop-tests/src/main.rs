@@ -66,6 +66,11 @@ enum Cmd {
         /// long enough to recover (e.g. --call-secs 12 --block-udp-after 4).
         #[arg(long, value_name = "S")]
         block_udp_after: Option<u32>,
+        /// After S seconds of each call, supernode 1 (A's; B's too with
+        /// --same-supernode) is killed with SIGKILL for the rest of the run:
+        /// the call must move to another relay (one cell, one trial).
+        #[arg(long, value_name = "S")]
+        kill_supernode_after: Option<u32>,
     },
     /// Amplification per unauthenticated service: run natter-login and a
     /// natter-supernode on loopback, probe each service from sockets that
@@ -254,6 +259,7 @@ fn main() -> anyhow::Result<()> {
             map_timeout,
             break_direct_after,
             block_udp_after,
+            kill_supernode_after,
         } => {
             let exe = std::env::current_exe().context("current exe")?;
             let bin_dir = match bin_dir {
@@ -272,6 +278,7 @@ fn main() -> anyhow::Result<()> {
                 map_timeout_s: map_timeout,
                 break_direct_after_s: break_direct_after,
                 block_udp_after_s: block_udp_after,
+                kill_supernode_after_s: kill_supernode_after,
                 ..scenario::MatrixOptions::new(
                     out,
                     cells,

@@ -11,7 +11,9 @@
 //! The servers listen on port 443 twice: QUIC (UDP) and TLS over TCP
 //! (`--tcp-listen`), the only way in for a client behind a udp-blocked
 //! firewall. A trial can also change router A in the middle of the call
-//! ([`MidCall`]): kill the direct path, or block every UDP packet.
+//! ([`MidCall`]): kill the direct path, or block every UDP packet, or kill
+//! (SIGKILL) supernode 1, A's (and, with `same_supernode`, B's) supernode
+//! and relay.
 //!
 //! **The path of a call** ([`TrialResult::path_end`], the matrix's "final
 //! path") is the *less direct* of the two sides' own final paths, in the
@@ -85,10 +87,12 @@ pub fn call_path(a: Option<&str>, b: Option<&str>) -> Option<String> {
     }
 }
 
-/// A change the lab makes to router A while a call runs (see
-/// [`MatrixOptions::break_direct_after_s`] and
-/// [`MatrixOptions::block_udp_after_s`]). The rules go into router A's own
-/// namespace, so they vanish with it when the trial ends, however it ends.
+/// A change the lab makes while a call runs (see
+/// [`MatrixOptions::break_direct_after_s`],
+/// [`MatrixOptions::block_udp_after_s`] and
+/// [`MatrixOptions::kill_supernode_after_s`]). Router rules go into router
+/// A's own namespace, so they vanish with it when the trial ends, however
+/// it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum MidCall {
     /// Router A drops every UDP packet to or from B's addresses: the direct
@@ -97,6 +101,9 @@ pub enum MidCall {
     /// Router A drops every UDP packet and lets out only new TCP connections
     /// to ports 80 and 443, like the udp-blocked profile.
     BlockUdp,
+    /// Supernode 1 (A's, and B's with `same_supernode`: the call's relay)
+    /// is killed with SIGKILL, for the rest of the run.
+    KillSupernode,
 }
 
 impl MidCall {
@@ -105,14 +112,17 @@ impl MidCall {
         match self {
             MidCall::BreakDirect => "direct path broken",
             MidCall::BlockUdp => "udp blocked",
+            MidCall::KillSupernode => "supernode 1 killed",
         }
     }
 
     /// The nft script that router A loads (its own table, a forward chain
     /// that runs before the NAT's); `peer` are B's addresses (its router's
-    /// public one and its host's).
-    pub fn nft_script(self, peer: &[Ipv4Addr]) -> String {
+    /// public one and its host's). `None` for a change that is no router
+    /// rule.
+    pub fn nft_script(self, peer: &[Ipv4Addr]) -> Option<String> {
         let (table, rules) = match self {
+            MidCall::KillSupernode => return None,
             MidCall::BreakDirect => {
                 let peer = format!(
                     "{{ {} }}",
@@ -136,9 +146,9 @@ impl MidCall {
                     .to_owned(),
             ),
         };
-        format!(
+        Some(format!(
             "table ip {table} {{\n  chain brk {{\n    type filter hook forward priority -20; policy accept;\n    {rules}\n  }}\n}}\n"
-        )
+        ))
     }
 }
 
@@ -231,6 +241,15 @@ pub struct MatrixOptions {
     /// to ports 80 and 443, like the udp-blocked profile: A has to carry the
     /// rest of the call over TLS/TCP ([`MidCall::BlockUdp`]).
     pub block_udp_after_s: Option<u32>,
+    /// After this many seconds of the call (counted from the start of
+    /// `natter call`), supernode 1 is killed with SIGKILL
+    /// ([`MidCall::KillSupernode`]): A's signaling and relay, and B's too
+    /// with `same_supernode`. It stays dead for the rest of the run, so use
+    /// it with one cell and one trial.
+    pub kill_supernode_after_s: Option<u32>,
+    /// B hangs up after this many seconds of its call (`natter answer
+    /// --duration`); by default A hangs up after `call_secs`.
+    pub callee_secs: Option<u32>,
 }
 
 impl MatrixOptions {
@@ -254,6 +273,8 @@ impl MatrixOptions {
             map_timeout_s: 300,
             break_direct_after_s: None,
             block_udp_after_s: None,
+            kill_supernode_after_s: None,
+            callee_secs: None,
         }
     }
 
@@ -262,6 +283,8 @@ impl MatrixOptions {
         let mut v: Vec<(u32, MidCall)> = [
             self.break_direct_after_s.map(|s| (s, MidCall::BreakDirect)),
             self.block_udp_after_s.map(|s| (s, MidCall::BlockUdp)),
+            self.kill_supernode_after_s
+                .map(|s| (s, MidCall::KillSupernode)),
         ]
         .into_iter()
         .flatten()
@@ -279,6 +302,8 @@ impl MatrixOptions {
             let floor = match change {
                 MidCall::BreakDirect => PathKind::Relayed.name(),
                 MidCall::BlockUdp => PathKind::TcpRelay.name(),
+                // Another supernode's relay serves as well.
+                MidCall::KillSupernode => PathKind::Direct.name(),
             };
             if path_rank(floor) > path_rank(p) {
                 p = floor;
@@ -403,6 +428,24 @@ pub struct TrialResult {
     /// ended the call itself (e.g. after media stopped arriving).
     #[serde(default)]
     pub b_ended_by_peer: Option<bool>,
+    /// The longest time B went without a media datagram (ms, B's report
+    /// `max_media_gap_ms`): the audio gap of a path or relay change.
+    #[serde(default)]
+    pub b_max_media_gap_ms: Option<u64>,
+    /// Relay migrations asked and supernodes rejoined during the call, A's
+    /// and B's (their reports).
+    #[serde(default)]
+    pub relay_migrations: [u32; 2],
+    /// See `relay_migrations`.
+    #[serde(default)]
+    pub rejoins: [u32; 2],
+    /// A learned that B hung up (A's report `ended_by_peer`).
+    #[serde(default)]
+    pub a_ended_by_peer: Option<bool>,
+    /// The transport of each side's supernode session at the end of the
+    /// call (`quic` or `tcp`, their reports' `signaling`).
+    #[serde(default)]
+    pub signaling: [Option<String>; 2],
     /// The mid-call changes made, with when (s after `natter call` started).
     #[serde(default)]
     pub events: Vec<String>,
@@ -887,31 +930,47 @@ fn trial_body(
     } else {
         &s.sn[1]
     };
+    // Where each side joins matters for these runs (the supernode to kill
+    // must be the one they joined): an empty host cache makes the join
+    // take the bootstrap address (the login seeded the cache with every
+    // supernode; the join fills it again, for the alternates).
+    if ctx.opts.same_supernode || ctx.opts.kill_supernode_after_s.is_some() {
+        for home in [&home_a, &home_b] {
+            let _ = fs::remove_file(Path::new(home).join("hostcache.txt"));
+        }
+    }
+    let b_duration = ctx.opts.callee_secs.map(|s| s.to_string());
+    let mut b_args = vec![
+        "--home",
+        home_b.as_str(),
+        "--login-key",
+        key.as_str(),
+        "--bootstrap",
+        sn_b.as_str(),
+        "answer",
+    ];
+    if let Some(d) = &b_duration {
+        b_args.extend(["--duration", d.as_str()]);
+    }
     let b_out = dir.join("b-heard.wav");
     let b_stats = dir.join("b-stats.json");
     let a_out = dir.join("a-heard.wav");
     let a_stats = dir.join("a-stats.json");
     let (b_out_s, b_stats_s) = (b_out.display().to_string(), b_stats.display().to_string());
     let (a_out_s, a_stats_s) = (a_out.display().to_string(), a_stats.display().to_string());
+    b_args.extend([
+        "--audio-out",
+        b_out_s.as_str(),
+        "--calls",
+        "1",
+        "--stats-json",
+        b_stats_s.as_str(),
+    ]);
     let answer = lab.spawn(
         &cb.host_ns,
         &format!("{tag}-b-answer"),
         &bins.client,
-        &[
-            "--home",
-            &home_b,
-            "--login-key",
-            &key,
-            "--bootstrap",
-            sn_b,
-            "answer",
-            "--audio-out",
-            &b_out_s,
-            "--calls",
-            "1",
-            "--stats-json",
-            &b_stats_s,
-        ],
+        &b_args,
         &env,
     )?;
     // let B join its supernode (behind a udp-blocked firewall that includes
@@ -958,7 +1017,12 @@ fn trial_body(
         if lab.try_wait(call).is_some() {
             break; // the call is over already
         }
-        lab.nft(&ca.router_ns, &change.nft_script(&[cb.wan_ip, cb.host_ip]))?;
+        match change.nft_script(&[cb.wan_ip, cb.host_ip]) {
+            Some(script) => lab.nft(&ca.router_ns, &script)?,
+            None => {
+                lab.stop(s.sn_procs[0], "KILL", Duration::from_secs(2));
+            }
+        }
         res.events.push(format!(
             "{} at {:.1} s",
             change.name(),
@@ -980,6 +1044,15 @@ fn trial_body(
     res.call_duration_s = sa.as_ref().map(|r| r.duration_s);
     res.b_duration_s = sb.as_ref().map(|r| r.duration_s);
     res.b_ended_by_peer = sb.as_ref().map(|r| r.ended_by_peer);
+    res.a_ended_by_peer = sa.as_ref().map(|r| r.ended_by_peer);
+    res.b_max_media_gap_ms = sb.as_ref().map(|r| r.max_media_gap_ms);
+    for (i, r) in [&sa, &sb].into_iter().enumerate() {
+        if let Some(r) = r {
+            res.relay_migrations[i] = r.relay_migrations;
+            res.rejoins[i] = r.rejoins;
+            res.signaling[i] = Some(r.signaling.clone());
+        }
+    }
     let first_audio = |r: &CallReport| r.first_audio_ms.map(|v| v as f64);
     res.first_audio_ms = sb
         .as_ref()

@@ -198,5 +198,85 @@ fn a_call_whose_udp_gets_blocked_moves_to_tcp() {
     // what B heard in the last part of the call (from 4 s after the block)
     // still matches what A said
     assert!(t.audio_match_late.unwrap() > 0.6, "trial: {t:?}");
+    // A's QUIC session died with UDP: A rejoined over TLS during the call,
+    // and its hangup reached B (B's call ended with A's, not by B's media
+    // timeout 10 s later)
+    assert!(t.rejoins[0] >= 1, "A rejoined: {t:?}");
+    assert_eq!(t.signaling[0].as_deref(), Some("tcp"), "trial: {t:?}");
+    assert_eq!(t.b_ended_by_peer, Some(true), "trial: {t:?}");
+    assert!(
+        t.b_duration_s.unwrap() < lasted + 3.0,
+        "B outlasted A: {t:?}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// UDP is blocked on A's side in the middle of a call and then B hangs up:
+/// the hangup reaches A over the TLS session A rejoined with, and A's call
+/// ends with B's.
+#[test]
+fn a_callee_hangup_reaches_a_caller_whose_udp_got_blocked() {
+    let _turn = one_lab_at_a_time();
+    let opts = MatrixOptions {
+        call_secs: 20,
+        block_udp_after_s: Some(3),
+        callee_secs: Some(9),
+        ..options(
+            "udp-block-b-hangs-up",
+            vec![(NatType::PortRestricted, NatType::PortRestricted)],
+        )
+    };
+    let out = opts.out.clone();
+    let report = scenario::run_matrix(&opts).expect("matrix run");
+    let t = &report.cells[0].trial_results[0];
+    assert_eq!(report.cells[0].connected, 1, "trial: {t:?}");
+    assert_eq!(t.events.len(), 1, "blocked during the call: {t:?}");
+    assert_eq!(t.b_ended_by_peer, Some(false), "B hung up: {t:?}");
+    assert_eq!(t.a_ended_by_peer, Some(true), "A was told: {t:?}");
+    assert_eq!(t.signaling[0].as_deref(), Some("tcp"), "trial: {t:?}");
+    // A's call ended with B's hangup, long before its own 20 s.
+    let (a, b) = (t.call_duration_s.unwrap(), t.b_duration_s.unwrap());
+    assert!(a < b + 3.0, "A {a} s, B {b} s: {t:?}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The supernode both parties of a port-restricted x symmetric call joined
+/// through, and whose relay carries the call, is killed (SIGKILL) mid-call:
+/// both rejoin through the other supernode, allocate a relay there and
+/// move the call to it. The audio gap at B stays under 2 s, the audio after
+/// it matches, and A's hangup at the end reaches B.
+#[test]
+fn a_relayed_call_moves_to_another_relay_when_its_supernode_dies() {
+    let _turn = one_lab_at_a_time();
+    let (call_secs, kill_at) = (10, 3);
+    let opts = MatrixOptions {
+        call_secs,
+        same_supernode: true,
+        kill_supernode_after_s: Some(kill_at),
+        ..options(
+            "relay-loss",
+            vec![(NatType::PortRestricted, NatType::Symmetric)],
+        )
+    };
+    let out = opts.out.clone();
+    let report = scenario::run_matrix(&opts).expect("matrix run");
+    let cell = &report.cells[0];
+    let t = &cell.trial_results[0];
+    assert_eq!(cell.expected, "relayed");
+    assert_eq!(cell.connected, 1, "trial: {t:?}");
+    assert!(t.passed, "ended relayed: {t:?}");
+    assert_eq!(t.events.len(), 1, "killed during the call: {t:?}");
+    // Both sides found every path dead, asked to migrate and rejoined.
+    assert!(t.relay_migrations.iter().all(|n| *n >= 1), "{t:?}");
+    assert!(t.rejoins.iter().all(|n| *n >= 1), "{t:?}");
+    // The gap B heard (the longest time without a media datagram).
+    let gap = t.b_max_media_gap_ms.unwrap();
+    println!("relay loss: audio gap at B {gap} ms");
+    assert!(gap < 2_000, "gap {gap} ms: {t:?}");
+    // The audio after the gap (from 4 s after the kill) matches.
+    assert!(t.audio_match_late.unwrap() > 0.6, "trial: {t:?}");
+    // The call ran to its end, and A's hangup reached B.
+    assert!(t.call_duration_s.unwrap() >= f64::from(call_secs) - 0.5);
+    assert_eq!(t.b_ended_by_peer, Some(true), "trial: {t:?}");
     let _ = std::fs::remove_dir_all(&out);
 }

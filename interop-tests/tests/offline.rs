@@ -203,14 +203,15 @@ fn mid_call_changes_and_their_expected_paths() {
 #[test]
 fn mid_call_rules_stay_in_router_a() {
     let peer = [Ipv4Addr::new(203, 0, 113, 2), Ipv4Addr::new(10, 2, 0, 2)];
-    let brk = MidCall::BreakDirect.nft_script(&peer);
+    let brk = MidCall::BreakDirect.nft_script(&peer).unwrap();
     assert!(brk.contains("table ip natter_break"), "{brk}");
     assert!(brk.contains("{ 203.0.113.2, 10.2.0.2 }"), "{brk}");
-    let blk = MidCall::BlockUdp.nft_script(&peer);
+    let blk = MidCall::BlockUdp.nft_script(&peer).unwrap();
     assert!(blk.contains("hook forward priority -20"), "{blk}");
     assert!(blk.contains("meta l4proto udp drop"), "{blk}");
     assert!(blk.contains("tcp dport != { 80, 443 } drop"), "{blk}");
     assert!(!blk.contains("203.0.113.2"), "all UDP, not only B's: {blk}");
+    assert_eq!(MidCall::KillSupernode.nft_script(&peer), None, "no rule");
 }
 
 #[test]

@@ -14,6 +14,7 @@
 //! | [`relay`] | binding a UDP address to a relay allocation; keeping relay legs bound |
 //! | [`path`] | choosing where media goes: connectivity checks, relay first, direct when it works |
 //! | [`session`] | one call's media transport: paths, relay binds, the TCP fallback, sealing and opening |
+//! | [`migration`] | when a call must move to another relay: every path died after one worked |
 //! | [`report`] | the typed call report (`--stats-json`), written by the client, read by the NAT lab |
 //! | [`replay`] | rebuilding the 64-bit packet index from the 16-bit message id; the replay window |
 //! | [`cert`] | user and supernode certificates issued by the login server; the revocation list |
@@ -40,6 +41,7 @@ pub mod handshake;
 pub mod jitter;
 pub mod media;
 pub mod messages;
+pub mod migration;
 pub mod name;
 pub mod path;
 pub mod record;

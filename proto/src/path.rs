@@ -343,16 +343,20 @@ impl PathManager {
                 .flatten()
         });
         // Otherwise a relay: alive before dead, reached over UDP before TCP
-        // (a TCP relay is the fallback of a UDP-blocked side), then faster.
+        // (a TCP relay is the fallback of a UDP-blocked side), one not tried
+        // yet before one that died (a relay migrated to, while the dead one
+        // still has the better RTT on record), then faster.
         let relay = || {
             current_relay.or_else(|| {
                 self.targets
                     .iter()
                     .filter(|t| matches!(t.kind, PathKind::Relayed | PathKind::TcpRelay))
                     .min_by_key(|t| {
+                        let alive = t.alive(now_ms, &c);
                         (
-                            !t.alive(now_ms, &c),
+                            !alive,
                             t.kind.rank(),
+                            t.confirmed() && !alive,
                             t.rtt_ms.unwrap_or(u64::MAX),
                         )
                     })
@@ -385,6 +389,24 @@ impl PathManager {
             self.current = chosen;
         }
         chosen
+    }
+
+    /// Whether some target is alive at `now_ms` (a path to the peer works).
+    pub fn any_alive(&self, now_ms: u64) -> bool {
+        let c = self.config;
+        self.targets.iter().any(|t| t.alive(now_ms, &c))
+    }
+
+    /// The relays (UDP or TLS) that answered once and are dead at `now_ms`:
+    /// where a relay migration starts looking (is one of them this side's
+    /// own supernode?).
+    pub fn dead_relays(&self, now_ms: u64) -> Vec<Target> {
+        let c = self.config;
+        self.targets
+            .iter()
+            .filter(|t| t.kind.is_relayed() && t.confirmed() && !t.alive(now_ms, &c))
+            .map(|t| t.target)
+            .collect()
     }
 
     /// Every change of path so far.

@@ -226,6 +226,16 @@ pub struct CallReport {
     pub peer_holds: u64,
     /// How long the peer had the call on hold, in all.
     pub peer_held_ms: u64,
+    /// The longest time between two media datagrams received, ms: the
+    /// worst audio gap (a relay migration's included); 0 in reports of
+    /// older clients.
+    pub max_media_gap_ms: u64,
+    /// Relay migrations the call session asked for (every path had died:
+    /// `natter_proto::migration`).
+    pub relay_migrations: u32,
+    /// Supernodes rejoined during the call (the one signaling went through
+    /// was lost).
+    pub rejoins: u32,
 }
 
 fn rounded<S: serde::Serializer>(v: f64, scale: f64, s: S) -> Result<S::Ok, S::Error> {
@@ -341,6 +351,13 @@ impl CallReport {
                 )
             },
         );
+        if self.relay_migrations > 0 || self.rejoins > 0 {
+            let _ = write!(
+                s,
+                "\nrelay migrations asked {}, supernodes rejoined {}, longest media gap {} ms",
+                self.relay_migrations, self.rejoins, self.max_media_gap_ms
+            );
+        }
         s
     }
 }

@@ -28,6 +28,11 @@
 //! it is learned. The path manager keeps media on a TCP relay only while no
 //! UDP relay is alive.
 //!
+//! **Relay migration.** When every path dies after one worked (the
+//! relaying supernode died), the session asks the shell to move the call to
+//! another relay ([`Event::MigrateRelay`]; the decision and its timing are
+//! [`crate::migration`]'s).
+//!
 //! **Relay binds.** Every UDP relay leg (the peer's relay candidates and this
 //! side's own allocation) is bound with bind datagrams, re-sent until the
 //! relay confirms and refreshed afterwards ([`RelayBinds`]). A TLS leg binds
@@ -42,6 +47,7 @@ use crate::media::{
     MAX_START, OpenError, Opener, SealError, Sealer, decode_media_frame, encode_media_frame,
 };
 use crate::messages::{Candidate, CandidateKind, TransportKind};
+use crate::migration::{MigrationConfig, PathLoss, RelayMigration};
 use crate::path::{PathConfig, PathKind, PathManager, Switch, Target};
 use crate::relay::{MAX_BINDS, RelayBinds, RelayLeg, TOKEN_LEN};
 use crate::som::Function;
@@ -66,6 +72,8 @@ pub struct SessionConfig {
     pub udp_silence_for_tcp_ms: u64,
     /// See [`MEDIA_TIMEOUT_MS`].
     pub media_timeout_ms: u64,
+    /// When to ask for a relay migration.
+    pub migration: MigrationConfig,
 }
 
 impl Default for SessionConfig {
@@ -74,6 +82,7 @@ impl Default for SessionConfig {
             path: PathConfig::default(),
             udp_silence_for_tcp_ms: UDP_SILENCE_FOR_TCP_MS,
             media_timeout_ms: MEDIA_TIMEOUT_MS,
+            migration: MigrationConfig::default(),
         }
     }
 }
@@ -111,6 +120,17 @@ pub enum Event {
     /// Nothing authenticated came from the peer for the media timeout
     /// (reported once): the call is over.
     PeerSilent,
+    /// No path to the peer is alive any more after one worked: move the
+    /// call to a relay on another supernode (rejoining first when the dead
+    /// relays include this side's own supernode, or its session is gone),
+    /// tell the peer, and hand the new allocation to
+    /// [`CallSession::add_own_relay`]. Asked again while no path comes back
+    /// (`attempt` counts, from 1); see [`crate::migration`].
+    MigrateRelay {
+        attempt: u32,
+        /// The relays that worked once and are dead now.
+        dead_relays: Vec<Target>,
+    },
 }
 
 /// Counters of the session, for the call report.
@@ -134,6 +154,9 @@ pub struct SessionStats {
     pub binds_sent: u64,
     /// Datagrams or events dropped on a full queue (the shell fell behind).
     pub dropped_queued: u64,
+    /// The longest time between two media datagrams received (ms): the
+    /// worst audio gap of the call, a relay migration's included.
+    pub max_media_gap_ms: u64,
 }
 
 /// What a received candidate means for the path manager: its address, the
@@ -191,7 +214,10 @@ pub struct CallSession {
     tcp_to_open: Vec<RelayLeg>,
     last_heard_ms: u64,
     last_udp_heard_ms: u64,
+    /// When the last media datagram came (for the longest gap).
+    last_media_ms: Option<u64>,
     silent_reported: bool,
+    migration: RelayMigration,
     current: Option<(Target, PathKind)>,
     path_start: Option<PathKind>,
     sealer: Sealer,
@@ -226,7 +252,9 @@ impl CallSession {
             tcp_to_open: Vec::new(),
             last_heard_ms: now_ms,
             last_udp_heard_ms: now_ms,
+            last_media_ms: None,
             silent_reported: false,
+            migration: RelayMigration::new(config.migration),
             current: None,
             path_start: None,
             sealer: Sealer::new(send, setup.start_index & MAX_START),
@@ -335,6 +363,7 @@ impl CallSession {
             self.seal_to(Function::Probe, to)?;
         }
         self.update_path(now_ms);
+        self.check_migration(now_ms);
         if !self.silent_reported
             && now_ms.saturating_sub(self.last_heard_ms) >= self.config.media_timeout_ms
         {
@@ -342,6 +371,18 @@ impl CallSession {
             self.event(Event::PeerSilent);
         }
         Ok(())
+    }
+
+    /// Asks the shell to migrate when every path died ([`crate::migration`]).
+    fn check_migration(&mut self, now_ms: u64) {
+        let alive = self.path.any_alive(now_ms);
+        if let Some(attempt) = self.migration.update(alive, now_ms) {
+            let dead_relays = self.path.dead_relays(now_ms);
+            self.event(Event::MigrateRelay {
+                attempt,
+                dead_relays,
+            });
+        }
     }
 
     /// Queues the relay binds due now.
@@ -370,10 +411,16 @@ impl CallSession {
         } else {
             self.binds.poll_timeout()
         };
-        [fallback, silence, binds, self.path.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            fallback,
+            silence,
+            binds,
+            self.path.poll_timeout(),
+            self.migration.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Seals one encoded voice frame (`payload`, the codec's packet) as a
@@ -446,6 +493,10 @@ impl CallSession {
                     return Ok(());
                 };
                 self.stats.received_media_packets += 1;
+                if let Some(last) = self.last_media_ms.replace(now_ms) {
+                    let gap = now_ms.saturating_sub(last);
+                    self.stats.max_media_gap_ms = self.stats.max_media_gap_ms.max(gap);
+                }
                 self.heard(from, now_ms);
                 self.path.handle_media(from, now_ms);
                 let payload = payload.to_vec();
@@ -579,6 +630,11 @@ impl CallSession {
     /// The relay binds (whether each leg is bound).
     pub fn binds(&self) -> &RelayBinds {
         &self.binds
+    }
+
+    /// Every time no path was alive (relay migrations), for the report.
+    pub fn path_losses(&self) -> Vec<PathLoss> {
+        self.migration.losses()
     }
 
     /// Whether TLS relay legs are in use.

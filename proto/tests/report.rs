@@ -1,7 +1,7 @@
 //! The typed call report writes the same bytes the untyped writer did
 //! (users and the NAT lab read `--stats-json`), and reads back what it wrote.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-// the legacy writer's `json!` has grown past the default macro recursion limit
+// serde_json::json! of the whole report nests deeper than the default 128.
 #![recursion_limit = "256"]
 
 use std::net::SocketAddr;
@@ -73,6 +73,10 @@ fn legacy_json(r: &CallReport, sent_bytes: u64, received_bytes: u64, sent_packet
         "held_frames": r.held_frames,
         "peer_holds": r.peer_holds,
         "peer_held_ms": r.peer_held_ms,
+        // Added with relay migration and rejoining mid-call (issue 18).
+        "max_media_gap_ms": r.max_media_gap_ms,
+        "relay_migrations": r.relay_migrations,
+        "rejoins": r.rejoins,
     })
     .to_string()
 }
@@ -152,6 +156,9 @@ fn report(
         held_frames: vec![[100, 150]],
         peer_holds: 1,
         peer_held_ms: 2_020,
+        max_media_gap_ms: 1_240,
+        relay_migrations: 1,
+        rejoins: 1,
     }
 }
 

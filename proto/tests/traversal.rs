@@ -374,7 +374,7 @@ mod sessions {
                             Event::PathChanged { to, kind } => {
                                 self.log[i].paths.push((now, to, kind));
                             }
-                            Event::PeerSilent => {}
+                            Event::PeerSilent | Event::MigrateRelay { .. } => {}
                         }
                     }
                     while let Some(t) = self.sessions[i].poll_transmit() {
@@ -596,7 +596,7 @@ mod sessions {
                         }
                         Event::Voice { .. } => net.log[i].voice.push(now),
                         Event::PathChanged { to, kind } => net.log[i].paths.push((now, to, kind)),
-                        Event::PeerSilent => {}
+                        Event::PeerSilent | Event::MigrateRelay { .. } => {}
                     }
                 }
                 while let Some(t) = net.sessions[i].poll_transmit() {

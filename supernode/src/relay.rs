@@ -129,6 +129,12 @@ pub enum SignalKind {
     Accept,
     /// A hangup, reject or busy: the call is over.
     End,
+    /// A mid-call candidates signal: a call already connected, resumed
+    /// through this supernode after a party moved here (its supernode or
+    /// its relay died: relay migration). For a call unknown here it makes
+    /// the call known as an invite would, its sender in the caller's place
+    /// (it may allocate); from the other user it counts as an answer.
+    Resume,
     /// Anything else between the two users (ringing, candidates).
     Other,
 }
@@ -320,10 +326,11 @@ impl RelayTable {
     }
 
     /// Records that a call signal of `kind` for `invite_id` from `from` to
-    /// `to` was routed through this supernode. Only an invite makes a call
-    /// known (the caller is its `from`); a ringing or an accept counts only
-    /// from its callee to its caller; any signal between the two users
-    /// refreshes it;
+    /// `to` was routed through this supernode. Only an invite or a resume
+    /// (a mid-call candidates signal, [`SignalKind::Resume`]) makes a call
+    /// known (the caller is its `from`); a ringing, an accept or a resume
+    /// counts only from its callee to its caller; any signal between the
+    /// two users refreshes it;
     /// an `End` between them forgets it and releases its allocations. A
     /// signal with the same id between other users changes nothing.
     pub fn note_signal(
@@ -352,7 +359,9 @@ impl RelayTable {
                     }
                     return;
                 }
-                SignalKind::Ringing | SignalKind::Accept if from == invite.callee => {
+                SignalKind::Ringing | SignalKind::Accept | SignalKind::Resume
+                    if from == invite.callee =>
+                {
                     invite.answered = true;
                 }
                 _ => {}
@@ -360,7 +369,7 @@ impl RelayTable {
             invite.seen_at = now;
             return;
         }
-        if kind != SignalKind::Invite || from == to {
+        if !matches!(kind, SignalKind::Invite | SignalKind::Resume) || from == to {
             return;
         }
         if self.invites.len() >= self.limits.max_invites {
@@ -733,6 +742,34 @@ mod tests {
             rand::rngs::StdRng::seed_from_u64(7),
             now,
         )
+    }
+
+    #[test]
+    fn a_call_resumed_here_gets_an_allocation_as_an_invited_one_does() {
+        let (mut t, mut rng, now) = table();
+        // Alice's supernode died mid-call; she rejoined here and sent bob a
+        // mid-call candidates signal: she may allocate, bob gets the other
+        // side pushed.
+        t.note_signal(b"call-1", "alice", "bob", SignalKind::Resume, now);
+        let a = t.allocate("alice", None, b"call-1", &mut rng, now).unwrap();
+        assert_eq!(a.peer, "bob");
+        // Bob asks himself only once he sent something back in this call.
+        assert_eq!(
+            t.allocate("bob", None, b"call-1", &mut rng, now),
+            Err(AllocError::NotInCall)
+        );
+        t.note_signal(b"call-1", "bob", "alice", SignalKind::Resume, now);
+        let b = t.allocate("bob", None, b"call-1", &mut rng, now).unwrap();
+        assert_eq!(b.token, peer(&a), "the same allocation, bob's side");
+        // A stranger's signal with the same id changes nothing; a hangup
+        // between the two releases it.
+        t.note_signal(b"call-1", "carol", "bob", SignalKind::Resume, now);
+        assert_eq!(
+            t.allocate("carol", None, b"call-1", &mut rng, now),
+            Err(AllocError::NotInCall)
+        );
+        t.note_signal(b"call-1", "bob", "alice", SignalKind::End, now);
+        assert_eq!(t.allocation_count(), 0);
     }
 
     #[test]

@@ -225,7 +225,11 @@ impl Node {
     /// Tells the relay that `signal` was routed through this supernode:
     /// once it routed the invite the caller may allocate a relay for the
     /// call, once it routed the callee's ringing or accept the callee may; a
-    /// hangup, reject or busy releases the call's allocations.
+    /// hangup, reject or busy releases the call's allocations. A mid-call
+    /// candidates signal of a call unknown here (a party moved to this
+    /// supernode after its own or its relay died) makes the call known the
+    /// way an invite does, its sender in the caller's place (relay
+    /// migration, docs/PROTOCOL.md section 7.5).
     pub(crate) fn note_routed(&mut self, signal: &CallSignal) {
         use crate::relay::SignalKind;
         use call_signal::Kind;
@@ -234,7 +238,8 @@ impl Node {
             Some(Kind::Ringing(_)) => SignalKind::Ringing,
             Some(Kind::Accept(_)) => SignalKind::Accept,
             Some(Kind::Reject(_) | Kind::Busy(_) | Kind::Hangup(_)) => SignalKind::End,
-            _ => SignalKind::Other,
+            Some(Kind::Candidates(_)) => SignalKind::Resume,
+            Some(Kind::Hold(_)) | None => SignalKind::Other,
         };
         self.emit(Output::Relay(RelayCommand::NoteSignal {
             invite_id: signal.invite_id.clone(),

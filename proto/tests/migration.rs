@@ -1,0 +1,354 @@
+//! Relay migration in memory on a virtual clock: two [`CallSession`]s with
+//! no direct path between them (a port-restricted x symmetric call) relay
+//! through supernode 1; supernode 1 dies; both sides ask to migrate, a
+//! model shell allocates on supernode 2 (after the time a rejoin, the
+//! resume signal and the allocation take) and pushes the other side to the
+//! peer, and media resumes there.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use natter_proto::handshake::KeySchedule;
+use natter_proto::path::{PathKind, Target};
+use natter_proto::relay::{self, BindStatus, RelayLeg, TOKEN_LEN};
+use natter_proto::session::{CallSession, Event, MEDIA_TIMEOUT_MS, SessionConfig, SessionSetup};
+
+const SN: [SocketAddr; 2] = [
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), 443),
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2)), 443),
+];
+
+/// One supernode's relay with the call's allocation (if any).
+struct Relay {
+    up: bool,
+    tokens: Option<[[u8; TOKEN_LEN]; 2]>,
+    bound: [Option<usize>; 2],
+}
+
+/// What the model shell must do at a given time.
+enum Action {
+    /// Side `side` got its allocation on supernode `sn` (its own request,
+    /// or pushed to it by that supernode).
+    OwnRelay { side: usize, sn: usize },
+}
+
+struct Net {
+    sessions: [CallSession; 2],
+    relays: [Relay; 2],
+    /// Whether side `i`'s peer process is still there.
+    alive: [bool; 2],
+    /// What the shell does, and when (ms): the delay a rejoin, the resume
+    /// signal and the allocation take.
+    shell_delay_ms: u64,
+    pending: Vec<(u64, Action)>,
+    migrate_asked: [Vec<(u64, u32, Vec<Target>)>; 2],
+    voice: [Vec<u64>; 2],
+    silent: [Option<u64>; 2],
+}
+
+impl Net {
+    fn new() -> Self {
+        let keys = KeySchedule::derive(&[1; 16], &[2; 32], &[3; 32]);
+        let setup = |i: usize| SessionSetup {
+            udp_blocked: false,
+            behind_nat: true,
+            start_index: 100 + i as u16,
+            seed: 7 + i as u64,
+        };
+        let config = SessionConfig::default();
+        let mut sessions = [
+            CallSession::new(&keys.c2s, &keys.s2c, setup(0), config, 0),
+            CallSession::new(&keys.s2c, &keys.c2s, setup(1), config, 0),
+        ];
+        // Both joined through supernode 1: one allocation, one side each.
+        let tokens = [[0xA1; TOKEN_LEN], [0xB2; TOKEN_LEN]];
+        for (i, s) in sessions.iter_mut().enumerate() {
+            let leg = RelayLeg {
+                addr: SN[0],
+                token: tokens[i],
+            };
+            s.add_own_relay(leg, None, 0);
+        }
+        Net {
+            sessions,
+            relays: [
+                Relay {
+                    up: true,
+                    tokens: Some(tokens),
+                    bound: [None, None],
+                },
+                Relay {
+                    up: true,
+                    tokens: None,
+                    bound: [None, None],
+                },
+            ],
+            alive: [true, true],
+            shell_delay_ms: 500,
+            pending: Vec::new(),
+            migrate_asked: [Vec::new(), Vec::new()],
+            voice: [Vec::new(), Vec::new()],
+            silent: [None, None],
+        }
+    }
+
+    fn run(&mut self, from: u64, to: u64) {
+        for now in (from..to).step_by(10) {
+            self.act(now);
+            for i in 0..2 {
+                if !self.alive[i] {
+                    continue;
+                }
+                self.sessions[i].handle_timeout(now).unwrap();
+                if now % 20 == 0 {
+                    self.sessions[i].send_voice(&[0x5a; 40], now).unwrap();
+                }
+            }
+            self.pump(now);
+        }
+    }
+
+    /// The shell's delayed actions that are due.
+    fn act(&mut self, now: u64) {
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.pending = later;
+        for (_, action) in due {
+            match action {
+                Action::OwnRelay { side, sn } => {
+                    let token = self.relays[sn].tokens.unwrap()[side];
+                    let leg = RelayLeg {
+                        addr: SN[sn],
+                        token,
+                    };
+                    self.sessions[side].add_own_relay(leg, None, now);
+                }
+            }
+        }
+    }
+
+    /// A migration asked by `side`: the model shell rejoins (supernode 2),
+    /// sends the resume signal and allocates there; supernode 2 grants the
+    /// requester its side and pushes the other side to the peer (once per
+    /// call: a second request gets the same allocation).
+    fn migrate(&mut self, side: usize, now: u64) {
+        if !self.relays[1].up {
+            return;
+        }
+        let at = now + self.shell_delay_ms;
+        if self.relays[1].tokens.is_none() {
+            self.relays[1].tokens = Some([[0xC3; TOKEN_LEN], [0xD4; TOKEN_LEN]]);
+            if self.alive[1 - side] {
+                self.pending.push((
+                    at + 20,
+                    Action::OwnRelay {
+                        side: 1 - side,
+                        sn: 1,
+                    },
+                ));
+            }
+        }
+        self.pending.push((at, Action::OwnRelay { side, sn: 1 }));
+    }
+
+    fn pump(&mut self, now: u64) {
+        loop {
+            let mut moved = false;
+            for i in 0..2 {
+                if !self.alive[i] {
+                    continue;
+                }
+                while let Some(e) = self.sessions[i].poll_event() {
+                    moved = true;
+                    match e {
+                        Event::Voice { .. } => self.voice[i].push(now),
+                        Event::MigrateRelay {
+                            attempt,
+                            dead_relays,
+                        } => {
+                            self.migrate_asked[i].push((now, attempt, dead_relays));
+                            self.migrate(i, now);
+                        }
+                        Event::PeerSilent => {
+                            self.silent[i].get_or_insert(now);
+                        }
+                        Event::OpenTcpLeg(_) | Event::PathChanged { .. } => {}
+                    }
+                }
+                while let Some(t) = self.sessions[i].poll_transmit() {
+                    moved = true;
+                    self.deliver(i, t.to, &t.bytes, now);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// No direct path: only the relays carry anything.
+    fn deliver(&mut self, i: usize, to: Target, bytes: &[u8], now: u64) {
+        let Target::Udp(addr) = to else { return };
+        let Some(sn) = SN.iter().position(|a| *a == addr) else {
+            return;
+        };
+        let relay = &mut self.relays[sn];
+        if !relay.up {
+            return;
+        }
+        if let Ok(bind) = relay::decode_bind(bytes) {
+            let Some(side) = relay
+                .tokens
+                .and_then(|t| t.iter().position(|t| *t == bind.token))
+            else {
+                return;
+            };
+            relay.bound[side] = Some(i);
+            let reply = relay::encode_bind_reply(bytes, BindStatus::Bound, &bind.cookie);
+            self.sessions[i]
+                .handle_datagram(Target::Udp(SN[sn]), &reply, now)
+                .unwrap();
+            return;
+        }
+        let Some(side) = relay.bound.iter().position(|b| *b == Some(i)) else {
+            return;
+        };
+        if let Some(j) = relay.bound[1 - side]
+            && self.alive[j]
+        {
+            self.sessions[j]
+                .handle_datagram(Target::Udp(SN[sn]), bytes, now)
+                .unwrap();
+        }
+    }
+
+    fn voice_between(&self, i: usize, from: u64, to: u64) -> usize {
+        self.voice[i]
+            .iter()
+            .filter(|t| (from..to).contains(*t))
+            .count()
+    }
+
+    /// The first voice frame side `i` got at or after `from`.
+    fn voice_after(&self, i: usize, from: u64) -> Option<u64> {
+        self.voice[i].iter().copied().find(|t| *t >= from)
+    }
+}
+
+#[test]
+fn a_relayed_call_whose_relay_dies_moves_to_another_within_two_seconds() {
+    let mut net = Net::new();
+    net.run(0, 3_000);
+    for i in 0..2 {
+        assert_eq!(
+            net.sessions[i].current(),
+            Some((Target::Udp(SN[0]), PathKind::Relayed))
+        );
+        assert!(net.voice_between(i, 2_000, 3_000) >= 48);
+    }
+    assert!(net.migrate_asked.iter().all(Vec::is_empty));
+
+    // Supernode 1 dies (SIGKILL): its relay forwards nothing any more.
+    let killed = 3_000;
+    net.relays[0].up = false;
+    net.run(killed, 8_000);
+    for i in 0..2 {
+        let (asked_at, attempt, dead) = &net.migrate_asked[i][0];
+        // Noticed once the relay that carried media went quiet (400 ms),
+        // plus the migration delay.
+        assert!(
+            (killed + 400..=killed + 600).contains(asked_at),
+            "side {i} asked at {asked_at}"
+        );
+        assert_eq!(*attempt, 1);
+        assert_eq!(dead, &[Target::Udp(SN[0])], "the dead relay is named");
+        // One request was enough: media came back before the retry.
+        assert_eq!(net.migrate_asked[i].len(), 1, "{:?}", net.migrate_asked[i]);
+        let back = net.voice_after(i, killed + 20).expect("voice came back");
+        let last_before = net.voice[i].iter().copied().filter(|t| *t < back).max();
+        let gap = back - last_before.unwrap();
+        // 400 ms to notice, 100 ms before asking, the shell's 500 ms, the
+        // bind round trips.
+        assert!((1_000..1_500).contains(&gap), "side {i}: gap {gap} ms");
+        assert_eq!(net.sessions[i].stats().max_media_gap_ms, gap);
+        assert_eq!(
+            net.sessions[i].current(),
+            Some((Target::Udp(SN[1]), PathKind::Relayed))
+        );
+        assert!(net.voice_between(i, 6_000, 8_000) >= 98);
+        let losses = net.sessions[i].path_losses();
+        assert_eq!(losses.len(), 1, "{losses:?}");
+        assert!(losses[0].back_ms.is_some());
+        assert_eq!(losses[0].attempts, 1);
+    }
+}
+
+#[test]
+fn a_slow_peer_is_asked_again_until_the_relay_works() {
+    // The new supernode routes the resume signal only once the peer
+    // rejoined: model a shell that needs 1.5 s, longer than the retry.
+    let mut net = Net::new();
+    net.shell_delay_ms = 1_500;
+    net.run(0, 3_000);
+    net.relays[0].up = false;
+    net.run(3_000, 9_000);
+    for i in 0..2 {
+        let attempts: Vec<u32> = net.migrate_asked[i].iter().map(|a| a.1).collect();
+        assert_eq!(attempts, [1, 2], "side {i}");
+        assert_eq!(
+            net.sessions[i].current(),
+            Some((Target::Udp(SN[1]), PathKind::Relayed))
+        );
+        assert!(net.voice_between(i, 7_000, 9_000) >= 98);
+    }
+}
+
+#[test]
+fn a_peer_that_is_gone_gets_a_bounded_number_of_requests_then_the_media_timeout() {
+    let mut net = Net::new();
+    net.run(0, 3_000);
+    // B's process dies, and with it every path.
+    net.alive[1] = false;
+    net.run(3_000, 3_000 + MEDIA_TIMEOUT_MS + 1_000);
+    let asked = &net.migrate_asked[0];
+    assert!(!asked.is_empty());
+    assert!(
+        asked.len() <= natter_proto::migration::MAX_MIGRATE_ATTEMPTS as usize,
+        "{asked:?}"
+    );
+    // Every request ends with the call, when the peer is silent for the
+    // media timeout.
+    let silent = net.silent[0].expect("peer silent");
+    assert!((3_000 + MEDIA_TIMEOUT_MS - 100..=3_000 + MEDIA_TIMEOUT_MS + 100).contains(&silent));
+}
+
+#[test]
+fn nothing_is_migrated_while_a_relay_is_alive() {
+    // Both supernodes allocated (the parties joined through different
+    // ones): supernode 1 dying leaves supernode 2's relay, which takes over
+    // by itself.
+    let mut net = Net::new();
+    net.relays[1].tokens = Some([[0xC3; TOKEN_LEN], [0xD4; TOKEN_LEN]]);
+    for i in 0..2 {
+        let leg = RelayLeg {
+            addr: SN[1],
+            token: net.relays[1].tokens.unwrap()[i],
+        };
+        net.sessions[i].add_own_relay(leg, None, 0);
+    }
+    net.run(0, 3_000);
+    let first = net.sessions[0].current().unwrap().0;
+    let dying = SN.iter().position(|a| Target::Udp(*a) == first).unwrap();
+    net.relays[dying].up = false;
+    net.run(3_000, 6_000);
+    assert!(net.migrate_asked.iter().all(Vec::is_empty));
+    for i in 0..2 {
+        assert_eq!(
+            net.sessions[i].current(),
+            Some((Target::Udp(SN[1 - dying]), PathKind::Relayed))
+        );
+        assert!(net.voice_between(i, 4_000, 6_000) >= 98);
+        assert!(net.sessions[i].stats().max_media_gap_ms < 1_000);
+    }
+}
