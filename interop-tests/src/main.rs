@@ -73,6 +73,13 @@ enum Cmd {
         /// `turnserver`), one table next to Natter's figures.
         #[arg(long, value_enum)]
         baseline: Option<BaselineKind>,
+        /// Version interop: the caller's `natter` from the build in DIR (e.g.
+        /// the previous release's target/release); the servers stay --bin-dir's.
+        #[arg(long, value_name = "DIR")]
+        bin_dir_a: Option<PathBuf>,
+        /// Likewise the callee's `natter`.
+        #[arg(long, value_name = "DIR")]
+        bin_dir_b: Option<PathBuf>,
     },
     /// Amplification per unauthenticated service: run natter-login and a
     /// natter-supernode on loopback, probe each service from sockets that
@@ -292,6 +299,8 @@ fn main() -> anyhow::Result<()> {
             break_direct_after,
             block_udp_after,
             baseline,
+            bin_dir_a,
+            bin_dir_b,
         } => {
             let exe = std::env::current_exe().context("current exe")?;
             let bin_dir = match bin_dir {
@@ -310,6 +319,14 @@ fn main() -> anyhow::Result<()> {
                 map_timeout_s: map_timeout,
                 break_direct_after_s: break_direct_after,
                 block_udp_after_s: block_udp_after,
+                client_a: bin_dir_a
+                    .as_deref()
+                    .map(scenario::Binaries::client_in)
+                    .transpose()?,
+                client_b: bin_dir_b
+                    .as_deref()
+                    .map(scenario::Binaries::client_in)
+                    .transpose()?,
                 ..scenario::MatrixOptions::new(
                     out,
                     cells,
