@@ -372,8 +372,15 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("write {}", svg.display()))?;
             println!("wrote {}", svg.display());
             if let Some(md) = markdown {
-                std::fs::write(&md, scenario::matrix_markdown(&report))
-                    .with_context(|| format!("write {}", md.display()))?;
+                // a run with the baseline: its side-by-side table first
+                let text = match serde_json::from_str::<baseline::BaselineReport>(&text) {
+                    Ok(mut both) => {
+                        baseline::compare_all(&mut both);
+                        baseline::full_markdown(&both)
+                    }
+                    Err(_) => scenario::matrix_markdown(&report),
+                };
+                std::fs::write(&md, text).with_context(|| format!("write {}", md.display()))?;
                 println!("wrote {}", md.display());
             }
         }
