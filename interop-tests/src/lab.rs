@@ -217,6 +217,7 @@ pub fn check_prereqs(extra_tools: &[&str]) -> Result<()> {
                 "nft" => " (package nftables)",
                 "sysctl" => " (package procps)",
                 "espeak-ng" => " (package espeak-ng)",
+                "turnserver" => " (package coturn)",
                 _ => "",
             };
             missing.push(format!("the `{tool}` command{pkg} is not on PATH"));

@@ -16,6 +16,9 @@
 //!   `labels.json` from ground truth; [`background`]: non-Natter traffic.
 //! * [`detect`]: the published detectors (chi-square after Bonfiglio et
 //!   al. 2007, active probing) evaluated on those captures.
+//! * [`ice`]: a standard ICE agent (`webrtc-ice`; the hidden `ice-agent`
+//!   subcommand) and [`baseline`]: it in the lab, cell by cell next to
+//!   Natter (`matrix --baseline ice`, issue 20).
 //! * [`amplification`]: bytes out / bytes in per unauthenticated service of
 //!   the real servers on loopback (needs no root; `amplification` subcommand).
 //!
@@ -96,10 +99,12 @@
 
 pub mod amplification;
 pub mod background;
+pub mod baseline;
 pub mod capture;
 pub mod detect;
 pub mod error;
 pub mod exec;
+pub mod ice;
 pub mod impair;
 pub mod lab;
 pub mod labels;

@@ -5,7 +5,9 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use natter_interop_tests::lab::{self, Lab, LabConfig};
 use natter_interop_tests::nat::NatType;
-use natter_interop_tests::{amplification, background, capture, detect, probe, scenario, wire};
+use natter_interop_tests::{
+    amplification, background, baseline, capture, detect, ice, probe, scenario, wire,
+};
 use std::path::PathBuf;
 
 /// Natter's NAT lab: namespaces + nftables NAT routers, a NAT classifier and
@@ -71,6 +73,18 @@ enum Cmd {
         /// the call must move to another relay (one cell, one trial).
         #[arg(long, value_name = "S")]
         kill_supernode_after: Option<u32>,
+        /// Also run a baseline over the same cells: `ice` = two standard
+        /// ICE agents (webrtc-ice; STUN from supernode 1, TURN from coturn's
+        /// `turnserver`), one table next to Natter's figures.
+        #[arg(long, value_enum)]
+        baseline: Option<BaselineKind>,
+        /// Version interop: the caller's `natter` from the build in DIR (e.g.
+        /// the previous release's target/release); the servers stay --bin-dir's.
+        #[arg(long, value_name = "DIR")]
+        bin_dir_a: Option<PathBuf>,
+        /// Likewise the callee's `natter`.
+        #[arg(long, value_name = "DIR")]
+        bin_dir_b: Option<PathBuf>,
     },
     /// Amplification per unauthenticated service: run natter-login and a
     /// natter-supernode on loopback, probe each service from sockets that
@@ -134,6 +148,29 @@ enum Cmd {
     },
     /// Remove namespaces left behind by crashed lab runs.
     Cleanup,
+    /// (internal) one webrtc-ice agent of the ICE baseline: gathers, trickles
+    /// through the rendezvous files in DIR, connects, writes its JSON report.
+    #[command(hide = true)]
+    IceAgent {
+        #[arg(long)]
+        role: ice::Role,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        stun: Option<String>,
+        #[arg(long, requires_all = ["turn_user", "turn_password"])]
+        turn: Option<String>,
+        #[arg(long)]
+        turn_user: Option<String>,
+        #[arg(long)]
+        turn_password: Option<String>,
+        #[arg(long, default_value_t = 15_000)]
+        timeout_ms: u64,
+        #[arg(long, default_value_t = 1500)]
+        linger_ms: u64,
+        #[arg(long)]
+        report: PathBuf,
+    },
     /// (internal) background traffic: `serve` (DNS responder, sinks) or
     /// `send` (RTP-like, UDP stream, DNS queries).
     #[command(hide = true)]
@@ -227,6 +264,13 @@ enum Cmd {
     },
 }
 
+/// A baseline to run next to Natter's matrix.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BaselineKind {
+    /// Two webrtc-ice agents per cell.
+    Ice,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -260,6 +304,9 @@ fn main() -> anyhow::Result<()> {
             break_direct_after,
             block_udp_after,
             kill_supernode_after,
+            baseline,
+            bin_dir_a,
+            bin_dir_b,
         } => {
             let exe = std::env::current_exe().context("current exe")?;
             let bin_dir = match bin_dir {
@@ -279,6 +326,14 @@ fn main() -> anyhow::Result<()> {
                 break_direct_after_s: break_direct_after,
                 block_udp_after_s: block_udp_after,
                 kill_supernode_after_s: kill_supernode_after,
+                client_a: bin_dir_a
+                    .as_deref()
+                    .map(scenario::Binaries::client_in)
+                    .transpose()?,
+                client_b: bin_dir_b
+                    .as_deref()
+                    .map(scenario::Binaries::client_in)
+                    .transpose()?,
                 ..scenario::MatrixOptions::new(
                     out,
                     cells,
@@ -286,7 +341,19 @@ fn main() -> anyhow::Result<()> {
                     exe,
                 )
             };
-            let report = scenario::run_matrix(&opts)?;
+            let report = match baseline {
+                None => scenario::run_matrix(&opts)?,
+                Some(BaselineKind::Ice) => {
+                    let r = baseline::run(&opts, &baseline::IceOptions::default())?;
+                    let ice_conn: u32 = r.ice_baseline.iter().map(|c| c.connected).sum();
+                    let ice_pass: u32 = r.ice_baseline.iter().map(|c| c.passed).sum();
+                    let ice_trials: u32 = r.ice_baseline.iter().map(|c| c.trials).sum();
+                    println!(
+                        "ICE baseline: {ice_conn}/{ice_trials} sessions connected, {ice_pass}/{ice_trials} as expected"
+                    );
+                    r.natter
+                }
+            };
             let passed: u32 = report.cells.iter().map(|c| c.passed()).sum();
             let connected: u32 = report.cells.iter().map(|c| c.connected).sum();
             let trials: u32 = report.cells.iter().map(|c| c.trials).sum();
@@ -312,8 +379,15 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("write {}", svg.display()))?;
             println!("wrote {}", svg.display());
             if let Some(md) = markdown {
-                std::fs::write(&md, scenario::matrix_markdown(&report))
-                    .with_context(|| format!("write {}", md.display()))?;
+                // a run with the baseline: its side-by-side table first
+                let text = match serde_json::from_str::<baseline::BaselineReport>(&text) {
+                    Ok(mut both) => {
+                        baseline::compare_all(&mut both);
+                        baseline::full_markdown(&both)
+                    }
+                    Err(_) => scenario::matrix_markdown(&report),
+                };
+                std::fs::write(&md, text).with_context(|| format!("write {}", md.display()))?;
                 println!("wrote {}", md.display());
             }
         }
@@ -418,6 +492,35 @@ fn main() -> anyhow::Result<()> {
                 dir.join("detect.json"),
                 serde_json::to_string_pretty(&evals)?,
             )?;
+        }
+        Cmd::IceAgent {
+            role,
+            dir,
+            stun,
+            turn,
+            turn_user,
+            turn_password,
+            timeout_ms,
+            linger_ms,
+            report,
+        } => {
+            let args = ice::AgentArgs {
+                role,
+                dir,
+                stun,
+                turn: turn.map(|url| ice::TurnServer {
+                    url,
+                    user: turn_user.unwrap_or_default(),
+                    password: turn_password.unwrap_or_default(),
+                }),
+                timeout: Duration::from_millis(timeout_ms),
+                linger: Duration::from_millis(linger_ms),
+            };
+            let rep = ice::run_agent(&args)?;
+            let json = serde_json::to_string_pretty(&rep)?;
+            std::fs::write(&report, &json)
+                .with_context(|| format!("write {}", report.display()))?;
+            println!("{json}");
         }
         Cmd::BgTraffic { mode, ip, secs } => match mode.as_str() {
             "serve" => background::serve(ip, secs)?,

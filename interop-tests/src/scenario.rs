@@ -186,6 +186,20 @@ pub struct Binaries {
 }
 
 impl Binaries {
+    /// The client `natter` in `dir` (another build's, for version
+    /// interop); fails when it is not there.
+    pub fn client_in(dir: &Path) -> Result<PathBuf> {
+        let p = dir.join("natter");
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(LabError::Missing(format!(
+                "no `natter` binary in {} (build the other version there)",
+                dir.display()
+            )))
+        }
+    }
+
     /// The binaries in `dir` (e.g. target/release); fails naming the missing
     /// ones and how to build them.
     pub fn in_dir(dir: &Path) -> Result<Binaries> {
@@ -250,6 +264,12 @@ pub struct MatrixOptions {
     /// B hangs up after this many seconds of its call (`natter answer
     /// --duration`); by default A hangs up after `call_secs`.
     pub callee_secs: Option<u32>,
+    /// Version interop: the caller's `natter` from another build (e.g. the
+    /// previous release); `None`: [`Binaries::client`]. The servers stay
+    /// `bins`'.
+    pub client_a: Option<PathBuf>,
+    /// Likewise the callee's `natter`.
+    pub client_b: Option<PathBuf>,
 }
 
 impl MatrixOptions {
@@ -275,7 +295,14 @@ impl MatrixOptions {
             block_udp_after_s: None,
             kill_supernode_after_s: None,
             callee_secs: None,
+            client_a: None,
+            client_b: None,
         }
+    }
+
+    /// The `natter` binary of side A (caller) and of side B (callee).
+    pub fn clients(&self) -> [&Path; 2] {
+        [&self.client_a, &self.client_b].map(|c| c.as_deref().unwrap_or(self.bins.client.as_path()))
     }
 
     /// The mid-call changes of this run, in the order they happen.
@@ -582,6 +609,10 @@ pub struct MatrixReport {
     pub profile: String,
     /// The self-check verdict table.
     pub self_check_table: String,
+    /// The caller's and the callee's `natter` binaries when they are not
+    /// the servers' build (version interop), else absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<[String; 2]>,
     /// Every cell.
     pub cells: Vec<CellResult>,
 }
@@ -893,7 +924,7 @@ fn trial_body(
     for (id, _) in &caps {
         lab.wait_for_log(*id, "listening on", Duration::from_secs(10))?;
     }
-    let bins = &ctx.opts.bins;
+    let [client_a, client_b] = ctx.opts.clients();
     let s = ctx.servers;
     let key = s.login_key.display().to_string();
     let env = [("NATTER_PASSWORD", PASSWORD)];
@@ -902,11 +933,14 @@ fn trial_body(
     let home_a = dir.join("home-a").display().to_string();
     let home_b = dir.join("home-b").display().to_string();
     // register + login, both sides
-    for (c, home, name) in [(ca, &home_a, &name_a), (cb, &home_b, &name_b)] {
+    for (c, client, home, name) in [
+        (ca, client_a, &home_a, &name_a),
+        (cb, client_b, &home_b, &name_b),
+    ] {
         for step in ["register", "login"] {
             let out = lab.exec_unchecked(
                 &c.host_ns,
-                &bins.client,
+                client,
                 &[
                     "--home",
                     home,
@@ -977,7 +1011,7 @@ fn trial_body(
     let answer = lab.spawn(
         &cb.host_ns,
         &format!("{tag}-b-answer"),
-        &bins.client,
+        client_b,
         &b_args,
         &env,
     )?;
@@ -999,7 +1033,7 @@ fn trial_body(
     let call = lab.spawn(
         &ca.host_ns,
         &format!("{tag}-a-call"),
-        &bins.client,
+        client_a,
         &[
             "--home",
             &home_a,
@@ -1144,6 +1178,12 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 pub fn matrix_markdown(r: &MatrixReport) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# NAT matrix (profile `{}`)\n", r.profile);
+    if let Some([a, b]) = &r.clients {
+        let _ = writeln!(
+            s,
+            "Version interop: the caller runs `{a}`, the callee `{b}`; the servers are this build.\n"
+        );
+    }
     let _ = writeln!(
         s,
         "Cell: connected/trials, final path(s) of the call (A/B: each side's own, where they differ); `!` = not as expected (expected path in brackets). Rows: caller A, columns: callee B.\n"
@@ -1546,6 +1586,8 @@ pub fn run_matrix(opts: &MatrixOptions) -> Result<MatrixReport> {
     let mut report = MatrixReport {
         profile: opts.profile.clone(),
         self_check_table: table,
+        clients: (opts.client_a.is_some() || opts.client_b.is_some())
+            .then(|| opts.clients().map(|c| c.display().to_string())),
         cells: Vec::new(),
     };
     let total_cells = opts.cells.len();

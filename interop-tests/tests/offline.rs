@@ -279,6 +279,7 @@ fn the_matrix_shows_both_sides_and_the_udp_blocked_summary() {
     let report = MatrixReport {
         profile: "clean".into(),
         self_check_table: String::new(),
+        clients: None,
         cells: vec![
             cell(
                 NatType::Open,
