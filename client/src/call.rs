@@ -894,6 +894,9 @@ async fn run_media(
     let mut series = SampleSeries::default();
     let mut session_alive = true;
     let mut holds = HoldLog::default();
+    // The last frame period's time: the call's media ended there (what
+    // follows is hanging up), for the report's longest media gap.
+    let mut last_tick_ms = 0u64;
     let mut hold_signal: Option<std::pin::Pin<Box<dyn Future<Output = ()> + '_>>> = None;
     let sealing = |e: natter_proto::media::SealError| CallError::Failed(e.to_string());
     let audio = |e: natter_media::session::MediaError| CallError::Audio(e.to_string());
@@ -902,6 +905,7 @@ async fn run_media(
         tokio::select! {
             _ = tick.tick() => {
                 let now_ms = start.elapsed().as_millis() as u64;
+                last_tick_ms = now_ms;
                 // Send one frame of the input (silence when muted or on
                 // hold: the packet still goes), play one frame.
                 audio_ends.next_frame(&mut pcm);
@@ -1105,6 +1109,7 @@ async fn run_media(
             .transport()
             .name(),
         relay_migrations: io.migrations,
+        max_media_gap_ms: call.max_media_gap_until(last_tick_ms),
         rejoins: match &signals {
             Signals::Link(link) => link.rejoins(),
             Signals::Session(_) | Signals::Channel(_) => 0,
@@ -1150,15 +1155,18 @@ async fn migrate_relay(
     setup.trickle(Vec::new(), false);
     match flush_within(setup, sn, MIGRATION_REQUEST_TIMEOUT).await {
         Ok(()) => {}
-        Err(CallError::Session(SessionError::Timeout(_) | SessionError::Closed(_))) => {
-            // The supernode is gone without its session noticing yet.
+        Err(CallError::Session(SessionError::Closed(_))) => {
+            // The session closed under the request: the supernode is lost.
             if let Signals::Link(link) = signals {
                 link.abandon();
                 return true;
             }
             return false;
         }
-        // The peer is not reachable yet (rejoining too): asked again.
+        // A slow answer is not a lost supernode (it may be routing to the
+        // peer through a replica that died too; the session's liveness
+        // check tells a dead supernode within 3 s), and the peer may not be
+        // reachable yet (rejoining too): the session asks again.
         Err(_) => return false,
     }
     let allocated = tokio::time::timeout(
@@ -1200,9 +1208,10 @@ async fn send_hangup(
             match sent {
                 Ok(()) => break,
                 Err(_) if !persist || Instant::now() + HANGUP_RETRY >= deadline => return,
-                Err(CallError::Session(SessionError::Timeout(_) | SessionError::Closed(_))) => {
-                    link.abandon();
-                }
+                // Closed: the supernode is lost, rejoin. A timeout is tried
+                // again like any other failure: the liveness check, not a
+                // slow answer, tells a dead supernode.
+                Err(CallError::Session(SessionError::Closed(_))) => link.abandon(),
                 Err(_) => tokio::time::sleep(HANGUP_RETRY).await,
             }
         }
@@ -1355,6 +1364,8 @@ struct CallDone {
     ended_by_peer: bool,
     signaling: &'static str,
     relay_migrations: u32,
+    /// The longest time without a media datagram, up to the call's end.
+    max_media_gap_ms: u64,
     rejoins: u32,
     tcp_connects: u64,
     tcp_dropped: u64,
@@ -1423,7 +1434,7 @@ impl CallDone {
             held_frames: self.held_frames,
             peer_holds: self.peer_holds,
             peer_held_ms: self.peer_held_ms,
-            max_media_gap_ms: s.max_media_gap_ms,
+            max_media_gap_ms: self.max_media_gap_ms,
             relay_migrations: self.relay_migrations,
             rejoins: self.rejoins,
         }

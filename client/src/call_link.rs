@@ -119,8 +119,11 @@ impl<'a> CallLink<'a> {
         matches!(self.state, State::Rejoining(_))
     }
 
-    /// The supernode did not answer a request in time: take it as lost
-    /// and rejoin (nothing happens while a rejoin goes on already).
+    /// The session closed under a request: the supernode is lost, rejoin
+    /// (nothing happens while a rejoin goes on already). Never for a request
+    /// that only timed out: closing a live session over a slow answer (a
+    /// signal routed through a replica that just died) cut the call's
+    /// signaling off for good in the lab's relay-loss test.
     pub fn abandon(&mut self) {
         self.start_rejoin();
     }

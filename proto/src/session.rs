@@ -651,4 +651,15 @@ impl CallSession {
     pub fn stats(&self) -> SessionStats {
         self.stats
     }
+
+    /// The longest time without a media datagram up to `now_ms`, the gap
+    /// still open since the last one included (a call whose media never
+    /// came back after a loss has its whole tail as its gap, not the last
+    /// gap that closed).
+    pub fn max_media_gap_until(&self, now_ms: u64) -> u64 {
+        let open = self
+            .last_media_ms
+            .map_or(0, |last| now_ms.saturating_sub(last));
+        self.stats.max_media_gap_ms.max(open)
+    }
 }
