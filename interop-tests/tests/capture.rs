@@ -25,7 +25,7 @@ struct OutDir(PathBuf);
 
 impl Drop for OutDir {
     fn drop(&mut self) {
-        if std::env::var_os("NATTER_KEEP_CAPTURE").is_some() {
+        if std::thread::panicking() || std::env::var_os("NATTER_KEEP_CAPTURE").is_some() {
             eprintln!("capture kept in {}", self.0.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.0);
@@ -259,8 +259,9 @@ fn a_direct_call_capture_is_labelled_decoded_decrypted_and_detected() {
         let on_wire = set.len() as u64;
         assert!(
             on_wire <= sent && sent - on_wire <= EDGE,
-            "{} {sends}: {on_wire} frames on the wire, {sent} reported sent",
-            iface.name
+            "{} {sends}: {on_wire} frames on the wire (numbers {first}..={last}), {sent} reported sent; capture drops: {}",
+            iface.name,
+            record["capture_drops"]
         );
         let received = report["media_packets_received"].as_u64().unwrap();
         let arrived = numbers[receives].len() as u64;
