@@ -9,62 +9,31 @@ use natter_client::supernode::SupernodeSession;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rsa::pkcs8::{EncodePublicKey, LineEnding};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::Command;
 
 use crate::Settings;
 use crate::clients::{
     Job, Keys, buddies, client_endpoints, join_all, percentile, reply_matches, search,
 };
+use crate::common::{ServerProcess, spawn_server};
 use crate::procfs::{idle_cpu, mib, proc_stats, udp_rcvbuf_errors, udp_socket_drops};
-
-/// The supernode binary as a child process; killed when dropped.
-struct SupernodeProcess {
-    child: Child,
-    _stdout: BufReader<ChildStdout>,
-    pid: String,
-    addr: SocketAddr,
-}
 
 async fn start_supernode(
     login: SocketAddr,
     login_key: &std::path::Path,
     issuer_key: &std::path::Path,
-) -> SupernodeProcess {
+) -> ServerProcess {
     let binary = env!("CARGO_BIN_EXE_natter-supernode");
-    let mut child = Command::new(binary)
+    let mut command = Command::new(binary);
+    command
         .args(["--listen", "127.0.0.1:0", "--login"])
         .arg(login.to_string())
         .arg("--login-key")
         .arg(login_key)
         .arg("--issuer-key")
         .arg(issuer_key)
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
-    let pid = child.id().expect("child pid").to_string();
-    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-    let mut line = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stdout.read_line(&mut line))
-        .await
-        .expect("the supernode did not start within 10 s")
-        .expect("reading the supernode's stdout");
-    // "natter-supernode listening on 127.0.0.1:PORT node id HEX"
-    let addr = line
-        .split_whitespace()
-        .skip_while(|w| *w != "on")
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line from the supernode: {line:?}"));
-    SupernodeProcess {
-        child,
-        _stdout: stdout,
-        pid,
-        addr,
-    }
+        .env("RUST_LOG", "warn");
+    spawn_server(command, "the supernode").await
 }
 
 pub async fn capacity(settings: &Settings, keys: Arc<Keys>) {
@@ -92,7 +61,7 @@ pub async fn capacity(settings: &Settings, keys: Arc<Keys>) {
         "{}/../proto/tests/vectors/issuer.pem",
         env!("CARGO_MANIFEST_DIR")
     );
-    let mut sn = start_supernode(login, &key_path, std::path::Path::new(&issuer_path)).await;
+    let sn = start_supernode(login, &key_path, std::path::Path::new(&issuer_path)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base = proc_stats(&sn.pid);
     let n_endpoints = max.div_ceil(settings.conns_per_endpoint);
@@ -271,7 +240,6 @@ pub async fn capacity(settings: &Settings, keys: Arc<Keys>) {
     }
     drop(sessions);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let _ = sn.child.start_kill();
-    let _ = tokio::time::timeout(Duration::from_secs(5), sn.child.wait()).await;
+    sn.stop().await;
     drop(login_sink);
 }

@@ -74,10 +74,9 @@ use natter_proto::relay::{self as wire, BindStatus};
 use natter_proto::som::{Function, Header};
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use rsa::pkcs8::{EncodePublicKey, LineEnding};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
 
-use common::{Keys, env_or};
+use common::{Keys, ServerProcess, env_or, spawn_server};
+use tokio::process::Command;
 
 /// Bytes of one media datagram (SoM header included), as a real call sends.
 const DATAGRAM: usize = 61;
@@ -165,14 +164,6 @@ impl Settings {
 
 // ------------------------------------------------------------------ the supernode
 
-/// The server under test: a supernode or the bare forwarder.
-struct ServerProcess {
-    _child: Child,
-    _stdout: BufReader<ChildStdout>,
-    pid: String,
-    addr: SocketAddr,
-}
-
 async fn start_supernode(settings: &Settings, keys: &Keys, dir: &std::path::Path) -> ServerProcess {
     // The login server: a loopback port held and never read (the supernode
     // certifies itself with the test issuer's key).
@@ -222,36 +213,6 @@ fn server_command(settings: &Settings, program: &str) -> Command {
         let mut c = Command::new("taskset");
         c.args(["-c", &settings.server_core.to_string(), program]);
         c
-    }
-}
-
-/// Starts the server and reads its address from the first line it prints
-/// (`... on ADDR`).
-async fn spawn_server(mut command: Command, what: &str) -> ServerProcess {
-    let mut child = command
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-    let pid = child.id().expect("child pid").to_string();
-    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-    let mut line = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stdout.read_line(&mut line))
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not start within 10 s"))
-        .unwrap_or_else(|e| panic!("reading the stdout of {what}: {e}"));
-    let addr = line
-        .split_whitespace()
-        .skip_while(|w| *w != "on")
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line from {what}: {line:?}"));
-    ServerProcess {
-        _child: child,
-        _stdout: stdout,
-        pid,
-        addr,
     }
 }
 
@@ -1009,6 +970,6 @@ fn main() {
     if quick {
         assert!(best.is_some(), "the smoke run relayed nothing");
     }
-    drop(sn);
+    runtime.block_on(sn.stop());
     runtime.shutdown_timeout(Duration::from_secs(2));
 }
