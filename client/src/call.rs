@@ -1007,6 +1007,15 @@ async fn run_media(
                     if options.live_status {
                         eprintln!("\nsupernode {lost} lost; rejoined via {via}");
                     }
+                    // Rejoined over QUIC: UDP works, the media's silence
+                    // is the dead relay's (the migration moves it), and
+                    // the TCP fallback must not take the call.
+                    if signals
+                        .sender(session)
+                        .is_some_and(|sn| sn.transport() == natter_net::Transport::Quic)
+                    {
+                        call.handle_udp_works(start.elapsed().as_millis() as u64);
+                    }
                     if let Some(sn) = signals.sender(session) {
                         let _ = flush_within(setup, sn, MIGRATION_REQUEST_TIMEOUT).await;
                     }

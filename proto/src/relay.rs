@@ -280,18 +280,24 @@ impl RelayBinds {
             .min()
     }
 
-    /// Handles a datagram from `from` if it is a bind reply; returns whether it was.
-    pub fn handle(&mut self, from: SocketAddr, datagram: &[u8]) -> bool {
+    /// Handles a datagram from `from` if it is a bind reply: `None` when it
+    /// was not one, else whether it confirmed a bind of this side's (the
+    /// relay answered over UDP: UDP to it works).
+    pub fn handle(&mut self, from: SocketAddr, datagram: &[u8]) -> Option<bool> {
         let Ok(reply) = decode_bind_reply(datagram) else {
-            return false;
+            return None;
         };
+        let mut confirmed = false;
         for b in &mut self.legs {
             if b.leg.addr != from || b.leg.token != reply.token {
                 continue;
             }
             b.cookie = reply.cookie;
             match reply.status {
-                BindStatus::Bound => b.bound = true,
+                BindStatus::Bound => {
+                    b.bound = true;
+                    confirmed = true;
+                }
                 // Not bound by this one (a bound side stays bound): bind
                 // again now, with the cookie.
                 BindStatus::Cookie => b.last_ms = None,
@@ -301,7 +307,7 @@ impl RelayBinds {
                 }
             }
         }
-        true
+        Some(confirmed)
     }
 
     /// Whether `addr` is a relay this side binds to.
@@ -386,19 +392,19 @@ mod tests {
         assert_eq!(decode_bind(&first[0].1).unwrap().cookie, [0; COOKIE_LEN]);
         let cookie = [0x77; COOKIE_LEN];
         let reply = encode_bind_reply(&first[0].1, BindStatus::Cookie, &cookie);
-        assert!(binds.handle(relay, &reply));
+        assert_eq!(binds.handle(relay, &reply), Some(false));
         assert!(!binds.is_bound(&leg));
         // Due at once, with the cookie.
         assert_eq!(binds.poll_timeout(), Some(0));
         let second = binds.poll(1);
         assert_eq!(decode_bind(&second[0].1).unwrap().cookie, cookie);
         let bound = encode_bind_reply(&second[0].1, BindStatus::Bound, &cookie);
-        assert!(binds.handle(relay, &bound));
+        assert_eq!(binds.handle(relay, &bound), Some(true));
         assert!(binds.is_bound(&leg));
         // A later cookie reply (a new bucket) keeps the side bound.
         let newer = [0x78; COOKIE_LEN];
         let reply = encode_bind_reply(&second[0].1, BindStatus::Cookie, &newer);
-        assert!(binds.handle(relay, &reply));
+        assert_eq!(binds.handle(relay, &reply), Some(false));
         assert!(binds.is_bound(&leg));
         assert_eq!(decode_bind(&binds.poll(2)[0].1).unwrap().cookie, newer);
     }

@@ -23,10 +23,13 @@
 //! **TCP fallback.** A side whose supernode session runs over TLS on TCP
 //! (UDP blocked) uses TLS relay legs from the start and never sends UDP.
 //! Otherwise the legs are opened once no authenticated UDP datagram has come
-//! from the peer for [`UDP_SILENCE_FOR_TCP_MS`] (UDP never worked, or was
-//! blocked mid-call); from then on every TCP relay candidate opens a leg as
-//! it is learned. The path manager keeps media on a TCP relay only while no
-//! UDP relay is alive.
+//! from the peer, and nothing else showed UDP working (a relay's bind
+//! confirmation, the shell's [`CallSession::handle_udp_works`] when its
+//! supernode session runs over QUIC), for [`UDP_SILENCE_FOR_TCP_MS`] (UDP
+//! never worked, or was blocked mid-call; a relay that died is a relay
+//! migration's job, not TCP's); from then on every TCP relay candidate
+//! opens a leg as it is learned. The path manager keeps media on a TCP
+//! relay only while no UDP relay is alive.
 //!
 //! **Relay migration.** When every path dies after one worked (the
 //! relaying supernode died), the session asks the shell to move the call to
@@ -213,6 +216,8 @@ pub struct CallSession {
     /// Legs the shell has not been told to open yet.
     tcp_to_open: Vec<RelayLeg>,
     last_heard_ms: u64,
+    /// When UDP last showed it works (authenticated from the peer, a bind
+    /// confirmed, [`Self::handle_udp_works`]).
     last_udp_heard_ms: u64,
     /// When the last media datagram came (for the longest gap).
     last_media_ms: Option<u64>,
@@ -449,7 +454,16 @@ impl CallSession {
         now_ms: u64,
     ) -> Result<(), SealError> {
         if let Target::Udp(addr) = from {
-            if self.binds.is_relay(addr) && self.binds.handle(addr, datagram) {
+            if let Some(confirmed) = self
+                .binds
+                .is_relay(addr)
+                .then(|| self.binds.handle(addr, datagram))
+                .flatten()
+            {
+                if confirmed {
+                    // The relay answered over UDP: UDP works.
+                    self.handle_udp_works(now_ms);
+                }
                 // A cookie reply makes a bind due at once: send it now, not
                 // on the next tick (the relay forwards only once bound).
                 self.poll_binds(now_ms);
@@ -523,6 +537,17 @@ impl CallSession {
             Function::Ping | Function::Connect => self.heard(from, now_ms),
         }
         Ok(())
+    }
+
+    /// The shell saw UDP work at `now_ms` (its supernode session was
+    /// joined, or answered, over QUIC): a silence of the peer's UDP is then
+    /// a path's (a relay that died, being migrated), not UDP's, and the TCP
+    /// fallback waits [`UDP_SILENCE_FOR_TCP_MS`] from here. A relay's bind
+    /// confirmation counts the same way. Opening TLS legs on a relay loss
+    /// moved a migrating call onto TCP for good: the new relay forwards to
+    /// the side's last bind, the TLS leg's, so its UDP leg never came alive.
+    pub fn handle_udp_works(&mut self, now_ms: u64) {
+        self.last_udp_heard_ms = self.last_udp_heard_ms.max(now_ms);
     }
 
     /// Something authenticated came from `from`.

@@ -30,6 +30,8 @@ enum Action {
     /// Side `side` got its allocation on supernode `sn` (its own request,
     /// or pushed to it by that supernode).
     OwnRelay { side: usize, sn: usize },
+    /// Side `side` rejoined through supernode 2 over QUIC: UDP works.
+    UdpWorks { side: usize },
 }
 
 struct Net {
@@ -40,7 +42,12 @@ struct Net {
     /// What the shell does, and when (ms): the delay a rejoin, the resume
     /// signal and the allocation take.
     shell_delay_ms: u64,
+    /// When the model shell, asked to migrate, has rejoined over QUIC and
+    /// tells the session UDP works (None: it never tells).
+    udp_works_after_ms: Option<u64>,
     pending: Vec<(u64, Action)>,
+    /// When each side was told to open a TLS relay leg.
+    tcp_opened: [Vec<u64>; 2],
     migrate_asked: [Vec<(u64, u32, Vec<Target>)>; 2],
     voice: [Vec<u64>; 2],
     silent: [Option<u64>; 2],
@@ -85,7 +92,9 @@ impl Net {
             ],
             alive: [true, true],
             shell_delay_ms: 500,
+            udp_works_after_ms: None,
             pending: Vec::new(),
+            tcp_opened: [Vec::new(), Vec::new()],
             migrate_asked: [Vec::new(), Vec::new()],
             voice: [Vec::new(), Vec::new()],
             silent: [None, None],
@@ -124,6 +133,7 @@ impl Net {
                     };
                     self.sessions[side].add_own_relay(leg, None, now);
                 }
+                Action::UdpWorks { side } => self.sessions[side].handle_udp_works(now),
             }
         }
     }
@@ -137,6 +147,9 @@ impl Net {
             return;
         }
         let at = now + self.shell_delay_ms;
+        if let Some(after) = self.udp_works_after_ms {
+            self.pending.push((now + after, Action::UdpWorks { side }));
+        }
         if self.relays[1].tokens.is_none() {
             self.relays[1].tokens = Some([[0xC3; TOKEN_LEN], [0xD4; TOKEN_LEN]]);
             if self.alive[1 - side] {
@@ -173,7 +186,8 @@ impl Net {
                         Event::PeerSilent => {
                             self.silent[i].get_or_insert(now);
                         }
-                        Event::OpenTcpLeg(_) | Event::PathChanged { .. } => {}
+                        Event::OpenTcpLeg(_) => self.tcp_opened[i].push(now),
+                        Event::PathChanged { .. } => {}
                     }
                 }
                 while let Some(t) = self.sessions[i].poll_transmit() {
@@ -350,5 +364,87 @@ fn nothing_is_migrated_while_a_relay_is_alive() {
         );
         assert!(net.voice_between(i, 4_000, 6_000) >= 98);
         assert!(net.sessions[i].stats().max_media_gap_ms < 1_000);
+    }
+}
+
+/// Supernode 1's allocation also gave each side a TLS relay leg (the TCP
+/// fallback's), and the model shell takes `shell_delay_ms` to move the call.
+fn with_tls_legs(shell_delay_ms: u64, udp_works_after_ms: Option<u64>) -> Net {
+    let mut net = Net::new();
+    net.shell_delay_ms = shell_delay_ms;
+    net.udp_works_after_ms = udp_works_after_ms;
+    let tokens = net.relays[0].tokens.unwrap();
+    for (i, s) in net.sessions.iter_mut().enumerate() {
+        let leg = |port| RelayLeg {
+            addr: SocketAddr::new(SN[0].ip(), port),
+            token: tokens[i],
+        };
+        s.add_own_relay(leg(443), Some(leg(8443)), 0);
+    }
+    net
+}
+
+#[test]
+fn a_migration_over_working_udp_does_not_fall_back_to_tcp() {
+    // The rejoin over QUIC comes 300 ms after the request, the new relay
+    // 1.3 s after it: media is silent for longer than the TCP fallback's
+    // 1.5 s, but UDP evidently works, so the call stays on UDP (a TLS leg
+    // binding the new relay's allocation would take the forwarding from the
+    // UDP leg for good).
+    let mut net = with_tls_legs(1_300, Some(300));
+    net.run(0, 3_000);
+    net.relays[0].up = false;
+    net.run(3_000, 8_000);
+    for i in 0..2 {
+        assert!(
+            net.tcp_opened[i].is_empty(),
+            "side {i}: {:?}",
+            net.tcp_opened[i]
+        );
+        assert_eq!(
+            net.sessions[i].current(),
+            Some((Target::Udp(SN[1]), PathKind::Relayed))
+        );
+        let gap = net.sessions[i].stats().max_media_gap_ms;
+        assert!((1_500..2_000).contains(&gap), "side {i}: gap {gap} ms");
+        assert!(net.voice_between(i, 6_000, 8_000) >= 98);
+    }
+}
+
+#[test]
+fn a_relays_bind_confirmation_shows_udp_works() {
+    // No word from the shell, but the new relay confirms the binds before
+    // the silence reaches 1.5 s: from then on the fallback waits again.
+    let mut net = with_tls_legs(900, None);
+    net.run(0, 3_000);
+    net.relays[0].up = false;
+    net.run(3_000, 8_000);
+    for i in 0..2 {
+        assert!(
+            net.tcp_opened[i].is_empty(),
+            "side {i}: {:?}",
+            net.tcp_opened[i]
+        );
+        assert_eq!(
+            net.sessions[i].current(),
+            Some((Target::Udp(SN[1]), PathKind::Relayed))
+        );
+    }
+}
+
+#[test]
+fn without_a_sign_of_udp_a_long_silence_still_opens_the_tls_legs() {
+    // The same loss with no evidence before 1.5 s (UDP itself may be
+    // blocked): the fallback opens the legs, as the UDP-blocked call needs.
+    let mut net = with_tls_legs(1_300, None);
+    net.run(0, 3_000);
+    net.relays[0].up = false;
+    net.run(3_000, 8_000);
+    for i in 0..2 {
+        let opened = net.tcp_opened[i].first().copied().expect("TLS legs opened");
+        assert!(
+            (3_000 + 1_400..3_000 + 1_600).contains(&opened),
+            "side {i}: opened at {opened}"
+        );
     }
 }
