@@ -65,6 +65,10 @@ const HANGUP_RETRY: Duration = Duration::from_millis(500);
 /// has been heard from the peer for this long (decided by the call session).
 pub const UDP_SILENCE_FOR_TCP: Duration =
     Duration::from_millis(natter_proto::session::UDP_SILENCE_FOR_TCP_MS);
+/// Datagrams read at most, each frame period, between sending and playing
+/// (those that waited while the call's task was not running), so a flood
+/// cannot hold the frame period up.
+const READ_BEFORE_PLAYOUT: usize = 32;
 
 /// Audio and reporting options of a call.
 #[derive(Debug, Clone, Default)]
@@ -934,6 +938,22 @@ async fn run_media(
                             let _ = send_signal(session, signal).await;
                         }
                     }));
+                }
+                // What came while this task was not running (a busy
+                // machine: the tick and the datagrams were ready together)
+                // is filed before the frame due is played: it may be there.
+                for _ in 0..READ_BEFORE_PLAYOUT {
+                    let now_ms = start.elapsed().as_millis() as u64;
+                    if let Ok((n, from)) = socket.try_recv_from(&mut buf) {
+                        call.handle_datagram(Target::Udp(from), &buf[..n], now_ms)
+                            .map_err(sealing)?;
+                    } else if let Some((from, bytes)) = io.legs.try_recv() {
+                        call.handle_datagram(Target::TcpLeg(from), &bytes, now_ms)
+                            .map_err(sealing)?;
+                    } else {
+                        break;
+                    }
+                    io.drain(&mut call, now_ms).await;
                 }
                 if io.media.poll_audio(now_ms, &mut frame).map_err(audio)? {
                     first_audio_ms.get_or_insert(setup_ms + now_ms);

@@ -125,6 +125,11 @@ impl TcpLegs {
         self.from_legs.recv().await
     }
 
+    /// A datagram already delivered by a leg, if there is one (no waiting).
+    pub fn try_recv(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.from_legs.try_recv().ok()
+    }
+
     /// The counters.
     pub fn stats(&self) -> &TcpStats {
         &self.stats

@@ -352,6 +352,14 @@ impl MatrixOptions {
 /// Seconds after the last mid-call change where the late audio score starts.
 const LATE_AUDIO_AFTER_S: u32 = 4;
 
+/// How long A stays on the call after its speech ended (sending silence):
+/// the speech's last frames are still on the way and in B's jitter buffer
+/// when the speech ends (up to two impaired links and the buffer's 200 ms
+/// under `bad`), and a hang-up at once cut them from what B heard. The
+/// speech is cut at `call_secs` mid-word, so that cut scored up to 0.35
+/// PESQ-WB lower (docs/results/voice-quality.md).
+pub const CALL_TAIL_MS: u64 = 1_000;
+
 /// Percentiles of a sample (nearest rank); `None` when empty.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Percentiles {
@@ -1018,7 +1026,10 @@ fn trial_body(
     }
     thread::sleep(Duration::from_secs(2).saturating_sub(b_started.elapsed()));
     let speech = ctx.speech.display().to_string();
-    let dur = ctx.opts.call_secs.to_string();
+    let dur = format!(
+        "{:.3}",
+        f64::from(ctx.opts.call_secs) + CALL_TAIL_MS as f64 / 1000.0
+    );
     let call = lab.spawn(
         &ca.host_ns,
         &format!("{tag}-a-call"),

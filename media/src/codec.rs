@@ -106,6 +106,68 @@ pub fn packet_mode(packet: &[u8]) -> Option<(&'static str, Band)> {
     })
 }
 
+/// Whether the sender's encoder marked an Opus packet as speech: the voice
+/// activity flags of its first frame's SILK frames (RFC 6716 section 4.2.3:
+/// the LP layer starts with one VAD flag per 20 ms SILK frame, each coded
+/// with probability one half, so they are the top bits of the frame's first
+/// byte). `None` for a packet that is not SILK only (hybrid and CELT have no
+/// such flag) or that is malformed; an empty frame (DTX) is not speech.
+pub fn voice_activity(packet: &[u8]) -> Option<bool> {
+    let (mode, _) = packet_mode(packet)?;
+    if mode != "silk" {
+        return None;
+    }
+    let toc = packet[0];
+    // SILK frames in one Opus frame: 10 and 20 ms one, 40 ms two, 60 ms three
+    let silk_frames = match (toc >> 3) & 3 {
+        0 | 1 => 1,
+        2 => 2,
+        _ => 3,
+    };
+    let frame = match toc & 3 {
+        // one frame, or two of the same size: the first starts after the TOC
+        0 | 1 => packet.get(1..)?,
+        // two frames, the first one's length in one or two bytes
+        2 => {
+            let len_bytes = if *packet.get(1)? < 252 { 1 } else { 2 };
+            packet.get(1 + len_bytes..)?
+        }
+        // a frame count byte, padding, and in VBR the frames' lengths
+        _ => {
+            let count_byte = *packet.get(1)?;
+            let count = usize::from(count_byte & 0x3f);
+            if count == 0 {
+                return None;
+            }
+            let mut i = 2;
+            let mut padding = 0usize;
+            if count_byte & 0x40 != 0 {
+                loop {
+                    let b = *packet.get(i)?;
+                    i += 1;
+                    padding += usize::from(b.min(254));
+                    if b != 255 {
+                        break;
+                    }
+                }
+            }
+            let end = packet.len().checked_sub(padding)?;
+            if count_byte & 0x80 != 0 {
+                for _ in 1..count {
+                    i += if *packet.get(i)? < 252 { 1 } else { 2 };
+                }
+            } else if end.checked_sub(i)? / count == 0 {
+                return Some(false);
+            }
+            packet.get(i..end)?
+        }
+    };
+    let Some(first) = frame.first() else {
+        return Some(false);
+    };
+    Some(first >> (8 - silk_frames) != 0)
+}
+
 /// The Opus encoder of one outgoing stream.
 pub struct Encoder {
     inner: opusic_c::Encoder,
@@ -282,6 +344,40 @@ mod tests {
                 out[0]
             );
         }
+    }
+
+    #[test]
+    fn the_voice_activity_flag_tells_speech_from_silence() {
+        let mut enc = Encoder::new(CodecConfig::default()).unwrap();
+        let mut out = [0u8; MAX_PACKET];
+        let mut pcm = voiced(100);
+        pcm.extend(std::iter::repeat_n(0, 50 * FRAME_SAMPLES));
+        let flags: Vec<Option<bool>> = pcm
+            .chunks(FRAME_SAMPLES)
+            .map(|frame| {
+                let n = enc.encode(frame, &mut out).unwrap();
+                voice_activity(&out[..n])
+            })
+            .collect();
+        // the onset of the voiced sound is speech (held steady for seconds,
+        // the encoder's detector takes it for background noise: espeak-ng's
+        // sentences were flagged speech in every frame above -40 dBFS), and
+        // after a few frames of hangover the silence is not
+        assert!(flags[2..20].iter().all(|f| *f == Some(true)), "{flags:?}");
+        assert!(flags[110..].iter().all(|f| *f == Some(false)), "{flags:?}");
+        // packets of both framings Natter's encoder sends (one frame, and
+        // one frame padded to the constant bitrate) were among them
+        assert!(flags.iter().all(Option::is_some));
+        // not SILK, or malformed: unknown
+        assert_eq!(voice_activity(&[]), None);
+        assert_eq!(voice_activity(&[0xfc, 0xff]), None, "CELT");
+        assert_eq!(voice_activity(&[0x4b]), None, "no count byte");
+        assert_eq!(
+            voice_activity(&[0x4b, 0x41, 0xff, 0xff]),
+            None,
+            "padding past the end"
+        );
+        assert_eq!(voice_activity(&[0x48]), Some(false), "empty frame (DTX)");
     }
 
     #[test]

@@ -16,7 +16,9 @@
 
 use natter_proto::jitter::{JitterBuffer, JitterConfig, JitterDrop, JitterStats, Playout};
 
-use crate::codec::{CodecConfig, CodecError, Decoder, Encoder, FRAME_SAMPLES, MAX_PACKET};
+use crate::codec::{
+    CodecConfig, CodecError, Decoder, Encoder, FRAME_SAMPLES, MAX_PACKET, voice_activity,
+};
 use crate::emodel;
 
 /// Settings of a media session.
@@ -151,7 +153,9 @@ impl MediaSession {
     }
 
     /// Files a received frame (its number and codec packet) in the jitter
-    /// buffer. A late or duplicate frame is dropped and counted there.
+    /// buffer, with the sender's voice activity flag (a frame of speech is
+    /// not skipped to shrink the delay; a packet without the flag counts as
+    /// speech). A late or duplicate frame is dropped and counted there.
     pub fn handle_frame(
         &mut self,
         number: u16,
@@ -159,7 +163,9 @@ impl MediaSession {
         now_ms: u64,
     ) -> Result<(), JitterDrop> {
         self.stats.received_frames += 1;
-        self.jitter.handle_frame(number, payload.to_vec(), now_ms)
+        let speech = voice_activity(payload).unwrap_or(true);
+        self.jitter
+            .handle_speech_frame(number, payload.to_vec(), now_ms, speech)
     }
 
     /// Fills `out` (one frame, 960 samples) with what to play now; call once

@@ -19,7 +19,22 @@
 //! * **shrink**: when `O` exceeds the aim by one and a half frames and the
 //!   next two frames are here, it skips one (`O` -= one frame), at most once
 //!   every [`SHRINK_EVERY`] periods (each step moves the audio by a frame:
-//!   few and slow steps keep it steady).
+//!   few and slow steps keep it steady), and only in a pause: the frame
+//!   skipped, the one after it and the one played before are not speech
+//!   (the sender's voice activity flag, [`JitterBuffer::handle_speech_frame`]:
+//!   a frame skipped between two phrases loses nothing a listener hears, one
+//!   skipped inside a word does), unless it has waited
+//!   [`FORCED_SHRINK_EVERY`] periods for a pause.
+//!
+//! **Start.** Playout starts once the first frame has waited `min_delay`
+//! frames, at the lowest frame received, unless that frame is stale: it
+//! would wait more than `max_delay` frames longer than the freshest frame
+//! (the lowest transit) received so far. A frame that waited before the
+//! receiver read it (the peer sends as soon as it has the keys, the
+//! receiver may start its media loop later; the first frames may come over
+//! a path the sender has left) would otherwise set a playout delay the
+//! stream does not need, for the whole call. Stale frames are dropped
+//! ([`JitterStats::stale`]).
 //!
 //! The aim never exceeds `max_delay` frames above the lowest recent transit.
 //! The delay each played frame waited (playout time minus arrival) is kept
@@ -33,6 +48,9 @@ use std::collections::{BTreeMap, VecDeque};
 pub const TRANSIT_WINDOW: usize = 128;
 /// Periods between two shrinking skips, at least.
 pub const SHRINK_EVERY: u32 = 50;
+/// Periods after which a shrinking skip is made even without a pause
+/// (continuous speech: the delay still comes down, slowly).
+pub const FORCED_SHRINK_EVERY: u32 = 250;
 /// Buckets (1 ms each) of the added-delay histogram; the last one holds
 /// everything longer.
 const DELAY_BUCKETS: usize = 1000;
@@ -98,14 +116,27 @@ pub struct JitterStats {
     pub skipped: u64,
     /// Periods held (concealed without moving on) to grow the delay.
     pub held: u64,
+    /// Frames dropped when playout started: they came before the start point
+    /// (they had waited, so the stream's fresher frames set the delay).
+    pub stale: u64,
+}
+
+/// A frame waiting for its playout time.
+#[derive(Debug, Clone)]
+struct Filed {
+    payload: Vec<u8>,
+    /// Arrival time, ms.
+    arrival_ms: u64,
+    /// The sender marked it as speech (not skipped to shrink the delay).
+    speech: bool,
 }
 
 /// The jitter buffer of one incoming stream.
 #[derive(Debug, Clone)]
 pub struct JitterBuffer {
     config: JitterConfig,
-    /// Frames ahead of playout with their arrival time (ms).
-    frames: BTreeMap<u64, (Vec<u8>, u64)>,
+    /// Frames ahead of playout.
+    frames: BTreeMap<u64, Filed>,
     /// Extended number of the next frame to play, once playout started.
     next: Option<u64>,
     /// Highest extended frame number received.
@@ -121,6 +152,8 @@ pub struct JitterBuffer {
     transits: VecDeque<i64>,
     /// Periods since the last shrinking skip.
     since_shrink: u32,
+    /// The frame played last was speech (no skip right after it).
+    played_speech: bool,
     /// Histogram of the delay played frames waited, 1 ms buckets.
     added: Vec<u64>,
     stats: JitterStats,
@@ -140,6 +173,7 @@ impl JitterBuffer {
             target: config.min_delay,
             transits: VecDeque::with_capacity(TRANSIT_WINDOW),
             since_shrink: 0,
+            played_speech: false,
             added: vec![0; DELAY_BUCKETS],
             stats: JitterStats::default(),
         }
@@ -236,12 +270,27 @@ impl JitterBuffer {
             .unwrap_or(u64::from(number))
     }
 
-    /// Files a received frame. `now_ms` is the receiver's clock.
+    /// Files a received frame. `now_ms` is the receiver's clock. Whether it
+    /// is speech is not known: it may be skipped to shrink the delay (see
+    /// [`JitterBuffer::handle_speech_frame`]).
     pub fn handle_frame(
         &mut self,
         number: u16,
         payload: Vec<u8>,
         now_ms: u64,
+    ) -> Result<(), JitterDrop> {
+        self.handle_speech_frame(number, payload, now_ms, false)
+    }
+
+    /// Files a received frame with the sender's voice activity flag
+    /// (`speech`): a frame of speech, or next to one, is not skipped to
+    /// shrink the delay (short of [`FORCED_SHRINK_EVERY`]).
+    pub fn handle_speech_frame(
+        &mut self,
+        number: u16,
+        payload: Vec<u8>,
+        now_ms: u64,
+        speech: bool,
     ) -> Result<(), JitterDrop> {
         // Frame numbers start at 2^16 so the first stream position never
         // wraps below zero.
@@ -268,7 +317,14 @@ impl JitterBuffer {
         self.update_jitter(n, now_ms);
         self.first_arrival_ms.get_or_insert(now_ms);
         self.highest = Some(self.highest.map_or(n, |h| h.max(n)));
-        self.frames.insert(n, (payload, now_ms));
+        self.frames.insert(
+            n,
+            Filed {
+                payload,
+                arrival_ms: now_ms,
+                speech,
+            },
+        );
         self.stats.received += 1;
         Ok(())
     }
@@ -299,21 +355,59 @@ impl JitterBuffer {
         self.note_transit(n, now_ms);
     }
 
+    /// Starts playout at `now_ms` if the first frame has waited `min_delay`
+    /// frames: at the lowest frame that is not stale, i.e. would not wait
+    /// more than `max_delay` frames longer than the freshest frame (lowest
+    /// transit) of the window (see the module's "Start"); stale frames are
+    /// dropped. Returns the first frame to play.
+    fn start(&mut self, now_ms: u64) -> Option<u64> {
+        let first = self.first_arrival_ms?;
+        let lowest = *self.frames.keys().next()?;
+        let frame = i64::from(self.config.frame_ms);
+        let start_delay = i64::from(self.config.min_delay) * frame;
+        if (now_ms as i64) < first as i64 + start_delay {
+            return None;
+        }
+        let window = lowest..lowest + self.config.capacity as u64;
+        let (lo, freshest) = self
+            .frames
+            .range(window)
+            .map(|(&n, f)| (f.arrival_ms as i64 - n as i64 * frame, n))
+            .min()?;
+        // stale: it would wait more than `max_delay` frames longer than the
+        // freshest frame does
+        let limit = lo + i64::from(self.config.max_delay) * frame;
+        let start = self
+            .frames
+            .keys()
+            .copied()
+            .find(|&n| now_ms as i64 - n as i64 * frame <= limit)
+            .unwrap_or(freshest)
+            .min(freshest);
+        let kept = self.frames.split_off(&start);
+        self.stats.stale += self.frames.len() as u64;
+        self.frames = kept;
+        // what the dropped frames' transits said is past
+        self.transits.clear();
+        let transits: Vec<i64> = self
+            .frames
+            .iter()
+            .map(|(&n, f)| f.arrival_ms as i64 - n as i64 * frame)
+            .collect();
+        for t in transits.into_iter().rev().take(TRANSIT_WINDOW).rev() {
+            self.transits.push_back(t);
+        }
+        self.next = Some(start);
+        Some(start)
+    }
+
     /// What to play now; call once per frame period. `None` until playout
     /// has started (the first frame waited out the target delay).
     pub fn poll_playout(&mut self, now_ms: u64) -> Option<Playout> {
         let frame = i64::from(self.config.frame_ms);
         let mut next = match self.next {
             Some(next) => next,
-            None => {
-                let first = self.first_arrival_ms?;
-                let lowest = *self.frames.keys().next()?;
-                if now_ms < first + u64::from(self.config.min_delay * self.config.frame_ms) {
-                    return None;
-                }
-                self.next = Some(lowest);
-                lowest
-            }
+            None => self.start(now_ms)?,
         };
         // Frames filed before playout started can lie beyond the window that
         // later arrivals are held to: drop them, so the buffer holds at most
@@ -329,8 +423,16 @@ impl JitterBuffer {
             self.stats.held += 1;
             return Some(Playout::Conceal);
         }
+        let pause = || {
+            !self.played_speech
+                && [next, next + 1]
+                    .iter()
+                    .all(|n| self.frames.get(n).is_some_and(|f| !f.speech))
+        };
+        let shrink_due = self.since_shrink >= FORCED_SHRINK_EVERY
+            || (self.since_shrink >= SHRINK_EVERY && pause());
         if offset - frame >= aim + frame / 2
-            && self.since_shrink >= SHRINK_EVERY
+            && shrink_due
             && self.frames.contains_key(&next)
             && self.frames.contains_key(&(next + 1))
         {
@@ -341,14 +443,15 @@ impl JitterBuffer {
             next += 1;
         }
         self.next = Some(next + 1);
-        let playout = if let Some((payload, arrival)) = self.frames.remove(&next) {
+        let playout = if let Some(f) = self.frames.remove(&next) {
             self.stats.played += 1;
-            let waited = now_ms.saturating_sub(arrival) as usize;
+            self.played_speech = f.speech;
+            let waited = now_ms.saturating_sub(f.arrival_ms) as usize;
             self.added[waited.min(DELAY_BUCKETS - 1)] += 1;
-            Playout::Frame(payload)
-        } else if let Some((following, _)) = self.frames.get(&(next + 1)) {
+            Playout::Frame(f.payload)
+        } else if let Some(following) = self.frames.get(&(next + 1)) {
             self.stats.fec += 1;
-            Playout::Fec(following.clone())
+            Playout::Fec(following.payload.clone())
         } else {
             self.stats.concealed += 1;
             Playout::Conceal
@@ -463,6 +566,116 @@ mod tests {
             wild.poll_playout(u64::from(n) * 20 + 1);
         }
         assert_eq!(wild.target_delay_ms(), 200, "bounded by max_delay");
+    }
+
+    /// Plays `arrivals` ((arrival ms, frame number), any order) through a
+    /// buffer polled every 20 ms at `phase` ms into the period, each frame
+    /// marked speech or not by `speech`; returns the buffer and every frame
+    /// played (its number and when).
+    fn play(
+        arrivals: &[(u64, u16)],
+        phase: u64,
+        periods: u64,
+        speech: impl Fn(u16) -> bool,
+    ) -> (JitterBuffer, Vec<(u16, u64)>) {
+        let mut arrivals = arrivals.to_vec();
+        arrivals.sort_unstable();
+        let mut jb = jb();
+        let mut it = arrivals.into_iter().peekable();
+        let mut played = Vec::new();
+        for p in 0..periods {
+            let now = p * 20 + phase;
+            while let Some(&(at, n)) = it.peek() {
+                if at > now {
+                    break;
+                }
+                it.next();
+                let payload = n.to_be_bytes().to_vec();
+                let _ = jb.handle_speech_frame(n, payload, at, speech(n));
+            }
+            if let Some(Playout::Frame(f)) = jb.poll_playout(now) {
+                played.push((u16::from_be_bytes([f[0], f[1]]), now));
+            }
+        }
+        (jb, played)
+    }
+
+    /// The frames of `played` (in order) that were skipped over.
+    fn skipped(played: &[(u16, u64)]) -> Vec<u16> {
+        played.windows(2).flat_map(|w| w[0].0 + 1..w[1].0).collect()
+    }
+
+    #[test]
+    fn a_frame_that_waited_before_the_receiver_read_it_does_not_set_the_delay() {
+        // What a lab call's caller saw: the callee started sending 320 ms
+        // before the caller's media loop read its socket, so frame 0 was
+        // read at once (2 ms) with frames 1..=16 lost on a relay the caller
+        // had not bound yet; from frame 17 on the stream arrives 300 ms
+        // "earlier" than frame 0 did (transit -320 + 2 ms).
+        let mut arrivals = vec![(2, 0u16)];
+        arrivals.extend((17..400u16).map(|n| (u64::from(n) * 20 - 320 + 2, n)));
+        for phase in [1, 7, 13, 19] {
+            let (jb, played) = play(&arrivals, phase, 400, |_| true);
+            let s = jb.stats();
+            // the stream, not the stale frame, set the delay: two frames
+            // (the start delay) at most
+            let p95 = jb.added_delay_ms(0.95).unwrap();
+            assert!(p95 <= 60, "phase {phase}: p95 {p95} ms, {s:?}");
+            assert_eq!(s.stale, 1, "phase {phase}: {s:?}");
+            assert_eq!((s.late, s.held), (0, 0), "phase {phase}: {s:?}");
+            // speech all along: one skip, forced, to shrink the start delay
+            assert!(s.skipped <= 1, "phase {phase}: {s:?}");
+            assert_eq!(played[0].0, 17, "phase {phase}");
+            assert!(played.len() >= 380, "phase {phase}: {s:?}");
+        }
+    }
+
+    #[test]
+    fn skips_to_shrink_the_delay_wait_for_a_pause_in_speech() {
+        // A clean link (transit 5..7 ms): playout starts two frames after
+        // the first arrival, a frame and more above what the link needs.
+        let arrivals: Vec<(u64, u16)> = (0..1000u16)
+            .map(|n| (u64::from(n) * 20 + 5 + u64::from(n % 3), n))
+            .collect();
+        // speech for 3 s, a pause of two seconds (room for two skips, 50
+        // periods apart), speech again
+        let speech = |n: u16| !(150..250).contains(&n);
+        for phase in [0, 5, 9, 15, 19] {
+            let (jb, played) = play(&arrivals, phase, 1000, speech);
+            let s = jb.stats();
+            let skipped = skipped(&played);
+            assert!(!skipped.is_empty(), "phase {phase}: {s:?}");
+            // only in the pause, with a pause frame on either side
+            assert!(
+                skipped.iter().all(|&n| (151..249).contains(&n)),
+                "phase {phase}: skipped {skipped:?}"
+            );
+            assert_eq!(
+                (s.late, s.held, s.concealed),
+                (0, 0, 0),
+                "phase {phase}: {s:?}"
+            );
+            // and the pause brought the delay down to what the link needs:
+            // the last frame waited less than a frame and a half
+            let (n, at) = *played.last().unwrap();
+            assert!(n >= 990, "phase {phase}: last played {n}");
+            let waited = at - (u64::from(n) * 20 + 5 + u64::from(n % 3));
+            assert!(waited < 30, "phase {phase}: waited {waited} ms, {s:?}");
+        }
+    }
+
+    #[test]
+    fn without_a_pause_the_delay_still_comes_down_slowly() {
+        let arrivals: Vec<(u64, u16)> = (0..1000u16).map(|n| (u64::from(n) * 20 + 5, n)).collect();
+        let (jb, played) = play(&arrivals, 15, 1000, |_| true);
+        let skipped = skipped(&played);
+        assert!(!skipped.is_empty(), "{:?}", jb.stats());
+        // the first after FORCED_SHRINK_EVERY periods (playout started two
+        // or three periods after frame 0 arrived)
+        assert!(
+            u32::from(skipped[0]) + 3 >= FORCED_SHRINK_EVERY,
+            "{skipped:?}"
+        );
     }
 
     #[test]
