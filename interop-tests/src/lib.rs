@@ -102,6 +102,7 @@ pub mod background;
 pub mod baseline;
 pub mod capture;
 pub mod detect;
+pub mod docker;
 pub mod error;
 pub mod exec;
 pub mod ice;

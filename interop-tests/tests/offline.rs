@@ -280,6 +280,7 @@ fn the_matrix_shows_both_sides_and_the_udp_blocked_summary() {
         profile: "clean".into(),
         self_check_table: String::new(),
         clients: None,
+        backend: None,
         cells: vec![
             cell(
                 NatType::Open,
