@@ -38,7 +38,7 @@
 //! on an internal network whose destination is outside the network's subnet,
 //! which is every routed packet of the lab. For each of its bridges the lab
 //! inserts one rule in `DOCKER-USER`, `-i BR -o BR -j ACCEPT` (same bridge in
-//! and out, nothing else), commented `natter-lab:<prefix>`.
+//! and out, nothing else), commented `natter-lab:<pid>:<prefix>`.
 //!
 //! Everything a run creates carries its prefix `nt<pid>-<k>` and the label
 //! `natter.lab.owner=<pid>`: [`Engine`]'s `Drop` removes its containers,
@@ -62,7 +62,7 @@ pub const IMAGE_CLIENT: &str = "/usr/local/bin/natter";
 /// The label every container and network of a lab carries (value: the pid
 /// of the process that made it).
 const OWNER_LABEL: &str = "natter.lab.owner";
-/// Comment of the lab's `DOCKER-USER` rules (followed by the lab's prefix).
+/// Comment of the lab's `DOCKER-USER` rules (followed by `<pid>:<prefix>`).
 const RULE_COMMENT: &str = "natter-lab:";
 
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -182,10 +182,10 @@ pub fn cleanup_stale() -> Result<Vec<String>> {
             let Some(rest) = rule.split(RULE_COMMENT).nth(1) else {
                 continue;
             };
-            let prefix = rest.split(['"', ' ']).next().unwrap_or_default();
-            if crate::lab::owner_pid(&format!("{prefix}-x")).is_some_and(|p| dead(&p.to_string())) {
+            let owner = rest.split([':', '"', ' ']).next().unwrap_or_default();
+            if dead(owner) {
                 delete_rule(rule)?;
-                gone.push(format!("DOCKER-USER rule {prefix}"));
+                gone.push(format!("DOCKER-USER rule of pid {owner}"));
             }
         }
     }
@@ -246,6 +246,27 @@ impl Engine {
         })
     }
 
+    /// Inserts (`-I`) or deletes (`-D`) the rule that lets frames between
+    /// two ports of `bridge` through Docker's filter, and nothing else.
+    fn same_bridge_rule(&self, op: &str, bridge: &str) -> Result<()> {
+        let comment = format!("{RULE_COMMENT}{}:{}", std::process::id(), self.prefix);
+        iptables(&[
+            op,
+            "DOCKER-USER",
+            "-i",
+            bridge,
+            "-o",
+            bridge,
+            "-m",
+            "comment",
+            "--comment",
+            &comment,
+            "-j",
+            "ACCEPT",
+        ])
+        .map(|_| ())
+    }
+
     /// The backend's settings.
     pub fn options(&self) -> &DockerOptions {
         &self.opts
@@ -275,21 +296,7 @@ impl Engine {
         let id = out.stdout.trim();
         let bridge = format!("br-{}", id.get(..12).unwrap_or(id));
         self.networks.push((name.to_owned(), bridge.clone()));
-        let comment = format!("{RULE_COMMENT}{}", self.prefix);
-        iptables(&[
-            "-I",
-            "DOCKER-USER",
-            "-i",
-            &bridge,
-            "-o",
-            &bridge,
-            "-m",
-            "comment",
-            "--comment",
-            &comment,
-            "-j",
-            "ACCEPT",
-        ])?;
+        self.same_bridge_rule("-I", &bridge)?;
         Ok(bridge)
     }
 
@@ -299,21 +306,7 @@ impl Engine {
             return Ok(());
         };
         let (name, bridge) = self.networks.remove(i);
-        let comment = format!("{RULE_COMMENT}{}", self.prefix);
-        let rule = iptables(&[
-            "-D",
-            "DOCKER-USER",
-            "-i",
-            &bridge,
-            "-o",
-            &bridge,
-            "-m",
-            "comment",
-            "--comment",
-            &comment,
-            "-j",
-            "ACCEPT",
-        ]);
+        let rule = self.same_bridge_rule("-D", &bridge);
         let net = docker(&["network", "rm", &name]);
         rule.and(net).map(|_| ())
     }

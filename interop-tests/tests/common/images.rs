@@ -131,7 +131,7 @@ pub fn leftovers(pid: u32) -> Vec<String> {
         .args(["-S", "DOCKER-USER"])
         .output()
         .unwrap();
-    let mine = format!("natter-lab:nt{pid}-");
+    let mine = format!("natter-lab:{pid}:");
     left.extend(
         String::from_utf8_lossy(&rules.stdout)
             .lines()
