@@ -25,6 +25,13 @@
 //! Teardown always happens: [`Lab`]'s `Drop` kills the processes it started
 //! (and anything else still running in its namespaces), deletes the veths
 //! (synchronous, unlike `ip netns del`: caveat 4) and then the namespaces.
+//!
+//! [`Backend::Docker`] builds the same topology from containers and Docker
+//! networks ([`crate::docker`]): each container's network namespace is
+//! attached under the name above, so everything after creating a node (its
+//! addresses, routes, the routers' nftables recipes, the processes) is the
+//! same code for both backends; [`Lab::command`] starts a program given by
+//! path inside its container.
 
 use std::collections::BTreeMap;
 use std::fs;
