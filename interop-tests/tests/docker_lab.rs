@@ -9,7 +9,7 @@
 //! Needs root, a Docker engine and the binaries under test (NATTER_BIN_DIR,
 //! else next to this crate's binary); the images are built from them with
 //! deploy/build-images under a tag of this run (removed afterwards). Skips,
-//! saying so, only where no Docker engine answers. About 3 minutes.
+//! saying so, only where no Docker engine answers. About 2.5 minutes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

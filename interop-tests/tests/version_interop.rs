@@ -13,7 +13,7 @@
 //! Needs root, a Docker engine and the binaries under test (NATTER_BIN_DIR,
 //! else next to this crate's binary); images built with deploy/build-images
 //! under a tag of this run and removed afterwards. Skips, saying so, only
-//! where no Docker engine answers. About 2 minutes.
+//! where no Docker engine answers. About 80 s.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
