@@ -1332,12 +1332,16 @@ pub fn matrix_markdown(r: &MatrixReport) -> String {
     for c in &r.cells {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {}/{} | {:?} | {} | {} / {} | {} | {} |",
+            "| {} | {} | {} | {}/{}{} | {:?} | {} | {} / {} | {} | {} |",
             c.a,
             c.b,
             c.expected,
             c.connected,
             c.trials,
+            match c.incompatible() {
+                0 => String::new(),
+                n => format!(" ({n} INCOMPATIBLE)"),
+            },
             c.final_path,
             if c.side_paths.is_empty() {
                 "-".to_owned()
