@@ -59,6 +59,7 @@ pub mod tcp_relay;
 pub mod text;
 pub mod tls;
 pub mod ui;
+pub mod wire_test;
 
 pub use error::ClientError;
 pub use home::{Home, Session};

@@ -198,6 +198,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 async fn main() {
     let cli: Cli = natter_config::parse(&[]);
     natter_client::keylog::init_from_env();
+    if let Err(e) = natter_client::wire_test::init_from_env() {
+        eprintln!("natter: {e}");
+        std::process::exit(2);
+    }
     if let Err(e) = run(cli).await {
         let line = e.to_string().replace('\n', " ");
         eprintln!("natter: {line}");

@@ -25,6 +25,13 @@
 //! Teardown always happens: [`Lab`]'s `Drop` kills the processes it started
 //! (and anything else still running in its namespaces), deletes the veths
 //! (synchronous, unlike `ip netns del`: caveat 4) and then the namespaces.
+//!
+//! [`Backend::Docker`] builds the same topology from containers and Docker
+//! networks ([`crate::docker`]): each container's network namespace is
+//! attached under the name above, so everything after creating a node (its
+//! addresses, routes, the routers' nftables recipes, the processes) is the
+//! same code for both backends; [`Lab::command`] starts a program given by
+//! path inside its container.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -35,6 +42,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::docker::{self, DockerOptions, Engine, NetworkSpec};
 use crate::error::{LabError, Result};
 use crate::exec;
 use crate::nat::{self, Impairment, NatType};
@@ -67,10 +75,33 @@ pub const PROBE_PORTS: [u16; 2] = [3478, 3479];
 pub const PROBE_TCP_PORTS: [u16; 3] = [80, 443, 8080];
 
 const CMD_TIMEOUT: Duration = Duration::from_secs(15);
+/// Docker's own address on the public network (its bridge on the host;
+/// no lab address, and no lab route leads there).
+const DOCKER_PUB_GATEWAY: &str = "198.51.100.254";
 /// Lifetime of a reflector process that nobody stops (it stops by itself).
 const REFLECTOR_MAX_SECS: u32 = 6 * 3600;
 
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// What the lab is built from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// Network namespaces and veths (the default, and CI's).
+    #[default]
+    Netns,
+    /// Docker containers and networks ([`crate::docker`]).
+    Docker,
+}
+
+impl Backend {
+    /// The backend's name as the command line spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Netns => "netns",
+            Backend::Docker => "docker",
+        }
+    }
+}
 
 /// How to build a lab.
 #[derive(Debug, Clone)]
@@ -87,6 +118,11 @@ pub struct LabConfig {
     /// Seed of the impairment links' RNGs (client N's link uses
     /// `wire_seed + 2 * N`, see [`Lab::set_impairment`]).
     pub wire_seed: u64,
+    /// Namespaces or containers.
+    pub backend: Backend,
+    /// The Docker backend's settings (image, mounts); the lab adds its own
+    /// work dir and the probe binary's directory to the mounts.
+    pub docker: DockerOptions,
 }
 
 impl LabConfig {
@@ -103,6 +139,8 @@ impl LabConfig {
             map_timeout_s: 300,
             reflectors: true,
             wire_seed: 1,
+            backend: Backend::Netns,
+            docker: DockerOptions::default(),
         }
     }
 }
@@ -122,8 +160,10 @@ pub struct Client {
     pub wan_ip: Ipv4Addr,
     /// The host's own address (10.N.0.2, or the public 192.0.2.N for `open`).
     pub host_ip: Ipv4Addr,
-    /// The bridge port in the internet namespace.
+    /// The bridge port in the internet namespace (netns backend).
     port: String,
+    /// The LAN's Docker network (docker backend).
+    lan_net: String,
 }
 
 /// Handle of a process started with [`Lab::spawn`].
@@ -150,6 +190,9 @@ pub struct Lab {
     generation: u32,
     /// Impairment links, by the router namespace they serve.
     wires: BTreeMap<String, Wire>,
+    /// The Docker backend's containers and networks (their network
+    /// namespaces are attached under the same names).
+    docker: Option<Engine>,
 }
 
 /// A client's impairment link: its namespace, the bridge port facing it
@@ -169,21 +212,6 @@ fn run_ip(args: &[&str]) -> Result<exec::Output> {
     let mut c = ip();
     c.args(args);
     exec::run(c, None, CMD_TIMEOUT)
-}
-
-/// `program args` inside `ns`, with `env` added.
-fn ns_command(
-    ns: &str,
-    program: impl AsRef<std::ffi::OsStr>,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> Command {
-    let mut c = netns_command(ns, program);
-    c.args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c
 }
 
 /// `ip netns exec NS PROGRAM` as a command.
@@ -325,7 +353,7 @@ impl Lab {
     /// Builds the internet namespace and, if configured, the probe reflector
     /// hosts s1 (two addresses) and s2 with their reflectors running.
     /// Checks prerequisites and removes stale namespaces of dead runs first.
-    pub fn new(cfg: LabConfig) -> Result<Lab> {
+    pub fn new(mut cfg: LabConfig) -> Result<Lab> {
         check_prereqs(&[])?;
         let stale = cleanup_stale()?;
         if !stale.is_empty() {
@@ -336,6 +364,19 @@ impl Lab {
         let k = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("nt{}-{k}", std::process::id());
         let wan_ns = format!("{prefix}-w");
+        let engine = match cfg.backend {
+            Backend::Netns => None,
+            Backend::Docker => {
+                let mut opts = cfg.docker.clone();
+                let exe_dir = cfg.probe_exe.parent().map(Path::to_path_buf);
+                opts.mounts.extend(exe_dir);
+                opts.mounts.push(cfg.work_dir.clone());
+                opts.mounts.sort();
+                opts.mounts.dedup();
+                cfg.docker = opts.clone();
+                Some(Engine::new(&prefix, opts)?)
+            }
+        };
         let mut lab = Lab {
             prefix,
             cfg,
@@ -345,8 +386,26 @@ impl Lab {
             procs: Vec::new(),
             generation: 0,
             wires: BTreeMap::new(),
+            docker: engine,
         };
         // On any error below, dropping `lab` removes what was built.
+        if lab.docker.is_some() {
+            lab.docker_internet()?;
+        } else {
+            lab.netns_internet()?;
+        }
+        if lab.cfg.reflectors {
+            lab.add_server("s1", &[S1, S1B])?;
+            lab.add_server("s2", &[S2])?;
+            lab.start_reflectors()?;
+        }
+        Ok(lab)
+    }
+
+    /// The internet of the netns backend: namespace `<p>-w` with bridge br0.
+    fn netns_internet(&mut self) -> Result<()> {
+        let wan_ns = self.wan_ns.clone();
+        let lab = self;
         lab.new_ns(&wan_ns)?;
         let w = wan_ns.as_str();
         run_ip(&["-n", w, "link", "add", "br0", "type", "bridge"])?;
@@ -389,12 +448,92 @@ impl Lab {
             None,
             CMD_TIMEOUT,
         );
-        if lab.cfg.reflectors {
-            lab.add_server("s1", &[S1, S1B])?;
-            lab.add_server("s2", &[S2])?;
-            lab.start_reflectors()?;
+        Ok(())
+    }
+
+    /// The internet of the docker backend: network `<p>-pub` and container
+    /// `<p>-w` on it with both gateway addresses, forwarding between them.
+    fn docker_internet(&mut self) -> Result<()> {
+        let net = format!("{}-pub", self.prefix);
+        let w = self.wan_ns.clone();
+        let engine = self.engine()?;
+        engine.network(
+            &net,
+            NetworkSpec {
+                subnet: "198.51.100.0/24",
+                gateway: DOCKER_PUB_GATEWAY,
+            },
+        )?;
+        engine.container(&w, &net, Some(&SERVER_GW.to_string()), None)?;
+        let eth = docker::interface_with(&w, &SERVER_GW.to_string())?;
+        run_ip(&[
+            "-n",
+            &w,
+            "addr",
+            "add",
+            &format!("{ROUTER_GW}/24"),
+            "dev",
+            &eth,
+        ])?;
+        self.quiet_ipv6(&w)?;
+        self.sysctl(
+            &w,
+            &[
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.default.send_redirects=0",
+                &format!("net.ipv4.conf.{eth}.send_redirects=0"),
+            ],
+        )
+    }
+
+    fn engine(&mut self) -> Result<&mut Engine> {
+        self.docker
+            .as_mut()
+            .ok_or_else(|| LabError::Other("not a docker lab".into()))
+    }
+
+    /// The backend this lab runs on.
+    pub fn backend(&self) -> Backend {
+        self.cfg.backend
+    }
+
+    /// The command that runs `program` in `ns` (a namespace, or a container
+    /// of the docker backend). In a container, a program given by path runs
+    /// inside it (its file system, the image's environment: `nsenter`); a
+    /// tool given by name runs from the host in its network namespace, as in
+    /// the namespace backend.
+    pub fn command(&self, ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let program = program.as_ref();
+        if let Some((pid, env)) = self.docker.as_ref().and_then(|d| d.process_of(ns))
+            && Path::new(program).is_absolute()
+        {
+            let mut c = Command::new("nsenter");
+            c.arg("--target")
+                .arg(pid.to_string())
+                .args(["--mount", "--uts", "--ipc", "--net", "--"])
+                .arg(program);
+            for (k, v) in env {
+                c.env(k, v);
+            }
+            return c;
         }
-        Ok(lab)
+        netns_command(ns, program)
+    }
+
+    fn ns_command(
+        &self,
+        ns: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Command {
+        let mut c = self.command(ns, program);
+        c.args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c
     }
 
     /// The prefix of every namespace name of this lab.
@@ -407,9 +546,13 @@ impl Lab {
         &self.cfg
     }
 
-    /// The lab's namespaces that exist now.
+    /// The lab's namespaces that exist now (docker backend: the containers,
+    /// whose network namespaces are attached under the same names).
     pub fn namespaces(&self) -> &[String] {
-        &self.namespaces
+        match &self.docker {
+            Some(d) => d.containers(),
+            None => &self.namespaces,
+        }
     }
 
     /// The namespace of server `role` (see [`Lab::add_server`]).
@@ -421,7 +564,11 @@ impl Lab {
         run_ip(&["netns", "add", ns])?;
         self.namespaces.push(ns.to_owned());
         run_ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        // IPv4 only, quiet (no IPv6 RS/DAD chatter)
+        self.quiet_ipv6(ns)
+    }
+
+    /// IPv4 only, quiet (no IPv6 RS/DAD chatter).
+    fn quiet_ipv6(&self, ns: &str) -> Result<()> {
         self.sysctl(
             ns,
             &[
@@ -457,9 +604,27 @@ impl Lab {
             )));
         }
         let ns = format!("{}-{role}", self.prefix);
-        self.new_ns(&ns)?;
-        self.attach_wan(&ns, "eth0", &format!("p{role}"))?;
-        for a in addrs {
+        let Some(first) = addrs.first() else {
+            return Err(LabError::Other(format!("server `{role}` has no address")));
+        };
+        let extra = if self.docker.is_some() {
+            let net = format!("{}-pub", self.prefix);
+            self.engine()?
+                .container(&ns, &net, Some(&first.to_string()), None)?;
+            let eth = docker::interface_with(&ns, &first.to_string())?;
+            if eth != "eth0" {
+                return Err(LabError::Other(format!(
+                    "server {ns}: docker named its interface {eth}, not eth0"
+                )));
+            }
+            self.quiet_ipv6(&ns)?;
+            &addrs[1..]
+        } else {
+            self.new_ns(&ns)?;
+            self.attach_wan(&ns, "eth0", &format!("p{role}"))?;
+            addrs
+        };
+        for a in extra {
             run_ip(&["-n", &ns, "addr", "add", &format!("{a}/24"), "dev", "eth0"])?;
         }
         run_ip(&[
@@ -558,9 +723,14 @@ impl Lab {
         } else {
             Ipv4Addr::new(10, index, 0, 2)
         };
-        self.new_ns(&r)?;
-        self.new_ns(&h)?;
-        self.attach_wan(&r, "wan0", &port)?;
+        let lan_net = format!("{}-l{index}x{g}", self.prefix);
+        if self.docker.is_some() {
+            self.docker_client_links(index, &r, &h, &lan_net)?;
+        } else {
+            self.new_ns(&r)?;
+            self.new_ns(&h)?;
+            self.attach_wan(&r, "wan0", &port)?;
+        }
         run_ip(&[
             "-n",
             &r,
@@ -579,25 +749,32 @@ impl Lab {
             "via",
             &ROUTER_GW.to_string(),
         ])?;
-        run_ip(&[
-            "link", "add", "lan0", "netns", &r, "type", "veth", "peer", "name", "eth0", "netns", &h,
-        ])?;
-        run_ip(&["-n", &r, "link", "set", "lan0", "up"])?;
-        run_ip(&[
-            "-n",
-            &r,
-            "addr",
-            "add",
-            &format!("{lan_gw}/24"),
-            "dev",
-            "lan0",
-        ])?;
-        run_ip(&["-n", &h, "link", "set", "eth0", "up"])?;
+        if self.docker.is_none() {
+            run_ip(&[
+                "link", "add", "lan0", "netns", &r, "type", "veth", "peer", "name", "eth0",
+                "netns", &h,
+            ])?;
+            run_ip(&["-n", &r, "link", "set", "lan0", "up"])?;
+            run_ip(&[
+                "-n",
+                &r,
+                "addr",
+                "add",
+                &format!("{lan_gw}/24"),
+                "dev",
+                "lan0",
+            ])?;
+            run_ip(&["-n", &h, "link", "set", "eth0", "up"])?;
+        }
         let gw = lan_gw.to_string();
         if nat == NatType::Open {
             // The router routes a public /32 to its host; the internet knows
             // the way to it. The host's only address is public.
             let host32 = format!("{host_ip}/32");
+            if self.docker.is_some() {
+                // docker's 10.N.0.2 goes: the host has the public address only
+                run_ip(&["-n", &h, "addr", "flush", "dev", "eth0"])?;
+            }
             run_ip(&["-n", &h, "addr", "add", &host32, "dev", "eth0"])?;
             run_ip(&["-n", &h, "route", "add", &gw, "dev", "eth0"])?;
             run_ip(&[
@@ -614,15 +791,17 @@ impl Lab {
                 &wan_ip.to_string(),
             ])?;
         } else {
-            run_ip(&[
-                "-n",
-                &h,
-                "addr",
-                "add",
-                &format!("{host_ip}/24"),
-                "dev",
-                "eth0",
-            ])?;
+            if self.docker.is_none() {
+                run_ip(&[
+                    "-n",
+                    &h,
+                    "addr",
+                    "add",
+                    &format!("{host_ip}/24"),
+                    "dev",
+                    "eth0",
+                ])?;
+            }
             run_ip(&["-n", &h, "route", "add", "default", "via", &gw])?;
         }
         // forward, and no ICMP redirects when hairpinning lan0 -> lan0
@@ -647,7 +826,48 @@ impl Lab {
             wan_ip,
             host_ip,
             port,
+            lan_net,
         })
+    }
+
+    /// The docker backend's part of [`Lab::add_client`]: the LAN network,
+    /// the router container on the public network and the LAN (interfaces
+    /// renamed `wan0`, without docker's public address, and `lan0`,
+    /// 10.N.0.1), the host container on the LAN (`eth0`, 10.N.0.2), both
+    /// namespaces quiet on IPv6.
+    fn docker_client_links(&mut self, index: u8, r: &str, h: &str, lan_net: &str) -> Result<()> {
+        let pub_net = format!("{}-pub", self.prefix);
+        let pub_ip = Ipv4Addr::new(198, 51, 100, 100 + index).to_string();
+        let lan_gw = Ipv4Addr::new(10, index, 0, 1).to_string();
+        let host_ip = Ipv4Addr::new(10, index, 0, 2).to_string();
+        let host_image = self.cfg.docker.host_images.get(&index).cloned();
+        let engine = self.engine()?;
+        engine.network(
+            lan_net,
+            NetworkSpec {
+                subnet: &format!("10.{index}.0.0/24"),
+                gateway: &format!("10.{index}.0.254"),
+            },
+        )?;
+        engine.container(r, &pub_net, Some(&pub_ip), None)?;
+        engine.connect(r, lan_net, &lan_gw)?;
+        engine.container(h, lan_net, Some(&host_ip), host_image.as_deref())?;
+        let wan = docker::interface_with(r, &pub_ip)?;
+        let lan = docker::interface_with(r, &lan_gw)?;
+        run_ip(&["-n", r, "addr", "flush", "dev", &wan])?;
+        for (from, to) in [(wan.as_str(), "wan0"), (lan.as_str(), "lan0")] {
+            run_ip(&["-n", r, "link", "set", from, "down"])?;
+            run_ip(&["-n", r, "link", "set", from, "name", to])?;
+            run_ip(&["-n", r, "link", "set", to, "up"])?;
+        }
+        let eth = docker::interface_with(h, &host_ip)?;
+        if eth != "eth0" {
+            return Err(LabError::Other(format!(
+                "host {h}: docker named its interface {eth}, not eth0"
+            )));
+        }
+        self.quiet_ipv6(r)?;
+        self.quiet_ipv6(h)
     }
 
     /// Loads an nft script into namespace `ns` (`nft -f -`).
@@ -667,7 +887,15 @@ impl Lab {
     /// process forwards between the two and is restarted with the new
     /// parameters on every call (a clean profile leaves it passing frames
     /// through unchanged). Its log is `wire-<router ns>.log`.
+    ///
+    /// The docker backend has no wire (a router's link is a port of a
+    /// Docker bridge): profiles that need one fail there.
     pub fn set_impairment(&mut self, client: &Client, imp: &Impairment) -> Result<()> {
+        if self.docker.is_some() && imp.needs_wire() {
+            return Err(LabError::Missing(
+                "the docker backend has no impairment wire: delay and jitter profiles (wifi, 4g, bad) run on the namespace backend only".into(),
+            ));
+        }
         self.nft(&client.router_ns, &imp.nft_script())?;
         if !imp.needs_wire() && !self.wires.contains_key(&client.router_ns) {
             return Ok(());
@@ -766,6 +994,18 @@ impl Lab {
 
     /// Removes a client (its processes, router and host).
     pub fn remove_client(&mut self, client: &Client) -> Result<()> {
+        if self.docker.is_some() {
+            self.stop_procs_in(&[&client.host_ns, &client.router_ns]);
+            if client.nat == NatType::Open {
+                let host32 = format!("{}/32", client.host_ip);
+                let _ = run_ip(&["-n", &self.wan_ns, "route", "del", &host32]);
+            }
+            let engine = self.engine()?;
+            let h = engine.remove_container(&client.host_ns);
+            let r = engine.remove_container(&client.router_ns);
+            let n = engine.remove_network(&client.lan_net);
+            return h.and(r).and(n);
+        }
         let wire = self.wires.remove(&client.router_ns);
         let wire_ns = wire.as_ref().map(|x| x.ns.clone()).unwrap_or_default();
         self.stop_procs_in(&[&client.host_ns, &client.router_ns, &wire_ns]);
@@ -799,7 +1039,7 @@ impl Lab {
         env: &[(&str, &str)],
         timeout: Duration,
     ) -> Result<exec::Output> {
-        exec::run_unchecked(ns_command(ns, program, args, env), None, timeout)
+        exec::run_unchecked(self.ns_command(ns, program, args, env), None, timeout)
     }
 
     /// Like [`Lab::exec_unchecked`] but fails unless the command exits 0.
@@ -811,7 +1051,7 @@ impl Lab {
         env: &[(&str, &str)],
         timeout: Duration,
     ) -> Result<exec::Output> {
-        exec::run(ns_command(ns, program, args, env), None, timeout)
+        exec::run(self.ns_command(ns, program, args, env), None, timeout)
     }
 
     /// The log file of a process named `name` (stdout and stderr).
@@ -835,7 +1075,7 @@ impl Lab {
         let f2 = f
             .try_clone()
             .map_err(|e| LabError::io(format!("dup {}", log.display()), e))?;
-        let mut c = ns_command(ns, program, args, env);
+        let mut c = self.ns_command(ns, program, args, env);
         c.stdin(Stdio::null())
             .stdout(Stdio::from(f))
             .stderr(Stdio::from(f2));
@@ -959,6 +1199,11 @@ impl Lab {
             if let Err(e) = delete_namespace(&ns) {
                 first_err.get_or_insert(e);
             }
+        }
+        if let Some(engine) = self.docker.as_mut()
+            && let Err(e) = engine.teardown()
+        {
+            first_err.get_or_insert(e);
         }
         self.servers.clear();
         self.wires.clear();

@@ -5,7 +5,10 @@
 //! every router behaves as its declared NAT type, and runs the real Natter
 //! binaries (`natter-login`, `natter-supernode`, `natter`) through it.
 //!
-//! * [`lab`]: topology builder, teardown guard, [`lab::cleanup_stale`].
+//! * [`lab`]: topology builder, teardown guard, [`lab::cleanup_stale`];
+//!   two backends ([`lab::Backend`]): namespaces (the default) or
+//!   [`docker`]: the same topology from containers and Docker networks
+//!   (`matrix --backend docker`, `--image-a/--image-b` for version interop).
 //! * [`nat`]: NAT types, their nft rulesets, impairment profiles.
 //! * [`impair`]: the impairment link's decisions (delay, jitter, bursty
 //!   loss; pure, seeded) and [`wire`]: the forwarding process that applies
@@ -102,6 +105,7 @@ pub mod background;
 pub mod baseline;
 pub mod capture;
 pub mod detect;
+pub mod docker;
 pub mod error;
 pub mod exec;
 pub mod ice;

@@ -3,7 +3,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use natter_interop_tests::lab::{self, Lab, LabConfig};
+use natter_interop_tests::docker::{self as lab_docker, DockerOptions};
+use natter_interop_tests::lab::{self, Backend, Lab, LabConfig};
 use natter_interop_tests::nat::NatType;
 use natter_interop_tests::{
     amplification, background, baseline, capture, detect, ice, probe, scenario, wire,
@@ -29,6 +30,13 @@ enum Cmd {
         /// Lifetime of the routers' NAT state, seconds.
         #[arg(long, default_value_t = 300)]
         map_timeout: u32,
+        /// What the lab is built from: network namespaces, or Docker
+        /// containers and networks.
+        #[arg(long, value_enum, default_value_t = Backend::Netns)]
+        backend: Backend,
+        /// The docker backend's image for every container.
+        #[arg(long, value_name = "IMAGE", default_value = lab_docker::DEFAULT_IMAGE)]
+        docker_image: String,
     },
     /// Run the call matrix with the real binaries: writes DIR/results.json,
     /// DIR/matrix.md, DIR/matrix.svg and DIR/progress.md (while running).
@@ -85,6 +93,23 @@ enum Cmd {
         /// Likewise the callee's `natter`.
         #[arg(long, value_name = "DIR")]
         bin_dir_b: Option<PathBuf>,
+        /// What the lab is built from: network namespaces (the default), or
+        /// Docker containers and networks (same topology, same recipes,
+        /// same results.json; images from deploy/build-images).
+        #[arg(long, value_enum, default_value_t = Backend::Netns)]
+        backend: Backend,
+        /// The docker backend's image for every container (it needs
+        /// nftables and iproute2; the binaries are mounted from --bin-dir).
+        #[arg(long, value_name = "IMAGE", default_value = lab_docker::DEFAULT_IMAGE)]
+        docker_image: String,
+        /// Version interop on the docker backend: the caller's host runs
+        /// IMAGE and its `natter` (/usr/local/bin/natter, e.g. `natter:0.1.0`
+        /// of another build); the servers stay --bin-dir's.
+        #[arg(long, value_name = "IMAGE", conflicts_with = "bin_dir_a")]
+        image_a: Option<String>,
+        /// Likewise the callee's.
+        #[arg(long, value_name = "IMAGE", conflicts_with = "bin_dir_b")]
+        image_b: Option<String>,
     },
     /// Amplification per unauthenticated service: run natter-login and a
     /// natter-supernode on loopback, probe each service from sockets that
@@ -274,7 +299,12 @@ enum BaselineKind {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Selfcheck { types, map_timeout } => {
+        Cmd::Selfcheck {
+            types,
+            map_timeout,
+            backend,
+            docker_image,
+        } => {
             let types = if types.is_empty() {
                 NatType::ALL.into_iter().chain(NatType::EXTRA).collect()
             } else {
@@ -283,6 +313,8 @@ fn main() -> anyhow::Result<()> {
             let exe = std::env::current_exe().context("current exe")?;
             let mut cfg = LabConfig::new(exe);
             cfg.map_timeout_s = map_timeout;
+            cfg.backend = backend;
+            cfg.docker.image = docker_image;
             let mut lab = Lab::new(cfg)?;
             let verdicts = probe::selfcheck_types(&mut lab, &types, Duration::from_secs(1))?;
             print!("{}", probe::verdict_table(&verdicts));
@@ -307,8 +339,32 @@ fn main() -> anyhow::Result<()> {
             baseline,
             bin_dir_a,
             bin_dir_b,
+            backend,
+            docker_image,
+            image_a,
+            image_b,
         } => {
             let exe = std::env::current_exe().context("current exe")?;
+            // processes in containers see the host's paths, not its cwd
+            let out = std::path::absolute(&out).context("output directory")?;
+            if (image_a.is_some() || image_b.is_some()) && backend != Backend::Docker {
+                bail!("--image-a and --image-b need --backend docker");
+            }
+            if backend == Backend::Docker && baseline.is_some() {
+                bail!("--baseline runs on the namespace backend only");
+            }
+            let mut docker = DockerOptions {
+                image: docker_image,
+                ..DockerOptions::default()
+            };
+            let mut image_client = |index: u8, image: Option<String>| {
+                image.map(|i| {
+                    docker.host_images.insert(index, i);
+                    PathBuf::from(lab_docker::IMAGE_CLIENT)
+                })
+            };
+            let image_a = image_client(1, image_a);
+            let image_b = image_client(2, image_b);
             let bin_dir = match bin_dir {
                 Some(d) => d,
                 None => exe.parent().context("exe dir")?.to_path_buf(),
@@ -326,14 +382,22 @@ fn main() -> anyhow::Result<()> {
                 break_direct_after_s: break_direct_after,
                 block_udp_after_s: block_udp_after,
                 kill_supernode_after_s: kill_supernode_after,
-                client_a: bin_dir_a
-                    .as_deref()
-                    .map(scenario::Binaries::client_in)
-                    .transpose()?,
-                client_b: bin_dir_b
-                    .as_deref()
-                    .map(scenario::Binaries::client_in)
-                    .transpose()?,
+                client_a: match image_a {
+                    Some(p) => Some(p),
+                    None => bin_dir_a
+                        .as_deref()
+                        .map(scenario::Binaries::client_in)
+                        .transpose()?,
+                },
+                client_b: match image_b {
+                    Some(p) => Some(p),
+                    None => bin_dir_b
+                        .as_deref()
+                        .map(scenario::Binaries::client_in)
+                        .transpose()?,
+                },
+                backend,
+                docker,
                 ..scenario::MatrixOptions::new(
                     out,
                     cells,
@@ -357,6 +421,12 @@ fn main() -> anyhow::Result<()> {
             let passed: u32 = report.cells.iter().map(|c| c.passed()).sum();
             let connected: u32 = report.cells.iter().map(|c| c.connected).sum();
             let trials: u32 = report.cells.iter().map(|c| c.trials).sum();
+            let incompatible: u32 = report.cells.iter().map(|c| c.incompatible()).sum();
+            if incompatible > 0 {
+                println!(
+                    "{incompatible}/{trials} trials INCOMPATIBLE: a side refused the other's protocol version"
+                );
+            }
             if let Some(summary) = scenario::udp_blocked_summary(&report) {
                 println!("udp-blocked rows and columns: {summary}");
             }
@@ -531,6 +601,13 @@ fn main() -> anyhow::Result<()> {
             lab::check_prereqs(&[])?;
             let gone = lab::cleanup_stale()?;
             println!("removed {} stale namespaces: {gone:?}", gone.len());
+            if lab_docker::engine_available() {
+                let gone = lab_docker::cleanup_stale()?;
+                println!(
+                    "removed {} stale docker containers, networks and rules: {gone:?}",
+                    gone.len()
+                );
+            }
         }
         Cmd::ProbeReflector {
             ips,

@@ -560,7 +560,7 @@ pub fn selfcheck(lab: &Lab, clients: &[Client], wait: Duration) -> Result<Vec<Ve
         let handles: Vec<_> = clients
             .iter()
             .map(|c| {
-                let mut cmd = lab::netns_command(&c.host_ns, &exe);
+                let mut cmd = lab.command(&c.host_ns, &exe);
                 cmd.args(["probe-client", "--wait-ms", &wait_ms]);
                 let declared = c.nat;
                 s.spawn(move || -> Result<Verdict> {

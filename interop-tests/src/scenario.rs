@@ -41,9 +41,10 @@ use natter_proto::report::CallReport;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::docker::DockerOptions;
 use crate::error::{LabError, Result};
 use crate::exec;
-use crate::lab::{self, Client, Lab, LabConfig, ProcId};
+use crate::lab::{self, Backend, Client, Lab, LabConfig, ProcId};
 use crate::nat::{Impairment, NatType};
 use crate::probe;
 
@@ -270,6 +271,11 @@ pub struct MatrixOptions {
     pub client_a: Option<PathBuf>,
     /// Likewise the callee's `natter`.
     pub client_b: Option<PathBuf>,
+    /// Namespaces (default) or Docker containers.
+    pub backend: Backend,
+    /// The Docker backend's image and version-interop images (client
+    /// index 1 = A, 2 = B); the run adds the mounts it needs.
+    pub docker: DockerOptions,
 }
 
 impl MatrixOptions {
@@ -297,7 +303,30 @@ impl MatrixOptions {
             callee_secs: None,
             client_a: None,
             client_b: None,
+            backend: Backend::Netns,
+            docker: DockerOptions::default(),
         }
+    }
+
+    /// The host directories a docker run shares with its containers: the
+    /// output, the servers' and the clients' binaries (except a client run
+    /// from its own image).
+    fn docker_mounts(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![self.out.clone()];
+        let mut bins = vec![&self.bins.login, &self.bins.supernode, &self.bins.client];
+        for (i, c) in [&self.client_a, &self.client_b].into_iter().enumerate() {
+            let index = u8::try_from(i + 1).unwrap_or(u8::MAX);
+            if let Some(c) = c
+                && !self.docker.host_images.contains_key(&index)
+            {
+                bins.push(c);
+            }
+        }
+        dirs.extend(
+            bins.into_iter()
+                .filter_map(|b| b.parent().map(Path::to_path_buf)),
+        );
+        dirs
     }
 
     /// The `natter` binary of side A (caller) and of side B (callee).
@@ -484,6 +513,11 @@ pub struct TrialResult {
     /// The mid-call changes made, with when (s after `natter call` started).
     #[serde(default)]
     pub events: Vec<String>,
+    /// Set when a side refused the other's protocol version (version
+    /// interop): the line that says so. Such a trial is an incompatibility
+    /// between the builds, not a NAT traversal failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incompatible: Option<String>,
     /// As expected: connected over the expected path.
     pub passed: bool,
     /// What went wrong, if anything.
@@ -596,6 +630,15 @@ impl CellResult {
             .min_by(f64::total_cmp);
     }
 
+    /// Trials that failed because the two builds speak different protocol
+    /// versions ([`TrialResult::incompatible`]).
+    pub fn incompatible(&self) -> u32 {
+        self.trial_results
+            .iter()
+            .filter(|t| t.incompatible.is_some())
+            .count() as u32
+    }
+
     /// Trials that connected over the expected path.
     pub fn passed(&self) -> u32 {
         self.trial_results.iter().filter(|t| t.passed).count() as u32
@@ -613,6 +656,10 @@ pub struct MatrixReport {
     /// the servers' build (version interop), else absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clients: Option<[String; 2]>,
+    /// The lab backend the run used (`netns` or `docker`; absent in
+    /// results of runs before there was a choice: `netns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
     /// Every cell.
     pub cells: Vec<CellResult>,
 }
@@ -833,6 +880,32 @@ struct TrialCtx<'a> {
     imp: Impairment,
 }
 
+/// What a client or server says when it refuses an envelope of another
+/// protocol version (`FrameError::UnsupportedVersion`, passed on in a
+/// connection's close reason).
+pub const VERSION_REFUSED: &str = "unsupported protocol version";
+
+/// The first line saying a side refused the other's protocol version, in
+/// a trial's error, its client logs (`*.log` in `dir`: register, login) or
+/// the call's and the answer's logs.
+pub fn incompatibility(error: Option<&str>, dir: &Path, logs: &[PathBuf]) -> Option<String> {
+    let mut texts: Vec<String> = error.map(str::to_owned).into_iter().collect();
+    if let Ok(entries) = fs::read_dir(dir) {
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        files.sort();
+        texts.extend(files.iter().filter_map(|p| fs::read_to_string(p).ok()));
+    }
+    texts.extend(logs.iter().filter_map(|p| fs::read_to_string(p).ok()));
+    texts.iter().find_map(|t| {
+        t.lines()
+            .find(|l| l.contains(VERSION_REFUSED))
+            .map(|l| tail(l.trim(), 300))
+    })
+}
+
 /// Runs one trial; never fails as a whole (errors go into the result),
 /// except when the lab itself breaks.
 fn run_trial(
@@ -865,6 +938,12 @@ fn run_trial(
     }
     let expected = ctx.opts.expected_path(a, b);
     res.passed = res.connected && res.path_end.as_deref() == Some(expected);
+    let tag = format!("t{serial}");
+    let logs = [
+        lab.log_path(&format!("{tag}-a-call")),
+        lab.log_path(&format!("{tag}-b-answer")),
+    ];
+    res.incompatible = incompatibility(res.error.as_deref(), &dir, &logs);
     // captures: stop tcpdump (SIGINT flushes), keep only for failed trials
     if let Ok(caps) = &outcome {
         for (id, _) in caps {
@@ -1178,6 +1257,9 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 pub fn matrix_markdown(r: &MatrixReport) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# NAT matrix (profile `{}`)\n", r.profile);
+    if let Some(b) = &r.backend {
+        let _ = writeln!(s, "Lab backend: `{b}`.\n");
+    }
     if let Some([a, b]) = &r.clients {
         let _ = writeln!(
             s,
@@ -1186,7 +1268,7 @@ pub fn matrix_markdown(r: &MatrixReport) -> String {
     }
     let _ = writeln!(
         s,
-        "Cell: connected/trials, final path(s) of the call (A/B: each side's own, where they differ); `!` = not as expected (expected path in brackets). Rows: caller A, columns: callee B.\n"
+        "Cell: connected/trials, final path(s) of the call (A/B: each side's own, where they differ); `!` = not as expected (expected path in brackets); INCOMPATIBLE = a side refused the other's protocol version (the builds do not talk; not a NAT failure). Rows: caller A, columns: callee B.\n"
     );
     let types: Vec<NatType> = NatType::ALL
         .iter()
@@ -1232,6 +1314,8 @@ pub fn matrix_markdown(r: &MatrixReport) -> String {
                     };
                     let mark = if !c.self_check {
                         " SELF-CHECK FAILED"
+                    } else if c.incompatible() > 0 {
+                        " INCOMPATIBLE"
                     } else if c.passed() == c.trials && c.trials > 0 {
                         ""
                     } else {
@@ -1259,12 +1343,16 @@ pub fn matrix_markdown(r: &MatrixReport) -> String {
     for c in &r.cells {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {}/{} | {:?} | {} | {} / {} | {} | {} |",
+            "| {} | {} | {} | {}/{}{} | {:?} | {} | {} / {} | {} | {} |",
             c.a,
             c.b,
             c.expected,
             c.connected,
             c.trials,
+            match c.incompatible() {
+                0 => String::new(),
+                n => format!(" ({n} INCOMPATIBLE)"),
+            },
             c.final_path,
             if c.side_paths.is_empty() {
                 "-".to_owned()
@@ -1552,6 +1640,17 @@ pub fn run_matrix(opts: &MatrixOptions) -> Result<MatrixReport> {
     let mut cfg = LabConfig::new(&opts.probe_exe);
     cfg.work_dir = opts.out.join("work").join("logs");
     cfg.map_timeout_s = opts.map_timeout_s;
+    cfg.backend = opts.backend;
+    if opts.backend == Backend::Docker {
+        if !opts.out.is_absolute() {
+            return Err(LabError::Other(format!(
+                "the docker backend needs an absolute output directory, not {}",
+                opts.out.display()
+            )));
+        }
+        cfg.docker = opts.docker.clone();
+        cfg.docker.mounts.extend(opts.docker_mounts());
+    }
     let mut lab = Lab::new(cfg)?;
 
     // self-check every NAT type used, before any trial
@@ -1586,8 +1685,14 @@ pub fn run_matrix(opts: &MatrixOptions) -> Result<MatrixReport> {
     let mut report = MatrixReport {
         profile: opts.profile.clone(),
         self_check_table: table,
-        clients: (opts.client_a.is_some() || opts.client_b.is_some())
-            .then(|| opts.clients().map(|c| c.display().to_string())),
+        clients: (opts.client_a.is_some() || opts.client_b.is_some()).then(|| {
+            let [a, b] = opts.clients().map(|c| c.display().to_string());
+            [(1, a), (2, b)].map(|(i, c)| match opts.docker.host_images.get(&i) {
+                Some(image) if opts.backend == Backend::Docker => format!("{c} of image {image}"),
+                _ => c,
+            })
+        }),
+        backend: Some(opts.backend.name().to_owned()),
         cells: Vec::new(),
     };
     let total_cells = opts.cells.len();
@@ -1614,6 +1719,8 @@ pub fn run_matrix(opts: &MatrixOptions) -> Result<MatrixReport> {
                 opts.trials,
                 if t.connected {
                     "connected"
+                } else if t.incompatible.is_some() {
+                    "INCOMPATIBLE (protocol version)"
                 } else {
                     "NOT connected"
                 },

@@ -280,6 +280,7 @@ fn the_matrix_shows_both_sides_and_the_udp_blocked_summary() {
         profile: "clean".into(),
         self_check_table: String::new(),
         clients: None,
+        backend: None,
         cells: vec![
             cell(
                 NatType::Open,
@@ -372,4 +373,32 @@ fn sequential_ports_are_small_regular_steps() {
     assert!(!sequential_ports(&[20_001, 20_000]), "backwards");
     assert!(!sequential_ports(&[20_000]), "one port says nothing");
     assert!(sequential_ports(&[65_535, 0]), "the counter wraps");
+}
+
+#[test]
+fn a_refused_protocol_version_marks_the_trial_incompatible() {
+    let dir = std::env::temp_dir().join(format!("natter-incompat-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // a NAT failure is not an incompatibility
+    std::fs::write(dir.join("lab1a-register.log"), "registered lab1a\n").unwrap();
+    let call_log = dir.join("t1-a-call.log");
+    std::fs::write(&call_log, "natter: call failed: no path to lab1b\n").unwrap();
+    assert_eq!(
+        scenario::incompatibility(
+            Some("`natter call` exited 1"),
+            &dir,
+            std::slice::from_ref(&call_log)
+        ),
+        None
+    );
+    // the login server's close reason, as the client prints it
+    let line = "natter: login server closed the connection: malformed request: bad frame: \
+                unsupported protocol version 3 (this side speaks 2)";
+    std::fs::write(dir.join("lab1a-register.log"), format!("\n{line}\n")).unwrap();
+    assert_eq!(
+        scenario::incompatibility(None, &dir, &[call_log]).as_deref(),
+        Some(line)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

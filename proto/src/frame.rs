@@ -13,7 +13,7 @@
 
 use prost::Message;
 
-use crate::messages::{Envelope, PROTOCOL_VERSION};
+use crate::messages::{Envelope, wire_version};
 
 /// Default upper bound on one envelope's encoded length (64 KiB).
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
@@ -30,7 +30,7 @@ pub enum FrameError {
     Empty,
     #[error("malformed envelope: {0}")]
     Malformed(#[from] prost::DecodeError),
-    #[error("unsupported protocol version {0} (this side speaks {PROTOCOL_VERSION})")]
+    #[error("unsupported protocol version {0} (this side speaks {ours})", ours = wire_version())]
     UnsupportedVersion(u32),
     #[error("envelope has no body or an unknown message type")]
     MissingBody,
@@ -86,7 +86,7 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, FrameError> {
         });
     }
     let envelope = Envelope::decode(bytes)?;
-    if envelope.version != PROTOCOL_VERSION {
+    if envelope.version != wire_version() {
         return Err(FrameError::UnsupportedVersion(envelope.version));
     }
     if envelope.body.is_none() {

@@ -4,6 +4,7 @@
 //! variant; see docs/PROTOCOL.md for the table.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 #[allow(missing_docs, clippy::all, missing_debug_implementations)]
 mod generated {
@@ -15,11 +16,33 @@ pub use generated::*;
 /// The protocol version this crate speaks, carried in every [`Envelope`].
 pub const PROTOCOL_VERSION: u32 = 2;
 
+static WIRE_VERSION: AtomicU32 = AtomicU32::new(PROTOCOL_VERSION);
+
+/// The version this process writes into envelopes ([`Envelope::new`]) and
+/// accepts from its peers ([`crate::frame::decode_envelope`]):
+/// [`PROTOCOL_VERSION`], unless a version-interop test changed it with
+/// [`set_test_wire_version`].
+pub fn wire_version() -> u32 {
+    WIRE_VERSION.load(Ordering::Relaxed)
+}
+
+/// **Test hook, not for real use**: this process speaks protocol version
+/// `version` on the wire from now on (it sends it and refuses every other,
+/// [`PROTOCOL_VERSION`] included), with the messages of this build
+/// unchanged. It stands for a build with a bumped version, so that a test
+/// can show an incompatibility being caught (docs/PROTOCOL.md 3.5). Only the
+/// client binary calls it, when `NATTER_TEST_WIRE_VERSION` is set; servers
+/// never do.
+pub fn set_test_wire_version(version: u32) {
+    WIRE_VERSION.store(version, Ordering::Relaxed);
+}
+
 impl Envelope {
-    /// An envelope of the current protocol version.
+    /// An envelope of the protocol version this process speaks
+    /// ([`wire_version`]).
     pub fn new(request_id: u64, body: envelope::Body) -> Self {
         Self {
-            version: PROTOCOL_VERSION,
+            version: wire_version(),
             request_id,
             body: Some(body),
         }

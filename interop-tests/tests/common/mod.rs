@@ -31,3 +31,5 @@ pub fn one_lab_at_a_time() -> MutexGuard<'static, ()> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+pub mod images;
