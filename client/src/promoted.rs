@@ -195,10 +195,10 @@ fn start(
     config.peers = peers.to_vec();
     config.data_dir = Some(options.home.join(DATA_DIR));
     config.tcp_listen = Some(SocketAddr::new(checked.local_ip, options.tcp_port));
-    config.certification = Certification::Sponsored(Sponsor {
+    config.certification = Certification::Sponsored(std::sync::Arc::new(Sponsor {
         certificate: identity.certificate.clone(),
         key: identity.key.clone(),
-    });
+    }));
     Ok(Supernode::spawn(config)?)
 }
 
@@ -214,7 +214,7 @@ pub enum StartError {
 fn write_status(options: &PromoteOptions, status: &Status) {
     // Best effort: the status file only informs `natter status`.
     if let Ok(bytes) = serde_json::to_vec_pretty(status) {
-        let _ = natter_fsutil::write_atomic(&options.home.join(STATUS_FILE), &bytes, 0o644);
+        let _ = natter_fsutil::write_private(&options.home.join(STATUS_FILE), &bytes);
     }
 }
 

@@ -239,10 +239,10 @@ async fn a_sponsored_supernode_is_certified_by_the_policy() {
         );
         sn_config.login = Some(server.local_addr());
         sn_config.node_key = Some(user_key(1));
-        sn_config.certification = Certification::Sponsored(Sponsor {
+        sn_config.certification = Certification::Sponsored(std::sync::Arc::new(Sponsor {
             certificate: alice.certificate.clone(),
             key: alice.key.clone(),
-        });
+        }));
         let sn = Supernode::spawn(sn_config).unwrap();
         let deadline = Instant::now() + Duration::from_secs(15);
         let certificate = loop {

@@ -27,7 +27,7 @@ pub enum Certification {
     /// (`NATTER-PROMOTE-V1`), so the login server can approve the key under
     /// its policy for users (`natter-login serve --auto-approve-users`)
     /// instead of waiting for the operator.
-    Sponsored(Sponsor),
+    Sponsored(Arc<Sponsor>),
     /// An issuer in this process (tests, single-box setups): the same
     /// [`Issuer::issue`] the login server calls, with this login key's
     /// private half, certifying for `validity`.

@@ -556,7 +556,8 @@ async fn announce_loop(
     let interval = shell.config.announce_interval;
     let mut backoff = Duration::from_millis(500).min(interval);
     loop {
-        let wait = match announce_once(&shell, login, &key, addrs, &token, sponsor.as_ref()).await {
+        let wait = match announce_once(&shell, login, &key, addrs, &token, sponsor.as_deref()).await
+        {
             Ok(announced) => {
                 // A token is good once: the key is approved now.
                 token.clear();
