@@ -275,6 +275,10 @@ pub async fn run(
                         let _ = promotion.poll_action();
                         match start(&options, &identity, &checked, &peers) {
                             Ok(handle) => {
+                                // The status file first: whoever hears of a
+                                // change finds it there.
+                                last_state = promotion.state().clone();
+                                write_status(&options, &status_of(&last_state, Some(&handle)));
                                 on_event(PromotedEvent::Starting {
                                     addr: handle.addr(),
                                 });
@@ -290,6 +294,8 @@ pub async fn run(
                     if let Some(handle) = node.take() {
                         handle.shutdown().await;
                     }
+                    last_state = promotion.state().clone();
+                    write_status(&options, &status_of(&last_state, None));
                     on_event(PromotedEvent::SteppedDown(reason));
                 }
             }
@@ -320,6 +326,8 @@ pub async fn run(
                         && handle.certificate().is_some()
                     {
                         promotion.handle_certified(now);
+                        last_state = promotion.state().clone();
+                        write_status(&options, &status_of(&last_state, Some(handle)));
                         on_event(PromotedEvent::Serving {
                             addr: handle.addr(),
                             node_id: handle.node_id(),
