@@ -41,8 +41,10 @@ pub const STATUS_FILE: &str = "supernode.status";
 /// promotion.
 pub const DATA_DIR: &str = "supernode";
 
-/// How often the certificate and the load are looked at.
+/// How often the load (and the time) is looked at.
 const TICK: Duration = Duration::from_secs(1);
+/// How often a starting node's certificate is looked for.
+const CERTIFICATE_TICK: Duration = Duration::from_millis(100);
 
 /// What promotion needs from `natter online`.
 #[derive(Debug, Clone)]
@@ -313,10 +315,16 @@ pub async fn run(
             }
             return;
         }
+        // Waiting for the certificate, look often: it is the moment the
+        // node starts serving.
+        let tick = match promotion.state() {
+            State::Starting { .. } => CERTIFICATE_TICK,
+            _ => TICK,
+        };
         let wake = promotion
             .poll_timeout()
-            .map_or(TICK, |at| Duration::from_millis(at.saturating_sub(clock())))
-            .min(TICK);
+            .map_or(tick, |at| Duration::from_millis(at.saturating_sub(clock())))
+            .min(tick);
         tokio::select! {
             () = tokio::time::sleep(wake) => {
                 let now = clock();
