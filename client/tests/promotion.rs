@@ -192,3 +192,65 @@ fn no_promote_is_respected_by_flag_and_by_config_file() {
         assert!(!home.join("supernode").exists(), "{}", home.display());
     }
 }
+
+#[test]
+fn without_auto_approval_a_promoted_client_waits_for_the_operator() {
+    // The login server's default: promoted clients' keys wait as pending.
+    let cluster = Cluster::start(1, None);
+    cluster.add_user("alice");
+    let alice = Online::start_with(&cluster, "alice", &cluster.sn(0), PROMOTE);
+    let (line, _) = alice.expect("supernode: starting at", Duration::from_secs(30));
+    let addr: SocketAddr = line
+        .split("starting at ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+
+    // Pending in the operator's list, and not serving meanwhile.
+    let login_dir = cluster.dir.path().join("login");
+    let list = || {
+        let out = std::process::Command::new(common::workspace_bin("natter-login"))
+            .args(["supernodes", "list", "--data-dir"])
+            .arg(&login_dir)
+            .output()
+            .unwrap();
+        assert_ok(&out)
+    };
+    let mut pending = None;
+    wait_for(
+        || {
+            pending = list()
+                .lines()
+                .find(|l| l.contains(&format!("addr={addr}")) && l.contains("\tpending\t"))
+                .map(str::to_owned);
+            pending.is_some()
+        },
+        "the promoted client's key pending at the login server",
+    );
+    let status = assert_ok(&cluster.run("alice", &["status"], Duration::from_secs(30)));
+    assert!(
+        status.contains(&format!(
+            "supernode: starting at {addr}, waiting for its certificate"
+        )),
+        "{status}"
+    );
+    let early = alice.lines_for(Duration::from_secs(2));
+    assert!(!early.iter().any(|l| l.contains("serving at")), "{early:?}");
+
+    // The operator approves the fingerprint: certified on its next
+    // announce, and serving.
+    let pending = pending.unwrap();
+    let fingerprint = pending.split('\t').next().unwrap();
+    let approved = std::process::Command::new(common::workspace_bin("natter-login"))
+        .args(["supernodes", "approve", "--data-dir"])
+        .arg(&login_dir)
+        .arg(fingerprint)
+        .output()
+        .unwrap();
+    assert_ok(&approved);
+    alice.expect(
+        &format!("supernode: promoted, serving at {addr}"),
+        Duration::from_secs(30),
+    );
+}
