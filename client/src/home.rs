@@ -16,7 +16,7 @@
 
 use std::fs;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use natter_proto::cert::{self, CertError, Identity, VerifiedCertificate};
 use natter_proto::messages::{Certificate, CertificateBody, HostCacheEntry};
@@ -113,6 +113,11 @@ impl Home {
                 })?,
         };
         Self::open(dir)
+    }
+
+    /// The home directory itself.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Path of a file in the home directory.

@@ -22,6 +22,8 @@
 //! | [`search`] | looking a user up in the directory; presence names |
 //! | [`chat`] | sending a chat message and waiting for its receipt |
 //! | [`online`] | staying online: presence, pushes, rejoining after a lost supernode |
+//! | [`promote`] | supernode promotion: when an online client becomes a supernode and when it steps down (sans-IO) |
+//! | [`promoted`] | running the promoted client's supernode (the supernode library, in this process) and its status file |
 //! | [`gather`] | the candidates of a call (host, server-reflexive, predicted, relay) and its relay allocation |
 //! | [`netcheck`] | classifying this host's NAT with STUN reflectors |
 //! | [`call`] | placing and answering calls: signaling plus the SoM/UDP media loop |
@@ -52,6 +54,8 @@ pub mod netcheck;
 pub mod online;
 pub mod overlay;
 pub mod password;
+pub mod promote;
+pub mod promoted;
 pub mod resolve;
 pub mod search;
 pub mod supernode;

@@ -17,6 +17,8 @@ use natter_client::chat::{self, Delivery};
 use natter_client::hold::ScheduledHold;
 use natter_client::home::LoginStatus;
 use natter_client::online::{self, OnlineEvent};
+use natter_client::promote::PromotePolicy;
+use natter_client::promoted::{PromoteOptions, PromotedEvent};
 use natter_client::search::{self, presence_name};
 use natter_client::text::{ago, date_time, for_terminal};
 use natter_client::{ClientError, Home, LoginClient, Session, inbox, now_unix_secs, tls};
@@ -88,8 +90,14 @@ enum Command {
     Chat { name: String, text: String },
     /// Fetch and show received messages.
     Inbox,
-    /// Stay joined: print presence changes and messages until interrupted.
-    Online,
+    /// Stay joined: print presence changes and messages until interrupted
+    /// (Ctrl-C or SIGTERM). A client online long enough on a reachable host
+    /// with CPU to spare becomes a supernode in this process, unless
+    /// --no-promote (docs/ARCHITECTURE.md, "Supernode promotion").
+    Online {
+        #[command(flatten)]
+        promote: PromoteArgs,
+    },
     /// Call a user.
     Call {
         name: String,
@@ -175,6 +183,30 @@ struct AudioArgs {
     /// Sound-card output instead of --audio-out (`default`, or a name from `natter devices`).
     #[arg(long, value_name = "NAME", conflicts_with = "audio_out")]
     output_device: Option<String>,
+}
+
+/// Supernode promotion of `natter online`.
+#[derive(Debug, clap::Args)]
+struct PromoteArgs {
+    /// Never become a supernode (in a config file: `no-promote = true`).
+    #[arg(long, env = "NATTER_NO_PROMOTE")]
+    no_promote: bool,
+    /// Seconds online before this client may become a supernode.
+    #[arg(long, value_name = "SECS", default_value_t = natter_client::promote::DEFAULT_AFTER.as_secs())]
+    promote_after: u64,
+    /// Highest 1-minute load average per core to become, and stay, a
+    /// supernode (busy for 30 s: it steps down).
+    #[arg(long, value_name = "LOAD", default_value_t = natter_client::promote::DEFAULT_MAX_LOAD)]
+    promote_max_load: f64,
+    /// UDP port of the supernode's QUIC listener (its STUN reflector and
+    /// relay take the next two ports); 0: any free port. Behind a full-cone
+    /// NAT a fixed port is needed.
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    promote_port: u16,
+    /// TCP port of the supernode's TLS-over-TCP listener (the fallback for
+    /// users whose UDP is blocked); 0: any free port.
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    promote_tcp_port: u16,
 }
 
 #[derive(Debug, Subcommand)]
@@ -362,6 +394,9 @@ async fn run(cli: Cli) -> Result<()> {
                 session.name(),
                 describe_validity(session.verified.not_after)
             );
+            if let Some(status) = natter_client::promoted::Status::read(home.dir()) {
+                println!("{}", status.line(now_unix_secs()));
+            }
         }
         Command::Buddies {
             command:
@@ -389,7 +424,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Search { .. }
         | Command::Chat { .. }
         | Command::Inbox
-        | Command::Online
+        | Command::Online { .. }
         | Command::Call { .. }
         | Command::Answer { .. } => overlay_command(&cli).await?,
         Command::Netcheck { stun, json } => {
@@ -579,13 +614,37 @@ async fn overlay_command(cli: &Cli) -> Result<()> {
             }
             sn.leave().await;
         }
-        Command::Online => {
+        Command::Online { promote } => {
             let buddies = home.buddy_list();
             println!("online as {me} via {}", sn.addr());
-            let stop = async {
-                let _ = tokio::signal::ctrl_c().await;
+            let (quit_tx, quit_rx) = tokio::sync::watch::channel(false);
+            let promotion = match promote_options(cli, promote, &home, &key).await {
+                Some(options) => {
+                    let reflectors = overlay.cache().stun_reflectors(4, &cli.bootstrap);
+                    let peers = overlay.cache().candidates(8);
+                    let mut quit = quit_rx.clone();
+                    Some(tokio::spawn(natter_client::promoted::run(
+                        options,
+                        session.identity.clone(),
+                        reflectors,
+                        peers,
+                        async move {
+                            let _ = quit.wait_for(|q| *q).await;
+                        },
+                        print_promoted,
+                    )))
+                }
+                None => None,
             };
-            online::stay_online(
+            let stop = async {
+                let mut terminate =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    Some(()) = async { terminate.as_mut()?.recv().await } => {}
+                }
+            };
+            let stayed = online::stay_online(
                 &mut overlay,
                 buddies.names(),
                 &home.inbox(),
@@ -597,7 +656,13 @@ async fn overlay_command(cli: &Cli) -> Result<()> {
                 stop,
                 print_event,
             )
-            .await?;
+            .await;
+            // A promoted node steps down before the process ends.
+            let _ = quit_tx.send(true);
+            if let Some(task) = promotion {
+                let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+            }
+            stayed?;
         }
         Command::Call {
             name,
@@ -677,6 +742,54 @@ fn print_event(event: OnlineEvent) {
             println!("supernode {lost} lost; rejoined via {via}");
         }
     }
+}
+
+/// The live status line of promotion (`natter online`).
+fn print_promoted(event: PromotedEvent) {
+    match event {
+        PromotedEvent::NotEligible(why) => println!("supernode: not promoted ({why})"),
+        PromotedEvent::Starting { addr } => {
+            println!("supernode: starting at {addr}, asking the login server for a certificate");
+        }
+        PromotedEvent::Serving { addr, node_id } => println!(
+            "supernode: promoted, serving at {addr} (node id {})",
+            hex::encode(node_id)
+        ),
+        PromotedEvent::SteppedDown(reason) => println!("supernode: stepped down ({reason})"),
+    }
+}
+
+/// Promotion's settings, or `None` when this client must not be promoted
+/// (`--no-promote`, or no login server to certify it).
+async fn promote_options(
+    cli: &Cli,
+    args: &PromoteArgs,
+    home: &natter_client::Home,
+    key: &rsa::RsaPublicKey,
+) -> Option<PromoteOptions> {
+    if args.no_promote {
+        return None;
+    }
+    let login = match cli.login_target().await {
+        Ok(target) => target.quic?,
+        Err(_) => {
+            println!("supernode: not promoted (no --login server to certify it)");
+            return None;
+        }
+    };
+    let policy = PromotePolicy {
+        after: Duration::from_secs(args.promote_after),
+        max_load: args.promote_max_load,
+        ..PromotePolicy::default()
+    };
+    Some(PromoteOptions {
+        policy,
+        port: args.promote_port,
+        tcp_port: args.promote_tcp_port,
+        login,
+        login_key: key.clone(),
+        home: home.dir().to_path_buf(),
+    })
 }
 
 fn call_options(audio: &AudioArgs, duration: Option<Duration>) -> CallOptions {

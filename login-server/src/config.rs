@@ -130,6 +130,12 @@ pub struct Config {
     pub supernode_cert_validity: Duration,
     /// Most unapproved supernode keys remembered as pending.
     pub max_pending_supernodes: usize,
+    /// Supernode promotion (docs/ARCHITECTURE.md): a supernode key
+    /// announced with a user's sponsorship (a promoted client) is approved
+    /// by itself when that user's account is at least this old and not
+    /// disabled. `None` (the default): every such key waits for the
+    /// operator (`natter-login supernodes approve`), like any other.
+    pub auto_approve_users: Option<Duration>,
     /// When true, a `SupernodeAnnounce` must carry the IP it was sent from
     /// (or an unspecified IP, which is replaced by the source IP).
     pub announce_requires_source_ip: bool,
@@ -176,6 +182,7 @@ impl Config {
             max_supernodes_per_ip: 16,
             supernode_cert_validity: Duration::from_secs(24 * 60 * 60),
             max_pending_supernodes: 64,
+            auto_approve_users: None,
             announce_requires_source_ip: true,
             cpu_workers,
             register_workers: cpu_workers.saturating_sub(1).max(1),

@@ -143,6 +143,13 @@ struct ServeArgs {
     /// Accept supernode announces for addresses other than the sender's.
     #[arg(long)]
     allow_foreign_announce: bool,
+    /// Approve the supernode of a promoted client by itself when its user's
+    /// account is at least this many seconds old and not disabled (the
+    /// announce is signed by the user's certified key). Off unless given:
+    /// promoted clients then wait for `supernodes approve`, as any
+    /// supernode does.
+    #[arg(long, value_name = "MIN_ACCOUNT_AGE_SECS")]
+    auto_approve_users: Option<u64>,
     /// Concurrent connections (QUIC and TLS over TCP together).
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
@@ -189,6 +196,7 @@ impl ServeArgs {
         config.supernode_ttl = Duration::from_secs(self.supernode_ttl_secs);
         config.announce_requires_source_ip = !self.allow_foreign_announce;
         config.max_connections = self.max_connections;
+        config.auto_approve_users = self.auto_approve_users.map(Duration::from_secs);
         config.throttle.registrations_per_prefix = self.registrations_per_prefix;
         config.throttle.registration_interval =
             Duration::from_secs(self.registration_interval_secs.max(1));

@@ -97,6 +97,7 @@ struct Settings {
     announce_requires_source_ip: bool,
     supernode_cert_validity: Duration,
     max_pending_supernodes: usize,
+    auto_approve_users: Option<Duration>,
 }
 
 /// The login server's request handler.
@@ -153,6 +154,7 @@ impl LoginService {
                 announce_requires_source_ip: config.announce_requires_source_ip,
                 supernode_cert_validity: config.supernode_cert_validity,
                 max_pending_supernodes: config.max_pending_supernodes,
+                auto_approve_users: config.auto_approve_users,
             },
         })
     }
@@ -452,6 +454,51 @@ impl LoginService {
         Ok(addr)
     }
 
+    /// The user sponsoring a promoted client's announce, if it carries a
+    /// sponsorship: a USER certificate of this login server, valid now,
+    /// whose key signed `binding::promote_message` over this connection's
+    /// exporter and the announced node id. A sponsorship that does not
+    /// verify refuses the announce (`CERTIFICATE_REJECTED`).
+    fn sponsor(
+        &self,
+        r: &SupernodeAnnounce,
+        exporter: &Exporter,
+        node_id: &[u8],
+        peer: SocketAddr,
+    ) -> Result<Option<String>, ErrorReply> {
+        let Some(certificate) = &r.sponsor else {
+            return Ok(None);
+        };
+        let refused = |why: String| {
+            if self.may_log(peer) {
+                tracing::info!(%peer, "sponsored announce refused: {why}");
+            }
+            error(ErrorCode::CertificateRejected, why)
+        };
+        let user = cert::verify(certificate, &self.issuer.public_key(), now_ms() / 1000)
+            .map_err(|e| refused(format!("sponsor certificate: {e}")))?;
+        let message = binding::promote_message(exporter, node_id);
+        cert::verify_signature(&user.public_key, &message, &r.sponsor_signature).map_err(|_| {
+            refused("sponsor signature does not verify with the sponsor's certified key on this connection".into())
+        })?;
+        Ok(Some(user.name))
+    }
+
+    /// Whether `name` may have its promoted client's supernode approved
+    /// without the operator: the policy is on (`auto_approve_users`), the
+    /// account exists, is not disabled, and is at least that old.
+    async fn in_good_standing(&self, name: &str, now_ms: i64) -> Result<bool, ErrorReply> {
+        let Some(min_age) = self.settings.auto_approve_users else {
+            return Ok(false);
+        };
+        let Some(user) = self.store.user(name).await? else {
+            return Ok(false);
+        };
+        let age_ms = now_ms.saturating_sub(user.created_at);
+        let min_ms = i64::try_from(min_age.as_millis()).unwrap_or(i64::MAX);
+        Ok(!user.disabled && age_ms >= min_ms)
+    }
+
     /// A supernode's announce: signed by the key it wants certified,
     /// bound to this connection; the key must be approved (or bring a valid
     /// one-time enrolment token), not revoked; the addresses must be the
@@ -476,6 +523,9 @@ impl LoginService {
                 "announce signature does not verify with the announced key on this connection",
             ));
         }
+        // A promoted client's announce: the sponsoring user must have
+        // signed this key on this connection, else nothing is recorded.
+        let sponsor = self.sponsor(&r, exporter, &node_id, peer)?;
         let wire = r
             .addr
             .as_ref()
@@ -495,6 +545,10 @@ impl LoginService {
         let now = now_ms();
         let fingerprint = cert::fingerprint(&key);
         let node_hex = hex::encode(node_id);
+        let sponsor_approves = match &sponsor {
+            Some(user) => self.in_good_standing(user, now).await?,
+            None => false,
+        };
         let state = match self.store.supernode_key_state(&fingerprint).await? {
             Some(KeyState::Revoked) => {
                 return Err(error(
@@ -510,6 +564,10 @@ impl LoginService {
                     .await? =>
             {
                 tracing::info!(%addr, key = %fingerprint, "supernode enrolled with a token");
+                KeyState::Approved
+            }
+            _ if sponsor_approves => {
+                tracing::info!(%addr, key = %fingerprint, user = ?sponsor, "promoted client's supernode approved (user in good standing)");
                 KeyState::Approved
             }
             _ => KeyState::Pending,

@@ -15,6 +15,7 @@
 //! login      = "NATTER-LOGIN-V2"    || exporter || len16(name) || name
 //!              || len16(public_key) || public_key || chat_key (32)
 //! announce   = "NATTER-ANNOUNCE-V2" || exporter || node_id (16)
+//! promote    = "NATTER-PROMOTE-V1"  || exporter || node_id (16)
 //! link hello = "NATTER-LINK-V2"     || role (1 dialler, 2 acceptor) || exporter
 //! SN join    = "NATTER-SN-JOIN-V2"  || exporter || nonce
 //! join proof = "NATTER-JOIN-V2"     || exporter || node_id || nonce || SHA-256(statement)
@@ -68,6 +69,19 @@ pub fn login_message(
 pub fn announce_message(exporter: &Exporter, node_id: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(64);
     m.extend_from_slice(b"NATTER-ANNOUNCE-V2");
+    m.extend_from_slice(exporter);
+    m.extend_from_slice(node_id);
+    m
+}
+
+/// What the user sponsoring a promoted client's supernode signs in
+/// `SupernodeAnnounce.sponsor_signature`, with the key of its USER
+/// certificate: this connection's exporter and the supernode key's id, so
+/// the sponsorship names one key and cannot be replayed on another
+/// connection.
+pub fn promote_message(exporter: &Exporter, node_id: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(64);
+    m.extend_from_slice(b"NATTER-PROMOTE-V1");
     m.extend_from_slice(exporter);
     m.extend_from_slice(node_id);
     m
@@ -143,6 +157,18 @@ mod tests {
             chat_message(&[1; 16], "ab", "c", 5, "x"),
             chat_message(&[1; 16], "a", "bc", 5, "x")
         );
+    }
+
+    #[test]
+    fn the_promote_message_is_apart_from_the_announce_message() {
+        let e = [7u8; EXPORTER_LEN];
+        // Same exporter and node id, different domains: a supernode's own
+        // announce signature never passes for a user's sponsorship.
+        assert_ne!(
+            promote_message(&e, &[1; 16]),
+            announce_message(&e, &[1; 16])
+        );
+        assert!(promote_message(&e, &[1; 16]).starts_with(b"NATTER-PROMOTE-V1"));
     }
 
     #[test]

@@ -209,6 +209,17 @@ fn compute() -> Vec<(&'static str, String)> {
         h(binding::announce_message(&exporter, &[0x5a; 16])),
     ));
     v.push((
+        "promote.signed_message",
+        h(binding::promote_message(&exporter, &[0x5a; 16])),
+    ));
+    v.push((
+        "promote.signature",
+        h(cert::sign(
+            &common::key("alice"),
+            &binding::promote_message(&exporter, &[0x5a; 16]),
+        )),
+    ));
+    v.push((
         "link.signed_message",
         h(binding::link_hello_message(
             binding::LinkRole::Dialler,

@@ -21,6 +21,13 @@ pub enum Certification {
     /// supernodes token`; without one, the operator approves the key's
     /// fingerprint (`natter-login supernodes approve`).
     LoginServer { enrol_token: Option<String> },
+    /// A promoted client (docs/ARCHITECTURE.md, "Supernode promotion"):
+    /// like `LoginServer`, each announce also carries the user's
+    /// certificate and the user's signature over the announce binding
+    /// (`NATTER-PROMOTE-V1`), so the login server can approve the key under
+    /// its policy for users (`natter-login serve --auto-approve-users`)
+    /// instead of waiting for the operator.
+    Sponsored(Arc<Sponsor>),
     /// An issuer in this process (tests, single-box setups): the same
     /// [`Issuer::issue`] the login server calls, with this login key's
     /// private half, certifying for `validity`.
@@ -28,6 +35,21 @@ pub enum Certification {
         issuer: Arc<Issuer>,
         validity: Duration,
     },
+}
+
+/// The user vouching for a promoted client's supernode: its USER
+/// certificate and the certified key, which signs each announce's
+/// sponsorship.
+#[derive(Clone)]
+pub struct Sponsor {
+    pub certificate: natter_proto::messages::Certificate,
+    pub key: RsaPrivateKey,
+}
+
+impl std::fmt::Debug for Sponsor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sponsor").finish_non_exhaustive()
+    }
 }
 
 /// Everything a supernode needs to run. [`Config::new`] fills in defaults.

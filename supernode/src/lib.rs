@@ -37,7 +37,7 @@ mod tcp;
 mod tcp_stats;
 mod udp;
 
-pub use config::{Certification, Config};
+pub use config::{Certification, Config, Sponsor};
 pub use server::{Handle, SpawnError, Supernode};
 pub use stun_limit::StunLimits;
 pub use tcp_stats::TcpStats;

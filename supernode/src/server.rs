@@ -124,8 +124,10 @@ impl Supernode {
         // The node id is the certified key's id: nobody can claim it
         // without the key.
         let node_id: NodeId = cert::key_id(&node_key.to_public_key());
-        if matches!(config.certification, Certification::LoginServer { .. })
-            && config.login.is_none()
+        if matches!(
+            config.certification,
+            Certification::LoginServer { .. } | Certification::Sponsored(_)
+        ) && config.login.is_none()
         {
             return Err(SpawnError::NoCertification);
         }
@@ -196,7 +198,7 @@ impl Supernode {
                 ),
                 key: node_key.clone(),
             }),
-            Certification::LoginServer { .. } => None,
+            Certification::LoginServer { .. } | Certification::Sponsored(_) => None,
         };
         let mut core_config = NodeConfig::from_config(
             &config,
@@ -355,6 +357,13 @@ impl Handle {
         self.shell.udp.alternate_addr
     }
 
+    /// The supernode certificate this node serves with: `None` until the
+    /// login server (or the local issuer) certified it, so a node waiting
+    /// for approval neither accepts joins nor links.
+    pub fn certificate(&self) -> Option<Certificate> {
+        self.shell.credentials().map(|c| c.certificate)
+    }
+
     /// Link attempts refused for a missing or invalid `LinkHello` (no
     /// supernode certificate of the pinned login key on that connection).
     pub fn links_refused(&self) -> u64 {
@@ -482,6 +491,7 @@ async fn announce_once(
     key: &RsaPrivateKey,
     addrs: SupernodeAddrs,
     enrol_token: &str,
+    sponsor: Option<&crate::Sponsor>,
 ) -> Result<SupernodeAnnounced, AnnounceError> {
     let public = key.to_public_key();
     let node_id = cert::key_id(&public);
@@ -500,6 +510,10 @@ async fn announce_once(
                     reflector: Some(addrs.reflector.into()),
                     enrol_token: enrol_token.to_owned(),
                     signature: cert::sign(key, &binding::announce_message(exporter, &node_id)),
+                    sponsor: sponsor.map(|s| s.certificate.clone()),
+                    sponsor_signature: sponsor
+                        .map(|s| cert::sign(&s.key, &binding::promote_message(exporter, &node_id)))
+                        .unwrap_or_default(),
                 }),
             )
         },
@@ -533,12 +547,17 @@ async fn announce_loop(
 ) {
     let mut token = match &shell.config.certification {
         Certification::LoginServer { enrol_token } => enrol_token.clone().unwrap_or_default(),
-        Certification::Local { .. } => String::new(),
+        Certification::Local { .. } | Certification::Sponsored(_) => String::new(),
+    };
+    let sponsor = match &shell.config.certification {
+        Certification::Sponsored(sponsor) => Some(sponsor.clone()),
+        _ => None,
     };
     let interval = shell.config.announce_interval;
     let mut backoff = Duration::from_millis(500).min(interval);
     loop {
-        let wait = match announce_once(&shell, login, &key, addrs, &token).await {
+        let wait = match announce_once(&shell, login, &key, addrs, &token, sponsor.as_deref()).await
+        {
             Ok(announced) => {
                 // A token is good once: the key is approved now.
                 token.clear();

@@ -132,6 +132,11 @@ fn free_port() -> u16 {
 impl Cluster {
     /// Starts a login server and `supernodes` meshed supernodes.
     pub fn start(supernodes: usize, netns: Option<Netns>) -> Self {
+        Self::start_with(supernodes, netns, &[])
+    }
+
+    /// [`Cluster::start`] with more options for `natter-login serve`.
+    pub fn start_with(supernodes: usize, netns: Option<Netns>, login_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let login_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cluster = Self {
@@ -152,6 +157,7 @@ impl Cluster {
             .args(["--tcp-listen", &login_addr.to_string(), "--data-dir"])
             .arg(&login_dir)
             .args(["--argon2-m-kib", "1024", "--argon2-t", "1"])
+            .args(login_args)
             .stderr(log_file(&cluster.dir.path().join("login.log")))
             .spawn()
             .unwrap();

@@ -26,9 +26,17 @@ impl Online {
     /// Starts `natter online` for `user` through `bootstrap` and waits until
     /// it is joined.
     pub fn start(cluster: &Cluster, user: &str, bootstrap: &str) -> Self {
+        Self::start_with(cluster, user, bootstrap, &[])
+    }
+
+    /// [`Online::start`] with options of `natter online` (`--no-promote`,
+    /// `--promote-after SECS`, ...).
+    pub fn start_with(cluster: &Cluster, user: &str, bootstrap: &str, options: &[&str]) -> Self {
         let stderr = cluster.dir.path().join(format!("{user}-online.err"));
+        let mut args = vec!["--bootstrap", bootstrap, "online"];
+        args.extend_from_slice(options);
         let mut child = cluster
-            .natter(user, &["--bootstrap", bootstrap, "online"])
+            .natter(user, &args)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
@@ -82,6 +90,44 @@ impl Online {
                     )
                 }
             }
+        }
+    }
+}
+
+impl Online {
+    /// Every line printed within `span`.
+    pub fn lines_for(&self, span: Duration) -> Vec<String> {
+        let start = Instant::now();
+        let mut lines = Vec::new();
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(span.saturating_sub(start.elapsed()))
+        {
+            lines.push(line);
+        }
+        lines
+    }
+
+    /// Sends SIGTERM (what a service manager or `kill` sends) and waits up
+    /// to `limit` for the process to exit; its exit status and the lines it
+    /// printed meanwhile.
+    pub fn terminate(&mut self, limit: Duration) -> (std::process::ExitStatus, Vec<String>) {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, self.lines_for(Duration::from_millis(200)));
+            }
+            assert!(
+                start.elapsed() < limit,
+                "natter online did not exit within {limit:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
