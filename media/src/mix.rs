@@ -188,8 +188,8 @@ mod tests {
             MixError::Legs(MAX_LEGS + 1)
         );
         let mut mixer = Mixer::new(4).unwrap();
-        for i in 0..4 {
-            *mixer.input(i).unwrap() = frame_of(TONES_HZ[i], 5_000.0);
+        for (i, hz) in TONES_HZ.iter().take(4).enumerate() {
+            *mixer.input(i).unwrap() = frame_of(*hz, 5_000.0);
         }
         // A leg leaves: the fourth input is silenced and out of reach.
         mixer.set_legs(3).unwrap();

@@ -859,6 +859,22 @@ impl Conference {
         if self.form_deadline.is_some_and(|d| now_ms >= d) {
             self.form_deadline = None;
             if self.inviter == self.local {
+                // Nobody joined, but one leg is up and silent (an older
+                // build, which ignores conference messages): that call
+                // goes on as a plain two-party call.
+                let silent: Vec<String> = self
+                    .pending
+                    .iter()
+                    .filter(|p| self.legs.contains(*p))
+                    .cloned()
+                    .collect();
+                if self.members.len() == 1
+                    && let [peer] = silent.as_slice()
+                {
+                    self.pending.remove(peer);
+                    self.members
+                        .insert(peer.clone(), Capabilities::new(NatClass::Unknown, 0, 0));
+                }
                 for peer in std::mem::take(&mut self.pending) {
                     // Stop ringing it (or hang up a leg that never answered).
                     if self.dialing.remove(&peer) | self.legs.remove(&peer) {

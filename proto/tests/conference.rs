@@ -192,6 +192,8 @@ struct Net {
     dead: BTreeSet<String>,
     /// Names that do not answer a leg (it rings until the dialler gives up).
     silent: BTreeSet<String>,
+    /// Older builds: they answer the leg but ignore conference messages.
+    old: BTreeSet<String>,
     legs: BTreeSet<(String, String)>,
     now: u64,
     /// Every event, by participant, in order.
@@ -222,6 +224,7 @@ impl Net {
             parts: BTreeMap::new(),
             dead: BTreeSet::new(),
             silent: BTreeSet::new(),
+            old: BTreeSet::new(),
             legs: BTreeSet::new(),
             now: 0,
             log: Vec::new(),
@@ -294,6 +297,10 @@ impl Net {
                     }
                 };
                 self.delivered += 1;
+                if self.old.contains(&to) {
+                    // An older build: a signal without a kind it knows.
+                    continue;
+                }
                 match self.parts.get_mut(&to) {
                     Some(c) if c.phase() != Phase::Ended => {
                         c.handle_signal(&from, &signal, self.now)
@@ -318,29 +325,28 @@ impl Net {
         panic!("the conference did not settle");
     }
 
-    /// What the shell does with an event.
+    /// What the shell does with an event (a `Close` travels on the wire,
+    /// see `drive`).
     fn act(&mut self, name: &str, event: Event) {
-        match event {
-            Event::Dial { peer } => {
-                if self.alive(&peer) && !self.silent.contains(&peer) {
-                    self.legs.insert(pair(name, &peer));
-                    self.parts
-                        .get_mut(name)
-                        .unwrap()
-                        .handle_leg_up(&peer, self.now);
-                    if let Some(p) = self.parts.get_mut(&peer)
-                        && p.phase() != Phase::Ended
-                    {
-                        p.handle_leg_up(name, self.now);
-                    }
-                } else if self.dead.contains(&peer) {
-                    self.parts
-                        .get_mut(name)
-                        .unwrap()
-                        .handle_leg_lost(&peer, self.now);
-                }
+        let Event::Dial { peer } = event else {
+            return;
+        };
+        if self.alive(&peer) && !self.silent.contains(&peer) {
+            self.legs.insert(pair(name, &peer));
+            self.parts
+                .get_mut(name)
+                .unwrap()
+                .handle_leg_up(&peer, self.now);
+            if let Some(p) = self.parts.get_mut(&peer)
+                && p.phase() != Phase::Ended
+            {
+                p.handle_leg_up(name, self.now);
             }
-            _ => {}
+        } else if self.dead.contains(&peer) {
+            self.parts
+                .get_mut(name)
+                .unwrap()
+                .handle_leg_lost(&peer, self.now);
         }
     }
 
@@ -591,6 +597,35 @@ fn an_invitee_that_never_answers_is_left_out_at_the_formation_timeout() {
         peer: "dave".into()
     }));
     assert!(!net.parts.contains_key("dave"));
+}
+
+#[test]
+fn an_older_peer_stays_in_a_two_party_call() {
+    // bob runs an older build: he answers alice's call but never her
+    // invitation; carol does not answer at all.
+    let mut net = five();
+    net.old.insert("bob".into());
+    net.silent.insert("carol".into());
+    net.convene("alice", &["bob", "carol"]);
+    net.advance(FORM_TIMEOUT_MS);
+    let alice = net.part("alice");
+    assert_eq!(alice.phase(), Phase::Call);
+    assert!(
+        net.events_of("alice")
+            .contains(&&Event::Call { peer: "bob".into() })
+    );
+    assert_eq!(net.legs, BTreeSet::from([pair("alice", "bob")]));
+
+    // With someone else joined, the older peer is left out (hung up).
+    let mut net = five();
+    net.old.insert("bob".into());
+    net.convene("alice", &["bob", "carol"]);
+    net.advance(FORM_TIMEOUT_MS);
+    assert_eq!(net.part("alice").phase(), Phase::Call);
+    assert!(net.events_of("alice").contains(&&Event::Call {
+        peer: "carol".into()
+    }));
+    assert_eq!(net.legs, BTreeSet::from([pair("alice", "carol")]));
 }
 
 #[test]
