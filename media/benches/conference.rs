@@ -17,7 +17,8 @@
 //! is printed next to it.
 //!
 //! `cargo bench -p natter-media --bench conference` (`NATTER_CONF_FRAMES`:
-//! frames measured per size, 1,500 = 30 s of audio by default).
+//! frames measured per size, 1,500 = 30 s of audio by default;
+//! `NATTER_CONF_DECODER_COMPLEXITY=0` for the plain decoder, to compare).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
@@ -63,8 +64,7 @@ struct Host {
 }
 
 impl Host {
-    fn new(parties: usize, frames: usize) -> Self {
-        let config = CodecConfig::default();
+    fn new(parties: usize, frames: usize, config: CodecConfig) -> Self {
         let legs = parties - 1;
         let streams = (0..legs)
             .map(|leg| {
@@ -117,10 +117,16 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if quick { 20 } else { 1_500 });
+    let mut config = CodecConfig::default();
+    if let Some(c) = std::env::var("NATTER_CONF_DECODER_COMPLEXITY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.decoder_complexity = c;
+    }
     println!(
         "conference host, per 20 ms frame ({frames} frames each; decoder complexity {}, {} b/s CBR):",
-        CodecConfig::default().decoder_complexity,
-        CodecConfig::default().bitrate
+        config.decoder_complexity, config.bitrate
     );
     println!(
         "{:>7} {:>4} {:>13} {:>13} {:>13} {:>12} {:>11} {:>9}",
@@ -134,7 +140,7 @@ fn main() {
         "parties"
     );
     for parties in 2..=MAX_LEGS {
-        let mut host = Host::new(parties, 250);
+        let mut host = Host::new(parties, 250, config);
         for k in 0..50 {
             host.frame(k);
         }
