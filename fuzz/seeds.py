@@ -122,3 +122,13 @@ udp = (4000).to_bytes(2, "big") + (5000).to_bytes(2, "big") + (8 + len(v["som.da
 ip = (b"\x45\x00" + (20 + len(udp) + len(v["som.datagram"])).to_bytes(2, "big") + b"\x00\x01\x00\x00\x40\x11\x00\x00"
       + bytes([127, 0, 0, 1]) + bytes([127, 0, 0, 1]))
 write("decrypt", "ipv4_packet", ip + udp + v["som.datagram"])
+# conference: each vector alone (the decoder), then as records of
+# op (0 alice, 1 bob the host, 3 leg up, 4 leg lost, 5 time), len, payload.
+def rec(op, payload):
+    return bytes([op, len(payload)]) + payload
+for name in ["invite", "roster", "host_elected", "leave"]:
+    write("conference", name, v["conference." + name])
+write("conference", "roster_then_host",
+      rec(1, v["conference.roster"]) + rec(1, v["conference.host_elected"]))
+write("conference", "host_leaves", rec(1, v["conference.leave"]) + rec(5, b"\x10\x27"))
+write("conference", "host_lost_then_timeout", rec(4, b"\x01") + rec(5, b"\x40\x00") + rec(3, b"\x00"))

@@ -388,6 +388,7 @@ fn handle_signal(setup: &mut CallSetup, signal: &CallSignal, live_status: bool) 
             Some(call_signal::Kind::Hangup(_)) => "hangup",
             Some(call_signal::Kind::Candidates(_)) => "candidates",
             Some(call_signal::Kind::Hold(_)) => "hold",
+            Some(call_signal::Kind::Conference(_)) => "conference",
             None => "empty",
         };
         eprintln!(
@@ -517,7 +518,7 @@ pub async fn place_call_via(
                 }
                 CallEvent::Ended(reason) => return Err(end_error(reason, callee)),
                 CallEvent::Candidates(mut more) => trickled.append(&mut more),
-                CallEvent::Incoming { .. } | CallEvent::PeerHold(_) => {}
+                CallEvent::Incoming { .. } | CallEvent::PeerHold(_) | CallEvent::Conference(_) => {}
             }
         }
         let deadline = setup
@@ -781,7 +782,8 @@ impl Incoming<'_> {
                 CallEvent::Incoming { .. }
                 | CallEvent::Ringing
                 | CallEvent::Candidates(_)
-                | CallEvent::PeerHold(_) => {}
+                | CallEvent::PeerHold(_)
+                | CallEvent::Conference(_) => {}
             }
         }
         Ok(Answered::Missed("the setup did not connect".to_owned()))

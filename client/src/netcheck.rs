@@ -203,6 +203,32 @@ pub async fn run(bind: SocketAddr, reflectors: &[SocketAddr]) -> std::io::Result
 }
 
 impl Report {
+    /// The NAT class a conference's capability record carries
+    /// (`natter_proto::conference`, the host election). Conservative where
+    /// netcheck cannot tell: endpoint-independent filtering needs a second
+    /// server IP, so an endpoint-independent mapping that lets the other
+    /// port in counts as address-restricted, and unknown filtering as
+    /// port-restricted; any endpoint-dependent mapping is symmetric.
+    pub fn nat_class(&self) -> natter_proto::conference::NatClass {
+        use natter_proto::conference::NatClass;
+        if !self.udp {
+            return NatClass::UdpBlocked;
+        }
+        let lets_other_ports_in = self.filtering == "not-port-dependent";
+        match (self.behind_nat, self.mapping.as_str()) {
+            (Some(false), _) if lets_other_ports_in => NatClass::Open,
+            (_, "endpoint-independent") if lets_other_ports_in => NatClass::AddressRestricted,
+            (_, "endpoint-independent") => NatClass::PortRestricted,
+            (_, "address-dependent" | "address-and-port-dependent") => NatClass::Symmetric,
+            // A public address behind a port-dependent filter (a host
+            // firewall) is reached like a port-restricted NAT.
+            (Some(false), _) if self.filtering == "address-and-port-dependent" => {
+                NatClass::PortRestricted
+            }
+            _ => NatClass::Unknown,
+        }
+    }
+
     /// The human-readable report.
     pub fn to_text(&self) -> String {
         let yn = |v: Option<bool>| v.map_or("unknown", |b| if b { "yes" } else { "no" });
@@ -260,6 +286,79 @@ mod tests {
             socket.send_to(&answer.encode(), from).await.unwrap();
         }
         seen
+    }
+
+    #[test]
+    fn the_report_gives_the_conference_nat_class() {
+        use natter_proto::conference::NatClass;
+        let report = |udp: bool, behind: Option<bool>, mapping: &str, filtering: &str| Report {
+            udp,
+            local: None,
+            mapped: Vec::new(),
+            mapping: mapping.into(),
+            filtering: filtering.into(),
+            port_preserved: None,
+            sequential_allocation: None,
+            behind_nat: behind,
+        };
+        let cases = [
+            (
+                report(false, None, "unknown", "unknown"),
+                NatClass::UdpBlocked,
+            ),
+            (
+                report(
+                    true,
+                    Some(false),
+                    "endpoint-independent",
+                    "not-port-dependent",
+                ),
+                NatClass::Open,
+            ),
+            (
+                report(
+                    true,
+                    Some(true),
+                    "endpoint-independent",
+                    "not-port-dependent",
+                ),
+                NatClass::AddressRestricted,
+            ),
+            (
+                report(
+                    true,
+                    Some(true),
+                    "endpoint-independent",
+                    "address-and-port-dependent",
+                ),
+                NatClass::PortRestricted,
+            ),
+            (
+                report(true, Some(true), "endpoint-independent", "unknown"),
+                NatClass::PortRestricted,
+            ),
+            (
+                report(
+                    true,
+                    Some(true),
+                    "address-and-port-dependent",
+                    "address-and-port-dependent",
+                ),
+                NatClass::Symmetric,
+            ),
+            (
+                report(true, Some(true), "address-dependent", "not-port-dependent"),
+                NatClass::Symmetric,
+            ),
+            (
+                report(true, Some(false), "unknown", "address-and-port-dependent"),
+                NatClass::PortRestricted,
+            ),
+            (report(true, None, "unknown", "unknown"), NatClass::Unknown),
+        ];
+        for (r, class) in cases {
+            assert_eq!(r.nat_class(), class, "{r:?}");
+        }
     }
 
     #[tokio::test]

@@ -58,6 +58,21 @@ impl NatType {
         }
     }
 
+    /// The class a conference ranks this NAT as
+    /// (`natter_proto::conference::NatClass`); a sequential symmetric NAT
+    /// counts as symmetric (a conference does not predict ports).
+    pub fn conference_class(self) -> natter_proto::conference::NatClass {
+        use natter_proto::conference::NatClass;
+        match self {
+            NatType::Open => NatClass::Open,
+            NatType::FullCone => NatClass::FullCone,
+            NatType::AddressRestricted => NatClass::AddressRestricted,
+            NatType::PortRestricted => NatClass::PortRestricted,
+            NatType::Symmetric | NatType::SymmetricSeq => NatClass::Symmetric,
+            NatType::UdpBlocked => NatClass::UdpBlocked,
+        }
+    }
+
     /// True if the type maps endpoint-independently (open counts: no mapping at all).
     pub fn endpoint_independent_mapping(self) -> bool {
         !matches!(
@@ -352,5 +367,28 @@ impl Impairment {
             ));
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The conference election predicts direct reachability from NAT
+    /// classes (`NatClass::direct_with`); the lab expects paths by the same
+    /// reasoning (`scenario::expected_path`). They must agree on every cell.
+    #[test]
+    fn the_conference_prediction_agrees_with_the_lab_expected_path() {
+        for a in NatType::ALL {
+            for b in NatType::ALL {
+                let path = crate::scenario::expected_path(a, b);
+                let direct = matches!(path, "direct" | "hole-punched");
+                assert_eq!(
+                    a.conference_class().direct_with(b.conference_class()),
+                    direct,
+                    "{a} x {b}: the lab expects {path}"
+                );
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@
 //! | [`devices`] | sound-card capture and playback (cpal), as 48 kHz mono frames |
 //! | [`resample`] | the one resampler (band-limited, `rubato`), for files and streams (any rate to and from 48 kHz) |
 //! | [`pcm`] | sample conversions: float and 16-bit, downmix to mono |
+//! | [`mix`] | mix-minus for a conference host: each leg hears the others, never itself |
 //! | [`score`] | how well received audio matches what was sent |
 //! | [`loopback`] | a caller and a callee back to back in memory (tests and benches) |
 //! | [`emodel`] | estimated MOS of a call (ITU-T G.107 E-model) from delay and loss |
@@ -23,6 +24,7 @@ pub mod codec;
 pub mod devices;
 pub mod emodel;
 pub mod loopback;
+pub mod mix;
 pub mod pcm;
 pub mod resample;
 pub mod score;

@@ -195,7 +195,10 @@ fn best_lag(a: &[f64], b: &[f64], lo: usize, hi: usize) -> (usize, f64) {
         )
 }
 
-fn pearson(a: &[f64], b: &[f64]) -> f64 {
+/// Pearson correlation of two signals at zero lag (the shorter length),
+/// -1..1; 0 when either has no variance. Also how the conference tests tell
+/// which sources a mix contains.
+pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
     let n = a.len().min(b.len());
     if n < 2 {
         return 0.0;

@@ -14,7 +14,9 @@
 //! ([`crate::handshake::SignalKey`]), both ways: this side holds candidates
 //! trickled before the agreement and sends them MACed after it, and drops a
 //! mid-call signal that is not from the peer, lacks the MAC or has a wrong
-//! one (counted in [`CallSetup::ignored`]); the call goes on. Before the
+//! one (counted in [`CallSetup::ignored`]); the call goes on. Conference
+//! messages ride the same way (MACed, connected calls only) and come out
+//! as [`CallEvent::Conference`]. Before the
 //! agreement no MAC is possible: a hangup, reject or busy from the peer's
 //! name ends the setup (what an on-path supernode can fake there is a
 //! refusal, a denial of service only).
@@ -51,7 +53,7 @@ pub enum EndReason {
 }
 
 /// Something the shell must act on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CallEvent {
     /// (Caller) the callee is alerting.
     Ringing,
@@ -66,6 +68,9 @@ pub enum CallEvent {
     Candidates(Vec<Candidate>),
     /// The peer put the call on hold (true) or resumed it (false).
     PeerHold(bool),
+    /// A conference message from the peer (MAC checked), for
+    /// [`crate::conference::Conference::handle_signal`].
+    Conference(crate::messages::ConferenceSignal),
     /// The call is over.
     Ended(EndReason),
 }
@@ -389,6 +394,15 @@ impl CallSetup {
         self.send(call_signal::Kind::Hold(CallHold { on }));
     }
 
+    /// Sends a conference message to the peer (MACed). Only once
+    /// connected (no-op otherwise): conference messages travel on legs.
+    pub fn send_conference(&mut self, signal: crate::messages::ConferenceSignal) {
+        if self.phase != Phase::Connected {
+            return;
+        }
+        self.send(call_signal::Kind::Conference(signal));
+    }
+
     /// Whether the peer has the call on hold (its last `hold` signal).
     pub fn peer_held(&self) -> bool {
         self.peer_held
@@ -486,6 +500,9 @@ impl CallSetup {
             Kind::Hold(h) if self.phase == Phase::Connected && h.on != self.peer_held => {
                 self.peer_held = h.on;
                 self.event(CallEvent::PeerHold(h.on));
+            }
+            Kind::Conference(c) if self.phase == Phase::Connected => {
+                self.event(CallEvent::Conference(c.clone()));
             }
             _ => {}
         }

@@ -21,6 +21,7 @@
 //! | [`binding`] | the bytes each proof-of-possession signature covers, bound to the TLS connection |
 //! | [`chat`] | end-to-end chat: sealing to the recipient's chat key, signed by the sender |
 //! | [`statement`] | a user's signed join statement (the home supernode and join time its directory record claims) |
+//! | [`conference`] | conference calls: capability records, the host election, roster, handover, the two-party fallback |
 //! | [`call`] | call setup: invite / ringing / accept / reject / busy / hangup, timeouts |
 //! | [`handshake`] | the call key agreement (signed X25519 shares, HKDF) |
 //! | [`media`] | sealing and opening SoM datagrams with AES-256-GCM; the DATA plaintext layout |
@@ -36,6 +37,7 @@ pub mod binding;
 pub mod call;
 pub mod cert;
 pub mod chat;
+pub mod conference;
 pub mod frame;
 pub mod handshake;
 pub mod jitter;

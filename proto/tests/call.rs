@@ -512,6 +512,43 @@ fn hold_and_resume_reach_the_peer_maced_and_a_forged_hold_does_not() {
 }
 
 #[test]
+fn conference_messages_ride_the_call_maced_and_forged_ones_are_dropped() {
+    use natter_proto::conference::{self, Message};
+    let invite = conference::encode(
+        &[0xc0; 16],
+        &Message::Invite {
+            participants: vec!["alice".into(), "bob".into(), "carol".into()],
+        },
+    );
+    // Not before the call is connected.
+    let mut early = caller();
+    early.poll_signal(); // the invite
+    early.send_conference(invite.clone());
+    assert!(early.poll_signal().is_none());
+
+    let (mut a, mut b, _, _) = connected_pair();
+    a.send_conference(invite.clone());
+    let sent = routed(a.poll_signal().unwrap(), "alice");
+    assert_eq!(sent.mac.len(), 32, "a mid-call signal: MACed");
+    b.handle_signal(&sent, NOW);
+    assert_eq!(events(&mut b), vec![CallEvent::Conference(invite.clone())]);
+    // Without the MAC, with another body, or from someone else: dropped.
+    let mut unmaced = sent.clone();
+    unmaced.mac.clear();
+    b.handle_signal(&unmaced, NOW);
+    let mut tampered = sent.clone();
+    if let Some(call_signal::Kind::Conference(c)) = &mut tampered.kind {
+        c.conference_id = vec![0xee; 16];
+    }
+    b.handle_signal(&tampered, NOW);
+    b.handle_signal(&routed(sent.clone(), "mallory"), NOW);
+    assert!(events(&mut b).is_empty());
+    assert_eq!(b.ignored().bad_mac, 2);
+    assert_eq!(b.ignored().wrong_sender, 1);
+    assert_eq!(b.phase(), Phase::Connected);
+}
+
+#[test]
 fn hold_before_the_call_connected_sends_nothing() {
     let mut a = caller();
     a.poll_signal(); // the invite

@@ -161,6 +161,69 @@ fn compute() -> Vec<(&'static str, String)> {
         h(prost::Message::encode_to_vec(&hold)),
     ));
 
+    // --- conferences (section 3.6): conference id 0xc0 x 16; the roster of
+    // the NAT-lab case (alice symmetric, bob open, carol port-restricted),
+    // the host the rule elects from it, alice's invitation to bob as the
+    // MACed call signal on their leg (the section 6 vector's call).
+    {
+        use natter_proto::conference::{self, Capabilities, Message, NatClass, Roster};
+        let id = [0xc0u8; 16];
+        let mut alice = Capabilities::new(NatClass::Symmetric, 2_000, 800);
+        alice.paths.insert(
+            "bob".into(),
+            conference::PathFacts {
+                rtt_ms: Some(35),
+                reach: conference::Reach::Direct,
+            },
+        );
+        let roster: Roster = [
+            ("alice".to_owned(), alice),
+            (
+                "bob".to_owned(),
+                Capabilities::new(NatClass::Open, 1_000, 300),
+            ),
+            (
+                "carol".to_owned(),
+                Capabilities::new(NatClass::PortRestricted, 2_000, 900),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let encoded = |m: &Message| h(prost::Message::encode_to_vec(&conference::encode(&id, m)));
+        let invite = Message::Invite {
+            participants: vec!["alice".into(), "bob".into(), "carol".into()],
+        };
+        v.push(("conference.invite", encoded(&invite)));
+        v.push((
+            "conference.roster",
+            encoded(&Message::Roster(roster.clone())),
+        ));
+        let elected = conference::elect(&roster).unwrap().to_owned();
+        v.push(("conference.elected", h(elected.as_bytes())));
+        v.push((
+            "conference.host_elected",
+            encoded(&Message::HostElected {
+                epoch: 1,
+                host: elected,
+            }),
+        ));
+        v.push(("conference.leave", encoded(&Message::Leave)));
+        let mut signal = natter_proto::messages::CallSignal {
+            invite_id: invite_id.to_vec(),
+            from: "alice".into(),
+            to: "bob".into(),
+            kind: Some(natter_proto::messages::call_signal::Kind::Conference(
+                conference::encode(&id, &invite),
+            )),
+            mac: Vec::new(),
+        };
+        schedule.signal.seal(&mut signal);
+        v.push((
+            "signal.conference_encoded",
+            h(prost::Message::encode_to_vec(&signal)),
+        ));
+    }
+
     // --- signatures with the published test keys (tests/vectors/*.pem)
     let signed = share_signed_message(Role::Caller, &invite_id, &caller_public, &names);
     v.push(("share.signed_message", h(&signed)));

@@ -239,7 +239,7 @@ impl Node {
             Some(Kind::Accept(_)) => SignalKind::Accept,
             Some(Kind::Reject(_) | Kind::Busy(_) | Kind::Hangup(_)) => SignalKind::End,
             Some(Kind::Candidates(_)) => SignalKind::Resume,
-            Some(Kind::Hold(_)) | None => SignalKind::Other,
+            Some(Kind::Hold(_) | Kind::Conference(_)) | None => SignalKind::Other,
         };
         self.emit(Output::Relay(RelayCommand::NoteSignal {
             invite_id: signal.invite_id.clone(),
