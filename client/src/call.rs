@@ -56,6 +56,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a signal or allocation of a relay migration may take (the
 /// media of the call waits meanwhile; the call session asks again).
 const MIGRATION_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a relay migration waits for a signal to the peer to be routed:
+/// a peer joined at the same supernode takes milliseconds; a peer not yet
+/// rejoined keeps the supernode looking it up (through replicas that may
+/// have died with the old supernode) for seconds, and then the allocation
+/// is asked for anyway (the peer's own signal may have made the call known
+/// there). Waiting the full second twice made the lab's relay-loss gap 2.5 s.
+const MIGRATION_SIGNAL_WAIT: Duration = Duration::from_millis(300);
 /// How long a hangup keeps trying when the supernode was lost or the peer
 /// is not reachable yet (it is rejoining too).
 pub const HANGUP_PERSIST: Duration = Duration::from_secs(8);
@@ -921,6 +928,12 @@ async fn run_media(
                     pcm.fill(0);
                 }
                 let hold_changed = holds.set_own(held, call.stats().sent_media_packets);
+                // The supernode's UDP service (the relay's port) echoing
+                // this side's beacons: UDP works, whatever the peer's
+                // silence (a relay migration, a peer that moved to TCP).
+                if let Some(at) = signals.sender(session).and_then(SupernodeSession::udp_echoed_at) {
+                    call.handle_udp_works(at.saturating_duration_since(start).as_millis() as u64);
+                }
                 call.handle_timeout(now_ms).map_err(sealing)?;
                 let payload = io.media.encode(&pcm).map_err(audio)?;
                 call.send_voice(payload, now_ms).map_err(sealing)?;
@@ -1039,7 +1052,7 @@ async fn run_media(
                         call.handle_udp_works(start.elapsed().as_millis() as u64);
                     }
                     if let Some(sn) = signals.sender(session) {
-                        let _ = flush_within(setup, sn, MIGRATION_REQUEST_TIMEOUT).await;
+                        let _ = flush_within(setup, sn, MIGRATION_SIGNAL_WAIT).await;
                     }
                     if io.migration_deferred {
                         io.migrate.get_or_insert_with(Vec::new);
@@ -1184,7 +1197,7 @@ async fn migrate_relay(
         return true;
     };
     setup.trickle(Vec::new(), false);
-    match flush_within(setup, sn, MIGRATION_REQUEST_TIMEOUT).await {
+    match flush_within(setup, sn, MIGRATION_SIGNAL_WAIT).await {
         Ok(()) => {}
         Err(CallError::Session(SessionError::Closed(_))) => {
             // The session closed under the request: the supernode is lost.
@@ -1197,8 +1210,12 @@ async fn migrate_relay(
         // A slow answer is not a lost supernode (it may be routing to the
         // peer through a replica that died too; the session's liveness
         // check tells a dead supernode within 3 s), and the peer may not be
-        // reachable yet (rejoining too): the session asks again.
-        Err(_) => return false,
+        // reachable yet (rejoining too): the session asks again. The
+        // allocation is still asked for: the peer's own resume signal may
+        // have made the call known to this supernode already (in the lab,
+        // the callee's signal waited 2 s on a lookup through the dead
+        // supernode while the caller's had gone through at once).
+        Err(_) => {}
     }
     let allocated = tokio::time::timeout(
         MIGRATION_REQUEST_TIMEOUT,

@@ -14,6 +14,7 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -30,11 +31,51 @@ pub const SILENT: u32 = 0x51;
 
 /// The running check; stops when dropped (with its session).
 #[derive(Debug)]
-pub(crate) struct LivenessTask(JoinHandle<()>);
+pub(crate) struct LivenessTask {
+    task: JoinHandle<()>,
+    echoes: Arc<LastEcho>,
+}
+
+impl LivenessTask {
+    /// When the supernode's UDP service last answered a beacon (`None`:
+    /// never, or no beacons): UDP to it works both ways at that time.
+    pub(crate) fn last_echo(&self) -> Option<std::time::Instant> {
+        self.echoes.get()
+    }
+}
 
 impl Drop for LivenessTask {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
+    }
+}
+
+/// The time of the last authenticated echo, shared with the task.
+#[derive(Debug)]
+struct LastEcho {
+    base: std::time::Instant,
+    /// Milliseconds after `base`, plus one (0: none yet).
+    ms: AtomicU64,
+}
+
+impl LastEcho {
+    fn new() -> Self {
+        Self {
+            base: std::time::Instant::now(),
+            ms: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.ms.store(ms + 1, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<std::time::Instant> {
+        match self.ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.base + Duration::from_millis(ms - 1)),
+        }
     }
 }
 
@@ -49,7 +90,11 @@ pub(crate) fn spawn(
     ticket: Option<Ticket>,
     local_ip: Option<IpAddr>,
 ) -> LivenessTask {
-    LivenessTask(tokio::spawn(run(mux, reflector, ticket, local_ip)))
+    let echoes = Arc::new(LastEcho::new());
+    LivenessTask {
+        task: tokio::spawn(run(mux, reflector, ticket, local_ip, echoes.clone())),
+        echoes,
+    }
 }
 
 /// A socket for beacons to `reflector`: any port, on the session's local
@@ -76,6 +121,7 @@ async fn run(
     reflector: Option<SocketAddr>,
     ticket: Option<Ticket>,
     local_ip: Option<IpAddr>,
+    echoes: Arc<LastEcho>,
 ) {
     let beacons = match (reflector, ticket) {
         (Some(reflector), Some(_)) => beacon_socket(reflector, local_ip).map(|s| (s, reflector)),
@@ -147,7 +193,11 @@ async fn run(
         match woke {
             Woke::Timer => {}
             Woke::Echo(n) => {
-                live.handle_echo(&buf[..n], now_ms());
+                // Alive or expired, an echo of this session's ticket came
+                // back over UDP.
+                if live.handle_echo(&buf[..n], now_ms()) {
+                    echoes.record();
+                }
             }
             Woke::Reply(ok) => {
                 ping = None;

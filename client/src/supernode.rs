@@ -251,7 +251,7 @@ pub struct SupernodeSession {
     /// so; an older one does not, and is sent none).
     acks_chat: bool,
     /// The liveness check of a QUIC session (`None` over TLS).
-    _liveness: Option<LivenessTask>,
+    liveness: Option<LivenessTask>,
 }
 
 impl SupernodeSession {
@@ -401,7 +401,7 @@ impl SupernodeSession {
             supernodes: accepted.supernodes,
             rtt,
             acks_chat: accepted.acks_chat,
-            _liveness: liveness,
+            liveness,
         })
     }
 
@@ -438,6 +438,13 @@ impl SupernodeSession {
     /// Pushes dropped because the application read them too slowly.
     pub fn dropped_pushes(&self) -> u64 {
         self.mux.dropped_pushes()
+    }
+
+    /// When the supernode's UDP service last echoed this session's liveness
+    /// beacon (`None` over TLS, or before the first echo): this side's UDP
+    /// to the supernode's relay port worked both ways then.
+    pub fn udp_echoed_at(&self) -> Option<std::time::Instant> {
+        self.liveness.as_ref().and_then(LivenessTask::last_echo)
     }
 
     /// Whether the connection is still up.

@@ -34,9 +34,9 @@
 /// Ask the shell to migrate this long after no path is alive any more.
 pub const MIGRATE_AFTER_MS: u64 = 100;
 /// Ask again this often while no path is alive.
-pub const MIGRATE_RETRY_MS: u64 = 1_000;
+pub const MIGRATE_RETRY_MS: u64 = 250;
 /// Most requests per loss.
-pub const MAX_MIGRATE_ATTEMPTS: u32 = 8;
+pub const MAX_MIGRATE_ATTEMPTS: u32 = 32;
 
 /// Timing of the migration requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,9 +175,9 @@ mod tests {
         assert_eq!(m.update(false, 1_000), None);
         assert_eq!(m.poll_timeout(), Some(1_000 + c.after_ms));
         assert_eq!(m.update(false, 1_000 + c.after_ms), Some(1));
-        assert_eq!(m.update(false, 1_500), None);
+        assert_eq!(m.update(false, 1_000 + c.after_ms + c.retry_ms / 2), None);
         assert_eq!(m.update(false, 1_000 + c.after_ms + c.retry_ms), Some(2));
-        let asked = (2_000..100_000)
+        let asked = (1_000 + c.after_ms + c.retry_ms + 10..100_000)
             .step_by(10)
             .filter(|&now| m.update(false, now).is_some())
             .count();

@@ -113,7 +113,13 @@ impl Node {
                 }
             }
             Phase::Joined(joined) => {
-                if joined.busy.is_none() {
+                // A relay allocation is answered at once, even behind a busy
+                // request: it waits on nothing, and a call migrating to this
+                // supernode needs it while its resume signal may still be
+                // routed towards the peer's old, dead home (the lab's
+                // relay-loss call lost 2 s of audio waiting behind it). The
+                // relay table still grants it only for a call known here.
+                if joined.busy.is_none() || matches!(envelope.body, Some(Body::RelayAllocate(_))) {
                     self.serve(id, envelope);
                 } else if joined.backlog.len() < self.config.max_backlog {
                     joined.backlog.push_back(envelope);
