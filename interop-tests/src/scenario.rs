@@ -995,7 +995,17 @@ fn trial_body(
             &c.router_ns,
             &format!("{tag}-tcpdump-{side}"),
             "tcpdump",
-            &["-i", "wan0", "-n", "-U", "-s", "256", "-w", &ps],
+            &[
+                "-i",
+                "wan0",
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-s",
+                "256",
+                "-w",
+                &ps,
+            ],
             &[],
         )?;
         caps.push((id, p));
