@@ -6,7 +6,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use natter_proto::relay::{
-    BIND_LEN, RelayBinds, RelayLeg, decode_bind, decode_bind_reply, encode_bind, encode_bind_reply,
+    BIND_LEN, BindStatus, RelayBinds, RelayLeg, decode_bind, decode_bind_reply, encode_bind,
+    encode_bind_reply,
 };
 use natter_proto::som::Header;
 
@@ -34,6 +35,11 @@ fuzz_target!(|data: &[u8]| {
     let mut binds = RelayBinds::default();
     binds.add(RelayLeg { addr: relay, token });
     let _ = binds.poll(0);
-    let was_reply = binds.handle(relay, data);
-    assert_eq!(was_reply, decode_bind_reply(data).is_ok());
+    let handled = binds.handle(relay, data);
+    let reply = decode_bind_reply(data).ok();
+    assert_eq!(handled.is_some(), reply.is_some());
+    // A confirmation is a `Bound` reply for this side's token.
+    let confirmed = reply.is_some_and(|r| r.status == BindStatus::Bound && r.token == token);
+    assert_eq!(handled == Some(true), confirmed);
+    assert_eq!(binds.is_bound(&RelayLeg { addr: relay, token }), confirmed);
 });
