@@ -377,6 +377,27 @@ fn nothing_is_migrated_while_a_relay_is_alive() {
     }
 }
 
+/// Runs a call on supernode 1's relay to 3 s, kills supernode 1, runs on
+/// to 8 s.
+fn lose_relay_1_at_3_s(net: &mut Net) {
+    net.run(0, 3_000);
+    net.relays[0].up = false;
+    net.run(3_000, 8_000);
+}
+
+/// Side `i` opened no TLS leg and carries media on supernode 2's UDP relay.
+fn assert_moved_over_udp(net: &Net, i: usize) {
+    assert!(
+        net.tcp_opened[i].is_empty(),
+        "side {i}: {:?}",
+        net.tcp_opened[i]
+    );
+    assert_eq!(
+        net.sessions[i].current(),
+        Some((Target::Udp(SN[1]), PathKind::Relayed))
+    );
+}
+
 /// Supernode 1's allocation also gave each side a TLS relay leg (the TCP
 /// fallback's), and the model shell takes `shell_delay_ms` to move the call.
 fn with_tls_legs(shell_delay_ms: u64, udp_works_after_ms: Option<u64>) -> Net {
@@ -402,19 +423,9 @@ fn a_migration_over_working_udp_does_not_fall_back_to_tcp() {
     // binding the new relay's allocation would take the forwarding from the
     // UDP leg for good).
     let mut net = with_tls_legs(1_300, Some(300));
-    net.run(0, 3_000);
-    net.relays[0].up = false;
-    net.run(3_000, 8_000);
+    lose_relay_1_at_3_s(&mut net);
     for i in 0..2 {
-        assert!(
-            net.tcp_opened[i].is_empty(),
-            "side {i}: {:?}",
-            net.tcp_opened[i]
-        );
-        assert_eq!(
-            net.sessions[i].current(),
-            Some((Target::Udp(SN[1]), PathKind::Relayed))
-        );
+        assert_moved_over_udp(&net, i);
         let gap = net.sessions[i].stats().max_media_gap_ms;
         assert!((1_500..2_000).contains(&gap), "side {i}: gap {gap} ms");
         assert!(net.voice_between(i, 6_000, 8_000) >= 98);
@@ -426,19 +437,9 @@ fn a_relays_bind_confirmation_shows_udp_works() {
     // No word from the shell, but the new relay confirms the binds before
     // the silence reaches 1.5 s: from then on the fallback waits again.
     let mut net = with_tls_legs(900, None);
-    net.run(0, 3_000);
-    net.relays[0].up = false;
-    net.run(3_000, 8_000);
+    lose_relay_1_at_3_s(&mut net);
     for i in 0..2 {
-        assert!(
-            net.tcp_opened[i].is_empty(),
-            "side {i}: {:?}",
-            net.tcp_opened[i]
-        );
-        assert_eq!(
-            net.sessions[i].current(),
-            Some((Target::Udp(SN[1]), PathKind::Relayed))
-        );
+        assert_moved_over_udp(&net, i);
     }
 }
 
@@ -447,9 +448,7 @@ fn without_a_sign_of_udp_a_long_silence_still_opens_the_tls_legs() {
     // The same loss with no evidence before 1.5 s (UDP itself may be
     // blocked): the fallback opens the legs, as the UDP-blocked call needs.
     let mut net = with_tls_legs(1_300, None);
-    net.run(0, 3_000);
-    net.relays[0].up = false;
-    net.run(3_000, 8_000);
+    lose_relay_1_at_3_s(&mut net);
     for i in 0..2 {
         let opened = net.tcp_opened[i].first().copied().expect("TLS legs opened");
         assert!(
