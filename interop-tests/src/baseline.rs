@@ -721,7 +721,7 @@ pub fn run(opts: &MatrixOptions, ice: &IceOptions) -> Result<BaselineReport> {
     cfg.reflectors = false;
     let mut lab = Lab::new(cfg)?;
     let work: PathBuf = opts.out.join("work").join("ice-servers");
-    let _servers = scenario::start_servers(&mut lab, &opts.bins, &work)?;
+    let _servers = scenario::start_servers(&mut lab, &opts.bins, &work, None)?;
     start_turn(&mut lab, &work.join("turn"))?;
     let mut report = BaselineReport {
         natter,

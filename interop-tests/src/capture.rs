@@ -820,7 +820,7 @@ pub fn run_scenario(
     cfg.work_dir = dir.join("logs");
     cfg.reflectors = false;
     let mut lab = Lab::new(cfg)?;
-    let servers = scenario::start_servers(&mut lab, &opts.bins, &dir.join("work"))?;
+    let servers = scenario::start_servers(&mut lab, &opts.bins, &dir.join("work"), None)?;
     let (na, nb) = scenario.nats();
     let ca = lab.add_client(1, na)?;
     let cb = lab.add_client(2, nb)?;

@@ -81,6 +81,17 @@ enum Cmd {
         /// the call must move to another relay (one cell, one trial).
         #[arg(long, value_name = "S")]
         kill_supernode_after: Option<u32>,
+        /// A promoted relay in every trial: a third client behind a router
+        /// of this NAT type (open) stays online with `--promote-after 2` and
+        /// is promoted to a supernode (the login server auto-approves it);
+        /// A and B join through it only, so it relays their calls.
+        #[arg(long, value_name = "NAT")]
+        promoted_relay: Option<NatType>,
+        /// After S seconds of each call, the promoted client's `natter
+        /// online` gets SIGTERM (it steps down): the call must move to an
+        /// operator supernode's relay. Needs --promoted-relay.
+        #[arg(long, value_name = "S", requires = "promoted_relay")]
+        stop_promoted_after: Option<u32>,
         /// Also run a baseline over the same cells: `ice` = two standard
         /// ICE agents (webrtc-ice; STUN from supernode 1, TURN from coturn's
         /// `turnserver`), one table next to Natter's figures.
@@ -336,6 +347,8 @@ fn main() -> anyhow::Result<()> {
             break_direct_after,
             block_udp_after,
             kill_supernode_after,
+            promoted_relay,
+            stop_promoted_after,
             baseline,
             bin_dir_a,
             bin_dir_b,
@@ -382,6 +395,8 @@ fn main() -> anyhow::Result<()> {
                 break_direct_after_s: break_direct_after,
                 block_udp_after_s: block_udp_after,
                 kill_supernode_after_s: kill_supernode_after,
+                promoted_relay,
+                stop_promoted_after_s: stop_promoted_after,
                 client_a: match image_a {
                     Some(p) => Some(p),
                     None => bin_dir_a

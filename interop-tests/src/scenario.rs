@@ -15,6 +15,14 @@
 //! (SIGKILL) supernode 1, A's (and, with `same_supernode`, B's) supernode
 //! and relay.
 //!
+//! **A promoted relay** ([`MatrixOptions::promoted_relay`], issue 18): a
+//! third client, on a network of its own (open, by default), stays online
+//! with `natter online --promote-after 2` and is promoted to a supernode in
+//! its own process (the login server approves it: `--auto-approve-users
+//! 0`); A and B then join through it only, so the call's relay is its relay.
+//! [`MidCall::StopPromoted`] sends its `natter online` SIGTERM mid-call: it
+//! steps down and the call has to move to an operator supernode's relay.
+//!
 //! **The path of a call** ([`TrialResult::path_end`], the matrix's "final
 //! path") is the *less direct* of the two sides' own final paths, in the
 //! order direct < hole-punched < relayed < tcp-relay ([`call_path`]): a call
@@ -105,6 +113,10 @@ pub enum MidCall {
     /// Supernode 1 (A's, and B's with `same_supernode`: the call's relay)
     /// is killed with SIGKILL, for the rest of the run.
     KillSupernode,
+    /// The promoted client of [`MatrixOptions::promoted_relay`] (both
+    /// sides' supernode and the call's relay) gets SIGTERM: its `natter
+    /// online` steps down ("stepped down (quit)") and exits.
+    StopPromoted,
 }
 
 impl MidCall {
@@ -114,6 +126,7 @@ impl MidCall {
             MidCall::BreakDirect => "direct path broken",
             MidCall::BlockUdp => "udp blocked",
             MidCall::KillSupernode => "supernode 1 killed",
+            MidCall::StopPromoted => "promoted supernode stepped down (SIGTERM)",
         }
     }
 
@@ -123,7 +136,7 @@ impl MidCall {
     /// rule.
     pub fn nft_script(self, peer: &[Ipv4Addr]) -> Option<String> {
         let (table, rules) = match self {
-            MidCall::KillSupernode => return None,
+            MidCall::KillSupernode | MidCall::StopPromoted => return None,
             MidCall::BreakDirect => {
                 let peer = format!(
                     "{{ {} }}",
@@ -262,6 +275,19 @@ pub struct MatrixOptions {
     /// with `same_supernode`. It stays dead for the rest of the run, so use
     /// it with one cell and one trial.
     pub kill_supernode_after_s: Option<u32>,
+    /// A promoted relay (issue 18): in every trial a third client, behind
+    /// a router of this type (open; a full-cone NAT that keeps ports would
+    /// do), registers, stays online (`natter online --promote-after 2`) and
+    /// is promoted to a supernode (the login server runs with
+    /// `--auto-approve-users 0`); A and B join through it only (empty host
+    /// caches, it as their bootstrap), so it serves A's search and the
+    /// call's relay is its relay ([`TrialResult::promoted`]).
+    pub promoted_relay: Option<NatType>,
+    /// After this many seconds of the call (counted from the start of
+    /// `natter call`), the promoted client's `natter online` gets SIGTERM
+    /// ([`MidCall::StopPromoted`]): it steps down, and the call must move to
+    /// an operator supernode's relay. Needs `promoted_relay`.
+    pub stop_promoted_after_s: Option<u32>,
     /// B hangs up after this many seconds of its call (`natter answer
     /// --duration`); by default A hangs up after `call_secs`.
     pub callee_secs: Option<u32>,
@@ -300,6 +326,8 @@ impl MatrixOptions {
             break_direct_after_s: None,
             block_udp_after_s: None,
             kill_supernode_after_s: None,
+            promoted_relay: None,
+            stop_promoted_after_s: None,
             callee_secs: None,
             client_a: None,
             client_b: None,
@@ -341,6 +369,8 @@ impl MatrixOptions {
             self.block_udp_after_s.map(|s| (s, MidCall::BlockUdp)),
             self.kill_supernode_after_s
                 .map(|s| (s, MidCall::KillSupernode)),
+            self.stop_promoted_after_s
+                .map(|s| (s, MidCall::StopPromoted)),
         ]
         .into_iter()
         .flatten()
@@ -359,7 +389,7 @@ impl MatrixOptions {
                 MidCall::BreakDirect => PathKind::Relayed.name(),
                 MidCall::BlockUdp => PathKind::TcpRelay.name(),
                 // Another supernode's relay serves as well.
-                MidCall::KillSupernode => PathKind::Direct.name(),
+                MidCall::KillSupernode | MidCall::StopPromoted => PathKind::Direct.name(),
             };
             if path_rank(floor) > path_rank(p) {
                 p = floor;
@@ -513,6 +543,9 @@ pub struct TrialResult {
     /// The mid-call changes made, with when (s after `natter call` started).
     #[serde(default)]
     pub events: Vec<String>,
+    /// The promoted relay of the trial ([`MatrixOptions::promoted_relay`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted: Option<PromotedRelay>,
     /// Set when a side refused the other's protocol version (version
     /// interop): the line that says so. Such a trial is an incompatibility
     /// between the builds, not a NAT traversal failure.
@@ -530,6 +563,37 @@ pub struct TrialResult {
     pub secs: f64,
 }
 
+/// The promoted client of a trial ([`MatrixOptions::promoted_relay`]):
+/// what it did, from its `natter online` output and the other clients'.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PromotedRelay {
+    /// Its router's NAT type.
+    pub nat: Option<NatType>,
+    /// Its supernode's QUIC address ("supernode: promoted, serving at ADDR").
+    pub addr: Option<String>,
+    /// The operator supernode its own client session joined ("online as
+    /// NAME via ADDR").
+    pub joined_via: Option<String>,
+    /// From its "online as" line to its "serving at" line (ms): the
+    /// `--promote-after` threshold, the netcheck, the sponsored announce and
+    /// the certificate.
+    pub promoted_after_ms: Option<u64>,
+    /// Its address was in A's host cache after A's login (the login server
+    /// lists it once certified).
+    pub in_host_cache: bool,
+    /// What A's `natter search` for the promoted client's user printed,
+    /// joined through the promoted node only (that user is online through
+    /// an operator supernode).
+    pub search: Option<String>,
+    /// The lines its `natter online` printed after the SIGTERM of
+    /// [`MidCall::StopPromoted`] that speak of its supernode.
+    #[serde(default)]
+    pub stepped_down: Vec<String>,
+    /// It exited 0 after the SIGTERM (`None`: not stopped, or still running
+    /// after the grace time and killed).
+    pub exit_ok: Option<bool>,
+}
+
 /// One side's paths, from its call report.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SidePaths {
@@ -540,6 +604,10 @@ pub struct SidePaths {
     /// Every switch, in order (`switches[].path`).
     #[serde(default)]
     pub switches: Vec<String>,
+    /// Where the switches to a relayed path went, in order: the relays
+    /// (`switches[].addr`) media used.
+    #[serde(default)]
+    pub relays: Vec<String>,
 }
 
 impl SidePaths {
@@ -553,6 +621,12 @@ impl SidePaths {
                 .switches
                 .iter()
                 .map(|s| s.path.name().to_owned())
+                .collect(),
+            relays: r
+                .switches
+                .iter()
+                .filter(|s| s.path == PathKind::Relayed)
+                .map(|s| s.addr.to_string())
                 .collect(),
         }
     }
@@ -698,7 +772,16 @@ pub fn make_speech(path: &Path) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn start_servers(lab: &mut Lab, bins: &Binaries, work: &Path) -> Result<Servers> {
+/// Starts the login server and the two supernodes. `auto_approve_users`:
+/// the login server certifies the supernodes of promoted clients whose
+/// accounts are at least that many seconds old (`--auto-approve-users`;
+/// `None`: only the operator's enrolled supernodes).
+pub(crate) fn start_servers(
+    lab: &mut Lab,
+    bins: &Binaries,
+    work: &Path,
+    auto_approve_users: Option<u64>,
+) -> Result<Servers> {
     let lg = lab.add_server("lg", &[lab::LOGIN])?;
     let n1 = lab.add_server("n1", &lab::SN1)?;
     let n2 = lab.add_server("n2", &lab::SN2)?;
@@ -706,31 +789,31 @@ pub(crate) fn start_servers(lab: &mut Lab, bins: &Binaries, work: &Path) -> Resu
     let login_dir = work.join("login-data");
     io("create login dir", fs::create_dir_all(&login_dir))?;
     let login_dir_s = login_dir.display().to_string();
-    let login_id = lab.spawn(
-        &lg,
-        "login",
-        &bins.login,
-        &[
-            "serve",
-            "--listen",
-            &login_addr,
-            "--tcp-listen",
-            &login_addr,
-            "--data-dir",
-            &login_dir_s,
-            "--argon2-m-kib",
-            "1024",
-            "--argon2-t",
-            "1",
-            // Every cell registers its two users from behind one of six
-            // NAT routers, so a whole matrix registers dozens of accounts
-            // per source prefix: more than the per-prefix registration
-            // budget a public login server gives.
-            "--registrations-per-prefix",
-            "100000",
-        ],
-        &[],
-    )?;
+    let auto_approve = auto_approve_users.map(|secs| secs.to_string());
+    let auto_approve_args = auto_approve
+        .as_deref()
+        .map(|secs| ["--auto-approve-users", secs]);
+    let mut login_args = vec![
+        "serve",
+        "--listen",
+        &login_addr,
+        "--tcp-listen",
+        &login_addr,
+        "--data-dir",
+        &login_dir_s,
+        "--argon2-m-kib",
+        "1024",
+        "--argon2-t",
+        "1",
+        // Every cell registers its two users from behind one of six
+        // NAT routers, so a whole matrix registers dozens of accounts
+        // per source prefix: more than the per-prefix registration
+        // budget a public login server gives.
+        "--registrations-per-prefix",
+        "100000",
+    ];
+    login_args.extend(auto_approve_args.iter().flatten());
+    let login_id = lab.spawn(&lg, "login", &bins.login, &login_args, &[])?;
     let login_key = login_dir.join("login-key.pub");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !login_key.is_file() {
@@ -927,12 +1010,21 @@ fn run_trial(
             return Err(e);
         }
     };
+    let cp = match ctx.opts.promoted_relay.map(|nat| lab.add_client(3, nat)) {
+        Some(Ok(c)) => Some(c),
+        None => None,
+        Some(Err(e)) => {
+            let _ = lab.remove_client(&ca);
+            let _ = lab.remove_client(&cb);
+            return Err(e);
+        }
+    };
     let mut res = TrialResult {
         trial,
         dir: dir.display().to_string(),
         ..TrialResult::default()
     };
-    let outcome = trial_body(lab, ctx, &ca, &cb, &dir, serial, &mut res);
+    let outcome = trial_body(lab, ctx, &ca, &cb, cp.as_ref(), &dir, serial, &mut res);
     if let Err(e) = &outcome {
         res.error = Some(fmt_err(e));
     }
@@ -968,17 +1060,21 @@ fn run_trial(
     }
     let r1 = lab.remove_client(&ca);
     let r2 = lab.remove_client(&cb);
+    let r3 = cp.map_or(Ok(()), |c| lab.remove_client(&c));
     r1?;
     r2?;
+    r3?;
     res.secs = t0.elapsed().as_secs_f64();
     Ok(res)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn trial_body(
     lab: &mut Lab,
     ctx: &TrialCtx<'_>,
     ca: &Client,
     cb: &Client,
+    cp: Option<&Client>,
     dir: &Path,
     serial: u32,
     res: &mut TrialResult,
@@ -1021,53 +1117,72 @@ fn trial_body(
     let name_b = format!("lab{serial}b");
     let home_a = dir.join("home-a").display().to_string();
     let home_b = dir.join("home-b").display().to_string();
+    // the promoted relay first: promoted before A and B log in
+    let promoted = match cp {
+        Some(cp) => Some(promote_relay(lab, ctx, cp, dir, serial, res)?),
+        None => None,
+    };
     // register + login, both sides
     for (c, client, home, name) in [
         (ca, client_a, &home_a, &name_a),
         (cb, client_b, &home_b, &name_b),
     ] {
-        for step in ["register", "login"] {
-            let out = lab.exec_unchecked(
-                &c.host_ns,
-                client,
-                &[
-                    "--home",
-                    home,
-                    "--login",
-                    &s.login_addr,
-                    "--login-key",
-                    &key,
-                    step,
-                    name,
-                ],
-                &env,
-                Duration::from_secs(60),
-            )?;
-            let log = dir.join(format!("{name}-{step}.log"));
-            let _ = fs::write(&log, format!("{}\n{}", out.stdout, out.stderr));
-            if !out.status.success() {
-                return Err(LabError::Other(format!(
-                    "`natter {step} {name}` behind {} failed ({}): {}",
-                    c.nat,
-                    out.status,
-                    out.stderr.trim()
-                )));
-            }
-        }
+        register_and_login(lab, s, c, client, home, name, dir)?;
+    }
+    let without_host_cache = |home: &str| {
+        let _ = fs::remove_file(Path::new(home).join("hostcache.txt"));
+    };
+    if let (Some((_, addr)), Some(p)) = (&promoted, res.promoted.as_mut()) {
+        // The login server lists the certified promoted node: A's login
+        // put it into A's host cache.
+        let cache = fs::read_to_string(Path::new(&home_a).join("hostcache.txt"));
+        p.in_host_cache = cache.is_ok_and(|c| {
+            c.lines()
+                .any(|l| l.split_whitespace().next() == Some(addr.as_str()))
+        });
+        // A searches for the promoted client's user (online through an
+        // operator supernode), joined through the promoted node only.
+        without_host_cache(&home_a);
+        let name_p = promoted_name(serial);
+        let out = lab.exec_unchecked(
+            &ca.host_ns,
+            client_a,
+            &[
+                "--home",
+                &home_a,
+                "--login-key",
+                &key,
+                "--bootstrap",
+                addr,
+                "search",
+                &name_p,
+            ],
+            &env,
+            Duration::from_secs(30),
+        )?;
+        let _ = fs::write(
+            dir.join(format!("{name_a}-search.log")),
+            format!("{}\n{}", out.stdout, out.stderr),
+        );
+        p.search = Some(if out.status.success() {
+            out.stdout.trim().to_owned()
+        } else {
+            format!("failed ({}): {}", out.status, out.stderr.trim())
+        });
     }
     // B answers, A calls
-    let sn_b = if ctx.opts.same_supernode {
-        &s.sn[0]
-    } else {
-        &s.sn[1]
+    let (sn_a, sn_b) = match &promoted {
+        Some((_, addr)) => (addr, addr),
+        None if ctx.opts.same_supernode => (&s.sn[0], &s.sn[0]),
+        None => (&s.sn[0], &s.sn[1]),
     };
     // Where each side joins matters for these runs (the supernode to kill
     // must be the one they joined): an empty host cache makes the join
     // take the bootstrap address (the login seeded the cache with every
     // supernode; the join fills it again, for the alternates).
-    if ctx.opts.same_supernode || ctx.opts.kill_supernode_after_s.is_some() {
+    if ctx.opts.same_supernode || ctx.opts.kill_supernode_after_s.is_some() || promoted.is_some() {
         for home in [&home_a, &home_b] {
-            let _ = fs::remove_file(Path::new(home).join("hostcache.txt"));
+            without_host_cache(home);
         }
     }
     let b_duration = ctx.opts.callee_secs.map(|s| s.to_string());
@@ -1129,7 +1244,7 @@ fn trial_body(
             "--login-key",
             &key,
             "--bootstrap",
-            &s.sn[0],
+            sn_a,
             "call",
             &name_b,
             "--audio-in",
@@ -1151,17 +1266,20 @@ fn trial_body(
         if lab.try_wait(call).is_some() {
             break; // the call is over already
         }
-        match change.nft_script(&[cb.wan_ip, cb.host_ip]) {
-            Some(script) => lab.nft(&ca.router_ns, &script)?,
-            None => {
+        let at = call_started.elapsed();
+        match (change, change.nft_script(&[cb.wan_ip, cb.host_ip])) {
+            (_, Some(script)) => lab.nft(&ca.router_ns, &script)?,
+            (MidCall::StopPromoted, None) => {
+                if let Some((online, _)) = &promoted {
+                    stop_promoted(lab, *online, res);
+                }
+            }
+            (_, None) => {
                 lab.stop(s.sn_procs[0], "KILL", Duration::from_secs(2));
             }
         }
-        res.events.push(format!(
-            "{} at {:.1} s",
-            change.name(),
-            call_started.elapsed().as_secs_f64()
-        ));
+        res.events
+            .push(format!("{} at {:.1} s", change.name(), at.as_secs_f64()));
     }
     let call_status = lab.wait(
         call,
@@ -1235,6 +1353,151 @@ fn trial_body(
         res.error = Some(problems.join("; "));
     }
     Ok(caps)
+}
+
+/// `natter register NAME` and `natter login NAME` on client `c`'s host
+/// (their output in `dir/NAME-STEP.log`).
+fn register_and_login(
+    lab: &Lab,
+    s: &Servers,
+    c: &Client,
+    client: &Path,
+    home: &str,
+    name: &str,
+    dir: &Path,
+) -> Result<()> {
+    let key = s.login_key.display().to_string();
+    for step in ["register", "login"] {
+        let out = lab.exec_unchecked(
+            &c.host_ns,
+            client,
+            &[
+                "--home",
+                home,
+                "--login",
+                &s.login_addr,
+                "--login-key",
+                &key,
+                step,
+                name,
+            ],
+            &[("NATTER_PASSWORD", PASSWORD)],
+            Duration::from_secs(60),
+        )?;
+        let log = dir.join(format!("{name}-{step}.log"));
+        let _ = fs::write(&log, format!("{}\n{}", out.stdout, out.stderr));
+        if !out.status.success() {
+            return Err(LabError::Other(format!(
+                "`natter {step} {name}` behind {} failed ({}): {}",
+                c.nat,
+                out.status,
+                out.stderr.trim()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The user name of trial `serial`'s promoted client.
+fn promoted_name(serial: u32) -> String {
+    format!("lab{serial}p")
+}
+
+/// What `natter online` prints once its supernode is certified.
+const SERVING: &str = "supernode: promoted, serving at ";
+/// Longest wait for the promotion (`--promote-after 2`, then the netcheck
+/// and the certificate).
+const PROMOTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a promoted client has to step down and exit after SIGTERM.
+const STEP_DOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The promoted relay of a trial: client `cp` registers and logs in, stays
+/// online through supernode 1 with `--promote-after 2` and is promoted; its
+/// `natter online` process and its supernode's address. Fills
+/// [`TrialResult::promoted`].
+fn promote_relay(
+    lab: &mut Lab,
+    ctx: &TrialCtx<'_>,
+    cp: &Client,
+    dir: &Path,
+    serial: u32,
+    res: &mut TrialResult,
+) -> Result<(ProcId, String)> {
+    let s = ctx.servers;
+    let client = &ctx.opts.bins.client;
+    let name = promoted_name(serial);
+    let home = dir.join("home-p").display().to_string();
+    register_and_login(lab, s, cp, client, &home, &name, dir)?;
+    let key = s.login_key.display().to_string();
+    let online = lab.spawn(
+        &cp.host_ns,
+        &format!("t{serial}-p-online"),
+        client,
+        &[
+            "--home",
+            &home,
+            "--login",
+            &s.login_addr,
+            "--login-key",
+            &key,
+            "--bootstrap",
+            &s.sn[0],
+            "online",
+            "--promote-after",
+            "2",
+            // this shared machine's load says nothing about the lab
+            "--promote-max-load",
+            "1000",
+            "--promote-port",
+            "443",
+            "--promote-tcp-port",
+            "443",
+        ],
+        &[("NATTER_PASSWORD", PASSWORD)],
+    )?;
+    let mut p = PromotedRelay {
+        nat: Some(cp.nat),
+        ..PromotedRelay::default()
+    };
+    lab.wait_for_log(online, "online as", Duration::from_secs(30))?;
+    let online_at = Instant::now();
+    p.joined_via = line_with(&lab.log_of(online), "online as ")
+        .and_then(|l| l.rsplit(' ').next().map(str::to_owned));
+    res.promoted = Some(p.clone());
+    lab.wait_for_log(online, SERVING, PROMOTION_TIMEOUT)?;
+    p.promoted_after_ms = Some(u64::try_from(online_at.elapsed().as_millis()).unwrap_or(u64::MAX));
+    let addr = line_with(&lab.log_of(online), SERVING)
+        .and_then(|l| {
+            l.split(SERVING)
+                .nth(1)?
+                .split_whitespace()
+                .next()
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| LabError::Other(format!("no address in the `{SERVING}` line")))?;
+    p.addr = Some(addr.clone());
+    res.promoted = Some(p);
+    Ok((online, addr))
+}
+
+/// [`MidCall::StopPromoted`]: SIGTERM to the promoted client's `natter
+/// online`; waits for it to step down and exit.
+fn stop_promoted(lab: &mut Lab, online: ProcId, res: &mut TrialResult) {
+    let status = lab.stop(online, "TERM", STEP_DOWN_GRACE);
+    if let Some(p) = res.promoted.as_mut() {
+        p.exit_ok = status.map(|s| s.success());
+        p.stepped_down = lab
+            .log_of(online)
+            .lines()
+            .filter(|l| l.contains("supernode: stepped down"))
+            .map(str::to_owned)
+            .collect();
+    }
+}
+
+/// The first line of `log` containing `needle`.
+fn line_with<'a>(log: &'a str, needle: &str) -> Option<&'a str> {
+    log.lines().find(|l| l.contains(needle))
 }
 
 /// Envelope correlation of what B heard with the speech A sent, from
@@ -1413,6 +1676,41 @@ pub fn matrix_markdown(r: &MatrixReport) -> String {
         let _ = writeln!(s, "\n## Mid-call changes\n");
         for e in events {
             let _ = writeln!(s, "{e}");
+        }
+    }
+    let promoted: Vec<String> = r
+        .cells
+        .iter()
+        .flat_map(|c| {
+            c.trial_results.iter().filter_map(move |t| {
+                let p = t.promoted.as_ref()?;
+                Some(format!(
+                    "- {} x {} #{}: {} client promoted, serving at {} {} ms after joining via {}; in A's host cache: {}; A's search through it: {}; relays A {}, B {}; step-down: {} (exit ok: {})",
+                    c.a,
+                    c.b,
+                    t.trial,
+                    p.nat.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+                    p.addr.as_deref().unwrap_or("-"),
+                    p.promoted_after_ms.map_or_else(|| "-".to_owned(), |ms| ms.to_string()),
+                    p.joined_via.as_deref().unwrap_or("-"),
+                    if p.in_host_cache { "yes" } else { "no" },
+                    p.search.as_deref().unwrap_or("-"),
+                    t.a.relays.join(" > "),
+                    t.b.relays.join(" > "),
+                    if p.stepped_down.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        p.stepped_down.join(", ")
+                    },
+                    p.exit_ok.map_or("-", |ok| if ok { "yes" } else { "no" })
+                ))
+            })
+        })
+        .collect();
+    if !promoted.is_empty() {
+        let _ = writeln!(s, "\n## Promoted relay\n");
+        for p in promoted {
+            let _ = writeln!(s, "{p}");
         }
     }
     let errs: Vec<String> = r
@@ -1663,11 +1961,13 @@ pub fn run_matrix(opts: &MatrixOptions) -> Result<MatrixReport> {
     }
     let mut lab = Lab::new(cfg)?;
 
-    // self-check every NAT type used, before any trial
+    // self-check every NAT type used (the promoted relay's too), before
+    // any trial
     let types: Vec<NatType> = opts
         .cells
         .iter()
         .flat_map(|(a, b)| [*a, *b])
+        .chain(opts.promoted_relay)
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -1684,7 +1984,10 @@ pub fn run_matrix(opts: &MatrixOptions) -> Result<MatrixReport> {
         eprintln!("!!! {e}\n!!! cells with these NAT types are NOT run");
     }
 
-    let servers = start_servers(&mut lab, &opts.bins, &opts.out.join("work"))?;
+    // A promoted client's supernode is certified by the login server's
+    // policy for users (any account age: the lab's accounts are new).
+    let auto_approve = opts.promoted_relay.map(|_| 0);
+    let servers = start_servers(&mut lab, &opts.bins, &opts.out.join("work"), auto_approve)?;
     let ctx = TrialCtx {
         servers: &servers,
         opts,
@@ -1710,7 +2013,10 @@ pub fn run_matrix(opts: &MatrixOptions) -> Result<MatrixReport> {
     let (mut n_conn, mut n_pass, mut n_run) = (0u32, 0u32, 0u32);
     let started = Instant::now();
     for (ci, (a, b)) in opts.cells.iter().copied().enumerate() {
-        let ok = good.contains(&a) && good.contains(&b);
+        let ok = [Some(a), Some(b), opts.promoted_relay]
+            .iter()
+            .flatten()
+            .all(|t| good.contains(t));
         report
             .cells
             .push(CellResult::new(a, b, opts.expected_path(a, b), ok));

@@ -280,3 +280,109 @@ fn a_relayed_call_moves_to_another_relay_when_its_supernode_dies() {
     assert_eq!(t.b_ended_by_peer, Some(true), "trial: {t:?}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// Supernode promotion in the NAT lab, and a promoted node quitting
+/// mid-call (issue 18). A client on an open network stays online with
+/// `--promote-after 2` and is promoted (the lab's login server runs with
+/// `--auto-approve-users 0`); A's login puts it into A's host cache, and
+/// it serves A's search for its own user (online through an operator
+/// supernode) when A joins through it only. A (port-restricted) and B
+/// (symmetric) join through it only, so their relayed call's relay is on
+/// the promoted node. 3 s into the call its `natter online` gets SIGTERM:
+/// it steps down ("stepped down (quit)") and exits 0, and the call moves
+/// to an operator supernode's relay by relay migration: the audio gap at
+/// B stays under 2 s, the audio after it matches, the call runs to its
+/// end and A's hang-up reaches B.
+#[test]
+fn a_promoted_client_relays_a_call_and_the_call_survives_its_step_down() {
+    let _turn = one_lab_at_a_time();
+    let (call_secs, stop_at) = (10, 3);
+    let opts = MatrixOptions {
+        call_secs,
+        promoted_relay: Some(NatType::Open),
+        stop_promoted_after_s: Some(stop_at),
+        ..options(
+            "promoted-relay",
+            vec![(NatType::PortRestricted, NatType::Symmetric)],
+        )
+    };
+    let out = opts.out.clone();
+    let report = scenario::run_matrix(&opts).expect("matrix run");
+    let cell = &report.cells[0];
+    let t = &cell.trial_results[0];
+    assert!(cell.self_check, "{}", report.self_check_table);
+    let p = t
+        .promoted
+        .as_ref()
+        .unwrap_or_else(|| panic!("no promoted relay: {t:?}"));
+    assert_eq!(p.nat, Some(NatType::Open));
+
+    // Promoted after its threshold, at its own (open, public) address.
+    let after = p
+        .promoted_after_ms
+        .unwrap_or_else(|| panic!("not promoted: {t:?}"));
+    let addr: std::net::SocketAddr = p.addr.as_deref().unwrap().parse().unwrap();
+    println!("promoted relay: serving at {addr} {after} ms after joining (threshold 2000 ms)");
+    assert!(after >= 2_000, "promoted before the threshold: {p:?}");
+    assert_eq!(
+        addr.ip().to_string(),
+        "192.0.2.3",
+        "the open host's address: {p:?}"
+    );
+    // In another client's host cache (A's login: the login server lists it).
+    assert!(p.in_host_cache, "not in A's host cache: {p:?}");
+    // It served A's search: its own user, online through an operator
+    // supernode, found by a client joined through the promoted node only.
+    let joined_via = p.joined_via.as_deref().unwrap();
+    assert!(joined_via.starts_with("198.51.100."), "{p:?}");
+    let search = p.search.as_deref().unwrap_or_default();
+    assert!(search.starts_with("lab1p: online"), "search: {search:?}");
+    assert!(
+        search.contains(&format!("via supernode {joined_via}")),
+        "search: {search:?}"
+    );
+
+    // The call: relayed, first through the promoted node's relay (both
+    // sides), then through an operator supernode's.
+    assert_eq!(cell.expected, "relayed");
+    assert_eq!(cell.connected, 1, "trial: {t:?}");
+    assert!(t.passed, "ended relayed: {t:?}");
+    for side in [&t.a, &t.b] {
+        let ips: Vec<String> = side
+            .relays
+            .iter()
+            .map(|r| r.parse::<std::net::SocketAddr>().unwrap().ip().to_string())
+            .collect();
+        assert_eq!(
+            ips.first().map(String::as_str),
+            Some("192.0.2.3"),
+            "first relay on the promoted node: {t:?}"
+        );
+        assert!(
+            ips.last().is_some_and(|ip| ip.starts_with("198.51.100.")),
+            "last relay an operator supernode's: {t:?}"
+        );
+    }
+
+    // The step-down: SIGTERM mid-call, "stepped down (quit)", exit 0.
+    assert_eq!(t.events.len(), 1, "stopped during the call: {t:?}");
+    assert!(
+        p.stepped_down
+            .iter()
+            .any(|l| l.contains("supernode: stepped down (quit)")),
+        "{p:?}"
+    );
+    assert_eq!(p.exit_ok, Some(true), "{p:?}");
+    // Both sides found every path dead, asked to migrate and rejoined.
+    assert!(t.relay_migrations.iter().all(|n| *n >= 1), "{t:?}");
+    assert!(t.rejoins.iter().all(|n| *n >= 1), "{t:?}");
+    let gap = t.b_max_media_gap_ms.unwrap();
+    let late = t.audio_match_late.unwrap();
+    println!("promoted relay stepped down: audio gap at B {gap} ms, late audio match {late:.2}");
+    assert!(gap < 2_000, "gap {gap} ms: {t:?}");
+    assert!(late > 0.6, "trial: {t:?}");
+    // The call ran to its end, and A's hangup reached B.
+    assert!(t.call_duration_s.unwrap() >= f64::from(call_secs) - 0.5);
+    assert_eq!(t.b_ended_by_peer, Some(true), "trial: {t:?}");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -198,6 +198,18 @@ fn mid_call_changes_and_their_expected_paths() {
         both.mid_call(),
         vec![(4, MidCall::BlockUdp), (5, MidCall::BreakDirect)]
     );
+    // A promoted relay stepping down: another relay serves, so the cell's
+    // own expected path stands, and the late audio starts 4 s after it.
+    let promoted = MatrixOptions {
+        call_secs: 10,
+        promoted_relay: Some(Open),
+        stop_promoted_after_s: Some(3),
+        ..opts()
+    };
+    assert_eq!(promoted.mid_call(), vec![(3, MidCall::StopPromoted)]);
+    assert_eq!(promoted.expected_path(PortRestricted, Symmetric), "relayed");
+    assert_eq!(promoted.expected_path(Open, Open), "direct");
+    assert_eq!(promoted.late_audio_from_s(), Some(7));
 }
 
 #[test]
@@ -212,6 +224,7 @@ fn mid_call_rules_stay_in_router_a() {
     assert!(blk.contains("tcp dport != { 80, 443 } drop"), "{blk}");
     assert!(!blk.contains("203.0.113.2"), "all UDP, not only B's: {blk}");
     assert_eq!(MidCall::KillSupernode.nft_script(&peer), None, "no rule");
+    assert_eq!(MidCall::StopPromoted.nft_script(&peer), None, "no rule");
 }
 
 #[test]
@@ -251,6 +264,7 @@ fn the_matrix_shows_both_sides_and_the_udp_blocked_summary() {
         start: Some(p.into()),
         end: Some(p.into()),
         switches: vec![p.into()],
+        relays: Vec::new(),
     };
     let trial = |a: &str, b: &str, first: f64| TrialResult {
         trial: 1,
