@@ -170,3 +170,51 @@ impl LegPort {
         self.commands.lock().ok()?.take()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(v: i16) -> Vec<i16> {
+        vec![v; FRAME_SAMPLES]
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_new_frame_and_a_backlog_the_oldest() {
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (tx, mut rx) = frame_queue(&dropped);
+        for v in 0..=AUDIO_QUEUE as i16 {
+            tx.send(&frame(v));
+        }
+        // The queue holds AUDIO_QUEUE frames: the last one found it full.
+        assert_eq!(dropped.load(Ordering::Relaxed), 1);
+        let mut pcm = vec![0i16; FRAME_SAMPLES];
+        // The reader keeps AUDIO_BACKLOG waiting: the oldest go first.
+        assert!(rx.next_into(&mut pcm));
+        let skipped = AUDIO_QUEUE - AUDIO_BACKLOG;
+        assert_eq!(pcm[0], skipped as i16);
+        assert_eq!(dropped.load(Ordering::Relaxed), 1 + skipped as u64);
+        for v in skipped + 1..AUDIO_QUEUE {
+            assert!(rx.next_into(&mut pcm));
+            assert_eq!(pcm[0], v as i16);
+        }
+        // Empty: nothing, and the frame is left alone.
+        assert!(!rx.next_into(&mut pcm));
+        assert_eq!(pcm[0], (AUDIO_QUEUE - 1) as i16);
+    }
+
+    #[test]
+    fn a_leg_sends_silence_when_the_conference_has_nothing() {
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (_to_leg, input) = frame_queue(&dropped);
+        let (output, mut heard) = frame_queue(&dropped);
+        let mut leg = LegAudio { input, output };
+        let mut pcm = vec![7i16; FRAME_SAMPLES];
+        leg.next_frame(&mut pcm);
+        assert!(pcm.iter().all(|&s| s == 0));
+        leg.play(&frame(3));
+        assert!(heard.next_into(&mut pcm));
+        assert!(pcm.iter().all(|&s| s == 3));
+        assert_eq!(dropped.load(Ordering::Relaxed), 0);
+    }
+}
