@@ -43,6 +43,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::call_link::CallLink;
 use crate::gather::{self, OwnRelay};
 use crate::hold::{HoldLog, ScheduledHold};
+use crate::leg::{LegAudio, LegCommand, LegEvent, LegPort};
 use crate::now_unix_secs;
 use crate::supernode::{SessionError, SupernodeSession};
 use crate::tcp_relay::TcpLegs;
@@ -97,6 +98,11 @@ pub struct CallOptions {
     pub control: Option<Arc<CallControl>>,
     /// A hold at a set time of the call (`natter call --hold-at`).
     pub hold: Option<ScheduledHold>,
+    /// The call is a leg of a conference ([`crate::conference`]): its audio
+    /// ends are the conference's frame queues (the WAV and device options
+    /// are not used), conference messages go to and come from it, and it
+    /// runs until the conference hangs it up (or the peer does).
+    pub leg: Option<Arc<LegPort>>,
 }
 
 impl CallOptions {
@@ -175,7 +181,7 @@ impl CallControl {
         }
     }
 
-    async fn hung_up(control: Option<&Self>) {
+    pub(crate) async fn hung_up(control: Option<&Self>) {
         match control {
             Some(c) => c.hangup.notified().await,
             None => std::future::pending().await,
@@ -261,7 +267,7 @@ impl Signals<'_> {
 
     /// A link's current session (`None` for the other kinds, or while the
     /// link rejoins).
-    fn current_session(&self) -> Option<Arc<SupernodeSession>> {
+    pub(crate) fn current_session(&self) -> Option<Arc<SupernodeSession>> {
         match self {
             Signals::Link(link) => link.session_arc(),
             Signals::Session(_) | Signals::Channel(_) => None,
@@ -474,6 +480,9 @@ pub async fn place_call_via(
     let mut rng = rand::thread_rng();
     let mut invite_id = [0u8; 16];
     rng.fill_bytes(&mut invite_id);
+    if let Some(id) = options.leg.as_ref().and_then(|leg| leg.invite_id) {
+        invite_id = id;
+    }
     let mut secret = [0u8; 32];
     rng.fill_bytes(&mut secret);
     let mut setup = CallSetup::invite(
@@ -488,6 +497,9 @@ pub async fn place_call_via(
         SETUP_TIMEOUT.as_millis() as u64,
         &mut rng,
     );
+    if let Some(leg) = &options.leg {
+        setup.set_conference_id(leg.conference_id);
+    }
     flush(&mut setup, session).await?;
     // The supernode routed the invite: it grants the caller a relay now (a
     // call starts on the relay), and pushes the callee's side to the callee.
@@ -590,15 +602,7 @@ pub async fn answer_calls_via(
     let mut reports = Vec::new();
     let mut handled = 0;
     while handled < calls {
-        let Some(push) = signals.next().await else {
-            return Err(CallError::SessionLost);
-        };
-        let envelope::Body::CallSignal(signal) = push else {
-            continue;
-        };
-        if !matches!(signal.kind, Some(call_signal::Kind::Invite(_))) {
-            continue;
-        }
+        let signal = next_invite(signals).await?;
         // The supernode the invite came through (a link may have rejoined).
         let current = signals.current_session();
         let incoming = Incoming {
@@ -618,6 +622,20 @@ pub async fn answer_calls_via(
         }
     }
     Ok(reports)
+}
+
+/// The next invite pushed (other pushes are dropped: no call is running).
+pub async fn next_invite(signals: &mut Signals<'_>) -> Result<CallSignal, CallError> {
+    loop {
+        let Some(push) = signals.next().await else {
+            return Err(CallError::SessionLost);
+        };
+        if let envelope::Body::CallSignal(signal) = push
+            && matches!(signal.kind, Some(call_signal::Kind::Invite(_)))
+        {
+            return Ok(signal);
+        }
+    }
 }
 
 /// What became of an incoming call.
@@ -799,7 +817,7 @@ impl Incoming<'_> {
 
 /// Answers another call's invite with busy (this side is in a call, or
 /// deciding on one); other signals of other calls are dropped.
-async fn answer_busy(session: &SupernodeSession, signal: &CallSignal) {
+pub(crate) async fn answer_busy(session: &SupernodeSession, signal: &CallSignal) {
     if matches!(signal.kind, Some(call_signal::Kind::Invite(_))) {
         let busy = CallSignal {
             invite_id: signal.invite_id.clone(),
@@ -888,10 +906,19 @@ async fn run_media(
     io.drain(&mut call, 0).await;
 
     let mut audio_ends = AudioEnds::open(options)?;
+    // A leg runs until its conference hangs it up.
     let duration = options.duration.or_else(|| {
-        (setup.role() == natter_proto::handshake::Role::Caller)
+        (setup.role() == natter_proto::handshake::Role::Caller && options.leg.is_none())
             .then(|| audio_ends.input_length().unwrap_or(Duration::from_secs(10)))
     });
+    let mut leg_commands = options.leg.as_ref().and_then(|leg| leg.take_commands());
+    if let Some(leg) = &options.leg {
+        let up = LegEvent::Up {
+            invite_id: setup.invite_id(),
+            peer: peer.clone(),
+        };
+        let _ = leg.events.send(up).await;
+    }
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(u64::from(natter_media::FRAME_MS)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -910,6 +937,9 @@ async fn run_media(
     // The last frame period's time: the call's media ended there (what
     // follows is hanging up), for the report's longest media gap.
     let mut last_tick_ms = 0u64;
+    // Mid-call signals of this side (hold, a conference's messages), sent
+    // beside the media loop in order, so that waiting for the supernode's
+    // ack never delays a frame.
     let mut hold_signal: Option<std::pin::Pin<Box<dyn Future<Output = ()> + '_>>> = None;
     let sealing = |e: natter_proto::media::SealError| CallError::Failed(e.to_string());
     let audio = |e: natter_media::session::MediaError| CallError::Audio(e.to_string());
@@ -939,20 +969,8 @@ async fn run_media(
                 call.send_voice(payload, now_ms).map_err(sealing)?;
                 io.drain(&mut call, now_ms).await;
                 if hold_changed {
-                    // Sent beside the media loop, so that waiting for the
-                    // supernode's ack never delays a frame.
                     setup.hold(held);
-                    let signals: Vec<CallSignal> = std::iter::from_fn(|| setup.poll_signal()).collect();
-                    // after any still on its way: the peer sees every change, in order
-                    let before = hold_signal.take();
-                    hold_signal = Some(Box::pin(async move {
-                        if let Some(before) = before {
-                            before.await;
-                        }
-                        for signal in signals {
-                            let _ = send_signal(session, signal).await;
-                        }
-                    }));
+                    send_beside(&mut hold_signal, setup, session);
                 }
                 // What came while this task was not running (a busy
                 // machine: the tick and the datagrams were ready together)
@@ -1079,7 +1097,23 @@ async fn run_media(
             () = async { if let Some(f) = hold_signal.as_mut() { f.await } }, if hold_signal.is_some() => {
                 hold_signal = None;
             }
-            _ = tokio::signal::ctrl_c() => {
+            command = async { leg_commands.as_mut()?.recv().await }, if leg_commands.is_some() => match command {
+                Some(LegCommand::Signal(signal)) => {
+                    setup.send_conference(signal);
+                    send_beside(&mut hold_signal, setup, session);
+                }
+                // The conference hangs the leg up, after its last messages.
+                Some(LegCommand::Hangup) | None => {
+                    if let Some(pending) = hold_signal.take() {
+                        pending.await;
+                    }
+                    setup.hangup();
+                    send_hangup(setup, signals, session, true).await;
+                    break;
+                }
+            },
+            // A leg's conference takes Ctrl-C (and leaves).
+            _ = tokio::signal::ctrl_c(), if options.leg.is_none() => {
                 setup.hangup();
                 send_hangup(setup, signals, session, true).await;
                 break;
@@ -1101,6 +1135,17 @@ async fn run_media(
                                     holds.peer(on, now_ms);
                                     if options.live_status {
                                         eprintln!("\n{peer} {}", if on { "put the call on hold" } else { "resumed the call" });
+                                    }
+                                }
+                                CallEvent::Conference(signal) => {
+                                    // A plain call has no use for them.
+                                    if let Some(leg) = &options.leg {
+                                        let event = LegEvent::Signal {
+                                            invite_id: setup.invite_id(),
+                                            peer: peer.clone(),
+                                            signal,
+                                        };
+                                        let _ = leg.events.send(event).await;
                                     }
                                 }
                                 _ => {}
@@ -1170,6 +1215,26 @@ async fn run_media(
         peer_held_ms,
     };
     Ok(done.report(&call, io.media))
+}
+
+/// Sends what the setup queued beside the media loop, after whatever is
+/// still on its way (`pending`): the peer sees every signal in order, and
+/// waiting for the supernode's ack never delays a frame.
+fn send_beside<'s>(
+    pending: &mut Option<std::pin::Pin<Box<dyn Future<Output = ()> + 's>>>,
+    setup: &mut CallSetup,
+    session: &'s SupernodeSession,
+) {
+    let signals: Vec<CallSignal> = std::iter::from_fn(|| setup.poll_signal()).collect();
+    let before = pending.take();
+    *pending = Some(Box::pin(async move {
+        if let Some(before) = before {
+            before.await;
+        }
+        for signal in signals {
+            let _ = send_signal(session, signal).await;
+        }
+    }));
 }
 
 /// Moves the call to a relay on another supernode, as the call session
@@ -1266,9 +1331,60 @@ async fn send_hangup(
     }
 }
 
-/// The audio ends of a call: what is sent (a WAV, else the sound card,
-/// else silence) and where what is heard goes (a WAV, the sound card).
-struct AudioEnds {
+/// The audio ends of a call: a person's ([`LocalAudio`]), or a
+/// conference's leg ([`LegAudio`]: frame queues to and from the conference,
+/// which owns the real ends).
+pub(crate) enum AudioEnds {
+    Local(Box<LocalAudio>),
+    Leg(LegAudio),
+}
+
+impl AudioEnds {
+    fn open(options: &CallOptions) -> Result<Self, CallError> {
+        match options.leg.as_ref() {
+            Some(leg) => leg
+                .take_audio()
+                .map(AudioEnds::Leg)
+                .ok_or_else(|| CallError::Audio("the leg's audio is taken".into())),
+            None => LocalAudio::open(options).map(|local| AudioEnds::Local(Box::new(local))),
+        }
+    }
+
+    fn input_length(&self) -> Option<Duration> {
+        match self {
+            AudioEnds::Local(local) => local.input_length(),
+            AudioEnds::Leg(_) => None,
+        }
+    }
+
+    fn next_frame(&mut self, pcm: &mut [i16]) {
+        match self {
+            AudioEnds::Local(local) => local.next_frame(pcm),
+            AudioEnds::Leg(leg) => leg.next_frame(pcm),
+        }
+    }
+
+    fn play(&mut self, frame: &[i16]) -> Result<(), CallError> {
+        match self {
+            AudioEnds::Local(local) => local.play(frame),
+            AudioEnds::Leg(leg) => {
+                leg.play(frame);
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(self) -> Result<(), CallError> {
+        match self {
+            AudioEnds::Local(local) => local.finish(),
+            AudioEnds::Leg(_) => Ok(()),
+        }
+    }
+}
+
+/// A person's audio ends: what is sent (a WAV, else the sound card, else
+/// silence) and where what is heard goes (a WAV, the sound card).
+pub(crate) struct LocalAudio {
     input: Vec<i16>,
     capture: Option<natter_media::devices::Capture>,
     playback: Option<natter_media::devices::Playback>,
@@ -1276,8 +1392,8 @@ struct AudioEnds {
     frame_index: usize,
 }
 
-impl AudioEnds {
-    fn open(options: &CallOptions) -> Result<Self, CallError> {
+impl LocalAudio {
+    pub(crate) fn open(options: &CallOptions) -> Result<Self, CallError> {
         let input = match &options.audio_in {
             Some(path) => read_mono_48k(path).map_err(|e| CallError::Audio(e.to_string()))?,
             None => Vec::new(),
@@ -1315,12 +1431,12 @@ impl AudioEnds {
     }
 
     /// How long the WAV input lasts (`None` without one, or an empty one).
-    fn input_length(&self) -> Option<Duration> {
+    pub(crate) fn input_length(&self) -> Option<Duration> {
         (!self.input.is_empty()).then(|| Duration::from_millis((self.input.len() / 48) as u64))
     }
 
     /// The next frame to send (silence after the input's end).
-    fn next_frame(&mut self, pcm: &mut [i16]) {
+    pub(crate) fn next_frame(&mut self, pcm: &mut [i16]) {
         let from = self.frame_index * FRAME_SAMPLES;
         pcm.fill(0);
         if let Some(capture) = self.capture.as_mut() {
@@ -1333,7 +1449,7 @@ impl AudioEnds {
     }
 
     /// Plays one frame heard from the peer.
-    fn play(&mut self, frame: &[i16]) -> Result<(), CallError> {
+    pub(crate) fn play(&mut self, frame: &[i16]) -> Result<(), CallError> {
         if let Some(sink) = self.sink.as_mut() {
             sink.write(frame)
                 .map_err(|e| CallError::Audio(e.to_string()))?;
@@ -1345,7 +1461,7 @@ impl AudioEnds {
     }
 
     /// Completes the WAV output.
-    fn finish(self) -> Result<(), CallError> {
+    pub(crate) fn finish(self) -> Result<(), CallError> {
         if let Some(sink) = self.sink {
             sink.finish().map_err(|e| CallError::Audio(e.to_string()))?;
         }

@@ -14,6 +14,7 @@ use natter_client::buddy_list;
 use natter_client::call::{self, CallControl, CallOptions, CallReport};
 use natter_client::call_link::CallLink;
 use natter_client::chat::{self, Delivery};
+use natter_client::conference::{AnsweredCall, ConferenceOptions, ConferenceOutcome};
 use natter_client::hold::ScheduledHold;
 use natter_client::home::LoginStatus;
 use natter_client::online::{self, OnlineEvent};
@@ -98,11 +99,15 @@ enum Command {
         #[command(flatten)]
         promote: PromoteArgs,
     },
-    /// Call a user.
+    /// Call a user; with two to four names, convene a conference of up to
+    /// five (the host is elected from everyone's capabilities; it mixes).
     Call {
-        name: String,
+        #[arg(required = true, num_args = 1..=4, value_name = "NAME")]
+        names: Vec<String>,
         #[command(flatten)]
         audio: AudioArgs,
+        #[command(flatten)]
+        conference: ConferenceArgs,
         /// Hang up after this many seconds (default: the length of --audio-in, or 10).
         #[arg(long)]
         duration: Option<f64>,
@@ -121,6 +126,8 @@ enum Command {
     Answer {
         #[command(flatten)]
         audio: AudioArgs,
+        #[command(flatten)]
+        conference: ConferenceArgs,
         /// Decline the calls instead (the caller is told).
         #[arg(long)]
         decline: bool,
@@ -183,6 +190,16 @@ struct AudioArgs {
     /// Sound-card output instead of --audio-out (`default`, or a name from `natter devices`).
     #[arg(long, value_name = "NAME", conflicts_with = "audio_out")]
     output_device: Option<String>,
+}
+
+/// What a conference's capability record declares (`call` with several
+/// names, `answer` joining a conference).
+#[derive(Debug, Default, clap::Args)]
+struct ConferenceArgs {
+    /// Upstream bandwidth in kb/s, for a conference's host election (not
+    /// measured; 0: unknown). A host needs 38 kb/s per other participant.
+    #[arg(long, value_name = "KBPS", default_value_t = 0)]
+    upstream_kbps: u32,
 }
 
 /// Supernode promotion of `natter online`.
@@ -665,12 +682,40 @@ async fn overlay_command(cli: &Cli) -> Result<()> {
             stayed?;
         }
         Command::Call {
-            name,
+            names,
+            audio,
+            conference,
+            duration,
+            ..
+        } if names.len() >= 2 => {
+            let mut options = call_options(audio, duration.map(Duration::from_secs_f64));
+            options.control = Some(stdin_control());
+            let conference = conference_options(cli, conference)?;
+            let mut signals = call::Signals::Link(CallLink::new(&mut overlay));
+            let outcome = natter_client::conference::convene(
+                &sn,
+                &mut signals,
+                &session.identity,
+                &me,
+                &key,
+                names,
+                &options,
+                &conference,
+            )
+            .await;
+            drop(signals);
+            overlay.session().leave().await;
+            finish_conference(&outcome?, audio)?;
+        }
+        Command::Call {
+            names,
             audio,
             duration,
             hold_at,
             hold_for,
+            ..
         } => {
+            let name = &names[0];
             let mut options = call_options(audio, duration.map(Duration::from_secs_f64));
             options.control = Some(stdin_control());
             options.hold = hold_at.map(|at| ScheduledHold {
@@ -696,10 +741,12 @@ async fn overlay_command(cli: &Cli) -> Result<()> {
         }
         Command::Answer {
             audio,
+            conference,
             calls,
             duration,
             decline,
         } => {
+            let conference = conference_options(cli, conference)?;
             let mut options = call_options(audio, duration.map(Duration::from_secs_f64));
             options.control = Some(stdin_control());
             online::set_online(&sn, REQUEST_TIMEOUT)
@@ -714,11 +761,21 @@ async fn overlay_command(cli: &Cli) -> Result<()> {
                 options: &options,
             };
             let mut signals = call::Signals::Link(CallLink::new(&mut overlay));
-            let reports = call::answer_calls_via(incoming, &mut signals, *calls, !*decline).await;
+            let answered = natter_client::conference::answer_calls_via(
+                incoming,
+                &mut signals,
+                *calls,
+                !*decline,
+                &conference,
+            )
+            .await;
             drop(signals);
             overlay.session().leave().await;
-            for report in reports? {
-                finish_report(&report, audio)?;
+            for answered in answered? {
+                match answered {
+                    AnsweredCall::Call(report) => finish_report(&report, audio)?,
+                    AnsweredCall::Conference(outcome) => finish_conference(&outcome, audio)?,
+                }
             }
         }
         _ => {}
@@ -802,6 +859,7 @@ fn call_options(audio: &AudioArgs, duration: Option<Duration>) -> CallOptions {
         live_status: true,
         control: None,
         hold: None,
+        leg: None,
     }
 }
 
@@ -841,6 +899,30 @@ async fn ui(cli: &Cli, audio: &AudioArgs) -> Result<()> {
         request_timeout: REQUEST_TIMEOUT,
     })
     .await?;
+    Ok(())
+}
+
+/// A conference's own settings: the STUN reflectors for its NAT class
+/// (those `natter netcheck` uses) and the declared upstream.
+fn conference_options(cli: &Cli, args: &ConferenceArgs) -> Result<ConferenceOptions> {
+    let reflectors = cli
+        .home()?
+        .host_cache()
+        .map(|cache| cache.stun_reflectors(4, &cli.bootstrap))
+        .unwrap_or_default();
+    Ok(ConferenceOptions {
+        reflectors,
+        upstream_kbps: args.upstream_kbps,
+    })
+}
+
+fn finish_conference(outcome: &ConferenceOutcome, audio: &AudioArgs) -> Result<()> {
+    for line in outcome.to_text().lines() {
+        println!("{}", for_terminal(line));
+    }
+    if let Some(path) = &audio.stats_json {
+        natter_fsutil::write_private(path, format!("{}\n", outcome.to_json()).as_bytes())?;
+    }
     Ok(())
 }
 

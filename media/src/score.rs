@@ -44,6 +44,44 @@ pub const LEAD_MS: usize = 100;
 const RATE: usize = 48_000;
 const DECIMATE: usize = 6; // 48 kHz -> 8 kHz
 
+/// The conference tests' tones: one per participant, a whole number of
+/// cycles per 20 ms frame each, inside the wideband voice band.
+pub const CONFERENCE_TONES_HZ: [f64; 5] = [300.0, 500.0, 700.0, 1_100.0, 1_700.0];
+/// Their amplitude at the source.
+pub const CONFERENCE_TONE_AMPLITUDE: f64 = 5_000.0;
+/// A tone a participant hears is above this (of 5,000 at the source: each
+/// Opus pass keeps most of it; media/tests/conference.rs).
+pub const TONE_HEARD_MIN: f64 = 2_000.0;
+/// A tone a participant must not hear (its own) stays below this.
+pub const TONE_ABSENT_MAX: f64 = 250.0;
+
+/// `seconds` of the `hz` tone at [`CONFERENCE_TONE_AMPLITUDE`], 48 kHz,
+/// starting `from_sample` samples into it.
+pub fn conference_tone(hz: f64, from_sample: usize, samples: usize) -> Vec<i16> {
+    (from_sample..from_sample + samples)
+        .map(|n| {
+            let t = n as f64 / RATE as f64;
+            (CONFERENCE_TONE_AMPLITUDE * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16
+        })
+        .collect()
+}
+
+/// The amplitude of the `hz` component of `x` (48 kHz): its correlation
+/// with a sine and a cosine of that frequency, whatever the phase (so
+/// whatever delay the path added).
+pub fn tone_amplitude(x: &[i16], hz: f64) -> f64 {
+    if x.is_empty() {
+        return 0.0;
+    }
+    let (mut s, mut c) = (0.0, 0.0);
+    for (n, &v) in x.iter().enumerate() {
+        let w = 2.0 * std::f64::consts::PI * hz * n as f64 / RATE as f64;
+        s += f64::from(v) * w.sin();
+        c += f64::from(v) * w.cos();
+    }
+    2.0 * (s * s + c * c).sqrt() / x.len() as f64
+}
+
 /// Compares `received` with `sent`, searching delays of
 /// -[`LEAD_MS`]..=`max_lag_ms`.
 pub fn compare(sent: &[i16], received: &[i16], max_lag_ms: u32) -> Score {

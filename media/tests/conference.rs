@@ -11,30 +11,19 @@
 use natter_media::FRAME_SAMPLES;
 use natter_media::codec::{CodecConfig, Decoder, Encoder, MAX_PACKET};
 use natter_media::mix::{MAX_LEGS, Mixer};
+use natter_media::score::{
+    CONFERENCE_TONES_HZ, TONE_ABSENT_MAX, TONE_HEARD_MIN, conference_tone,
+    tone_amplitude as amplitude,
+};
 
-/// A whole number of cycles per 20 ms frame each, inside the wideband voice band.
-const TONES_HZ: [f64; MAX_LEGS] = [300.0, 500.0, 700.0, 1_100.0, 1_700.0];
+const TONES_HZ: [f64; MAX_LEGS] = CONFERENCE_TONES_HZ;
 const FRAMES: usize = 100;
 /// Frames left out at the start (encoder and decoder settling).
 const SETTLE: usize = 25;
 
 fn tone_frame(hz: f64, k: usize) -> [i16; FRAME_SAMPLES] {
-    std::array::from_fn(|i| {
-        let t = (k * FRAME_SAMPLES + i) as f64 / 48_000.0;
-        (5_000.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16
-    })
-}
-
-/// The amplitude of the `hz` component of `x` (its correlation with a sine
-/// and a cosine of that frequency, whatever the phase).
-fn amplitude(x: &[i16], hz: f64) -> f64 {
-    let (mut s, mut c) = (0.0, 0.0);
-    for (n, &v) in x.iter().enumerate() {
-        let w = 2.0 * std::f64::consts::PI * hz * n as f64 / 48_000.0;
-        s += f64::from(v) * w.sin();
-        c += f64::from(v) * w.cos();
-    }
-    2.0 * (s * s + c * c).sqrt() / x.len() as f64
+    let samples = conference_tone(hz, k * FRAME_SAMPLES, FRAME_SAMPLES);
+    std::array::from_fn(|i| samples[i])
 }
 
 /// What each participant heard in a conference of `parties` (participant 0
@@ -90,13 +79,13 @@ fn check(parties: usize) {
         for (q, level) in levels.iter().enumerate() {
             if p == q {
                 assert!(
-                    *level < 250.0,
+                    *level < TONE_ABSENT_MAX,
                     "participant {p} hears itself at {level:.0} (of 5000)"
                 );
             } else {
                 // 5000 at the source; each codec pass keeps most of it.
                 assert!(
-                    *level > 2_000.0,
+                    *level > TONE_HEARD_MIN,
                     "participant {p} hears participant {q} at only {level:.0} (of 5000)"
                 );
             }

@@ -169,6 +169,7 @@ impl CallSetup {
         let invite = CallInvite {
             share: Some(agreement.share(identity, rng)),
             candidates,
+            conference_id: Vec::new(),
         };
         let mut setup = Self::new(
             Role::Caller,
@@ -268,6 +269,27 @@ impl CallSetup {
             }
         }
         Some(setup)
+    }
+
+    /// The conference an invite belongs to (its `conference_id`, when it
+    /// is 16 bytes): `None` for a plain call or another kind of signal.
+    pub fn conference_of(signal: &CallSignal) -> Option<[u8; crate::conference::ID_LEN]> {
+        match &signal.kind {
+            Some(call_signal::Kind::Invite(invite)) => {
+                invite.conference_id.as_slice().try_into().ok()
+            }
+            _ => None,
+        }
+    }
+
+    /// (Caller, before the invite is sent) marks the queued invite as a
+    /// leg of the conference `id` (`CallInvite.conference_id`).
+    pub fn set_conference_id(&mut self, id: [u8; crate::conference::ID_LEN]) {
+        for signal in &mut self.out {
+            if let Some(call_signal::Kind::Invite(invite)) = &mut signal.kind {
+                invite.conference_id = id.to_vec();
+            }
+        }
     }
 
     /// The call's invite id.

@@ -208,6 +208,16 @@ fn compute() -> Vec<(&'static str, String)> {
             }),
         ));
         v.push(("conference.leave", encoded(&Message::Leave)));
+        v.push((
+            "conference.call_invite",
+            h(prost::Message::encode_to_vec(
+                &natter_proto::messages::CallInvite {
+                    conference_id: id.to_vec(),
+                    ..Default::default()
+                },
+            )),
+        ));
+
         let mut signal = natter_proto::messages::CallSignal {
             invite_id: invite_id.to_vec(),
             from: "alice".into(),

@@ -205,6 +205,7 @@ async fn a_joined_client_that_never_reads_is_closed() {
                     certificate: None,
                 }),
                 candidates: Vec::new(),
+                conference_id: Vec::new(),
             };
             let signal = Body::CallSignal(CallSignal {
                 invite_id: vec![i, n as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
