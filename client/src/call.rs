@@ -141,7 +141,15 @@ pub struct CallControl {
     held: AtomicBool,
     hangup: Notify,
     live: std::sync::Mutex<Option<LiveStats>>,
+    /// Set by a conference: `add NAME` is understood.
+    conference: AtomicBool,
+    /// Names asked to be added (`add NAME`), for the conference to take
+    /// (at most [`MAX_ADDS_WAITING`]).
+    adds: std::sync::Mutex<Vec<String>>,
 }
+
+/// Most `add NAME` requests waiting for the conference to take them.
+const MAX_ADDS_WAITING: usize = 4;
 
 impl CallControl {
     /// Mutes (true) or unmutes the input.
@@ -181,6 +189,34 @@ impl CallControl {
         }
     }
 
+    /// A conference runs on this control: `add NAME` invites NAME.
+    pub(crate) fn set_conference(&self) {
+        self.conference.store(true, Ordering::Relaxed);
+    }
+
+    /// Asks the conference to add `name` (false: not a conference, or too
+    /// many requests waiting).
+    pub fn request_add(&self, name: &str) -> bool {
+        if !self.conference.load(Ordering::Relaxed) {
+            return false;
+        }
+        match self.adds.lock() {
+            Ok(mut adds) if adds.len() < MAX_ADDS_WAITING => {
+                adds.push(name.to_owned());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The names asked to be added since the last call.
+    pub(crate) fn take_adds(&self) -> Vec<String> {
+        self.adds
+            .lock()
+            .map(|mut adds| std::mem::take(&mut *adds))
+            .unwrap_or_default()
+    }
+
     pub(crate) async fn hung_up(control: Option<&Self>) {
         match control {
             Some(c) => c.hangup.notified().await,
@@ -189,9 +225,22 @@ impl CallControl {
     }
 
     /// Acts on one line typed during a CLI call: `m` (mute / unmute),
-    /// `h` (hold / resume), `q` (hang up); returns what it did, or `None`
-    /// for a line it does not know.
+    /// `h` (hold / resume), `q` (hang up), in a conference `add NAME`
+    /// (invite NAME); returns what it did, or `None` for a line it does not
+    /// know.
     pub fn command(&self, line: &str) -> Option<&'static str> {
+        if let Some(name) = line.trim().strip_prefix("add ") {
+            let name = name.trim();
+            return Some(if name.is_empty() {
+                "add NAME: whom to add"
+            } else if !self.conference.load(Ordering::Relaxed) {
+                "add works in a conference (natter call A B ...)"
+            } else if self.request_add(name) {
+                "adding"
+            } else {
+                "add: too many waiting, try again"
+            });
+        }
         match line.trim() {
             "m" | "mute" => {
                 let muted = !self.muted();

@@ -608,6 +608,19 @@ impl<'a> Shell<'a> {
         chosen
     }
 
+    /// `add NAME` typed during the conference: the core invites NAME when
+    /// this side hosts (or two are left); otherwise it says why not.
+    fn add(&mut self, name: &str, now_ms: u64) {
+        let result = match self.core.as_mut() {
+            Some(core) => core.invite(name, now_ms).map_err(|e| e.to_string()),
+            None => Err("not in the conference yet".to_owned()),
+        };
+        match result {
+            Ok(()) => self.say(&format!("conference: inviting {name}")),
+            Err(e) => self.say(&format!("conference: cannot add {name}: {e}")),
+        }
+    }
+
     /// Leaves the conference (hang-up, the duration, Ctrl-C).
     fn leave(&mut self) {
         if let Some(core) = self.core.as_mut() {
@@ -630,6 +643,9 @@ impl<'a> Shell<'a> {
                 .then(|| ends.input_length().unwrap_or(Duration::from_secs(10)))
         });
         let control = options.control.clone();
+        if let Some(control) = &control {
+            control.set_conference();
+        }
         let mut tick =
             tokio::time::interval(Duration::from_millis(u64::from(natter_media::FRAME_MS)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -739,6 +755,13 @@ impl<'a> Shell<'a> {
                 Step::Tick => {
                     if duration.is_some_and(|d| self.start.elapsed() >= d) && !self.ended() {
                         self.leave();
+                    }
+                    for name in control
+                        .as_deref()
+                        .map(CallControl::take_adds)
+                        .unwrap_or_default()
+                    {
+                        self.add(&name, now_ms);
                     }
                     self.mix_frame(&mut ends, &mut mixer, &mut own)?;
                 }

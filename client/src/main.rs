@@ -874,7 +874,9 @@ fn stdin_control() -> Arc<CallControl> {
             match reader.command(&line) {
                 Some(done) => eprintln!("{done}"),
                 None if line.trim().is_empty() => {}
-                None => eprintln!("m: mute / unmute, h: hold / resume, q: hang up"),
+                None => eprintln!(
+                    "m: mute / unmute, h: hold / resume, q: hang up, add NAME: add to a conference"
+                ),
             }
         }
     });

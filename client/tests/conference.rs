@@ -39,8 +39,11 @@ struct Heard {
 
 /// Runs a conference of `parties`: alice (the convener, 2,000 kb/s up)
 /// for `host_secs`, the others (50 kb/s up: not enough to host) for
-/// `others_secs` each from when they join.
-fn conference(parties: usize, host_secs: u32, others_secs: u32) -> Vec<Heard> {
+/// `others_secs` each from when they join. The last `added` of them are
+/// not invited at first: alice types `add NAME` for each every 2 s from
+/// 2 s to 10 s (before she hosts it is refused; once she does it goes
+/// through, and a repeat is refused as a duplicate).
+fn conference(parties: usize, added: usize, host_secs: u32, others_secs: u32) -> Vec<Heard> {
     // One conference at a time: up to five processes coding in real time
     // (the host four legs each way) on a small machine.
     let _one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -101,7 +104,8 @@ fn conference(parties: usize, host_secs: u32, others_secs: u32) -> Vec<Heard> {
         cluster.supernodes[0].to_string(),
         "call".into(),
     ];
-    args.extend(NAMES[1..parties].iter().map(|n| (*n).to_owned()));
+    let invited = parties - added;
+    args.extend(NAMES[1..invited].iter().map(|n| (*n).to_owned()));
     args.extend([
         "--duration".into(),
         host_secs.to_string(),
@@ -115,17 +119,33 @@ fn conference(parties: usize, host_secs: u32, others_secs: u32) -> Vec<Heard> {
         path(json(0)),
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let alice = cluster
+    let mut alice = cluster
         .natter("alice", &args)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let stdin = alice.stdin.take().unwrap();
+    let typing = (added > 0).then(|| {
+        let names: Vec<&str> = NAMES[invited..parties].to_vec();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut stdin = stdin;
+            for _ in 0..5 {
+                std::thread::sleep(Duration::from_secs(2));
+                for name in &names {
+                    let _ = writeln!(stdin, "add {name}");
+                }
+            }
+        })
+    });
     children.insert(0, (0, alice));
     let outputs: Vec<(usize, std::process::Output)> = children
         .into_iter()
         .map(|(i, child)| (i, wait_output(child, LIMIT)))
         .collect();
+    drop(typing.map(|t| t.join()));
     outputs
         .iter()
         .map(|(i, out)| {
@@ -252,14 +272,14 @@ fn assert_alice_hosted(heard: &[Heard], parties: usize) {
 
 #[test]
 fn three_parties_hear_each_other_and_not_themselves() {
-    let heard = conference(3, 10, 12);
+    let heard = conference(3, 0, 10, 12);
     assert_alice_hosted(&heard, 3);
     assert_hear_each_other(&heard, 3, 4);
 }
 
 #[test]
 fn five_parties_hear_each_other_and_not_themselves() {
-    let heard = conference(5, 10, 12);
+    let heard = conference(5, 0, 10, 12);
     assert_alice_hosted(&heard, 5);
     assert_hear_each_other(&heard, 5, 4);
 }
@@ -291,7 +311,7 @@ fn longest_gap_ms(frames: &[bool]) -> usize {
 
 #[test]
 fn the_host_leaves_and_the_other_two_go_on_as_a_call() {
-    let heard = conference(3, 6, 14);
+    let heard = conference(3, 0, 6, 14);
     assert_alice_hosted(&heard, 3);
     let (bob, carol) = (&heard[1], &heard[2]);
     for (h, other) in [(bob, 2), (carol, 1)] {
@@ -333,4 +353,14 @@ fn the_host_leaves_and_the_other_two_go_on_as_a_call() {
         let p = if h.name == "bob" { 1 } else { 2 };
         assert!(own.iter().all(|l| l[p] < TONE_ABSENT_MAX), "{own:.0?}");
     }
+}
+
+/// alice convenes bob and carol, then types `add dave`: dave's `natter
+/// answer` joins the running conference, hears the three others and is
+/// heard by them, nobody hearing itself.
+#[test]
+fn a_participant_added_to_a_running_conference_hears_and_is_heard() {
+    let heard = conference(4, 1, 16, 12);
+    assert_alice_hosted(&heard, 4);
+    assert_hear_each_other(&heard, 4, 3);
 }
