@@ -66,11 +66,6 @@ struct Cli {
     /// Most relay allocations at once.
     #[arg(long, default_value_t = 10_000)]
     max_relays: usize,
-    /// Microseconds the relay thread waits after a batch of datagrams that
-    /// did not fill before reading again (less CPU per datagram at low
-    /// rates, at most this much added delay); 0 turns it off.
-    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=10_000))]
-    relay_coalesce_us: u64,
     /// TCP address (IP:PORT) of the TLS-over-TCP listener, the fallback for
     /// clients whose UDP is blocked: it carries their sessions and relayed
     /// media. Usually 0.0.0.0:443; port 0 picks a free port. Advertised with
@@ -139,7 +134,6 @@ async fn main() -> anyhow::Result<()> {
     config.udp = cli.udp;
     config.relay.lifetime = Duration::from_secs(cli.relay_lifetime);
     config.relay.max_allocations = cli.max_relays;
-    config.relay.read_coalesce = Duration::from_micros(cli.relay_coalesce_us);
     config.tcp_listen = cli.tcp_listen;
     config.metrics = cli.metrics;
     let handle = Supernode::spawn(config).context("starting the supernode")?;

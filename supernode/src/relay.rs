@@ -66,21 +66,13 @@ pub struct RelayLimits {
     pub packets_per_sec: u32,
     /// Bytes per second one allocation may carry (both directions).
     pub bytes_per_sec: u32,
-    /// Read coalescing of the relay thread: after a batch that did not fill
-    /// (the socket was drained), it waits this long before reading again,
-    /// so that datagrams arriving at a low rate (liveness beacons, a few
-    /// calls) are read, answered and forwarded in batches instead of one
-    /// wake-up and three system calls each. A datagram arriving while the
-    /// thread sleeps waits at most this long; one arriving while it waits
-    /// on the socket is handled at once. Zero: off.
-    pub read_coalesce: Duration,
 }
 
 impl Default for RelayLimits {
     /// Lifetime 30 s, 10 000 allocations, 4 per user, 64 per source prefix,
     /// calls remembered for 10 min (at most 20 000), 200 datagrams/s and
     /// 100 kB/s per allocation (a voice call needs 2 x 50 datagrams/s of
-    /// about 61 bytes), reads coalesced for 1 ms.
+    /// about 61 bytes).
     fn default() -> Self {
         Self {
             lifetime: Duration::from_secs(30),
@@ -91,7 +83,6 @@ impl Default for RelayLimits {
             max_invites: 20_000,
             packets_per_sec: 200,
             bytes_per_sec: 100_000,
-            read_coalesce: Duration::from_millis(1),
         }
     }
 }
@@ -745,7 +736,6 @@ mod tests {
             max_invites: 4,
             packets_per_sec: 10,
             bytes_per_sec: 1000,
-            read_coalesce: Duration::ZERO,
         };
         (
             RelayTable::new(limits, [9; 32], now),

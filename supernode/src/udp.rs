@@ -33,11 +33,7 @@
 //! [`BATCH`] datagrams per system call (`recvmmsg`, through quinn-udp),
 //! takes the relay table's lock once per batch (not per datagram), forwards
 //! with one `sendmmsg` per batch (through rustix, safely), and counts in thread-local counters added to the
-//! shared ones once per batch. After a batch that did not fill, it sleeps
-//! [`RelayLimits::read_coalesce`] (1 ms) before reading again: at low rates
-//! (10,000 clients' liveness beacons, a few calls) datagrams are then read
-//! in batches instead of one wake-up each; a datagram arriving while the
-//! thread waits on the socket is still handled at once. Nothing is allocated per forwarded datagram.
+//! shared ones once per batch. Nothing is allocated per forwarded datagram.
 //! A tokio task sweeps idle allocations and STUN limiter entries every
 //! second; stopping the service ([`UdpService::stop`], or aborting that
 //! task) ends the threads, which close the sockets.
@@ -226,8 +222,6 @@ pub(crate) struct UdpService {
     /// Set to stop the socket threads.
     stop: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    /// [`RelayLimits::read_coalesce`].
-    read_coalesce: Duration,
 }
 
 /// Why the UDP service could not start.
@@ -304,9 +298,7 @@ impl UdpService {
             alternate: Arc::new(second),
             bound: [local, alt_local],
         };
-        let read_coalesce = limits.read_coalesce;
         let service = Self {
-            read_coalesce,
             primary_addr: advertised(local, advertise_ip),
             alternate_addr: advertised(alt_local, advertise_ip),
             bound: [local, alt_local],
@@ -614,13 +606,6 @@ impl UdpService {
             replies.clear();
             echoes.clear();
             out.clear();
-            // A short batch: the socket is drained, datagrams come at a low
-            // rate. Let some gather before the next read (one wake-up and
-            // three system calls for the lot, not for each; this thread runs
-            // nothing else, so blocking it is fine).
-            if n < BATCH && !self.read_coalesce.is_zero() {
-                std::thread::sleep(self.read_coalesce);
-            }
         }
     }
 

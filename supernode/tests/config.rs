@@ -114,10 +114,6 @@ fn print_config_shows_sources_flags_win_and_the_token_is_hidden() {
     );
     assert!(text.contains("max-relays = 10000  # default"), "{text}");
     assert!(
-        text.contains("relay-coalesce-us = 1000  # default"),
-        "{text}"
-    );
-    assert!(
         text.contains("enrol = \"(secret)\"  # environment"),
         "{text}"
     );
@@ -131,7 +127,6 @@ fn a_bad_config_file_stops_the_supernode_with_the_file_and_setting_named() {
     for (extra, needle) in [
         ("max-relay = 5\n", "unknown setting `max-relay`"),
         ("relay-lifetime = 0\n", "setting `relay-lifetime`"),
-        ("relay-coalesce-us = 20000\n", "setting `relay-coalesce-us`"),
         ("udp = 5\n", "setting `udp`"),
     ] {
         let dir = tempfile::tempdir().unwrap();
