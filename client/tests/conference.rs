@@ -18,9 +18,9 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::{Cluster, assert_ok, wait_output};
-use natter_media::FRAME_SAMPLES;
 use natter_media::score::{
-    CONFERENCE_TONES_HZ, TONE_ABSENT_MAX, TONE_HEARD_MIN, conference_tone, tone_amplitude,
+    CONFERENCE_TONES_HZ, TONE_ABSENT_MAX, TONE_HEARD_MIN, conference_tone, longest_gap_ms,
+    tone_amplitude, tone_frames,
 };
 use natter_media::wav::{read_mono_48k, write_mono_48k};
 
@@ -284,31 +284,6 @@ fn five_parties_hear_each_other_and_not_themselves() {
     assert_hear_each_other(&heard, 5, 4);
 }
 
-/// Frames (20 ms) of `audio` in which the `hz` tone is heard.
-fn frames_with(audio: &[i16], hz: f64) -> Vec<bool> {
-    audio
-        .chunks_exact(FRAME_SAMPLES)
-        .map(|f| tone_amplitude(f, hz) > TONE_HEARD_MIN)
-        .collect()
-}
-
-/// The longest run of `false` between the first and the last `true`, in ms.
-fn longest_gap_ms(frames: &[bool]) -> usize {
-    let (Some(first), Some(last)) = (
-        frames.iter().position(|&f| f),
-        frames.iter().rposition(|&f| f),
-    ) else {
-        return usize::MAX;
-    };
-    let mut longest = 0;
-    let mut run = 0;
-    for &f in &frames[first..=last] {
-        run = if f { 0 } else { run + 1 };
-        longest = longest.max(run);
-    }
-    longest * natter_media::FRAME_MS as usize
-}
-
 #[test]
 fn the_host_leaves_and_the_other_two_go_on_as_a_call() {
     let heard = conference(3, 0, 6, 14);
@@ -322,12 +297,12 @@ fn the_host_leaves_and_the_other_two_go_on_as_a_call() {
             h.name,
             h.json
         );
-        let alice_frames = frames_with(&h.audio, CONFERENCE_TONES_HZ[0]);
-        let other_frames = frames_with(&h.audio, CONFERENCE_TONES_HZ[other]);
+        let alice_frames = tone_frames(&h.audio, CONFERENCE_TONES_HZ[0]);
+        let other_frames = tone_frames(&h.audio, CONFERENCE_TONES_HZ[other]);
         // alice was heard, then she left; the other one is heard after.
         let alice_last = alice_frames.iter().rposition(|&f| f).expect("alice heard");
         let after = other_frames[alice_last..].iter().filter(|&&f| f).count();
-        let gap = longest_gap_ms(&other_frames);
+        let gap = longest_gap_ms(&other_frames).expect("the other one heard");
         println!(
             "{}: alice last heard at {} ms, {} then heard {} ms more, longest gap {gap} ms",
             h.name,

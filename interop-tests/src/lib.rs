@@ -104,6 +104,7 @@ pub mod amplification;
 pub mod background;
 pub mod baseline;
 pub mod capture;
+pub mod conference;
 pub mod detect;
 pub mod docker;
 pub mod error;

@@ -1357,7 +1357,7 @@ fn trial_body(
 
 /// `natter register NAME` and `natter login NAME` on client `c`'s host
 /// (their output in `dir/NAME-STEP.log`).
-fn register_and_login(
+pub(crate) fn register_and_login(
     lab: &Lab,
     s: &Servers,
     c: &Client,

@@ -82,6 +82,29 @@ pub fn tone_amplitude(x: &[i16], hz: f64) -> f64 {
     2.0 * (s * s + c * c).sqrt() / x.len() as f64
 }
 
+/// Frames (20 ms) of `audio` in which the `hz` tone is heard (above
+/// [`TONE_HEARD_MIN`]).
+pub fn tone_frames(audio: &[i16], hz: f64) -> Vec<bool> {
+    audio
+        .chunks_exact(crate::FRAME_SAMPLES)
+        .map(|f| tone_amplitude(f, hz) > TONE_HEARD_MIN)
+        .collect()
+}
+
+/// The longest run of `false` between the first and the last `true` of
+/// `frames` (20 ms each), in ms; `None` if no frame is `true`.
+pub fn longest_gap_ms(frames: &[bool]) -> Option<usize> {
+    let first = frames.iter().position(|&f| f)?;
+    let last = frames.iter().rposition(|&f| f)?;
+    let mut longest = 0;
+    let mut run = 0;
+    for &f in &frames[first..=last] {
+        run = if f { 0 } else { run + 1 };
+        longest = longest.max(run);
+    }
+    Some(longest * crate::FRAME_MS as usize)
+}
+
 /// Compares `received` with `sent`, searching delays of
 /// -[`LEAD_MS`]..=`max_lag_ms`.
 pub fn compare(sent: &[i16], received: &[i16], max_lag_ms: u32) -> Score {
@@ -261,6 +284,26 @@ pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn a_tone_gap_is_measured_between_its_first_and_last_frame() {
+        let hz = CONFERENCE_TONES_HZ[1];
+        let frame = crate::FRAME_SAMPLES;
+        // 10 frames of silence, 20 of tone, 7 of silence, 5 of tone, silence.
+        let mut audio = vec![0i16; 10 * frame];
+        audio.extend(conference_tone(hz, 0, 20 * frame));
+        audio.extend(vec![0i16; 7 * frame]);
+        audio.extend(conference_tone(hz, 0, 5 * frame));
+        audio.extend(vec![0i16; 30 * frame]);
+        let frames = tone_frames(&audio, hz);
+        assert_eq!(frames.iter().filter(|&&f| f).count(), 25);
+        assert_eq!(longest_gap_ms(&frames), Some(7 * 20));
+        // Another tone is not this one.
+        assert_eq!(
+            longest_gap_ms(&tone_frames(&audio, CONFERENCE_TONES_HZ[0])),
+            None
+        );
+    }
 
     /// A speech-like test signal: tone bursts of varying pitch and loudness.
     fn bursts(seed: u64) -> Vec<i16> {
