@@ -279,7 +279,7 @@ fn three_parties_hear_each_other_and_not_themselves() {
 
 #[test]
 fn five_parties_hear_each_other_and_not_themselves() {
-    let heard = conference(5, 0, 10, 12);
+    let heard = conference(5, 0, 14, 16);
     assert_alice_hosted(&heard, 5);
     assert_hear_each_other(&heard, 5, 4);
 }
