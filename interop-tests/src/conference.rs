@@ -178,26 +178,28 @@ fn conference_body(
         ]
         .into()
     };
+    // `natter` for participant `i`: its home, the login key, one of the two
+    // supernodes, then `words` (the command and its names) and `args(i)`.
+    let command_line = |i: usize, words: Vec<String>| -> Vec<String> {
+        let mut a = vec![
+            "--home".to_owned(),
+            s(file(i, "home")),
+            "--login-key".into(),
+            key.to_string(),
+            "--bootstrap".into(),
+            servers.sn[i % 2].to_string(),
+        ];
+        a.extend(words);
+        a.extend(args(i));
+        a
+    };
     // The others answer, each through one of the two supernodes.
     let mut procs: Vec<(usize, ProcId)> = Vec::new();
     for (i, c) in clients.iter().enumerate() {
         if i == opts.convener {
             continue;
         }
-        let mut a: Vec<String> = [
-            "--home",
-            &s(file(i, "home")),
-            "--login-key",
-            &key,
-            "--bootstrap",
-            &servers.sn[i % 2],
-            "answer",
-            "--calls",
-            "1",
-        ]
-        .map(str::to_owned)
-        .into();
-        a.extend(args(i));
+        let a = command_line(i, vec!["answer".into(), "--calls".into(), "1".into()]);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         let id = lab.spawn(
             &c.host_ns,
@@ -221,25 +223,15 @@ fn conference_body(
     // Their presence spreads between the supernodes (as in a matrix trial).
     thread::sleep(Duration::from_secs(2).saturating_sub(ready.elapsed()));
     let i = opts.convener;
-    let mut a: Vec<String> = [
-        "--home",
-        &s(file(i, "home")),
-        "--login-key",
-        &key,
-        "--bootstrap",
-        &servers.sn[i % 2],
-        "call",
-    ]
-    .map(str::to_owned)
-    .into();
-    a.extend(
-        names
-            .iter()
-            .enumerate()
-            .filter(|&(j, _)| j != i)
-            .map(|(_, n)| n.clone()),
+    let others = names
+        .iter()
+        .enumerate()
+        .filter(|&(j, _)| j != i)
+        .map(|(_, n)| n.clone());
+    let a = command_line(
+        i,
+        std::iter::once("call".to_owned()).chain(others).collect(),
     );
-    a.extend(args(i));
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let id = lab.spawn(
         &clients[i].host_ns,
