@@ -76,6 +76,11 @@ enum Cmd {
         /// long enough to recover (e.g. --call-secs 12 --block-udp-after 4).
         #[arg(long, value_name = "S")]
         block_udp_after: Option<u32>,
+        /// After S seconds of each call, router A lifts --block-udp-after's
+        /// rules: the call should come back from the TCP relay to UDP (e.g.
+        /// --call-secs 20 --block-udp-after 4 --unblock-udp-after 10).
+        #[arg(long, value_name = "S", requires = "block_udp_after")]
+        unblock_udp_after: Option<u32>,
         /// After S seconds of each call, supernode 1 (A's; B's too with
         /// --same-supernode) is killed with SIGKILL for the rest of the run:
         /// the call must move to another relay (one cell, one trial).
@@ -346,6 +351,7 @@ fn main() -> anyhow::Result<()> {
             map_timeout,
             break_direct_after,
             block_udp_after,
+            unblock_udp_after,
             kill_supernode_after,
             promoted_relay,
             stop_promoted_after,
@@ -394,6 +400,7 @@ fn main() -> anyhow::Result<()> {
                 map_timeout_s: map_timeout,
                 break_direct_after_s: break_direct_after,
                 block_udp_after_s: block_udp_after,
+                unblock_udp_after_s: unblock_udp_after,
                 kill_supernode_after_s: kill_supernode_after,
                 promoted_relay,
                 stop_promoted_after_s: stop_promoted_after,

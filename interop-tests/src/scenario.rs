@@ -113,6 +113,9 @@ pub enum MidCall {
     /// Supernode 1 (A's, and B's with `same_supernode`: the call's relay)
     /// is killed with SIGKILL, for the rest of the run.
     KillSupernode,
+    /// Router A drops the rules of [`MidCall::BlockUdp`]: UDP works again,
+    /// and the call should come back to it from the TLS relay leg.
+    UnblockUdp,
     /// The promoted client of [`MatrixOptions::promoted_relay`] (both
     /// sides' supernode and the call's relay) gets SIGTERM: its `natter
     /// online` steps down ("stepped down (quit)") and exits.
@@ -125,6 +128,7 @@ impl MidCall {
         match self {
             MidCall::BreakDirect => "direct path broken",
             MidCall::BlockUdp => "udp blocked",
+            MidCall::UnblockUdp => "udp unblocked",
             MidCall::KillSupernode => "supernode 1 killed",
             MidCall::StopPromoted => "promoted supernode stepped down (SIGTERM)",
         }
@@ -152,6 +156,7 @@ impl MidCall {
                     ),
                 )
             }
+            MidCall::UnblockUdp => return Some("delete table ip natter_block_udp\n".to_owned()),
             MidCall::BlockUdp => (
                 "natter_block_udp",
                 "meta l4proto udp drop\n    \
@@ -269,6 +274,10 @@ pub struct MatrixOptions {
     /// to ports 80 and 443, like the udp-blocked profile: A has to carry the
     /// rest of the call over TLS/TCP ([`MidCall::BlockUdp`]).
     pub block_udp_after_s: Option<u32>,
+    /// After this many seconds of the call, router A lifts the block of
+    /// [`Self::block_udp_after_s`] ([`MidCall::UnblockUdp`]): the call is
+    /// expected back on UDP.
+    pub unblock_udp_after_s: Option<u32>,
     /// After this many seconds of the call (counted from the start of
     /// `natter call`), supernode 1 is killed with SIGKILL
     /// ([`MidCall::KillSupernode`]): A's signaling and relay, and B's too
@@ -325,6 +334,7 @@ impl MatrixOptions {
             map_timeout_s: 300,
             break_direct_after_s: None,
             block_udp_after_s: None,
+            unblock_udp_after_s: None,
             kill_supernode_after_s: None,
             promoted_relay: None,
             stop_promoted_after_s: None,
@@ -367,6 +377,7 @@ impl MatrixOptions {
         let mut v: Vec<(u32, MidCall)> = [
             self.break_direct_after_s.map(|s| (s, MidCall::BreakDirect)),
             self.block_udp_after_s.map(|s| (s, MidCall::BlockUdp)),
+            self.unblock_udp_after_s.map(|s| (s, MidCall::UnblockUdp)),
             self.kill_supernode_after_s
                 .map(|s| (s, MidCall::KillSupernode)),
             self.stop_promoted_after_s
@@ -384,16 +395,24 @@ impl MatrixOptions {
     /// direct path leaves at best the relay, blocked UDP leaves tcp-relay).
     pub fn expected_path(&self, a: NatType, b: NatType) -> &'static str {
         let mut p = expected_path(a, b);
+        let mut udp_blocked = false;
         for (_, change) in self.mid_call() {
             let floor = match change {
                 MidCall::BreakDirect => PathKind::Relayed.name(),
-                MidCall::BlockUdp => PathKind::TcpRelay.name(),
+                // Blocked UDP is a floor only if it stays blocked.
+                MidCall::BlockUdp | MidCall::UnblockUdp => {
+                    udp_blocked = change == MidCall::BlockUdp;
+                    continue;
+                }
                 // Another supernode's relay serves as well.
                 MidCall::KillSupernode | MidCall::StopPromoted => PathKind::Direct.name(),
             };
             if path_rank(floor) > path_rank(p) {
                 p = floor;
             }
+        }
+        if udp_blocked {
+            p = PathKind::TcpRelay.name();
         }
         p
     }

@@ -211,6 +211,60 @@ fn a_call_whose_udp_gets_blocked_moves_to_tcp() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// UDP is blocked on A's side 3 s into a relayed call (port-restricted x
+/// symmetric: no hole punching) and unblocked at 7 s: the call moves to the
+/// TLS relay leg and, once UDP works again, back to the UDP relay, and B
+/// hears A to the end. End to end, this is whichever UDP bind reaches the
+/// relay first (the relay forwards to a side's last bind): here usually the
+/// binds of the allocation A's relay migration made, which are still being
+/// retried when UDP comes back; the rule that a side on a TLS leg binds its
+/// UDP legs again (2, 4, 8, 16 s after moving) is what brings back a call
+/// whose binds had given up, tested on its own in `proto/tests/tcp_return.rs`.
+/// The call ends at 14 s, before the binds' 15 s refresh.
+#[test]
+fn a_call_on_tcp_comes_back_to_udp_once_udp_works_again() {
+    let _turn = one_lab_at_a_time();
+    let (call_secs, block_at, unblock_at) = (14, 3, 7);
+    let opts = MatrixOptions {
+        call_secs,
+        block_udp_after_s: Some(block_at),
+        unblock_udp_after_s: Some(unblock_at),
+        ..options(
+            "udp-back",
+            vec![(NatType::PortRestricted, NatType::Symmetric)],
+        )
+    };
+    let out = opts.out.clone();
+    let report = scenario::run_matrix(&opts).expect("matrix run");
+    let cell = &report.cells[0];
+    let t = &cell.trial_results[0];
+    assert_eq!(cell.connected, 1, "trial: {t:?}");
+    assert_eq!(t.events.len(), 2, "both changes during the call: {t:?}");
+    // UDP first, then the TLS leg, then UDP again, and the call ended there.
+    let s = &t.a.switches;
+    let tcp = s
+        .iter()
+        .position(|p| p == "tcp-relay")
+        .unwrap_or_else(|| panic!("A never moved to TCP: {t:?}"));
+    assert!(
+        s[..tcp].iter().any(|p| p != "tcp-relay"),
+        "A used UDP before TCP: {t:?}"
+    );
+    assert!(
+        s[tcp..].iter().any(|p| p != "tcp-relay"),
+        "A came back to UDP: {t:?}"
+    );
+    assert_eq!(t.a.end.as_deref(), Some("relayed"), "A ended on UDP: {t:?}");
+    assert_eq!(cell.expected, "relayed");
+    assert!(t.passed, "trial: {t:?}");
+    let lasted = t.call_duration_s.unwrap();
+    assert!(lasted >= f64::from(call_secs) - 0.5, "ended early: {t:?}");
+    // B heard A after the return (the last part of the call matches).
+    assert!(t.audio_match_late.unwrap() > 0.6, "trial: {t:?}");
+    assert_eq!(t.b_ended_by_peer, Some(true), "trial: {t:?}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 /// UDP is blocked on A's side in the middle of a call and then B hangs up:
 /// the hangup reaches A over the TLS session A rejoined with, and A's call
 /// ends with B's.

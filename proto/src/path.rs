@@ -268,6 +268,45 @@ impl PathManager {
         }
     }
 
+    /// Whether `target` is alive: it answered a probe once and was heard
+    /// recently (see [`PathConfig::dead_after_ms`]).
+    pub fn is_alive(&self, target: Target, now_ms: u64) -> bool {
+        self.targets
+            .iter()
+            .any(|t| t.target == target && t.alive(now_ms, &self.config))
+    }
+
+    /// Confirms `target` without a probe reply (no RTT measured): media
+    /// came from a relay whose bind of this side is confirmed, so the relay
+    /// forwards both ways.
+    pub fn confirm(&mut self, target: Target, now_ms: u64) {
+        if let Some(t) = self.targets.iter_mut().find(|t| t.target == target) {
+            t.confirmed_ms.get_or_insert(now_ms);
+        }
+    }
+
+    /// How long `target` has been silent (`None`: unknown or never heard).
+    pub fn silent_for(&self, target: Target, now_ms: u64) -> Option<u64> {
+        self.targets
+            .iter()
+            .find(|t| t.target == target)
+            .and_then(|t| t.last_heard_ms)
+            .map(|heard| now_ms.saturating_sub(heard))
+    }
+
+    /// Probes the UDP relays not confirmed yet as if they were new (fast,
+    /// from now on, given up only `give_up_ms` from now): a relay that
+    /// forwarded this side's traffic to a TLS leg while it was probed over
+    /// UDP may answer now.
+    pub fn reprobe_udp_relays(&mut self, now_ms: u64) {
+        for t in &mut self.targets {
+            if t.kind == PathKind::Relayed && t.confirmed_ms.is_none() {
+                t.added_ms = now_ms;
+                t.last_probe_ms = None;
+            }
+        }
+    }
+
     /// The targets to probe now (each is marked as probed).
     pub fn poll_probes(&mut self, now_ms: u64) -> Vec<Target> {
         let c = self.config;
@@ -329,10 +368,7 @@ impl PathManager {
         // Between relays, stay on the current one while it is alive: RTTs
         // of two relays cross often and switching gains nothing.
         // A TCP relay is kept only while no UDP relay is alive.
-        let udp_relay_alive = self
-            .targets
-            .iter()
-            .any(|t| t.kind == PathKind::Relayed && t.alive(now_ms, &c));
+        let udp_relay_alive = self.udp_relay_alive(now_ms);
         let current_relay = self.current.and_then(|(target, kind)| {
             (kind == PathKind::Relayed || (kind == PathKind::TcpRelay && !udp_relay_alive))
                 .then(|| {
@@ -389,6 +425,14 @@ impl PathManager {
             self.current = chosen;
         }
         chosen
+    }
+
+    /// Whether a relay reached over UDP is alive.
+    pub fn udp_relay_alive(&self, now_ms: u64) -> bool {
+        let c = self.config;
+        self.targets
+            .iter()
+            .any(|t| t.kind == PathKind::Relayed && t.alive(now_ms, &c))
     }
 
     /// Whether some target is alive at `now_ms` (a path to the peer works).

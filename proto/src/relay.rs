@@ -217,6 +217,8 @@ struct Binding {
     bound: bool,
     tries: u32,
     last_ms: Option<u64>,
+    /// The relay refused the token (unknown, over quota): never asked again.
+    refused: bool,
     /// The last cookie the relay gave this side (zeros before the first).
     cookie: Cookie,
 }
@@ -243,8 +245,21 @@ impl RelayBinds {
             bound: false,
             tries: 0,
             last_ms: None,
+            refused: false,
             cookie: [0; COOKIE_LEN],
         });
+    }
+
+    /// Binds every leg again from now on, as a new one (with its cookie;
+    /// refused legs stay refused): the relay forwards to a side's last
+    /// bind, so a side whose TLS leg took the forwarding asks for it back
+    /// over UDP this way.
+    pub fn rebind_all(&mut self) {
+        for b in self.legs.iter_mut().filter(|b| !b.refused) {
+            b.bound = false;
+            b.tries = 0;
+            b.last_ms = None;
+        }
     }
 
     /// Bind datagrams due now, with their destination.
@@ -255,7 +270,7 @@ impl RelayBinds {
             let due = b
                 .last_ms
                 .is_none_or(|t| now_ms.saturating_sub(t) >= interval);
-            if due && (b.bound || b.tries < BIND_TRIES) {
+            if due && !b.refused && (b.bound || b.tries < BIND_TRIES) {
                 b.last_ms = Some(now_ms);
                 b.tries += 1;
                 self.msg_id = self.msg_id.wrapping_add(1);
@@ -272,7 +287,7 @@ impl RelayBinds {
     pub fn poll_timeout(&self) -> Option<u64> {
         self.legs
             .iter()
-            .filter(|b| b.bound || b.tries < BIND_TRIES)
+            .filter(|b| !b.refused && (b.bound || b.tries < BIND_TRIES))
             .map(|b| {
                 let interval = if b.bound { REBIND_MS } else { BIND_RETRY_MS };
                 b.last_ms.map_or(0, |t| t.saturating_add(interval))
@@ -303,7 +318,7 @@ impl RelayBinds {
                 BindStatus::Cookie => b.last_ms = None,
                 BindStatus::UnknownToken | BindStatus::OverQuota => {
                     b.bound = false;
-                    b.tries = BIND_TRIES; // refused: stop asking
+                    b.refused = true;
                 }
             }
         }
@@ -407,5 +422,43 @@ mod tests {
         assert_eq!(binds.handle(relay, &reply), Some(false));
         assert!(binds.is_bound(&leg));
         assert_eq!(decode_bind(&binds.poll(2)[0].1).unwrap().cookie, newer);
+    }
+
+    #[test]
+    fn rebind_all_asks_again_at_once_but_never_a_refused_leg() {
+        let relay = SocketAddr::from(([198, 51, 100, 1], 3478));
+        let leg = |t| RelayLeg {
+            addr: relay,
+            token: [t; TOKEN_LEN],
+        };
+        let mut binds = RelayBinds::default();
+        binds.add(leg(1));
+        binds.add(leg(2));
+        let first = binds.poll(0);
+        assert_eq!(first.len(), 2);
+        let cookie = [0x55; COOKIE_LEN];
+        let bound = encode_bind_reply(&first[0].1, BindStatus::Bound, &cookie);
+        let refused = encode_bind_reply(&first[1].1, BindStatus::UnknownToken, &cookie);
+        assert_eq!(binds.handle(relay, &bound), Some(true));
+        assert_eq!(binds.handle(relay, &refused), Some(false));
+        // Bound: next due at the 15 s refresh; refused: never.
+        assert_eq!(binds.poll_timeout(), Some(REBIND_MS));
+        binds.rebind_all();
+        assert!(!binds.is_bound(&leg(1)));
+        let again = binds.poll(100);
+        assert_eq!(again.len(), 1, "only the bound leg binds again");
+        assert_eq!(decode_bind(&again[0].1).unwrap().token, leg(1).token);
+        assert_eq!(
+            decode_bind(&again[0].1).unwrap().cookie,
+            cookie,
+            "with its cookie"
+        );
+        // Unconfirmed again: retried every BIND_RETRY_MS, BIND_TRIES times.
+        assert_eq!(binds.poll_timeout(), Some(100 + BIND_RETRY_MS));
+        let tries = (1..BIND_TRIES + 5)
+            .filter(|k| !binds.poll(100 + u64::from(*k) * BIND_RETRY_MS).is_empty())
+            .count() as u32;
+        assert_eq!(tries + 1, BIND_TRIES);
+        assert_eq!(binds.poll_timeout(), None);
     }
 }

@@ -31,6 +31,16 @@
 //! opens a leg as it is learned. The path manager keeps media on a TCP
 //! relay only while no UDP relay is alive.
 //!
+//! **Back to UDP.** A relay forwards to a side's last bind, UDP or TLS. A
+//! side whose media goes over a TLS leg without UDP being known blocked
+//! binds its UDP relay legs again [`UDP_RETRY_ON_TCP_MS`] later, then at
+//! doubling intervals: once a relay confirms, it forwards the peer over UDP,
+//! the first media datagram from it makes it alive, and media moves back.
+//! The other way, when the path media goes on has been silent for
+//! [`TCP_REBIND_AFTER_MS`] with no UDP relay alive, the open TLS legs bind
+//! again (a bind record on the leg), so a UDP that failed after taking the
+//! forwarding does not leave the call on a relay that forwards nowhere.
+//!
 //! **Relay migration.** When every path dies after one worked (the
 //! relaying supernode died), the session asks the shell to move the call to
 //! another relay ([`Event::MigrateRelay`]; the decision and its timing are
@@ -58,6 +68,20 @@ use crate::som::Function;
 /// With UDP usable at the start, TLS relay legs open once nothing
 /// authenticated has come over UDP for this long.
 pub const UDP_SILENCE_FOR_TCP_MS: u64 = 1_500;
+/// A side whose media goes over a TLS leg while UDP may work again (a slow
+/// start opened the legs) binds its UDP relay legs again this long after
+/// it moved to the leg, so the relay, which forwards to a side's last bind,
+/// forwards to UDP again; then at twice the interval each time, up to
+/// [`UDP_RETRY_MAX_MS`] (a blocked UDP costs a few binds a minute).
+pub const UDP_RETRY_ON_TCP_MS: u64 = 2_000;
+/// The longest interval between two UDP retries of a side on a TLS leg.
+pub const UDP_RETRY_MAX_MS: u64 = 16_000;
+/// A TLS leg is bound again when the path media goes on has been silent
+/// this long and no UDP relay is alive (a UDP bind took the forwarding and
+/// UDP failed since)...
+pub const TCP_REBIND_AFTER_MS: u64 = 600;
+/// ... at most this often per leg.
+pub const TCP_REBIND_MS: u64 = 1_000;
 /// The peer is gone when nothing authenticated has come for this long.
 pub const MEDIA_TIMEOUT_MS: u64 = 10_000;
 /// Most TLS relay legs per call.
@@ -155,6 +179,10 @@ pub struct SessionStats {
     pub last_rtt_ms: Option<u64>,
     /// Relay bind datagrams sent.
     pub binds_sent: u64,
+    /// Times media on a TLS leg tried UDP again ([`UDP_RETRY_ON_TCP_MS`]).
+    pub udp_retries: u64,
+    /// Binds this session sent over TLS legs ([`TCP_REBIND_AFTER_MS`]).
+    pub tcp_rebinds: u64,
     /// Datagrams or events dropped on a full queue (the shell fell behind).
     pub dropped_queued: u64,
     /// The longest time between two media datagrams received (ms): the
@@ -215,6 +243,12 @@ pub struct CallSession {
     tcp_open: Vec<RelayLeg>,
     /// Legs the shell has not been told to open yet.
     tcp_to_open: Vec<RelayLeg>,
+    /// When this session last bound each open leg itself.
+    tcp_rebound: Vec<(SocketAddr, u64)>,
+    /// When media on a TLS leg next tries UDP ([`UDP_RETRY_ON_TCP_MS`]).
+    udp_retry_at_ms: Option<u64>,
+    udp_retry_interval_ms: u64,
+    bind_msg_id: u16,
     last_heard_ms: u64,
     /// When UDP last showed it works (authenticated from the peer, a bind
     /// confirmed, [`Self::handle_udp_works`]).
@@ -255,6 +289,10 @@ impl CallSession {
             tcp_active: setup.udp_blocked,
             tcp_open: Vec::new(),
             tcp_to_open: Vec::new(),
+            tcp_rebound: Vec::new(),
+            udp_retry_at_ms: None,
+            udp_retry_interval_ms: UDP_RETRY_ON_TCP_MS,
+            bind_msg_id: setup.start_index,
             last_heard_ms: now_ms,
             last_udp_heard_ms: now_ms,
             last_media_ms: None,
@@ -368,6 +406,8 @@ impl CallSession {
             self.seal_to(Function::Probe, to)?;
         }
         self.update_path(now_ms);
+        self.retry_udp(now_ms);
+        self.rebind_tcp(now_ms);
         self.check_migration(now_ms);
         if !self.silent_reported
             && now_ms.saturating_sub(self.last_heard_ms) >= self.config.media_timeout_ms
@@ -376,6 +416,72 @@ impl CallSession {
             self.event(Event::PeerSilent);
         }
         Ok(())
+    }
+
+    /// Media on a TLS leg while UDP is not known to be blocked: now and then
+    /// bind the UDP relay legs again (and probe them as new), so a call
+    /// that fell back to TCP on a slow start comes back to UDP once it
+    /// works. The relay forwards to the side's last bind; media from a UDP
+    /// relay that confirmed the bind makes that relay alive, and the path
+    /// manager prefers a live UDP relay to a TLS leg.
+    fn retry_udp(&mut self, now_ms: u64) {
+        let on_tcp = matches!(self.current, Some((_, PathKind::TcpRelay)));
+        if !on_tcp || self.setup.udp_blocked {
+            self.udp_retry_at_ms = None;
+            return;
+        }
+        match self.udp_retry_at_ms {
+            None => self.udp_retry_at_ms = Some(now_ms + self.udp_retry_interval_ms),
+            Some(at) if now_ms >= at => {
+                self.stats.udp_retries += 1;
+                self.binds.rebind_all();
+                self.path.reprobe_udp_relays(now_ms);
+                self.poll_binds(now_ms);
+                self.udp_retry_interval_ms = (self.udp_retry_interval_ms * 2).min(UDP_RETRY_MAX_MS);
+                self.udp_retry_at_ms = Some(now_ms + self.udp_retry_interval_ms);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// The path media goes on has been silent for [`TCP_REBIND_AFTER_MS`]
+    /// and no UDP relay is alive: bind the open TLS legs again, as a UDP
+    /// bind may have taken their relay's forwarding (and UDP failed since).
+    fn rebind_tcp(&mut self, now_ms: u64) {
+        if self.tcp_open.is_empty() || self.path.udp_relay_alive(now_ms) {
+            return;
+        }
+        let Some((current, _)) = self.current else {
+            return;
+        };
+        // A path never heard has not worked yet: the legs' own first binds
+        // are still on their way.
+        let silent = self
+            .path
+            .silent_for(current, now_ms)
+            .is_some_and(|ms| ms >= TCP_REBIND_AFTER_MS);
+        if !silent || self.path.is_alive(current, now_ms) {
+            return;
+        }
+        for i in 0..self.tcp_open.len() {
+            let leg = self.tcp_open[i];
+            let last = self.tcp_rebound.iter_mut().find(|(a, _)| *a == leg.addr);
+            match last {
+                Some((_, t)) if now_ms.saturating_sub(*t) < TCP_REBIND_MS => continue,
+                Some((_, t)) => *t = now_ms,
+                None => self.tcp_rebound.push((leg.addr, now_ms)),
+            }
+            self.bind_msg_id = self.bind_msg_id.wrapping_add(1);
+            // The TLS connection proves the address: no cookie.
+            let bind = crate::relay::encode_bind(
+                &leg.token,
+                &[0; crate::relay::COOKIE_LEN],
+                self.bind_msg_id,
+                0,
+            );
+            self.stats.tcp_rebinds += 1;
+            self.queue(Target::TcpLeg(leg.addr), bind);
+        }
     }
 
     /// Asks the shell to migrate when every path died ([`crate::migration`]).
@@ -513,6 +619,13 @@ impl CallSession {
                 }
                 self.heard(from, now_ms);
                 self.path.handle_media(from, now_ms);
+                if let Target::Udp(relay) = from
+                    && self.binds.is_bound_at(relay)
+                {
+                    // The relay confirmed this side's bind and forwards the
+                    // peer: it works both ways.
+                    self.path.confirm(from, now_ms);
+                }
                 let payload = payload.to_vec();
                 self.event(Event::Voice { number, payload });
             }
