@@ -334,3 +334,99 @@ fn an_invite_with_a_swapped_certificate_is_refused_by_the_real_callee() {
         "{refused}"
     );
 }
+
+/// SECURITY.md, "Conferences": the conference id of an invite is not
+/// authenticated, so an attacker (here the caller itself, as a supernode
+/// could add the id to anyone's invite) can make the callee answer a call
+/// as a conference leg. The callee then waits for an `invite` message that
+/// must come MACed on that leg, answers every other call busy meanwhile,
+/// and gives up within the conference's formation limits (35 s): it is not
+/// held, and hears nobody it did not accept.
+#[test]
+fn a_forged_conference_id_holds_the_callee_at_most_35_s_and_others_get_busy() {
+    let cluster = Cluster::start(2, None);
+    for user in ["bob", "mallory"] {
+        cluster.add_user(user);
+    }
+    let login_key = login_key(&cluster);
+    let mallory_id = identity(&cluster, "mallory");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mallory = rt.block_on(join(&cluster, "mallory"));
+    let (bob, bob_json, bob_err) = answer(&cluster, 1);
+    let invited = Instant::now();
+    rt.block_on(async {
+        let invite_id = [0x71; 16];
+        let mut setup = CallSetup::invite(
+            &mallory_id,
+            "mallory",
+            "bob",
+            invite_id,
+            [9; 32],
+            Vec::new(),
+            login_key.clone(),
+            0,
+            30_000,
+            &mut rand::thread_rng(),
+        );
+        setup.set_conference_id([0x77; 16]);
+        send(&mallory, setup.poll_signal().unwrap()).await;
+        loop {
+            let signal = next_signal(&mallory, &invite_id).await;
+            setup.handle_signal(&signal, now_unix_secs());
+            while let Some(out) = setup.poll_signal() {
+                send(&mallory, out).await;
+            }
+            let connected = std::iter::from_fn(|| setup.poll_event())
+                .inspect(|e| assert!(!matches!(e, CallEvent::Ended(_)), "{e:?}"))
+                .any(|e| matches!(e, CallEvent::Connected { .. }));
+            if connected {
+                break;
+            }
+        }
+        // Bob took the call as a leg of "conference 77..": a plain call
+        // meanwhile is busy.
+        let plain_id = [0x72; 16];
+        let mut plain = CallSetup::invite(
+            &mallory_id,
+            "mallory",
+            "bob",
+            plain_id,
+            [10; 32],
+            Vec::new(),
+            login_key.clone(),
+            0,
+            30_000,
+            &mut rand::thread_rng(),
+        );
+        send(&mallory, plain.poll_signal().unwrap()).await;
+        let answer = next_signal(&mallory, &plain_id).await;
+        assert!(
+            matches!(answer.kind, Some(call_signal::Kind::Busy(_))),
+            "{answer:?}"
+        );
+    });
+    // Mallory sends no `invite` message (and no media): bob's leg ends on
+    // its media timeout (10 s) or the conference gives up (35 s), and bob
+    // is free again; nobody became host, nothing was mixed.
+    let callee = wait_output(bob, Duration::from_secs(60));
+    let waited = invited.elapsed();
+    let out = assert_ok(&callee);
+    assert!(
+        waited < Duration::from_secs(45),
+        "bob held {waited:?}: {out}"
+    );
+    let err = std::fs::read_to_string(&bob_err).unwrap();
+    assert!(
+        err.contains("invited into conference 77777777777777777777777777777777 by mallory"),
+        "{err}"
+    );
+    assert!(out.contains("host - (hosts -)"), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&bob_json).unwrap()).unwrap();
+    let conference = &json["conference"];
+    assert!(conference["host"].is_null(), "{conference}");
+    assert_eq!(conference["hosts"], serde_json::json!([]), "{conference}");
+    assert_eq!(conference["hosted_frames"], 0, "{conference}");
+    assert_eq!(conference["legs_started"], 1, "{conference}");
+    assert_eq!(json["legs"][0]["peer"], "mallory", "{json}");
+}
