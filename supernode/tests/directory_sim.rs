@@ -239,3 +239,49 @@ fn a_last_seen_in_the_future_is_refused_and_counted_even_from_the_home() {
     assert_eq!(sim.nodes[r].node.held_record("carol"), Some(&now));
     assert_eq!(diff(sim.nodes[r].node.stats(), before), (1, 1, 0));
 }
+
+/// A node that has just started (here restarted with an empty state; a
+/// promoted client's node is the same) and has no link yet would be the
+/// only replica it knows of and answer "not found" for a user online
+/// elsewhere. It parks the lookup until its first link is up instead.
+#[test]
+fn a_search_at_a_node_without_links_yet_waits_for_its_first_link() {
+    let mut sim = meshed(3);
+    let _alice = join(&mut sim, "alice", 0, 0);
+    sim.run_for(SECOND);
+    sim.crash(2);
+    sim.run_for(5 * SECOND);
+    // Node 2 comes back cut off from its peers: bob joins it and searches.
+    sim.partition(2, 0);
+    sim.partition(2, 1);
+    sim.restart(2);
+    let bob = join(&mut sim, "bob", 2, 0);
+    let before = sim.nodes[2].node.stats().lookups_parked;
+    let rid = sim.send(
+        bob,
+        Body::SearchRequest(SearchRequest {
+            name: "alice".into(),
+        }),
+    );
+    sim.run_for(SECOND / 2);
+    assert!(
+        sim.take_reply(bob, rid).is_none(),
+        "answered before node 2 had any link"
+    );
+    assert_eq!(sim.nodes[2].node.stats().lookups_parked, before + 1);
+    sim.heal(2, 0);
+    sim.heal(2, 1);
+    sim.run_until(5 * SECOND, |sim| {
+        sim.clients[bob].inbox.iter().any(|e| e.request_id == rid)
+    });
+    let found = match sim.take_reply(bob, rid) {
+        Some(Body::SearchReply(reply)) => reply,
+        other => panic!("search: {other:?}"),
+    };
+    assert!(found.found, "{found:?}");
+    assert_eq!(
+        found.status,
+        natter_proto::messages::PresenceStatus::Online as i32
+    );
+    assert_eq!(home_of(&found), Some(sim_addr(0)));
+}

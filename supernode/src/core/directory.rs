@@ -10,10 +10,14 @@ use natter_proto::messages::{
 
 use super::interface::Output;
 use super::jobs::{Done, Job, JobId, Lookup, LookupFor};
-use super::state::Node;
+use super::state::{Node, Timer};
 use super::statements::{self, VerifiedRecord};
 use crate::store::RecordMeta;
 use crate::{NodeId, close, hrw};
+
+/// The longest a lookup waits for a node's first link
+/// ([`Node::start_lookup`]); a client's request waits longer.
+pub(crate) const LOOKUP_PARK: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl Node {
     fn replicas_of(&self, name: &str) -> Vec<NodeId> {
@@ -95,6 +99,11 @@ impl Node {
             return;
         }
         tracing::info!(live = live.len(), "membership changed");
+        if live.len() > 1 {
+            for job in self.parked_lookups.clone() {
+                self.resume_lookup(job);
+            }
+        }
         let mut joined: Vec<u64> = self.sessions.by_name.values().copied().collect();
         joined.sort_unstable();
         if !joined.is_empty() {
@@ -224,6 +233,11 @@ impl Node {
     /// Looks `name` up: a local session answers directly, otherwise the
     /// replicas are asked in HRW order and the first record found wins (its
     /// status offline when its home is not live).
+    ///
+    /// A node that has peers to dial but no link yet (just started, or just
+    /// promoted) would be the only replica it knows and answer "not found"
+    /// for users who are online elsewhere: it parks the lookup until its
+    /// first link comes up, or [`LOOKUP_PARK`] at most.
     pub(crate) fn start_lookup(&mut self, name: &str, purpose: LookupFor) -> JobId {
         let job = self.fresh_id();
         if let Some((_, joined)) = self.sessions.of_name(name) {
@@ -231,13 +245,43 @@ impl Node {
             self.finish(job, Done::Lookup(purpose, Some(record)));
             return job;
         }
+        let me = [self.config.addr, self.config.local_addr];
+        let alone = self.membership.live_ids().len() <= 1
+            && self.config.peers.iter().any(|p| !me.contains(p));
         let lookup = Lookup {
             name: name.to_owned(),
-            replicas: self.replicas_of(name).into(),
+            replicas: if alone {
+                Default::default()
+            } else {
+                self.replicas_of(name).into()
+            },
         };
         self.jobs.insert(job, Job::Lookup { lookup, purpose });
-        self.advance_lookup(job);
+        if alone {
+            self.stats.lookups_parked += 1;
+            self.parked_lookups.push(job);
+            self.set_timer(self.now.mono + LOOKUP_PARK, Timer::ParkedLookup(job));
+        } else {
+            self.advance_lookup(job);
+        }
         job
+    }
+
+    /// Goes on with a parked lookup (the first link came up, or it waited
+    /// [`LOOKUP_PARK`]): asks the replicas of the membership known now.
+    pub(crate) fn resume_lookup(&mut self, job: JobId) {
+        let Some(at) = self.parked_lookups.iter().position(|j| *j == job) else {
+            return;
+        };
+        self.parked_lookups.swap_remove(at);
+        let replicas = match self.jobs.get(&job) {
+            Some(Job::Lookup { lookup, .. }) => self.replicas_of(&lookup.name),
+            _ => return,
+        };
+        if let Some(Job::Lookup { lookup, .. }) = self.jobs.get_mut(&job) {
+            lookup.replicas = replicas.into();
+        }
+        self.advance_lookup(job);
     }
 
     /// Asks the next replica of a lookup, or finishes it.

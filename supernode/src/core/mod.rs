@@ -77,6 +77,7 @@ impl Node {
             certified: HashMap::new(),
             rng: StdRng::from_seed(seed),
             last_live: membership.live_ids(),
+            parked_lookups: Vec::new(),
             membership,
             records: RecordStore::default(),
             chats: ChatStore::new(config.chat_limits),
@@ -273,6 +274,7 @@ impl Node {
                 Timer::CertificateExpiry(id) => self.certificate_due(id),
                 Timer::GatherAcks(job) => self.gather_acks_due(job),
                 Timer::LiveAck(id, message_id) => self.live_ack_due(id, &message_id),
+                Timer::ParkedLookup(job) => self.resume_lookup(job),
             }
             self.settle();
         }

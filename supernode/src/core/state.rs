@@ -139,6 +139,8 @@ pub(crate) enum Timer {
     GatherAcks(JobId),
     /// A live chat message pushed to a session is due to be acknowledged.
     LiveAck(SessionId, Vec<u8>),
+    /// A lookup parked while the node had no link yet waited long enough.
+    ParkedLookup(JobId),
 }
 
 /// A call invite from a local caller waiting for an answer.
@@ -152,6 +154,8 @@ pub(crate) struct Invite {
 /// Counters of what the core dropped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CoreStats {
+    /// Lookups that waited for the node's first link.
+    pub lookups_parked: u64,
     /// Frames on a link that are not for a link, or replies nobody waits for.
     pub link_ignored: u64,
     /// Requests over links that got no reply in time.
@@ -246,6 +250,9 @@ pub struct Node {
     pub(crate) rng: StdRng,
     pub(crate) membership: Membership,
     pub(crate) last_live: Vec<NodeId>,
+    /// Lookups waiting for the node's first link (see
+    /// [`crate::core::directory`]'s `start_lookup`).
+    pub(crate) parked_lookups: Vec<JobId>,
     pub(crate) records: RecordStore,
     pub(crate) chats: ChatStore,
     /// Names whose stored chat is being handed over (one page at a time).
