@@ -6,12 +6,13 @@
 //! peer, and media resumes there.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use natter_proto::handshake::KeySchedule;
 use natter_proto::path::{PathKind, Target};
 use natter_proto::relay::{self, BindStatus, RelayLeg, TOKEN_LEN};
-use natter_proto::session::{CallSession, Event, MEDIA_TIMEOUT_MS, SessionConfig, SessionSetup};
+use natter_proto::session::{CallSession, Event, MEDIA_TIMEOUT_MS};
 
 const SN: [SocketAddr; 2] = [
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), 443),
@@ -55,18 +56,7 @@ struct Net {
 
 impl Net {
     fn new() -> Self {
-        let keys = KeySchedule::derive(&[1; 16], &[2; 32], &[3; 32]);
-        let setup = |i: usize| SessionSetup {
-            udp_blocked: false,
-            behind_nat: true,
-            start_index: 100 + i as u16,
-            seed: 7 + i as u64,
-        };
-        let config = SessionConfig::default();
-        let mut sessions = [
-            CallSession::new(&keys.c2s, &keys.s2c, setup(0), config, 0),
-            CallSession::new(&keys.s2c, &keys.c2s, setup(1), config, 0),
-        ];
+        let mut sessions = common::call_sessions([false, false], true);
         // Both joined through supernode 1: one allocation, one side each.
         let tokens = [[0xA1; TOKEN_LEN], [0xB2; TOKEN_LEN]];
         for (i, s) in sessions.iter_mut().enumerate() {

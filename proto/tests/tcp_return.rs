@@ -6,14 +6,13 @@
 //! leg. Side A's UDP is cut both ways on a schedule; B's always works.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use natter_proto::handshake::KeySchedule;
 use natter_proto::path::{PathKind, Target};
 use natter_proto::relay::{self, BindStatus, RelayLeg, TOKEN_LEN};
-use natter_proto::session::{
-    CallSession, Event, SessionConfig, SessionSetup, UDP_RETRY_MAX_MS, UDP_RETRY_ON_TCP_MS,
-};
+use natter_proto::session::{CallSession, Event, UDP_RETRY_MAX_MS, UDP_RETRY_ON_TCP_MS};
 
 const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1));
 const RELAY_UDP: SocketAddr = SocketAddr::new(IP, 443);
@@ -42,18 +41,7 @@ struct Net {
 
 impl Net {
     fn new(a_udp_down: Vec<(u64, u64)>) -> Self {
-        let keys = KeySchedule::derive(&[1; 16], &[2; 32], &[3; 32]);
-        let setup = |i: usize| SessionSetup {
-            udp_blocked: false,
-            behind_nat: true,
-            start_index: 100 + i as u16,
-            seed: 7 + i as u64,
-        };
-        let config = SessionConfig::default();
-        let mut sessions = [
-            CallSession::new(&keys.c2s, &keys.s2c, setup(0), config, 0),
-            CallSession::new(&keys.s2c, &keys.c2s, setup(1), config, 0),
-        ];
+        let mut sessions = common::call_sessions([false, false], true);
         for (i, s) in sessions.iter_mut().enumerate() {
             let leg = |addr| RelayLeg {
                 addr,

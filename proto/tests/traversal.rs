@@ -3,6 +3,8 @@
 //! mapping and filtering), a STUN reflector and a relay on public addresses.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -297,16 +299,7 @@ mod sessions {
         /// allocation (own relay, UDP and TLS), B gets A's relay candidates
         /// with the peer token.
         fn new(udp_blocked: [bool; 2]) -> Self {
-            let keys = KeySchedule::derive(&[1; 16], &[2; 32], &[3; 32]);
-            let setup = |i: usize| SessionSetup {
-                udp_blocked: udp_blocked[i],
-                behind_nat: false,
-                start_index: 100 + i as u16,
-                seed: 7 + i as u64,
-            };
-            let config = SessionConfig::default();
-            let mut a = CallSession::new(&keys.c2s, &keys.s2c, setup(0), config, 0);
-            let mut b = CallSession::new(&keys.s2c, &keys.c2s, setup(1), config, 0);
+            let [mut a, mut b] = crate::common::call_sessions(udp_blocked, false);
             let mut b_candidates = Vec::new();
             if !udp_blocked[1] {
                 b_candidates.push(udp(CandidateKind::Host, HOST[1], &[]));

@@ -50,3 +50,26 @@ pub fn identity(name: &str, key_name: &str) -> Identity {
         chat_secret: [0x11; 32],
     }
 }
+
+/// Both ends of one call's media transport, caller first, started at 0 ms
+/// with the same test keys and default settings: side `i` starts its
+/// packet index at `100 + i` and seeds its random bits with `7 + i`.
+pub fn call_sessions(
+    udp_blocked: [bool; 2],
+    behind_nat: bool,
+) -> [natter_proto::session::CallSession; 2] {
+    use natter_proto::handshake::KeySchedule;
+    use natter_proto::session::{CallSession, SessionConfig, SessionSetup};
+    let keys = KeySchedule::derive(&[1; 16], &[2; 32], &[3; 32]);
+    let setup = |i: usize| SessionSetup {
+        udp_blocked: udp_blocked[i],
+        behind_nat,
+        start_index: 100 + i as u16,
+        seed: 7 + i as u64,
+    };
+    let config = SessionConfig::default();
+    [
+        CallSession::new(&keys.c2s, &keys.s2c, setup(0), config, 0),
+        CallSession::new(&keys.s2c, &keys.c2s, setup(1), config, 0),
+    ]
+}
