@@ -156,13 +156,7 @@ async fn run_leg(
         let (mut reader, handle) = conn.split();
         msg_id = msg_id.wrapping_add(1);
         if handle
-            // The TLS connection proves the address: no cookie needed.
-            .send_datagram(&relay::encode_bind(
-                &leg.token,
-                &[0; relay::COOKIE_LEN],
-                msg_id,
-                0,
-            ))
+            .send_datagram(&relay::encode_leg_bind(&leg.token, msg_id))
             .await
             .is_err()
         {

@@ -129,6 +129,13 @@ pub fn encode_bind(token: &Token, cookie: &Cookie, msg_id: u16, random: u8) -> V
     )
 }
 
+/// The bind a TLS relay leg sends (its first record, and again to take the
+/// side's forwarding back): the connection proves the address, so the
+/// cookie is zeros.
+pub fn encode_leg_bind(token: &Token, msg_id: u16) -> Vec<u8> {
+    encode_bind(token, &[0; COOKIE_LEN], msg_id, 0)
+}
+
 fn encode(header: [u8; HEADER_LEN], kind: u8, token: &Token, cookie: &Cookie) -> Vec<u8> {
     let mut out = Vec::with_capacity(BIND_LEN);
     out.extend_from_slice(&header);

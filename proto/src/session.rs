@@ -243,8 +243,8 @@ pub struct CallSession {
     tcp_open: Vec<RelayLeg>,
     /// Legs the shell has not been told to open yet.
     tcp_to_open: Vec<RelayLeg>,
-    /// When this session last bound each open leg itself.
-    tcp_rebound: Vec<(SocketAddr, u64)>,
+    /// When this session last bound the open legs itself (all at once).
+    tcp_rebound_ms: Option<u64>,
     /// When media on a TLS leg next tries UDP ([`UDP_RETRY_ON_TCP_MS`]).
     udp_retry_at_ms: Option<u64>,
     udp_retry_interval_ms: u64,
@@ -289,7 +289,7 @@ impl CallSession {
             tcp_active: setup.udp_blocked,
             tcp_open: Vec::new(),
             tcp_to_open: Vec::new(),
-            tcp_rebound: Vec::new(),
+            tcp_rebound_ms: None,
             udp_retry_at_ms: None,
             udp_retry_interval_ms: UDP_RETRY_ON_TCP_MS,
             bind_msg_id: setup.start_index,
@@ -460,25 +460,17 @@ impl CallSession {
             .path
             .silent_for(current, now_ms)
             .is_some_and(|ms| ms >= TCP_REBIND_AFTER_MS);
-        if !silent || self.path.is_alive(current, now_ms) {
+        let recent = self
+            .tcp_rebound_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) < TCP_REBIND_MS);
+        if !silent || recent || self.path.is_alive(current, now_ms) {
             return;
         }
+        self.tcp_rebound_ms = Some(now_ms);
         for i in 0..self.tcp_open.len() {
             let leg = self.tcp_open[i];
-            let last = self.tcp_rebound.iter_mut().find(|(a, _)| *a == leg.addr);
-            match last {
-                Some((_, t)) if now_ms.saturating_sub(*t) < TCP_REBIND_MS => continue,
-                Some((_, t)) => *t = now_ms,
-                None => self.tcp_rebound.push((leg.addr, now_ms)),
-            }
             self.bind_msg_id = self.bind_msg_id.wrapping_add(1);
-            // The TLS connection proves the address: no cookie.
-            let bind = crate::relay::encode_bind(
-                &leg.token,
-                &[0; crate::relay::COOKIE_LEN],
-                self.bind_msg_id,
-                0,
-            );
+            let bind = crate::relay::encode_leg_bind(&leg.token, self.bind_msg_id);
             self.stats.tcp_rebinds += 1;
             self.queue(Target::TcpLeg(leg.addr), bind);
         }

@@ -356,8 +356,7 @@ mod sessions {
                                 assert_eq!(leg.addr, SN);
                                 self.log[i].legs_opened.push((now, leg));
                                 // The leg task binds as soon as it connects.
-                                let bind =
-                                    relay::encode_bind(&leg.token, &[0; relay::COOKIE_LEN], 1, 0);
+                                let bind = relay::encode_leg_bind(&leg.token, 1);
                                 self.at_relay(Peer::Tcp(i), &bind, now);
                             }
                             Event::Voice { payload, .. } => {
@@ -583,8 +582,7 @@ mod sessions {
                     match e {
                         Event::OpenTcpLeg(leg) => {
                             net.log[i].legs_opened.push((now, leg));
-                            let bind =
-                                relay::encode_bind(&leg.token, &[0; relay::COOKIE_LEN], 1, 0);
+                            let bind = relay::encode_leg_bind(&leg.token, 1);
                             net.at_relay(Peer::Tcp(i), &bind, now);
                         }
                         Event::Voice { .. } => net.log[i].voice.push(now),
