@@ -123,6 +123,47 @@ async fn send(session: &SupernodeSession, signal: CallSignal) {
         .expect("the supernode routed the signal");
 }
 
+/// A call invite to bob from `me` under `name` (a fresh key share of seed
+/// `share`), as the caller's client makes it.
+fn invite_bob(
+    me: &Identity,
+    name: &str,
+    invite_id: [u8; 16],
+    share: [u8; 32],
+    login_key: &RsaPublicKey,
+) -> CallSetup {
+    CallSetup::invite(
+        me,
+        name,
+        "bob",
+        invite_id,
+        share,
+        Vec::new(),
+        login_key.clone(),
+        0,
+        30_000,
+        &mut rand::thread_rng(),
+    )
+}
+
+/// Plays the caller's side of `setup` over `session` until the call is
+/// connected (sending whatever the setup answers); an end fails the test.
+async fn connect(session: &SupernodeSession, setup: &mut CallSetup, invite_id: &[u8]) {
+    loop {
+        let signal = next_signal(session, invite_id).await;
+        setup.handle_signal(&signal, now_unix_secs());
+        while let Some(out) = setup.poll_signal() {
+            send(session, out).await;
+        }
+        let connected = std::iter::from_fn(|| setup.poll_event())
+            .inspect(|e| assert!(!matches!(e, CallEvent::Ended(_)), "{e:?}"))
+            .any(|e| matches!(e, CallEvent::Connected { .. }));
+        if connected {
+            return;
+        }
+    }
+}
+
 #[test]
 fn a_forged_hangup_from_another_user_does_not_end_a_running_call() {
     let cluster = Cluster::start(2, None);
@@ -256,18 +297,7 @@ fn an_invite_with_a_swapped_certificate_is_refused_by_the_real_callee() {
         // alice's genuine invite to bob (her share names caller "alice"),
         // sent by mallory with the certificate swapped for "mallory"'s.
         let invite_id = [0x61; 16];
-        let mut setup = CallSetup::invite(
-            &alice,
-            "alice",
-            "bob",
-            invite_id,
-            [7; 32],
-            Vec::new(),
-            login_key.clone(),
-            0,
-            30_000,
-            &mut rand::thread_rng(),
-        );
+        let mut setup = invite_bob(&alice, "alice", invite_id, [7; 32], &login_key);
         let mut invite = setup.poll_signal().unwrap();
         let Some(call_signal::Kind::Invite(body)) = &mut invite.kind else {
             panic!("not an invite");
@@ -293,29 +323,9 @@ fn an_invite_with_a_swapped_certificate_is_refused_by_the_real_callee() {
             certificate: mallory_on_alices_key.clone(),
             ..alice.clone()
         };
-        let mut setup = CallSetup::invite(
-            &as_mallory,
-            "mallory",
-            "bob",
-            invite_id,
-            [8; 32],
-            Vec::new(),
-            login_key.clone(),
-            0,
-            30_000,
-            &mut rand::thread_rng(),
-        );
+        let mut setup = invite_bob(&as_mallory, "mallory", invite_id, [8; 32], &login_key);
         send(&mallory, setup.poll_signal().unwrap()).await;
-        loop {
-            let signal = next_signal(&mallory, &invite_id).await;
-            setup.handle_signal(&signal, now_unix_secs());
-            let connected = std::iter::from_fn(|| setup.poll_event())
-                .inspect(|e| assert!(!matches!(e, CallEvent::Ended(_)), "{e:?}"))
-                .any(|e| matches!(e, CallEvent::Connected { .. }));
-            if connected {
-                break;
-            }
-        }
+        connect(&mallory, &mut setup, &invite_id).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         setup.hangup();
         while let Some(signal) = setup.poll_signal() {
@@ -356,48 +366,14 @@ fn a_forged_conference_id_holds_the_callee_at_most_35_s_and_others_get_busy() {
     let invited = Instant::now();
     rt.block_on(async {
         let invite_id = [0x71; 16];
-        let mut setup = CallSetup::invite(
-            &mallory_id,
-            "mallory",
-            "bob",
-            invite_id,
-            [9; 32],
-            Vec::new(),
-            login_key.clone(),
-            0,
-            30_000,
-            &mut rand::thread_rng(),
-        );
+        let mut setup = invite_bob(&mallory_id, "mallory", invite_id, [9; 32], &login_key);
         setup.set_conference_id([0x77; 16]);
         send(&mallory, setup.poll_signal().unwrap()).await;
-        loop {
-            let signal = next_signal(&mallory, &invite_id).await;
-            setup.handle_signal(&signal, now_unix_secs());
-            while let Some(out) = setup.poll_signal() {
-                send(&mallory, out).await;
-            }
-            let connected = std::iter::from_fn(|| setup.poll_event())
-                .inspect(|e| assert!(!matches!(e, CallEvent::Ended(_)), "{e:?}"))
-                .any(|e| matches!(e, CallEvent::Connected { .. }));
-            if connected {
-                break;
-            }
-        }
+        connect(&mallory, &mut setup, &invite_id).await;
         // Bob took the call as a leg of "conference 77..": a plain call
         // meanwhile is busy.
         let plain_id = [0x72; 16];
-        let mut plain = CallSetup::invite(
-            &mallory_id,
-            "mallory",
-            "bob",
-            plain_id,
-            [10; 32],
-            Vec::new(),
-            login_key.clone(),
-            0,
-            30_000,
-            &mut rand::thread_rng(),
-        );
+        let mut plain = invite_bob(&mallory_id, "mallory", plain_id, [10; 32], &login_key);
         send(&mallory, plain.poll_signal().unwrap()).await;
         let answer = next_signal(&mallory, &plain_id).await;
         assert!(
